@@ -1,1 +1,46 @@
-pub fn x(){}
+//! A faithful Gemini REST v1beta simulator: `generateContent`, `streamGenerateContent` (SSE and
+//! JSON array), `countTokens`, API-key auth, per-key quotas with Google's 429 bodies, injected
+//! faults, configurable latency, and request statistics.
+//!
+//! In-process use (tests, offline service):
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let sim = gemini_sim::SimServer::start(gemini_sim::SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+//! let url = format!("{}/v1beta/models/gemini-2.5-flash:generateContent", sim.base_url());
+//! # let _ = url;
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Wire shapes come from the shared `gemini-wire` crate and are checked against bodies recorded
+//! from the real API.
+
+// Unit tests may unwrap; request paths may not (workspace lints).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod answer;
+pub mod cli;
+pub mod config;
+pub mod errors;
+pub mod faults;
+pub mod latency;
+pub mod quota;
+pub mod respond;
+pub mod server;
+pub mod stats;
+
+pub use config::{FaultConfig, Latency, QuotaConfig, SimConfig, StreamConfig};
+pub use server::{router, SimServer, SimState};
+pub use stats::{FaultCounts, KeyStats, MinuteCount, Stats, Timeline};
+
+/// Pure response builder without latency/quotas/faults: what the simulator would answer to
+/// `request` for `model` (a fresh random `responseId` aside, the same request always gets the
+/// same answer).
+pub fn simulate_response(
+    request: &gemini_wire::GenerateContentRequest,
+    model: &str,
+    config: &SimConfig,
+) -> gemini_wire::GenerateContentResponse {
+    let plan = respond::plan(request, model, config);
+    respond::full_response(&plan, model, respond::response_id(), config)
+}

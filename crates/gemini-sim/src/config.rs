@@ -1,0 +1,284 @@
+//! The simulator's settings: one serde struct so the binary's flags, `GET/POST /config` and the
+//! library's [`SimServer::update_config`](crate::SimServer::update_config) all speak the same shape.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Models known by default: the Gemini API's current text models.
+pub const DEFAULT_MODELS: &[&str] = &[
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-2.5-pro",
+    "gemini-2.0-flash",
+    "gemini-2.0-flash-lite",
+    "gemini-3-pro-preview",
+    "gemini-3-flash-preview",
+];
+
+/// Latency of the seed guide: 2.8 s per request.
+pub const SEED_LATENCY_MS: u64 = 2800;
+
+/// Everything the simulator can be told. Every field has a default, so a partial JSON object
+/// (as `POST /config` takes) deserializes into a whole config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    /// Model ids accepted in `/v1beta/models/{model}:...`; others get 404 NOT_FOUND.
+    pub models: Vec<String>,
+    /// Accepted API keys. Empty: any non-empty key is accepted (quotas are still counted per key).
+    pub api_keys: Vec<String>,
+    /// How long a whole answer takes (for streams: the time to the first chunk, unless
+    /// [`StreamConfig::first_chunk_ms`] is set).
+    pub latency: Latency,
+    /// Chunking and pacing of `streamGenerateContent`.
+    pub stream: StreamConfig,
+    /// Per-key quotas; 0 means unlimited.
+    pub quota: QuotaConfig,
+    /// Fault injection rates.
+    pub faults: FaultConfig,
+    /// Length of a generated answer, in tokens (a token is 4 characters, rounded up).
+    pub answer_tokens: u32,
+    /// Thinking tokens reported in `usageMetadata.thoughtsTokenCount` by thinking models (2.5 and
+    /// 3 families) unless the request sets `thinkingBudget: 0`. 0 (the default) reports none.
+    /// They are billed in `totalTokenCount` but do not eat into `maxOutputTokens`.
+    pub thinking_tokens: u32,
+    /// A prompt containing this text is blocked (`promptFeedback.blockReason`). Empty: never.
+    pub block_trigger: String,
+    /// The `blockReason` given to blocked prompts.
+    pub block_reason: String,
+    /// Upper bound of the "hang" fault: after this long the request gets a 504, so a client that
+    /// never times out does not pin a task forever.
+    pub hang_max_ms: u64,
+    /// `usageMetadata.serviceTier`; `None` leaves the field out (as gemini-3-pro-preview does).
+    pub service_tier: Option<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
+            api_keys: Vec::new(),
+            latency: Latency::None,
+            stream: StreamConfig::default(),
+            quota: QuotaConfig::default(),
+            faults: FaultConfig::default(),
+            answer_tokens: 120,
+            thinking_tokens: 0,
+            block_trigger: "[[block]]".to_owned(),
+            block_reason: "PROHIBITED_CONTENT".to_owned(),
+            hang_max_ms: 600_000,
+            service_tier: Some("standard".to_owned()),
+        }
+    }
+}
+
+impl SimConfig {
+    /// The seed guide's setting: every request takes a fixed 2.8 s; no quotas, no faults.
+    pub fn seed_preset() -> Self {
+        SimConfig {
+            latency: Latency::Fixed {
+                ms: SEED_LATENCY_MS,
+            },
+            ..SimConfig::default()
+        }
+    }
+
+    /// Checks values the simulator cannot act on sensibly (rates outside 0..=1, inverted
+    /// ranges). The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let rates = [
+            ("faults.error_500", self.faults.error_500),
+            ("faults.error_503", self.faults.error_503),
+            ("faults.error_504", self.faults.error_504),
+            ("faults.stream_cut", self.faults.stream_cut),
+            ("faults.hang", self.faults.hang),
+        ];
+        for (name, rate) in rates {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} must be within 0..=1, got {rate}"));
+            }
+        }
+        match self.latency {
+            Latency::Uniform { min_ms, max_ms } if min_ms > max_ms => {
+                return Err(format!(
+                    "latency.min_ms ({min_ms}) is greater than latency.max_ms ({max_ms})"
+                ));
+            }
+            Latency::LogNormal { median_ms, p99_ms } if median_ms == 0 || p99_ms < median_ms => {
+                return Err(format!(
+                    "latency.median_ms ({median_ms}) must be > 0 and <= latency.p99_ms ({p99_ms})"
+                ));
+            }
+            _ => {}
+        }
+        if self.stream.chunk_tokens == 0 {
+            return Err("stream.chunk_tokens must be at least 1".to_owned());
+        }
+        if self.models.is_empty() {
+            return Err("models must list at least one model".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Returns this config with `patch` merged over it (objects merge key by key, everything else
+    /// replaces), as `POST /config` does.
+    pub fn merged(&self, patch: &Value) -> Result<SimConfig, String> {
+        let mut current = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        merge_json(&mut current, patch);
+        let merged: SimConfig = serde_json::from_value(current).map_err(|e| e.to_string())?;
+        merged.validate()?;
+        Ok(merged)
+    }
+}
+
+/// Deep merge: objects merge recursively; any other patch value replaces the target.
+fn merge_json(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                match target.get_mut(key) {
+                    Some(slot) => merge_json(slot, value),
+                    None => {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// Latency of a whole answer. JSON: `{"kind":"fixed","ms":2800}`, `{"kind":"uniform",
+/// "min_ms":..,"max_ms":..}`, `{"kind":"log_normal","median_ms":..,"p99_ms":..}` or
+/// `{"kind":"none"}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Latency {
+    /// Answer at once, without ever touching the timer.
+    #[default]
+    None,
+    /// Always the same delay.
+    Fixed {
+        /// Delay in milliseconds.
+        ms: u64,
+    },
+    /// Uniformly distributed between the bounds (inclusive).
+    Uniform {
+        /// Lower bound in milliseconds.
+        min_ms: u64,
+        /// Upper bound in milliseconds.
+        max_ms: u64,
+    },
+    /// Log-normal with the given median and 99th percentile: the long right tail real LLM
+    /// latencies have.
+    LogNormal {
+        /// Median in milliseconds.
+        median_ms: u64,
+        /// 99th percentile in milliseconds.
+        p99_ms: u64,
+    },
+}
+
+/// Pacing of `streamGenerateContent`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// Time to the first chunk; `None` uses a sample of [`SimConfig::latency`].
+    pub first_chunk_ms: Option<u64>,
+    /// Delay between consecutive chunks.
+    pub chunk_delay_ms: u64,
+    /// Answer tokens per chunk (Gemini sends a few dozen per event).
+    pub chunk_tokens: u32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            first_chunk_ms: None,
+            chunk_delay_ms: 0,
+            chunk_tokens: 32,
+        }
+    }
+}
+
+/// Per-API-key quotas, each over a sliding window; 0 means unlimited. Windows are only recorded
+/// while their limit is set, so a limit switched on at run time starts from an empty window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuotaConfig {
+    /// Requests per 60 s.
+    pub rpm: u64,
+    /// Input (prompt) tokens per 60 s.
+    pub tpm: u64,
+    /// Requests per 24 h.
+    pub rpd: u64,
+    /// Word the 429 like the free tier does (`-FreeTier` quota ids, `free_tier` metrics)
+    /// instead of the paid tier.
+    pub free_tier: bool,
+}
+
+impl QuotaConfig {
+    /// True when any quota is set, i.e. the quota book must be consulted.
+    pub fn any(&self) -> bool {
+        self.rpm > 0 || self.tpm > 0 || self.rpd > 0
+    }
+}
+
+/// Probabilities (0..=1) of each injected fault, rolled once per generate request. If they add
+/// up to more than 1, the ones listed later are squeezed out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultConfig {
+    /// 500 INTERNAL.
+    pub error_500: f64,
+    /// 503 UNAVAILABLE "The model is overloaded".
+    pub error_503: f64,
+    /// 504 DEADLINE_EXCEEDED.
+    pub error_504: f64,
+    /// The response never comes (until the client leaves or `hang_max_ms` passes).
+    pub hang: f64,
+    /// A stream is cut mid-way: some chunks, then the connection closes without `finishReason`.
+    /// Applies to `streamGenerateContent` only.
+    pub stream_cut: f64,
+}
+
+impl FaultConfig {
+    /// True when some fault can happen, i.e. a random roll is needed.
+    pub fn any(&self) -> bool {
+        self.error_500 > 0.0
+            || self.error_503 > 0.0
+            || self.error_504 > 0.0
+            || self.hang > 0.0
+            || self.stream_cut > 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_patch_merges_over_current() {
+        let base = SimConfig::seed_preset();
+        let patched = base
+            .merged(&serde_json::json!({"quota": {"rpm": 5}, "faults": {"error_503": 0.5}}))
+            .unwrap();
+        assert_eq!(patched.quota.rpm, 5);
+        assert_eq!(patched.faults.error_503, 0.5);
+        assert_eq!(patched.latency, Latency::Fixed { ms: 2800 });
+        assert_eq!(patched.answer_tokens, 120);
+        let switched = patched
+            .merged(&serde_json::json!({"latency": {"kind": "uniform", "min_ms": 1, "max_ms": 3}}))
+            .unwrap();
+        assert_eq!(
+            switched.latency,
+            Latency::Uniform {
+                min_ms: 1,
+                max_ms: 3
+            }
+        );
+        assert!(patched
+            .merged(&serde_json::json!({"faults": {"hang": 2.0}}))
+            .is_err());
+    }
+}

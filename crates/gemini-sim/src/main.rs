@@ -1,0 +1,25 @@
+//! `gemini-sim`: the simulator as a standalone server. Flags: `gemini-sim --help`.
+
+use clap::Parser;
+use gemini_sim::cli::Cli;
+use gemini_sim::SimServer;
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = cli.to_config().map_err(anyhow::Error::msg)?;
+    let server = SimServer::start(config.clone(), cli.bind).await?;
+    tracing::info!(addr = %server.addr(), config = ?config, "gemini-sim listening");
+    server.spawn_rate_logger(Duration::from_secs(cli.log_every_s.max(1)));
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

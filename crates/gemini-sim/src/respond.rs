@@ -1,0 +1,241 @@
+//! Building Gemini response bodies: what the simulator answers, independent of latency, quotas
+//! and faults.
+
+use crate::answer::{chars_to_tokens, tutor_answer};
+use crate::config::SimConfig;
+use gemini_wire::{
+    Candidate, Content, FinishReason, GenerateContentRequest, GenerateContentResponse,
+    ModalityTokenCount, PromptFeedback, UsageMetadata,
+};
+use rand::Rng;
+
+/// What a request will be answered, before it is shaped into one response or stream chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Input tokens (system instruction and contents).
+    pub prompt_tokens: u32,
+    /// The prompt hit the block trigger: no candidates.
+    pub blocked: bool,
+    /// The answer text (after stop sequences and `maxOutputTokens`).
+    pub text: String,
+    /// How the answer ends.
+    pub finish: FinishReason,
+    /// Reported thinking tokens.
+    pub thoughts: Option<u32>,
+}
+
+fn text_parts<'a>(contents: impl Iterator<Item = &'a Content>) -> impl Iterator<Item = &'a str> {
+    contents.flat_map(|c| c.parts.iter().filter_map(|p| p.text.as_deref()))
+}
+
+/// Input tokens of a system instruction plus contents: the characters of every text part,
+/// 4 to a token, rounded up once (so it equals `count_tokens` of the concatenated text).
+pub fn prompt_tokens(system: Option<&Content>, contents: &[Content]) -> u32 {
+    let chars: usize = text_parts(system.into_iter().chain(contents))
+        .map(|t| t.chars().count())
+        .sum();
+    chars_to_tokens(chars)
+}
+
+/// True for models that think by default (2.5 and 3 families).
+fn is_thinking_model(model: &str) -> bool {
+    model.starts_with("gemini-2.5") || model.starts_with("gemini-3")
+}
+
+/// Decides the answer to `request`.
+pub fn plan(request: &GenerateContentRequest, model: &str, config: &SimConfig) -> Plan {
+    let system = request.system_instruction.as_ref();
+    let prompt_tokens = prompt_tokens(system, &request.contents);
+    let trigger = config.block_trigger.as_str();
+    let blocked = !trigger.is_empty()
+        && text_parts(system.into_iter().chain(&request.contents)).any(|t| t.contains(trigger));
+    if blocked {
+        return Plan {
+            prompt_tokens,
+            blocked,
+            text: String::new(),
+            finish: FinishReason::Stop,
+            thoughts: None,
+        };
+    }
+    let system_text = system.map(Content::joined_text).unwrap_or_default();
+    let mut conversation = String::new();
+    for turn in &request.contents {
+        if !conversation.is_empty() {
+            conversation.push_str("\n\n");
+        }
+        conversation.push_str(&turn.joined_text());
+    }
+    let mut text = tutor_answer(&system_text, &conversation, config.answer_tokens);
+    let generation = request.generation_config.as_ref();
+    let mut finish = FinishReason::Stop;
+    if let Some(stops) = generation.and_then(|g| g.stop_sequences.as_ref()) {
+        if let Some(cut) = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            text.truncate(cut);
+        }
+    }
+    // 0 means "not set" for Gemini, which then uses the model's own limit.
+    if let Some(max) = generation
+        .and_then(|g| g.max_output_tokens)
+        .filter(|m| *m > 0)
+    {
+        let max_chars = max as usize * 4;
+        if let Some((cut, _)) = text.char_indices().nth(max_chars) {
+            text.truncate(cut);
+            finish = FinishReason::MaxTokens;
+        }
+    }
+    let thoughts = if config.thinking_tokens > 0 && is_thinking_model(model) {
+        match generation
+            .and_then(|g| g.thinking_config.as_ref())
+            .and_then(|t| t.thinking_budget)
+        {
+            Some(0) => None,
+            Some(budget) if budget > 0 => Some(
+                config
+                    .thinking_tokens
+                    .min(u32::try_from(budget).unwrap_or(u32::MAX)),
+            ),
+            _ => Some(config.thinking_tokens),
+        }
+    } else {
+        None
+    };
+    Plan {
+        prompt_tokens,
+        blocked,
+        text,
+        finish,
+        thoughts,
+    }
+}
+
+/// A fresh `responseId`: 23 characters of the URL-safe base64 alphabet, like Google's.
+pub fn response_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    (0..23)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+fn usage(plan: &Plan, output_tokens: Option<u32>, config: &SimConfig) -> UsageMetadata {
+    let thoughts = plan.thoughts.unwrap_or(0);
+    UsageMetadata {
+        prompt_token_count: plan.prompt_tokens,
+        candidates_token_count: output_tokens.filter(|n| *n > 0),
+        total_token_count: plan.prompt_tokens + output_tokens.unwrap_or(0) + thoughts,
+        thoughts_token_count: plan.thoughts,
+        cached_content_token_count: None,
+        prompt_tokens_details: Some(vec![ModalityTokenCount {
+            modality: "TEXT".to_owned(),
+            token_count: plan.prompt_tokens,
+        }]),
+        service_tier: config.service_tier.clone(),
+    }
+}
+
+fn blocked_response(
+    plan: &Plan,
+    model: &str,
+    id: String,
+    config: &SimConfig,
+) -> GenerateContentResponse {
+    GenerateContentResponse {
+        candidates: Vec::new(),
+        prompt_feedback: Some(PromptFeedback {
+            block_reason: Some(config.block_reason.clone()),
+            safety_ratings: None,
+        }),
+        usage_metadata: Some(usage(plan, None, config)),
+        model_version: Some(model.to_owned()),
+        response_id: Some(id),
+    }
+}
+
+fn candidate(text: &str, finish: Option<FinishReason>) -> Candidate {
+    Candidate {
+        // An empty answer is `{"role": "model"}` without parts, as in max_tokens.json.
+        content: Some(if text.is_empty() {
+            Content {
+                role: Some("model".to_owned()),
+                parts: Vec::new(),
+            }
+        } else {
+            Content::text(Some("model"), text)
+        }),
+        finish_reason: finish,
+        index: Some(0),
+        safety_ratings: None,
+    }
+}
+
+/// The whole `generateContent` response for a plan.
+pub fn full_response(
+    plan: &Plan,
+    model: &str,
+    id: String,
+    config: &SimConfig,
+) -> GenerateContentResponse {
+    if plan.blocked {
+        return blocked_response(plan, model, id, config);
+    }
+    let output = chars_to_tokens(plan.text.chars().count());
+    GenerateContentResponse {
+        candidates: vec![candidate(&plan.text, Some(plan.finish.clone()))],
+        prompt_feedback: None,
+        usage_metadata: Some(usage(plan, Some(output), config)),
+        model_version: Some(model.to_owned()),
+        response_id: Some(id),
+    }
+}
+
+/// The events of `streamGenerateContent` for a plan: text deltas of `chunk_tokens` tokens,
+/// cumulative usage, the finish reason on the last event only, one `responseId` throughout.
+pub fn stream_responses(
+    plan: &Plan,
+    model: &str,
+    id: &str,
+    config: &SimConfig,
+) -> Vec<GenerateContentResponse> {
+    if plan.blocked {
+        return vec![blocked_response(plan, model, id.to_owned(), config)];
+    }
+    let chunk_chars = (config.stream.chunk_tokens.max(1) as usize) * 4;
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut start = 0;
+    let mut chars = 0;
+    for (index, _) in plan.text.char_indices() {
+        if chars == chunk_chars {
+            pieces.push(&plan.text[start..index]);
+            start = index;
+            chars = 0;
+        }
+        chars += 1;
+    }
+    if start < plan.text.len() || pieces.is_empty() {
+        pieces.push(&plan.text[start..]);
+    }
+    let last = pieces.len() - 1;
+    let mut sent_chars = 0;
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            sent_chars += piece.chars().count();
+            let finish = (i == last).then(|| plan.finish.clone());
+            GenerateContentResponse {
+                candidates: vec![candidate(piece, finish)],
+                prompt_feedback: None,
+                usage_metadata: Some(usage(plan, Some(chars_to_tokens(sent_chars)), config)),
+                model_version: Some(model.to_owned()),
+                response_id: Some(id.to_owned()),
+            }
+        })
+        .collect()
+}
