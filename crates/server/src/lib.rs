@@ -1,1 +1,18 @@
-pub fn x(){}
+//! learning-chat: an AI tutoring chat service in front of Google Gemini, built so that one small
+//! server holds 1000+ concurrent learners and many servers share one Gemini quota.
+//!
+//! The request path lives in [`chat`]; [`app`] assembles the HTTP service around it.
+
+pub mod admission;
+pub mod agents;
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod chat;
+pub mod config;
+pub mod metrics;
+pub mod providers;
+pub mod telemetry;
+
+pub use app::{Application, AppState};
+pub use config::Settings;

@@ -1,1 +1,105 @@
-fn main(){}
+//! The `learning-chat` binary: a thin CLI over the library.
+
+use clap::{Parser, Subcommand};
+use learning_chat::{app, telemetry, Application, Settings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "learning-chat", version, about = "AI tutoring chat service in front of Google Gemini")]
+struct Cli {
+    /// TOML config file (also LEARNING_CHAT_CONFIG); environment variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (the default).
+    Serve {
+        /// Address to listen on (overrides server.bind / LEARNING_CHAT_BIND).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
+    /// Validate the configuration and print the effective settings (secrets masked).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve { bind: None }) {
+        Command::CheckConfig => check_config(&settings),
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                settings.server.bind = bind;
+            }
+            serve(settings)
+        }
+    }
+}
+
+fn check_config(settings: &Settings) -> ExitCode {
+    match learning_chat::agents::AgentRegistry::load(settings.agents.path.as_deref()) {
+        Ok(agents) => {
+            println!("# configuration is valid");
+            println!(
+                "# provider: {}",
+                if settings.uses_gemini() { "gemini" } else { "offline-simulated (no GEMINI_API_KEY)" }
+            );
+            println!("# agents: {}", agents.ids().join(", "));
+            print!("{}", settings.to_masked_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    telemetry::init_logging(&settings.telemetry);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if settings.server.worker_threads > 0 {
+        runtime.worker_threads(settings.server.worker_threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if !settings.uses_gemini() {
+            tracing::warn!(
+                "NO GEMINI_API_KEY SET: answering from the built-in OFFLINE SIMULATED model; \
+                 answers are not real. Set GEMINI_API_KEY to use Gemini."
+            );
+        }
+        let application = Application::build(settings).await?;
+        tracing::info!(addr = %application.local_addr(), provider = application.state().chat.provider().name(), "learning-chat listening");
+        application.run_until_stopped(app::shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("fatal: {e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The one error type at the HTTP edge and its JSON shape: `{"error": {"code", "message", ...}}`.
+
+use crate::admission::ShedReason;
+use crate::chat::ChatError;
+use crate::providers::ProviderError;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// An error answer: status, stable code, safe message, optional details and retry hint.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `unknown_agent`.
+    pub code: &'static str,
+    /// A message safe to show to the learner (no internal detail, never a secret).
+    pub message: String,
+    /// Extra structured information (e.g. the valid agent ids).
+    pub details: Option<Value>,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The inside of an error body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Extra structured information, when there is any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    fn with_retry_after(mut self, retry_after: Duration) -> ApiError {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// 404 for a path that matches no route.
+    pub fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    /// 405 for a route that exists with other methods.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that HTTP method",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(retry_after) = self.retry_after {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(error: ChatError) -> ApiError {
+        match error {
+            ChatError::UnknownAgent { agent_id, known } => {
+                let mut e = ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_agent",
+                    format!(
+                        "there is no agent {agent_id:?}; available agents: {}",
+                        known.join(", ")
+                    ),
+                );
+                e.details = Some(serde_json::json!({ "available_agents": known }));
+                e
+            }
+            ChatError::EmptyMessage => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "empty_message",
+                "`message` must contain some text",
+            ),
+            ChatError::MessageTooLong { chars, limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_long",
+                format!("`message` has {chars} characters; the limit is {limit}"),
+            ),
+            ChatError::Shed(shed) => {
+                let message = match shed.reason {
+                    ShedReason::Quota => "the tutor quota for this minute is used up; retry later",
+                    ShedReason::QueueFull | ShedReason::QueueTimeout => {
+                        "the tutors are busy right now; retry shortly"
+                    }
+                };
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+                    .with_retry_after(shed.retry_after)
+            }
+            ChatError::Timeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the tutor did not answer in time; please retry",
+            ),
+            ChatError::Provider(error) => from_provider(error),
+            ChatError::Internal(detail) => {
+                tracing::error!("internal error: {detail}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred",
+                )
+            }
+        }
+    }
+}
+
+fn from_provider(error: ProviderError) -> ApiError {
+    // Upstream details go to the log once; the learner gets a clear, safe message.
+    match &error {
+        ProviderError::Blocked { reason } => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "blocked",
+                format!("the tutor cannot answer this message: it was blocked by the model's safety filters ({reason})"),
+            )
+        }
+        ProviderError::RateLimited { retry_after, daily } => {
+            tracing::warn!(daily, "model quota exhausted: {error}");
+            let retry_after = retry_after.unwrap_or(Duration::from_secs(if *daily { 3600 } else { 30 }));
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_quota",
+                "the tutor service has used up its model quota; retry later",
+            )
+            .with_retry_after(retry_after);
+        }
+        _ => tracing::error!(kind = error.kind(), "model call failed: {error}"),
+    }
+    match error {
+        ProviderError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the model did not answer in time; please retry",
+        ),
+        ProviderError::Unavailable { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            "the model is unavailable right now; retry shortly",
+        )
+        .with_retry_after(Duration::from_secs(5)),
+        ProviderError::Empty(reason) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "empty_answer",
+            format!("the model stopped without an answer ({reason}); try rephrasing"),
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the model could not process the request",
+        ),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        match rejection {
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {}", source_text(&e)),
+            ),
+            JsonRejection::JsonDataError(e) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("the body does not match the schema: {}", source_text(&e)),
+            ),
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than the limit",
+                )
+            }
+            other => ApiError::new(other.status(), "bad_request", other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
+    }
+}
+
+/// serde's message for the innermost cause (e.g. "missing field `message` at line 1 column 2").
+fn source_text(error: &dyn std::error::Error) -> String {
+    let mut current: &dyn std::error::Error = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}

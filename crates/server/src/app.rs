@@ -1,0 +1,290 @@
+//! Router and middleware assembly, the application's lifecycle and graceful shutdown.
+
+use crate::admission::{Admission, QuotaLimiter};
+use crate::agents::AgentRegistry;
+use crate::api;
+use crate::cache::{MemoryCache, ResponseCache};
+use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
+use crate::config::Settings;
+use crate::providers::{GeminiClient, Provider, SimulatedModel};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The request id header: kept when the client (or nginx) sends one, generated otherwise.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The chat service.
+    pub chat: ChatService,
+    /// The effective settings.
+    pub settings: Arc<Settings>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    draining: Arc<AtomicBool>,
+    process_metrics: Arc<metrics_process::Collector>,
+}
+
+impl AppState {
+    /// Builds every part of the service from settings (no listener yet).
+    pub fn from_settings(settings: Settings) -> anyhow::Result<AppState> {
+        let metrics = crate::metrics::install();
+        let agents = AgentRegistry::load(settings.agents.path.as_deref())?;
+        let provider = if settings.uses_gemini() {
+            Provider::Gemini(GeminiClient::new(&settings.gemini)?)
+        } else {
+            Provider::Simulated(SimulatedModel::new(&settings.offline))
+        };
+        let cache = if settings.cache.enabled {
+            ResponseCache::Memory(MemoryCache::new(
+                settings.cache.capacity,
+                Duration::from_secs(settings.cache.ttl_secs),
+            ))
+        } else {
+            ResponseCache::Disabled
+        };
+        let up = &settings.upstream;
+        let chat = ChatService::new(ChatDeps {
+            agents,
+            cache,
+            provider,
+            admission: Admission::new(
+                up.max_concurrency,
+                up.max_queue,
+                Duration::from_millis(up.max_queue_wait_ms),
+            ),
+            quota: QuotaLimiter::new(
+                up.rpm,
+                up.input_tpm,
+                Duration::from_millis(up.quota_window_margin_ms),
+            ),
+            retry: RetryPolicy {
+                max_retries: up.max_retries,
+                base_delay: Duration::from_millis(up.retry_base_delay_ms),
+                max_delay: Duration::from_millis(up.retry_max_delay_ms),
+            },
+            max_message_chars: settings.server.max_message_chars,
+            prices: Prices {
+                input_per_million: settings.telemetry.price_per_million_input_tokens,
+                output_per_million: settings.telemetry.price_per_million_output_tokens,
+            },
+        });
+        let process_metrics = metrics_process::Collector::default();
+        process_metrics.describe();
+        Ok(AppState {
+            chat,
+            settings: Arc::new(settings),
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            process_metrics: Arc::new(process_metrics),
+        })
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// `disabled`, `up` or `down`.
+    pub fn redis_status(&self) -> &'static str {
+        "disabled"
+    }
+
+    /// Updates the gauges that are sampled rather than tracked (called before each scrape).
+    pub fn refresh_gauges(&self) {
+        self.process_metrics.collect();
+        crate::metrics::cache_entries(self.chat.cache().memory_entries());
+        crate::metrics::quota_window_used(self.chat.quota().requests_in_window());
+        crate::metrics::upstream_in_flight(self.chat.admission().in_flight());
+        crate::metrics::queue_depth(self.chat.admission().queued());
+    }
+}
+
+/// The router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let mut routes = Router::new()
+        .route("/api/v1/agents", get(api::list_agents))
+        .route("/api/v1/agents/{agent_id}", post(api::chat))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/openapi.json", get(api::openapi));
+    if settings.telemetry.metrics_enabled {
+        routes = routes.route("/metrics", get(api::metrics));
+    }
+    let compression = CompressionLayer::new()
+        .gzip(true)
+        .compress_when(DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes)));
+    routes
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(settings.server.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let id = request
+                        .headers()
+                        .get(REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(compression)
+                .layer(axum::middleware::from_fn(track_http_metrics)),
+        )
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    api::ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an internal error occurred",
+    )
+    .into_response()
+}
+
+async fn track_http_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route template, never the raw path, keeps the label set small.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    crate::metrics::http_in_flight(1.0);
+    let response = next.run(request).await;
+    crate::metrics::http_in_flight(-1.0);
+    crate::metrics::http_request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The service bound to its listener, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the service and binds its listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let bind = settings.server.bind;
+        let state = AppState::from_settings(settings)?;
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+        Ok(Application { listener, state })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests for at most the grace
+    /// period and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+        let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let draining = state.draining.clone();
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(state);
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.store(true, Ordering::Release);
+            tracing::info!("shutdown requested: no new connections; draining in-flight requests");
+            let _ = began_tx.send(());
+        });
+        let server = std::pin::pin!(server.into_future());
+        let grace_over = async move {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(anyhow::Error::from),
+            () = grace_over => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests still open");
+                Ok(())
+            }
+        };
+        monitor.abort();
+        result
+    }
+}
+
+/// Logs the upstream request count every minute (the seed's quota monitor) and samples gauges.
+async fn minute_monitor(state: AppState) {
+    let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    every_minute.tick().await;
+    loop {
+        every_minute.tick().await;
+        let count = state.chat.monitor().take_minute();
+        tracing::info!(
+            upstream_requests = count,
+            quota_rpm = state.chat.quota().rpm(),
+            "Gemini API requests in last minute: {count}"
+        );
+        state.metrics.run_upkeep();
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

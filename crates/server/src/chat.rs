@@ -1,0 +1,402 @@
+//! The chat service: the request path from a validated question to an answer, nothing HTTP.
+//!
+//! key -> cache -> coalesce -> admit -> quota -> model (with retries) -> store.
+//! Identical questions in flight share one spawned task, so the model is asked once and the
+//! answer is cached even if the first asker goes away.
+
+use crate::admission::{Admission, QuotaLimiter, Shed, ShedReason};
+use crate::agents::{Agent, AgentRegistry};
+use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
+use crate::providers::{Completion, ModelRequest, Provider, ProviderError, Usage};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
+use parking_lot::Mutex;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// An answer as the API returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatAnswer {
+    /// The answer text.
+    pub text: String,
+    /// True when served from the cache without asking the model.
+    pub cached: bool,
+    /// The model that produced it.
+    pub model: String,
+    /// Tokens it cost when produced.
+    pub usage: Usage,
+    /// `STOP` for complete answers, `MAX_TOKENS` for truncated ones (never cached).
+    pub finish_reason: &'static str,
+}
+
+/// Why a question got no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    /// No agent with that id.
+    #[error("unknown agent {agent_id:?}")]
+    UnknownAgent {
+        /// The id asked for.
+        agent_id: String,
+        /// Every valid id.
+        known: Vec<String>,
+    },
+    /// The message is empty or only whitespace.
+    #[error("message is empty")]
+    EmptyMessage,
+    /// The message is longer than allowed.
+    #[error("message has {chars} characters; the limit is {limit}")]
+    MessageTooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Refused before reaching the model (overload or quota).
+    #[error("service is at capacity ({})", .0.reason.as_str())]
+    Shed(Shed),
+    /// The request's deadline passed.
+    #[error("request deadline exceeded")]
+    Timeout,
+    /// The model gave no usable answer.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A bug: a task failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Retry policy for model calls: exponential backoff with full jitter, within the deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff.
+    pub base_delay: Duration,
+    /// Largest backoff.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based) after `error`: Gemini's own
+    /// `retryDelay` when it gave one, otherwise a jittered exponential backoff.
+    pub fn delay(&self, attempt: u32, error: &ProviderError) -> Duration {
+        let mut rng = rand::thread_rng();
+        if let Some(asked) = error.retry_after() {
+            // A little jitter on top, so many clients told the same delay do not return together.
+            let extra = asked.mul_f64(rng.gen_range(0.0..0.1));
+            return asked + extra;
+        }
+        let ceiling = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.max_delay);
+        ceiling.mul_f64(rng.gen_range(0.5..=1.0))
+    }
+}
+
+/// Token prices for the estimated-cost metric.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prices {
+    /// USD per 1M input tokens.
+    pub input_per_million: f64,
+    /// USD per 1M output tokens.
+    pub output_per_million: f64,
+}
+
+/// Counts model calls per minute (the seed's quota monitor).
+#[derive(Debug, Default)]
+pub struct UpstreamMonitor {
+    this_minute: AtomicU64,
+}
+
+impl UpstreamMonitor {
+    fn record(&self) {
+        let now = self.this_minute.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::upstream_current_minute(now);
+    }
+
+    /// Returns the calls counted since the last call and starts a new minute.
+    pub fn take_minute(&self) -> u64 {
+        let count = self.this_minute.swap(0, Ordering::Relaxed);
+        crate::metrics::upstream_current_minute(0);
+        count
+    }
+}
+
+/// Everything the chat service needs, built once at start-up.
+pub struct ChatDeps {
+    /// The tutors.
+    pub agents: AgentRegistry,
+    /// The answer cache.
+    pub cache: ResponseCache,
+    /// The model.
+    pub provider: Provider,
+    /// Concurrency and queue bounds.
+    pub admission: Admission,
+    /// Requests/tokens per minute.
+    pub quota: QuotaLimiter,
+    /// Retries of failed model calls.
+    pub retry: RetryPolicy,
+    /// Longest accepted message, in characters.
+    pub max_message_chars: usize,
+    /// For the cost metric.
+    pub prices: Prices,
+}
+
+type SharedAnswer = Shared<BoxFuture<'static, Result<Arc<Completion>, ChatError>>>;
+
+struct Inner {
+    deps: ChatDeps,
+    in_flight: Mutex<HashMap<CacheKey, SharedAnswer>>,
+    monitor: UpstreamMonitor,
+}
+
+/// The chat service; cheap to clone.
+#[derive(Clone)]
+pub struct ChatService {
+    inner: Arc<Inner>,
+}
+
+impl ChatService {
+    /// A service over these parts.
+    pub fn new(deps: ChatDeps) -> ChatService {
+        ChatService {
+            inner: Arc::new(Inner {
+                deps,
+                in_flight: Mutex::new(HashMap::new()),
+                monitor: UpstreamMonitor::default(),
+            }),
+        }
+    }
+
+    /// The agent registry.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.inner.deps.agents
+    }
+
+    /// The model backend.
+    pub fn provider(&self) -> &Provider {
+        &self.inner.deps.provider
+    }
+
+    /// The per-minute upstream counter.
+    pub fn monitor(&self) -> &UpstreamMonitor {
+        &self.inner.monitor
+    }
+
+    /// The quota limiter.
+    pub fn quota(&self) -> &QuotaLimiter {
+        &self.inner.deps.quota
+    }
+
+    /// The admission bounds.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.deps.admission
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.inner.deps.cache
+    }
+
+    /// Answers `message` for `agent_id` by `deadline`.
+    pub async fn ask(
+        &self,
+        agent_id: &str,
+        message: &str,
+        deadline: Instant,
+    ) -> Result<ChatAnswer, ChatError> {
+        let deps = &self.inner.deps;
+        let agent = deps
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| ChatError::UnknownAgent {
+                agent_id: agent_id.to_owned(),
+                known: deps.agents.ids(),
+            })?;
+        let message = normalise_message(message);
+        if message.is_empty() {
+            return Err(ChatError::EmptyMessage);
+        }
+        let chars = message.chars().count();
+        if chars > deps.max_message_chars {
+            return Err(ChatError::MessageTooLong {
+                chars,
+                limit: deps.max_message_chars,
+            });
+        }
+        let key = CacheKey::new(CacheKeyParts {
+            agent_id: agent.id(),
+            prompt_version: &agent.prompt_version,
+            model: &agent.definition.model,
+            message: &message,
+        });
+        if let Some((hit, _tier)) = deps.cache.get(&key).await {
+            return Ok(ChatAnswer {
+                text: hit.text.clone(),
+                cached: true,
+                model: hit.model.clone(),
+                usage: hit.usage,
+                finish_reason: FinishReason::Stop.as_str(),
+            });
+        }
+        let shared = self.join_or_start(key, agent, message, deadline);
+        let completion = tokio::time::timeout_at(deadline, shared)
+            .await
+            .map_err(|_| ChatError::Timeout)??;
+        Ok(ChatAnswer {
+            text: completion.text.clone(),
+            cached: false,
+            model: completion.model.clone(),
+            usage: completion.usage,
+            finish_reason: completion.finish_reason.as_str(),
+        })
+    }
+
+    /// Joins the in-flight call for `key`, or starts one in its own task.
+    fn join_or_start(
+        &self,
+        key: CacheKey,
+        agent: Arc<Agent>,
+        message: String,
+        deadline: Instant,
+    ) -> SharedAnswer {
+        let mut in_flight = self.inner.in_flight.lock();
+        if let Some(existing) = in_flight.get(&key) {
+            crate::metrics::coalesced("local");
+            return existing.clone();
+        }
+        let inner = self.inner.clone();
+        let task_key = key.clone();
+        // Spawned rather than awaited in place: the answer is fetched and cached even if the
+        // first asker disconnects, and every waiter is released when it ends, success or not.
+        let task = tokio::spawn(async move {
+            let result = inner.fetch(&task_key, &agent, message, deadline).await;
+            inner.in_flight.lock().remove(&task_key);
+            result
+        });
+        let shared = async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => Err(ChatError::Internal(format!("upstream task failed: {e}"))),
+            }
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(key, shared.clone());
+        shared
+    }
+}
+
+/// Keeps the in-flight gauge right however a model call ends.
+struct InFlightGauge<'a>(&'a Admission);
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        // The permit is released after this guard, so one is still counted; subtract it.
+        crate::metrics::upstream_in_flight(self.0.in_flight().saturating_sub(1));
+    }
+}
+
+impl Inner {
+    async fn fetch(
+        &self,
+        key: &CacheKey,
+        agent: &Agent,
+        message: String,
+        deadline: Instant,
+    ) -> Result<Arc<Completion>, ChatError> {
+        let deps = &self.deps;
+        let _permit = deps.admission.admit(deadline).await.map_err(|shed| {
+            crate::metrics::shed(shed.reason.as_str());
+            ChatError::Shed(shed)
+        })?;
+        crate::metrics::upstream_in_flight(deps.admission.in_flight());
+        let _gauge = InFlightGauge(&deps.admission);
+        let request = model_request(agent, message);
+        let input_tokens = gemini_sim::answer::count_tokens(&request.system_prompt)
+            + gemini_sim::answer::count_tokens(&request.message);
+        let mut attempt = 0;
+        let completion = loop {
+            deps.quota
+                .acquire(input_tokens, deadline)
+                .await
+                .map_err(|rejected| {
+                    crate::metrics::shed(ShedReason::Quota.as_str());
+                    ChatError::Shed(Shed {
+                        reason: ShedReason::Quota,
+                        retry_after: rejected.retry_after,
+                    })
+                })?;
+            self.monitor.record();
+            let started = Instant::now();
+            let result = deps.provider.generate(&request, deadline).await;
+            let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
+            crate::metrics::upstream_request(outcome, started.elapsed());
+            match result {
+                Ok(completion) => break completion,
+                Err(error) if error.is_retryable() && attempt < deps.retry.max_retries => {
+                    let delay = deps.retry.delay(attempt, &error);
+                    if Instant::now() + delay >= deadline {
+                        return Err(error.into());
+                    }
+                    tracing::warn!(
+                        kind = error.kind(),
+                        attempt = attempt + 1,
+                        delay_ms = delay.as_millis() as u64,
+                        "model call failed; retrying: {error}"
+                    );
+                    crate::metrics::upstream_retry(error.kind());
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        crate::metrics::upstream_tokens(
+            completion.usage.prompt_tokens,
+            completion.usage.output_tokens,
+            deps.prices.input_per_million,
+            deps.prices.output_per_million,
+        );
+        // Only complete answers are worth serving again; a truncated one is returned, not kept.
+        if completion.finish_reason == FinishReason::Stop {
+            let cached = CachedAnswer {
+                text: completion.text.clone(),
+                model: completion.model.clone(),
+                usage: completion.usage,
+                created_at_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            deps.cache.insert(key.clone(), Arc::new(cached)).await;
+            crate::metrics::cache_entries(deps.cache.memory_entries());
+        }
+        Ok(Arc::new(completion))
+    }
+}
+
+fn model_request(agent: &Agent, message: String) -> ModelRequest {
+    let d = &agent.definition;
+    ModelRequest {
+        model: d.model.clone(),
+        system_prompt: d.system_prompt.clone(),
+        message,
+        generation: GenerationConfig {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            top_k: d.top_k,
+            max_output_tokens: d.max_output_tokens,
+            candidate_count: None,
+            stop_sequences: None,
+            thinking_config: d.thinking_budget.map(|budget| ThinkingConfig {
+                thinking_budget: Some(budget),
+                include_thoughts: None,
+            }),
+        },
+    }
+}

@@ -1,0 +1,488 @@
+//! Settings: built-in defaults < optional TOML file < environment, validated once at start-up.
+//!
+//! Every key is documented in `docs/configuration.md`; keep the two in step. Environment variables
+//! use the `LEARNING_CHAT_` prefix with `__` between section and key
+//! (`LEARNING_CHAT_UPSTREAM__MAX_CONCURRENCY=50`); the seed's names (`GEMINI_API_KEY`,
+//! `GEMINI_BASE_URL`, `REDIS_URL`, `REDIS_HOST`, `REDIS_PORT`, `SENTRY_DSN`) keep working.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The environment variable naming an optional TOML config file.
+pub const CONFIG_FILE_ENV: &str = "LEARNING_CHAT_CONFIG";
+
+/// A secret that never prints: Debug, Display and Serialize all show a mask.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+
+    fn masked(&self) -> &'static str {
+        if self.is_empty() {
+            ""
+        } else {
+            "********"
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.masked())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.masked())
+    }
+}
+
+/// All settings of the service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener and request limits.
+    pub server: ServerSettings,
+    /// The Gemini API (or any Gemini-compatible endpoint).
+    pub gemini: GeminiSettings,
+    /// Bounds on calls to the model: concurrency, queue, quota, retries.
+    pub upstream: UpstreamSettings,
+    /// The response cache.
+    pub cache: CacheSettings,
+    /// Redis shared state; disabled unless a URL or host is given.
+    pub redis: RedisSettings,
+    /// The tutor agents.
+    pub agents: AgentSettings,
+    /// The offline simulated model used when no API key is set.
+    pub offline: OfflineSettings,
+    /// Logs, metrics and error tracking.
+    pub telemetry: TelemetrySettings,
+}
+
+/// HTTP listener and request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Tokio worker threads; 0 means one per CPU core (the seed's `--workers`).
+    pub worker_threads: usize,
+    /// Deadline for a whole request, in seconds; past it the client gets 504.
+    pub request_timeout_secs: u64,
+    /// After SIGTERM, how long in-flight requests may take to finish, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest accepted message, in characters.
+    pub max_message_chars: usize,
+    /// Responses at least this large are gzip-compressed when the client accepts it.
+    pub gzip_min_bytes: u16,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            worker_threads: 0,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 25,
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 4000,
+            gzip_min_bytes: 1000,
+        }
+    }
+}
+
+/// The Gemini API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeminiSettings {
+    /// API key; when empty the service answers from the offline simulated model.
+    pub api_key: Secret,
+    /// Base URL of a Gemini-compatible endpoint (`/v1beta/models/...` is appended).
+    pub base_url: String,
+    /// TCP connect timeout to the endpoint, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for GeminiSettings {
+    fn default() -> Self {
+        GeminiSettings {
+            api_key: Secret::default(),
+            base_url: "https://generativelanguage.googleapis.com".to_owned(),
+            connect_timeout_ms: 5_000,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// Bounds on calls to the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Model calls in flight at once (the seed's `Semaphore(100)`).
+    pub max_concurrency: usize,
+    /// Distinct questions allowed to wait for a free slot; beyond it requests get 503.
+    pub max_queue: usize,
+    /// Longest a question waits for a free slot before 503, in milliseconds.
+    pub max_queue_wait_ms: u64,
+    /// Requests per minute allowed to the model across the cluster; 0 = no limit.
+    pub rpm: u32,
+    /// Input tokens per minute allowed across the cluster; 0 = no limit.
+    pub input_tpm: u64,
+    /// Extra milliseconds added to the 60 s quota window so clock skew and network jitter never
+    /// let the provider count one request too many in its own window.
+    pub quota_window_margin_ms: u64,
+    /// Retries after the first attempt for 429/500/503/504 and connection errors.
+    pub max_retries: u32,
+    /// First retry backoff, in milliseconds (doubles each time, with full jitter).
+    pub retry_base_delay_ms: u64,
+    /// Cap on one retry backoff, in milliseconds.
+    pub retry_max_delay_ms: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            max_concurrency: 100,
+            max_queue: 1000,
+            max_queue_wait_ms: 20_000,
+            rpm: 1000,
+            input_tpm: 0,
+            quota_window_margin_ms: 500,
+            max_retries: 3,
+            retry_base_delay_ms: 250,
+            retry_max_delay_ms: 8_000,
+        }
+    }
+}
+
+/// The response cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Turn caching off entirely (every question goes upstream; coalescing still applies).
+    pub enabled: bool,
+    /// How long an answer is served from cache, in seconds (the seed's 1 hour).
+    pub ttl_secs: u64,
+    /// Most answers kept in process memory (the seed's 1000).
+    pub capacity: u64,
+    /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL in seconds.
+    pub l1_ttl_secs: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            ttl_secs: 3600,
+            capacity: 1000,
+            l1_ttl_secs: 60,
+        }
+    }
+}
+
+/// Redis shared state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; empty disables Redis. `REDIS_URL`, or `REDIS_HOST` + `REDIS_PORT`.
+    pub url: Secret,
+    /// Prefix of every key this service writes, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Timeout of each Redis call, in milliseconds; a slow Redis must never stall requests.
+    pub command_timeout_ms: u64,
+    /// How many replicas share the quota, used only while Redis is down (each takes rpm / replicas).
+    pub replicas: u32,
+    /// How long a server holds the right to ask upstream for one question, in milliseconds.
+    pub lease_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::default(),
+            key_prefix: "learning-chat".to_owned(),
+            command_timeout_ms: 250,
+            replicas: 1,
+            lease_ms: 35_000,
+        }
+    }
+}
+
+/// The tutor agents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Path of an agents TOML file; empty uses the agents shipped in `config/agents.toml`.
+    pub path: Option<PathBuf>,
+}
+
+/// The offline simulated model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineSettings {
+    /// Simulated time per answer, in milliseconds (0 answers at once).
+    pub latency_ms: u64,
+    /// Length of simulated answers, in tokens.
+    pub answer_tokens: u32,
+}
+
+impl Default for OfflineSettings {
+    fn default() -> Self {
+        OfflineSettings {
+            latency_ms: 300,
+            answer_tokens: 120,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs, metrics and error tracking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Serve `/metrics` on the main listener.
+    pub metrics_enabled: bool,
+    /// Price per 1M input tokens in USD, for the estimated-cost metric.
+    pub price_per_million_input_tokens: f64,
+    /// Price per 1M output tokens in USD, for the estimated-cost metric.
+    pub price_per_million_output_tokens: f64,
+    /// Sentry DSN (`SENTRY_DSN`); empty disables error reporting.
+    pub sentry_dsn: Secret,
+    /// Environment name reported to Sentry.
+    pub environment: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            metrics_enabled: true,
+            price_per_million_input_tokens: 0.30,
+            price_per_million_output_tokens: 2.50,
+            sentry_dsn: Secret::default(),
+            environment: "production".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or variable could not be read or has the wrong type or an unknown key.
+    #[error("invalid configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// The values were read but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads settings from defaults, the file named by `file` (or `LEARNING_CHAT_CONFIG`), and the
+    /// process environment, then validates them.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        Self::from_figment(Self::figment(file.as_deref()))
+    }
+
+    /// The layered sources, exposed so tests can add their own on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("LEARNING_CHAT_")
+                    .ignore(&["CONFIG", "BIND"])
+                    .split("__"),
+            )
+            .merge(Env::raw().only(&["LEARNING_CHAT_BIND"]).map(|_| "server.bind".into()))
+            .merge(Env::raw().only(&["GEMINI_API_KEY"]).map(|_| "gemini.api_key".into()))
+            .merge(
+                Env::raw()
+                    .only(&["GEMINI_BASE_URL"])
+                    .map(|_| "gemini.base_url".into()),
+            )
+            .merge(Env::raw().only(&["SENTRY_DSN"]).map(|_| "telemetry.sentry_dsn".into()))
+            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+    }
+
+    /// Extracts and validates settings from a figment; also resolves `REDIS_HOST`/`REDIS_PORT`.
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if settings.redis.url.is_empty() {
+            if let Ok(host) = std::env::var("REDIS_HOST") {
+                let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
+                if !host.trim().is_empty() {
+                    settings.redis.url = Secret::new(format!("redis://{}:{}", host.trim(), port.trim()));
+                }
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.server.request_timeout_secs == 0 {
+            return fail("server.request_timeout_secs must be at least 1");
+        }
+        if self.server.max_body_bytes < 64 {
+            return fail("server.max_body_bytes must be at least 64");
+        }
+        if self.server.max_message_chars == 0 {
+            return fail("server.max_message_chars must be at least 1");
+        }
+        if self.upstream.max_concurrency == 0 {
+            return fail("upstream.max_concurrency must be at least 1");
+        }
+        if self.cache.capacity == 0 && self.cache.enabled {
+            return fail("cache.capacity must be at least 1 (or set cache.enabled = false)");
+        }
+        if self.cache.ttl_secs == 0 && self.cache.enabled {
+            return fail("cache.ttl_secs must be at least 1 (or set cache.enabled = false)");
+        }
+        if self.redis.replicas == 0 {
+            return fail("redis.replicas must be at least 1");
+        }
+        if !self.redis.url.is_empty() && !self.redis.url.expose().starts_with("redis") {
+            return fail("redis.url must start with redis:// or rediss://");
+        }
+        let base = self.gemini.base_url.trim();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return fail("gemini.base_url must start with http:// or https://");
+        }
+        if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
+            return fail("upstream.retry_base_delay_ms must not exceed upstream.retry_max_delay_ms");
+        }
+        Ok(())
+    }
+
+    /// True when a Gemini API key is configured; otherwise the offline model answers.
+    pub fn uses_gemini(&self) -> bool {
+        !self.gemini.api_key.is_empty()
+    }
+
+    /// True when Redis shared state is configured.
+    pub fn uses_redis(&self) -> bool {
+        !self.redis.url.is_empty()
+    }
+
+    /// The whole-request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_secs)
+    }
+
+    /// The effective settings as TOML, secrets masked (what `check-config` prints).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_the_seeds_numbers() {
+        let s = Settings::default();
+        assert_eq!(s.upstream.max_concurrency, 100);
+        assert_eq!(s.cache.ttl_secs, 3600);
+        assert_eq!(s.cache.capacity, 1000);
+        assert_eq!(s.server.request_timeout_secs, 30);
+        assert_eq!(s.server.gzip_min_bytes, 1000);
+        assert!(!s.uses_gemini());
+        assert!(!s.uses_redis());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "lc.toml",
+                "[upstream]\nmax_concurrency = 7\nmax_queue = 3\n[cache]\nttl_secs = 10\n",
+            )?;
+            jail.set_env("LEARNING_CHAT_UPSTREAM__MAX_QUEUE", "9");
+            jail.set_env("LEARNING_CHAT_BIND", "127.0.0.1:9999");
+            jail.set_env("GEMINI_API_KEY", "sk-test-secret");
+            jail.set_env("REDIS_HOST", "redis.internal");
+            jail.set_env("REDIS_PORT", "6380");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("lc.toml"))))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.upstream.max_concurrency, 7);
+            assert_eq!(s.upstream.max_queue, 9);
+            assert_eq!(s.cache.ttl_secs, 10);
+            assert_eq!(s.server.bind.to_string(), "127.0.0.1:9999");
+            assert_eq!(s.gemini.api_key.expose(), "sk-test-secret");
+            assert_eq!(s.redis.url.expose(), "redis://redis.internal:6380");
+            let printed = s.to_masked_toml();
+            assert!(!printed.contains("sk-test-secret"), "{printed}");
+            assert!(!printed.contains("redis.internal"), "{printed}");
+            assert!(!format!("{s:?}").contains("sk-test-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[upstream]\nmax_concurency = 7\n")?;
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("bad.toml"))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_concurency"), "{err}");
+            jail.create_file("zero.toml", "[upstream]\nmax_concurrency = 0\n")?;
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("zero.toml"))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_concurrency"), "{err}");
+            Ok(())
+        });
+    }
+}

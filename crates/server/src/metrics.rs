@@ -1,0 +1,226 @@
+//! Every metric the service exports, in one place: names, labels, buckets and descriptions.
+//!
+//! Labels are low-cardinality by construction (route templates, status classes, error kinds,
+//! cache tiers), never raw paths or messages. The dashboard and alert rules in `deploy/` use
+//! these names; a test scrapes a running instance to keep them in step.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// HTTP requests by route template, method and status code.
+pub const HTTP_REQUESTS: &str = "learning_chat_http_requests_total";
+/// HTTP request duration by route template, method and status class.
+pub const HTTP_DURATION: &str = "learning_chat_http_request_duration_seconds";
+/// HTTP requests being served now.
+pub const HTTP_IN_FLIGHT: &str = "learning_chat_http_requests_in_flight";
+/// Cache lookups by tier (memory/redis) and result (hit/miss).
+pub const CACHE_LOOKUPS: &str = "learning_chat_cache_lookups_total";
+/// Answers held in the in-process cache.
+pub const CACHE_ENTRIES: &str = "learning_chat_cache_entries";
+/// Requests that waited for an identical question already in flight, by scope (local/cluster).
+pub const COALESCED: &str = "learning_chat_coalesced_requests_total";
+/// Model calls in flight now.
+pub const UPSTREAM_IN_FLIGHT: &str = "learning_chat_upstream_in_flight";
+/// The configured model-call concurrency limit.
+pub const UPSTREAM_LIMIT: &str = "learning_chat_upstream_concurrency_limit";
+/// Questions waiting for a model slot.
+pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
+/// Time spent waiting for a model slot.
+pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
+/// Requests refused with 503 before reaching the model, by reason.
+pub const SHED: &str = "learning_chat_requests_shed_total";
+/// Model call attempts by outcome (ok, rate_limited, unavailable, ...).
+pub const UPSTREAM_REQUESTS: &str = "learning_chat_upstream_requests_total";
+/// Model call latency by outcome.
+pub const UPSTREAM_DURATION: &str = "learning_chat_upstream_request_duration_seconds";
+/// Retries of model calls, by the error kind that caused them.
+pub const UPSTREAM_RETRIES: &str = "learning_chat_upstream_retries_total";
+/// Tokens used, by kind (prompt/output).
+pub const UPSTREAM_TOKENS: &str = "learning_chat_upstream_tokens_total";
+/// Model calls started in the current minute (the seed's per-minute counter).
+pub const UPSTREAM_CURRENT_MINUTE: &str = "learning_chat_upstream_requests_current_minute";
+/// Model calls counted in the quota's sliding window right now.
+pub const QUOTA_WINDOW_USED: &str = "learning_chat_quota_window_requests";
+/// The configured requests-per-minute quota (0 = unlimited).
+pub const QUOTA_RPM: &str = "learning_chat_quota_rpm";
+/// Time spent waiting for a quota slot.
+pub const QUOTA_WAIT: &str = "learning_chat_quota_wait_seconds";
+/// Estimated model cost from the configured token prices, in micro-USD.
+pub const UPSTREAM_COST: &str = "learning_chat_upstream_cost_microusd_total";
+/// 1 when Redis is reachable, 0 when the service runs on its local fallbacks.
+pub const REDIS_UP: &str = "learning_chat_redis_up";
+/// Redis call latency by operation.
+pub const REDIS_DURATION: &str = "learning_chat_redis_command_duration_seconds";
+/// Times a local fallback was used because Redis failed, by operation.
+pub const REDIS_FALLBACKS: &str = "learning_chat_redis_fallbacks_total";
+
+/// Buckets from 1 ms to 60 s, so p50/p95/p99 are computable from milliseconds to the deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+    7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program or test harness);
+            // metrics then go there and /metrics renders what this handle saw.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration.");
+    describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now.");
+    describe_counter!(CACHE_LOOKUPS, "Response cache lookups by tier and result.");
+    describe_gauge!(CACHE_ENTRIES, "Answers held in the in-process cache.");
+    describe_counter!(COALESCED, "Requests that shared an identical in-flight question.");
+    describe_gauge!(UPSTREAM_IN_FLIGHT, "Model calls in flight.");
+    describe_gauge!(UPSTREAM_LIMIT, "Configured model-call concurrency limit.");
+    describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
+    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
+    describe_counter!(SHED, "Requests refused with 503 before the model, by reason.");
+    describe_counter!(UPSTREAM_REQUESTS, "Model call attempts by outcome.");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Model call latency.");
+    describe_counter!(UPSTREAM_RETRIES, "Model call retries by cause.");
+    describe_counter!(UPSTREAM_TOKENS, "Model tokens by kind.");
+    describe_gauge!(UPSTREAM_CURRENT_MINUTE, "Model calls started this minute.");
+    describe_gauge!(QUOTA_WINDOW_USED, "Model calls in the quota's sliding window.");
+    describe_gauge!(QUOTA_RPM, "Configured requests-per-minute quota (0 = unlimited).");
+    describe_histogram!(QUOTA_WAIT, Unit::Seconds, "Wait for a quota slot.");
+    describe_counter!(UPSTREAM_COST, "Estimated model cost in micro-USD.");
+    describe_gauge!(REDIS_UP, "1 when Redis is reachable.");
+    describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis call latency.");
+    describe_counter!(REDIS_FALLBACKS, "Local fallbacks taken because Redis failed.");
+}
+
+/// Records one finished HTTP request.
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let status_text = status.to_string();
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status_text)
+        .increment(1);
+    histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned(), "status_class" => class)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
+pub fn http_in_flight(delta: f64) {
+    gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+/// Records a cache lookup.
+pub fn cache_lookup(tier: crate::cache::CacheTier, hit: bool) {
+    counter!(CACHE_LOOKUPS, "tier" => tier.as_str(), "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+/// Sets the in-process cache size.
+pub fn cache_entries(entries: u64) {
+    gauge!(CACHE_ENTRIES, "tier" => "memory").set(entries as f64);
+}
+
+/// Records a request that joined an identical in-flight question.
+pub fn coalesced(scope: &'static str) {
+    counter!(COALESCED, "scope" => scope).increment(1);
+}
+
+/// Sets the configured concurrency limit.
+pub fn upstream_limit(limit: usize) {
+    gauge!(UPSTREAM_LIMIT).set(limit as f64);
+}
+
+/// Sets the model calls in flight.
+pub fn upstream_in_flight(in_flight: usize) {
+    gauge!(UPSTREAM_IN_FLIGHT).set(in_flight as f64);
+}
+
+/// Sets the queue depth.
+pub fn queue_depth(depth: usize) {
+    gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+/// Records a wait for a model slot.
+pub fn queue_wait(waited: Duration) {
+    histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
+}
+
+/// Records a refused request.
+pub fn shed(reason: &'static str) {
+    counter!(SHED, "reason" => reason).increment(1);
+}
+
+/// Records one model call attempt.
+pub fn upstream_request(outcome: &'static str, elapsed: Duration) {
+    counter!(UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
+    histogram!(UPSTREAM_DURATION, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+/// Records a retry and its cause.
+pub fn upstream_retry(cause: &'static str) {
+    counter!(UPSTREAM_RETRIES, "cause" => cause).increment(1);
+}
+
+/// Records tokens used and their estimated cost.
+pub fn upstream_tokens(prompt: u32, output: u32, price_in_per_m: f64, price_out_per_m: f64) {
+    counter!(UPSTREAM_TOKENS, "kind" => "prompt").increment(prompt.into());
+    counter!(UPSTREAM_TOKENS, "kind" => "output").increment(output.into());
+    // USD per 1M tokens equals micro-USD per token.
+    let micro_usd = f64::from(prompt) * price_in_per_m + f64::from(output) * price_out_per_m;
+    counter!(UPSTREAM_COST).increment(micro_usd.round() as u64);
+}
+
+/// Sets the model calls started in the current minute.
+pub fn upstream_current_minute(count: u64) {
+    gauge!(UPSTREAM_CURRENT_MINUTE).set(count as f64);
+}
+
+/// Sets the quota gauges.
+pub fn quota_rpm(rpm: u32) {
+    gauge!(QUOTA_RPM).set(f64::from(rpm));
+}
+
+/// Sets the requests counted in the quota window.
+pub fn quota_window_used(used: u64) {
+    gauge!(QUOTA_WINDOW_USED).set(used as f64);
+}
+
+/// Records a wait for a quota slot.
+pub fn quota_wait(waited: Duration) {
+    histogram!(QUOTA_WAIT).record(waited.as_secs_f64());
+}
+
+/// Sets Redis reachability.
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records one Redis call.
+pub fn redis_command(operation: &'static str, elapsed: Duration) {
+    histogram!(REDIS_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+/// Records a local fallback taken because Redis failed.
+pub fn redis_fallback(operation: &'static str) {
+    counter!(REDIS_FALLBACKS, "operation" => operation).increment(1);
+}

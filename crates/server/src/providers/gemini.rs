@@ -1,0 +1,157 @@
+//! The Gemini REST client (`generateContent`), in Gemini's real wire format.
+
+use super::{completion_from_response, Completion, ModelRequest, ProviderError};
+use crate::config::{GeminiSettings, Secret};
+use gemini_wire::{ErrorBody, GenerateContentResponse};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Calls `POST {base}/v1beta/models/{model}:generateContent`.
+#[derive(Clone)]
+pub struct GeminiClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Secret,
+}
+
+impl std::fmt::Debug for GeminiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiClient")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest piece of an unexpected upstream body kept for logs.
+const MAX_LOGGED_BODY: usize = 300;
+
+impl GeminiClient {
+    /// A client with a shared connection pool.
+    pub fn new(settings: &GeminiSettings) -> anyhow::Result<GeminiClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("learning-chat/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(GeminiClient {
+            http,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            api_key: settings.api_key.clone(),
+        })
+    }
+
+    fn url(&self, model: &str) -> String {
+        format!("{}/v1beta/models/{model}:generateContent", self.base_url)
+    }
+
+    /// One attempt, bounded by `deadline`.
+    pub async fn generate(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ProviderError::Timeout);
+        }
+        // The key goes in a header, never in the URL, so it cannot end up in access logs.
+        let sent = self
+            .http
+            .post(self.url(&request.model))
+            .header("x-goog-api-key", self.api_key.expose())
+            .json(&request.to_wire())
+            .timeout(remaining)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => return Err(ProviderError::Timeout),
+            Err(e) => {
+                return Err(ProviderError::Unavailable {
+                    status: None,
+                    message: without_url(&e),
+                })
+            }
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) if e.is_timeout() => return Err(ProviderError::Timeout),
+            Err(e) => {
+                return Err(ProviderError::Unavailable {
+                    status: Some(status.as_u16()),
+                    message: format!("reading body: {}", without_url(&e)),
+                })
+            }
+        };
+        if status.is_success() {
+            let parsed: GenerateContentResponse = serde_json::from_slice(&body)
+                .map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
+            return completion_from_response(parsed, &request.model);
+        }
+        Err(error_from_status(status.as_u16(), &body))
+    }
+}
+
+/// Maps a non-2xx Gemini response to a provider error, reading `google.rpc` details when present.
+pub(crate) fn error_from_status(status: u16, body: &[u8]) -> ProviderError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let message = match &parsed {
+        Some(b) => format!("{} {}", b.error.status, b.error.message),
+        None => String::from_utf8_lossy(&body[..body.len().min(MAX_LOGGED_BODY)]).into_owned(),
+    };
+    match status {
+        429 => ProviderError::RateLimited {
+            retry_after: parsed.as_ref().and_then(|b| b.error.retry_delay()),
+            daily: parsed.as_ref().is_some_and(|b| b.error.is_daily_quota()),
+        },
+        500..=599 => ProviderError::Unavailable {
+            status: Some(status),
+            message,
+        },
+        _ => ProviderError::Rejected { status, message },
+    }
+}
+
+/// reqwest errors print the URL; ours holds no key, but keep logs free of endpoints anyway.
+fn without_url(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), "<gemini endpoint>");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../gemini-wire/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn recorded_errors_map_to_provider_errors() {
+        assert_eq!(
+            error_from_status(429, &fixture("error_429_quota.json")),
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(26)),
+                daily: false
+            }
+        );
+        let e = error_from_status(503, &fixture("error_503_overloaded.json"));
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("overloaded"), "{e}");
+        let e = error_from_status(400, &fixture("error_400_api_key.json"));
+        assert!(!e.is_retryable());
+        assert!(matches!(e, ProviderError::Rejected { status: 400, .. }));
+        let e = error_from_status(502, b"<html>bad gateway</html>");
+        assert!(e.is_retryable());
+    }
+}

@@ -1,0 +1,265 @@
+//! Model providers: the real Gemini API, or the built-in offline simulated model.
+//!
+//! The chat service sees one [`Provider`]; which backend answers is decided once at start-up.
+
+mod gemini;
+mod simulated;
+
+pub use gemini::GeminiClient;
+pub use simulated::SimulatedModel;
+
+use gemini_wire::{FinishReason, GenerateContentResponse, GenerationConfig};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the chat service asks a model for: one learner message to one tutor.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// Model id, e.g. `gemini-2.5-flash`.
+    pub model: String,
+    /// The tutor's system prompt.
+    pub system_prompt: String,
+    /// The learner's (normalised) message.
+    pub message: String,
+    /// Sampling and length settings.
+    pub generation: GenerationConfig,
+}
+
+impl ModelRequest {
+    /// The Gemini wire request for this question.
+    pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
+        gemini_wire::GenerateContentRequest {
+            contents: vec![gemini_wire::Content::text(Some("user"), self.message.clone())],
+            system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
+            generation_config: Some(self.generation.clone()),
+            safety_settings: None,
+        }
+    }
+}
+
+/// Token counts of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Input tokens billed (system prompt and message).
+    pub prompt_tokens: u32,
+    /// Output tokens billed (answer and any thinking).
+    pub output_tokens: u32,
+}
+
+/// A usable answer from the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The answer text.
+    pub text: String,
+    /// `Stop` for a complete answer; `MaxTokens` for a truncated one (returned, never cached).
+    pub finish_reason: FinishReason,
+    /// The model that answered, as reported to the learner.
+    pub model: String,
+    /// Tokens used.
+    pub usage: Usage,
+}
+
+/// Why the model gave no usable answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// 429: quota exhausted. `retry_after` comes from `google.rpc.RetryInfo`.
+    #[error("model quota exhausted")]
+    RateLimited {
+        /// How long the provider asked us to wait.
+        retry_after: Option<Duration>,
+        /// A per-day quota: retrying within the request is pointless.
+        daily: bool,
+    },
+    /// The prompt or the answer was refused by the provider's safety system.
+    #[error("blocked by the model's safety filters ({reason})")]
+    Blocked {
+        /// e.g. `PROHIBITED_CONTENT`, `SAFETY`.
+        reason: String,
+    },
+    /// The provider is down, overloaded or failed (5xx, connection error).
+    #[error("model unavailable: {message}")]
+    Unavailable {
+        /// The HTTP status, when there was a response.
+        status: Option<u16>,
+        /// What went wrong, for logs only.
+        message: String,
+    },
+    /// The provider refused the request itself (bad key, unknown model, bad request).
+    #[error("model rejected the request ({status}): {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// What the provider said, for logs only.
+        message: String,
+    },
+    /// The attempt ran out of time.
+    #[error("model call timed out")]
+    Timeout,
+    /// The answer stopped before producing any text (e.g. MAX_TOKENS spent on thinking).
+    #[error("model produced no answer text (finish reason {0})")]
+    Empty(String),
+    /// The response could not be understood.
+    #[error("invalid model response: {0}")]
+    InvalidResponse(String),
+}
+
+impl ProviderError {
+    /// True when the same call may succeed if tried again shortly.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::RateLimited { daily, .. } => !daily,
+            ProviderError::Unavailable { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The delay the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short, low-cardinality label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Blocked { .. } => "blocked",
+            ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Timeout => "timeout",
+            ProviderError::Empty(_) => "empty",
+            ProviderError::InvalidResponse(_) => "invalid_response",
+        }
+    }
+}
+
+/// Turns a parsed GenerateContentResponse into an answer or the reason there is none.
+pub fn completion_from_response(
+    response: GenerateContentResponse,
+    requested_model: &str,
+) -> Result<Completion, ProviderError> {
+    if let Some(reason) = response.block_reason() {
+        return Err(ProviderError::Blocked {
+            reason: reason.to_owned(),
+        });
+    }
+    let Some(finish_reason) = response.finish_reason().cloned() else {
+        return Err(ProviderError::InvalidResponse(
+            "no candidate with a finish reason".to_owned(),
+        ));
+    };
+    if matches!(
+        finish_reason,
+        FinishReason::Safety
+            | FinishReason::ProhibitedContent
+            | FinishReason::Blocklist
+            | FinishReason::Spii
+            | FinishReason::Recitation
+    ) {
+        return Err(ProviderError::Blocked {
+            reason: finish_reason.as_str().to_owned(),
+        });
+    }
+    let text = response.text();
+    if text.trim().is_empty() {
+        return Err(ProviderError::Empty(finish_reason.as_str().to_owned()));
+    }
+    let usage = response
+        .usage_metadata
+        .as_ref()
+        .map(|u| Usage {
+            prompt_tokens: u.prompt_token_count,
+            output_tokens: u.candidates_token_count.unwrap_or(0)
+                + u.thoughts_token_count.unwrap_or(0),
+        })
+        .unwrap_or_default();
+    Ok(Completion {
+        text,
+        finish_reason,
+        model: response
+            .model_version
+            .unwrap_or_else(|| requested_model.to_owned()),
+        usage,
+    })
+}
+
+/// The model backend chosen at start-up.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// Google Gemini over its REST API.
+    Gemini(GeminiClient),
+    /// The built-in offline model (no API key configured).
+    Simulated(SimulatedModel),
+}
+
+impl Provider {
+    /// One attempt, bounded by `deadline`; retries are the caller's business.
+    pub async fn generate(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
+        match self {
+            Provider::Gemini(client) => client.generate(request, deadline).await,
+            Provider::Simulated(model) => model.generate(request, deadline).await,
+        }
+    }
+
+    /// `gemini` or `offline-simulated`, for /ready and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Gemini(_) => "gemini",
+            Provider::Simulated(_) => "offline-simulated",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> GenerateContentResponse {
+        let path = format!(
+            "{}/../gemini-wire/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn recorded_success_becomes_a_complete_answer() {
+        let c = completion_from_response(fixture("generate_ok.json"), "x").unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        assert_eq!(c.model, "gemini-3-pro-preview");
+        assert_eq!(
+            c.usage,
+            Usage {
+                prompt_tokens: 9,
+                output_tokens: 28 + 244
+            }
+        );
+    }
+
+    #[test]
+    fn recorded_refusals_map_to_clear_errors() {
+        assert_eq!(
+            completion_from_response(fixture("blocked_prompt.json"), "x"),
+            Err(ProviderError::Blocked {
+                reason: "PROHIBITED_CONTENT".into()
+            })
+        );
+        assert_eq!(
+            completion_from_response(fixture("finish_safety.json"), "x"),
+            Err(ProviderError::Blocked {
+                reason: "SAFETY".into()
+            })
+        );
+        assert_eq!(
+            completion_from_response(fixture("max_tokens.json"), "x"),
+            Err(ProviderError::Empty("MAX_TOKENS".into()))
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Shared test helpers: the simulator and the service on port 0, talking over real HTTP.
+#![allow(dead_code)]
+
+use gemini_sim::{SimConfig, SimServer};
+use learning_chat::config::Secret;
+use learning_chat::{Application, Settings};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running service.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST /api/v1/agents/{agent} with {"message": message}.
+    pub async fn ask(&self, agent: &str, message: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/agents/{agent}")))
+            .json(&serde_json::json!({ "message": message }))
+            .send()
+            .await
+            .expect("request reaches the service")
+    }
+
+    /// Sends the shutdown signal (like SIGTERM) and waits for the service to exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.await.expect("service task")
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Settings for tests: port 0, the offline model, fast and small.
+pub fn offline_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.offline.latency_ms = 0;
+    settings.server.shutdown_grace_secs = 5;
+    settings
+}
+
+/// Settings pointing at a simulator with a test API key.
+pub fn settings_for(sim: &SimServer) -> Settings {
+    let mut settings = offline_settings();
+    settings.gemini.api_key = Secret::new("test-key");
+    settings.gemini.base_url = sim.base_url();
+    settings.upstream.retry_base_delay_ms = 20;
+    settings.upstream.retry_max_delay_ms = 100;
+    settings
+}
+
+pub async fn start_sim(config: SimConfig) -> SimServer {
+    SimServer::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+pub async fn spawn_app(settings: Settings) -> TestApp {
+    let app = Application::build(settings).await.expect("service builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        addr,
+        client,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+/// A simulator latency of a fixed number of milliseconds.
+pub fn fixed_latency(ms: u64) -> gemini_sim::Latency {
+    gemini_sim::Latency::Fixed { ms }
+}
