@@ -23,7 +23,8 @@ impl TestApp {
     }
 
     /// POST /api/v1/agents/{agent} with {"message": message}.
-    pub async fn ask(&self, agent: &str, message: &str) -> reqwest::Response {
+    pub async fn ask(&self, agent: &str, message: impl Into<String>) -> reqwest::Response {
+        let message: String = message.into();
         self.client
             .post(self.url(&format!("/api/v1/agents/{agent}")))
             .json(&serde_json::json!({ "message": message }))
