@@ -1,0 +1,167 @@
+//! Injected faults, switched on at run time through `POST /config`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use gemini_sim::SimConfig;
+use gemini_wire::sse::SseDecoder;
+use gemini_wire::GenerateContentResponse;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn error_faults_have_gemini_bodies() {
+    let sim = start(SimConfig::default()).await;
+    post_config(&sim, json!({"faults": {"error_500": 1.0}})).await;
+    let reply = generate(&sim, &request("hi")).await;
+    assert_eq!(reply.status, 500);
+    let error = reply.error();
+    assert_eq!(error.status, "INTERNAL");
+    assert_eq!(
+        error.message,
+        "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
+    );
+
+    post_config(
+        &sim,
+        json!({"faults": {"error_500": 0.0, "error_503": 1.0}}),
+    )
+    .await;
+    let reply = generate(&sim, &request("hi")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json(), fixture_json("error_503_overloaded.json"));
+
+    post_config(
+        &sim,
+        json!({"faults": {"error_503": 0.0, "error_504": 1.0}}),
+    )
+    .await;
+    let reply = generate(&sim, &request("hi")).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.error().status, "DEADLINE_EXCEEDED");
+
+    post_config(&sim, json!({"faults": {"error_504": 0.0}})).await;
+    assert_eq!(generate(&sim, &request("hi")).await.status, 200);
+
+    let stats = sim.stats();
+    assert_eq!((stats.errors, stats.ok), (3, 1));
+    assert_eq!(
+        (
+            stats.faults.error_500,
+            stats.faults.error_503,
+            stats.faults.error_504
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn fault_rates_are_probabilities() {
+    let sim = start(SimConfig::default()).await;
+    post_config(&sim, json!({"faults": {"error_503": 0.5}})).await;
+    let mut unavailable = 0;
+    for _ in 0..200 {
+        if generate(&sim, &request("hi")).await.status == 503 {
+            unavailable += 1;
+        }
+    }
+    // Binomial(200, 0.5): 60..140 fails with probability ~1e-8.
+    assert!((60..140).contains(&unavailable), "{unavailable}");
+    // Invalid rates are refused and change nothing.
+    let resp = client()
+        .post(format!("{}/config", sim.base_url()))
+        .json(&json!({"faults": {"error_503": 1.5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(sim.config().faults.error_503, 0.5);
+}
+
+#[tokio::test]
+async fn hang_lasts_until_the_client_gives_up() {
+    let sim = start(SimConfig::default()).await;
+    post_config(&sim, json!({"faults": {"hang": 1.0}})).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let result = client
+        .post(model_url(&sim, MODEL, "generateContent"))
+        .header("x-goog-api-key", KEY)
+        .json(&request("hi"))
+        .send()
+        .await;
+    let err = result.expect_err("a hung request must not be answered");
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(sim.stats().faults.hang, 1);
+    // The server notices the client left: the request is no longer in flight.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = sim.stats();
+        if stats.in_flight == 0 && stats.cancelled == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hung request leaked: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hang is bounded: with a short bound the client gets a 504.
+    post_config(&sim, json!({"hang_max_ms": 100})).await;
+    let reply = generate(&sim, &request("hi")).await;
+    assert_eq!(reply.status, 504);
+}
+
+#[tokio::test]
+async fn stream_cut_closes_without_finish_reason() {
+    let sim = start(SimConfig::default()).await;
+    post_config(
+        &sim,
+        json!({"faults": {"stream_cut": 1.0}, "stream": {"chunk_tokens": 10, "chunk_delay_ms": 5}}),
+    )
+    .await;
+    let mut resp = client()
+        .post(format!(
+            "{}?alt=sse",
+            model_url(&sim, MODEL, "streamGenerateContent")
+        ))
+        .header("x-goog-api-key", KEY)
+        .json(&request("What is gravity?"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    let broke = loop {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => events.extend(decoder.push(std::str::from_utf8(&bytes).unwrap())),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        broke,
+        "a cut stream must end with a broken connection, not a clean end"
+    );
+    assert!(!events.is_empty(), "some chunks arrive before the cut");
+    for event in &events {
+        let parsed: GenerateContentResponse = serde_json::from_str(event).unwrap();
+        assert!(parsed.finish_reason().is_none());
+    }
+    // 120 tokens in 10-token chunks: 12 events, cut after half.
+    assert_eq!(events.len(), 6);
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.stream_cut, stats.faults.stream_cut, stats.ok),
+        (1, 1, 0)
+    );
+    // generateContent is not affected by the stream-cut rate.
+    assert_eq!(
+        generate(&sim, &request("What is gravity?")).await.status,
+        200
+    );
+}

@@ -1,0 +1,258 @@
+//! Statistics: accounting of outcomes, in-flight peak, reset, timeline, run-time config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use gemini_sim::{Latency, QuotaConfig, SimConfig, Stats, Timeline};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn http_stats(sim: &gemini_sim::SimServer) -> Stats {
+    client()
+        .get(format!("{}/stats", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stats_count_every_outcome_and_the_in_flight_peak() {
+    let sim = start(SimConfig {
+        latency: Latency::Fixed { ms: 800 },
+        quota: QuotaConfig {
+            rpm: 25,
+            ..QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    // 30 concurrent requests: 25 admitted and sleeping together, 5 rate limited at once.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let url = model_url(&sim, MODEL, "generateContent");
+            tokio::spawn(async move {
+                post_raw(
+                    &client(),
+                    &url,
+                    Some(KEY),
+                    request(&format!("q{i}")).to_string(),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    // While they sleep, the live gauge shows them.
+    let deadline = Instant::now() + Duration::from_millis(700);
+    while sim.stats().in_flight != 25 {
+        assert!(Instant::now() < deadline, "{:?}", sim.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 25);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
+    // One error and one countTokens call.
+    generate_with_model(&sim, "no-such-model").await;
+    let count = post_raw(
+        &client(),
+        &model_url(&sim, MODEL, "countTokens"),
+        Some(KEY),
+        request("x").to_string(),
+    )
+    .await;
+    assert_eq!(count.status, 200);
+
+    let stats = http_stats(&sim).await;
+    assert_eq!(stats, sim.stats_without_clock(&stats));
+    assert_eq!(stats.requests, 32);
+    assert_eq!(stats.ok, 26);
+    assert_eq!(stats.rate_limited, 5);
+    assert_eq!(stats.errors, 1);
+    assert_eq!(stats.in_flight, 0);
+    assert!(
+        stats.in_flight_peak >= 25 && stats.in_flight_peak <= 30,
+        "{}",
+        stats.in_flight_peak
+    );
+    assert_eq!(stats.count_tokens, 1);
+    assert!(stats.prompt_tokens > 0 && stats.output_tokens >= 25 * 90);
+    assert_eq!(stats.per_minute.iter().map(|m| m.requests).sum::<u64>(), 32);
+    assert_eq!(stats.per_key[KEY].requests, 32);
+    assert_eq!(stats.per_key[KEY].rate_limited, 5);
+
+    // The timeline holds every request with its status.
+    let timeline: Timeline = client()
+        .get(format!("{}/stats/timeline", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(timeline.arrival_ms.len(), 32);
+    assert_eq!(timeline.status.iter().filter(|s| **s == 429).count(), 5);
+    assert_eq!(timeline.max_in_window(60_000, |s| s == 200), 26);
+    assert!(timeline.arrival_ms.windows(2).all(|w| w[0] <= w[1]));
+}
+
+async fn generate_with_model(sim: &gemini_sim::SimServer, model: &str) {
+    let reply = post_raw(
+        &client(),
+        &model_url(sim, model, "generateContent"),
+        Some(KEY),
+        request("x").to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+}
+
+trait ClockFree {
+    fn stats_without_clock(&self, http: &Stats) -> Stats;
+}
+
+impl ClockFree for gemini_sim::SimServer {
+    /// The library snapshot with the HTTP snapshot's clock field, so the two compare equal.
+    fn stats_without_clock(&self, http: &Stats) -> Stats {
+        Stats {
+            since_reset_ms: http.since_reset_ms,
+            ..self.stats()
+        }
+    }
+}
+
+#[tokio::test]
+async fn stats_reset_zeroes_counters_but_keeps_quota_windows() {
+    let sim = start(SimConfig {
+        quota: QuotaConfig {
+            rpm: 1,
+            ..QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    assert_eq!(generate(&sim, &request("a")).await.status, 200);
+    assert_eq!(generate(&sim, &request("a")).await.status, 429);
+    assert_eq!(sim.stats().requests, 2);
+    let resp = client()
+        .post(format!("{}/stats/reset", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats = http_stats(&sim).await;
+    assert_eq!(
+        (
+            stats.requests,
+            stats.ok,
+            stats.rate_limited,
+            stats.in_flight_peak
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(stats.per_key.is_empty() && stats.per_minute.is_empty());
+    assert!(sim.timeline().arrival_ms.is_empty());
+    // Quota windows survive a stats reset.
+    assert_eq!(generate(&sim, &request("a")).await.status, 429);
+    sim.reset_stats();
+    assert_eq!(sim.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn post_config_changes_latency_at_run_time() {
+    let sim = start(SimConfig::default()).await;
+    let t = Instant::now();
+    assert_eq!(generate(&sim, &request("a")).await.status, 200);
+    assert!(t.elapsed() < Duration::from_millis(200));
+
+    let config = post_config(&sim, json!({"latency": {"kind": "fixed", "ms": 400}})).await;
+    assert_eq!(config["latency"]["ms"], 400);
+    let current: serde_json::Value = client()
+        .get(format!("{}/config", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["latency"], json!({"kind": "fixed", "ms": 400}));
+    // Untouched settings keep their values.
+    assert_eq!(current["answer_tokens"], 120);
+    let t = Instant::now();
+    assert_eq!(generate(&sim, &request("a")).await.status, 200);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+
+    // Streams: time to first chunk plus a delay per chunk.
+    post_config(
+        &sim,
+        json!({"latency": {"kind": "none"}, "stream": {"first_chunk_ms": 100, "chunk_delay_ms": 50, "chunk_tokens": 40}}),
+    )
+    .await;
+    let t = Instant::now();
+    let reply = post_raw(
+        &client(),
+        &format!(
+            "{}?alt=sse",
+            model_url(&sim, MODEL, "streamGenerateContent")
+        ),
+        Some(KEY),
+        request("a").to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // 120 tokens / 40 = 3 chunks: 100 + 2 * 50 ms.
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+    assert_eq!(gemini_wire::sse::parse_events(&reply.text).len(), 3);
+
+    // Uniform latency through the library API.
+    sim.update_config(|c| {
+        c.latency = Latency::Uniform {
+            min_ms: 50,
+            max_ms: 100,
+        }
+    });
+    let t = Instant::now();
+    generate(&sim, &request("a")).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(50) && took < Duration::from_millis(500),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn seed_preset_is_2800_ms_and_shutdown_wakes_sleepers() {
+    assert_eq!(
+        SimConfig::seed_preset().latency,
+        Latency::Fixed { ms: 2800 }
+    );
+    let sim = start(SimConfig::seed_preset()).await;
+    let url = model_url(&sim, MODEL, "generateContent");
+    let pending = tokio::spawn(async move {
+        post_raw(&client(), &url, Some(KEY), request("a").to_string())
+            .await
+            .status
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sim.stats().in_flight, 1);
+    let t = Instant::now();
+    sim.shutdown().await;
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(pending.await.unwrap(), 503);
+}
