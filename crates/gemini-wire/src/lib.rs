@@ -208,7 +208,8 @@ impl GenerateContentResponse {
 
     /// The first candidate's finish reason, if it has one yet.
     pub fn finish_reason(&self) -> Option<&FinishReason> {
-        self.first_candidate().and_then(|c| c.finish_reason.as_ref())
+        self.first_candidate()
+            .and_then(|c| c.finish_reason.as_ref())
     }
 
     /// Why the prompt was blocked, when it was.
@@ -453,7 +454,7 @@ pub fn parse_proto_duration(text: &str) -> Option<Duration> {
 /// Formats a duration as a protobuf JSON Duration the way Google does (`"26s"`, `"12.345s"`).
 pub fn format_proto_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         let text = format!("{}.{:03}", millis / 1000, millis % 1000);

@@ -1,9 +1,7 @@
 //! Every body recorded from the real Gemini API (see fixtures/SOURCES.md) parses into the wire types
 //! and yields what a client needs from it.
 
-use gemini_wire::{
-    sse, CountTokensResponse, ErrorBody, FinishReason, GenerateContentResponse,
-};
+use gemini_wire::{sse, CountTokensResponse, ErrorBody, FinishReason, GenerateContentResponse};
 use std::time::Duration;
 
 fn fixture(name: &str) -> String {

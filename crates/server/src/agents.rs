@@ -120,7 +120,9 @@ impl AgentRegistry {
                 )));
             }
             if definition.system_prompt.trim().is_empty() {
-                return Err(AgentsError::Parse(format!("agent {id}: empty system_prompt")));
+                return Err(AgentsError::Parse(format!(
+                    "agent {id}: empty system_prompt"
+                )));
             }
             if definition.model.trim().is_empty() {
                 return Err(AgentsError::Parse(format!("agent {id}: empty model")));
@@ -215,8 +217,10 @@ mod tests {
         let dup = "[[agents]]\nid='m'\nname='M'\ndescription='d'\nmodel='x'\nsystem_prompt='p'\n";
         let err = AgentRegistry::from_toml(&format!("{dup}{dup}")).unwrap_err();
         assert!(err.to_string().contains("twice"));
-        let err = AgentRegistry::from_toml("[[agents]]\nid='Bad Id'\nname='M'\ndescription='d'\nmodel='x'\nsystem_prompt='p'\n")
-            .unwrap_err();
+        let err = AgentRegistry::from_toml(
+            "[[agents]]\nid='Bad Id'\nname='M'\ndescription='d'\nmodel='x'\nsystem_prompt='p'\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("Bad Id"));
     }
 }

@@ -3,10 +3,12 @@
 use crate::admission::{Admission, QuotaLimiter};
 use crate::agents::AgentRegistry;
 use crate::api;
-use crate::cache::{MemoryCache, ResponseCache};
+use crate::cache::{MemoryCache, RedisCache, ResponseCache};
 use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
+use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::providers::{GeminiClient, Provider, SimulatedModel};
+use crate::redis_link::RedisLink;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::Next;
@@ -18,7 +20,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The shared state, when Redis is configured.
+    pub redis: Option<RedisLink>,
     draining: Arc<AtomicBool>,
     process_metrics: Arc<metrics_process::Collector>,
 }
@@ -51,17 +55,46 @@ impl AppState {
         let provider = if settings.uses_gemini() {
             Provider::Gemini(GeminiClient::new(&settings.gemini)?)
         } else {
-            Provider::Simulated(SimulatedModel::new(&settings.offline))
+            Provider::Simulated(Box::new(SimulatedModel::new(&settings.offline)))
         };
-        let cache = if settings.cache.enabled {
-            ResponseCache::Memory(MemoryCache::new(
-                settings.cache.capacity,
-                Duration::from_secs(settings.cache.ttl_secs),
-            ))
+        let redis = if settings.uses_redis() {
+            Some(RedisLink::new(&settings.redis)?)
         } else {
-            ResponseCache::Disabled
+            None
+        };
+        let ttl = Duration::from_secs(settings.cache.ttl_secs);
+        let cache = match (&redis, settings.cache.enabled) {
+            (_, false) => ResponseCache::Disabled,
+            (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
+            (Some(link), true) => ResponseCache::Tiered {
+                // L1 only absorbs repeats on this server; freshness is Redis's job.
+                memory: MemoryCache::new(
+                    settings.cache.capacity,
+                    ttl.min(Duration::from_secs(settings.cache.l1_ttl_secs.max(1))),
+                ),
+                redis: RedisCache::new(link.clone(), ttl),
+            },
+        };
+        let cluster = match (&redis, cache.redis()) {
+            (Some(link), Some(redis_cache)) => Some(ClusterCoalescer::new(
+                link.clone(),
+                redis_cache.clone(),
+                Duration::from_millis(settings.redis.lease_ms),
+            )),
+            _ => None,
         };
         let up = &settings.upstream;
+        let margin = Duration::from_millis(up.quota_window_margin_ms);
+        let quota = match &redis {
+            Some(link) => QuotaLimiter::clustered(
+                up.rpm,
+                up.input_tpm,
+                margin,
+                settings.redis.replicas,
+                link.clone(),
+            ),
+            None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
+        };
         let chat = ChatService::new(ChatDeps {
             agents,
             cache,
@@ -71,11 +104,8 @@ impl AppState {
                 up.max_queue,
                 Duration::from_millis(up.max_queue_wait_ms),
             ),
-            quota: QuotaLimiter::new(
-                up.rpm,
-                up.input_tpm,
-                Duration::from_millis(up.quota_window_margin_ms),
-            ),
+            quota,
+            cluster,
             retry: RetryPolicy {
                 max_retries: up.max_retries,
                 base_delay: Duration::from_millis(up.retry_base_delay_ms),
@@ -89,8 +119,10 @@ impl AppState {
         });
         let process_metrics = metrics_process::Collector::default();
         process_metrics.describe();
+        crate::metrics::queue_limit(settings.upstream.max_queue);
         Ok(AppState {
             chat,
+            redis,
             settings: Arc::new(settings),
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
@@ -105,14 +137,18 @@ impl AppState {
 
     /// `disabled`, `up` or `down`.
     pub fn redis_status(&self) -> &'static str {
-        "disabled"
+        match &self.redis {
+            None => "disabled",
+            Some(link) if link.is_up() => "up",
+            Some(_) => "down",
+        }
     }
 
     /// Updates the gauges that are sampled rather than tracked (called before each scrape).
-    pub fn refresh_gauges(&self) {
+    pub async fn refresh_gauges(&self) {
         self.process_metrics.collect();
         crate::metrics::cache_entries(self.chat.cache().memory_entries());
-        crate::metrics::quota_window_used(self.chat.quota().requests_in_window());
+        crate::metrics::quota_window_used(self.chat.quota().requests_in_window().await);
         crate::metrics::upstream_in_flight(self.chat.admission().in_flight());
         crate::metrics::queue_depth(self.chat.admission().queued());
     }
@@ -140,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(settings.server.max_body_bytes))
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(crate::telemetry::sanitize_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
                     let id = request
@@ -152,6 +189,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(compression)
+                // Inside catch-panic, so a panic is reported while the request's scope is bound.
+                .layer(axum::middleware::from_fn(crate::telemetry::report_errors))
                 .layer(axum::middleware::from_fn(track_http_metrics)),
         )
         .with_state(state)
@@ -168,17 +207,17 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn track_http_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
     // The route template, never the raw path, keeps the label set small.
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    crate::metrics::http_in_flight(1.0);
+    // A guard, so a request dropped mid-way (client gone, panic) is still counted and leaves
+    // the in-flight gauge.
+    let timer = crate::metrics::HttpRequestTimer::start(route, method);
     let response = next.run(request).await;
-    crate::metrics::http_in_flight(-1.0);
-    crate::metrics::http_request(&route, &method, response.status().as_u16(), started.elapsed());
+    timer.finish(response.status().as_u16());
     response
 }
 
@@ -220,6 +259,7 @@ impl Application {
         let Application { listener, state } = self;
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let redis_probe = state.redis.as_ref().map(|link| link.start());
         let draining = state.draining.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(state);
@@ -245,6 +285,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(probe) = redis_probe {
+            probe.abort();
+        }
         result
     }
 }

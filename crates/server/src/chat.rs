@@ -7,6 +7,7 @@
 use crate::admission::{Admission, QuotaLimiter, Shed, ShedReason};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
+use crate::coalesce::{ClusterCoalescer, LeaseOutcome};
 use crate::providers::{Completion, ModelRequest, Provider, ProviderError, Usage};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
@@ -139,6 +140,8 @@ pub struct ChatDeps {
     pub admission: Admission,
     /// Requests/tokens per minute.
     pub quota: QuotaLimiter,
+    /// Cross-server coalescing, when Redis is configured.
+    pub cluster: Option<ClusterCoalescer>,
     /// Retries of failed model calls.
     pub retry: RetryPolicy,
     /// Longest accepted message, in characters.
@@ -274,11 +277,12 @@ impl ChatService {
         let task_key = key.clone();
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
-        let task = tokio::spawn(async move {
+        // It keeps the first asker's context, so its log lines carry that request id.
+        let task = tokio::spawn(crate::telemetry::in_current_context(async move {
             let result = inner.fetch(&task_key, &agent, message, deadline).await;
             inner.in_flight.lock().remove(&task_key);
             result
-        });
+        }));
         let shared = async move {
             match task.await {
                 Ok(result) => result,
@@ -311,6 +315,26 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Arc<Completion>, ChatError> {
         let deps = &self.deps;
+        let lease = match &deps.cluster {
+            None => None,
+            Some(cluster) => match cluster.acquire(key, deadline).await {
+                LeaseOutcome::Holder(lease) => Some(lease),
+                LeaseOutcome::Answered(answer) => {
+                    // Another server asked the model; this one only serves the answer on.
+                    deps.cache
+                        .insert_local(key.clone(), Arc::new(answer.clone()))
+                        .await;
+                    return Ok(Arc::new(Completion {
+                        text: answer.text,
+                        finish_reason: FinishReason::Stop,
+                        model: answer.model,
+                        usage: answer.usage,
+                    }));
+                }
+                LeaseOutcome::Unavailable => None,
+                LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
+            },
+        };
         let _permit = deps.admission.admit(deadline).await.map_err(|shed| {
             crate::metrics::shed(shed.reason.as_str());
             ChatError::Shed(shed)
@@ -364,7 +388,9 @@ impl Inner {
             deps.prices.output_per_million,
         );
         // Only complete answers are worth serving again; a truncated one is returned, not kept.
-        if completion.finish_reason == FinishReason::Stop {
+        let cacheable = completion.finish_reason == FinishReason::Stop;
+        let mut published = None;
+        if cacheable {
             let cached = CachedAnswer {
                 text: completion.text.clone(),
                 model: completion.model.clone(),
@@ -373,8 +399,23 @@ impl Inner {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
             };
-            deps.cache.insert(key.clone(), Arc::new(cached)).await;
+            deps.cache
+                .insert_local(key.clone(), Arc::new(cached.clone()))
+                .await;
             crate::metrics::cache_entries(deps.cache.memory_entries());
+            published = Some((key.clone(), cached));
+        }
+        match lease {
+            Some(lease) => lease.finish(published),
+            None => {
+                if let (Some(redis), Some((key, cached))) = (deps.cache.redis(), published) {
+                    // Redis was down when we started; store anyway in case it is back.
+                    let redis = redis.clone();
+                    tokio::spawn(async move {
+                        let _ = redis.set(&key, &cached).await;
+                    });
+                }
+            }
         }
         Ok(Arc::new(completion))
     }

@@ -217,7 +217,8 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     /// How many replicas share the quota, used only while Redis is down (each takes rpm / replicas).
     pub replicas: u32,
-    /// How long a server holds the right to ask upstream for one question, in milliseconds.
+    /// Lease on a question while one server asks upstream (renewed while it works), in ms;
+    /// a server that dies delays the others by at most this.
     pub lease_ms: u64,
 }
 
@@ -228,7 +229,7 @@ impl Default for RedisSettings {
             key_prefix: "learning-chat".to_owned(),
             command_timeout_ms: 250,
             replicas: 1,
-            lease_ms: 35_000,
+            lease_ms: 5_000,
         }
     }
 }
@@ -338,14 +339,26 @@ impl Settings {
                     .ignore(&["CONFIG", "BIND"])
                     .split("__"),
             )
-            .merge(Env::raw().only(&["LEARNING_CHAT_BIND"]).map(|_| "server.bind".into()))
-            .merge(Env::raw().only(&["GEMINI_API_KEY"]).map(|_| "gemini.api_key".into()))
+            .merge(
+                Env::raw()
+                    .only(&["LEARNING_CHAT_BIND"])
+                    .map(|_| "server.bind".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["GEMINI_API_KEY"])
+                    .map(|_| "gemini.api_key".into()),
+            )
             .merge(
                 Env::raw()
                     .only(&["GEMINI_BASE_URL"])
                     .map(|_| "gemini.base_url".into()),
             )
-            .merge(Env::raw().only(&["SENTRY_DSN"]).map(|_| "telemetry.sentry_dsn".into()))
+            .merge(
+                Env::raw()
+                    .only(&["SENTRY_DSN"])
+                    .map(|_| "telemetry.sentry_dsn".into()),
+            )
             .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
     }
 
@@ -358,7 +371,8 @@ impl Settings {
             if let Ok(host) = std::env::var("REDIS_HOST") {
                 let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
                 if !host.trim().is_empty() {
-                    settings.redis.url = Secret::new(format!("redis://{}:{}", host.trim(), port.trim()));
+                    settings.redis.url =
+                        Secret::new(format!("redis://{}:{}", host.trim(), port.trim()));
                 }
             }
         }
@@ -398,7 +412,9 @@ impl Settings {
             return fail("gemini.base_url must start with http:// or https://");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
-            return fail("upstream.retry_base_delay_ms must not exceed upstream.retry_max_delay_ms");
+            return fail(
+                "upstream.retry_base_delay_ms must not exceed upstream.retry_max_delay_ms",
+            );
         }
         Ok(())
     }
@@ -425,6 +441,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error.
 mod tests {
     use super::*;
     use figment::Jail;

@@ -3,16 +3,23 @@
 //!
 //! The request path lives in [`chat`]; [`app`] assembles the HTTP service around it.
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod admission;
 pub mod agents;
 pub mod api;
 pub mod app;
 pub mod cache;
 pub mod chat;
+pub mod coalesce;
 pub mod config;
 pub mod metrics;
 pub mod providers;
+pub mod redis_link;
 pub mod telemetry;
 
-pub use app::{Application, AppState};
+pub use app::{AppState, Application};
 pub use config::Settings;

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "learning-chat", version, about = "AI tutoring chat service in front of Google Gemini")]
+#[command(
+    name = "learning-chat",
+    version,
+    about = "AI tutoring chat service in front of Google Gemini"
+)]
 struct Cli {
     /// TOML config file (also LEARNING_CHAT_CONFIG); environment variables override it.
     #[arg(long, global = true)]
@@ -53,7 +57,11 @@ fn check_config(settings: &Settings) -> ExitCode {
             println!("# configuration is valid");
             println!(
                 "# provider: {}",
-                if settings.uses_gemini() { "gemini" } else { "offline-simulated (no GEMINI_API_KEY)" }
+                if settings.uses_gemini() {
+                    "gemini"
+                } else {
+                    "offline-simulated (no GEMINI_API_KEY)"
+                }
             );
             println!("# agents: {}", agents.ids().join(", "));
             print!("{}", settings.to_masked_toml());

@@ -4,7 +4,9 @@
 //! cache tiers), never raw paths or messages. The dashboard and alert rules in `deploy/` use
 //! these names; a test scrapes a running instance to keep them in step.
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,10 +53,21 @@ pub const QUOTA_WAIT: &str = "learning_chat_quota_wait_seconds";
 pub const UPSTREAM_COST: &str = "learning_chat_upstream_cost_microusd_total";
 /// 1 when Redis is reachable, 0 when the service runs on its local fallbacks.
 pub const REDIS_UP: &str = "learning_chat_redis_up";
+/// The configured limit on questions waiting for a model slot.
+pub const QUEUE_LIMIT: &str = "learning_chat_queue_limit";
+/// Always 1; its `version` label tells which build each instance runs.
+pub const BUILD_INFO: &str = "learning_chat_build_info";
 /// Redis call latency by operation.
 pub const REDIS_DURATION: &str = "learning_chat_redis_command_duration_seconds";
 /// Times a local fallback was used because Redis failed, by operation.
 pub const REDIS_FALLBACKS: &str = "learning_chat_redis_fallbacks_total";
+
+/// Process CPU time (user + system), exported by `metrics-process` at each scrape.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// Process resident memory, exported by `metrics-process` at each scrape.
+pub const PROCESS_MEMORY: &str = "process_resident_memory_bytes";
+/// Open file descriptors (sockets included), exported by `metrics-process` at each scrape.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 
 /// Buckets from 1 ms to 60 s, so p50/p95/p99 are computable from milliseconds to the deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -77,6 +90,7 @@ pub fn install() -> PrometheusHandle {
             // metrics then go there and /metrics renders what this handle saw.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
@@ -88,24 +102,47 @@ fn describe() {
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now.");
     describe_counter!(CACHE_LOOKUPS, "Response cache lookups by tier and result.");
     describe_gauge!(CACHE_ENTRIES, "Answers held in the in-process cache.");
-    describe_counter!(COALESCED, "Requests that shared an identical in-flight question.");
+    describe_counter!(
+        COALESCED,
+        "Requests that shared an identical in-flight question."
+    );
     describe_gauge!(UPSTREAM_IN_FLIGHT, "Model calls in flight.");
     describe_gauge!(UPSTREAM_LIMIT, "Configured model-call concurrency limit.");
     describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
     describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
-    describe_counter!(SHED, "Requests refused with 503 before the model, by reason.");
+    describe_counter!(
+        SHED,
+        "Requests refused with 503 before the model, by reason."
+    );
     describe_counter!(UPSTREAM_REQUESTS, "Model call attempts by outcome.");
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Model call latency.");
     describe_counter!(UPSTREAM_RETRIES, "Model call retries by cause.");
     describe_counter!(UPSTREAM_TOKENS, "Model tokens by kind.");
     describe_gauge!(UPSTREAM_CURRENT_MINUTE, "Model calls started this minute.");
-    describe_gauge!(QUOTA_WINDOW_USED, "Model calls in the quota's sliding window.");
-    describe_gauge!(QUOTA_RPM, "Configured requests-per-minute quota (0 = unlimited).");
+    describe_gauge!(
+        QUOTA_WINDOW_USED,
+        "Model calls in the quota's sliding window."
+    );
+    describe_gauge!(
+        QUOTA_RPM,
+        "Configured requests-per-minute quota (0 = unlimited)."
+    );
     describe_histogram!(QUOTA_WAIT, Unit::Seconds, "Wait for a quota slot.");
     describe_counter!(UPSTREAM_COST, "Estimated model cost in micro-USD.");
+    describe_gauge!(
+        QUEUE_LIMIT,
+        "Configured limit on questions waiting for a model slot."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label names the running build."
+    );
     describe_gauge!(REDIS_UP, "1 when Redis is reachable.");
     describe_histogram!(REDIS_DURATION, Unit::Seconds, "Redis call latency.");
-    describe_counter!(REDIS_FALLBACKS, "Local fallbacks taken because Redis failed.");
+    describe_counter!(
+        REDIS_FALLBACKS,
+        "Local fallbacks taken because Redis failed."
+    );
 }
 
 /// Records one finished HTTP request.
@@ -127,6 +164,60 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
 /// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
 pub fn http_in_flight(delta: f64) {
     gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+/// The status recorded for a request whose client went away before the answer (nginx's code).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// One HTTP request being served: counted in flight from [`HttpRequestTimer::start`] until
+/// [`HttpRequestTimer::finish`] or drop, so a request abandoned mid-way (the client disconnects
+/// and hyper drops the handler future, or the handler panics) never leaks the in-flight gauge
+/// and is still counted, as 499 or 500.
+#[derive(Debug)]
+pub struct HttpRequestTimer {
+    route: String,
+    method: String,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl HttpRequestTimer {
+    /// Starts timing a request to `route` (the template, never the raw path).
+    pub fn start(route: String, method: String) -> HttpRequestTimer {
+        http_in_flight(1.0);
+        HttpRequestTimer {
+            route,
+            method,
+            started: std::time::Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Records the request as answered with `status`.
+    pub fn finish(mut self, status: u16) {
+        self.record(status);
+    }
+
+    fn record(&mut self, status: u16) {
+        if !self.done {
+            self.done = true;
+            http_in_flight(-1.0);
+            http_request(&self.route, &self.method, status, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for HttpRequestTimer {
+    fn drop(&mut self) {
+        // Dropped unfinished: unwinding from a panic (the catch-panic layer answers 500) or
+        // cancelled because the client closed the connection.
+        let status = if std::thread::panicking() {
+            500
+        } else {
+            CLIENT_CLOSED_REQUEST
+        };
+        self.record(status);
+    }
 }
 
 /// Records a cache lookup.
@@ -158,6 +249,11 @@ pub fn upstream_in_flight(in_flight: usize) {
 /// Sets the queue depth.
 pub fn queue_depth(depth: usize) {
     gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+/// Sets the configured queue limit.
+pub fn queue_limit(limit: usize) {
+    gauge!(QUEUE_LIMIT).set(limit as f64);
 }
 
 /// Records a wait for a model slot.

@@ -1,19 +1,78 @@
-//! Logging set-up: human-readable or JSON lines, filtered by `RUST_LOG` or the configured level.
+//! Logs, request context and error tracking.
+//!
+//! - Logs: `tracing`, human-readable or one JSON object per line, filtered by `RUST_LOG` or the
+//!   configured level. Every line logged while serving a request carries that request's id,
+//!   because the `request` span (made in `app.rs`) is entered around the handler and
+//!   [`in_current_context`] carries it into tasks the request spawns.
+//! - Error tracking: Sentry, when `telemetry.sentry_dsn` (`SENTRY_DSN`) is set. 5xx answers
+//!   (except deliberate load shedding) and panics are reported with the request id, route and
+//!   error code; warnings and errors logged during the request ride along as breadcrumbs.
+//!   Everything sent passes [`scrub_event`] first: no API key, Redis password or DSN leaves the
+//!   process, and neither request bodies nor learners' messages are ever attached.
 
-use crate::config::{LogFormat, TelemetrySettings};
+use crate::app::REQUEST_ID_HEADER;
+use crate::config::{LogFormat, Settings, TelemetrySettings};
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use sentry::protocol::{Event, Level};
+use sentry::{Hub, SentryFutureExt};
+use std::borrow::Cow;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use tracing::Instrument;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
+/// Longest incoming request id kept; longer ones are replaced (they end up in every log line).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What replaces a secret in anything sent to Sentry.
+const REDACTED: &str = "[redacted]";
+
+/// The error code of deliberate load shedding (503 + Retry-After): expected under overload,
+/// counted by `learning_chat_requests_shed_total` and alerted on, so not sent to Sentry, where a
+/// burst would drown real errors and use up the event quota.
+const SHED_ERROR_CODE: &str = "overloaded";
+
+/// Largest error body read to find its error code (ours are a few hundred bytes).
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Installs the global subscriber writing to stdout; a second call (tests) is a no-op.
 pub fn init_logging(settings: &TelemetrySettings) {
+    install_subscriber(settings, std::io::stdout, std::io::stdout().is_terminal());
+}
+
+/// Like [`init_logging`], writing to `writer` instead of stdout (tests capture logs this way).
+pub fn init_logging_to<W>(settings: &TelemetrySettings, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    install_subscriber(settings, writer, false);
+}
+
+fn install_subscriber<W>(settings: &TelemetrySettings, writer: W, ansi: bool)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    // Only with a DSN: warnings and errors become breadcrumbs of the request's Sentry event.
+    let sentry = (!settings.sentry_dsn.is_empty()).then(sentry_log_layer);
+    let registry = tracing_subscriber::registry().with(filter).with(sentry);
     let _ = match settings.log_format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -21,8 +80,332 @@ pub fn init_logging(settings: &TelemetrySettings) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    // The whole span list, so `request_id` is still there when a line is logged
+                    // inside a span nested in the request span.
+                    .with_span_list(true)
+                    .with_writer(writer),
             )
             .try_init(),
     };
+}
+
+fn sentry_log_layer<S>() -> sentry_tracing::SentryLayer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    sentry_tracing::layer()
+        // Errors are reported once, as the 5xx event of their request (see `report_errors`);
+        // as events of their own they would duplicate it.
+        .event_filter(|metadata| match *metadata.level() {
+            tracing::Level::ERROR | tracing::Level::WARN => sentry_tracing::EventFilter::Breadcrumb,
+            _ => sentry_tracing::EventFilter::Ignore,
+        })
+        // No performance tracing: spans cost time and are not needed for error reports.
+        .span_filter(|_| false)
+}
+
+/// Wraps a future about to be `tokio::spawn`ed so it keeps the current request's context: its
+/// log lines carry the request id (the tracing span) and its breadcrumbs reach the request's
+/// Sentry event (the Sentry hub). Without it, a spawned task starts with no context at all.
+pub fn in_current_context<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    future.in_current_span().bind_hub(Hub::current())
+}
+
+/// Starts Sentry when a DSN is configured. Keep the guard alive until exit: dropping it flushes
+/// the events still queued. An invalid DSN is an error, not silently no error reporting.
+pub fn init_sentry(settings: &Settings) -> anyhow::Result<Option<sentry::ClientInitGuard>> {
+    let telemetry = &settings.telemetry;
+    let dsn = telemetry.sentry_dsn.expose().trim();
+    if dsn.is_empty() {
+        return Ok(None);
+    }
+    let dsn: sentry::types::Dsn = dsn
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid telemetry.sentry_dsn (SENTRY_DSN): {e}"))?;
+    let secrets = Arc::new(secrets_of(settings));
+    let options = sentry::ClientOptions {
+        dsn: Some(dsn),
+        release: Some(Cow::Borrowed(concat!("learning-chat@", env!("CARGO_PKG_VERSION")))),
+        environment: Some(Cow::Owned(telemetry.environment.clone())),
+        // No IP addresses, cookies or headers of learners.
+        send_default_pii: false,
+        max_breadcrumbs: 50,
+        // A panic's report is flushed before the panicking request answers; keep that short.
+        shutdown_timeout: std::time::Duration::from_secs(2),
+        before_send: Some(Arc::new(move |event| Some(scrub_event(event, &secrets)))),
+        ..Default::default()
+    };
+    let guard = sentry::init(options);
+    // `init` binds the client to the calling thread's hub; request hubs are made from the main
+    // hub, so make sure it has the client even when `init` ran on another thread.
+    if Hub::main().client().is_none() {
+        Hub::main().bind_client(Hub::current().client());
+    }
+    Ok(Some(guard))
+}
+
+/// The configured secrets, longest first so a secret containing another is redacted whole.
+fn secrets_of(settings: &Settings) -> Vec<String> {
+    let mut secrets = vec![
+        settings.gemini.api_key.expose().to_owned(),
+        settings.redis.url.expose().to_owned(),
+        settings.telemetry.sentry_dsn.expose().to_owned(),
+    ];
+    // The Redis password alone (redis://user:PASSWORD@host) may appear in error messages.
+    if let Some(password) = url_password(settings.redis.url.expose()) {
+        secrets.push(password.to_owned());
+    }
+    secrets.retain(|s| s.trim().len() >= 4);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+}
+
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then_some(password)
+}
+
+/// Removes secrets from every string of `event` (message, exception values, breadcrumbs, tags,
+/// extra data, ...) and drops what may carry personal data (request, user).
+pub fn scrub_event(event: Event<'static>, secrets: &[String]) -> Event<'static> {
+    let mut event = event;
+    event.request = None;
+    event.user = None;
+    // One pass over the whole event as JSON reaches every string, including fields added by
+    // future SDK versions; it only runs for the rare events actually sent.
+    let Ok(mut value) = serde_json::to_value(&event) else {
+        return event;
+    };
+    scrub_value(&mut value, secrets);
+    serde_json::from_value(value).unwrap_or(event)
+}
+
+fn scrub_value(value: &mut serde_json::Value, secrets: &[String]) {
+    match value {
+        serde_json::Value::String(s) => {
+            if let Cow::Owned(clean) = scrub_text(s, secrets) {
+                *s = clean;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, secrets)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| scrub_value(v, secrets)),
+        _ => {}
+    }
+}
+
+/// `text` without the given secrets, Google API keys (`AIza` + 35 characters) and the values of
+/// `key=` URL parameters (how Google APIs also accept keys).
+pub fn scrub_text<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(text);
+    for secret in secrets {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+        }
+    }
+    if out.contains("AIza") {
+        out = Cow::Owned(redact_after(&out, "AIza", 35, false));
+    }
+    if out.contains("key=") {
+        out = Cow::Owned(redact_after(&out, "key=", usize::MAX, true));
+    }
+    out
+}
+
+/// Replaces the run of key characters (`[A-Za-z0-9_-]`, at most `max`) after each `marker`;
+/// `keep_marker` leaves the marker itself in place.
+fn redact_after(text: &str, marker: &str, max: usize, keep_marker: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(marker) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + marker.len()..];
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+            .take(max)
+            .count();
+        if keep_marker {
+            out.push_str(marker);
+        }
+        if len > 0 {
+            out.push_str(REDACTED);
+        } else if !keep_marker {
+            out.push_str(marker);
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Middleware (outermost): drops an incoming `X-Request-Id` that is too long or has characters
+/// outside `[A-Za-z0-9._:-]`, so the id layer generates a fresh one. The id lands in every log
+/// line and error report, so a client must not be able to inject lines or megabytes through it.
+pub async fn sanitize_request_id(mut request: Request, next: Next) -> Response {
+    let usable = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .map(|value| is_usable_request_id(value.as_bytes()));
+    if usable == Some(false) {
+        request.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    next.run(request).await
+}
+
+fn is_usable_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Middleware (inside the request id and catch-panic layers): gives each request its own Sentry
+/// scope tagged with the request id, route and method, so a panic in the handler is reported
+/// with them, and reports 5xx answers. A no-op when Sentry is not configured.
+pub async fn report_errors(request: Request, next: Next) -> Response {
+    let main = Hub::main();
+    if !main.client().is_some_and(|client| client.is_enabled()) {
+        return next.run(request).await;
+    }
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let hub = Arc::new(Hub::new_from_top(main));
+    hub.configure_scope(|scope| {
+        scope.set_tag("request_id", &request_id);
+        scope.set_tag("route", &route);
+        scope.set_tag("method", &method);
+        scope.set_transaction(Some(&format!("{method} {route}")));
+    });
+    let response = next.run(request).bind_hub(hub.clone()).await;
+    if !response.status().is_server_error() {
+        return response;
+    }
+    let (response, error) = error_of(response).await;
+    if error.code == SHED_ERROR_CODE {
+        return response;
+    }
+    let status = response.status().as_u16();
+    let mut event = Event {
+        level: Level::Error,
+        message: Some(format!("HTTP {status} {} on {method} {route}", error.code)),
+        // One issue per route, status and error code, not one per distinct message.
+        fingerprint: Cow::Owned(vec![
+            Cow::Borrowed("http-5xx"),
+            Cow::Owned(route),
+            Cow::Owned(status.to_string()),
+            Cow::Owned(error.code.clone()),
+        ]),
+        ..Default::default()
+    };
+    event.tags.insert("status".to_owned(), status.to_string());
+    event.tags.insert("error_code".to_owned(), error.code);
+    if let Some(message) = error.message {
+        // The learner-facing message: written to be safe to show, so safe to send.
+        event.extra.insert("error_message".to_owned(), message.into());
+    }
+    hub.capture_event(event);
+    response
+}
+
+/// The error code and learner-facing message of an error answer.
+struct ErrorInfo {
+    code: String,
+    message: Option<String>,
+}
+
+/// Reads the `{"error": {"code", "message"}}` body of an error answer and rebuilds the answer.
+/// Only bodies of a known small size are read, so nothing is ever lost or streamed twice.
+async fn error_of(response: Response) -> (Response, ErrorInfo) {
+    let unknown = ErrorInfo {
+        code: "unknown".to_owned(),
+        message: None,
+    };
+    let small = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .is_some_and(|len| len <= MAX_ERROR_BODY as u64);
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !small || !is_json {
+        return (response, unknown);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        // Unreachable given the exact size checked above; answer with an empty body rather
+        // than fail the request.
+        return (Response::from_parts(parts, axum::body::Body::empty()), unknown);
+    };
+    let info = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let error = v.get("error")?;
+            Some(ErrorInfo {
+                code: error.get("code")?.as_str()?.to_owned(),
+                message: error.get("message").and_then(|m| m.as_str()).map(str::to_owned),
+            })
+        })
+        .unwrap_or(unknown);
+    (Response::from_parts(parts, axum::body::Body::from(bytes)), info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_google_keys_are_scrubbed() {
+        let secrets = vec!["sk-very-secret".to_owned()];
+        let key = format!("AIza{}", "x".repeat(35));
+        let text = format!("failed with sk-very-secret and {key}Z at https://g/v1?key=abc123&x=1");
+        let clean = scrub_text(&text, &secrets);
+        assert!(!clean.contains("sk-very-secret"), "{clean}");
+        assert!(!clean.contains(&key), "{clean}");
+        assert!(!clean.contains("abc123"), "{clean}");
+        assert!(clean.contains("[redacted]Z"), "{clean}");
+        assert!(clean.contains("key=[redacted]&x=1"), "{clean}");
+        assert_eq!(scrub_text("nothing here", &secrets), "nothing here");
+    }
+
+    #[test]
+    fn whole_events_are_scrubbed() {
+        let secrets = vec!["sk-very-secret".to_owned()];
+        let mut event = Event {
+            message: Some("boom sk-very-secret".to_owned()),
+            ..Default::default()
+        };
+        event.tags.insert("t".to_owned(), "sk-very-secret".to_owned());
+        event.extra.insert("e".to_owned(), "x sk-very-secret".into());
+        let event = scrub_event(event, &secrets);
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        assert!(!json.contains("sk-very-secret"), "{json}");
+        assert!(json.contains("[redacted]"), "{json}");
+    }
+
+    #[test]
+    fn redis_passwords_are_found() {
+        assert_eq!(url_password("redis://user:pw123@host:6379/0"), Some("pw123"));
+        assert_eq!(url_password("redis://host:6379"), None);
+    }
+
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        assert!(is_usable_request_id(b"abc-123_x.y:z"));
+        assert!(!is_usable_request_id(b""));
+        assert!(!is_usable_request_id(b"has space"));
+        assert!(!is_usable_request_id(b"line\nbreak"));
+        assert!(!is_usable_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+    }
 }

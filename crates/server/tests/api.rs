@@ -32,8 +32,13 @@ impl Reply {
     /// Asserts the service's error shape and returns the error code.
     fn error_code(&self) -> String {
         let body = self.json();
-        let error = body.get("error").unwrap_or_else(|| panic!("no error object: {body}"));
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        let error = body
+            .get("error")
+            .unwrap_or_else(|| panic!("no error object: {body}"));
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         error["code"].as_str().unwrap().to_owned()
     }
 }
@@ -46,7 +51,11 @@ async fn send(app: axum::Router, request: Request<Body>) -> Reply {
         .await
         .unwrap()
         .to_vec();
-    Reply { status, headers, bytes }
+    Reply {
+        status,
+        headers,
+        bytes,
+    }
 }
 
 fn post_json(path: &str, body: impl Into<Body>) -> Request<Body> {
@@ -58,13 +67,23 @@ fn post_json(path: &str, body: impl Into<Body>) -> Request<Body> {
 
 #[tokio::test]
 async fn answers_a_question_from_the_offline_model() {
-    let reply = send(app(), post_json("/api/v1/agents/math", r#"{"message":"What is 2+2?"}"#)).await;
+    let reply = send(
+        app(),
+        post_json("/api/v1/agents/math", r#"{"message":"What is 2+2?"}"#),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.json();
     assert!(body["response"].as_str().unwrap().len() > 20, "{body}");
     assert_eq!(body["agent_id"], "math");
     assert_eq!(body["cached"], false);
-    assert!(body["model"].as_str().unwrap().starts_with("offline-simulated/"), "{body}");
+    assert!(
+        body["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("offline-simulated/"),
+        "{body}"
+    );
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0);
     assert_eq!(body["finish_reason"], "STOP");
@@ -73,8 +92,22 @@ async fn answers_a_question_from_the_offline_model() {
 #[tokio::test]
 async fn the_same_question_again_is_served_from_cache() {
     let app = app();
-    let first = send(app.clone(), post_json("/api/v1/agents/science", r#"{"message":"Why is the sky blue?"}"#)).await;
-    let second = send(app, post_json("/api/v1/agents/science", r#"{"message":"  Why is the sky blue?\n"}"#)).await;
+    let first = send(
+        app.clone(),
+        post_json(
+            "/api/v1/agents/science",
+            r#"{"message":"Why is the sky blue?"}"#,
+        ),
+    )
+    .await;
+    let second = send(
+        app,
+        post_json(
+            "/api/v1/agents/science",
+            r#"{"message":"  Why is the sky blue?\n"}"#,
+        ),
+    )
+    .await;
     assert_eq!(first.json()["cached"], false);
     assert_eq!(second.json()["cached"], true);
     assert_eq!(first.json()["response"], second.json()["response"]);
@@ -82,10 +115,19 @@ async fn the_same_question_again_is_served_from_cache() {
 
 #[tokio::test]
 async fn lists_agents_with_id_name_and_description() {
-    let reply = send(app(), Request::get("/api/v1/agents").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        app(),
+        Request::get("/api/v1/agents").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.json();
-    let ids: Vec<&str> = body["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
     for id in ["history", "math", "programming", "science", "writing"] {
         assert!(ids.contains(&id), "{ids:?}");
     }
@@ -102,55 +144,107 @@ async fn health_ready_and_openapi() {
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json()["provider"], "offline-simulated");
     assert_eq!(ready.json()["redis"], "disabled");
-    let spec = send(app(), Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    let spec = send(
+        app(),
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(spec.status, StatusCode::OK);
     let spec = spec.json();
-    assert!(spec["paths"]["/api/v1/agents/{agent_id}"]["post"].is_object(), "{spec}");
+    assert!(
+        spec["paths"]["/api/v1/agents/{agent_id}"]["post"].is_object(),
+        "{spec}"
+    );
     assert!(spec["components"]["schemas"]["ChatResponse"].is_object());
 }
 
 #[tokio::test]
 async fn unknown_agent_is_404_listing_the_agents() {
-    let reply = send(app(), post_json("/api/v1/agents/astrology", r#"{"message":"hi"}"#)).await;
+    let reply = send(
+        app(),
+        post_json("/api/v1/agents/astrology", r#"{"message":"hi"}"#),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.error_code(), "unknown_agent");
     let body = reply.json();
     assert!(body["error"]["message"].as_str().unwrap().contains("math"));
-    assert!(body["error"]["details"]["available_agents"].as_array().unwrap().len() >= 5);
+    assert!(
+        body["error"]["details"]["available_agents"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 5
+    );
 }
 
 #[tokio::test]
 async fn missing_empty_or_blank_message_is_422() {
-    for body in [r#"{}"#, r#"{"message":""}"#, r#"{"message":"   \n\t "}"#, r#"{"message":null}"#] {
+    for body in [
+        r#"{}"#,
+        r#"{"message":""}"#,
+        r#"{"message":"   \n\t "}"#,
+        r#"{"message":null}"#,
+    ] {
         let reply = send(app(), post_json("/api/v1/agents/math", body)).await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         let code = reply.error_code();
-        assert!(code == "missing_message" || code == "empty_message", "{body}: {code}");
+        assert!(
+            code == "missing_message" || code == "empty_message",
+            "{body}: {code}"
+        );
     }
 }
 
 #[tokio::test]
 async fn wrong_types_and_unknown_fields_are_422_naming_the_field() {
-    let reply = send(app(), post_json("/api/v1/agents/math", r#"{"message": 42}"#)).await;
+    let reply = send(
+        app(),
+        post_json("/api/v1/agents/math", r#"{"message": 42}"#),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.error_code(), "invalid_body");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("invalid type"));
-    let reply = send(app(), post_json("/api/v1/agents/math", r#"{"mesage": "hi"}"#)).await;
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid type"));
+    let reply = send(
+        app(),
+        post_json("/api/v1/agents/math", r#"{"mesage": "hi"}"#),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("mesage"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("mesage"));
 }
 
 #[tokio::test]
 async fn malformed_json_is_400_saying_where() {
-    let reply = send(app(), post_json("/api/v1/agents/math", r#"{"message": "hi""#)).await;
+    let reply = send(
+        app(),
+        post_json("/api/v1/agents/math", r#"{"message": "hi""#),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.error_code(), "malformed_json");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("line 1"), "{}", reply.json());
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1"),
+        "{}",
+        reply.json()
+    );
 }
 
 #[tokio::test]
 async fn body_without_json_content_type_is_415() {
-    let request = Request::post("/api/v1/agents/math").body(Body::from(r#"{"message":"hi"}"#)).unwrap();
+    let request = Request::post("/api/v1/agents/math")
+        .body(Body::from(r#"{"message":"hi"}"#))
+        .unwrap();
     let reply = send(app(), request).await;
     assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(reply.error_code(), "unsupported_media_type");
@@ -162,12 +256,20 @@ async fn too_long_message_and_too_large_body_are_413() {
     settings.server.max_message_chars = 100;
     settings.server.max_body_bytes = 1024;
     let long = serde_json::json!({ "message": "x".repeat(101) }).to_string();
-    let reply = send(app_with(settings.clone()), post_json("/api/v1/agents/math", long)).await;
+    let reply = send(
+        app_with(settings.clone()),
+        post_json("/api/v1/agents/math", long),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.error_code(), "message_too_long");
     // 100 multi-byte characters are within the limit: it counts characters, not bytes.
     let accented = serde_json::json!({ "message": "é".repeat(100) }).to_string();
-    let reply = send(app_with(settings.clone()), post_json("/api/v1/agents/math", accented)).await;
+    let reply = send(
+        app_with(settings.clone()),
+        post_json("/api/v1/agents/math", accented),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let huge = serde_json::json!({ "message": "y".repeat(5000) }).to_string();
     let reply = send(app_with(settings), post_json("/api/v1/agents/math", huge)).await;
@@ -177,10 +279,24 @@ async fn too_long_message_and_too_large_body_are_413() {
 
 #[tokio::test]
 async fn wrong_method_is_405_and_unknown_path_is_404_in_json() {
-    let reply = send(app(), Request::get("/api/v1/agents/math").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        app(),
+        Request::get("/api/v1/agents/math")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.error_code(), "method_not_allowed");
-    let reply = send(app(), Request::builder().method(Method::DELETE).uri("/api/v1/agents").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        app(),
+        Request::builder()
+            .method(Method::DELETE)
+            .uri("/api/v1/agents")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     let reply = send(app(), Request::get("/nope").body(Body::empty()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
@@ -189,7 +305,10 @@ async fn wrong_method_is_405_and_unknown_path_is_404_in_json() {
 
 #[tokio::test]
 async fn request_ids_are_kept_or_generated() {
-    let request = Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).unwrap();
+    let request = Request::get("/health")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
     let reply = send(app(), request).await;
     assert_eq!(reply.headers["x-request-id"], "abc-123");
     let reply = send(app(), Request::get("/health").body(Body::empty()).unwrap()).await;
@@ -210,11 +329,18 @@ async fn large_responses_are_gzipped_small_ones_are_not() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers[header::CONTENT_ENCODING], "gzip");
     let mut decoded = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&reply.bytes[..]), &mut decoded).unwrap();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&reply.bytes[..]),
+        &mut decoded,
+    )
+    .unwrap();
     let body: Value = serde_json::from_str(&decoded).unwrap();
     assert!(body["response"].as_str().unwrap().len() >= 1000);
 
-    let request = Request::get("/health").header(header::ACCEPT_ENCODING, "gzip").body(Body::empty()).unwrap();
+    let request = Request::get("/health")
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(Body::empty())
+        .unwrap();
     let reply = send(app(), request).await;
     assert!(reply.headers.get(header::CONTENT_ENCODING).is_none());
 }

@@ -4,7 +4,9 @@ use learning_chat::Settings;
 use std::path::Path;
 
 fn repo_file(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
@@ -35,8 +37,10 @@ fn every_setting_is_documented_in_the_reference() {
 
 #[test]
 fn the_example_file_is_valid_and_holds_the_defaults() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/learning-chat.example.toml");
-    let from_file: Settings = toml::from_str(&repo_file("config/learning-chat.example.toml")).unwrap();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/learning-chat.example.toml");
+    let from_file: Settings =
+        toml::from_str(&repo_file("config/learning-chat.example.toml")).unwrap();
     assert_eq!(
         toml::to_string(&from_file).unwrap(),
         toml::to_string(&Settings::default()).unwrap(),

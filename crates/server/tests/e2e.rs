@@ -1,6 +1,8 @@
 //! End to end: the service on port 0 against the Gemini simulator on port 0, over real HTTP,
 //! asserting what the simulator saw (its /stats) as well as what the learner got.
 
+#![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
+
 mod common;
 
 use common::{fixed_latency, settings_for, spawn_app, start_sim};
@@ -19,7 +21,10 @@ async fn a_repeated_question_makes_one_upstream_call() {
     assert_eq!(first["cached"], false);
     assert_eq!(second["cached"], true);
     assert_eq!(first["response"], second["response"]);
-    assert!(first["model"].as_str().unwrap().starts_with("gemini"), "{first}");
+    assert!(
+        first["model"].as_str().unwrap().starts_with("gemini"),
+        "{first}"
+    );
     assert_eq!(sim.stats().requests, 1);
     // Another agent is another question.
     let other = app.ask("science", "What is 2+2?").await;
@@ -65,7 +70,10 @@ async fn when_the_shared_call_fails_every_waiter_gets_the_error() {
     assert_eq!(sim.stats().requests, 2);
     // Failures are not cached: asking again goes upstream again.
     sim.update_config(|c| c.faults.error_500 = 0.0);
-    assert_eq!(app.ask("math", "Is zero even?").await.status(), StatusCode::OK);
+    assert_eq!(
+        app.ask("math", "Is zero even?").await.status(),
+        StatusCode::OK
+    );
     assert_eq!(sim.stats().requests, 3);
 }
 
@@ -139,7 +147,10 @@ async fn a_slow_upstream_gives_504_at_the_deadline() {
     let elapsed = started.elapsed();
     assert_eq!(reply.status(), StatusCode::GATEWAY_TIMEOUT);
     let body: Value = reply.json().await.unwrap();
-    assert!(body["error"]["code"].as_str().unwrap().contains("timeout"), "{body}");
+    assert!(
+        body["error"]["code"].as_str().unwrap().contains("timeout"),
+        "{body}"
+    );
     assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
@@ -155,7 +166,12 @@ async fn overloaded_upstream_is_retried_and_recovers() {
         let client = app.client.clone();
         let url = app.url("/api/v1/agents/science");
         async move {
-            client.post(url).json(&serde_json::json!({"message": "What is DNA?"})).send().await.unwrap()
+            client
+                .post(url)
+                .json(&serde_json::json!({"message": "What is DNA?"}))
+                .send()
+                .await
+                .unwrap()
         }
     });
     // Let the first attempt fail, then heal the upstream while the service backs off.
@@ -200,7 +216,10 @@ async fn a_blocked_prompt_is_422_with_the_reason_and_not_cached() {
         assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let body: Value = reply.json().await.unwrap();
         assert_eq!(body["error"]["code"], "blocked");
-        assert!(body["error"]["message"].as_str().unwrap().contains("PROHIBITED_CONTENT"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PROHIBITED_CONTENT"));
     }
     assert_eq!(sim.stats().requests, 2);
 }
@@ -221,7 +240,12 @@ async fn a_truncated_answer_is_returned_but_not_cached() {
     settings.agents.path = Some(agents);
     let app = spawn_app(settings).await;
     for _ in 0..2 {
-        let body: Value = app.ask("brief", "Explain everything").await.json().await.unwrap();
+        let body: Value = app
+            .ask("brief", "Explain everything")
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["finish_reason"], "MAX_TOKENS", "{body}");
         assert_eq!(body["cached"], false);
         assert_eq!(body["usage"]["output_tokens"], 16);
@@ -255,10 +279,18 @@ async fn the_local_quota_spaces_requests_instead_of_collecting_429s() {
     let app = spawn_app(settings).await;
     let replies = join_all((0..5).map(|i| app.ask("math", format!("quota question {i}")))).await;
     let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 3, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        3,
+        "{statuses:?}"
+    );
     for reply in replies.iter().filter(|r| r.status() != StatusCode::OK) {
         assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let retry_after: u64 = reply.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry_after: u64 = reply.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((50..=61).contains(&retry_after), "{retry_after}");
     }
     let stats = sim.stats();
@@ -275,7 +307,13 @@ async fn shutdown_finishes_in_flight_requests_then_stops() {
     let in_flight = tokio::spawn({
         let client = app.client.clone();
         let url = app.url("/api/v1/agents/math");
-        async move { client.post(url).json(&serde_json::json!({"message": "long one"})).send().await }
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({"message": "long one"}))
+                .send()
+                .await
+        }
     });
     while sim.stats().in_flight < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -2,6 +2,7 @@
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up.
 
 mod quota;
+mod redis_quota;
 mod sliding_window;
 
 pub use quota::{QuotaLimiter, QuotaRejection};
@@ -102,8 +103,7 @@ impl Admission {
         crate::metrics::queue_depth(self.queued.load(Ordering::Acquire));
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
-        let acquired =
-            tokio::time::timeout_at(until, self.semaphore.clone().acquire_owned()).await;
+        let acquired = tokio::time::timeout_at(until, self.semaphore.clone().acquire_owned()).await;
         crate::metrics::queue_wait(started.elapsed());
         match acquired {
             Ok(Ok(permit)) => Ok(permit),

@@ -1,6 +1,7 @@
 //! The upstream quota (requests and input tokens per minute), enforced before a call is sent so
 //! the provider never has to answer 429.
 
+use super::redis_quota::{RedisQuota, Reservation};
 use super::SlidingWindow;
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -16,7 +17,8 @@ pub struct QuotaRejection {
     pub retry_after: Duration,
 }
 
-/// Enforces `rpm` and `input_tpm` for this process.
+/// Enforces `rpm` and `input_tpm`: across the cluster through Redis when configured, otherwise
+/// (or while Redis is down) in this process.
 #[derive(Debug)]
 pub struct QuotaLimiter {
     rpm: u32,
@@ -24,6 +26,7 @@ pub struct QuotaLimiter {
     window_ms: u64,
     origin: Instant,
     windows: Mutex<Windows>,
+    cluster: Option<RedisQuota>,
 }
 
 #[derive(Debug)]
@@ -36,7 +39,35 @@ impl QuotaLimiter {
     /// A limiter for `rpm` requests and `input_tpm` input tokens per minute (0 = unlimited),
     /// counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
+        Self::with_local_share(rpm, input_tpm, margin, 1, None)
+    }
+
+    /// A cluster-wide limiter in Redis; while Redis is down each of the `replicas` servers falls
+    /// back to its share (`rpm / replicas`), so together they still stay within the quota.
+    pub fn clustered(
+        rpm: u32,
+        input_tpm: u64,
+        margin: Duration,
+        replicas: u32,
+        link: crate::redis_link::RedisLink,
+    ) -> QuotaLimiter {
+        let window = Duration::from_millis(MINUTE_MS) + margin;
+        let cluster = RedisQuota::new(link, rpm, input_tpm, window);
+        Self::with_local_share(rpm, input_tpm, margin, replicas, Some(cluster))
+    }
+
+    fn with_local_share(
+        rpm: u32,
+        input_tpm: u64,
+        margin: Duration,
+        replicas: u32,
+        cluster: Option<RedisQuota>,
+    ) -> QuotaLimiter {
         let window_ms = MINUTE_MS + margin.as_millis() as u64;
+        let replicas = replicas.max(1);
+        // A share rounds down but never to zero, or a small quota would stop every server.
+        let local_rpm = (rpm > 0).then(|| u64::from((rpm / replicas).max(1)));
+        let local_tpm = (input_tpm > 0).then(|| (input_tpm / u64::from(replicas)).max(1));
         crate::metrics::quota_rpm(rpm);
         QuotaLimiter {
             rpm,
@@ -44,9 +75,10 @@ impl QuotaLimiter {
             window_ms,
             origin: Instant::now(),
             windows: Mutex::new(Windows {
-                requests: (rpm > 0).then(|| SlidingWindow::new(rpm.into(), window_ms)),
-                tokens: (input_tpm > 0).then(|| SlidingWindow::new(input_tpm, window_ms)),
+                requests: local_rpm.map(|limit| SlidingWindow::new(limit, window_ms)),
+                tokens: local_tpm.map(|limit| SlidingWindow::new(limit, window_ms)),
             }),
+            cluster,
         }
     }
 
@@ -61,9 +93,30 @@ impl QuotaLimiter {
 
     /// Reserves a slot for one request of `input_tokens` and waits for it, or refuses at once
     /// when the slot lies beyond `deadline`.
-    pub async fn acquire(&self, input_tokens: u32, deadline: Instant) -> Result<(), QuotaRejection> {
+    pub async fn acquire(
+        &self,
+        input_tokens: u32,
+        deadline: Instant,
+    ) -> Result<(), QuotaRejection> {
         if self.rpm == 0 && self.input_tpm == 0 {
             return Ok(());
+        }
+        if let Some(cluster) = &self.cluster {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            match cluster.reserve(input_tokens, max_wait).await {
+                Ok(Reservation::Granted(wait)) => {
+                    if !wait.is_zero() {
+                        crate::metrics::quota_wait(wait);
+                        tokio::time::sleep(wait).await;
+                    }
+                    return Ok(());
+                }
+                Ok(Reservation::Refused(retry_after)) => {
+                    return Err(QuotaRejection { retry_after })
+                }
+                // Redis is down: fall through to this server's share of the quota.
+                Err(_) => {}
+            }
         }
         let now = self.now_ms();
         let at = {
@@ -97,8 +150,19 @@ impl QuotaLimiter {
         Ok(())
     }
 
-    /// Requests counted in the current window (the quota-usage gauge's numerator).
-    pub fn requests_in_window(&self) -> u64 {
+    /// Requests counted in the current window: cluster-wide when Redis answers, else this
+    /// server's (the quota-usage gauge's numerator).
+    pub async fn requests_in_window(&self) -> u64 {
+        if let Some(cluster) = &self.cluster {
+            if let Ok(used) = cluster.used().await {
+                return used;
+            }
+        }
+        self.local_requests_in_window()
+    }
+
+    /// Requests counted in this server's own window.
+    pub fn local_requests_in_window(&self) -> u64 {
         let now = self.now_ms();
         self.windows
             .lock()

@@ -84,7 +84,12 @@ mod tests {
     fn max_in_any_window(times: &[u64], window: u64) -> usize {
         times
             .iter()
-            .map(|&start| times.iter().filter(|&&t| t >= start && t < start + window).count())
+            .map(|&start| {
+                times
+                    .iter()
+                    .filter(|&&t| t >= start && t < start + window)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     }
@@ -101,7 +106,10 @@ mod tests {
             granted.push(at);
         }
         assert_eq!(max_in_any_window(&granted, 60_000), 10);
-        assert_eq!(&granted[..10], &(0..10).map(|i| i * 1000).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            &granted[..10],
+            &(0..10).map(|i| i * 1000).collect::<Vec<_>>()[..]
+        );
         assert_eq!(granted[10], 60_000);
         assert_eq!(granted[39], 180_000 + 9_000);
     }

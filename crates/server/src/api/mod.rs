@@ -198,7 +198,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 /// Prometheus metrics in text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.refresh_gauges();
+    state.refresh_gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -212,9 +212,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// The OpenAPI description of this API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "learning-chat", description = "AI tutoring chat: subject tutors answered by Google Gemini."),
+    info(
+        title = "learning-chat",
+        description = "AI tutoring chat: subject tutors answered by Google Gemini."
+    ),
     paths(chat, list_agents, health, ready, metrics),
-    components(schemas(ChatRequest, ChatResponse, AgentList, AgentSummary, HealthStatus, ErrorBody, ErrorObject, Usage))
+    components(schemas(
+        ChatRequest,
+        ChatResponse,
+        AgentList,
+        AgentSummary,
+        HealthStatus,
+        ErrorBody,
+        ErrorObject,
+        Usage
+    ))
 )]
 pub struct ApiDoc;
 

@@ -3,7 +3,9 @@
 
 mod key;
 mod memory;
+pub(crate) mod redis;
 
+pub use self::redis::RedisCache;
 pub use key::{normalise_message, CacheKey, CacheKeyParts};
 pub use memory::MemoryCache;
 
@@ -50,6 +52,13 @@ pub enum ResponseCache {
     Disabled,
     /// In-process only.
     Memory(MemoryCache),
+    /// A short-lived in-process first tier over the shared Redis tier.
+    Tiered {
+        /// L1: this process.
+        memory: MemoryCache,
+        /// L2: every server.
+        redis: RedisCache,
+    },
 }
 
 impl ResponseCache {
@@ -62,14 +71,38 @@ impl ResponseCache {
                 crate::metrics::cache_lookup(CacheTier::Memory, found.is_some());
                 found.map(|a| (a, CacheTier::Memory))
             }
+            ResponseCache::Tiered { memory, redis } => {
+                if let Some(found) = memory.get(key).await {
+                    crate::metrics::cache_lookup(CacheTier::Memory, true);
+                    return Some((found, CacheTier::Memory));
+                }
+                crate::metrics::cache_lookup(CacheTier::Memory, false);
+                // Redis down is a miss: the question goes upstream instead of failing.
+                let found = redis.get(key).await.ok().flatten().map(Arc::new);
+                crate::metrics::cache_lookup(CacheTier::Redis, found.is_some());
+                let found = found?;
+                memory.insert(key.clone(), found.clone()).await;
+                Some((found, CacheTier::Redis))
+            }
         }
     }
 
-    /// Stores a complete answer.
-    pub async fn insert(&self, key: CacheKey, answer: Arc<CachedAnswer>) {
+    /// The shared tier, when there is one.
+    pub fn redis(&self) -> Option<&RedisCache> {
+        match self {
+            ResponseCache::Tiered { redis, .. } => Some(redis),
+            _ => None,
+        }
+    }
+
+    /// Stores a complete answer in process memory; the Redis tier is written by
+    /// [`RedisCache::set`] off the request path (see the chat service).
+    pub async fn insert_local(&self, key: CacheKey, answer: Arc<CachedAnswer>) {
         match self {
             ResponseCache::Disabled => {}
-            ResponseCache::Memory(memory) => memory.insert(key, answer).await,
+            ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } => {
+                memory.insert(key, answer).await
+            }
         }
     }
 
@@ -77,7 +110,9 @@ impl ResponseCache {
     pub fn memory_entries(&self) -> u64 {
         match self {
             ResponseCache::Disabled => 0,
-            ResponseCache::Memory(memory) => memory.entry_count(),
+            ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } => {
+                memory.entry_count()
+            }
         }
     }
 }

@@ -30,7 +30,10 @@ impl ModelRequest {
     /// The Gemini wire request for this question.
     pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
         gemini_wire::GenerateContentRequest {
-            contents: vec![gemini_wire::Content::text(Some("user"), self.message.clone())],
+            contents: vec![gemini_wire::Content::text(
+                Some("user"),
+                self.message.clone(),
+            )],
             system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
             generation_config: Some(self.generation.clone()),
             safety_settings: None,
@@ -191,8 +194,8 @@ pub fn completion_from_response(
 pub enum Provider {
     /// Google Gemini over its REST API.
     Gemini(GeminiClient),
-    /// The built-in offline model (no API key configured).
-    Simulated(SimulatedModel),
+    /// The built-in offline model (no API key configured); boxed, it carries a whole sim config.
+    Simulated(Box<SimulatedModel>),
 }
 
 impl Provider {

@@ -97,3 +97,4 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
 pub fn fixed_latency(ms: u64) -> gemini_sim::Latency {
     gemini_sim::Latency::Fixed { ms }
 }
+pub mod processes;

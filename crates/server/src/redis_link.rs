@@ -1,0 +1,174 @@
+//! The connection to Redis (the cluster's shared state), its health and its time limits.
+//!
+//! Redis makes N servers behave like one, but it must never cost a request: every call has a
+//! short timeout, a failure marks Redis down (logged once) and from then on callers get an
+//! immediate error and take their local fallback, until a background ping finds Redis again.
+
+use crate::config::RedisSettings;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use parking_lot::RwLock;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a down (or not yet connected) Redis is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Redis could not serve a call (down, slow, not connected); the caller falls back.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("redis unavailable: {0}")]
+pub struct RedisUnavailable(pub String);
+
+/// A shared handle to Redis; cheap to clone.
+#[derive(Clone)]
+pub struct RedisLink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: ::redis::Client,
+    manager: RwLock<Option<ConnectionManager>>,
+    up: AtomicBool,
+    timeout: Duration,
+    prefix: String,
+    server_id: String,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("up", &self.is_up())
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLink {
+    /// A link to the configured Redis. Nothing is connected yet: call [`RedisLink::start`].
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<RedisLink> {
+        let client = ::redis::Client::open(settings.url.expose())
+            .map_err(|e| anyhow::anyhow!("invalid redis.url: {e}"))?;
+        crate::metrics::redis_up(false);
+        Ok(RedisLink {
+            inner: Arc::new(Inner {
+                client,
+                manager: RwLock::new(None),
+                up: AtomicBool::new(false),
+                timeout: Duration::from_millis(settings.command_timeout_ms.max(1)),
+                prefix: settings.key_prefix.clone(),
+                server_id: uuid::Uuid::new_v4().to_string(),
+            }),
+        })
+    }
+
+    /// Starts the background task that connects, and re-probes Redis while it is down.
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if !link.is_up() {
+                    link.probe().await;
+                }
+            }
+        })
+    }
+
+    /// Connects if needed and PINGs; marks Redis up on success.
+    pub async fn probe(&self) -> bool {
+        let manager = match self.connection().await {
+            Ok(manager) => manager,
+            Err(_) => return false,
+        };
+        let mut conn = manager;
+        let ping = tokio::time::timeout(
+            self.inner.timeout.max(Duration::from_millis(500)),
+            ::redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        let ok = matches!(ping, Ok(Ok(_)));
+        if ok {
+            self.mark(true, "");
+        }
+        ok
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, RedisUnavailable> {
+        if let Some(manager) = self.inner.manager.read().clone() {
+            return Ok(manager);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(self.inner.timeout.max(Duration::from_millis(100)))
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        match ConnectionManager::new_with_config(self.inner.client.clone(), config).await {
+            Ok(manager) => {
+                *self.inner.manager.write() = Some(manager.clone());
+                Ok(manager)
+            }
+            Err(e) => Err(RedisUnavailable(e.to_string())),
+        }
+    }
+
+    fn mark(&self, up: bool, why: &str) {
+        let was = self.inner.up.swap(up, Ordering::AcqRel);
+        if was != up {
+            crate::metrics::redis_up(up);
+            if up {
+                tracing::info!("redis reachable: using the shared cache, coalescing and quota");
+            } else {
+                tracing::warn!(
+                    "redis unavailable ({why}): serving from local cache, local coalescing and \
+                     the local quota share until it is back"
+                );
+            }
+        }
+    }
+
+    /// True while Redis answers.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    /// The namespaced key `{prefix}:{kind}:{id}`.
+    pub fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.inner.prefix)
+    }
+
+    /// This process's id, written into leases so only the holder releases them.
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
+    }
+
+    /// Runs one Redis operation within the command timeout. While Redis is down this fails at
+    /// once without touching the network, so a dead Redis costs requests nothing.
+    pub async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = ::redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            crate::metrics::redis_fallback(operation);
+            return Err(RedisUnavailable("marked down".to_owned()));
+        }
+        let Some(manager) = self.inner.manager.read().clone() else {
+            crate::metrics::redis_fallback(operation);
+            return Err(RedisUnavailable("not connected".to_owned()));
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.inner.timeout, f(manager)).await;
+        crate::metrics::redis_command(operation, started.elapsed());
+        let failure = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("{operation} timed out after {:?}", self.inner.timeout),
+        };
+        self.mark(false, &failure);
+        crate::metrics::redis_fallback(operation);
+        Err(RedisUnavailable(failure))
+    }
+}
