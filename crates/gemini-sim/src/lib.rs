@@ -14,6 +14,20 @@
 //!
 //! Wire shapes come from the shared `gemini-wire` crate and are checked against bodies recorded
 //! from the real API.
+//!
+//! # HTTP endpoints
+//! - `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (`?alt=sse` for SSE,
+//!   otherwise a JSON array), `:countTokens`; key in `x-goog-api-key` or `?key=`.
+//! - `GET /v1beta/models`, `GET /v1beta/models/{model}`: the configured models.
+//! - `GET /stats` ([`Stats`]), `GET /stats/timeline` ([`Timeline`], `?since_ms=` to trim),
+//!   `POST /stats/reset` (counters only), `POST /quota/reset` (quota windows only).
+//! - `GET /config` ([`SimConfig`] as JSON), `POST /config` (a partial object merged over it;
+//!   400 and no change if the result is invalid).
+//!
+//! # Request pipeline
+//! method, API key (400 API_KEY_INVALID), model (404), body (400), quota (429, nothing
+//! consumed), fault roll, latency, answer. Injected 500/503/504 come after the sampled latency;
+//! a hang waits until the client leaves or `hang_max_ms` passes (then 504).
 
 // Unit tests may unwrap; request paths may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

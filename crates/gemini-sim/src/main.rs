@@ -3,6 +3,7 @@
 use clap::Parser;
 use gemini_sim::cli::Cli;
 use gemini_sim::SimServer;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 #[tokio::main]
@@ -12,11 +13,15 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour codes only for a terminal: logs are often piped into files and parsed.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let config = cli.to_config().map_err(anyhow::Error::msg)?;
     let server = SimServer::start(config.clone(), cli.bind).await?;
-    tracing::info!(addr = %server.addr(), config = ?config, "gemini-sim listening");
+    let config_json = serde_json::to_string(&config)?;
+    tracing::info!(addr = %server.addr(), config = %config_json, "gemini-sim listening");
     server.spawn_rate_logger(Duration::from_secs(cli.log_every_s.max(1)));
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");

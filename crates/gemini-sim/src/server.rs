@@ -176,6 +176,17 @@ fn invalid_json(error: &serde_json::Error) -> ApiError {
     ApiError::invalid_argument(&format!("Invalid JSON payload received. {error}"))
 }
 
+/// A generate request that passed auth, model, body and quota checks, reduced to what the
+/// rest of its life needs: the body, headers and URI are dropped before any sleep, so 10,000
+/// sleeping requests cost little memory.
+struct Admitted {
+    request: GenerateContentRequest,
+    streaming: bool,
+    sse: bool,
+    fault: Option<Fault>,
+    delay: Duration,
+}
+
 async fn model_post(
     State(state): State<Arc<SimState>>,
     Path(target): Path<String>,
@@ -186,77 +197,15 @@ async fn model_post(
     let mut guard = state.stats.begin();
     let config = state.config();
     let (model, method) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
-    let method = match method {
-        "generateContent" => Method::Generate,
-        "streamGenerateContent" => Method::Stream,
-        "countTokens" => Method::CountTokens,
-        _ => return fail(&mut guard, ApiError::not_found("Method not found.")),
+    let admitted = match admit(
+        &state, &config, &mut guard, model, method, &uri, &headers, body,
+    ) {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
-    match method {
-        Method::Stream => state.stats.stream_started(),
-        Method::CountTokens => state.stats.count_tokens_call(),
-        Method::Generate => {}
-    }
-    let key = api_key(&headers, &uri);
-    let key = match key {
-        Some(key) if authorized(&config, Some(key)) => key,
-        _ => return fail(&mut guard, ApiError::api_key_invalid()),
-    };
-    guard.set_key(key);
-    if !config.models.iter().any(|m| m == model) {
-        return fail(&mut guard, ApiError::model_not_found(model, method.name()));
-    }
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let error = ApiError::new(
-                rejection.status(),
-                "INVALID_ARGUMENT",
-                &rejection.body_text(),
-                Vec::new(),
-            );
-            return fail(&mut guard, error);
-        }
-    };
-    if method == Method::CountTokens {
-        return count_tokens(&mut guard, &body);
-    }
-    let request: GenerateContentRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => return fail(&mut guard, invalid_json(&e)),
-    };
-    if request.contents.is_empty() {
-        return fail(
-            &mut guard,
-            ApiError::invalid_argument(
-                "* GenerateContentRequest.contents: contents is not specified\n",
-            ),
-        );
-    }
-    let plan = respond::plan(&request, model, &config);
-    if config.quota.any() {
-        if let Admission::Limited {
-            violations,
-            retry_after,
-        } = state
-            .quota
-            .admit(key, plan.prompt_tokens, &config.quota, Instant::now())
-        {
-            let error =
-                ApiError::quota_exceeded(&violations, model, config.quota.free_tier, retry_after);
-            return fail(&mut guard, error);
-        }
-    }
-    let streaming = method == Method::Stream;
-    let fault = faults::roll(&config.faults, streaming);
-    if let Some(fault) = fault {
-        state.stats.fault(fault);
-    }
-    let delay = match (streaming, config.stream.first_chunk_ms) {
-        (true, Some(ms)) => Duration::from_millis(ms),
-        _ => latency::sample(&config.latency),
-    };
-    let error = match fault {
+    drop(headers);
+    drop(uri);
+    let error = match admitted.fault {
         Some(Fault::Hang) => {
             // Dropped (and counted as cancelled) when the client goes away first.
             state.sleep(Duration::from_millis(config.hang_max_ms)).await;
@@ -268,17 +217,19 @@ async fn model_post(
         Some(Fault::StreamCut) | None => None,
     };
     // Injected errors arrive after the usual latency, so faults do not change a load's timing.
-    if !state.sleep(delay).await {
+    if !state.sleep(admitted.delay).await {
         return fail(&mut guard, ApiError::unavailable());
     }
     if let Some(error) = error {
         return fail(&mut guard, error);
     }
+    // The answer is built after the sleep so sleeping requests do not hold it.
+    let plan = respond::plan(&admitted.request, model, &config);
+    drop(admitted.request);
     let id = respond::response_id();
-    if streaming {
-        let sse = query_param(uri.query(), "alt") == Some("sse");
-        let cut = fault == Some(Fault::StreamCut);
-        return stream_response(state, guard, &plan, model, &id, &config, sse, cut);
+    if admitted.streaming {
+        let cut = admitted.fault == Some(Fault::StreamCut);
+        return stream_response(state, guard, &plan, model, &id, &config, admitted.sse, cut);
     }
     let response = respond::full_response(&plan, model, id, &config);
     let output = response
@@ -293,6 +244,98 @@ async fn model_post(
         Outcome::Ok
     });
     json_response(StatusCode::OK, &response)
+}
+
+/// The checks in Gemini's order: method, API key, model, body, quota; then the fault roll and
+/// latency draw. `Err` is the finished response (countTokens is answered here too); it is
+/// built once per request and moved once, so its size does not matter.
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
+fn admit(
+    state: &SimState,
+    config: &SimConfig,
+    guard: &mut RequestGuard,
+    model: &str,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Admitted, Response> {
+    let method = match method {
+        "generateContent" => Method::Generate,
+        "streamGenerateContent" => Method::Stream,
+        "countTokens" => Method::CountTokens,
+        _ => return Err(fail(guard, ApiError::not_found("Method not found."))),
+    };
+    match method {
+        Method::Stream => state.stats.stream_started(),
+        Method::CountTokens => state.stats.count_tokens_call(),
+        Method::Generate => {}
+    }
+    let key = match api_key(headers, uri) {
+        Some(key) if authorized(config, Some(key)) => key,
+        _ => return Err(fail(guard, ApiError::api_key_invalid())),
+    };
+    guard.set_key(key);
+    if !config.models.iter().any(|m| m == model) {
+        return Err(fail(guard, ApiError::model_not_found(model, method.name())));
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let error = ApiError::new(
+                rejection.status(),
+                "INVALID_ARGUMENT",
+                &rejection.body_text(),
+                Vec::new(),
+            );
+            return Err(fail(guard, error));
+        }
+    };
+    if method == Method::CountTokens {
+        return Err(count_tokens(guard, &body));
+    }
+    let request: GenerateContentRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return Err(fail(guard, invalid_json(&e))),
+    };
+    if request.contents.is_empty() {
+        return Err(fail(
+            guard,
+            ApiError::invalid_argument(
+                "* GenerateContentRequest.contents: contents is not specified\n",
+            ),
+        ));
+    }
+    if config.quota.any() {
+        let tokens = respond::prompt_tokens(request.system_instruction.as_ref(), &request.contents);
+        if let Admission::Limited {
+            violations,
+            retry_after,
+        } = state
+            .quota
+            .admit(key, tokens, &config.quota, Instant::now())
+        {
+            let error =
+                ApiError::quota_exceeded(&violations, model, config.quota.free_tier, retry_after);
+            return Err(fail(guard, error));
+        }
+    }
+    let streaming = method == Method::Stream;
+    let fault = faults::roll(&config.faults, streaming);
+    if let Some(fault) = fault {
+        state.stats.fault(fault);
+    }
+    let delay = match (streaming, config.stream.first_chunk_ms) {
+        (true, Some(ms)) => Duration::from_millis(ms),
+        _ => latency::sample(&config.latency),
+    };
+    Ok(Admitted {
+        request,
+        streaming,
+        sse: query_param(uri.query(), "alt") == Some("sse"),
+        fault,
+        delay,
+    })
 }
 
 fn count_tokens(guard: &mut RequestGuard, body: &[u8]) -> Response {
