@@ -240,7 +240,9 @@ fn fill(template: &str, topic: &str) -> String {
 #[derive(Clone, Copy)]
 enum Subject {
     Math,
-    Science,
+    Physics,
+    Chemistry,
+    Biology,
     History,
     Language,
     Programming,
@@ -255,10 +257,18 @@ impl Subject {
             ("equation", Subject::Math),
             ("geometry", Subject::Math),
             ("fraction", Subject::Math),
-            ("physics", Subject::Science),
-            ("chemistry", Subject::Science),
-            ("biology", Subject::Science),
-            ("science", Subject::Science),
+            ("physics", Subject::Physics),
+            ("force", Subject::Physics),
+            ("gravity", Subject::Physics),
+            ("energy", Subject::Physics),
+            ("chemistry", Subject::Chemistry),
+            ("reaction", Subject::Chemistry),
+            ("acid", Subject::Chemistry),
+            ("atom", Subject::Chemistry),
+            ("biology", Subject::Biology),
+            ("cell", Subject::Biology),
+            ("photosynthesis", Subject::Biology),
+            ("plant", Subject::Biology),
             ("history", Subject::History),
             ("war", Subject::History),
             ("english", Subject::Language),
@@ -268,9 +278,11 @@ impl Subject {
             ("programming", Subject::Programming),
             ("code", Subject::Programming),
             ("python", Subject::Programming),
+            ("loop", Subject::Programming),
             ("computer", Subject::Programming),
         ];
-        for text in [system, prompt] {
+        // The question names the subject more precisely than the tutor's persona.
+        for text in [prompt, system] {
             let lower = text.to_ascii_lowercase();
             if let Some((_, subject)) = KEYWORDS.iter().find(|(k, _)| lower.contains(k)) {
                 return *subject;
@@ -282,14 +294,22 @@ impl Subject {
     fn examples(self) -> &'static [&'static str] {
         match self {
             Subject::Math => &[
+                "x^2 - 5x + 6 = 0 factorises as (x - 2)(x - 3) = 0, so x = 2 or x = 3. Substituting x = 2 gives 4 - 10 + 6 = 0, which confirms it; try x = 3 yourself.",
                 "to solve 2x + 6 = 14, subtract 6 from both sides to get 2x = 8, then divide both sides by 2, so x = 4. Substituting back, 2 times 4 plus 6 is 14, which confirms the answer.",
                 "the area of a rectangle 3 cm wide and 5 cm long is 3 times 5, which is 15 square centimetres. Doubling only the length doubles the area to 30, which shows how the parts are linked.",
                 "to add 1/3 and 1/4, rewrite both with the common denominator 12: 4/12 plus 3/12 equals 7/12. Checking with decimals, 0.333 plus 0.25 is about 0.583, and so is 7/12.",
             ],
-            Subject::Science => &[
+            Subject::Physics => &[
                 "a ball dropped from rest falls about 4.9 metres in the first second, because gravity accelerates it by 9.8 metres per second every second. After two seconds it has fallen about 19.6 metres.",
+                "pushing a 2 kg box with a net force of 10 newtons gives it an acceleration of 10 / 2 = 5 metres per second squared, from F = m a. Double the mass and the same push gives half the acceleration.",
+            ],
+            Subject::Chemistry => &[
                 "when you mix baking soda and vinegar, an acid reacts with a base and releases carbon dioxide gas, which is why it fizzes. The total mass is conserved; some of it simply escapes as gas.",
+                "burning methane, CH4 + 2 O2 gives CO2 + 2 H2O. Count the atoms on each side: one carbon, four hydrogens and four oxygens both before and after, so the equation is balanced.",
+            ],
+            Subject::Biology => &[
                 "a plant in sunlight takes in carbon dioxide and water and, using light energy, makes glucose and oxygen. Cover a leaf with foil and it stops making starch, which you can test with iodine.",
+                "a red blood cell has no nucleus, which leaves more room for haemoglobin to carry oxygen. Asking how a cell's shape fits its job is a useful habit throughout biology.",
             ],
             Subject::History => &[
                 "the printing press of the 1450s made books far cheaper, so ideas spread faster. Ask what changed before and after it, who gained, and who lost; that is the habit historians use for every event.",
@@ -320,10 +340,10 @@ const OPENINGS: &[&str] = &[
 ];
 
 const CORE_IDEAS: &[&str] = &[
-    "The key idea is that {t} is about how the parts of a problem relate to each other, so it helps to name each part before doing anything else.",
-    "At its heart, {t} follows a small number of rules, and once you see why each rule is there, the rest becomes much easier to remember.",
-    "The main thing to notice is that {t} builds on ideas you already know; we just need to connect them in the right order.",
-    "A good way to picture {t} is as a process with a clear start, a middle where something changes, and a result you can check.",
+    "When you study {t}, the key is to see how the parts of the problem relate to each other, so name each part before doing anything else.",
+    "Behind {t} there are only a few rules, and once you see why each rule is there, the rest becomes much easier to remember.",
+    "Understanding {t} mostly means connecting ideas you already know, in the right order.",
+    "A good way to picture {t}: a process with a clear start, a middle where something changes, and a result you can check.",
 ];
 
 const STEPS: &[&str] = &[

@@ -18,7 +18,7 @@ pub const TIMELINE_CAPACITY: usize = 200_000;
 const MINUTE_SLOTS: usize = 64;
 /// Distinct API keys counted separately; more are lumped under [`OTHER_KEYS`], so a client
 /// sending random keys cannot grow memory without bound.
-const MAX_TRACKED_KEYS: usize = 10_000;
+pub const MAX_TRACKED_KEYS: usize = 10_000;
 /// The per-key entry for keys beyond [`MAX_TRACKED_KEYS`].
 pub const OTHER_KEYS: &str = "(other)";
 /// Timeline status of a request whose client went away before it was answered (nginx's code).
