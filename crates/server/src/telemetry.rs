@@ -125,7 +125,10 @@ pub fn init_sentry(settings: &Settings) -> anyhow::Result<Option<sentry::ClientI
     let secrets = Arc::new(secrets_of(settings));
     let options = sentry::ClientOptions {
         dsn: Some(dsn),
-        release: Some(Cow::Borrowed(concat!("learning-chat@", env!("CARGO_PKG_VERSION")))),
+        release: Some(Cow::Borrowed(concat!(
+            "learning-chat@",
+            env!("CARGO_PKG_VERSION")
+        ))),
         environment: Some(Cow::Owned(telemetry.environment.clone())),
         // No IP addresses, cookies or headers of learners.
         send_default_pii: false,
@@ -313,7 +316,9 @@ pub async fn report_errors(request: Request, next: Next) -> Response {
     event.tags.insert("error_code".to_owned(), error.code);
     if let Some(message) = error.message {
         // The learner-facing message: written to be safe to show, so safe to send.
-        event.extra.insert("error_message".to_owned(), message.into());
+        event
+            .extra
+            .insert("error_message".to_owned(), message.into());
     }
     hub.capture_event(event);
     response
@@ -346,7 +351,10 @@ async fn error_of(response: Response) -> (Response, ErrorInfo) {
     let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
         // Unreachable given the exact size checked above; answer with an empty body rather
         // than fail the request.
-        return (Response::from_parts(parts, axum::body::Body::empty()), unknown);
+        return (
+            Response::from_parts(parts, axum::body::Body::empty()),
+            unknown,
+        );
     };
     let info = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -354,11 +362,17 @@ async fn error_of(response: Response) -> (Response, ErrorInfo) {
             let error = v.get("error")?;
             Some(ErrorInfo {
                 code: error.get("code")?.as_str()?.to_owned(),
-                message: error.get("message").and_then(|m| m.as_str()).map(str::to_owned),
+                message: error
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned),
             })
         })
         .unwrap_or(unknown);
-    (Response::from_parts(parts, axum::body::Body::from(bytes)), info)
+    (
+        Response::from_parts(parts, axum::body::Body::from(bytes)),
+        info,
+    )
 }
 
 #[cfg(test)]
@@ -386,8 +400,12 @@ mod tests {
             message: Some("boom sk-very-secret".to_owned()),
             ..Default::default()
         };
-        event.tags.insert("t".to_owned(), "sk-very-secret".to_owned());
-        event.extra.insert("e".to_owned(), "x sk-very-secret".into());
+        event
+            .tags
+            .insert("t".to_owned(), "sk-very-secret".to_owned());
+        event
+            .extra
+            .insert("e".to_owned(), "x sk-very-secret".into());
         let event = scrub_event(event, &secrets);
         let json = serde_json::to_string(&event).unwrap_or_default();
         assert!(!json.contains("sk-very-secret"), "{json}");
@@ -396,7 +414,10 @@ mod tests {
 
     #[test]
     fn redis_passwords_are_found() {
-        assert_eq!(url_password("redis://user:pw123@host:6379/0"), Some("pw123"));
+        assert_eq!(
+            url_password("redis://user:pw123@host:6379/0"),
+            Some("pw123")
+        );
         assert_eq!(url_password("redis://host:6379"), None);
     }
 
