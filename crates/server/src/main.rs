@@ -75,7 +75,19 @@ fn check_config(settings: &Settings) -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
+    // Before the runtime exists, so every thread's hub starts with the client; dropped last
+    // (declared first), flushing queued error reports after the runtime has stopped.
+    let sentry_guard = match telemetry::init_sentry(&settings) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init_logging(&settings.telemetry);
+    if sentry_guard.is_some() {
+        tracing::info!(environment = %settings.telemetry.environment, "reporting errors to Sentry");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if settings.server.worker_threads > 0 {
@@ -106,6 +118,7 @@ fn serve(settings: Settings) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("fatal: {e:#}");
+            sentry::capture_message(&format!("fatal: {e:#}"), sentry::Level::Fatal);
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
