@@ -177,7 +177,7 @@ async fn a_dead_lease_holder_only_delays_the_others_until_its_lease_expires() {
 
 #[tokio::test]
 async fn redis_down_at_start_then_back_costs_no_request() {
-    let mut redis = RedisProcess::start();
+    let redis = RedisProcess::start();
     redis.kill();
     let sim = start_sim(SimConfig::default()).await;
     let app = spawn_app(redis_settings(&sim, &redis)).await;
@@ -209,7 +209,7 @@ async fn redis_down_at_start_then_back_costs_no_request() {
 
 #[tokio::test]
 async fn killing_or_freezing_redis_mid_load_fails_no_request() {
-    let mut redis = RedisProcess::start();
+    let redis = RedisProcess::start();
     let mut config = SimConfig::default();
     config.latency = fixed_latency(50);
     let sim = start_sim(config).await;

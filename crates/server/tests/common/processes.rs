@@ -29,7 +29,8 @@ pub fn wait_for_port(port: u16, within: Duration) -> bool {
 /// A private redis-server, killed on drop.
 pub struct RedisProcess {
     pub port: u16,
-    child: Option<Child>,
+    // Behind a mutex so a test can kill and restart it while others only read `port`.
+    child: std::sync::Mutex<Option<Child>>,
     dir: tempfile::TempDir,
 }
 
@@ -37,9 +38,9 @@ impl RedisProcess {
     /// Starts redis-server on a free port with no persistence.
     pub fn start() -> RedisProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut redis = RedisProcess {
+        let redis = RedisProcess {
             port: free_port(),
-            child: None,
+            child: std::sync::Mutex::new(None),
             dir,
         };
         redis.restart();
@@ -47,7 +48,7 @@ impl RedisProcess {
     }
 
     /// (Re)starts the server on the same port.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -65,7 +66,7 @@ impl RedisProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh checks it)");
-        self.child = Some(child);
+        *self.child.lock().unwrap() = Some(child);
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
             "redis-server did not start"
@@ -73,8 +74,8 @@ impl RedisProcess {
     }
 
     /// Kills the server (SIGKILL: an outage, not a clean stop).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -91,7 +92,7 @@ impl RedisProcess {
     }
 
     fn signal(&self, signal: &str) {
-        if let Some(child) = &self.child {
+        if let Some(child) = self.child.lock().unwrap().as_ref() {
             let status = Command::new("kill")
                 .arg(signal)
                 .arg(child.id().to_string())
