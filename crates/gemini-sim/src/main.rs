@@ -23,8 +23,23 @@ async fn main() -> anyhow::Result<()> {
     let config_json = serde_json::to_string(&config)?;
     tracing::info!(addr = %server.addr(), config = %config_json, "gemini-sim listening");
     server.spawn_rate_logger(Duration::from_secs(cli.log_every_s.max(1)));
-    tokio::signal::ctrl_c().await?;
+    wait_for_stop_signal().await?;
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what `kill`, systemd and container runtimes send).
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -364,3 +364,41 @@ async fn malformed_bodies_are_400_invalid_argument() {
     );
     assert_eq!(sim.stats().errors, 3);
 }
+
+#[tokio::test]
+async fn thinking_tokens_are_reported_by_thinking_models() {
+    let sim = start(SimConfig {
+        thinking_tokens: 50,
+        ..SimConfig::default()
+    })
+    .await;
+    let reply = generate(&sim, &request("What is a ratio?")).await;
+    let usage = &reply.json()["usageMetadata"];
+    assert_eq!(usage["thoughtsTokenCount"], 50);
+    let total = usage["promptTokenCount"].as_u64().unwrap()
+        + usage["candidatesTokenCount"].as_u64().unwrap()
+        + 50;
+    assert_eq!(usage["totalTokenCount"], total);
+    // A budget caps them; a budget of 0 turns thinking off.
+    let mut body = request("What is a ratio?");
+    body["generationConfig"] = json!({"thinkingConfig": {"thinkingBudget": 20}});
+    assert_eq!(
+        generate(&sim, &body).await.json()["usageMetadata"]["thoughtsTokenCount"],
+        20
+    );
+    body["generationConfig"] = json!({"thinkingConfig": {"thinkingBudget": 0}});
+    assert!(generate(&sim, &body).await.json()["usageMetadata"]
+        .get("thoughtsTokenCount")
+        .is_none());
+    // 2.0 models do not think.
+    let reply = post_raw(
+        &client(),
+        &model_url(&sim, "gemini-2.0-flash", "generateContent"),
+        Some(KEY),
+        request("What is a ratio?").to_string(),
+    )
+    .await;
+    assert!(reply.json()["usageMetadata"]
+        .get("thoughtsTokenCount")
+        .is_none());
+}
