@@ -7,7 +7,7 @@
 //! unknown keys), the others against the documented list of the seed's names.
 
 use clap::Parser;
-use figment::Jail;
+use figment::providers::Serialized;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
@@ -350,13 +350,32 @@ fn selected_by<'a>(manifests: &'a Manifests, service: &Service) -> Vec<&'a Deplo
 // The service's settings, loaded the way the service loads them
 // ---------------------------------------------------------------------------------------------
 
-/// Loads the service's settings from exactly this environment, through the service's own
-/// layering (`Settings::figment`) and validation (`Settings::from_figment`, which rejects any
-/// `LEARNING_CHAT_*` name that is not a real key). Non-prefixed names must be documented ones.
-// figment's Jail API fixes the closure's error type.
-#[allow(clippy::result_large_err)]
+/// The settings key a variable sets, as `Settings::figment` maps it (`None`: read elsewhere).
+fn settings_key(name: &str) -> Option<String> {
+    let key = match name {
+        "LEARNING_CHAT_BIND" => "server.bind",
+        "GEMINI_API_KEY" => "gemini.api_key",
+        "GEMINI_BASE_URL" => "gemini.base_url",
+        "SENTRY_DSN" => "telemetry.sentry_dsn",
+        "REDIS_URL" => "redis.url",
+        // REDIS_HOST/REDIS_PORT are resolved in `from_figment`; RUST_LOG by the log setup.
+        "REDIS_HOST" | "REDIS_PORT" | "RUST_LOG" => return None,
+        _ => {
+            let rest = name.strip_prefix("LEARNING_CHAT_")?;
+            return Some(rest.to_lowercase().replace("__", "."));
+        }
+    };
+    Some(key.to_owned())
+}
+
+/// Loads the service's settings with this environment on top of its own layers
+/// (`Settings::figment`) and validation (`Settings::from_figment`, which rejects any
+/// `LEARNING_CHAT_*` name that is not a real key); non-prefixed names must be documented ones.
+/// The values are merged as figment's `Env` would parse them, without touching the process
+/// environment (tests run in parallel); `check_config_accepts` runs the real binary on top.
 fn settings_from_env(env: &BTreeMap<String, String>, origin: &str) -> Settings {
-    for name in env.keys() {
+    let mut figment = Settings::figment(None);
+    for (name, value) in env {
         assert!(
             name.starts_with("LEARNING_CHAT_") || SEED_NAMES.contains(&name.as_str()),
             "{origin}: {name} is not a variable the service reads (docs/configuration.md)"
@@ -371,23 +390,22 @@ fn settings_from_env(env: &BTreeMap<String, String>, origin: &str) -> Settings {
                 "{origin}: {name} is not LEARNING_CHAT_<SECTION>__<KEY>"
             );
         }
-    }
-    let mut loaded = None;
-    let jailed = Jail::try_with(|jail| {
-        // Only the manifest's variables, not whatever the test process happens to have.
-        jail.clear_env();
-        for (name, value) in env {
-            jail.set_env(name, value);
+        if let Some(key) = settings_key(name) {
+            let parsed: figment::value::Value = value.parse().unwrap();
+            figment = figment.merge(Serialized::default(&key, parsed));
         }
-        let settings = Settings::from_figment(Settings::figment(None))
-            .map_err(|e| format!("{origin}: the service would refuse to start: {e}"))?;
-        loaded = Some(settings);
-        Ok(())
-    });
-    if let Err(e) = jailed {
-        panic!("{e}");
     }
-    loaded.unwrap()
+    if !env.contains_key("REDIS_URL") {
+        if let Some(host) = env.get("REDIS_HOST") {
+            let port = env.get("REDIS_PORT").map_or("6379", String::as_str);
+            figment = figment.merge(Serialized::default(
+                "redis.url",
+                format!("redis://{host}:{port}"),
+            ));
+        }
+    }
+    Settings::from_figment(figment)
+        .unwrap_or_else(|e| panic!("{origin}: the service would refuse to start: {e}"))
 }
 
 /// Runs the real binary's `check-config` with exactly this environment.
