@@ -17,6 +17,7 @@ pub mod chat;
 pub mod coalesce;
 pub mod config;
 pub mod metrics;
+pub mod plan;
 pub mod providers;
 pub mod redis_link;
 pub mod telemetry;

@@ -29,10 +29,16 @@ enum Command {
     },
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
+    /// Capacity and cost planner: upstream RPM vs quota, servers, concurrency, monthly cost.
+    Plan(learning_chat::plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The planner is pure arithmetic over its flags: it needs no (valid) service configuration.
+    if let Some(Command::Plan(args)) = &cli.command {
+        return learning_chat::plan::run(args);
+    }
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -42,6 +48,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve { bind: None }) {
         Command::CheckConfig => check_config(&settings),
+        Command::Plan(args) => learning_chat::plan::run(&args),
         Command::Serve { bind } => {
             if let Some(bind) = bind {
                 settings.server.bind = bind;

@@ -1,0 +1,221 @@
+//! The final report: one struct, printed as text and optionally written as JSON.
+
+use crate::recorder::{percent, Snapshot, STATUS_NO_RESPONSE};
+use crate::sim::UpstreamStats;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Which generator: `goose`, `open-loop` or `burst`.
+    pub mode: String,
+    /// What was asked (target URL, mix), for the record.
+    pub description: String,
+    /// Seconds from the first request to the report.
+    pub duration_s: f64,
+    /// Users started (goose mode), or concurrent requests (burst).
+    pub users: u64,
+    /// Requests finished.
+    pub requests: u64,
+    /// Requests finished per second over the run.
+    pub requests_per_s: f64,
+    /// 2xx responses.
+    pub ok: u64,
+    /// Requests that were not 2xx.
+    pub failures: u64,
+    /// Failures by status; `"0"` is no response (connection error or client timeout).
+    pub failures_by_status: BTreeMap<String, u64>,
+    /// Latency of every finished request, failures included (as locust and goose count).
+    pub latency_ms: Latency,
+    /// 2xx responses with `"cached": true`.
+    pub cached: u64,
+    /// `cached / ok`.
+    pub cache_hit_ratio: f64,
+    /// The simulator's counters for the run, when its URL was given.
+    pub upstream: Option<UpstreamStats>,
+    /// Mode-specific figures (e.g. the open-loop generator's lag).
+    pub extra: BTreeMap<String, f64>,
+}
+
+impl Report {
+    /// A report from a recorder snapshot.
+    pub fn from_snapshot(mode: &str, description: String, snapshot: &Snapshot) -> Report {
+        let seconds = snapshot.elapsed.as_secs_f64().max(1e-9);
+        let h = &snapshot.latency_us;
+        let ms = |q: f64| snapshot.latency_ms(q);
+        Report {
+            mode: mode.to_owned(),
+            description,
+            duration_s: snapshot.elapsed.as_secs_f64(),
+            users: snapshot.users,
+            requests: snapshot.requests,
+            requests_per_s: snapshot.requests as f64 / seconds,
+            ok: snapshot.ok,
+            failures: snapshot.failures(),
+            failures_by_status: snapshot
+                .by_status
+                .iter()
+                .filter(|(status, _)| !(200..300).contains(*status))
+                .map(|(status, n)| (status.to_string(), *n))
+                .collect(),
+            latency_ms: Latency {
+                p50: ms(0.50),
+                p90: ms(0.90),
+                p95: ms(0.95),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: if h.is_empty() {
+                    0.0
+                } else {
+                    h.max() as f64 / 1000.0
+                },
+                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            },
+            cached: snapshot.cached,
+            cache_hit_ratio: if snapshot.ok == 0 {
+                0.0
+            } else {
+                snapshot.cached as f64 / snapshot.ok as f64
+            },
+            upstream: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            out,
+            "=== learning-chat load test report ({}) ===",
+            self.mode
+        );
+        let _ = writeln!(out, "target:        {}", self.description);
+        let _ = writeln!(
+            out,
+            "duration:      {:.1} s, {} users",
+            self.duration_s, self.users
+        );
+        let _ = writeln!(
+            out,
+            "requests:      {} ({:.1} req/s), {} ok, {} failed",
+            self.requests, self.requests_per_s, self.ok, self.failures
+        );
+        if self.failures_by_status.is_empty() {
+            let _ = writeln!(out, "failures:      none");
+        } else {
+            let parts: Vec<String> = self
+                .failures_by_status
+                .iter()
+                .map(|(status, n)| {
+                    if status == &STATUS_NO_RESPONSE.to_string() {
+                        format!("no response: {n}")
+                    } else {
+                        format!("{status}: {n}")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "failures:      {}", parts.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "latency (ms):  p50 {:.1}  p90 {:.1}  p95 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+            l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean
+        );
+        let _ = writeln!(
+            out,
+            "cache hits:    {} of {} ok ({:.1}%)",
+            self.cached,
+            self.ok,
+            percent(self.cached, self.ok)
+        );
+        match &self.upstream {
+            Some(u) => {
+                let _ = writeln!(
+                    out,
+                    "upstream:      {} calls seen by gemini-sim ({} ok, {} rate-limited, {} errors), in-flight peak {}, {:.3} calls per request",
+                    u.requests,
+                    u.ok,
+                    u.rate_limited,
+                    u.errors,
+                    u.in_flight_peak,
+                    if self.requests == 0 { 0.0 } else { u.requests as f64 / self.requests as f64 }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "upstream:      (pass --sim-url to count gemini-sim's calls)"
+                );
+            }
+        }
+        for (key, value) in &self.extra {
+            let _ = writeln!(out, "{key}: {value:.3}");
+        }
+        out
+    }
+
+    /// Writes the report as pretty JSON to `path`.
+    pub fn write_json(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::{Outcome, Recorder};
+    use std::time::Duration;
+
+    #[test]
+    fn report_text_and_json() {
+        let recorder = Recorder::new();
+        for status in [200, 200, 200, 503, 0] {
+            recorder.record(Outcome {
+                status,
+                latency: Duration::from_millis(10),
+                cached: status == 200,
+            });
+        }
+        let mut report = Report::from_snapshot("goose", "http://x".into(), &recorder.snapshot());
+        report.upstream = Some(UpstreamStats {
+            requests: 1,
+            ..Default::default()
+        });
+        assert_eq!(report.failures, 2);
+        assert_eq!(report.failures_by_status["503"], 1);
+        assert_eq!(report.cache_hit_ratio, 1.0);
+        let text = report.to_text();
+        assert!(
+            text.contains("503: 1") && text.contains("no response: 1"),
+            "{text}"
+        );
+        assert!(text.contains("1 calls seen by gemini-sim"), "{text}");
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+    }
+}

@@ -1,0 +1,273 @@
+//! The goose mode: the seed's locustfile as a goose scenario, with our question and agent mixes.
+//!
+//! Defaults are the seed's profile (`locust --users 1000 --spawn-rate 50`, `between(5, 15)`,
+//! POST /api/v1/agents/math {"message": "What is 2+2?"}); goose's own flags override them.
+
+use crate::options::{AgentMix, LoadOptions};
+use crate::questions::{QuestionBank, QuestionPicker};
+use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
+use crate::report::Report;
+use crate::sim::SimClient;
+use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
+use goose::goose::{GooseUser, Scenario, Transaction, TransactionFunction, TransactionResult};
+use goose::GooseAttack;
+use gumdrop::Options as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default target: a service on this machine (load tests never leave loopback by default).
+pub const DEFAULT_HOST: &str = "http://127.0.0.1:8000";
+/// The seed's `--users 1000`.
+pub const DEFAULT_USERS: usize = 1000;
+/// The seed's `--spawn-rate 50`.
+pub const DEFAULT_HATCH_RATE: &str = "50";
+/// locust runs until stopped; a bounded default keeps every run finite.
+pub const DEFAULT_RUN_TIME_S: usize = 90;
+
+/// What every simulated user shares.
+struct Shared {
+    recorder: Arc<Recorder>,
+    mix: AgentMix,
+    picker: QuestionPicker,
+}
+
+/// Runs the goose attack described by `options` and goose's own `goose_args`, and returns the
+/// report (also printed and, when asked, written as JSON by the caller).
+pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Result<Report> {
+    let bank = match &options.question_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            QuestionBank::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => QuestionBank::shipped(),
+    };
+    let mix = AgentMix::parse(&options.agents, &bank.agents()).map_err(anyhow::Error::msg)?;
+    let picker = QuestionPicker::new(
+        options.questions,
+        options.question.clone(),
+        &bank,
+        &mix.agents(),
+        options.zipf_exponent,
+    );
+    let recorder = Arc::new(Recorder::new());
+    let shared = Arc::new(Shared {
+        recorder: recorder.clone(),
+        mix,
+        picker,
+    });
+
+    let configuration = GooseConfiguration::parse_args_default(&goose_args)
+        .map_err(|e| anyhow::anyhow!("{e} (see --help)"))?;
+    let mut scenario = Scenario::new("LearningChatUser")
+        .register_transaction(
+            Transaction::new(user_started(shared.clone()))
+                .set_name("user started")
+                .set_on_start(),
+        )
+        .register_transaction(Transaction::new(ask(shared.clone())).set_name("ask"));
+    if !options.wait.max.is_zero() {
+        scenario = scenario.set_wait_time(options.wait.min, options.wait.max)?;
+    }
+    let mut attack = GooseAttack::initialize_with_config(configuration)?
+        .register_scenario(scenario)
+        .set_default(GooseDefault::Host, DEFAULT_HOST)?
+        .set_default(GooseDefault::Users, DEFAULT_USERS)?
+        .set_default(GooseDefault::HatchRate, DEFAULT_HATCH_RATE)?
+        // The controllers listen on 0.0.0.0; a load tester should open no port by default.
+        .set_default(GooseDefault::NoTelnet, true)?
+        .set_default(GooseDefault::NoWebSocket, true)?;
+    // goose refuses a run time or a metrics flag next to --iterations or --test-plan.
+    let bounded_otherwise = ["--iterations", "--test-plan"]
+        .iter()
+        .any(|flag| has_flag(&goose_args, flag));
+    if !bounded_otherwise {
+        attack = attack
+            .set_default(GooseDefault::RunTime, DEFAULT_RUN_TIME_S)?
+            // Count the ramp-up too, like our recorder does, so both agree.
+            .set_default(GooseDefault::NoResetMetrics, true)?;
+    }
+
+    let sim = match &options.sim_url {
+        Some(url) => {
+            let sim = SimClient::new(url)?;
+            sim.reset()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reset gemini-sim's stats at {url}: {e}"))?;
+            Some(sim)
+        }
+        None => None,
+    };
+    let progress = spawn_progress(
+        recorder.clone(),
+        Duration::from_secs(options.progress_every),
+    );
+    let started = Instant::now();
+    let result = attack.execute().await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let metrics = result?;
+
+    let host = metrics
+        .hosts
+        .iter()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+    let description = format!(
+        "POST {host}/api/v1/agents/{{{}}}, questions {:?}, wait {:?}-{:?}",
+        options.agents, options.questions, options.wait.min, options.wait.max
+    );
+    let mut snapshot = recorder.snapshot();
+    snapshot.elapsed = started.elapsed();
+    let mut report = Report::from_snapshot("goose", description, &snapshot);
+    let goose_requests: usize = metrics
+        .requests
+        .values()
+        .map(|r| r.success_count + r.fail_count)
+        .sum();
+    report
+        .extra
+        .insert("goose_counted_requests".to_owned(), goose_requests as f64);
+    report
+        .extra
+        .insert("goose_max_users".to_owned(), metrics.maximum_users as f64);
+    if let Some(sim) = sim {
+        report.upstream = Some(sim.stats().await?);
+    }
+    Ok(report)
+}
+
+/// True when `flag` is among `args`, alone or as `flag=value`.
+fn has_flag(args: &[String], flag: &str) -> bool {
+    args.iter()
+        .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+}
+
+/// Forces the higher-ranked closure signature goose's transactions need.
+fn transaction_fn<F>(f: F) -> TransactionFunction
+where
+    F: for<'r> Fn(
+            &'r mut GooseUser,
+        ) -> Pin<Box<dyn Future<Output = TransactionResult> + Send + 'r>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+fn user_started(shared: Arc<Shared>) -> TransactionFunction {
+    transaction_fn(move |_user| {
+        shared.recorder.user_started();
+        Box::pin(async { Ok(()) })
+    })
+}
+
+fn ask(shared: Arc<Shared>) -> TransactionFunction {
+    transaction_fn(move |user| {
+        let shared = shared.clone();
+        Box::pin(async move { ask_once(&shared, user).await })
+    })
+}
+
+/// One question: pick agent and question, POST, read the whole body, record.
+async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
+    let (agent, question) = {
+        // thread_rng is not Send: drawn and dropped before the first await.
+        let mut rng = rand::thread_rng();
+        let agent = shared.mix.pick(&mut rng).to_owned();
+        let question = shared.picker.pick(&agent, &mut rng);
+        (agent, question)
+    };
+    let path = format!("/api/v1/agents/{agent}");
+    let started = Instant::now();
+    let response = user
+        .post_json(&path, &serde_json::json!({ "message": question }))
+        .await?;
+    // goose records its own metric for this request (status, failure); we also need the
+    // `cached` flag and the time to the whole body, so the body is read here.
+    let (status, cached) = match response.response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.bytes().await {
+                Ok(body) => (status, cached_flag(&body)),
+                // Headers came but the body did not: not a usable answer.
+                Err(_) => (STATUS_NO_RESPONSE, false),
+            }
+        }
+        Err(_) => (STATUS_NO_RESPONSE, false),
+    };
+    shared.recorder.record(Outcome {
+        status,
+        latency: started.elapsed(),
+        cached,
+    });
+    Ok(())
+}
+
+/// The `cached` field of a learning-chat answer; false for anything else.
+pub fn cached_flag(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        cached: bool,
+    }
+    serde_json::from_slice::<Answer>(body).is_ok_and(|a| a.cached)
+}
+
+/// The `--help` text: ours, then goose's.
+pub fn help() -> String {
+    format!(
+        "learning-chat-loadtest: the seed's locust profile on goose (1000 users, 50/s, 5-15 s think time,\n\
+         POST /api/v1/agents/math {{\"message\": \"What is 2+2?\"}} against {DEFAULT_HOST} for {DEFAULT_RUN_TIME_S} s).\n\n\
+         Other generators (see `learning-chat-loadtest open-loop --help` / `burst --help`):\n  \
+         open-loop   fixed request rate, latency measured from the scheduled send time\n  \
+         burst       N requests at once (thundering herd, connection hold)\n\n{}\n{}",
+        LoadOptions::help(),
+        GooseConfiguration::usage()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_flag_reads_answers() {
+        assert!(cached_flag(br#"{"response":"4","cached":true}"#));
+        assert!(!cached_flag(br#"{"response":"4","cached":false}"#));
+        assert!(!cached_flag(br#"{"error":{"code":"x"}}"#));
+        assert!(!cached_flag(b"not json"));
+    }
+
+    #[test]
+    fn flags_are_found_in_both_spellings() {
+        let args: Vec<String> = vec!["--iterations=3".into(), "-u".into()];
+        assert!(has_flag(&args, "--iterations"));
+        assert!(!has_flag(&args, "--iter"));
+        assert!(!has_flag(&args, "--test-plan"));
+    }
+
+    #[test]
+    fn goose_parses_what_we_leave() {
+        let args: Vec<String> = [
+            "--host",
+            "http://127.0.0.1:1",
+            "-u",
+            "3",
+            "--report-file",
+            "r.html",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let config = GooseConfiguration::parse_args_default(&args).unwrap();
+        assert_eq!(config.users, Some(3));
+        assert_eq!(config.report_file, "r.html");
+        assert!(GooseConfiguration::parse_args_default(&["--questions".to_owned()]).is_err());
+    }
+}

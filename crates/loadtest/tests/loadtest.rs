@@ -1,0 +1,243 @@
+//! Runs the real `learning-chat-loadtest` binary for a few seconds against an in-process
+//! learning-chat + gemini-sim, and checks its counts against what the simulator saw.
+//! No timing is asserted: the machine is shared and noisy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gemini_sim::{Latency, SimConfig, SimServer};
+use learning_chat::config::Secret;
+use learning_chat::{Application, Settings};
+use learning_chat_loadtest::Report;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::sync::oneshot;
+
+struct Stack {
+    sim: SimServer,
+    service: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+async fn start(latency_ms: u64) -> Stack {
+    let config = SimConfig {
+        latency: if latency_ms == 0 {
+            Latency::None
+        } else {
+            Latency::Fixed { ms: latency_ms }
+        },
+        ..SimConfig::default()
+    };
+    let sim = SimServer::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.server.shutdown_grace_secs = 2;
+    settings.gemini.api_key = Secret::new("loadtest-key");
+    settings.gemini.base_url = sim.base_url();
+    settings.upstream.rpm = 0;
+    let app = Application::build(settings).await.unwrap();
+    let service = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    Stack {
+        sim,
+        service,
+        stop: Some(stop),
+    }
+}
+
+impl Stack {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+/// Runs the binary with `args` plus `--summary-json`, returns its report.
+async fn loadtest(args: &[String], dir: &Path, name: &str) -> Report {
+    let summary = dir.join(format!("{name}.json"));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_learning-chat-loadtest"))
+        .args(args)
+        .arg("--summary-json")
+        .arg(&summary)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("learning-chat load test report"),
+        "{stdout}"
+    );
+    serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goose_mode_counts_agree_with_the_simulator() {
+    let stack = start(0).await;
+    let dir = tempdir();
+    let host = format!("http://{}", stack.service);
+    let sim = stack.sim.base_url();
+    let common = [
+        "--host",
+        &host,
+        "--sim-url",
+        &sim,
+        "--users",
+        "4",
+        "--hatch-rate",
+        "4",
+        "--iterations",
+        "5",
+        "--wait",
+        "0",
+        "--progress-every",
+        "1",
+        "--no-print-metrics",
+        "--agents",
+        "all",
+    ];
+
+    // Unique questions: nothing is cacheable, so every request is one upstream call.
+    let mut args = strings(&common);
+    args.extend(strings(&["--questions", "unique"]));
+    let report = loadtest(&args, dir.path(), "unique").await;
+    assert_eq!(report.requests, 20, "{report:?}");
+    assert_eq!(report.ok, 20, "{report:?}");
+    assert_eq!(report.failures, 0);
+    assert_eq!(report.cached, 0);
+    assert_eq!(report.extra["goose_counted_requests"], 20.0);
+    let upstream = report.upstream.clone().unwrap();
+    assert_eq!(upstream.requests, report.requests, "{report:?}");
+    assert_eq!(upstream.ok, 20);
+    assert!(report.latency_ms.p50 <= report.latency_ms.p95);
+    assert!(report.latency_ms.p95 <= report.latency_ms.p99);
+    assert!(report.latency_ms.p99 <= report.latency_ms.max);
+
+    // The seed's fixed question: one upstream call, every later answer from the cache.
+    let mut args = strings(&common);
+    args.extend(strings(&["--questions", "fixed", "--agents", "math"]));
+    let report = loadtest(&args, dir.path(), "fixed").await;
+    assert_eq!(report.requests, 20, "{report:?}");
+    assert_eq!(report.ok, 20);
+    assert_eq!(report.upstream.clone().unwrap().requests, 1, "{report:?}");
+    assert!(report.cached >= 1 && report.cached < 20, "{report:?}");
+    assert!((report.cache_hit_ratio - report.cached as f64 / 20.0).abs() < 1e-9);
+
+    // Zipf over the bank: upstream calls are the distinct questions, never more than requests.
+    let mut args = strings(&common);
+    args.extend(strings(&["--questions", "zipf"]));
+    let report = loadtest(&args, dir.path(), "zipf").await;
+    assert_eq!(report.ok, 20);
+    let upstream = report.upstream.clone().unwrap().requests;
+    assert!(
+        upstream >= 1 && upstream + report.cached <= 20,
+        "{report:?}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_and_open_loop_modes() {
+    // A latency long enough that the burst's requests overlap on the upstream call.
+    let stack = start(300).await;
+    let dir = tempdir();
+    let url = format!("http://{}", stack.service);
+    let sim = stack.sim.base_url();
+
+    let report = loadtest(
+        &strings(&["burst", "--url", &url, "--sim-url", &sim, "--count", "25"]),
+        dir.path(),
+        "burst",
+    )
+    .await;
+    assert_eq!(report.requests, 25, "{report:?}");
+    assert_eq!(report.ok, 25);
+    // Identical new questions in flight together share one model call.
+    assert_eq!(report.upstream.clone().unwrap().requests, 1, "{report:?}");
+
+    let report = loadtest(
+        &strings(&[
+            "open-loop",
+            "--url",
+            &url,
+            "--sim-url",
+            &sim,
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--questions",
+            "unique",
+            "--progress-every",
+            "0",
+        ]),
+        dir.path(),
+        "open-loop",
+    )
+    .await;
+    assert_eq!(report.requests, 40, "{report:?}");
+    assert_eq!(report.ok, 40);
+    assert_eq!(report.upstream.clone().unwrap().requests, 40, "{report:?}");
+
+    // Straight to the simulator, as benchmark 4 does for its baseline.
+    let report = loadtest(
+        &strings(&[
+            "open-loop",
+            "--url",
+            &sim,
+            "--target",
+            "gemini",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--progress-every",
+            "0",
+        ]),
+        dir.path(),
+        "gemini",
+    )
+    .await;
+    assert_eq!(report.requests, 20, "{report:?}");
+    assert_eq!(report.ok, 20, "{report:?}");
+    stack.stop().await;
+}
+
+/// A temporary directory removed on drop (no extra dependency for one use).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!(
+        "learning-chat-loadtest-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}

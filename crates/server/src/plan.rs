@@ -1,0 +1,582 @@
+//! Capacity and cost planning (`learning-chat plan`): the seed guide's back-of-the-envelope
+//! arithmetic (requests per month, cost, upstream RPM against the quota, Little's law for the
+//! calls in flight) as one pure function over a struct, so it is tested; the CLI only formats.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// How the model is priced.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Price {
+    /// USD per model request (the seed's $0.001).
+    PerRequest(f64),
+    /// USD per 1,000 tokens, with the tokens (input + output) of an average request.
+    PerThousandTokens {
+        /// USD per 1,000 tokens.
+        usd: f64,
+        /// Average tokens per request.
+        tokens_per_request: f64,
+    },
+}
+
+impl Price {
+    /// USD per model request.
+    pub fn per_request(&self) -> f64 {
+        match *self {
+            Price::PerRequest(usd) => usd,
+            Price::PerThousandTokens {
+                usd,
+                tokens_per_request,
+            } => usd * tokens_per_request / 1000.0,
+        }
+    }
+}
+
+/// What the planner is told.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanInput {
+    /// Learners using the service.
+    pub users: f64,
+    /// Questions each learner asks per day.
+    pub requests_per_user_per_day: f64,
+    /// Days in a month (the seed uses 30).
+    pub days_per_month: f64,
+    /// Learners active at the busiest moment (defaults to every user).
+    pub peak_concurrent_users: f64,
+    /// Average think time of an active learner between answer and next question, in seconds
+    /// (the seed's locustfile waits 5-15 s: 10 on average).
+    pub think_time_secs: f64,
+    /// Peak requests per minute offered to the service; when set it replaces the estimate from
+    /// peak users and think time (the seed reasons from "1000 RPM").
+    pub peak_rpm: Option<f64>,
+    /// Fraction of questions answered from the cache (0 to 1; the seed hopes for 0.3-0.5).
+    pub cache_hit_ratio: f64,
+    /// Time of one model call in seconds (the seed's 2.8).
+    pub upstream_latency_secs: f64,
+    /// The model's requests-per-minute quota; 0 = unlimited.
+    pub rpm_quota: f64,
+    /// The model's price.
+    pub price: Price,
+    /// Requests per second one server sustains (measured: bench/RESULTS.md).
+    pub server_capacity_rps: f64,
+    /// Model calls one server keeps in flight (`upstream.max_concurrency`).
+    pub server_max_upstream_concurrency: f64,
+    /// Fraction of a server's capacity to plan for (headroom for spikes; the seed's HPA: 0.7).
+    pub target_utilisation: f64,
+    /// A fixed fleet size to evaluate (the seed's 5); otherwise the fleet is what is needed.
+    pub servers: Option<u32>,
+    /// USD per server per month.
+    pub server_monthly_cost: f64,
+    /// USD per month for what a fleet of more than one server shares (Redis, load balancer).
+    pub shared_monthly_cost: f64,
+}
+
+impl PlanInput {
+    /// The seed guide's situation: 1000 users x 10 requests a day at $0.001, 2.8 s calls, a
+    /// 1000 RPM quota.
+    pub fn seed() -> PlanInput {
+        PlanInput {
+            users: 1000.0,
+            requests_per_user_per_day: 10.0,
+            days_per_month: 30.0,
+            peak_concurrent_users: 1000.0,
+            think_time_secs: 10.0,
+            peak_rpm: None,
+            cache_hit_ratio: 0.0,
+            upstream_latency_secs: 2.8,
+            rpm_quota: 1000.0,
+            price: Price::PerRequest(0.001),
+            server_capacity_rps: DEFAULT_SERVER_CAPACITY_RPS,
+            server_max_upstream_concurrency: 100.0,
+            target_utilisation: 0.7,
+            servers: None,
+            server_monthly_cost: 30.0,
+            shared_monthly_cost: 70.0,
+        }
+    }
+}
+
+/// Default requests/s of one server: a round figure below the cache-hit throughput measured on
+/// a 2-core machine (bench/RESULTS.md, benchmark 3); pass your own measurement.
+pub const DEFAULT_SERVER_CAPACITY_RPS: f64 = 5000.0;
+
+/// What the planner works out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    /// All requests per day.
+    pub requests_per_day: f64,
+    /// All requests per month.
+    pub requests_per_month: f64,
+    /// Requests per month that reach the model (cache misses).
+    pub upstream_requests_per_month: f64,
+    /// Peak requests per second offered to the service.
+    pub peak_rps: f64,
+    /// Peak model requests per minute needed (cache misses at the peak).
+    pub upstream_rpm_needed: f64,
+    /// True when the needed RPM fits the quota (always with an unlimited quota).
+    pub quota_fits: bool,
+    /// Needed RPM over the quota (0 with an unlimited quota).
+    pub quota_utilisation: f64,
+    /// The smallest cache hit ratio with which the peak fits the quota.
+    pub min_cache_hit_ratio_for_quota: f64,
+    /// Model calls per second actually sent at the peak (the quota caps them).
+    pub upstream_rps: f64,
+    /// Model calls in flight at the peak: upstream_rps x latency (Little's law).
+    pub upstream_in_flight: f64,
+    /// Servers needed for the request rate.
+    pub servers_for_throughput: u32,
+    /// Servers needed for the model calls in flight.
+    pub servers_for_concurrency: u32,
+    /// Servers needed: the larger of the two, at least 1.
+    pub servers_needed: u32,
+    /// The fleet evaluated: the fixed size when given, else `servers_needed`.
+    pub servers: u32,
+    /// Requests per second per server at the peak.
+    pub per_server_rps: f64,
+    /// Model requests per minute per server at the peak.
+    pub per_server_upstream_rpm: f64,
+    /// Model calls in flight per server at the peak (what the seed sized its semaphore by).
+    pub per_server_upstream_in_flight: f64,
+    /// USD per month for the model.
+    pub monthly_upstream_cost: f64,
+    /// USD per month for servers and shared infrastructure.
+    pub monthly_infrastructure_cost: f64,
+    /// Both.
+    pub monthly_total_cost: f64,
+}
+
+/// An input the arithmetic cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid plan input: {0}")]
+pub struct PlanError(pub String);
+
+/// Works out the plan for `input`.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    validate(input)?;
+    let miss = 1.0 - input.cache_hit_ratio;
+    let requests_per_day = input.users * input.requests_per_user_per_day;
+    let requests_per_month = requests_per_day * input.days_per_month;
+    let upstream_requests_per_month = requests_per_month * miss;
+
+    // A closed loop (each active learner waits for the answer, thinks, asks again) offers
+    // users / (think time + response time) requests per second; hits answer in ~0 s.
+    let peak_rps = match input.peak_rpm {
+        Some(rpm) => rpm / 60.0,
+        None => {
+            let cycle = input.think_time_secs + miss * input.upstream_latency_secs;
+            if cycle > 0.0 {
+                input.peak_concurrent_users / cycle
+            } else {
+                0.0
+            }
+        }
+    };
+    let upstream_rpm_needed = peak_rps * 60.0 * miss;
+    let unlimited = input.rpm_quota == 0.0;
+    // A tiny tolerance so 1000.0000001 "needed" against 1000 still fits (floating point).
+    let quota_fits = unlimited || upstream_rpm_needed <= input.rpm_quota * (1.0 + 1e-9);
+    let quota_utilisation = if unlimited {
+        0.0
+    } else {
+        upstream_rpm_needed / input.rpm_quota
+    };
+    let offered_rpm = peak_rps * 60.0;
+    let min_cache_hit_ratio_for_quota = if unlimited || offered_rpm <= input.rpm_quota {
+        0.0
+    } else {
+        1.0 - input.rpm_quota / offered_rpm
+    };
+    let upstream_rps = if unlimited {
+        upstream_rpm_needed / 60.0
+    } else {
+        upstream_rpm_needed.min(input.rpm_quota) / 60.0
+    };
+    let upstream_in_flight = upstream_rps * input.upstream_latency_secs;
+
+    let servers_for = |load: f64, per_server: f64| -> u32 {
+        let usable = per_server * input.target_utilisation;
+        // Rounded to 1e-9 first so 5.0000000001 does not become 6 servers.
+        let n = (load / usable * 1e9).round() / 1e9;
+        n.ceil().clamp(0.0, u32::MAX as f64) as u32
+    };
+    let servers_for_throughput = servers_for(peak_rps, input.server_capacity_rps);
+    let servers_for_concurrency =
+        servers_for(upstream_in_flight, input.server_max_upstream_concurrency);
+    let servers_needed = servers_for_throughput.max(servers_for_concurrency).max(1);
+    let servers = input.servers.unwrap_or(servers_needed).max(1);
+    let n = f64::from(servers);
+
+    let monthly_upstream_cost = upstream_requests_per_month * input.price.per_request();
+    let monthly_infrastructure_cost = n * input.server_monthly_cost
+        + if servers > 1 {
+            input.shared_monthly_cost
+        } else {
+            0.0
+        };
+    Ok(Plan {
+        requests_per_day,
+        requests_per_month,
+        upstream_requests_per_month,
+        peak_rps,
+        upstream_rpm_needed,
+        quota_fits,
+        quota_utilisation,
+        min_cache_hit_ratio_for_quota,
+        upstream_rps,
+        upstream_in_flight,
+        servers_for_throughput,
+        servers_for_concurrency,
+        servers_needed,
+        servers,
+        per_server_rps: peak_rps / n,
+        per_server_upstream_rpm: upstream_rps * 60.0 / n,
+        per_server_upstream_in_flight: upstream_in_flight / n,
+        monthly_upstream_cost,
+        monthly_infrastructure_cost,
+        monthly_total_cost: monthly_upstream_cost + monthly_infrastructure_cost,
+    })
+}
+
+fn validate(input: &PlanInput) -> Result<(), PlanError> {
+    let non_negative = [
+        ("users", input.users),
+        ("requests per user per day", input.requests_per_user_per_day),
+        ("peak concurrent users", input.peak_concurrent_users),
+        ("think time", input.think_time_secs),
+        ("upstream latency", input.upstream_latency_secs),
+        ("RPM quota", input.rpm_quota),
+        ("price per request", input.price.per_request()),
+        ("server monthly cost", input.server_monthly_cost),
+        ("shared monthly cost", input.shared_monthly_cost),
+        ("peak RPM", input.peak_rpm.unwrap_or(0.0)),
+    ];
+    for (name, value) in non_negative {
+        if !value.is_finite() || value < 0.0 {
+            return Err(PlanError(format!(
+                "{name} must be a number >= 0, not {value}"
+            )));
+        }
+    }
+    let positive = [
+        ("days per month", input.days_per_month),
+        ("server capacity", input.server_capacity_rps),
+        (
+            "server upstream concurrency",
+            input.server_max_upstream_concurrency,
+        ),
+    ];
+    for (name, value) in positive {
+        if !value.is_finite() || value <= 0.0 {
+            return Err(PlanError(format!(
+                "{name} must be a number > 0, not {value}"
+            )));
+        }
+    }
+    if !(0.0..=1.0).contains(&input.cache_hit_ratio) {
+        return Err(PlanError(format!(
+            "cache hit ratio must be between 0 and 1, not {}",
+            input.cache_hit_ratio
+        )));
+    }
+    if !(input.target_utilisation > 0.0 && input.target_utilisation <= 1.0) {
+        return Err(PlanError(format!(
+            "target utilisation must be in (0, 1], not {}",
+            input.target_utilisation
+        )));
+    }
+    if input.peak_concurrent_users > input.users && input.users > 0.0 {
+        return Err(PlanError(format!(
+            "peak concurrent users ({}) cannot exceed users ({})",
+            input.peak_concurrent_users, input.users
+        )));
+    }
+    Ok(())
+}
+
+/// The plan as a readable table.
+pub fn render(input: &PlanInput, plan: &Plan) -> String {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |what: &str, value: String, note: String| {
+        rows.push((what.to_owned(), value, note));
+    };
+    row(
+        "requests per day",
+        count(plan.requests_per_day),
+        format!(
+            "{} users x {} a day",
+            count(input.users),
+            num(input.requests_per_user_per_day)
+        ),
+    );
+    row(
+        "requests per month",
+        count(plan.requests_per_month),
+        format!("x {} days", num(input.days_per_month)),
+    );
+    row(
+        "model requests per month",
+        count(plan.upstream_requests_per_month),
+        format!("cache hit ratio {:.0}%", input.cache_hit_ratio * 100.0),
+    );
+    let peak_note = match input.peak_rpm {
+        Some(rpm) => format!("given: {} RPM", num(rpm)),
+        None => format!(
+            "{} active users / ({} s think + {} s answer)",
+            count(input.peak_concurrent_users),
+            num(input.think_time_secs),
+            num((1.0 - input.cache_hit_ratio) * input.upstream_latency_secs)
+        ),
+    };
+    row("peak requests/s", num(plan.peak_rps), peak_note);
+    let quota = if input.rpm_quota == 0.0 {
+        "unlimited quota".to_owned()
+    } else if plan.quota_fits {
+        format!(
+            "fits the {} RPM quota ({:.0}% of it)",
+            count(input.rpm_quota),
+            plan.quota_utilisation * 100.0
+        )
+    } else {
+        format!(
+            "EXCEEDS the {} RPM quota ({:.0}%): needs a cache hit ratio >= {:.0}% or a larger quota; \
+             the excess waits or gets 503",
+            count(input.rpm_quota),
+            plan.quota_utilisation * 100.0,
+            plan.min_cache_hit_ratio_for_quota * 100.0
+        )
+    };
+    row(
+        "model RPM needed at peak",
+        num(plan.upstream_rpm_needed),
+        quota,
+    );
+    row(
+        "model calls in flight",
+        num(plan.upstream_in_flight),
+        format!(
+            "{} calls/s x {} s (Little's law)",
+            num(plan.upstream_rps),
+            num(input.upstream_latency_secs)
+        ),
+    );
+    row(
+        "servers needed",
+        plan.servers_needed.to_string(),
+        format!(
+            "throughput: {} (at {} req/s each), model calls: {} (at {} each), {:.0}% utilisation",
+            plan.servers_for_throughput,
+            num(input.server_capacity_rps),
+            plan.servers_for_concurrency,
+            num(input.server_max_upstream_concurrency),
+            input.target_utilisation * 100.0
+        ),
+    );
+    let fleet_note = match input.servers {
+        Some(n) if n < plan.servers_needed => {
+            format!("fixed by --servers: {} too few", plan.servers_needed - n)
+        }
+        Some(_) => "fixed by --servers".to_owned(),
+        None => "as needed".to_owned(),
+    };
+    row("servers", plan.servers.to_string(), fleet_note);
+    row(
+        "per server: requests/s",
+        num(plan.per_server_rps),
+        String::new(),
+    );
+    row(
+        "per server: model RPM",
+        num(plan.per_server_upstream_rpm),
+        format!("{} calls/s", num(plan.per_server_upstream_rpm / 60.0)),
+    );
+    row(
+        "per server: model calls in flight",
+        num(plan.per_server_upstream_in_flight),
+        format!(
+            "concurrency limit {}",
+            num(input.server_max_upstream_concurrency)
+        ),
+    );
+    row(
+        "monthly model cost",
+        usd(plan.monthly_upstream_cost),
+        format!("{} per request", usd_precise(input.price.per_request())),
+    );
+    row(
+        "monthly infrastructure cost",
+        usd(plan.monthly_infrastructure_cost),
+        format!(
+            "{} x {} per server{}",
+            plan.servers,
+            usd(input.server_monthly_cost),
+            if plan.servers > 1 {
+                format!(
+                    " + {} shared (Redis, load balancer)",
+                    usd(input.shared_monthly_cost)
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+    row("monthly total", usd(plan.monthly_total_cost), String::new());
+
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (what, value, note) in rows {
+        let _ = writeln!(out, "{what:<w0$}  {value:>w1$}  {note}");
+    }
+    out
+}
+
+/// A count with thousands separators, rounded.
+fn count(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let digits = n.to_string();
+    // Groups of three from the right; the digits are ASCII so every chunk is valid UTF-8.
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|chunk| std::str::from_utf8(chunk).unwrap_or(""))
+        .collect();
+    groups.join(",")
+}
+
+/// A rate or ratio with sensible precision.
+fn num(x: f64) -> String {
+    if x >= 100.0 {
+        count(x)
+    } else if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round())
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn usd(x: f64) -> String {
+    format!("${}", count(x))
+}
+
+fn usd_precise(x: f64) -> String {
+    format!("${x:.4}")
+}
+
+/// `learning-chat plan` flags; defaults are the seed guide's figures.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Learners using the service.
+    #[arg(long, default_value_t = 1000.0)]
+    pub users: f64,
+    /// Questions per learner per day.
+    #[arg(long, default_value_t = 10.0)]
+    pub requests_per_user_per_day: f64,
+    /// Days per month.
+    #[arg(long, default_value_t = 30.0)]
+    pub days_per_month: f64,
+    /// Learners active at the peak (default: all users).
+    #[arg(long)]
+    pub peak_concurrent_users: Option<f64>,
+    /// Seconds an active learner thinks between questions (locust's between(5, 15): 10).
+    #[arg(long, default_value_t = 10.0)]
+    pub think_time_secs: f64,
+    /// Peak requests per minute to the service (replaces the peak-users estimate).
+    #[arg(long)]
+    pub peak_rpm: Option<f64>,
+    /// Expected cache hit ratio, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub cache_hit_ratio: f64,
+    /// Seconds per model call.
+    #[arg(long, default_value_t = 2.8)]
+    pub upstream_latency_secs: f64,
+    /// The model's RPM quota (0 = unlimited).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rpm_quota: f64,
+    /// USD per model request.
+    #[arg(long, default_value_t = 0.001, conflicts_with = "price_per_1k_tokens")]
+    pub price_per_request: f64,
+    /// USD per 1,000 tokens (instead of --price-per-request; with --tokens-per-request).
+    #[arg(long)]
+    pub price_per_1k_tokens: Option<f64>,
+    /// Tokens (input + output) of an average request, for --price-per-1k-tokens.
+    #[arg(long, default_value_t = 500.0)]
+    pub tokens_per_request: f64,
+    /// Requests/s one server sustains (measure it: bench/RESULTS.md).
+    #[arg(long, default_value_t = DEFAULT_SERVER_CAPACITY_RPS)]
+    pub server_capacity_rps: f64,
+    /// Model calls one server keeps in flight (upstream.max_concurrency).
+    #[arg(long, default_value_t = 100.0)]
+    pub server_concurrency: f64,
+    /// Fraction of each server's capacity to use (headroom).
+    #[arg(long, default_value_t = 0.7)]
+    pub target_utilisation: f64,
+    /// Evaluate a fixed fleet of this many servers.
+    #[arg(long)]
+    pub servers: Option<u32>,
+    /// USD per server per month.
+    #[arg(long, default_value_t = 30.0)]
+    pub server_monthly_cost: f64,
+    /// USD per month shared by a fleet of 2+ servers (Redis, load balancer).
+    #[arg(long, default_value_t = 70.0)]
+    pub shared_monthly_cost: f64,
+    /// Print the inputs and the plan as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PlanArgs {
+    /// The planner input these flags describe.
+    pub fn to_input(&self) -> PlanInput {
+        PlanInput {
+            users: self.users,
+            requests_per_user_per_day: self.requests_per_user_per_day,
+            days_per_month: self.days_per_month,
+            peak_concurrent_users: self.peak_concurrent_users.unwrap_or(self.users),
+            think_time_secs: self.think_time_secs,
+            peak_rpm: self.peak_rpm,
+            cache_hit_ratio: self.cache_hit_ratio,
+            upstream_latency_secs: self.upstream_latency_secs,
+            rpm_quota: self.rpm_quota,
+            price: match self.price_per_1k_tokens {
+                Some(usd) => Price::PerThousandTokens {
+                    usd,
+                    tokens_per_request: self.tokens_per_request,
+                },
+                None => Price::PerRequest(self.price_per_request),
+            },
+            server_capacity_rps: self.server_capacity_rps,
+            server_max_upstream_concurrency: self.server_concurrency,
+            target_utilisation: self.target_utilisation,
+            servers: self.servers,
+            server_monthly_cost: self.server_monthly_cost,
+            shared_monthly_cost: self.shared_monthly_cost,
+        }
+    }
+}
+
+/// Runs `learning-chat plan`: the table (or JSON) on stdout; exit 2 on invalid input.
+pub fn run(args: &PlanArgs) -> std::process::ExitCode {
+    let input = args.to_input();
+    match plan(&input) {
+        Ok(result) => {
+            if args.json {
+                let both = serde_json::json!({ "input": input, "plan": result });
+                match serde_json::to_string_pretty(&both) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", render(&input, &result));
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

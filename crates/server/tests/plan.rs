@@ -1,0 +1,172 @@
+//! The capacity planner reproduces the seed guide's own arithmetic, and its CLI prints it.
+
+use learning_chat::plan::{plan, PlanInput, Price};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6 * b.abs().max(1.0)
+}
+
+#[test]
+fn seed_cost_estimate_300_000_requests_300_dollars() {
+    // "1000 users x 10 requests/day = 10,000 requests/day; 300,000 requests/month;
+    //  at $0.001/request = $300/month"
+    let result = plan(&PlanInput::seed()).unwrap();
+    assert!(close(result.requests_per_day, 10_000.0));
+    assert!(close(result.requests_per_month, 300_000.0));
+    assert!(close(result.upstream_requests_per_month, 300_000.0));
+    assert!(close(result.monthly_upstream_cost, 300.0));
+}
+
+#[test]
+fn seed_semaphore_arithmetic_littles_law() {
+    // "If you have 1000 RPM limit and 5 servers: each server can do ~200 requests/minute =
+    //  ~3.3 requests/second. With 2.8s per request, you can handle ~10-15 concurrent per server"
+    let input = PlanInput {
+        peak_rpm: Some(1000.0),
+        servers: Some(5),
+        ..PlanInput::seed()
+    };
+    let result = plan(&input).unwrap();
+    assert!(result.quota_fits);
+    assert!(close(result.quota_utilisation, 1.0));
+    assert!(close(result.per_server_upstream_rpm, 200.0));
+    assert!(close(result.per_server_upstream_rpm / 60.0, 10.0 / 3.0));
+    // 3.33 calls/s x 2.8 s = 9.33 in flight per server; 46.7 across the fleet.
+    assert!(close(result.per_server_upstream_in_flight, 28.0 / 3.0));
+    assert!(close(result.upstream_in_flight, 140.0 / 3.0));
+    // One server's semaphore (100) holds all 46.7: the seed's 5 servers were not needed for it.
+    assert_eq!(result.servers_for_concurrency, 1);
+    assert_eq!(result.servers_needed, 1);
+    assert_eq!(result.servers, 5);
+    // 5 servers x $30 + $70 shared: inside the seed's $100-200 + $40-100 estimate.
+    assert!(close(result.monthly_infrastructure_cost, 220.0));
+    assert!(close(result.monthly_total_cost, 520.0));
+}
+
+#[test]
+fn peak_from_active_users_and_the_quota_check() {
+    // 1000 active learners thinking 10 s and waiting 2.8 s offer 1000 / 12.8 = 78.1 req/s,
+    // 4687.5 RPM: far above a 1000 RPM quota without the cache.
+    let result = plan(&PlanInput::seed()).unwrap();
+    assert!(close(result.peak_rps, 1000.0 / 12.8));
+    assert!(close(result.upstream_rpm_needed, 60_000.0 / 12.8));
+    assert!(!result.quota_fits);
+    assert!(close(
+        result.min_cache_hit_ratio_for_quota,
+        1.0 - 1000.0 / 4687.5
+    ));
+    // What is sent is capped by the quota: 1000 RPM.
+    assert!(close(result.upstream_rps, 1000.0 / 60.0));
+
+    // With the seed's hoped-for 50% hit ratio the answer is faster and half is upstream.
+    let half = plan(&PlanInput {
+        cache_hit_ratio: 0.5,
+        ..PlanInput::seed()
+    })
+    .unwrap();
+    assert!(close(half.peak_rps, 1000.0 / 11.4));
+    assert!(close(half.upstream_rpm_needed, 0.5 * 60_000.0 / 11.4));
+    assert!(close(half.monthly_upstream_cost, 150.0));
+
+    let unlimited = plan(&PlanInput {
+        rpm_quota: 0.0,
+        ..PlanInput::seed()
+    })
+    .unwrap();
+    assert!(unlimited.quota_fits);
+    assert!(close(unlimited.upstream_in_flight, 1000.0 / 12.8 * 2.8));
+}
+
+#[test]
+fn servers_scale_with_load_and_price_per_token() {
+    let result = plan(&PlanInput {
+        users: 100_000.0,
+        peak_concurrent_users: 100_000.0,
+        rpm_quota: 0.0,
+        server_capacity_rps: 1000.0,
+        price: Price::PerThousandTokens {
+            usd: 0.002,
+            tokens_per_request: 500.0,
+        },
+        ..PlanInput::seed()
+    })
+    .unwrap();
+    // 7812.5 req/s over 1000 x 0.7 per server = 11.2 -> 12; in flight 21,875 / 70 = 312.5 -> 313.
+    assert_eq!(result.servers_for_throughput, 12);
+    assert_eq!(result.servers_for_concurrency, 313);
+    assert_eq!(result.servers_needed, 313);
+    assert!(close(result.monthly_upstream_cost, 30_000_000.0 * 0.001));
+}
+
+#[test]
+fn invalid_inputs_are_rejected() {
+    for bad in [
+        PlanInput {
+            cache_hit_ratio: 1.5,
+            ..PlanInput::seed()
+        },
+        PlanInput {
+            users: -1.0,
+            ..PlanInput::seed()
+        },
+        PlanInput {
+            upstream_latency_secs: f64::NAN,
+            ..PlanInput::seed()
+        },
+        PlanInput {
+            server_capacity_rps: 0.0,
+            ..PlanInput::seed()
+        },
+        PlanInput {
+            peak_concurrent_users: 2000.0,
+            ..PlanInput::seed()
+        },
+    ] {
+        assert!(plan(&bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_cli_prints_the_table() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+        .args([
+            "plan",
+            "--users",
+            "1000",
+            "--requests-per-user-per-day",
+            "10",
+            "--price-per-request",
+            "0.001",
+            "--peak-rpm",
+            "1000",
+            "--servers",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "requests per month",
+        "300,000",
+        "$300",
+        "9.33",
+        "fits the 1,000 RPM quota (100% of it)",
+    ] {
+        assert!(
+            table.contains(expected),
+            "{expected:?} missing from:\n{table}"
+        );
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+        .args(["plan", "--cache-hit-ratio", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+        .args(["plan", "--json"])
+        .output()
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["plan"]["requests_per_month"], 300_000.0);
+}
