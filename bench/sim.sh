@@ -82,6 +82,7 @@ echo "== machine"
 echo "nproc: $(nproc)"
 grep -m1 'model name' /proc/cpuinfo
 echo "kernel: $(uname -r)"
+echo "load average before the run: $(cut -d" " -f1-3 /proc/loadavg) (other work on the box skews the figures)"
 echo "wrk: $(wrk --version 2>&1 | head -1)"
 
 echo
