@@ -203,7 +203,7 @@ impl Default for StreamConfig {
 
 /// Per-API-key quotas, each over a sliding window; 0 means unlimited. Windows are only recorded
 /// while their limit is set, so a limit switched on at run time starts from an empty window.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QuotaConfig {
     /// Requests per 60 s.
@@ -215,9 +215,29 @@ pub struct QuotaConfig {
     /// Word the 429 like the free tier does (`-FreeTier` quota ids, `free_tier` metrics)
     /// instead of the paid tier.
     pub free_tier: bool,
+    /// Length of the "per minute" windows in ms: 60000 as Gemini counts. Shorter windows only
+    /// compress time, so a test can see a 429's `retryDelay` run out in seconds.
+    pub minute_ms: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            rpm: 0,
+            tpm: 0,
+            rpd: 0,
+            free_tier: false,
+            minute_ms: 60_000,
+        }
+    }
 }
 
 impl QuotaConfig {
+    /// The per-minute window.
+    pub fn minute(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.minute_ms.max(1))
+    }
+
     /// True when any quota is set, i.e. the quota book must be consulted.
     pub fn any(&self) -> bool {
         self.rpm > 0 || self.tpm > 0 || self.rpd > 0

@@ -6,7 +6,6 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Which quota a request ran into.
@@ -79,12 +78,12 @@ struct Windows {
 }
 
 impl Windows {
-    fn prune(&mut self, now: Instant) {
-        while self.minute.front().is_some_and(|t| *t + MINUTE <= now) {
+    fn prune(&mut self, now: Instant, minute: Duration) {
+        while self.minute.front().is_some_and(|t| *t + minute <= now) {
             self.minute.pop_front();
         }
         while let Some((t, n)) = self.tokens.front().copied() {
-            if t + MINUTE > now {
+            if t + minute > now {
                 break;
             }
             self.tokens.pop_front();
@@ -116,23 +115,29 @@ impl Windows {
         )
     }
 
-    fn token_wait(&self, tokens: u32, limit: u64, now: Instant) -> Option<Duration> {
+    fn token_wait(
+        &self,
+        tokens: u32,
+        limit: u64,
+        now: Instant,
+        minute: Duration,
+    ) -> Option<Duration> {
         let needed = self.token_sum + u64::from(tokens);
         if needed <= limit {
             return None;
         }
         if u64::from(tokens) > limit {
             // Never fits; tell the client to wait a whole window, as Gemini does.
-            return Some(MINUTE);
+            return Some(minute);
         }
         let mut excess = needed - limit;
         for (t, n) in &self.tokens {
             excess = excess.saturating_sub(u64::from(*n));
             if excess == 0 {
-                return Some((*t + MINUTE).saturating_duration_since(now));
+                return Some((*t + minute).saturating_duration_since(now));
             }
         }
-        Some(MINUTE)
+        Some(minute)
     }
 }
 
@@ -154,7 +159,8 @@ impl QuotaBook {
             Some(w) => w,
             None => keys.entry(Box::from(key)).or_default(),
         };
-        windows.prune(now);
+        let minute = limits.minute();
+        windows.prune(now, minute);
         let mut violations = Vec::new();
         let mut retry_after = Duration::ZERO;
         let checks = [
@@ -162,14 +168,14 @@ impl QuotaBook {
                 QuotaKind::RequestsPerMinute,
                 limits.rpm,
                 (limits.rpm > 0)
-                    .then(|| Windows::request_wait(&windows.minute, limits.rpm, MINUTE, now))
+                    .then(|| Windows::request_wait(&windows.minute, limits.rpm, minute, now))
                     .flatten(),
             ),
             (
                 QuotaKind::InputTokensPerMinute,
                 limits.tpm,
                 (limits.tpm > 0)
-                    .then(|| windows.token_wait(tokens, limits.tpm, now))
+                    .then(|| windows.token_wait(tokens, limits.tpm, now, minute))
                     .flatten(),
             ),
             (

@@ -331,3 +331,62 @@ async fn shutdown_finishes_in_flight_requests_then_stops() {
         .await;
     assert!(refused.is_err());
 }
+
+#[tokio::test]
+async fn a_429_with_retry_delay_is_retried_after_that_delay() {
+    let mut config = SimConfig::default();
+    // One request per (compressed) 2 s "minute": the second question gets a 429 whose
+    // RetryInfo.retryDelay says when the slot frees.
+    config.quota.rpm = 1;
+    config.quota.minute_ms = 2_000;
+    let sim = start_sim(config).await;
+    let mut settings = settings_for(&sim);
+    settings.upstream.rpm = 0; // the service's own limiter off: Gemini must be the one refusing
+    settings.upstream.max_retries = 2;
+    let app = spawn_app(settings).await;
+    assert_eq!(app.ask("math", "first").await.status(), StatusCode::OK);
+    let asked = Instant::now();
+    let reply = app.ask("math", "second").await;
+    let took = asked.elapsed();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 1, "{stats:?}");
+    assert_eq!(stats.ok, 2);
+    // The retry waited for the announced delay (about 2 s) instead of the 20-100 ms backoff.
+    assert!(took >= Duration::from_millis(1_500), "{took:?}");
+    let timeline = sim.timeline();
+    let ok_times: Vec<u64> = timeline
+        .arrival_ms
+        .iter()
+        .zip(&timeline.status)
+        .filter(|(_, s)| **s == 200)
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(ok_times[1] - ok_times[0] >= 2_000, "{ok_times:?}");
+}
+
+#[tokio::test]
+async fn a_429_whose_delay_passes_the_deadline_is_a_503_with_that_retry_after() {
+    let mut config = SimConfig::default();
+    config.quota.rpm = 1;
+    let sim = start_sim(config).await;
+    let mut settings = settings_for(&sim);
+    settings.upstream.rpm = 0;
+    settings.server.request_timeout_secs = 3;
+    let app = spawn_app(settings).await;
+    assert_eq!(app.ask("math", "first").await.status(), StatusCode::OK);
+    let asked = Instant::now();
+    let reply = app.ask("math", "second").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "no pointless wait"
+    );
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = reply.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(sim.stats().rate_limited, 1);
+}
