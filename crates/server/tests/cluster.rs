@@ -16,10 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Builds (if stale) and returns a workspace binary: `cargo nextest run -p learning-chat` alone
-/// does not build other packages' binaries.
+/// A workspace binary. `cargo nextest run --workspace` (the README's test command) builds every
+/// package's binaries; `-p learning-chat` alone does not build gemini-sim, so it is built here
+/// when missing. (Not rebuilt when present: a build of one package resolves features differently
+/// from the workspace build and would recompile dependencies for minutes.)
 fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let dir = bin_dir();
+    let path = dir.join(name);
+    if path.exists() {
+        return path;
+    }
     let target_dir = dir.parent().expect("target dir").to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
@@ -28,7 +34,7 @@ fn workspace_binary(name: &str, package: &str) -> PathBuf {
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building {name} failed");
-    dir.join(name)
+    path
 }
 
 /// A child process killed (SIGKILL) on drop unless it already exited.
