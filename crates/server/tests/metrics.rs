@@ -160,9 +160,11 @@ async fn cache_lookups_count_hits_and_misses_and_entries() {
 
 #[tokio::test]
 async fn identical_questions_in_flight_are_coalesced_and_counted() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(400);
-    let sim = start_sim(config).await;
+    let sim = start_sim(SimConfig {
+        latency: fixed_latency(400),
+        ..SimConfig::default()
+    })
+    .await;
     let app = spawn_app(settings_for(&sim)).await;
     let before = scrape_app(&app).await;
     let replies = join_all((0..10).map(|_| app.ask("history", "Who built Rome?"))).await;
@@ -322,9 +324,11 @@ async fn retries_and_upstream_failures_are_counted_by_kind() {
 
 #[tokio::test]
 async fn requests_refused_for_a_full_queue_are_counted_as_shed() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(3_000);
-    let sim = start_sim(config).await;
+    let sim = start_sim(SimConfig {
+        latency: fixed_latency(3_000),
+        ..SimConfig::default()
+    })
+    .await;
     let mut settings = settings_for(&sim);
     settings.upstream.max_concurrency = 1;
     settings.upstream.max_queue = 1;
@@ -442,9 +446,11 @@ async fn requests_refused_by_the_quota_are_counted_as_shed() {
 
 #[tokio::test]
 async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge_and_counts_as_499() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(2_000);
-    let sim = start_sim(config).await;
+    let sim = start_sim(SimConfig {
+        latency: fixed_latency(2_000),
+        ..SimConfig::default()
+    })
+    .await;
     let app = spawn_app(settings_for(&sim)).await;
     let base = app.url("");
     let before = scrape_app(&app).await;
