@@ -117,6 +117,7 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         .next()
         .cloned()
         .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+    let host = host.trim_end_matches('/');
     let description = format!(
         "POST {host}/api/v1/agents/{{{}}}, questions {:?}, wait {:?}-{:?}",
         options.agents, options.questions, options.wait.min, options.wait.max
