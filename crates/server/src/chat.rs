@@ -411,9 +411,9 @@ impl Inner {
                 if let (Some(redis), Some((key, cached))) = (deps.cache.redis(), published) {
                     // Redis was down when we started; store anyway in case it is back.
                     let redis = redis.clone();
-                    tokio::spawn(async move {
+                    tokio::spawn(crate::telemetry::in_current_context(async move {
                         let _ = redis.set(&key, &cached).await;
-                    });
+                    }));
                 }
             }
         }
