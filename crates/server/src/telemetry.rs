@@ -39,6 +39,9 @@ const REDACTED: &str = "[redacted]";
 /// burst would drown real errors and use up the event quota.
 const SHED_ERROR_CODE: &str = "overloaded";
 
+/// Probe routes: their 503 is a state (`/ready` while draining at every rollout), not an error.
+const PROBE_ROUTES: &[&str] = &["/health", "/ready"];
+
 /// Largest error body read to find its error code (ours are a few hundred bytes).
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
@@ -292,7 +295,7 @@ pub async fn report_errors(request: Request, next: Next) -> Response {
         scope.set_transaction(Some(&format!("{method} {route}")));
     });
     let response = next.run(request).bind_hub(hub.clone()).await;
-    if !response.status().is_server_error() {
+    if !response.status().is_server_error() || PROBE_ROUTES.contains(&route.as_str()) {
         return response;
     }
     let (response, error) = error_of(response).await;
