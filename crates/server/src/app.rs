@@ -147,6 +147,7 @@ impl AppState {
     /// Updates the gauges that are sampled rather than tracked (called before each scrape).
     pub async fn refresh_gauges(&self) {
         self.process_metrics.collect();
+        self.chat.cache().run_pending_tasks().await;
         crate::metrics::cache_entries(self.chat.cache().memory_entries());
         crate::metrics::quota_window_used(self.chat.quota().requests_in_window().await);
         crate::metrics::upstream_in_flight(self.chat.admission().in_flight());

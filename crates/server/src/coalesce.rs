@@ -126,7 +126,7 @@ impl ClusterCoalescer {
         let every = self.lease / 3;
         let lease_ms = self.lease.as_millis() as u64;
         // Renewal keeps a slow but live holder's lease; a dead holder stops renewing.
-        let renewer = tokio::spawn(async move {
+        let renewer = tokio::spawn(crate::telemetry::in_current_context(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let (key, holder) = (key.clone(), link.server_id().to_owned());
@@ -141,7 +141,7 @@ impl ClusterCoalescer {
                     })
                     .await;
             }
-        });
+        }));
         Lease {
             link: self.link.clone(),
             cache: self.cache.clone(),
@@ -170,12 +170,12 @@ impl Lease {
         let link = self.link.clone();
         let cache = self.cache.clone();
         let lease_key = std::mem::take(&mut self.lease_key);
-        tokio::spawn(async move {
+        tokio::spawn(crate::telemetry::in_current_context(async move {
             if let Some((key, answer)) = answer {
                 let _ = cache.set(&key, &answer).await;
             }
             release(&link, lease_key).await;
-        });
+        }));
     }
 }
 

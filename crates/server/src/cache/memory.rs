@@ -33,6 +33,11 @@ impl MemoryCache {
         self.inner.insert(key, answer).await;
     }
 
+    /// Applies moka's pending bookkeeping (expiry, eviction) so the count below is current.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+
     /// Approximate number of entries (moka counts lazily).
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()

@@ -106,6 +106,13 @@ impl ResponseCache {
         }
     }
 
+    /// Brings the in-process entry count up to date (called before a metrics scrape).
+    pub async fn run_pending_tasks(&self) {
+        if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
+            memory.run_pending_tasks().await;
+        }
+    }
+
     /// Entries held in process memory.
     pub fn memory_entries(&self) -> u64 {
         match self {
