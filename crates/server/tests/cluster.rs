@@ -187,26 +187,23 @@ impl Cluster {
         }
     }
 
-    async fn sim_stats(&self) -> Stats {
+    async fn sim_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         self.http
-            .get(format!("http://127.0.0.1:{}/stats", self.sim.port))
+            .get(format!("http://127.0.0.1:{}{path}", self.sim.port))
             .send()
             .await
-            .expect("sim stats")
+            .expect("simulator answers")
             .json()
             .await
-            .expect("stats JSON")
+            .expect("simulator JSON")
+    }
+
+    async fn sim_stats(&self) -> Stats {
+        self.sim_json("/stats").await
     }
 
     async fn sim_timeline(&self) -> Timeline {
-        self.http
-            .get(format!("http://127.0.0.1:{}/stats/timeline", self.sim.port))
-            .send()
-            .await
-            .expect("sim timeline")
-            .json()
-            .await
-            .expect("timeline JSON")
+        self.sim_json("/stats/timeline").await
     }
 
     /// Chat requests a server has answered, from its own /metrics.

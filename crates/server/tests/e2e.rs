@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixed_latency, settings_for, spawn_app, start_sim};
+use common::{fixed_latency, settings_for, spawn_app, start_sim, start_sim_with_latency};
 use futures::future::join_all;
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
@@ -34,9 +34,7 @@ async fn a_repeated_question_makes_one_upstream_call() {
 
 #[tokio::test]
 async fn fifty_identical_concurrent_questions_make_one_upstream_call() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(400);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(400).await;
     let app = spawn_app(settings_for(&sim)).await;
     let replies = join_all((0..50).map(|_| app.ask("history", "Who built the pyramids?"))).await;
     let mut texts = Vec::new();
@@ -79,9 +77,7 @@ async fn when_the_shared_call_fails_every_waiter_gets_the_error() {
 
 #[tokio::test]
 async fn past_the_semaphore_and_queue_requests_get_503_and_upstream_never_sees_more() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(600);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(600).await;
     let mut settings = settings_for(&sim);
     settings.upstream.max_concurrency = 5;
     settings.upstream.max_queue = 10;
@@ -113,9 +109,7 @@ async fn past_the_semaphore_and_queue_requests_get_503_and_upstream_never_sees_m
 
 #[tokio::test]
 async fn a_queued_question_waits_at_most_the_queue_limit() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(3_000);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(3_000).await;
     let mut settings = settings_for(&sim);
     settings.upstream.max_concurrency = 1;
     settings.upstream.max_queue = 5;
@@ -136,9 +130,7 @@ async fn a_queued_question_waits_at_most_the_queue_limit() {
 
 #[tokio::test]
 async fn a_slow_upstream_gives_504_at_the_deadline() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(10_000);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(10_000).await;
     let mut settings = settings_for(&sim);
     settings.server.request_timeout_secs = 1;
     let app = spawn_app(settings).await;
@@ -300,9 +292,7 @@ async fn the_local_quota_spaces_requests_instead_of_collecting_429s() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_stops() {
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(800);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(800).await;
     let mut app = spawn_app(settings_for(&sim)).await;
     let in_flight = tokio::spawn({
         let client = app.client.clone();

@@ -7,7 +7,7 @@
 mod common;
 
 use common::processes::RedisProcess;
-use common::{fixed_latency, settings_for, spawn_app, start_sim, TestApp};
+use common::{settings_for, spawn_app, start_sim, start_sim_with_latency, TestApp};
 use futures::future::join_all;
 use gemini_sim::{SimConfig, SimServer};
 use learning_chat::config::Secret;
@@ -25,15 +25,7 @@ fn redis_settings(sim: &SimServer, redis: &RedisProcess) -> learning_chat::Setti
 async fn wait_ready_redis(app: &TestApp, want: &str) {
     let until = Instant::now() + Duration::from_secs(15);
     loop {
-        let body: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = app.get_json("/ready").await;
         if body["redis"] == want {
             return;
         }
@@ -83,9 +75,7 @@ async fn an_answer_cached_by_one_server_is_served_by_another() {
 #[tokio::test]
 async fn identical_questions_on_three_servers_make_one_upstream_call() {
     let redis = RedisProcess::start();
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(700);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(700).await;
     let mut apps = Vec::new();
     for _ in 0..3 {
         let app = spawn_app(redis_settings(&sim, &redis)).await;
@@ -181,15 +171,7 @@ async fn redis_down_at_start_then_back_costs_no_request() {
     redis.kill();
     let sim = start_sim(SimConfig::default()).await;
     let app = spawn_app(redis_settings(&sim, &redis)).await;
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/ready").await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["redis"], "down");
     for i in 0..5 {
@@ -210,9 +192,7 @@ async fn redis_down_at_start_then_back_costs_no_request() {
 #[tokio::test]
 async fn killing_or_freezing_redis_mid_load_fails_no_request() {
     let redis = RedisProcess::start();
-    let mut config = SimConfig::default();
-    config.latency = fixed_latency(50);
-    let sim = start_sim(config).await;
+    let sim = start_sim_with_latency(50).await;
     let mut settings = redis_settings(&sim, &redis);
     settings.redis.command_timeout_ms = 100;
     let app = spawn_app(settings).await;

@@ -33,6 +33,18 @@ impl TestApp {
             .expect("request reaches the service")
     }
 
+    /// GET `path` and parse the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the service")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// Sends the shutdown signal (like SIGTERM) and waits for the service to exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -91,6 +103,15 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
         stop: Some(stop),
         handle,
     }
+}
+
+/// A default simulator whose answers take `ms` milliseconds.
+pub async fn start_sim_with_latency(ms: u64) -> SimServer {
+    start_sim(SimConfig {
+        latency: fixed_latency(ms),
+        ..SimConfig::default()
+    })
+    .await
 }
 
 /// A simulator latency of a fixed number of milliseconds.
