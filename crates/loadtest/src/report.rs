@@ -113,11 +113,15 @@ impl Report {
             self.mode
         );
         let _ = writeln!(out, "target:        {}", self.description);
-        let _ = writeln!(
-            out,
-            "duration:      {:.1} s, {} users",
-            self.duration_s, self.users
-        );
+        if self.users > 0 {
+            let _ = writeln!(
+                out,
+                "duration:      {:.1} s, {} users",
+                self.duration_s, self.users
+            );
+        } else {
+            let _ = writeln!(out, "duration:      {:.1} s", self.duration_s);
+        }
         let _ = writeln!(
             out,
             "requests:      {} ({:.1} req/s), {} ok, {} failed",
