@@ -5,6 +5,7 @@ use clap::Parser;
 use learning_chat_loadtest::burst::{self, BurstArgs};
 use learning_chat_loadtest::openloop::{self, OpenLoopArgs};
 use learning_chat_loadtest::{scenario, LoadOptions, Report};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,7 +39,8 @@ fn main() -> ExitCode {
         }
         _ => {
             if args.iter().any(|a| a == "-h" || a == "--help") {
-                println!("{}", scenario::help());
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout(), "{}", scenario::help());
                 return ExitCode::SUCCESS;
             }
             let (options, goose_args) =
@@ -66,7 +68,7 @@ fn main() -> ExitCode {
 
 /// Prints the report and writes its JSON when asked.
 fn finish(report: &Report, summary: Option<PathBuf>) -> ExitCode {
-    println!("{}", report.to_text());
+    let _ = writeln!(std::io::stdout(), "{}", report.to_text());
     if let Some(path) = summary {
         if let Err(e) = report.write_json(&path) {
             eprintln!("error: cannot write {}: {e:#}", path.display());
