@@ -529,4 +529,11 @@ async fn the_cluster_never_exceeds_the_shared_quota_and_uses_it() {
         "only {in_first_minute} of {RPM} quota slots used in the first minute"
     );
     assert_eq!(ok as u64, stats.ok);
+    eprintln!(
+        "quota figures: offered {} answered {ok} shed {shed}; simulator saw {} requests, \
+         {} rate-limited, busiest 60 s window {busiest}, first minute {in_first_minute} of {RPM}",
+        statuses.len(),
+        stats.requests,
+        stats.rate_limited
+    );
 }
