@@ -20,14 +20,14 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 /// The request id header: kept when the client (or nginx) sends one, generated otherwise.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -174,19 +174,16 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(settings.server.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            settings.server.max_body_bytes,
+        ))
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(crate::telemetry::sanitize_request_id))
+                .layer(axum::middleware::from_fn(
+                    crate::telemetry::sanitize_request_id,
+                ))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let id = request
-                        .headers()
-                        .get(REQUEST_ID_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
-                }))
+                .layer(axum::middleware::from_fn(request_span))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(compression)
@@ -195,6 +192,32 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(track_http_metrics)),
         )
         .with_state(state)
+}
+
+/// Opens the request's span (its id on every log line, in the upstream task too). A plain
+/// middleware rather than tower-http's TraceLayer: this runs on every request and the span is all
+/// that is needed of it.
+async fn request_span(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    if status.is_server_error() {
+        // One summary line per failed request (the cause was logged where it happened).
+        span.in_scope(|| {
+            tracing::error!(
+                status = status.as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request failed"
+            )
+        });
+    }
+    response
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

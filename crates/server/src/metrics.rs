@@ -5,7 +5,8 @@
 //! these names; a test scrapes a running instance to keep them in step.
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+    Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -147,7 +148,55 @@ fn describe() {
 
 /// Records one finished HTTP request.
 pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let status_text = status.to_string();
+    let route = shared_label(route, ROUTE_LABELS);
+    let method = shared_label(method, METHOD_LABELS);
+    record_http_request(route, method, status, elapsed);
+}
+
+/// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
+pub fn http_in_flight(delta: f64) {
+    gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+/// Route templates and methods the service serves: their labels are built without allocating,
+/// since this runs on every request (an owned label is still used for anything else).
+const ROUTE_LABELS: &[&str] = &[
+    "/api/v1/agents/{agent_id}",
+    "/api/v1/agents",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+    "unmatched",
+];
+const METHOD_LABELS: &[&str] = &["POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"];
+const STATUS_LABELS: &[(u16, &str)] = &[
+    (200, "200"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (413, "413"),
+    (415, "415"),
+    (422, "422"),
+    (499, "499"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
+
+fn shared_label(value: &str, known: &[&'static str]) -> SharedString {
+    match known.iter().find(|k| **k == value) {
+        Some(k) => SharedString::const_str(k),
+        None => SharedString::from(value.to_owned()),
+    }
+}
+
+fn record_http_request(route: SharedString, method: SharedString, status: u16, elapsed: Duration) {
+    let status_label = match STATUS_LABELS.iter().find(|(code, _)| *code == status) {
+        Some((_, text)) => SharedString::const_str(text),
+        None => SharedString::from(status.to_string()),
+    };
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -155,15 +204,10 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status_text)
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status_label)
         .increment(1);
-    histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method.to_owned(), "status_class" => class)
+    histogram!(HTTP_DURATION, "route" => route, "method" => method, "status_class" => class)
         .record(elapsed.as_secs_f64());
-}
-
-/// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
-pub fn http_in_flight(delta: f64) {
-    gauge!(HTTP_IN_FLIGHT).increment(delta);
 }
 
 /// The status recorded for a request whose client went away before the answer (nginx's code).
