@@ -154,24 +154,13 @@ async fn overloaded_upstream_is_retried_and_recovers() {
     settings.upstream.max_retries = 3;
     let app = spawn_app(settings).await;
     sim.update_config(|c| c.faults.error_503 = 1.0);
-    let asking = tokio::spawn({
-        let client = app.client.clone();
-        let url = app.url("/api/v1/agents/science");
-        async move {
-            client
-                .post(url)
-                .json(&serde_json::json!({"message": "What is DNA?"}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let asking = app.spawn_ask("science", "What is DNA?");
     // Let the first attempt fail, then heal the upstream while the service backs off.
     while sim.stats().requests < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     sim.update_config(|c| c.faults.error_503 = 0.0);
-    let reply = asking.await.unwrap();
+    let reply = asking.await.unwrap().unwrap();
     assert_eq!(reply.status(), StatusCode::OK);
     let stats = sim.stats();
     assert!(stats.faults.error_503 >= 1);
@@ -294,17 +283,7 @@ async fn the_local_quota_spaces_requests_instead_of_collecting_429s() {
 async fn shutdown_finishes_in_flight_requests_then_stops() {
     let sim = start_sim_with_latency(800).await;
     let mut app = spawn_app(settings_for(&sim)).await;
-    let in_flight = tokio::spawn({
-        let client = app.client.clone();
-        let url = app.url("/api/v1/agents/math");
-        async move {
-            client
-                .post(url)
-                .json(&serde_json::json!({"message": "long one"}))
-                .send()
-                .await
-        }
-    });
+    let in_flight = app.spawn_ask("math", "long one");
     while sim.stats().in_flight < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -33,6 +33,19 @@ impl TestApp {
             .expect("request reaches the service")
     }
 
+    /// Starts asking in a task of its own, so the test can act while the request is in flight.
+    pub fn spawn_ask(
+        &self,
+        agent: &str,
+        message: &str,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let request = self
+            .client
+            .post(self.url(&format!("/api/v1/agents/{agent}")))
+            .json(&serde_json::json!({ "message": message }));
+        tokio::spawn(request.send())
+    }
+
     /// GET `path` and parse the JSON body.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.client
