@@ -37,7 +37,7 @@ fn workspace_binary(name: &str, package: &str) -> PathBuf {
     path
 }
 
-/// A child process killed (SIGKILL) on drop unless it already exited.
+/// A child process stopped on drop (SIGTERM, then SIGKILL) unless it already exited.
 struct Proc {
     child: Child,
     port: u16,
@@ -66,8 +66,16 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves them
+        // running, holding the port); SIGKILL whatever is still there after a moment.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if self.wait_exit(Duration::from_secs(3)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
