@@ -235,11 +235,10 @@ async fn track_http_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+        .map_or("unmatched", |p| p.as_str());
     // A guard, so a request dropped mid-way (client gone, panic) is still counted and leaves
     // the in-flight gauge.
-    let timer = crate::metrics::HttpRequestTimer::start(route, method);
+    let timer = crate::metrics::HttpRequestTimer::start(route, request.method().as_str());
     let response = next.run(request).await;
     timer.finish(response.status().as_u16());
     response

@@ -146,13 +146,6 @@ fn describe() {
     );
 }
 
-/// Records one finished HTTP request.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let route = shared_label(route, ROUTE_LABELS);
-    let method = shared_label(method, METHOD_LABELS);
-    record_http_request(route, method, status, elapsed);
-}
-
 /// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
 pub fn http_in_flight(delta: f64) {
     gauge!(HTTP_IN_FLIGHT).increment(delta);
@@ -192,6 +185,7 @@ fn shared_label(value: &str, known: &[&'static str]) -> SharedString {
     }
 }
 
+/// Records one finished HTTP request.
 fn record_http_request(route: SharedString, method: SharedString, status: u16, elapsed: Duration) {
     let status_label = match STATUS_LABELS.iter().find(|(code, _)| *code == status) {
         Some((_, text)) => SharedString::const_str(text),
@@ -219,19 +213,19 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// and is still counted, as 499 or 500.
 #[derive(Debug)]
 pub struct HttpRequestTimer {
-    route: String,
-    method: String,
+    route: SharedString,
+    method: SharedString,
     started: std::time::Instant,
     done: bool,
 }
 
 impl HttpRequestTimer {
     /// Starts timing a request to `route` (the template, never the raw path).
-    pub fn start(route: String, method: String) -> HttpRequestTimer {
+    pub fn start(route: &str, method: &str) -> HttpRequestTimer {
         http_in_flight(1.0);
         HttpRequestTimer {
-            route,
-            method,
+            route: shared_label(route, ROUTE_LABELS),
+            method: shared_label(method, METHOD_LABELS),
             started: std::time::Instant::now(),
             done: false,
         }
@@ -246,7 +240,12 @@ impl HttpRequestTimer {
         if !self.done {
             self.done = true;
             http_in_flight(-1.0);
-            http_request(&self.route, &self.method, status, self.started.elapsed());
+            record_http_request(
+                self.route.clone(),
+                self.method.clone(),
+                status,
+                self.started.elapsed(),
+            );
         }
     }
 }

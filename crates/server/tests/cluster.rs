@@ -375,6 +375,18 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Enough load ran, and every request of it was answered.
+fn assert_all_answered_under_load(statuses: &[StatusCode]) {
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
+    assert!(statuses.len() > 100, "too little load: {}", statuses.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+}
+
 #[tokio::test]
 async fn requests_spread_over_all_servers_and_each_distinct_question_costs_one_call() {
     let cluster = Cluster::start(ClusterConfig::default()).await;
@@ -437,14 +449,7 @@ async fn stopping_one_server_with_sigterm_mid_load_fails_no_request() {
             cluster.servers[1].signal("-TERM");
         })
         .await;
-    let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
-    assert!(statuses.len() > 100, "too little load: {}", statuses.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {failed:?}",
-        failed.len(),
-        statuses.len()
-    );
+    assert_all_answered_under_load(&statuses);
     let exit = cluster.servers[1].wait_exit(Duration::from_secs(15));
     assert!(
         exit.is_some_and(|s| s.success()),
@@ -464,14 +469,7 @@ async fn killing_redis_mid_load_fails_no_request_and_servers_reconnect() {
             cluster.redis.restart();
         })
         .await;
-    let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
-    assert!(statuses.len() > 100, "too little load: {}", statuses.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {failed:?}",
-        failed.len(),
-        statuses.len()
-    );
+    assert_all_answered_under_load(&statuses);
     assert_eq!(cluster.redis.port, redis_port);
     for server in &cluster.servers {
         cluster.wait_redis_state(server.port, "up").await;
