@@ -218,6 +218,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 calls seen by gemini-sim"), "{text}");
+        // A rate that serde_json's default (inexact) float parser reads
+        // back one ulp off; reports must survive a JSON round trip exactly.
+        report.requests_per_s = 3.979_188_680_520_228_3;
         let json = serde_json::to_string(&report).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
