@@ -32,9 +32,23 @@ use tracing::Instrument;
 /// The request id header: kept when the client (or nginx) sends one, generated otherwise.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Shared state of every handler.
+/// Shared state of every handler: one reference count to bump per request, however many
+/// parts it has (axum clones the state for every route call and extractor).
 #[derive(Clone)]
 pub struct AppState {
+    inner: Arc<AppStateParts>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateParts;
+
+    fn deref(&self) -> &AppStateParts {
+        &self.inner
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppStateParts {
     /// The chat service.
     pub chat: ChatService,
     /// The effective settings.
@@ -43,8 +57,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The shared state, when Redis is configured.
     pub redis: Option<RedisLink>,
-    draining: Arc<AtomicBool>,
-    process_metrics: Arc<metrics_process::Collector>,
+    draining: AtomicBool,
+    process_metrics: metrics_process::Collector,
 }
 
 impl AppState {
@@ -121,12 +135,14 @@ impl AppState {
         process_metrics.describe();
         crate::metrics::queue_limit(settings.upstream.max_queue);
         Ok(AppState {
-            chat,
-            redis,
-            settings: Arc::new(settings),
-            metrics,
-            draining: Arc::new(AtomicBool::new(false)),
-            process_metrics: Arc::new(process_metrics),
+            inner: Arc::new(AppStateParts {
+                chat,
+                redis,
+                settings: Arc::new(settings),
+                metrics,
+                draining: AtomicBool::new(false),
+                process_metrics,
+            }),
         })
     }
 
@@ -283,12 +299,12 @@ impl Application {
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
-        let draining = state.draining.clone();
+        let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(state);
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
-            draining.store(true, Ordering::Release);
+            shutdown_state.draining.store(true, Ordering::Release);
             tracing::info!("shutdown requested: no new connections; draining in-flight requests");
             let _ = began_tx.send(());
         });

@@ -251,7 +251,7 @@ impl ChatService {
                 finish_reason: FinishReason::Stop.as_str(),
             });
         }
-        let shared = self.join_or_start(key, agent, message, deadline);
+        let shared = self.join_or_start(key, agent, message.into_owned(), deadline);
         let completion = tokio::time::timeout_at(deadline, shared)
             .await
             .map_err(|_| ChatError::Timeout)??;
@@ -278,7 +278,7 @@ impl ChatService {
             return existing.clone();
         }
         let inner = self.inner.clone();
-        let task_key = key.clone();
+        let task_key = key;
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
         // It keeps the first asker's context, so its log lines carry that request id.
@@ -338,7 +338,7 @@ impl Inner {
                 LeaseOutcome::Answered(answer) => {
                     // Another server asked the model; this one only serves the answer on.
                     deps.cache
-                        .insert_local(key.clone(), Arc::new(answer.clone()))
+                        .insert_local(*key, Arc::new(answer.clone()))
                         .await;
                     return Ok(Arc::new(Completion {
                         text: answer.text,
@@ -428,10 +428,10 @@ impl Inner {
                     .map_or(0, |d| d.as_secs()),
             };
             deps.cache
-                .insert_local(key.clone(), Arc::new(cached.clone()))
+                .insert_local(*key, Arc::new(cached.clone()))
                 .await;
             crate::metrics::cache_entries(deps.cache.memory_entries());
-            published = Some((key.clone(), cached));
+            published = Some((*key, cached));
         }
         match lease {
             Some(lease) => lease.finish(published),

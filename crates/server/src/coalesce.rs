@@ -57,7 +57,7 @@ impl ClusterCoalescer {
 
     /// Takes the lease for `key`, or waits for the server holding it to publish the answer.
     pub async fn acquire(&self, key: &CacheKey, deadline: Instant) -> LeaseOutcome {
-        let lease_key = self.link.key("lease", key.as_str());
+        let lease_key = self.link.key("lease", &key.to_hex());
         let answer_key = self.cache.redis_key(key);
         let holder = self.link.server_id().to_owned();
         let lease_ms = self.lease.as_millis() as u64;

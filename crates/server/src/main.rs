@@ -5,6 +5,10 @@ use learning_chat::{app, telemetry, Application, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// glibc's allocator cost a sixth of a cache hit's CPU; mimalloc's thread-local free lists do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "learning-chat",

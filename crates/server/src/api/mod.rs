@@ -115,7 +115,7 @@ pub async fn chat(
     State(state): State<AppState>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<ApiJson<ChatRequest>, ApiError>,
-) -> Result<Json<ChatResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = StdInstant::now();
     let Path(agent_id) = path?;
     // An unknown agent is reported before body problems: it is the more useful error.
@@ -136,7 +136,7 @@ pub async fn chat(
     })?;
     let deadline = Instant::now() + state.settings.request_timeout();
     let answer = state.chat.ask(&agent_id, &message, deadline).await?;
-    Ok(Json(ChatResponse {
+    let body = ChatResponse {
         response: answer.text,
         agent_id,
         cached: answer.cached,
@@ -144,7 +144,25 @@ pub async fn chat(
         usage: answer.usage,
         finish_reason: answer.finish_reason.to_owned(),
         latency_ms: started.elapsed().as_millis() as u64,
-    }))
+    };
+    // Sized up front: axum's `Json` starts at 128 bytes and regrows through every answer.
+    let mut bytes = Vec::with_capacity(body.response.len() + 256);
+    serde_json::to_writer(&mut bytes, &body).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialise an answer");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred",
+        )
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
 }
 
 /// List the tutors.

@@ -1,6 +1,7 @@
 //! Cache keys: a hash of everything that shapes an answer, and nothing per-request.
 
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::fmt;
 
 /// The parts of a question that decide its answer.
@@ -16,9 +17,10 @@ pub struct CacheKeyParts<'a> {
     pub message: &'a str,
 }
 
-/// A hashed cache key (hex SHA-256), safe to use as a Redis key suffix.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(String);
+/// A hashed cache key (SHA-256). Kept as bytes, since most are only looked up in memory;
+/// its hex form ([`CacheKey::to_hex`]) is safe to use as a Redis key suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
     /// Hashes the parts. Destructured so a new part is a compile error until it is hashed too.
@@ -35,18 +37,18 @@ impl CacheKey {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
-        CacheKey(hex::encode(hasher.finalize()))
+        CacheKey(hasher.finalize().into())
     }
 
     /// The hex digest.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
     }
 }
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.to_hex())
     }
 }
 
@@ -54,10 +56,17 @@ impl fmt::Display for CacheKey {
 /// anything that can change meaning: surrounding whitespace is trimmed, line endings become `\n`
 /// and trailing spaces of each line go. Case, punctuation, inner spacing and indentation stay,
 /// because they matter in code and in math.
-pub fn normalise_message(message: &str) -> String {
+pub fn normalise_message(message: &str) -> Cow<'_, str> {
+    // Most messages are already in normal form: no copy for them.
+    let already_normal = !message.contains('\r')
+        && message.trim() == message
+        && message.lines().all(|line| line.trim_end() == line);
+    if already_normal {
+        return Cow::Borrowed(message);
+    }
     let unified = message.replace("\r\n", "\n").replace('\r', "\n");
     let lines: Vec<&str> = unified.lines().map(str::trim_end).collect();
-    lines.join("\n").trim().to_owned()
+    Cow::Owned(lines.join("\n").trim().to_owned())
 }
 
 #[cfg(test)]
@@ -77,6 +86,40 @@ mod tests {
     fn whitespace_only_differences_share_a_key() {
         assert_eq!(key("What is 2+2?"), key("  What is 2+2?\r\n"));
         assert_eq!(key("a  \nb"), key("a\r\nb"));
+    }
+
+    #[test]
+    fn the_no_copy_path_agrees_with_the_full_normalisation() {
+        let full = |m: &str| {
+            let unified = m.replace("\r\n", "\n").replace('\r', "\n");
+            let lines: Vec<&str> = unified.lines().map(str::trim_end).collect();
+            lines.join("\n").trim().to_owned()
+        };
+        for message in [
+            "What is 2+2?",
+            "a\n\nb",
+            "a \nb",
+            "a\t\nb",
+            "\ta",
+            "a\n",
+            "a\r\nb",
+            "a\rb",
+            "x\u{a0}",
+            "if x:\n    y",
+            "",
+            " ",
+            "\n\n",
+        ] {
+            assert_eq!(normalise_message(message), full(message), "{message:?}");
+        }
+        assert!(matches!(
+            normalise_message("What is 2+2?"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            normalise_message("if x:\n    y"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

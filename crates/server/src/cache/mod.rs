@@ -81,7 +81,7 @@ impl ResponseCache {
                 let found = redis.get(key).await.ok().flatten().map(Arc::new);
                 crate::metrics::cache_lookup(CacheTier::Redis, found.is_some());
                 let found = found?;
-                memory.insert(key.clone(), found.clone()).await;
+                memory.insert(*key, found.clone()).await;
                 Some((found, CacheTier::Redis))
             }
         }

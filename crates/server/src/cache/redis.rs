@@ -20,7 +20,7 @@ impl RedisCache {
 
     /// The Redis key of an answer.
     pub fn redis_key(&self, key: &CacheKey) -> String {
-        self.link.key("answer", key.as_str())
+        self.link.key("answer", &key.to_hex())
     }
 
     /// The answer, `Ok(None)` on a miss, `Err` when Redis cannot tell.
