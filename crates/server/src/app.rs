@@ -9,9 +9,7 @@ use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::providers::{GeminiClient, Provider, SimulatedModel};
 use crate::redis_link::RedisLink;
-use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
-use axum::middleware::Next;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -20,14 +18,12 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tracing::Instrument;
 
 /// The request id header: kept when the client (or nginx) sends one, generated otherwise.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -174,7 +170,6 @@ impl AppState {
 /// The router with every route and middleware.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let mut routes = Router::new()
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/agents/{agent_id}", post(api::chat))
@@ -184,56 +179,39 @@ pub fn router(state: AppState) -> Router {
     if settings.telemetry.metrics_enabled {
         routes = routes.route("/metrics", get(api::metrics));
     }
-    let compression = CompressionLayer::new()
-        .gzip(true)
-        .compress_when(DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes)));
-    routes
+    let routes = routes
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.server.max_body_bytes,
-        ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(
-                    crate::telemetry::sanitize_request_id,
-                ))
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(axum::middleware::from_fn(request_span))
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(compression)
-                // Inside catch-panic, so a panic is reported while the request's scope is bound.
-                .layer(axum::middleware::from_fn(crate::telemetry::report_errors))
-                .layer(axum::middleware::from_fn(track_http_metrics)),
-        )
-        .with_state(state)
+        ));
+    with_service_layers(routes, &settings).with_state(state)
 }
 
-/// Opens the request's span (its id on every log line, in the upstream task too). A plain
-/// middleware rather than tower-http's TraceLayer: this runs on every request and the span is all
-/// that is needed of it.
-async fn request_span(request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    if status.is_server_error() {
-        // One summary line per failed request (the cause was logged where it happened).
-        span.in_scope(|| {
-            tracing::error!(
-                status = status.as_u16(),
-                latency_ms = started.elapsed().as_millis() as u64,
-                "request failed"
-            )
-        });
-    }
-    response
+/// Wraps routes in the service's middleware, outermost first: request id, span and HTTP
+/// metrics ([`crate::telemetry::observe_request`]); catch-panic; gzip; Sentry error reports
+/// (only when a DSN is configured). Public so tests can put the real stack around test routes.
+///
+/// Few layers on purpose: every axum `from_fn` layer clones the service stack beneath it on
+/// each request, which a cache hit, at tens of thousands a second, pays for in full.
+pub fn with_service_layers<S>(routes: Router<S>, settings: &Settings) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let compression = CompressionLayer::new()
+        .gzip(true)
+        .compress_when(DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes)));
+    let sentry_enabled = !settings.telemetry.sentry_dsn.expose().trim().is_empty();
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(crate::telemetry::observe_request))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(compression)
+            // Inside catch-panic, so a panic is reported while the request's scope is bound.
+            .option_layer(
+                sentry_enabled.then(|| axum::middleware::from_fn(crate::telemetry::report_errors)),
+            ),
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -244,20 +222,6 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         "an internal error occurred",
     )
     .into_response()
-}
-
-async fn track_http_metrics(request: Request, next: Next) -> Response {
-    // The route template, never the raw path, keeps the label set small.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str());
-    // A guard, so a request dropped mid-way (client gone, panic) is still counted and leaves
-    // the in-flight gauge.
-    let timer = crate::metrics::HttpRequestTimer::start(route, request.method().as_str());
-    let response = next.run(request).await;
-    timer.finish(response.status().as_u16());
-    response
 }
 
 /// The service bound to its listener, ready to run.

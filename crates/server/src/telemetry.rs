@@ -13,7 +13,7 @@
 use crate::app::REQUEST_ID_HEADER;
 use crate::config::{LogFormat, Settings, TelemetrySettings};
 use axum::extract::{MatchedPath, Request};
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use sentry::protocol::{Event, Level};
@@ -246,18 +246,68 @@ fn redact_after(text: &str, marker: &str, max: usize, keep_marker: bool) -> Stri
     out
 }
 
-/// Middleware (outermost): drops an incoming `X-Request-Id` that is too long or has characters
-/// outside `[A-Za-z0-9._:-]`, so the id layer generates a fresh one. The id lands in every log
-/// line and error report, so a client must not be able to inject lines or megabytes through it.
-pub async fn sanitize_request_id(mut request: Request, next: Next) -> Response {
-    let usable = request
+/// Middleware (outermost): the request's identity and its measurements, in one layer.
+///
+/// - Its id: an incoming `X-Request-Id` (from the client or nginx) is kept when usable (at most
+///   [`MAX_REQUEST_ID_LEN`] bytes of `[A-Za-z0-9._:-]`: the id lands in every log line and error
+///   report, so a client must not inject lines or megabytes through it); otherwise a fresh UUID
+///   replaces it. Either way it is set on the request and returned on the response.
+/// - Its span, which puts that id on every log line of the request (and, through
+///   [`in_current_context`], of the tasks it spawns); one error line per 5xx answer.
+/// - The HTTP metrics: counted in flight, then by route template, method and status.
+pub async fn observe_request(mut request: Request, next: Next) -> Response {
+    let incoming = request
         .headers()
         .get(REQUEST_ID_HEADER)
-        .map(|value| is_usable_request_id(value.as_bytes()));
-    if usable == Some(false) {
-        request.headers_mut().remove(REQUEST_ID_HEADER);
+        .filter(|id| is_usable_request_id(id.as_bytes()))
+        .cloned();
+    let id = match incoming {
+        Some(id) => id,
+        None => {
+            let fresh = fresh_request_id();
+            request
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, fresh.clone());
+            fresh
+        }
+    };
+    // The route template, never the raw path, keeps the metric label set small.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    // A guard, so a request dropped mid-way (client gone) is still counted and leaves the
+    // in-flight gauge.
+    let timer = crate::metrics::HttpRequestTimer::start(route, request.method().as_str());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or("-"),
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    timer.finish(status.as_u16());
+    if status.is_server_error() {
+        // One summary line per failed request (the cause was logged where it happened).
+        span.in_scope(|| {
+            tracing::error!(
+                status = status.as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request failed"
+            )
+        });
     }
-    next.run(request).await
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
+}
+
+fn fresh_request_id() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn is_usable_request_id(id: &[u8]) -> bool {

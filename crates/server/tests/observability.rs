@@ -957,10 +957,6 @@ async fn sentry_gets_5xx_errors_with_the_request_id_but_no_secrets_and_no_sheds(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentry_gets_panics_with_the_request_id_and_secrets_scrubbed() {
-    use tower::ServiceBuilder;
-    use tower_http::catch_panic::CatchPanicLayer;
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-
     let sentry = FakeSentry::default();
     let dsn = sentry.start();
     let mut settings = offline_settings();
@@ -969,15 +965,9 @@ async fn sentry_gets_panics_with_the_request_id_and_secrets_scrubbed() {
     let _guard = telemetry::init_sentry(&settings)
         .unwrap()
         .expect("Sentry starts with a DSN");
-    // The service's own order of layers (app.rs): id, propagation, catch-panic, error reports.
-    let router = Router::new().route("/boom", get(boom)).layer(
-        ServiceBuilder::new()
-            .layer(axum::middleware::from_fn(telemetry::sanitize_request_id))
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(CatchPanicLayer::new())
-            .layer(axum::middleware::from_fn(telemetry::report_errors)),
-    );
+    // The service's own middleware around a route that panics.
+    let router =
+        learning_chat::app::with_service_layers(Router::new().route("/boom", get(boom)), &settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
