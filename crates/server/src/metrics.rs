@@ -5,10 +5,12 @@
 //! these names; a test scrapes a running instance to keep them in step.
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
-    Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -78,6 +80,22 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Handles of the metrics every request touches. A lookup through the macros hashes the name and
+/// every label each time, several times per request: a sizeable share of a cache hit's CPU.
+/// Made only once the recorder is installed, so no handle can be a no-op one.
+struct HotHandles {
+    http_in_flight: Gauge,
+    /// For the routes and methods of the label lists.
+    http: RwLock<HashMap<HttpLabels, (Counter, Histogram)>>,
+    /// By tier, then hit.
+    cache_lookups: [[OnceLock<Counter>; 2]; 2],
+}
+
+static HOT: OnceLock<HotHandles> = OnceLock::new();
+
+/// Route index, method index (in the label lists) and status of an HTTP request.
+type HttpLabels = (u8, u8, u16);
+
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -92,6 +110,11 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let _ = HOT.set(HotHandles {
+                http_in_flight: gauge!(HTTP_IN_FLIGHT),
+                http: RwLock::new(HashMap::new()),
+                cache_lookups: Default::default(),
+            });
             handle
         })
         .clone()
@@ -148,7 +171,10 @@ fn describe() {
 
 /// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
 pub fn http_in_flight(delta: f64) {
-    gauge!(HTTP_IN_FLIGHT).increment(delta);
+    match HOT.get() {
+        Some(hot) => hot.http_in_flight.increment(delta),
+        None => gauge!(HTTP_IN_FLIGHT).increment(delta),
+    }
 }
 
 /// Route templates and methods the service serves: their labels are built without allocating,
@@ -178,30 +204,59 @@ const STATUS_LABELS: &[(u16, &str)] = &[
     (504, "504"),
 ];
 
-fn shared_label(value: &str, known: &[&'static str]) -> SharedString {
-    match known.iter().find(|k| **k == value) {
-        Some(k) => SharedString::const_str(k),
-        None => SharedString::from(value.to_owned()),
+/// A label value, and its index when it is one of `known` (its handles can then be cached).
+fn label(value: &str, known: &[&'static str]) -> (SharedString, Option<u8>) {
+    match known.iter().position(|k| *k == value) {
+        Some(index) => (
+            SharedString::const_str(known[index]),
+            u8::try_from(index).ok(),
+        ),
+        None => (SharedString::from(value.to_owned()), None),
     }
 }
 
 /// Records one finished HTTP request.
-fn record_http_request(route: SharedString, method: SharedString, status: u16, elapsed: Duration) {
-    let status_label = match STATUS_LABELS.iter().find(|(code, _)| *code == status) {
-        Some((_, text)) => SharedString::const_str(text),
-        None => SharedString::from(status.to_string()),
+fn record_http_request(
+    route: &SharedString,
+    method: &SharedString,
+    known: Option<(u8, u8)>,
+    status: u16,
+    elapsed: Duration,
+) {
+    let make = || {
+        let status_label = match STATUS_LABELS.iter().find(|(code, _)| *code == status) {
+            Some((_, text)) => SharedString::const_str(text),
+            None => SharedString::from(status.to_string()),
+        };
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        (
+            counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status_label),
+            histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method.clone(), "status_class" => class),
+        )
     };
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    let seconds = elapsed.as_secs_f64();
+    let (Some(hot), Some((route_index, method_index))) = (HOT.get(), known) else {
+        let (requests, duration) = make();
+        requests.increment(1);
+        duration.record(seconds);
+        return;
     };
-    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status_label)
-        .increment(1);
-    histogram!(HTTP_DURATION, "route" => route, "method" => method, "status_class" => class)
-        .record(elapsed.as_secs_f64());
+    let key = (route_index, method_index, status);
+    if let Some((requests, duration)) = hot.http.read().get(&key) {
+        requests.increment(1);
+        duration.record(seconds);
+        return;
+    }
+    let mut handles = hot.http.write();
+    let (requests, duration) = handles.entry(key).or_insert_with(make);
+    requests.increment(1);
+    duration.record(seconds);
 }
 
 /// The status recorded for a request whose client went away before the answer (nginx's code).
@@ -215,6 +270,7 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 pub struct HttpRequestTimer {
     route: SharedString,
     method: SharedString,
+    known: Option<(u8, u8)>,
     started: std::time::Instant,
     done: bool,
 }
@@ -223,9 +279,12 @@ impl HttpRequestTimer {
     /// Starts timing a request to `route` (the template, never the raw path).
     pub fn start(route: &str, method: &str) -> HttpRequestTimer {
         http_in_flight(1.0);
+        let (route, route_index) = label(route, ROUTE_LABELS);
+        let (method, method_index) = label(method, METHOD_LABELS);
         HttpRequestTimer {
-            route: shared_label(route, ROUTE_LABELS),
-            method: shared_label(method, METHOD_LABELS),
+            route,
+            method,
+            known: route_index.zip(method_index),
             started: std::time::Instant::now(),
             done: false,
         }
@@ -241,8 +300,9 @@ impl HttpRequestTimer {
             self.done = true;
             http_in_flight(-1.0);
             record_http_request(
-                self.route.clone(),
-                self.method.clone(),
+                &self.route,
+                &self.method,
+                self.known,
                 status,
                 self.started.elapsed(),
             );
@@ -265,8 +325,13 @@ impl Drop for HttpRequestTimer {
 
 /// Records a cache lookup.
 pub fn cache_lookup(tier: crate::cache::CacheTier, hit: bool) {
-    counter!(CACHE_LOOKUPS, "tier" => tier.as_str(), "result" => if hit { "hit" } else { "miss" })
-        .increment(1);
+    let make = || counter!(CACHE_LOOKUPS, "tier" => tier.as_str(), "result" => if hit { "hit" } else { "miss" });
+    match HOT.get() {
+        Some(hot) => hot.cache_lookups[tier as usize][usize::from(hit)]
+            .get_or_init(make)
+            .increment(1),
+        None => make().increment(1),
+    }
 }
 
 /// Sets the in-process cache size.
