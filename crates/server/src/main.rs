@@ -5,7 +5,8 @@ use learning_chat::{app, telemetry, Application, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// glibc's allocator cost a sixth of a cache hit's CPU; mimalloc's thread-local free lists do not.
+/// glibc's allocator cost a sixth of a cache hit's CPU; mimalloc's thread-local free lists do not
+/// (bench/RESULTS.md, benchmark 3).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
