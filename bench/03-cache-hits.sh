@@ -6,7 +6,7 @@ source "$(dirname "$0")/common.sh"
 build_release
 DURATION=${DURATION:-10}
 WRK_THREADS=${WRK_THREADS:-2}
-command -v wrk >/dev/null || { log "wrk not found: apt-get install wrk"; exit 1; }
+need_wrk
 
 cat >"$OUT/post.lua" <<'LUA'
 wrk.method = "POST"

@@ -12,7 +12,7 @@
 source "$(dirname "$0")/common.sh"
 build_release
 CONNECTIONS=${CONNECTIONS:-1000}
-command -v wrk >/dev/null || { log "wrk not found: apt-get install wrk"; exit 1; }
+need_wrk
 cat >"$OUT/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

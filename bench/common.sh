@@ -29,6 +29,17 @@ trap cleanup EXIT
 
 log() { printf '%s\n' "$*" >&2; }
 
+# need_wrk: wrk drives benchmarks 3 and 6; installs the Debian package when it is missing.
+need_wrk() {
+    command -v wrk >/dev/null && return 0
+    log "wrk not found: installing the Debian package"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null 2>&1 \
+        || { $sudo apt-get update >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null; } \
+        || { log "cannot install wrk: apt-get install wrk"; exit 1; }
+}
+
 # Builds the release binaries unless BENCH_SKIP_BUILD=1 (run-all.sh builds once).
 build_release() {
     if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then

@@ -14,7 +14,8 @@ LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-180}
 echo "== cargo build --release --workspace"
 cargo build --release --workspace 2>&1 | tail -1
 export BENCH_SKIP_BUILD=1
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+# wrk drives benchmarks 3 and 6 (installed here, before the machine facts are recorded).
+(source bench/common.sh && need_wrk)
 
 # Benchmarks on a shared machine: wait (bounded) for the 1-minute load to drop below the core
 # count, and record it either way.
