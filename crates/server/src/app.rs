@@ -201,7 +201,7 @@ where
     let compression = CompressionLayer::new()
         .gzip(true)
         .compress_when(DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes)));
-    let sentry_enabled = !settings.telemetry.sentry_dsn.expose().trim().is_empty();
+    let sentry_enabled = !settings.telemetry.sentry_dsn.is_empty();
     routes.layer(
         ServiceBuilder::new()
             .layer(axum::middleware::from_fn(crate::telemetry::observe_request))

@@ -9,8 +9,6 @@ use metrics::{
     Gauge, Histogram, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -82,19 +80,25 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Handles of the metrics every request touches. A lookup through the macros hashes the name and
 /// every label each time, several times per request: a sizeable share of a cache hit's CPU.
-/// Made only once the recorder is installed, so no handle can be a no-op one.
+/// Made only once the global recorder is installed, so no handle can be a no-op one. (They
+/// bypass a thread-local recorder, which the service never sets, and would go stale if the
+/// exporter's `idle_timeout` were ever turned on.)
 struct HotHandles {
     http_in_flight: Gauge,
-    /// For the routes and methods of the label lists.
-    http: RwLock<HashMap<HttpLabels, (Counter, Histogram)>>,
+    /// Indexed by route, method and status in the label lists: no lock, no hashing.
+    http: Box<[OnceLock<(Counter, Histogram)>]>,
     /// By tier, then hit.
     cache_lookups: [[OnceLock<Counter>; 2]; 2],
 }
 
 static HOT: OnceLock<HotHandles> = OnceLock::new();
 
-/// Route index, method index (in the label lists) and status of an HTTP request.
-type HttpLabels = (u8, u8, u16);
+/// Where the handles of an HTTP request's labels sit in [`HotHandles::http`], when all three
+/// labels are in the lists.
+fn http_slot(route: Option<usize>, method: usize, status: u16) -> Option<usize> {
+    let status = STATUS_LABELS.iter().position(|(code, _)| *code == status)?;
+    Some((route? * METHOD_LABELS.len() + method) * STATUS_LABELS.len() + status)
+}
 
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -112,7 +116,9 @@ pub fn install() -> PrometheusHandle {
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             let _ = HOT.set(HotHandles {
                 http_in_flight: gauge!(HTTP_IN_FLIGHT),
-                http: RwLock::new(HashMap::new()),
+                http: (0..ROUTE_LABELS.len() * METHOD_LABELS.len() * STATUS_LABELS.len())
+                    .map(|_| OnceLock::new())
+                    .collect(),
                 cache_lookups: Default::default(),
             });
             handle
@@ -178,7 +184,7 @@ pub fn http_in_flight(delta: f64) {
 }
 
 /// Route templates and methods the service serves: their labels are built without allocating,
-/// since this runs on every request (an owned label is still used for anything else).
+/// since this runs on every request (an owned label is still used for any other route).
 const ROUTE_LABELS: &[&str] = &[
     "/api/v1/agents/{agent_id}",
     "/api/v1/agents",
@@ -188,7 +194,11 @@ const ROUTE_LABELS: &[&str] = &[
     "/openapi.json",
     "unmatched",
 ];
-const METHOD_LABELS: &[&str] = &["POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"];
+/// Any other method is counted as `other`, so clients cannot mint label values.
+const METHOD_LABELS: &[&str] = &[
+    "POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+const OTHER_METHOD: usize = METHOD_LABELS.len() - 1;
 const STATUS_LABELS: &[(u16, &str)] = &[
     (200, "200"),
     (400, "400"),
@@ -204,26 +214,32 @@ const STATUS_LABELS: &[(u16, &str)] = &[
     (504, "504"),
 ];
 
-/// A label value, and its index when it is one of `known` (its handles can then be cached).
-fn label(value: &str, known: &[&'static str]) -> (SharedString, Option<u8>) {
-    match known.iter().position(|k| *k == value) {
-        Some(index) => (
-            SharedString::const_str(known[index]),
-            u8::try_from(index).ok(),
-        ),
-        None => (SharedString::from(value.to_owned()), None),
+/// A route label, and its index when it is one of [`ROUTE_LABELS`].
+fn route_label(route: &str) -> (SharedString, Option<usize>) {
+    match ROUTE_LABELS.iter().position(|known| *known == route) {
+        Some(index) => (SharedString::const_str(ROUTE_LABELS[index]), Some(index)),
+        None => (SharedString::from(route.to_owned()), None),
     }
+}
+
+/// The index of a method in [`METHOD_LABELS`] (`other` for any unlisted one).
+fn method_index(method: &str) -> usize {
+    METHOD_LABELS[..OTHER_METHOD]
+        .iter()
+        .position(|known| *known == method)
+        .unwrap_or(OTHER_METHOD)
 }
 
 /// Records one finished HTTP request.
 fn record_http_request(
     route: &SharedString,
-    method: &SharedString,
-    known: Option<(u8, u8)>,
+    route_index: Option<usize>,
+    method_index: usize,
     status: u16,
     elapsed: Duration,
 ) {
     let make = || {
+        let method = SharedString::const_str(METHOD_LABELS[method_index]);
         let status_label = match STATUS_LABELS.iter().find(|(code, _)| *code == status) {
             Some((_, text)) => SharedString::const_str(text),
             None => SharedString::from(status.to_string()),
@@ -237,26 +253,26 @@ fn record_http_request(
         };
         (
             counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status_label),
-            histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method.clone(), "status_class" => class),
+            histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method, "status_class" => class),
         )
     };
+    let slot = HOT.get().and_then(|hot| {
+        let index = http_slot(route_index, method_index, status)?;
+        hot.http.get(index)
+    });
     let seconds = elapsed.as_secs_f64();
-    let (Some(hot), Some((route_index, method_index))) = (HOT.get(), known) else {
-        let (requests, duration) = make();
-        requests.increment(1);
-        duration.record(seconds);
-        return;
-    };
-    let key = (route_index, method_index, status);
-    if let Some((requests, duration)) = hot.http.read().get(&key) {
-        requests.increment(1);
-        duration.record(seconds);
-        return;
+    match slot {
+        Some(slot) => {
+            let (requests, duration) = slot.get_or_init(make);
+            requests.increment(1);
+            duration.record(seconds);
+        }
+        None => {
+            let (requests, duration) = make();
+            requests.increment(1);
+            duration.record(seconds);
+        }
     }
-    let mut handles = hot.http.write();
-    let (requests, duration) = handles.entry(key).or_insert_with(make);
-    requests.increment(1);
-    duration.record(seconds);
 }
 
 /// The status recorded for a request whose client went away before the answer (nginx's code).
@@ -264,13 +280,13 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// One HTTP request being served: counted in flight from [`HttpRequestTimer::start`] until
 /// [`HttpRequestTimer::finish`] or drop, so a request abandoned mid-way (the client disconnects
-/// and hyper drops the handler future, or the handler panics) never leaks the in-flight gauge
-/// and is still counted, as 499 or 500.
+/// and hyper drops the request's future, or a panic unwinds through it) never leaks the
+/// in-flight gauge and is still counted, as 499 or 500.
 #[derive(Debug)]
 pub struct HttpRequestTimer {
     route: SharedString,
-    method: SharedString,
-    known: Option<(u8, u8)>,
+    route_index: Option<usize>,
+    method_index: usize,
     started: std::time::Instant,
     done: bool,
 }
@@ -279,12 +295,11 @@ impl HttpRequestTimer {
     /// Starts timing a request to `route` (the template, never the raw path).
     pub fn start(route: &str, method: &str) -> HttpRequestTimer {
         http_in_flight(1.0);
-        let (route, route_index) = label(route, ROUTE_LABELS);
-        let (method, method_index) = label(method, METHOD_LABELS);
+        let (route, route_index) = route_label(route);
         HttpRequestTimer {
             route,
-            method,
-            known: route_index.zip(method_index),
+            route_index,
+            method_index: method_index(method),
             started: std::time::Instant::now(),
             done: false,
         }
@@ -301,8 +316,8 @@ impl HttpRequestTimer {
             http_in_flight(-1.0);
             record_http_request(
                 &self.route,
-                &self.method,
-                self.known,
+                self.route_index,
+                self.method_index,
                 status,
                 self.started.elapsed(),
             );
@@ -312,8 +327,9 @@ impl HttpRequestTimer {
 
 impl Drop for HttpRequestTimer {
     fn drop(&mut self) {
-        // Dropped unfinished: unwinding from a panic (the catch-panic layer answers 500) or
-        // cancelled because the client closed the connection.
+        // Dropped unfinished: cancelled because the client closed the connection, or unwinding
+        // from a panic outside the catch-panic layer (a handler's panic is answered 500 inside
+        // it and finishes the timer normally).
         let status = if std::thread::panicking() {
             500
         } else {
@@ -327,7 +343,7 @@ impl Drop for HttpRequestTimer {
 pub fn cache_lookup(tier: crate::cache::CacheTier, hit: bool) {
     let make = || counter!(CACHE_LOOKUPS, "tier" => tier.as_str(), "result" => if hit { "hit" } else { "miss" });
     match HOT.get() {
-        Some(hot) => hot.cache_lookups[tier as usize][usize::from(hit)]
+        Some(hot) => hot.cache_lookups[tier.index()][usize::from(hit)]
             .get_or_init(make)
             .increment(1),
         None => make().increment(1),

@@ -2,7 +2,7 @@
 //!
 //! - Logs: `tracing`, human-readable or one JSON object per line, filtered by `RUST_LOG` or the
 //!   configured level. Every line logged while serving a request carries that request's id,
-//!   because the `request` span (made in `app.rs`) is entered around the handler and
+//!   because the `request` span (made in [`observe_request`]) is entered around the handler and
 //!   [`in_current_context`] carries it into tasks the request spawns.
 //! - Error tracking: Sentry, when `telemetry.sentry_dsn` (`SENTRY_DSN`) is set. 5xx answers
 //!   (except deliberate load shedding) and panics are reported with the request id, route and
@@ -13,7 +13,7 @@
 use crate::app::REQUEST_ID_HEADER;
 use crate::config::{LogFormat, Settings, TelemetrySettings};
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use sentry::protocol::{Event, Level};
@@ -27,6 +27,9 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+/// [`REQUEST_ID_HEADER`] as a header name, made once.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// Longest incoming request id kept; longer ones are replaced (they end up in every log line).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -265,9 +268,7 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         Some(id) => id,
         None => {
             let fresh = fresh_request_id();
-            request
-                .headers_mut()
-                .insert(REQUEST_ID_HEADER, fresh.clone());
+            request.headers_mut().insert(REQUEST_ID, fresh.clone());
             fresh
         }
     };
@@ -299,7 +300,7 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
             )
         });
     }
-    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response.headers_mut().insert(REQUEST_ID, id);
     response
 }
 

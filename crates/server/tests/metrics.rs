@@ -50,6 +50,14 @@ async fn http_requests_are_counted_by_route_template_method_and_status() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(get(&app, "/no/such/path/42").await, StatusCode::NOT_FOUND);
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let reply = app
+        .client
+        .request(brew, app.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(
         app.ask("math", "   ").await.status(),
         StatusCode::UNPROCESSABLE_ENTITY
@@ -84,6 +92,12 @@ async fn http_requests_are_counted_by_route_template_method_and_status() {
         .label_values(HTTP, "route")
         .iter()
         .any(|r| r.contains("42")));
+    // An invented method is counted as `other`: clients cannot mint label values.
+    assert_eq!(
+        d(&[("route", "/health"), ("method", "other"), ("status", "405")]),
+        1.0
+    );
+    assert!(!after.label_values(HTTP, "method").contains("BREW"));
     // The first scrape is counted once it has answered; the second renders before its own.
     assert_eq!(d(&[("route", "/metrics"), ("status", "200")]), 1.0);
 

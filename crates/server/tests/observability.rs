@@ -965,6 +965,7 @@ async fn sentry_gets_panics_with_the_request_id_and_secrets_scrubbed() {
     let _guard = telemetry::init_sentry(&settings)
         .unwrap()
         .expect("Sentry starts with a DSN");
+    let metrics = learning_chat::metrics::install();
     // The service's own middleware around a route that panics.
     let router =
         learning_chat::app::with_service_layers(Router::new().route("/boom", get(boom)), &settings);
@@ -1000,6 +1001,17 @@ async fn sentry_gets_panics_with_the_request_id_and_secrets_scrubbed() {
     assert!(
         !sentry.raw().contains(SECRET_KEY),
         "the API key reached Sentry"
+    );
+    // Counted as the 500 it was answered with, and no longer in flight.
+    let page = Scrape::parse(&metrics.render());
+    let labels = [("route", "/boom"), ("method", "GET"), ("status", "500")];
+    assert_eq!(
+        page.value("learning_chat_http_requests_total", &labels),
+        1.0
+    );
+    assert_eq!(
+        page.value("learning_chat_http_requests_in_flight", &[]),
+        0.0
     );
 }
 

@@ -123,6 +123,19 @@ mod tests {
     }
 
     #[test]
+    fn the_key_format_is_stable() {
+        // Answers in Redis outlive a deploy: servers of two versions must derive the same key.
+        assert_eq!(
+            key("What is 2+2?").to_hex(),
+            "2e217cb9e4b71cfcd99158c67b759e0bebda672a8dced9946a853f82bf367c5b"
+        );
+        assert_eq!(
+            key("What is 2+2?").to_string(),
+            key("What is 2+2?").to_hex()
+        );
+    }
+
+    #[test]
     fn meaningful_differences_do_not() {
         assert_ne!(key("What is 2+2?"), key("what is 2+2?"));
         assert_ne!(key("What is 2+2?"), key("What is 2+3?"));

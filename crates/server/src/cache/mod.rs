@@ -36,6 +36,14 @@ pub enum CacheTier {
 }
 
 impl CacheTier {
+    /// Its position among the tiers (for arrays of per-tier metric handles).
+    pub fn index(self) -> usize {
+        match self {
+            CacheTier::Memory => 0,
+            CacheTier::Redis => 1,
+        }
+    }
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
