@@ -101,6 +101,11 @@ pub struct Cli {
     #[arg(long)]
     pub block_reason: Option<String>,
 
+    /// Prompts containing this text get a filtered answer: no text, `finishReason: SAFETY`
+    /// (empty: never).
+    #[arg(long)]
+    pub safety_trigger: Option<String>,
+
     /// Probability (0..1) of a 500 INTERNAL.
     #[arg(long = "fault-500")]
     pub fault_500: Option<f64>,
@@ -171,6 +176,7 @@ impl Cli {
         set(&mut config.thinking_tokens, self.thinking_tokens);
         set(&mut config.block_trigger, self.block_trigger.clone());
         set(&mut config.block_reason, self.block_reason.clone());
+        set(&mut config.safety_trigger, self.safety_trigger.clone());
         set(&mut config.faults.error_500, self.fault_500);
         set(&mut config.faults.error_503, self.fault_503);
         set(&mut config.faults.error_504, self.fault_504);

@@ -46,6 +46,10 @@ pub struct SimConfig {
     pub block_trigger: String,
     /// The `blockReason` given to blocked prompts.
     pub block_reason: String,
+    /// A prompt containing this text gets its answer filtered: one candidate with no text,
+    /// `finishReason: SAFETY` and the safety ratings, as Gemini does when the model's output (not
+    /// the prompt) trips a filter. Empty: never.
+    pub safety_trigger: String,
     /// Upper bound of the "hang" fault: after this long the request gets a 504, so a client that
     /// never times out does not pin a task forever.
     pub hang_max_ms: u64,
@@ -66,6 +70,7 @@ impl Default for SimConfig {
             thinking_tokens: 0,
             block_trigger: "[[block]]".to_owned(),
             block_reason: "PROHIBITED_CONTENT".to_owned(),
+            safety_trigger: "[[unsafe]]".to_owned(),
             hang_max_ms: 600_000,
             service_tier: Some("standard".to_owned()),
         }

@@ -5,7 +5,7 @@ use crate::answer::{chars_to_tokens, tutor_answer};
 use crate::config::SimConfig;
 use gemini_wire::{
     Candidate, Content, FinishReason, GenerateContentRequest, GenerateContentResponse,
-    ModalityTokenCount, PromptFeedback, UsageMetadata,
+    ModalityTokenCount, PromptFeedback, SafetyRating, UsageMetadata,
 };
 use rand::Rng;
 
@@ -22,6 +22,13 @@ pub struct Plan {
     pub finish: FinishReason,
     /// Reported thinking tokens.
     pub thoughts: Option<u32>,
+}
+
+impl Plan {
+    /// True when the model gives no answer: a blocked prompt or a filtered (SAFETY) answer.
+    pub fn refused(&self) -> bool {
+        self.blocked || self.finish == FinishReason::Safety
+    }
 }
 
 fn text_parts<'a>(contents: impl Iterator<Item = &'a Content>) -> impl Iterator<Item = &'a str> {
@@ -55,6 +62,19 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &SimConfig) -
             blocked,
             text: String::new(),
             finish: FinishReason::Stop,
+            thoughts: None,
+        };
+    }
+    let unsafe_trigger = config.safety_trigger.as_str();
+    if !unsafe_trigger.is_empty()
+        && text_parts(system.into_iter().chain(&request.contents))
+            .any(|t| t.contains(unsafe_trigger))
+    {
+        return Plan {
+            prompt_tokens,
+            blocked: false,
+            text: String::new(),
+            finish: FinishReason::Safety,
             thoughts: None,
         };
     }
@@ -158,6 +178,41 @@ fn blocked_response(
     }
 }
 
+/// A filtered answer, shaped like finish_safety.json: `content: {}`, no index, the ratings
+/// with the category that tripped the filter marked `blocked`, no output tokens.
+fn safety_response(
+    plan: &Plan,
+    model: &str,
+    id: String,
+    config: &SimConfig,
+) -> GenerateContentResponse {
+    let rating = |category: &str, probability: &str, blocked: Option<bool>| SafetyRating {
+        category: category.to_owned(),
+        probability: probability.to_owned(),
+        blocked,
+    };
+    GenerateContentResponse {
+        candidates: vec![Candidate {
+            content: Some(Content {
+                role: None,
+                parts: Vec::new(),
+            }),
+            finish_reason: Some(FinishReason::Safety),
+            index: None,
+            safety_ratings: Some(vec![
+                rating("HARM_CATEGORY_HATE_SPEECH", "LOW", Some(true)),
+                rating("HARM_CATEGORY_DANGEROUS_CONTENT", "NEGLIGIBLE", None),
+                rating("HARM_CATEGORY_HARASSMENT", "NEGLIGIBLE", None),
+                rating("HARM_CATEGORY_SEXUALLY_EXPLICIT", "NEGLIGIBLE", None),
+            ]),
+        }],
+        prompt_feedback: None,
+        usage_metadata: Some(usage(plan, None, config)),
+        model_version: Some(model.to_owned()),
+        response_id: Some(id),
+    }
+}
+
 fn candidate(text: &str, finish: Option<FinishReason>) -> Candidate {
     Candidate {
         // An empty answer is `{"role": "model"}` without parts, as in max_tokens.json.
@@ -185,6 +240,9 @@ pub fn full_response(
     if plan.blocked {
         return blocked_response(plan, model, id, config);
     }
+    if plan.finish == FinishReason::Safety {
+        return safety_response(plan, model, id, config);
+    }
     let output = chars_to_tokens(plan.text.chars().count());
     GenerateContentResponse {
         candidates: vec![candidate(&plan.text, Some(plan.finish.clone()))],
@@ -205,6 +263,9 @@ pub fn stream_responses(
 ) -> Vec<GenerateContentResponse> {
     if plan.blocked {
         return vec![blocked_response(plan, model, id.to_owned(), config)];
+    }
+    if plan.finish == FinishReason::Safety {
+        return vec![safety_response(plan, model, id.to_owned(), config)];
     }
     let chunk_chars = (config.stream.chunk_tokens.max(1) as usize) * 4;
     let mut pieces: Vec<&str> = Vec::new();

@@ -238,7 +238,7 @@ async fn model_post(
         .and_then(|u| u.candidates_token_count)
         .unwrap_or(0);
     state.stats.tokens(plan.prompt_tokens, output);
-    guard.set_outcome(if plan.blocked {
+    guard.set_outcome(if plan.refused() {
         Outcome::Blocked
     } else {
         Outcome::Ok
@@ -418,7 +418,7 @@ fn stream_response(
         frames.push((Bytes::from(text), output.saturating_sub(previous_output)));
         previous_output = output;
     }
-    let outcome = if plan.blocked {
+    let outcome = if plan.refused() {
         Outcome::Blocked
     } else {
         Outcome::Ok

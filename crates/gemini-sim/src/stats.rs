@@ -35,7 +35,8 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Every other non-2xx (auth, 404, 400, injected 500/503/504).
     pub errors: u64,
-    /// 200s whose prompt was blocked (`promptFeedback.blockReason`), not counted in `ok`.
+    /// 200s without an answer: the prompt was blocked (`promptFeedback.blockReason`) or the
+    /// answer filtered (`finishReason: SAFETY`). Not counted in `ok`.
     pub blocked: u64,
     /// Streams deliberately cut mid-way (status 200, no finish reason), not counted in `ok`.
     pub stream_cut: u64,
@@ -141,7 +142,7 @@ impl Timeline {
 pub enum Outcome {
     /// A complete 2xx answer.
     Ok,
-    /// 200 with a blocked prompt.
+    /// 200 without an answer: a blocked prompt or a filtered (SAFETY) answer.
     Blocked,
     /// 429.
     RateLimited,

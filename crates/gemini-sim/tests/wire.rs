@@ -219,6 +219,54 @@ async fn blocked_prompt_has_feedback_and_no_candidates() {
 }
 
 #[tokio::test]
+async fn a_filtered_answer_finishes_with_safety_like_the_recording() {
+    // That recording's model reports no `serviceTier`.
+    let sim = start(SimConfig {
+        service_tier: None,
+        ..SimConfig::default()
+    })
+    .await;
+    let reply = generate(&sim, &request("Say something [[unsafe]] please")).await;
+    assert_eq!(reply.status, 200);
+    let raw = reply.json();
+    assert_eq!(
+        key_paths(&raw),
+        key_paths(&fixture_json("finish_safety.json"))
+    );
+    assert_eq!(raw["candidates"][0]["content"], json!({}));
+    let parsed: GenerateContentResponse = serde_json::from_str(&reply.text).unwrap();
+    assert_eq!(parsed.finish_reason(), Some(&FinishReason::Safety));
+    assert_eq!(parsed.text(), "");
+    let ratings = parsed.candidates[0].safety_ratings.clone().unwrap();
+    assert_eq!(
+        ratings.iter().filter(|r| r.blocked == Some(true)).count(),
+        1
+    );
+    let usage = parsed.usage_metadata.unwrap();
+    assert_eq!(usage.candidates_token_count, None);
+    assert_eq!(usage.total_token_count, usage.prompt_token_count);
+
+    // Streamed, it is one event of the same shape.
+    let url = format!(
+        "{}?alt=sse",
+        model_url(&sim, MODEL, "streamGenerateContent")
+    );
+    let body = request("[[unsafe]]").to_string();
+    let streamed = post_raw(&client(), &url, Some(KEY), body).await;
+    let events = parse_events(&streamed.text);
+    assert_eq!(events.len(), 1, "{}", streamed.text);
+    let event: GenerateContentResponse = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(event.finish_reason(), Some(&FinishReason::Safety));
+
+    // Counted apart from complete answers; the trigger is configurable.
+    let stats = sim.stats();
+    assert_eq!((stats.blocked, stats.ok), (2, 0));
+    sim.update_config(|c| c.safety_trigger = String::new());
+    let reply = generate(&sim, &request("[[unsafe]]")).await;
+    assert_eq!(reply.json()["candidates"][0]["finishReason"], "STOP");
+}
+
+#[tokio::test]
 async fn max_output_tokens_truncates_with_max_tokens() {
     let sim = start(SimConfig::default()).await;
     let mut body = request("Explain photosynthesis.");

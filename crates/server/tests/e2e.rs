@@ -206,6 +206,23 @@ async fn a_blocked_prompt_is_422_with_the_reason_and_not_cached() {
 }
 
 #[tokio::test]
+async fn a_filtered_answer_is_422_and_not_cached() {
+    let sim = start_sim(SimConfig::default()).await;
+    let app = spawn_app(settings_for(&sim)).await;
+    for _ in 0..2 {
+        let reply = app.ask("writing", "Write something [[unsafe]]").await;
+        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "blocked");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SAFETY"));
+    }
+    assert_eq!(sim.stats().requests, 2);
+}
+
+#[tokio::test]
 async fn a_truncated_answer_is_returned_but_not_cached() {
     let mut config = SimConfig::default();
     config.answer_tokens = 400;
