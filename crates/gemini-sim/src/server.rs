@@ -22,6 +22,7 @@ use gemini_wire::{
 };
 use parking_lot::RwLock;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -120,21 +121,20 @@ pub fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-/// The value of `name` in a query string (no percent-decoding: keys and `alt` values are plain).
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
+/// The value of `name` in a query string, percent-decoded as Google decodes it.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
         .map(|(_, v)| v)
 }
 
 /// The API key of a request: `x-goog-api-key`, else `?key=`.
-fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<Cow<'a, str>> {
     headers
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
+        .map(Cow::Borrowed)
         .or_else(|| query_param(uri.query(), "key").filter(|k| !k.is_empty()))
 }
 
@@ -272,10 +272,10 @@ fn admit(
         Method::Generate => {}
     }
     let key = match api_key(headers, uri) {
-        Some(key) if authorized(config, Some(key)) => key,
+        Some(key) if authorized(config, Some(&key)) => key,
         _ => return Err(fail(guard, ApiError::api_key_invalid())),
     };
-    guard.set_key(key);
+    guard.set_key(&key);
     if !config.models.iter().any(|m| m == model) {
         return Err(fail(guard, ApiError::model_not_found(model, method.name())));
     }
@@ -313,7 +313,7 @@ fn admit(
             retry_after,
         } = state
             .quota
-            .admit(key, tokens, &config.quota, Instant::now())
+            .admit(&key, tokens, &config.quota, Instant::now())
         {
             let error =
                 ApiError::quota_exceeded(&violations, model, config.quota.free_tier, retry_after);
@@ -332,7 +332,7 @@ fn admit(
     Ok(Admitted {
         request,
         streaming,
-        sse: query_param(uri.query(), "alt") == Some("sse"),
+        sse: query_param(uri.query(), "alt").as_deref() == Some("sse"),
         fault,
         delay,
     })
@@ -488,7 +488,7 @@ fn model_info(model: &str) -> Value {
 
 async fn list_models(State(state): State<Arc<SimState>>, uri: Uri, headers: HeaderMap) -> Response {
     let config = state.config();
-    if !authorized(&config, api_key(&headers, &uri)) {
+    if !authorized(&config, api_key(&headers, &uri).as_deref()) {
         return ApiError::api_key_invalid().into_response();
     }
     let models: Vec<Value> = config.models.iter().map(|m| model_info(m)).collect();
@@ -502,7 +502,7 @@ async fn get_model(
     headers: HeaderMap,
 ) -> Response {
     let config = state.config();
-    if !authorized(&config, api_key(&headers, &uri)) {
+    if !authorized(&config, api_key(&headers, &uri).as_deref()) {
         return ApiError::api_key_invalid().into_response();
     }
     if config.models.contains(&model) {

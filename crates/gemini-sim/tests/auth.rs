@@ -66,4 +66,12 @@ async fn key_query_parameter_works() {
     );
     let reply = post_raw(&client(), &url, None, request("hi").to_string()).await;
     assert_eq!(reply.status, 400);
+    // The query value is percent-decoded, as Google does.
+    let url = format!(
+        "{}?key=go%6Fd&alt=%73se",
+        model_url(&sim, MODEL, "streamGenerateContent")
+    );
+    let reply = post_raw(&client(), &url, None, request("hi").to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.text.starts_with("data: "), "{}", reply.text);
 }
