@@ -189,37 +189,23 @@ async fn a_daily_quota_429_fails_at_once_without_retries() {
 }
 
 #[tokio::test]
-async fn a_blocked_prompt_is_422_with_the_reason_and_not_cached() {
+async fn a_blocked_prompt_or_filtered_answer_is_422_with_the_reason_and_not_cached() {
     let sim = start_sim(SimConfig::default()).await;
     let app = spawn_app(settings_for(&sim)).await;
-    for _ in 0..2 {
-        let reply = app.ask("history", "Tell me something [[block]]").await;
-        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let body: Value = reply.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "blocked");
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("PROHIBITED_CONTENT"));
+    // The prompt blocked (promptFeedback), then the answer filtered (finishReason SAFETY).
+    for (message, reason) in [
+        ("Tell me something [[block]]", "PROHIBITED_CONTENT"),
+        ("Write something [[unsafe]]", "SAFETY"),
+    ] {
+        for _ in 0..2 {
+            let reply = app.ask("history", message).await;
+            assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            let body: Value = reply.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "blocked");
+            assert!(body["error"]["message"].as_str().unwrap().contains(reason));
+        }
     }
-    assert_eq!(sim.stats().requests, 2);
-}
-
-#[tokio::test]
-async fn a_filtered_answer_is_422_and_not_cached() {
-    let sim = start_sim(SimConfig::default()).await;
-    let app = spawn_app(settings_for(&sim)).await;
-    for _ in 0..2 {
-        let reply = app.ask("writing", "Write something [[unsafe]]").await;
-        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let body: Value = reply.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "blocked");
-        assert!(body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SAFETY"));
-    }
-    assert_eq!(sim.stats().requests, 2);
+    assert_eq!(sim.stats().requests, 4);
 }
 
 #[tokio::test]
