@@ -6,13 +6,7 @@ source "$(dirname "$0")/common.sh"
 build_release
 DURATION=${DURATION:-10}
 WRK_THREADS=${WRK_THREADS:-2}
-need_wrk
-
-cat >"$OUT/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"message": "What is 2+2?"}'
-LUA
+need_wrk   # and writes $OUT/post.lua
 
 measure() { # NAME URL CONNECTIONS
     local name=$1 url=$2 c=$3

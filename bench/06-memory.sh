@@ -12,12 +12,7 @@
 source "$(dirname "$0")/common.sh"
 build_release
 CONNECTIONS=${CONNECTIONS:-1000}
-need_wrk
-cat >"$OUT/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"message": "What is 2+2?"}'
-LUA
+need_wrk   # and writes $OUT/post.lua
 
 log "== 6. memory with $CONNECTIONS connections open"
 start_sim --preset seed

@@ -29,8 +29,14 @@ trap cleanup EXIT
 
 log() { printf '%s\n' "$*" >&2; }
 
-# need_wrk: wrk drives benchmarks 3 and 6; installs the Debian package when it is missing.
+# need_wrk: wrk drives benchmarks 3 and 6; installs the Debian package when it is missing, and
+# writes $OUT/post.lua, the request they send: the seed's question to the math tutor.
 need_wrk() {
+    cat >"$OUT/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"message": "What is 2+2?"}'
+LUA
     command -v wrk >/dev/null && return 0
     log "wrk not found: installing the Debian package"
     local sudo=""
