@@ -42,14 +42,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
     }
     let client = args.target.client()?;
     let prepared = Arc::new(args.target.prepare());
-    let sim = match &args.target.sim_url {
-        Some(url) => {
-            let sim = SimClient::new(url)?;
-            sim.reset().await?;
-            Some(sim)
-        }
-        None => None,
-    };
+    let sim = SimClient::reset_if_given(args.target.sim_url.as_deref()).await?;
     let picker = args.target.picker(QuestionMode::Unique);
     // A question the service has not seen: the stem plus this run's tag, the same for all.
     let identical = picker.pick(&args.target.agent, &mut rand::thread_rng());

@@ -136,6 +136,7 @@ impl Prepared {
                 .header("x-goog-api-key", &self.api_key)
                 .json(&gemini_body(message)),
         };
+        // Same reading as the goose scenario's, which gets goose's (older) reqwest types.
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -197,14 +198,7 @@ pub async fn run(args: OpenLoopArgs) -> anyhow::Result<Report> {
     let client = args.target.client()?;
     let prepared = Arc::new(args.target.prepare());
     let picker = Arc::new(args.target.picker(args.questions.into()));
-    let sim = match &args.target.sim_url {
-        Some(url) => {
-            let sim = SimClient::new(url)?;
-            sim.reset().await?;
-            Some(sim)
-        }
-        None => None,
-    };
+    let sim = SimClient::reset_if_given(args.target.sim_url.as_deref()).await?;
     let warm = (args.rate * args.warmup).round() as u64;
     let measured = (args.rate * args.duration).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate);

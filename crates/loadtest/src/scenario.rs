@@ -90,16 +90,7 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
             .set_default(GooseDefault::NoResetMetrics, true)?;
     }
 
-    let sim = match &options.sim_url {
-        Some(url) => {
-            let sim = SimClient::new(url)?;
-            sim.reset()
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reset gemini-sim's stats at {url}: {e}"))?;
-            Some(sim)
-        }
-        None => None,
-    };
+    let sim = SimClient::reset_if_given(options.sim_url.as_deref()).await?;
     let progress = spawn_progress(
         recorder.clone(),
         Duration::from_secs(options.progress_every),

@@ -42,6 +42,19 @@ impl SimClient {
         })
     }
 
+    /// A client for the simulator at `url`, when one is given, with its counters zeroed so the
+    /// report shows this run's calls only.
+    pub async fn reset_if_given(url: Option<&str>) -> anyhow::Result<Option<SimClient>> {
+        let Some(url) = url else {
+            return Ok(None);
+        };
+        let sim = SimClient::new(url)?;
+        sim.reset()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reset gemini-sim's stats at {url}: {e}"))?;
+        Ok(Some(sim))
+    }
+
     /// Zeroes the simulator's counters, so the report shows this run's calls only.
     pub async fn reset(&self) -> anyhow::Result<()> {
         self.http
