@@ -441,14 +441,23 @@ impl ErrorStatus {
     }
 }
 
-/// Parses a protobuf JSON Duration such as `"26s"`, `"12.3s"` or `"0.250s"`.
+/// The longest duration [`parse_proto_duration`] returns: protobuf's own bound for a Duration
+/// (about 10,000 years). Larger values are clamped to it rather than overflowing, so callers can
+/// apply their own, much smaller, limit.
+pub const MAX_PROTO_DURATION: Duration = Duration::from_secs(315_576_000_000);
+
+/// Parses a protobuf JSON Duration such as `"26s"`, `"12.3s"` or `"0.250s"`. Malformed, negative
+/// or non-finite values are `None`; absurdly large ones clamp to [`MAX_PROTO_DURATION`]. Never
+/// panics, whatever the text: it comes from the network.
 pub fn parse_proto_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    if seconds.is_finite() && seconds >= 0.0 {
-        Some(Duration::from_secs_f64(seconds))
-    } else {
-        None
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
     }
+    Some(
+        Duration::try_from_secs_f64(seconds)
+            .map_or(MAX_PROTO_DURATION, |d| d.min(MAX_PROTO_DURATION)),
+    )
 }
 
 /// Formats a duration as a protobuf JSON Duration the way Google does (`"26s"`, `"12.345s"`).
@@ -475,6 +484,12 @@ mod tests {
         );
         assert_eq!(parse_proto_duration("12"), None);
         assert_eq!(parse_proto_duration("-1s"), None);
+        assert_eq!(parse_proto_duration("NaNs"), None);
+        assert_eq!(parse_proto_duration("infs"), None);
+        // Values that overflow a Duration clamp instead of panicking (issue 9).
+        assert_eq!(parse_proto_duration("1e20s"), Some(MAX_PROTO_DURATION));
+        assert_eq!(parse_proto_duration("1e300s"), Some(MAX_PROTO_DURATION));
+        assert_eq!(parse_proto_duration("1e-30s"), Some(Duration::ZERO));
         assert_eq!(format_proto_duration(Duration::from_secs(26)), "26s");
         assert_eq!(format_proto_duration(Duration::from_millis(12300)), "12.3s");
         assert_eq!(format_proto_duration(Duration::from_millis(250)), "0.25s");

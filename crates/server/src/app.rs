@@ -72,6 +72,13 @@ impl AppState {
         } else {
             None
         };
+        if settings.uses_redis() && !settings.uses_gemini() && !settings.cache.share_offline_answers
+        {
+            tracing::warn!(
+                "no GEMINI_API_KEY: answering from the offline simulated model, and not writing \
+                 those answers to the shared Redis cache (cache.share_offline_answers = false)"
+            );
+        }
         let ttl = Duration::from_secs(settings.cache.ttl_secs);
         let cache = match (&redis, settings.cache.enabled) {
             (_, false) => ResponseCache::Disabled,
@@ -82,7 +89,14 @@ impl AppState {
                     settings.cache.capacity,
                     ttl.min(Duration::from_secs(settings.cache.l1_ttl_secs.max(1))),
                 ),
-                redis: RedisCache::new(link.clone(), ttl),
+                redis: RedisCache::new(
+                    link.clone(),
+                    ttl,
+                    // An offline server's simulated answers must not reach the shared cache
+                    // unless the operator wants a fleet of offline servers to share them.
+                    settings.uses_gemini() || settings.cache.share_offline_answers,
+                    settings.redis.max_value_bytes,
+                ),
             },
         };
         let cluster = match (&redis, cache.redis()) {
@@ -120,12 +134,15 @@ impl AppState {
                 max_retries: up.max_retries,
                 base_delay: Duration::from_millis(up.retry_base_delay_ms),
                 max_delay: Duration::from_millis(up.retry_max_delay_ms),
+                max_retry_after: Duration::from_millis(up.max_retry_after_ms),
             },
             max_message_chars: settings.server.max_message_chars,
             prices: Prices {
                 input_per_million: settings.telemetry.price_per_million_input_tokens,
                 output_per_million: settings.telemetry.price_per_million_output_tokens,
             },
+            refusal_ttl: Duration::from_secs(settings.cache.refusal_ttl_secs),
+            failure_share: Duration::from_millis(settings.redis.failure_share_ms),
         });
         let process_metrics = metrics_process::Collector::default();
         process_metrics.describe();

@@ -2,12 +2,13 @@
 //!
 //! key -> cache -> coalesce -> admit -> quota -> model (with retries) -> store.
 //! Identical questions in flight share one spawned task, so the model is asked once and the
-//! answer is cached even if the first asker goes away.
+//! answer is cached even if the first asker goes away. The task's entry is removed by a drop
+//! guard, so a task that panics or is aborted never leaves its question stuck.
 
 use crate::admission::{Admission, QuotaLimiter, Shed, ShedReason};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
-use crate::coalesce::{ClusterCoalescer, LeaseOutcome};
+use crate::coalesce::{ClusterCoalescer, LeaseOutcome, Publish, SharedOutcome};
 use crate::providers::{Completion, ModelRequest, Provider, ProviderError, Usage};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
@@ -70,6 +71,23 @@ pub enum ChatError {
     Internal(String),
 }
 
+impl ChatError {
+    /// True when the error says only that the asker's own time ran out (the deadline, or a quota
+    /// slot beyond it): someone else waiting on the same call with more time left should ask
+    /// again instead of inheriting it.
+    fn bound_by_deadline(&self) -> bool {
+        matches!(
+            self,
+            ChatError::Timeout
+                | ChatError::Provider(ProviderError::Timeout)
+                | ChatError::Shed(Shed {
+                    reason: ShedReason::Quota,
+                    ..
+                })
+        )
+    }
+}
+
 /// Retry policy for model calls: exponential backoff with full jitter, within the deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -79,6 +97,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Largest backoff.
     pub max_delay: Duration,
+    /// Longest delay honoured from the provider's own retry hint; longer ones clamp to it.
+    pub max_retry_after: Duration,
 }
 
 impl RetryPolicy {
@@ -87,9 +107,10 @@ impl RetryPolicy {
     pub fn delay(&self, attempt: u32, error: &ProviderError) -> Duration {
         let mut rng = rand::thread_rng();
         if let Some(asked) = error.retry_after() {
+            let asked = asked.min(self.max_retry_after);
             // A little jitter on top, so many clients told the same delay do not return together.
             let extra = asked.mul_f64(rng.gen_range(0.0..0.1));
-            return asked + extra;
+            return asked.saturating_add(extra);
         }
         let ceiling = self
             .base_delay
@@ -148,13 +169,52 @@ pub struct ChatDeps {
     pub max_message_chars: usize,
     /// For the cost metric.
     pub prices: Prices,
+    /// How long a refused prompt is answered with its refusal without asking again (0 = never).
+    pub refusal_ttl: Duration,
+    /// How long a lease holder's failure is shown to the servers waiting on the same question.
+    pub failure_share: Duration,
 }
 
 type SharedAnswer = Shared<BoxFuture<'static, Result<Arc<Completion>, ChatError>>>;
 
+/// Asks beyond the first for one question when the shared call ran out of someone else's
+/// deadline; bounds the loop, not the time (each ask is bounded by the asker's own deadline).
+const MAX_REASKS: u32 = 2;
+
+/// One question's shared call in flight.
+struct InFlight {
+    shared: SharedAnswer,
+    /// The deadline the call runs under (its first asker's).
+    deadline: Instant,
+    /// Tells this call's entry from a later one for the same question.
+    id: u64,
+}
+
+/// Removes a call's in-flight entry however its task ends: completion, panic or abort.
+struct InFlightEntry {
+    inner: Arc<Inner>,
+    key: CacheKey,
+    id: u64,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        let mut in_flight = self.inner.in_flight.lock();
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|entry| entry.id == self.id)
+        {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
 struct Inner {
     deps: ChatDeps,
-    in_flight: Mutex<HashMap<CacheKey, SharedAnswer>>,
+    in_flight: Mutex<HashMap<CacheKey, InFlight>>,
+    next_call_id: AtomicU64,
+    /// Prompts the model refused recently: asking again would cost a call for the same refusal.
+    refusals: Option<moka::future::Cache<CacheKey, ProviderError>>,
     monitor: UpstreamMonitor,
     /// Moving average of successful model-call latency (ms): a quota slot is only worth
     /// reserving if the call can still finish before the deadline.
@@ -170,10 +230,18 @@ pub struct ChatService {
 impl ChatService {
     /// A service over these parts.
     pub fn new(deps: ChatDeps) -> ChatService {
+        let refusals = (!deps.refusal_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(deps.refusal_ttl)
+                .build()
+        });
         ChatService {
             inner: Arc::new(Inner {
                 deps,
                 in_flight: Mutex::new(HashMap::new()),
+                next_call_id: AtomicU64::new(0),
+                refusals,
                 monitor: UpstreamMonitor::default(),
                 typical_call_ms: AtomicU64::new(0),
             }),
@@ -236,12 +304,7 @@ impl ChatService {
                 limit: deps.max_message_chars,
             });
         }
-        let key = CacheKey::new(CacheKeyParts {
-            agent_id: agent.id(),
-            prompt_version: &agent.prompt_version,
-            model: &agent.definition.model,
-            message: &message,
-        });
+        let key = self.key_for(&agent, &message);
         if let Some((hit, _tier)) = deps.cache.get(&key).await {
             return Ok(ChatAnswer {
                 text: hit.text.clone(),
@@ -251,10 +314,34 @@ impl ChatService {
                 finish_reason: FinishReason::Stop.as_str(),
             });
         }
-        let shared = self.join_or_start(key, agent, message.into_owned(), deadline);
-        let completion = tokio::time::timeout_at(deadline, shared)
-            .await
-            .map_err(|_| ChatError::Timeout)??;
+        if let Some(refusals) = &self.inner.refusals {
+            if let Some(refusal) = refusals.get(&key).await {
+                crate::metrics::refusal_remembered();
+                return Err(ChatError::Provider(refusal));
+            }
+        }
+        let mut reasks = 0;
+        let completion = loop {
+            let (shared, call_deadline) =
+                self.join_or_start(key, agent.clone(), message.to_string(), deadline);
+            let result = tokio::time::timeout_at(deadline, shared)
+                .await
+                .map_err(|_| ChatError::Timeout)?;
+            match result {
+                // The call ran out of its first asker's time, not ours: ask again (the entry is
+                // gone by now, so this starts, or joins, a call under a later deadline).
+                Err(error)
+                    if error.bound_by_deadline()
+                        && call_deadline < deadline
+                        && reasks < MAX_REASKS
+                        && Instant::now() < deadline =>
+                {
+                    reasks += 1;
+                    crate::metrics::coalesced_retry();
+                }
+                result => break result?,
+            }
+        };
         Ok(ChatAnswer {
             text: completion.text.clone(),
             cached: false,
@@ -264,28 +351,50 @@ impl ChatService {
         })
     }
 
-    /// Joins the in-flight call for `key`, or starts one in its own task.
+    /// The cache key of `message` (already normalised) to `agent`.
+    fn key_for(&self, agent: &Agent, message: &str) -> CacheKey {
+        CacheKey::new(CacheKeyParts {
+            provider: self.inner.deps.provider.identity(),
+            agent_id: agent.id(),
+            prompt_version: &agent.prompt_version,
+            model: &agent.definition.model,
+            message,
+        })
+    }
+
+    /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
+    /// inspect the shared state); `None` for an unknown agent.
+    pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {
+        let agent = self.inner.deps.agents.get(agent_id)?;
+        Some(self.key_for(&agent, &normalise_message(message)))
+    }
+
+    /// Joins the in-flight call for `key`, or starts one in its own task; returns the call and
+    /// the deadline it runs under.
     fn join_or_start(
         &self,
         key: CacheKey,
         agent: Arc<Agent>,
         message: String,
         deadline: Instant,
-    ) -> SharedAnswer {
+    ) -> (SharedAnswer, Instant) {
         let mut in_flight = self.inner.in_flight.lock();
         if let Some(existing) = in_flight.get(&key) {
             crate::metrics::coalesced("local");
-            return existing.clone();
+            return (existing.shared.clone(), existing.deadline);
         }
+        let id = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
-        let task_key = key;
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
         // It keeps the first asker's context, so its log lines carry that request id.
         let task = tokio::spawn(crate::telemetry::in_current_context(async move {
-            let result = inner.fetch(&task_key, &agent, message, deadline).await;
-            inner.in_flight.lock().remove(&task_key);
-            result
+            let _entry = InFlightEntry {
+                inner: inner.clone(),
+                key,
+                id,
+            };
+            inner.fetch(&key, &agent, message, deadline).await
         }));
         let shared = async move {
             match task.await {
@@ -295,8 +404,15 @@ impl ChatService {
         }
         .boxed()
         .shared();
-        in_flight.insert(key, shared.clone());
-        shared
+        in_flight.insert(
+            key,
+            InFlight {
+                shared: shared.clone(),
+                deadline,
+                id,
+            },
+        );
+        (shared, deadline)
     }
 }
 
@@ -347,10 +463,105 @@ impl Inner {
                         usage: answer.usage,
                     }));
                 }
+                LeaseOutcome::Shared(outcome) => {
+                    // Another server asked and got no cacheable answer: the same answer for us,
+                    // without a call of our own.
+                    crate::metrics::shared_outcome(outcome.kind());
+                    return match outcome {
+                        SharedOutcome::Uncached {
+                            text,
+                            model,
+                            usage,
+                            finish_reason,
+                        } => Ok(Arc::new(Completion {
+                            text,
+                            finish_reason,
+                            model,
+                            usage,
+                        })),
+                        SharedOutcome::Failed(error) => Err(ChatError::Provider(error)),
+                    };
+                }
                 LeaseOutcome::Unavailable => None,
                 LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
             },
         };
+        let result = self.call_model(agent, message, deadline).await;
+        let publish = self.remember(key, &result).await;
+        match lease {
+            Some(lease) => lease.finish(*key, publish),
+            None => {
+                if let (Some(redis), Publish::Answer(cached)) = (deps.cache.redis(), publish) {
+                    // Redis was down when we started; store anyway in case it is back.
+                    let (redis, key) = (redis.clone(), *key);
+                    tokio::spawn(crate::telemetry::in_current_context(async move {
+                        let _ = redis.set(&key, &cached).await;
+                    }));
+                }
+            }
+        }
+        result.map(Arc::new)
+    }
+
+    /// Keeps what is worth keeping of a call's result on this server (a complete answer in the
+    /// cache, a refusal in the refusal memo) and says what to share with the cluster.
+    async fn remember(&self, key: &CacheKey, result: &Result<Completion, ChatError>) -> Publish {
+        let deps = &self.deps;
+        match result {
+            // Only complete answers are worth serving again; a truncated one is returned, and
+            // shown to the servers waiting on it, but not kept.
+            Ok(completion) if completion.finish_reason == FinishReason::Stop => {
+                let cached = CachedAnswer {
+                    text: completion.text.clone(),
+                    model: completion.model.clone(),
+                    usage: completion.usage,
+                    created_at_unix: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                };
+                deps.cache
+                    .insert_local(*key, Arc::new(cached.clone()))
+                    .await;
+                crate::metrics::cache_entries(deps.cache.memory_entries());
+                Publish::Answer(cached)
+            }
+            Ok(completion) => Publish::Outcome(
+                SharedOutcome::Uncached {
+                    text: completion.text.clone(),
+                    model: completion.model.clone(),
+                    usage: completion.usage,
+                    finish_reason: completion.finish_reason.clone(),
+                },
+                deps.failure_share,
+            ),
+            Err(ChatError::Provider(error)) if error.is_refusal() => {
+                if let Some(refusals) = &self.refusals {
+                    refusals.insert(*key, error.clone()).await;
+                }
+                Publish::Outcome(
+                    SharedOutcome::Failed(error.clone()),
+                    deps.refusal_ttl.max(deps.failure_share),
+                )
+            }
+            // Ran out of the first asker's time: waiters with more time ask themselves.
+            Err(ChatError::Provider(ProviderError::Timeout)) => Publish::Nothing,
+            Err(ChatError::Provider(error)) => {
+                Publish::Outcome(SharedOutcome::Failed(error.clone()), deps.failure_share)
+            }
+            // Refusals by this server's own admission or quota, timeouts, bugs: nothing the
+            // other servers would get too.
+            Err(_) => Publish::Nothing,
+        }
+    }
+
+    /// Admission, quota and the model call with its retries: one question's trip upstream.
+    async fn call_model(
+        &self,
+        agent: &Agent,
+        message: String,
+        deadline: Instant,
+    ) -> Result<Completion, ChatError> {
+        let deps = &self.deps;
         let _permit = deps.admission.admit(deadline).await.map_err(|shed| {
             crate::metrics::shed(shed.reason.as_str());
             ChatError::Shed(shed)
@@ -383,7 +594,11 @@ impl Inner {
                 })?;
             self.monitor.record();
             let started = Instant::now();
-            let result = deps.provider.generate(&request, deadline).await;
+            let result = deps
+                .provider
+                .generate(&request, deadline)
+                .await
+                .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
             let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
             crate::metrics::upstream_request(outcome, started.elapsed());
             match result {
@@ -415,37 +630,7 @@ impl Inner {
             deps.prices.input_per_million,
             deps.prices.output_per_million,
         );
-        // Only complete answers are worth serving again; a truncated one is returned, not kept.
-        let cacheable = completion.finish_reason == FinishReason::Stop;
-        let mut published = None;
-        if cacheable {
-            let cached = CachedAnswer {
-                text: completion.text.clone(),
-                model: completion.model.clone(),
-                usage: completion.usage,
-                created_at_unix: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            };
-            deps.cache
-                .insert_local(*key, Arc::new(cached.clone()))
-                .await;
-            crate::metrics::cache_entries(deps.cache.memory_entries());
-            published = Some((*key, cached));
-        }
-        match lease {
-            Some(lease) => lease.finish(published),
-            None => {
-                if let (Some(redis), Some((key, cached))) = (deps.cache.redis(), published) {
-                    // Redis was down when we started; store anyway in case it is back.
-                    let redis = redis.clone();
-                    tokio::spawn(crate::telemetry::in_current_context(async move {
-                        let _ = redis.set(&key, &cached).await;
-                    }));
-                }
-            }
-        }
-        Ok(Arc::new(completion))
+        Ok(completion)
     }
 }
 

@@ -1,14 +1,25 @@
 //! Cluster-wide coalescing: identical questions in flight on different servers make ONE model
-//! call. (Within one server, the chat service's shared task already does this.)
+//! call, success or not. (Within one server, the chat service's shared task already does this.)
 //!
 //! The first server to ask takes a short lease on the question (`SET NX PX`) and renews it while
-//! it works; the others poll, with backoff, for the answer to appear in the Redis cache or the
-//! lease to vanish. A holder that fails releases the lease and the others go themselves; a holder
-//! that dies stops renewing and delays the others only until the lease expires.
+//! it works; the others poll, with backoff, for the answer to appear in the Redis cache, for the
+//! holder's shared outcome (a failure or an uncacheable answer), or for the lease to vanish. A
+//! holder that fails publishes what happened before releasing, so the waiters answer with it
+//! instead of each asking the model in turn; a holder that dies stops renewing and delays the
+//! others only until the lease expires.
+//!
+//! Every look at the shared state is one script: answer, then outcome, then the lease (taken when
+//! free), so a server that wins the lease just after another published still sees the answer,
+//! and a value that is corrupt, oversized or a lease without expiry is deleted and counted
+//! instead of being waited on until the deadline.
 
+use crate::cache::redis::LUA_READ_CAPPED;
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};
+use crate::providers::{ProviderError, Usage};
 use crate::redis_link::RedisLink;
-use ::redis::AsyncCommands;
+use gemini_wire::FinishReason;
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,12 +29,76 @@ const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest poll interval: an answer that lands is seen within this.
 const MAX_POLL: Duration = Duration::from_millis(200);
 
-const RELEASE_SCRIPT: &str = r"
+/// KEYS: answer, outcome, lease. ARGV: holder id, lease ms, max value bytes.
+/// Returns {state, value, dropped}: state `answer` or `outcome` (with the value), `holder` (this
+/// server just took the lease) or `wait`.
+static LOOK_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
+        "{LUA_READ_CAPPED}
+local max_bytes = tonumber(ARGV[3])
+local answer = read_capped(KEYS[1], max_bytes)
+if answer then return {{'answer', answer, dropped}} end
+local outcome = read_capped(KEYS[2], max_bytes)
+if outcome then return {{'outcome', outcome, dropped}} end
+local lease_ms = tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[3])
+-- A lease that never expires (or far beyond any lease we set) would hold everyone forever.
+if ttl == -1 or ttl > lease_ms * 4 then
+  redis.call('DEL', KEYS[3])
+  dropped = dropped + 1
+  ttl = -2
+end
+if ttl == -2 then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
+  return {{'holder', '', dropped}}
+end
+return {{'wait', '', dropped}}"
+    ))
+});
+
+static RELEASE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
-const RENEW_SCRIPT: &str = r"
+return 0",
+    )
+});
+
+static RENEW_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0";
+return 0",
+    )
+});
+
+/// What a lease holder that got no cacheable answer tells the servers waiting on the question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SharedOutcome {
+    /// An answer that is returned but never cached (e.g. truncated at `MAX_TOKENS`).
+    Uncached {
+        /// The answer text.
+        text: String,
+        /// The model that produced it.
+        model: String,
+        /// Tokens it cost.
+        usage: Usage,
+        /// Why it stopped.
+        finish_reason: FinishReason,
+    },
+    /// The model gave no usable answer (refusal, 429 after retries, 5xx, ...).
+    Failed(ProviderError),
+}
+
+impl SharedOutcome {
+    /// A metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SharedOutcome::Uncached { .. } => "uncached_answer",
+            SharedOutcome::Failed(error) => error.kind(),
+        }
+    }
+}
 
 /// What the cluster says about a question this server is about to ask the model.
 pub enum LeaseOutcome {
@@ -31,10 +106,23 @@ pub enum LeaseOutcome {
     Holder(Lease),
     /// Another server answered while we waited.
     Answered(CachedAnswer),
+    /// Another server asked and got no cacheable answer: this is what happened.
+    Shared(SharedOutcome),
     /// Redis cannot coordinate right now: ask the model without it.
     Unavailable,
     /// The deadline passed while waiting for another server.
     TimedOut,
+}
+
+/// What a holder publishes when it is done.
+pub enum Publish {
+    /// A complete answer: into the shared cache.
+    Answer(CachedAnswer),
+    /// No cacheable answer: shown to waiters for `ttl`.
+    Outcome(SharedOutcome, Duration),
+    /// Nothing worth sharing (e.g. the holder ran out of its own deadline: waiters with time
+    /// left should ask themselves).
+    Nothing,
 }
 
 /// Coordinates model calls for identical questions across servers.
@@ -55,68 +143,78 @@ impl ClusterCoalescer {
         }
     }
 
-    /// Takes the lease for `key`, or waits for the server holding it to publish the answer.
+    fn outcome_key(&self, key: &CacheKey) -> String {
+        self.link.key("outcome", &key.to_hex())
+    }
+
+    /// Takes the lease for `key`, or waits for the server holding it to publish its result.
     pub async fn acquire(&self, key: &CacheKey, deadline: Instant) -> LeaseOutcome {
-        let lease_key = self.link.key("lease", &key.to_hex());
         let answer_key = self.cache.redis_key(key);
+        let outcome_key = self.outcome_key(key);
+        let lease_key = self.link.key("lease", &key.to_hex());
         let holder = self.link.server_id().to_owned();
         let lease_ms = self.lease.as_millis() as u64;
+        let max_bytes = self.cache.max_value_bytes();
+        let mut poll = FIRST_POLL;
         let mut counted_wait = false;
         loop {
-            let taken = {
-                let (lease_key, holder) = (lease_key.clone(), holder.clone());
-                self.link
-                    .run("lease_acquire", |mut conn| async move {
-                        let reply: Option<String> = ::redis::cmd("SET")
-                            .arg(&lease_key)
-                            .arg(&holder)
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(lease_ms)
-                            .query_async(&mut conn)
-                            .await?;
-                        Ok(reply.is_some())
-                    })
-                    .await
-            };
-            match taken {
+            let keys = [answer_key.clone(), outcome_key.clone(), lease_key.clone()];
+            let holder = holder.clone();
+            let look = self
+                .link
+                .run("lease_look", |mut conn| async move {
+                    LOOK_SCRIPT
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .key(&keys[2])
+                        .arg(holder)
+                        .arg(lease_ms)
+                        .arg(max_bytes)
+                        .invoke_async::<(String, String, u64)>(&mut conn)
+                        .await
+                })
+                .await;
+            let (state, value, dropped) = match look {
+                Ok(look) => look,
                 Err(_) => return LeaseOutcome::Unavailable,
-                Ok(true) => return LeaseOutcome::Holder(self.start_lease(lease_key)),
-                Ok(false) => {}
+            };
+            if dropped > 0 {
+                tracing::warn!("deleted a corrupt, oversized or never-expiring coalescing value");
+                crate::metrics::redis_corrupt("lease_or_value", dropped);
+            }
+            match state.as_str() {
+                "holder" => return LeaseOutcome::Holder(self.start_lease(lease_key)),
+                "answer" => match crate::cache::redis::decode(&value) {
+                    Some(answer) => return LeaseOutcome::Answered(answer),
+                    // Deleted; the next look takes the lease or waits for the holder.
+                    None => {
+                        self.cache
+                            .delete_corrupt(answer_key.clone(), "answer")
+                            .await;
+                        continue;
+                    }
+                },
+                "outcome" => match serde_json::from_str::<SharedOutcome>(&value) {
+                    Ok(outcome) => return LeaseOutcome::Shared(outcome),
+                    Err(_) => {
+                        self.cache
+                            .delete_corrupt(outcome_key.clone(), "outcome")
+                            .await;
+                        continue;
+                    }
+                },
+                _ => {}
             }
             if !counted_wait {
                 crate::metrics::coalesced("cluster");
                 counted_wait = true;
             }
-            let mut poll = FIRST_POLL;
-            loop {
-                if Instant::now() + poll >= deadline {
-                    tokio::time::sleep_until(deadline).await;
-                    return LeaseOutcome::TimedOut;
-                }
-                tokio::time::sleep(poll).await;
-                poll = (poll * 2).min(MAX_POLL);
-                let (answer_key, lease_key) = (answer_key.clone(), lease_key.clone());
-                // One round trip tells both: is the answer there, is anyone still working on it.
-                let state = self
-                    .link
-                    .run("lease_poll", |mut conn| async move {
-                        conn.mget::<_, (Option<String>, Option<String>)>(&[answer_key, lease_key])
-                            .await
-                    })
-                    .await;
-                match state {
-                    Err(_) => return LeaseOutcome::Unavailable,
-                    Ok((Some(text), _)) => {
-                        if let Some(answer) = crate::cache::redis::decode(&text) {
-                            return LeaseOutcome::Answered(answer);
-                        }
-                    }
-                    // Released without an answer (it failed, or was not cacheable): try ourselves.
-                    Ok((None, None)) => break,
-                    Ok((None, Some(_))) => {}
-                }
+            if Instant::now() + poll >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                return LeaseOutcome::TimedOut;
             }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(MAX_POLL);
         }
     }
 
@@ -132,7 +230,7 @@ impl ClusterCoalescer {
                 let (key, holder) = (key.clone(), link.server_id().to_owned());
                 let _ = link
                     .run("lease_renew", |mut conn| async move {
-                        ::redis::Script::new(RENEW_SCRIPT)
+                        RENEW_SCRIPT
                             .key(key)
                             .arg(holder)
                             .arg(lease_ms)
@@ -160,10 +258,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Publishes the answer (when there is a cacheable one) and then releases the lease, in the
-    /// background: the order matters (waiters must see the answer before the lease goes), the
-    /// latency does not.
-    pub fn finish(mut self, answer: Option<(CacheKey, CachedAnswer)>) {
+    /// Publishes what happened and then releases the lease, in the background: the order
+    /// matters (waiters must see the result before the lease goes), the latency does not.
+    pub fn finish(mut self, key: CacheKey, publish: Publish) {
         if let Some(renewer) = self.renewer.take() {
             renewer.abort();
         }
@@ -171,8 +268,14 @@ impl Lease {
         let cache = self.cache.clone();
         let lease_key = std::mem::take(&mut self.lease_key);
         tokio::spawn(crate::telemetry::in_current_context(async move {
-            if let Some((key, answer)) = answer {
-                let _ = cache.set(&key, &answer).await;
+            match publish {
+                Publish::Answer(answer) => {
+                    let _ = cache.set(&key, &answer).await;
+                }
+                Publish::Outcome(outcome, ttl) => {
+                    publish_outcome(&link, &key, &outcome, ttl).await;
+                }
+                Publish::Nothing => {}
             }
             release(&link, lease_key).await;
         }));
@@ -193,11 +296,39 @@ impl Drop for Lease {
     }
 }
 
+/// Stores `outcome` for `key` for `ttl`, so servers asking the same question answer with it.
+pub async fn publish_outcome(
+    link: &RedisLink,
+    key: &CacheKey,
+    outcome: &SharedOutcome,
+    ttl: Duration,
+) {
+    let ttl_ms = ttl.as_millis() as u64;
+    if ttl_ms == 0 {
+        return;
+    }
+    let Ok(text) = serde_json::to_string(outcome) else {
+        return;
+    };
+    let outcome_key = link.key("outcome", &key.to_hex());
+    let _ = link
+        .run("outcome_set", |mut conn| async move {
+            ::redis::cmd("SET")
+                .arg(outcome_key)
+                .arg(text)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await;
+}
+
 async fn release(link: &RedisLink, lease_key: String) {
     let holder = link.server_id().to_owned();
     let _ = link
         .run("lease_release", |mut conn| async move {
-            ::redis::Script::new(RELEASE_SCRIPT)
+            RELEASE_SCRIPT
                 .key(lease_key)
                 .arg(holder)
                 .invoke_async::<i64>(&mut conn)

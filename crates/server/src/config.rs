@@ -162,6 +162,9 @@ pub struct UpstreamSettings {
     pub retry_base_delay_ms: u64,
     /// Cap on one retry backoff, in milliseconds.
     pub retry_max_delay_ms: u64,
+    /// Longest wait honoured from a 429's `RetryInfo.retryDelay` (and passed on as
+    /// `Retry-After`), in milliseconds: an absurd value from the wire clamps to this.
+    pub max_retry_after_ms: u64,
 }
 
 impl Default for UpstreamSettings {
@@ -176,6 +179,7 @@ impl Default for UpstreamSettings {
             max_retries: 3,
             retry_base_delay_ms: 250,
             retry_max_delay_ms: 8_000,
+            max_retry_after_ms: 60_000,
         }
     }
 }
@@ -192,6 +196,12 @@ pub struct CacheSettings {
     pub capacity: u64,
     /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL in seconds.
     pub l1_ttl_secs: u64,
+    /// How long a prompt the model refused (blocked or filtered) is answered with the same
+    /// refusal without asking again, in seconds; 0 = never remembered.
+    pub refusal_ttl_secs: u64,
+    /// Let a server without a Gemini key (answering from the offline simulated model) write its
+    /// answers into the shared Redis cache. Off: simulated answers stay in that server's memory.
+    pub share_offline_answers: bool,
 }
 
 impl Default for CacheSettings {
@@ -201,6 +211,8 @@ impl Default for CacheSettings {
             ttl_secs: 3600,
             capacity: 1000,
             l1_ttl_secs: 60,
+            refusal_ttl_secs: 60,
+            share_offline_answers: false,
         }
     }
 }
@@ -220,6 +232,12 @@ pub struct RedisSettings {
     /// Lease on a question while one server asks upstream (renewed while it works), in ms;
     /// a server that dies delays the others by at most this.
     pub lease_ms: u64,
+    /// How long a lease holder's failure (429 after retries, 5xx, truncated answer) is shown to
+    /// the servers waiting on it, in ms, so they answer with it instead of each asking in turn.
+    pub failure_share_ms: u64,
+    /// Largest value read back from Redis (a cached answer or a shared outcome), in bytes;
+    /// larger ones are treated as corrupt: deleted and counted, never parsed.
+    pub max_value_bytes: u64,
 }
 
 impl Default for RedisSettings {
@@ -230,6 +248,8 @@ impl Default for RedisSettings {
             command_timeout_ms: 250,
             replicas: 1,
             lease_ms: 5_000,
+            failure_share_ms: 3_000,
+            max_value_bytes: 1_048_576,
         }
     }
 }

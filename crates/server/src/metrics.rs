@@ -62,6 +62,15 @@ pub const BUILD_INFO: &str = "learning_chat_build_info";
 pub const REDIS_DURATION: &str = "learning_chat_redis_command_duration_seconds";
 /// Times a local fallback was used because Redis failed, by operation.
 pub const REDIS_FALLBACKS: &str = "learning_chat_redis_fallbacks_total";
+/// Unreadable, oversized or never-expiring values found in Redis and deleted, by kind.
+pub const REDIS_CORRUPT: &str = "learning_chat_redis_corrupt_values_total";
+/// Questions answered with another server's shared outcome (a failure or an uncacheable
+/// answer) instead of a model call of their own, by outcome kind.
+pub const SHARED_OUTCOMES: &str = "learning_chat_shared_outcomes_total";
+/// Questions answered with a remembered refusal (blocked prompt) without a model call.
+pub const REFUSALS_REMEMBERED: &str = "learning_chat_refusals_remembered_total";
+/// Waiters that asked again after the shared call ran out of its first asker's deadline.
+pub const COALESCED_RETRIES: &str = "learning_chat_coalesced_retries_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -172,6 +181,22 @@ fn describe() {
     describe_counter!(
         REDIS_FALLBACKS,
         "Local fallbacks taken because Redis failed."
+    );
+    describe_counter!(
+        REDIS_CORRUPT,
+        "Corrupt or oversized Redis values deleted, by kind."
+    );
+    describe_counter!(
+        SHARED_OUTCOMES,
+        "Questions answered with another server's shared outcome, by kind."
+    );
+    describe_counter!(
+        REFUSALS_REMEMBERED,
+        "Questions answered with a remembered refusal, without a model call."
+    );
+    describe_counter!(
+        COALESCED_RETRIES,
+        "Waiters that asked again after the shared call hit its first asker's deadline."
     );
 }
 
@@ -443,4 +468,24 @@ pub fn redis_command(operation: &'static str, elapsed: Duration) {
 /// Records a local fallback taken because Redis failed.
 pub fn redis_fallback(operation: &'static str) {
     counter!(REDIS_FALLBACKS, "operation" => operation).increment(1);
+}
+
+/// Counts a corrupt Redis value (`answer`, `outcome` or `lease`) that was deleted.
+pub fn redis_corrupt(kind: &'static str, count: u64) {
+    counter!(REDIS_CORRUPT, "kind" => kind).increment(count);
+}
+
+/// Counts a question answered with another server's shared outcome.
+pub fn shared_outcome(kind: &'static str) {
+    counter!(SHARED_OUTCOMES, "kind" => kind).increment(1);
+}
+
+/// Counts a question answered with a remembered refusal.
+pub fn refusal_remembered() {
+    counter!(REFUSALS_REMEMBERED).increment(1);
+}
+
+/// Counts a waiter asking again after the shared call hit its first asker's deadline.
+pub fn coalesced_retry() {
+    counter!(COALESCED_RETRIES).increment(1);
 }

@@ -191,7 +191,10 @@ async fn a_daily_quota_429_fails_at_once_without_retries() {
 #[tokio::test]
 async fn a_blocked_prompt_or_filtered_answer_is_422_with_the_reason_and_not_cached() {
     let sim = start_sim(SimConfig::default()).await;
-    let app = spawn_app(settings_for(&sim)).await;
+    let mut settings = settings_for(&sim);
+    // Remembered refusals are their own test (reliability.rs); here every ask goes upstream.
+    settings.cache.refusal_ttl_secs = 0;
+    let app = spawn_app(settings).await;
     // The prompt blocked (promptFeedback), then the answer filtered (finishReason SAFETY).
     for (message, reason) in [
         ("Tell me something [[block]]", "PROHIBITED_CONTENT"),

@@ -138,17 +138,12 @@ async fn a_dead_lease_holder_only_delays_the_others_until_its_lease_expires() {
         assert!(Instant::now() < until, "the lease was never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A crashed server's lease on the next question, computed the way the service keys it.
-    let agent = learning_chat::agents::AgentRegistry::load(None)
-        .unwrap()
-        .get("history")
+    // A crashed server's lease on the next question, keyed the way the service keys it.
+    let key = app
+        .state
+        .chat
+        .cache_key("history", "Who was Cleopatra?")
         .unwrap();
-    let key = learning_chat::cache::CacheKey::new(learning_chat::cache::CacheKeyParts {
-        agent_id: "history",
-        prompt_version: &agent.prompt_version,
-        model: &agent.definition.model,
-        message: "Who was Cleopatra?",
-    });
     let lease_key = format!("learning-chat:lease:{key}");
     assert_eq!(
         redis.cli(&["SET", &lease_key, "crashed-server", "PX", "1500"]),

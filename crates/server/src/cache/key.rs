@@ -7,6 +7,9 @@ use std::fmt;
 /// The parts of a question that decide its answer.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheKeyParts<'a> {
+    /// Who answers: provider kind and backend (`gemini@host`, `offline-simulated`), so answers of
+    /// one backend are never served as another's through a shared cache.
+    pub provider: &'a str,
     /// The agent id.
     pub agent_id: &'a str,
     /// The agent's prompt version (a hash of its prompt and settings).
@@ -26,6 +29,7 @@ impl CacheKey {
     /// Hashes the parts. Destructured so a new part is a compile error until it is hashed too.
     pub fn new(parts: CacheKeyParts<'_>) -> CacheKey {
         let CacheKeyParts {
+            provider,
             agent_id,
             prompt_version,
             model,
@@ -33,7 +37,7 @@ impl CacheKey {
         } = parts;
         let mut hasher = Sha256::new();
         // Length-prefixed so ("ab","c") and ("a","bc") cannot collide.
-        for part in ["v1", agent_id, prompt_version, model, message] {
+        for part in ["v2", provider, agent_id, prompt_version, model, message] {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
@@ -53,20 +57,26 @@ impl fmt::Display for CacheKey {
 }
 
 /// Normalises a message so trivially different spellings share an answer, without touching
-/// anything that can change meaning: surrounding whitespace is trimmed, line endings become `\n`
-/// and trailing spaces of each line go. Case, punctuation, inner spacing and indentation stay,
-/// because they matter in code and in math.
+/// anything that can change meaning: line endings become `\n`, trailing whitespace of each line
+/// goes, and so do blank lines before and after the text. Case, punctuation, inner spacing and
+/// indentation (the first line's too) stay, because they matter in code and in math.
 pub fn normalise_message(message: &str) -> Cow<'_, str> {
     // Most messages are already in normal form: no copy for them.
     let already_normal = !message.contains('\r')
-        && message.trim() == message
+        && !message.starts_with('\n')
+        && message.trim_end() == message
         && message.lines().all(|line| line.trim_end() == line);
     if already_normal {
         return Cow::Borrowed(message);
     }
     let unified = message.replace("\r\n", "\n").replace('\r', "\n");
-    let lines: Vec<&str> = unified.lines().map(str::trim_end).collect();
-    Cow::Owned(lines.join("\n").trim().to_owned())
+    let lines: Vec<&str> = unified
+        .lines()
+        .map(str::trim_end)
+        .skip_while(|line| line.is_empty())
+        .collect();
+    let text_lines = lines.len() - lines.iter().rev().take_while(|l| l.is_empty()).count();
+    Cow::Owned(lines[..text_lines].join("\n"))
 }
 
 #[cfg(test)]
@@ -75,6 +85,7 @@ mod tests {
 
     fn key(message: &str) -> CacheKey {
         CacheKey::new(CacheKeyParts {
+            provider: "gemini@generativelanguage.googleapis.com",
             agent_id: "math",
             prompt_version: "v",
             model: "m",
@@ -84,16 +95,22 @@ mod tests {
 
     #[test]
     fn whitespace_only_differences_share_a_key() {
-        assert_eq!(key("What is 2+2?"), key("  What is 2+2?\r\n"));
+        assert_eq!(key("What is 2+2?"), key("\n \nWhat is 2+2?  \r\n"));
         assert_eq!(key("a  \nb"), key("a\r\nb"));
     }
 
     #[test]
     fn the_no_copy_path_agrees_with_the_full_normalisation() {
+        // The slow path, written plainly: every line right-trimmed, blank edge lines dropped.
         let full = |m: &str| {
             let unified = m.replace("\r\n", "\n").replace('\r', "\n");
             let lines: Vec<&str> = unified.lines().map(str::trim_end).collect();
-            lines.join("\n").trim().to_owned()
+            let first = lines.iter().position(|l| !l.is_empty());
+            let last = lines.iter().rposition(|l| !l.is_empty());
+            match (first, last) {
+                (Some(first), Some(last)) => lines[first..=last].join("\n"),
+                _ => String::new(),
+            }
         };
         for message in [
             "What is 2+2?",
@@ -109,6 +126,9 @@ mod tests {
             "",
             " ",
             "\n\n",
+            "    def f():\n        return 1",
+            "\n\n    indented\n\n",
+            " \n\tx = 1\n \n",
         ] {
             assert_eq!(normalise_message(message), full(message), "{message:?}");
         }
@@ -127,7 +147,7 @@ mod tests {
         // Answers in Redis outlive a deploy: servers of two versions must derive the same key.
         assert_eq!(
             key("What is 2+2?").to_hex(),
-            "2e217cb9e4b71cfcd99158c67b759e0bebda672a8dced9946a853f82bf367c5b"
+            "39468b4e71c66c6ae755757213ec72c067593354edb9119bf0f8619ef169ff44"
         );
         assert_eq!(
             key("What is 2+2?").to_string(),
@@ -140,12 +160,24 @@ mod tests {
         assert_ne!(key("What is 2+2?"), key("what is 2+2?"));
         assert_ne!(key("What is 2+2?"), key("What is 2+3?"));
         assert_ne!(key("if x:\n    y"), key("if x:\ny"));
+        // The first line's indentation is part of the code (issue 9).
+        assert_ne!(key("    return x"), key("return x"));
+        assert_eq!(key("\n\n    return x  \n\n"), key("    return x"));
         let other_agent = CacheKey::new(CacheKeyParts {
+            provider: "gemini@generativelanguage.googleapis.com",
             agent_id: "science",
             prompt_version: "v",
             model: "m",
             message: "What is 2+2?",
         });
         assert_ne!(key("What is 2+2?"), other_agent);
+        let other_provider = CacheKey::new(CacheKeyParts {
+            provider: "offline-simulated",
+            agent_id: "math",
+            prompt_version: "v",
+            model: "m",
+            message: "What is 2+2?",
+        });
+        assert_ne!(key("What is 2+2?"), other_provider);
     }
 }

@@ -3,19 +3,56 @@
 use super::{CacheKey, CachedAnswer};
 use crate::redis_link::{RedisLink, RedisUnavailable};
 use ::redis::AsyncCommands;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+/// A Lua helper shared by every script that reads values other servers wrote: a value of the
+/// wrong type or over the size cap (`max_bytes`) is deleted and counted in `dropped` instead of
+/// being returned, so one bad value can never stall or crash a reader.
+pub(crate) const LUA_READ_CAPPED: &str = r"
+local dropped = 0
+local function read_capped(key, max_bytes)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return false end
+  if kind ~= 'string' or redis.call('STRLEN', key) > max_bytes then
+    redis.call('DEL', key)
+    dropped = dropped + 1
+    return false
+  end
+  return redis.call('GET', key)
+end
+";
+
+/// KEYS: one value. ARGV: max_bytes. Returns {value or '', dropped}.
+pub(crate) static GET_CAPPED_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
+        "{LUA_READ_CAPPED}
+local value = read_capped(KEYS[1], tonumber(ARGV[1]))
+return {{value or '', dropped}}"
+    ))
+});
 
 /// Answers in Redis under `{prefix}:answer:{key}`.
 #[derive(Debug, Clone)]
 pub struct RedisCache {
     link: RedisLink,
     ttl: Duration,
+    /// False on a server answering from the offline simulated model: its answers must not
+    /// reach servers that would serve them as the real model's.
+    writable: bool,
+    max_value_bytes: u64,
 }
 
 impl RedisCache {
-    /// A Redis tier with entries living `ttl`.
-    pub fn new(link: RedisLink, ttl: Duration) -> RedisCache {
-        RedisCache { link, ttl }
+    /// A Redis tier with entries living `ttl`; `writable: false` makes [`RedisCache::set`] a
+    /// no-op; values over `max_value_bytes` are treated as corrupt.
+    pub fn new(link: RedisLink, ttl: Duration, writable: bool, max_value_bytes: u64) -> RedisCache {
+        RedisCache {
+            link,
+            ttl,
+            writable,
+            max_value_bytes,
+        }
     }
 
     /// The Redis key of an answer.
@@ -23,21 +60,59 @@ impl RedisCache {
         self.link.key("answer", &key.to_hex())
     }
 
-    /// The answer, `Ok(None)` on a miss, `Err` when Redis cannot tell.
-    pub async fn get(&self, key: &CacheKey) -> Result<Option<CachedAnswer>, RedisUnavailable> {
-        let redis_key = self.redis_key(key);
-        let raw: Option<String> = self
-            .link
-            .run(
-                "cache_get",
-                |mut conn| async move { conn.get(redis_key).await },
-            )
-            .await?;
-        Ok(raw.and_then(|text| decode(&text)))
+    /// The largest value read back, in bytes.
+    pub fn max_value_bytes(&self) -> u64 {
+        self.max_value_bytes
     }
 
-    /// Stores an answer for the TTL.
+    /// The answer, `Ok(None)` on a miss, `Err` when Redis cannot tell. A corrupt or oversized
+    /// entry is deleted and is a miss.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<CachedAnswer>, RedisUnavailable> {
+        let redis_key = self.redis_key(key);
+        let max = self.max_value_bytes;
+        let script_key = redis_key.clone();
+        let (raw, dropped): (String, u64) = self
+            .link
+            .run("cache_get", |mut conn| async move {
+                GET_CAPPED_SCRIPT
+                    .key(script_key)
+                    .arg(max)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if dropped > 0 {
+            tracing::warn!("deleted an oversized or mistyped cache entry in redis");
+            crate::metrics::redis_corrupt("answer", dropped);
+        }
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        match decode(&raw) {
+            Some(answer) => Ok(Some(answer)),
+            None => {
+                self.delete_corrupt(redis_key, "answer").await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Deletes a value that could not be read, so no reader trips over it again.
+    pub(crate) async fn delete_corrupt(&self, redis_key: String, kind: &'static str) {
+        crate::metrics::redis_corrupt(kind, 1);
+        let _ = self
+            .link
+            .run("corrupt_delete", |mut conn| async move {
+                conn.del::<_, ()>(redis_key).await
+            })
+            .await;
+    }
+
+    /// Stores an answer for the TTL (nothing when this server may not write answers).
     pub async fn set(&self, key: &CacheKey, answer: &CachedAnswer) -> Result<(), RedisUnavailable> {
+        if !self.writable {
+            return Ok(());
+        }
         let redis_key = self.redis_key(key);
         let Ok(text) = serde_json::to_string(answer) else {
             return Ok(());

@@ -12,6 +12,7 @@ pub struct GeminiClient {
     http: reqwest::Client,
     base_url: String,
     api_key: Secret,
+    identity: String,
 }
 
 impl std::fmt::Debug for GeminiClient {
@@ -35,11 +36,23 @@ impl GeminiClient {
             .tcp_nodelay(true)
             .user_agent(concat!("learning-chat/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base_url = settings.base_url.trim_end_matches('/').to_owned();
+        let host = reqwest::Url::parse(&base_url)
+            .map_err(|e| anyhow::anyhow!("invalid gemini.base_url {base_url:?}: {e}"))?
+            .host_str()
+            .unwrap_or_default()
+            .to_owned();
         Ok(GeminiClient {
             http,
-            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            identity: format!("gemini@{host}"),
+            base_url,
             api_key: settings.api_key.clone(),
         })
+    }
+
+    /// `gemini@{host of the base URL}`: which backend answers, for cache keys.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     fn url(&self, model: &str) -> String {

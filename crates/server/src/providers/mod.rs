@@ -63,8 +63,9 @@ pub struct Completion {
     pub usage: Usage,
 }
 
-/// Why the model gave no usable answer.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why the model gave no usable answer. Serializable because a lease holder shares its outcome
+/// with the servers waiting on the same question.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProviderError {
     /// 429: quota exhausted. `retry_after` comes from `google.rpc.RetryInfo`.
     #[error("model quota exhausted")]
@@ -123,6 +124,23 @@ impl ProviderError {
             ProviderError::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// The same error with any asked-for delay clamped to `max`: the delay comes from the wire,
+    /// and neither our retries nor a client's `Retry-After` may wait for an absurd time.
+    pub fn with_retry_after_at_most(self, max: Duration) -> ProviderError {
+        match self {
+            ProviderError::RateLimited { retry_after, daily } => ProviderError::RateLimited {
+                retry_after: retry_after.map(|d| d.min(max)),
+                daily,
+            },
+            other => other,
+        }
+    }
+
+    /// True for a refusal of the prompt itself (blocked or filtered): asking again gets the same.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ProviderError::Blocked { .. })
     }
 
     /// A short, low-cardinality label for metrics and logs.
@@ -217,6 +235,20 @@ impl Provider {
             Provider::Gemini(_) => "gemini",
             Provider::Simulated(_) => "offline-simulated",
         }
+    }
+
+    /// Which backend answers (`gemini@host` or `offline-simulated`): part of every cache key, so
+    /// a shared cache never serves one backend's answers as another's.
+    pub fn identity(&self) -> &str {
+        match self {
+            Provider::Gemini(client) => client.identity(),
+            Provider::Simulated(_) => "offline-simulated",
+        }
+    }
+
+    /// True for the offline simulated model.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, Provider::Simulated(_))
     }
 }
 

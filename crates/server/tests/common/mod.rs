@@ -15,6 +15,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<anyhow::Result<()>>,
+    /// The service's state, for tests that inspect it (e.g. the cache key of a question).
+    pub state: learning_chat::AppState,
 }
 
 impl TestApp {
@@ -102,6 +104,7 @@ pub async fn start_sim(config: SimConfig) -> SimServer {
 pub async fn spawn_app(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("service builds");
     let addr = app.local_addr();
+    let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -115,6 +118,7 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
         client,
         stop: Some(stop),
         handle,
+        state,
     }
 }
 
