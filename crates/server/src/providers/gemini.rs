@@ -167,4 +167,69 @@ mod tests {
         let e = error_from_status(502, b"<html>bad gateway</html>");
         assert!(e.is_retryable());
     }
+
+    use crate::chat::RetryPolicy;
+    use crate::providers::completion_from_response;
+    use proptest::prelude::*;
+
+    fn retry_policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+
+    fn retry_delay_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>().prop_map(|f| format!("{f}s")),
+            "[0-9eE.+-]{0,30}s",
+            any::<String>(),
+            Just("1e20s".to_owned()),
+        ]
+    }
+
+    proptest! {
+        // Issue 9: every upstream body, whatever its retryDelay, maps to an error and a retry
+        // wait without panicking, and the wait never exceeds the configured maximum.
+        #[test]
+        fn any_429_maps_to_a_bounded_retry_wait(delay in retry_delay_text(), attempt in 0u32..64) {
+            let body = serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": delay}]}});
+            let policy = retry_policy();
+            let error = error_from_status(429, body.to_string().as_bytes())
+                .with_retry_after_at_most(policy.max_retry_after);
+            let wait = policy.delay(attempt, &error);
+            prop_assert!(wait <= policy.max_retry_after.mul_f64(1.1) + Duration::from_millis(1));
+        }
+
+        #[test]
+        fn any_status_and_body_map_to_an_error(status in 100u16..1000, body in any::<Vec<u8>>()) {
+            let error = error_from_status(status, &body);
+            let _ = (error.kind(), error.is_retryable(), error.to_string());
+            let _ = retry_policy().delay(0, &error);
+        }
+
+        #[test]
+        fn any_response_shape_gives_an_answer_or_a_clean_error(
+            text in proptest::option::of(any::<String>()),
+            finish in proptest::option::of("[A-Z_]{0,20}"),
+            block in proptest::option::of("[A-Z_]{0,20}"),
+            counts in proptest::collection::vec(proptest::option::of(any::<u32>()), 3),
+        ) {
+            let response = serde_json::json!({
+                "candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                                "finishReason": finish}],
+                "promptFeedback": {"blockReason": block},
+                "usageMetadata": {"promptTokenCount": counts[0].unwrap_or(0),
+                                  "candidatesTokenCount": counts[1],
+                                  "thoughtsTokenCount": counts[2]}
+            });
+            if let Ok(parsed) = serde_json::from_value(response) {
+                let _ = completion_from_response(parsed, "gemini-2.5-flash");
+            }
+        }
+    }
 }

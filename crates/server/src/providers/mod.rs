@@ -193,8 +193,11 @@ pub fn completion_from_response(
         .as_ref()
         .map(|u| Usage {
             prompt_tokens: u.prompt_token_count,
-            output_tokens: u.candidates_token_count.unwrap_or(0)
-                + u.thoughts_token_count.unwrap_or(0),
+            // Counts come from the wire: an absurd pair must not overflow.
+            output_tokens: u
+                .candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(u.thoughts_token_count.unwrap_or(0)),
         })
         .unwrap_or_default();
     Ok(Completion {
