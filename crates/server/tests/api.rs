@@ -104,7 +104,8 @@ async fn the_same_question_again_is_served_from_cache() {
         app,
         post_json(
             "/api/v1/agents/science",
-            r#"{"message":"  Why is the sky blue?\n"}"#,
+            // Blank edge lines and trailing spaces go; a first line's indentation would stay.
+            r#"{"message":"\n \nWhy is the sky blue?  \n"}"#,
         ),
     )
     .await;
