@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -244,6 +244,8 @@ struct Activity {
     requests: AtomicU64,
     idle_since_ms: AtomicU64,
     head_started_ms: AtomicU64,
+    /// Wakes the watchdog when a change may bring its deadline forward.
+    changed: Notify,
 }
 
 impl Activity {
@@ -254,6 +256,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NONE),
+            changed: Notify::new(),
         }
     }
 
@@ -266,18 +269,22 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return;
         }
-        let _ = self.head_started_ms.compare_exchange(
+        let started = self.head_started_ms.compare_exchange(
             NONE,
             self.now_ms(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        if started.is_ok() {
+            self.changed.notify_one();
+        }
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(NONE, Ordering::Release);
+        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -285,7 +292,9 @@ impl Activity {
     /// while a request is in flight (the deadline is then only when to look again).
     fn next_deadline(&self, limits: &ConnectionLimits) -> (Instant, Option<&'static str>) {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            let recheck = limits.header_read.min(limits.keep_alive_idle);
+            // Only a change (the request ending) can start a bound; look again then, or after a
+            // while in case of a missed wake-up.
+            let recheck = limits.header_read.max(limits.keep_alive_idle);
             return (Instant::now() + recheck, None);
         }
         let at = |ms: u64, bound: Duration| self.opened + Duration::from_millis(ms) + bound;
@@ -306,7 +315,12 @@ impl Activity {
             let (deadline, bound) = self.next_deadline(limits);
             match bound {
                 Some(bound) if deadline <= Instant::now() => return bound,
-                _ => tokio::time::sleep_until(deadline).await,
+                _ => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
             }
         }
     }
@@ -322,6 +336,7 @@ impl Drop for InFlight {
             .idle_since_ms
             .store(activity.now_ms(), Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
     }
 }
 
