@@ -234,7 +234,10 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
     let mut second = connect(&app).await;
     for stream in [&mut first, &mut second] {
         send(stream, &get("/health")).await;
-        assert_eq!(expect_response(stream, "within the bound").await.status, 200);
+        assert_eq!(
+            expect_response(stream, "within the bound").await.status,
+            200
+        );
     }
     // The kernel completes the handshake (backlog), but the service does not take it on.
     let mut third = connect(&app).await;
@@ -278,13 +281,19 @@ async fn while_draining_a_keep_alive_connection_is_answered_with_connection_clos
     send(&mut stream, &post_chat("asked just before SIGTERM")).await;
     let started = Instant::now();
     while sim.stats().in_flight < 1 {
-        assert!(started.elapsed() < GUARD, "the request never reached the model");
+        assert!(
+            started.elapsed() < GUARD,
+            "the request never reached the model"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     app.signal_stop();
     let during = expect_response(&mut stream, "during the drain").await;
     assert_eq!(during.status, 200, "{during:?}");
-    assert!(during.closes(), "no Connection: close while draining: {during:?}");
+    assert!(
+        during.closes(),
+        "no Connection: close while draining: {during:?}"
+    );
     assert!(closed_by_server(&mut stream).await);
     let stopped = tokio::time::timeout(GUARD, app.handle).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
@@ -334,20 +343,23 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
         if wave > 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let replies = join_all(
-            (0..60).map(|i| app.ask("math", format!("overload question {wave}-{i}"))),
-        )
-        .await;
+        let replies =
+            join_all((0..60).map(|i| app.ask("math", format!("overload question {wave}-{i}"))))
+                .await;
         shed += replies
             .iter()
             .filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
             .count();
     }
-    let seconds = started.elapsed().as_secs() as usize;
     assert!(shed >= 250, "only {shed} of 300 were shed");
     // Let a line carrying the last burst's count be due.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    app.ask("math", "one more, to log the tail").await;
+    if app.ask("math", "one more, to log the tail").await.status()
+        == StatusCode::SERVICE_UNAVAILABLE
+    {
+        shed += 1;
+    }
+    let seconds = started.elapsed().as_secs() as usize;
     let lines = captured.lines();
     let failed: Vec<&String> = lines
         .iter()
@@ -370,7 +382,10 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
         "{} shed lines in {seconds} s: {shed_lines:#?}",
         shed_lines.len()
     );
-    assert!(shed_lines.iter().all(|l| l.contains("WARN")), "{shed_lines:#?}");
+    assert!(
+        shed_lines.iter().all(|l| l.contains("WARN")),
+        "{shed_lines:#?}"
+    );
     let logged: usize = shed_lines
         .iter()
         .filter_map(|l| l.split("shed=").nth(1))
