@@ -257,7 +257,8 @@ fn redact_after(text: &str, marker: &str, max: usize, keep_marker: bool) -> Stri
 ///   report, so a client must not inject lines or megabytes through it); otherwise a fresh UUID
 ///   replaces it. Either way it is set on the request and returned on the response.
 /// - Its span, which puts that id on every log line of the request (and, through
-///   [`in_current_context`], of the tasks it spawns); one error line per 5xx answer.
+///   [`in_current_context`], of the tasks it spawns); one error line per 5xx answer, except load
+///   shedding (503 `overloaded`), logged at most once a second with a count.
 /// - The HTTP metrics: counted in flight, then by route template, method and status.
 pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let incoming = request
