@@ -414,9 +414,16 @@ pub fn http_connections_open(delta: f64) {
     gauge!(HTTP_CONNECTIONS_OPEN).increment(delta);
 }
 
-/// Sets the configured bound on open client connections.
+/// Sets the configured bound on open client connections, and makes every connection series
+/// exist from the start (at 0), so rates and alerts see them before the first event.
 pub fn http_connections_limit(limit: usize) {
     gauge!(HTTP_CONNECTIONS_LIMIT).set(limit as f64);
+    gauge!(HTTP_CONNECTIONS_OPEN).increment(0.0);
+    counter!(HTTP_CONNECTIONS).increment(0);
+    counter!(HTTP_CONNECTION_LIMIT_WAITS).increment(0);
+    for phase in ["header", "body", "idle"] {
+        counter!(HTTP_CONNECTION_TIMEOUTS, "phase" => phase).increment(0);
+    }
 }
 
 /// Counts an accepted client connection.
