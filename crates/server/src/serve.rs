@@ -509,3 +509,68 @@ impl http_body::Body for ResponseBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(10),
+            keep_alive_idle: Duration::from_secs(75),
+            max_connections: 1,
+        }
+    }
+
+    /// How long from now until the watchdog fires, and for which bound.
+    async fn fires_after(activity: &Activity) -> (Duration, &'static str) {
+        let start = Instant::now();
+        let bound = activity.bound_passed(&limits()).await;
+        (start.elapsed(), bound)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_must_send_a_request_head_within_the_header_bound() {
+        let activity = Activity::new();
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(10), "header")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_the_idle_bound_applies_then_the_header_bound_once_bytes_arrive() {
+        let activity = Arc::new(Activity::new());
+        let in_flight = activity.request_started();
+        // In flight: no bound, however long the answer takes.
+        let bounds = limits();
+        let watchdog = activity.bound_passed(&bounds);
+        assert!(tokio::time::timeout(Duration::from_secs(300), watchdog)
+            .await
+            .is_err());
+        drop(in_flight);
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(75), "idle")
+        );
+        // 5 s into an idle wait the next request begins: the header bound runs from its first bytes.
+        let activity = Arc::new(Activity::new());
+        drop(activity.request_started());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.on_read();
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(10), "header")
+        );
+    }
+
+    #[test]
+    fn a_body_read_timeout_is_found_through_wrapping_errors() {
+        let wrapped = axum::Error::new(BodyReadTimeout);
+        assert!(is_body_read_timeout(&wrapped));
+        assert!(!is_body_read_timeout(&axum::Error::new(io::Error::other(
+            "reset"
+        ))));
+    }
+}
