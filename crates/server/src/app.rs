@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -282,14 +282,15 @@ impl Application {
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let limits = crate::serve::ConnectionLimits::from_settings(&state.settings.server);
         let app = router(state);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let server = crate::serve::serve(listener, app, limits, async move {
             shutdown.await;
             shutdown_state.draining.store(true, Ordering::Release);
             tracing::info!("shutdown requested: no new connections; draining in-flight requests");
             let _ = began_tx.send(());
         });
-        let server = std::pin::pin!(server.into_future());
+        let server = std::pin::pin!(server);
         let grace_over = async move {
             if began_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -298,7 +299,7 @@ impl Application {
             }
         };
         let result = tokio::select! {
-            result = server => result.map_err(anyhow::Error::from),
+            () = server => Ok(()),
             () = grace_over => {
                 tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests still open");
                 Ok(())
@@ -325,6 +326,7 @@ async fn minute_monitor(state: AppState) {
             "Gemini API requests in last minute: {count}"
         );
         state.metrics.run_upkeep();
+        crate::telemetry::flush_shed_log();
     }
 }
 

@@ -98,6 +98,15 @@ pub struct ServerSettings {
     pub max_message_chars: usize,
     /// Responses at least this large are gzip-compressed when the client accepts it.
     pub gzip_min_bytes: u16,
+    /// Longest wait for a request's headers (from its first byte, or from accept for the
+    /// first request), in milliseconds; past it the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest wait for a request's whole body, in milliseconds; past it the client gets 408.
+    pub body_read_timeout_ms: u64,
+    /// How long a keep-alive connection may sit idle between requests, in milliseconds.
+    pub keep_alive_idle_timeout_ms: u64,
+    /// Client connections open at once; further ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -110,6 +119,12 @@ impl Default for ServerSettings {
             max_body_bytes: 64 * 1024,
             max_message_chars: 4000,
             gzip_min_bytes: 1000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            // Above nginx's upstream `keepalive_timeout 60s`, so nginx, not the server, closes
+            // idle connections and never sends a request on one being closed.
+            keep_alive_idle_timeout_ms: 75_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -411,6 +426,15 @@ impl Settings {
         }
         if self.server.max_message_chars == 0 {
             return fail("server.max_message_chars must be at least 1");
+        }
+        if self.server.header_read_timeout_ms == 0
+            || self.server.body_read_timeout_ms == 0
+            || self.server.keep_alive_idle_timeout_ms == 0
+        {
+            return fail("server.header_read_timeout_ms, body_read_timeout_ms and keep_alive_idle_timeout_ms must be at least 1");
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections must be at least 1");
         }
         if self.upstream.max_concurrency == 0 {
             return fail("upstream.max_concurrency must be at least 1");

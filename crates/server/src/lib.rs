@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod plan;
 pub mod providers;
 pub mod redis_link;
+pub mod serve;
 pub mod telemetry;
 
 pub use app::{AppState, Application};

@@ -21,6 +21,7 @@ use sentry::{Hub, SentryFutureExt};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::Instrument;
 use tracing_subscriber::fmt::MakeWriter;
@@ -256,7 +257,8 @@ fn redact_after(text: &str, marker: &str, max: usize, keep_marker: bool) -> Stri
 ///   report, so a client must not inject lines or megabytes through it); otherwise a fresh UUID
 ///   replaces it. Either way it is set on the request and returned on the response.
 /// - Its span, which puts that id on every log line of the request (and, through
-///   [`in_current_context`], of the tasks it spawns); one error line per 5xx answer.
+///   [`in_current_context`], of the tasks it spawns); one error line per 5xx answer, except load
+///   shedding (503 `overloaded`), logged at most once a second with a count.
 /// - The HTTP metrics: counted in flight, then by route template, method and status.
 pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let incoming = request
@@ -290,7 +292,14 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     timer.finish(status.as_u16());
-    if status.is_server_error() {
+    let shed = response
+        .extensions()
+        .get::<crate::api::ErrorCode>()
+        .is_some_and(|code| code.0 == SHED_ERROR_CODE);
+    if shed {
+        // Expected under overload, and counted in metrics: a line per shed would flood the log.
+        SHED_LOG.record();
+    } else if status.is_server_error() {
         // One summary line per failed request (the cause was logged where it happened).
         span.in_scope(|| {
             tracing::error!(
@@ -302,6 +311,57 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     }
     response.headers_mut().insert(REQUEST_ID, id);
     response
+}
+
+/// Shortest time between two "requests shed" log lines.
+const SHED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+static SHED_LOG: ShedLog = ShedLog {
+    pending: AtomicU64::new(0),
+    last_line: parking_lot::Mutex::new(None),
+};
+
+/// Logs load shedding at most once per [`SHED_LOG_INTERVAL`], with the count since the last line.
+struct ShedLog {
+    pending: AtomicU64,
+    last_line: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl ShedLog {
+    fn record(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        // Under overload every shed passes here: a busy lock means another thread is logging.
+        let Some(mut last) = self.last_line.try_lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < SHED_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.flush();
+    }
+
+    fn flush(&self) {
+        let count = self.pending.swap(0, Ordering::Relaxed);
+        if count > 0 {
+            tracing::warn!(
+                shed = count,
+                "{count} requests shed with 503 {SHED_ERROR_CODE} since the last such line (overload; see learning_chat_requests_shed_total)"
+            );
+        }
+    }
+}
+
+/// Logs the sheds not yet logged (the tail of a burst); called by the minute monitor.
+pub fn flush_shed_log() {
+    let Some(mut last) = SHED_LOG.last_line.try_lock() else {
+        return;
+    };
+    *last = Some(std::time::Instant::now());
+    drop(last);
+    SHED_LOG.flush();
 }
 
 fn fresh_request_id() -> HeaderValue {

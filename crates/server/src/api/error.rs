@@ -45,6 +45,11 @@ pub struct ErrorObject {
     pub details: Option<Value>,
 }
 
+/// The error code of an error answer, kept in its response extensions so middleware can tell
+/// errors apart (e.g. load shedding from failures) without reading the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -67,6 +72,15 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 
+    /// 408 for a request body not received within `server.body_read_timeout_ms`.
+    pub fn request_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not received in time",
+        )
+    }
+
     /// 405 for a route that exists with other methods.
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
@@ -87,6 +101,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(retry_after) = self.retry_after {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
@@ -221,6 +236,9 @@ impl From<JsonRejection> for ApiError {
                     "body_too_large",
                     "the request body is larger than the limit",
                 )
+            }
+            JsonRejection::BytesRejection(e) if crate::serve::is_body_read_timeout(&e) => {
+                ApiError::request_timeout()
             }
             other => ApiError::new(other.status(), "bad_request", other.body_text()),
         }

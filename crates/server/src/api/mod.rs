@@ -2,7 +2,7 @@
 
 mod error;
 
-pub use error::{ApiError, ErrorBody, ErrorObject};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorObject};
 
 use crate::app::AppState;
 use crate::providers::Usage;
