@@ -288,6 +288,8 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path()
     );
+    // A probe's 503 is a state (draining at every rollout), polled every few seconds: no ERROR.
+    let probe = PROBE_ROUTES.contains(&request.uri().path());
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
@@ -299,7 +301,7 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     if shed {
         // Expected under overload, and counted in metrics: a line per shed would flood the log.
         SHED_LOG.record();
-    } else if status.is_server_error() {
+    } else if status.is_server_error() && !probe {
         // One summary line per failed request (the cause was logged where it happened).
         span.in_scope(|| {
             tracing::error!(
