@@ -62,6 +62,16 @@ pub const BUILD_INFO: &str = "learning_chat_build_info";
 pub const REDIS_DURATION: &str = "learning_chat_redis_command_duration_seconds";
 /// Times a local fallback was used because Redis failed, by operation.
 pub const REDIS_FALLBACKS: &str = "learning_chat_redis_fallbacks_total";
+/// Redis calls that failed or timed out, by operation (whether or not Redis was marked down).
+pub const REDIS_FAILURES: &str = "learning_chat_redis_failures_total";
+/// Times Redis was marked up or down, by the new state.
+pub const REDIS_STATE_CHANGES: &str = "learning_chat_redis_state_changes_total";
+/// Quota decisions taken by this server alone (Redis unavailable), on its share of what is left.
+pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_total";
+/// 1 while the quota is in its conservative mode (Redis down, or back but not yet trusted).
+pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
+/// This server's own calls written back into a Redis quota window that lacked them.
+pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -172,6 +182,26 @@ fn describe() {
     describe_counter!(
         REDIS_FALLBACKS,
         "Local fallbacks taken because Redis failed."
+    );
+    describe_counter!(
+        REDIS_FAILURES,
+        "Redis calls that failed or timed out, by operation."
+    );
+    describe_counter!(
+        REDIS_STATE_CHANGES,
+        "Times Redis was marked up or down, by new state."
+    );
+    describe_counter!(
+        QUOTA_LOCAL_DECISIONS,
+        "Quota decisions taken locally because Redis was unavailable."
+    );
+    describe_gauge!(
+        QUOTA_CONSERVATIVE,
+        "1 while the quota counts conservatively after Redis trouble."
+    );
+    describe_counter!(
+        QUOTA_REPUBLISHED,
+        "Own calls written back into the Redis quota window."
     );
 }
 
@@ -443,4 +473,29 @@ pub fn redis_command(operation: &'static str, elapsed: Duration) {
 /// Records a local fallback taken because Redis failed.
 pub fn redis_fallback(operation: &'static str) {
     counter!(REDIS_FALLBACKS, "operation" => operation).increment(1);
+}
+
+/// Records a failed or timed-out Redis call.
+pub fn redis_failure(operation: &'static str) {
+    counter!(REDIS_FAILURES, "operation" => operation).increment(1);
+}
+
+/// Records Redis being marked up or down.
+pub fn redis_state_change(up: bool) {
+    counter!(REDIS_STATE_CHANGES, "to" => if up { "up" } else { "down" }).increment(1);
+}
+
+/// Records one quota decision taken locally.
+pub fn quota_local_decision() {
+    counter!(QUOTA_LOCAL_DECISIONS).increment(1);
+}
+
+/// Sets whether the quota is in its conservative mode.
+pub fn quota_conservative(on: bool) {
+    gauge!(QUOTA_CONSERVATIVE).set(if on { 1.0 } else { 0.0 });
+}
+
+/// Records own calls written back into the Redis quota window.
+pub fn quota_republished(count: u64) {
+    counter!(QUOTA_REPUBLISHED).increment(count);
 }
