@@ -20,7 +20,7 @@ const LOAD: Duration = Duration::from_secs(95);
 /// Question `i` of the load: mostly distinct (each costs one upstream call), every fourth one of
 /// a few popular questions, more popular the lower its rank (answered from the cache once known).
 fn question(i: u64) -> String {
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         // Zipf-ish: of every 16 popular picks, 8 are question 0, 3 question 1, 1 question 15.
         let popular = 16 / ((i / 4) % 16 + 1) - 1;
         format!("popular question {popular}")

@@ -80,7 +80,10 @@ async fn a_failed_probe_restarts_the_count_before_redis_is_trusted_again() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(reconnected, "the link never reconnected to the restarted Redis");
+    assert!(
+        reconnected,
+        "the link never reconnected to the restarted Redis"
+    );
     for _ in 2..defaults.up_after_probes {
         assert!(link.probe().await);
     }

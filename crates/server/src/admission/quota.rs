@@ -184,6 +184,9 @@ impl QuotaLimiter {
         // A share rounds down but never to zero, or a small quota would stop every server.
         let local_tpm = (input_tpm > 0).then(|| (input_tpm / u64::from(replicas)).max(1));
         crate::metrics::quota_rpm(rpm);
+        if cluster.is_some() {
+            crate::metrics::quota_conservative(false);
+        }
         QuotaLimiter {
             rpm,
             input_tpm,
@@ -330,7 +333,7 @@ impl QuotaLimiter {
                         // not have written theirs back yet either, so count conservatively.
                         // (A server just started has lost nothing and trusts Redis at once.)
                         release_held(&mut state);
-                        if state.ever_synced {
+                        if state.ever_synced && rpm > 0 {
                             state.enter_conservative(rpm, now, self.window_ms);
                         }
                         state.unpublished = true;
@@ -517,6 +520,33 @@ mod tests {
         quota.acquire(10, near).await.unwrap();
         let refused = quota.acquire(10, near).await.unwrap_err();
         assert!(refused.retry_after > Duration::from_secs(5), "{refused:?}");
+    }
+
+    #[test]
+    fn while_redis_is_away_a_server_takes_its_share_of_what_the_cluster_left() {
+        // 12 RPM over 3 servers; 6 calls known in the window (2 own, 4 of the others).
+        let mut state = ClusterState {
+            others: vec![(0, 4)],
+            ..ClusterState::default()
+        };
+        for i in 0..2 {
+            state.own.push_back(OwnEntry {
+                at: 0,
+                member: format!("m{i}"),
+                tokens: 0,
+            });
+        }
+        let conservative = state.enter_conservative(12, 1_000, 60_000);
+        let granted: Vec<u64> = (0..6)
+            .map(|_| {
+                let at = conservative.window.earliest(3, 1_000);
+                conservative.window.record(3, at);
+                at
+            })
+            .collect();
+        // A third of the 6 left now; the rest only when the known calls leave the window.
+        assert_eq!(granted[..2], [1_000, 1_000]);
+        assert!(granted[2..].iter().all(|&at| at >= 60_000), "{granted:?}");
     }
 
     #[tokio::test(start_paused = true)]
