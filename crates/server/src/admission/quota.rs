@@ -315,10 +315,16 @@ impl QuotaLimiter {
                             tokens: u64::from(input_tokens).min(self.input_tpm),
                         });
                         state.learn_others(&reply, now, self.window_ms);
-                        if let (Some(held_at), Some(c)) = (held, state.conservative.as_mut()) {
-                            if held_at != at {
-                                c.window.remove(weight, held_at);
-                                c.window.record(weight, at);
+                        if let Some(c) = state.conservative.as_mut().filter(|_| rpm > 0) {
+                            match held {
+                                Some(held_at) if held_at == at => {}
+                                Some(held_at) => {
+                                    c.window.remove(weight, held_at);
+                                    c.window.record(weight, at);
+                                }
+                                // The mode began while this call was in flight: the others
+                                // may not know it, so it counts like a call made since.
+                                None => c.window.record(weight, at),
                             }
                         }
                         self.maybe_trust_redis(cluster, &mut state, &reply, now);
