@@ -253,6 +253,13 @@ pub struct RedisSettings {
     /// Largest value read back from Redis (a cached answer or a shared outcome), in bytes;
     /// larger ones are treated as corrupt: deleted and counted, never parsed.
     pub max_value_bytes: u64,
+    /// Consecutive failed calls (errors or timeouts) before Redis is marked down; a single
+    /// failure only sends that one call to its local fallback.
+    pub down_after_failures: u32,
+    /// Consecutive successful probes before a down Redis is used again.
+    pub up_after_probes: u32,
+    /// How often a down Redis is probed, in milliseconds.
+    pub probe_interval_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -265,6 +272,9 @@ impl Default for RedisSettings {
             lease_ms: 5_000,
             failure_share_ms: 3_000,
             max_value_bytes: 1_048_576,
+            down_after_failures: 3,
+            up_after_probes: 3,
+            probe_interval_ms: 1_000,
         }
     }
 }
@@ -447,6 +457,12 @@ impl Settings {
         }
         if self.redis.replicas == 0 {
             return fail("redis.replicas must be at least 1");
+        }
+        if self.redis.down_after_failures == 0 || self.redis.up_after_probes == 0 {
+            return fail("redis.down_after_failures and redis.up_after_probes must be at least 1");
+        }
+        if self.redis.probe_interval_ms == 0 {
+            return fail("redis.probe_interval_ms must be at least 1");
         }
         if !self.redis.url.is_empty() && !self.redis.url.expose().starts_with("redis") {
             return fail("redis.url must start with redis:// or rediss://");

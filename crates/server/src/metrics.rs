@@ -81,6 +81,16 @@ pub const SHARED_OUTCOMES: &str = "learning_chat_shared_outcomes_total";
 pub const REFUSALS_REMEMBERED: &str = "learning_chat_refusals_remembered_total";
 /// Waiters that asked again after the shared call ran out of its first asker's deadline.
 pub const COALESCED_RETRIES: &str = "learning_chat_coalesced_retries_total";
+/// Redis calls that failed or timed out, by operation (whether or not Redis was marked down).
+pub const REDIS_FAILURES: &str = "learning_chat_redis_failures_total";
+/// Times Redis was marked up or down, by the new state.
+pub const REDIS_STATE_CHANGES: &str = "learning_chat_redis_state_changes_total";
+/// Quota decisions taken by this server alone (Redis unavailable), on its share of what is left.
+pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_total";
+/// 1 while the quota is in its conservative mode (Redis down, or back but not yet trusted).
+pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
+/// This server's own calls written back into a Redis quota window that lacked them.
+pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -221,6 +231,26 @@ fn describe() {
     describe_counter!(
         COALESCED_RETRIES,
         "Waiters that asked again after the shared call hit its first asker's deadline."
+    );
+    describe_counter!(
+        REDIS_FAILURES,
+        "Redis calls that failed or timed out, by operation."
+    );
+    describe_counter!(
+        REDIS_STATE_CHANGES,
+        "Times Redis was marked up or down, by new state."
+    );
+    describe_counter!(
+        QUOTA_LOCAL_DECISIONS,
+        "Quota decisions taken locally because Redis was unavailable."
+    );
+    describe_gauge!(
+        QUOTA_CONSERVATIVE,
+        "1 while the quota counts conservatively after Redis trouble."
+    );
+    describe_counter!(
+        QUOTA_REPUBLISHED,
+        "Own calls written back into the Redis quota window."
     );
 }
 
@@ -544,4 +574,29 @@ pub fn refusal_remembered() {
 /// Counts a waiter asking again after the shared call hit its first asker's deadline.
 pub fn coalesced_retry() {
     counter!(COALESCED_RETRIES).increment(1);
+}
+
+/// Records a failed or timed-out Redis call.
+pub fn redis_failure(operation: &'static str) {
+    counter!(REDIS_FAILURES, "operation" => operation).increment(1);
+}
+
+/// Records Redis being marked up or down.
+pub fn redis_state_change(up: bool) {
+    counter!(REDIS_STATE_CHANGES, "to" => if up { "up" } else { "down" }).increment(1);
+}
+
+/// Records one quota decision taken locally.
+pub fn quota_local_decision() {
+    counter!(QUOTA_LOCAL_DECISIONS).increment(1);
+}
+
+/// Sets whether the quota is in its conservative mode.
+pub fn quota_conservative(on: bool) {
+    gauge!(QUOTA_CONSERVATIVE).set(if on { 1.0 } else { 0.0 });
+}
+
+/// Records own calls written back into the Redis quota window.
+pub fn quota_republished(count: u64) {
+    counter!(QUOTA_REPUBLISHED).increment(count);
 }

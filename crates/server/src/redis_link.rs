@@ -1,19 +1,19 @@
 //! The connection to Redis (the cluster's shared state), its health and its time limits.
 //!
 //! Redis makes N servers behave like one, but it must never cost a request: every call has a
-//! short timeout, a failure marks Redis down (logged once) and from then on callers get an
-//! immediate error and take their local fallback, until a background ping finds Redis again.
+//! short timeout and a failed call takes its local fallback. A few consecutive failures
+//! (`redis.down_after_failures`) mark Redis down (logged once); from then on callers get an
+//! immediate error, until a background ping has found Redis again several times in a row
+//! (`redis.up_after_probes`). One slow answer therefore does not switch the whole server (and
+//! with it the quota and coalescing) to local mode, and a flapping Redis is not trusted at once.
 
 use crate::config::RedisSettings;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use parking_lot::RwLock;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often a down (or not yet connected) Redis is probed.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Redis could not serve a call (down, slow, not connected); the caller falls back.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +30,15 @@ struct Inner {
     client: ::redis::Client,
     manager: RwLock<Option<ConnectionManager>>,
     up: AtomicBool,
+    /// Set at the first connection; later returns need `up_after_probes` successes.
+    was_ever_up: AtomicBool,
+    /// Consecutive failed calls while up.
+    failures: AtomicU32,
+    /// Consecutive successful probes while down.
+    successes: AtomicU32,
+    down_after_failures: u32,
+    up_after_probes: u32,
+    probe_interval: Duration,
     timeout: Duration,
     prefix: String,
     server_id: String,
@@ -55,6 +64,12 @@ impl RedisLink {
                 client,
                 manager: RwLock::new(None),
                 up: AtomicBool::new(false),
+                was_ever_up: AtomicBool::new(false),
+                failures: AtomicU32::new(0),
+                successes: AtomicU32::new(0),
+                down_after_failures: settings.down_after_failures.max(1),
+                up_after_probes: settings.up_after_probes.max(1),
+                probe_interval: Duration::from_millis(settings.probe_interval_ms.max(1)),
                 timeout: Duration::from_millis(settings.command_timeout_ms.max(1)),
                 prefix: settings.key_prefix.clone(),
                 server_id: uuid::Uuid::new_v4().to_string(),
@@ -66,7 +81,7 @@ impl RedisLink {
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
         let link = self.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+            let mut ticks = tokio::time::interval(link.inner.probe_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
@@ -77,11 +92,15 @@ impl RedisLink {
         })
     }
 
-    /// Connects if needed and PINGs; marks Redis up on success.
+    /// Connects if needed and PINGs; returns whether Redis answered. A down Redis is marked up
+    /// after `redis.up_after_probes` successful probes in a row (the first connection at once).
     pub async fn probe(&self) -> bool {
         let manager = match self.connection().await {
             Ok(manager) => manager,
-            Err(_) => return false,
+            Err(_) => {
+                self.inner.successes.store(0, Ordering::Release);
+                return false;
+            }
         };
         let mut conn = manager;
         let ping = tokio::time::timeout(
@@ -90,8 +109,16 @@ impl RedisLink {
         )
         .await;
         let ok = matches!(ping, Ok(Ok(_)));
-        if ok {
-            self.mark(true, "");
+        if !ok {
+            self.inner.successes.store(0, Ordering::Release);
+        } else if !self.is_up() {
+            let successes = self.inner.successes.fetch_add(1, Ordering::AcqRel) + 1;
+            let first_connection = !self.inner.was_ever_up.load(Ordering::Acquire);
+            if first_connection || successes >= self.inner.up_after_probes {
+                self.inner.successes.store(0, Ordering::Release);
+                self.inner.failures.store(0, Ordering::Release);
+                self.mark(true, "");
+            }
         }
         ok
     }
@@ -116,8 +143,12 @@ impl RedisLink {
 
     fn mark(&self, up: bool, why: &str) {
         let was = self.inner.up.swap(up, Ordering::AcqRel);
+        if up {
+            self.inner.was_ever_up.store(true, Ordering::Release);
+        }
         if was != up {
             crate::metrics::redis_up(up);
+            crate::metrics::redis_state_change(up);
             if up {
                 tracing::info!("redis reachable: using the shared cache, coalescing and quota");
             } else {
@@ -163,11 +194,19 @@ impl RedisLink {
         let result = tokio::time::timeout(self.inner.timeout, f(manager)).await;
         crate::metrics::redis_command(operation, started.elapsed());
         let failure = match result {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                self.inner.failures.store(0, Ordering::Release);
+                return Ok(value);
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("{operation} timed out after {:?}", self.inner.timeout),
         };
-        self.mark(false, &failure);
+        crate::metrics::redis_failure(operation);
+        let failures = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.inner.down_after_failures {
+            self.inner.successes.store(0, Ordering::Release);
+            self.mark(false, &failure);
+        }
         crate::metrics::redis_fallback(operation);
         Err(RedisUnavailable(failure))
     }

@@ -66,6 +66,19 @@ impl SlidingWindow {
         self.total += units;
     }
 
+    /// Takes back `units` recorded at `at_ms` (a reservation not used after all).
+    pub fn remove(&mut self, units: u64, at_ms: u64) {
+        let units = units.min(self.limit);
+        if let Some(i) = self
+            .entries
+            .iter()
+            .position(|&(t, u)| t == at_ms && u == units)
+        {
+            self.entries.remove(i);
+            self.total -= units;
+        }
+    }
+
     /// Units counted in the window ending at `now_ms` (reservations included).
     pub fn used(&mut self, now_ms: u64) -> u64 {
         self.prune(now_ms);

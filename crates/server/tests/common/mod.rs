@@ -135,4 +135,5 @@ pub async fn start_sim_with_latency(ms: u64) -> SimServer {
 pub fn fixed_latency(ms: u64) -> gemini_sim::Latency {
     gemini_sim::Latency::Fixed { ms }
 }
+pub mod cluster;
 pub mod processes;
