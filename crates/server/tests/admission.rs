@@ -22,12 +22,16 @@ async fn a_slow_answer_does_not_lock_the_quota_gate_shut() {
     settings.upstream.rpm = 1000;
     let app = spawn_app(settings).await;
 
-    let slow = app.ask("math", "A question that takes the model a while").await;
+    let slow = app
+        .ask("math", "A question that takes the model a while")
+        .await;
     assert_eq!(slow.status(), StatusCode::OK);
 
     sim.update_config(|c| c.latency = fixed_latency(50));
     for i in 0..5 {
-        let reply = app.ask("math", format!("A fresh question number {i}")).await;
+        let reply = app
+            .ask("math", format!("A fresh question number {i}"))
+            .await;
         let status = reply.status();
         let body = reply.text().await.unwrap_or_default();
         assert_eq!(status, StatusCode::OK, "question {i}: {body}");
