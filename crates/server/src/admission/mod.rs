@@ -170,18 +170,6 @@ impl Admission {
         }
     }
 
-    /// Admission with a fixed limit of `max_concurrency` (no quota to size it from).
-    pub fn fixed(max_concurrency: usize, max_queue: usize, max_wait: Duration) -> Admission {
-        let bound = ConcurrencyBound {
-            ceiling: max_concurrency,
-            floor: max_concurrency,
-            rpm: 0,
-            headroom: 1.0,
-        };
-        let latency = LatencyEstimate::new(Duration::from_secs(30), Duration::from_secs(30));
-        Admission::new(bound, latency, max_queue, max_wait)
-    }
-
     /// Waits for a model slot, within the queue bounds and `deadline`.
     pub async fn admit(&self, deadline: Instant) -> Result<AdmissionPermit, Shed> {
         self.resize();
@@ -298,9 +286,21 @@ impl Admission {
 mod tests {
     use super::*;
 
+    /// Admission with a fixed limit (no quota to size it from).
+    fn fixed(max_concurrency: usize, max_queue: usize, max_wait: Duration) -> Admission {
+        let bound = ConcurrencyBound {
+            ceiling: max_concurrency,
+            floor: max_concurrency,
+            rpm: 0,
+            headroom: 1.0,
+        };
+        let latency = LatencyEstimate::new(Duration::from_secs(30), Duration::from_secs(30));
+        Admission::new(bound, latency, max_queue, max_wait)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_in_length_and_time() {
-        let admission = Arc::new(Admission::fixed(1, 1, Duration::from_secs(5)));
+        let admission = Arc::new(fixed(1, 1, Duration::from_secs(5)));
         let deadline = Instant::now() + Duration::from_secs(30);
         let held = admission.admit(deadline).await.unwrap();
         let waiter = {
@@ -321,7 +321,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_queued_request_gets_the_next_free_slot() {
-        let admission = Arc::new(Admission::fixed(1, 4, Duration::from_secs(5)));
+        let admission = Arc::new(fixed(1, 4, Duration::from_secs(5)));
         let deadline = Instant::now() + Duration::from_secs(30);
         let held = admission.admit(deadline).await.unwrap();
         let waiter = {
