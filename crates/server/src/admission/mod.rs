@@ -429,4 +429,45 @@ mod tests {
         let after = admission.limit();
         assert!(after > 4 * before, "{before} -> {after}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn resizing_while_calls_come_and_go_loses_no_slot_and_adds_none() {
+        const S: Duration = Duration::from_secs(1);
+        let latency = LatencyEstimate::new(30 * S, 15 * S);
+        let admission = Arc::new(Admission::new(derived(600), latency, 0, Duration::ZERO));
+        let deadline = Instant::now() + 3600 * S;
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    for n in 0..2_000u32 {
+                        // Alternate fast and slow calls, so the limit swings between about 20
+                        // and 300 while permits are held and returned.
+                        if n % 100 == 0 {
+                            let took = if (n / 100 + i) % 2 == 0 {
+                                S / 10
+                            } else {
+                                15 * S
+                            };
+                            for _ in 0..50 {
+                                admission.record_success(took);
+                            }
+                        }
+                        if let Ok(permit) = admission.admit(deadline).await {
+                            assert!(admission.in_flight() <= 1000);
+                            tokio::task::yield_now().await;
+                            drop(permit);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(admission.in_flight(), 0);
+        // Whatever the swings, exactly the limit in force can be held now.
+        let held = fill(&admission, deadline).await;
+        assert_eq!(held.len(), admission.limit());
+    }
 }
