@@ -1,6 +1,6 @@
 //! Router and middleware assembly, the application's lifecycle and graceful shutdown.
 
-use crate::admission::{Admission, QuotaLimiter};
+use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimiter};
 use crate::agents::AgentRegistry;
 use crate::api;
 use crate::cache::{MemoryCache, RedisCache, ResponseCache};
@@ -124,7 +124,18 @@ impl AppState {
             cache,
             provider,
             admission: Admission::new(
-                up.max_concurrency,
+                ConcurrencyBound {
+                    ceiling: up.max_concurrency,
+                    floor: up.min_concurrency,
+                    rpm: up.rpm,
+                    headroom: up.concurrency_headroom,
+                },
+                // No call can usefully take longer than half the deadline: a request also has
+                // to wait for its slot, and the quota gate needs room to grant future slots.
+                LatencyEstimate::new(
+                    Duration::from_secs(up.latency_half_life_secs),
+                    settings.request_timeout() / 2,
+                ),
                 up.max_queue,
                 Duration::from_millis(up.max_queue_wait_ms),
             ),

@@ -216,9 +216,6 @@ struct Inner {
     /// Prompts the model refused recently: asking again would cost a call for the same refusal.
     refusals: Option<moka::future::Cache<CacheKey, ProviderError>>,
     monitor: UpstreamMonitor,
-    /// Moving average of successful model-call latency (ms): a quota slot is only worth
-    /// reserving if the call can still finish before the deadline.
-    typical_call_ms: AtomicU64,
 }
 
 /// The chat service; cheap to clone.
@@ -243,7 +240,6 @@ impl ChatService {
                 next_call_id: AtomicU64::new(0),
                 refusals,
                 monitor: UpstreamMonitor::default(),
-                typical_call_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -427,18 +423,6 @@ impl Drop for InFlightGauge<'_> {
 }
 
 impl Inner {
-    fn record_call_latency(&self, took: Duration) {
-        let sample = took.as_millis() as u64;
-        // Lock-free EWMA (weight 1/8); a lost update under a race only delays convergence.
-        let old = self.typical_call_ms.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.typical_call_ms.store(new, Ordering::Relaxed);
-    }
-
     async fn fetch(
         &self,
         key: &CacheKey,
@@ -573,15 +557,14 @@ impl Inner {
             + gemini_sim::answer::count_tokens(&request.message);
         let mut attempt = 0;
         let completion = loop {
-            // A slot so late that the call cannot finish in time would spend quota on a 504;
-            // refuse it now (503 + Retry-After) instead. Twice the typical call time leaves room
-            // for a slower than usual answer.
-            let typical_call = Duration::from_millis(
-                self.typical_call_ms
-                    .load(Ordering::Relaxed)
-                    .saturating_mul(2),
-            );
-            let quota_deadline = deadline.checked_sub(typical_call).unwrap_or(deadline);
+            // A future slot so late that the call cannot finish in time would spend quota on a
+            // 504; refuse it now (503 + Retry-After) instead. Twice the typical call leaves room
+            // for a slower answer; the cap keeps a slow spell from refusing every future slot.
+            // Until calls are seen they are assumed fast (prior 0): a slot free now is granted
+            // by the limiter whatever this margin is.
+            let latency = deps.admission.latency();
+            let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
+            let quota_deadline = deadline.checked_sub(margin).unwrap_or(deadline);
             deps.quota
                 .acquire(input_tokens, quota_deadline)
                 .await
@@ -601,11 +584,12 @@ impl Inner {
                 .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
             let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
             crate::metrics::upstream_request(outcome, started.elapsed());
+            match &result {
+                Ok(_) => deps.admission.record_success(started.elapsed()),
+                Err(_) => deps.admission.record_failure(started.elapsed()),
+            }
             match result {
-                Ok(completion) => {
-                    self.record_call_latency(started.elapsed());
-                    break completion;
-                }
+                Ok(completion) => break completion,
                 Err(error) if error.is_retryable() && attempt < deps.retry.max_retries => {
                     let delay = deps.retry.delay(attempt, &error);
                     if Instant::now() + delay >= deadline {

@@ -158,8 +158,15 @@ impl Default for GeminiSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
-    /// Model calls in flight at once (the seed's `Semaphore(100)`).
+    /// Ceiling of model calls in flight at once; below it the limit follows `rpm` and latency.
     pub max_concurrency: usize,
+    /// Floor of the derived concurrency limit (capped by `max_concurrency`).
+    pub min_concurrency: usize,
+    /// The concurrency limit is `rpm / 60 x typical call latency x` this (Little's law + room).
+    pub concurrency_headroom: f64,
+    /// Half-life of a model-call latency sample in the estimate behind the limit and quota gate,
+    /// in seconds.
+    pub latency_half_life_secs: u64,
     /// Distinct questions allowed to wait for a free slot; beyond it requests get 503.
     pub max_queue: usize,
     /// Longest a question waits for a free slot before 503, in milliseconds.
@@ -185,7 +192,10 @@ pub struct UpstreamSettings {
 impl Default for UpstreamSettings {
     fn default() -> Self {
         UpstreamSettings {
-            max_concurrency: 100,
+            max_concurrency: 1000,
+            min_concurrency: 32,
+            concurrency_headroom: 2.0,
+            latency_half_life_secs: 30,
             max_queue: 1000,
             max_queue_wait_ms: 20_000,
             rpm: 1000,
@@ -449,6 +459,14 @@ impl Settings {
         if self.upstream.max_concurrency == 0 {
             return fail("upstream.max_concurrency must be at least 1");
         }
+        if !(self.upstream.concurrency_headroom >= 1.0
+            && self.upstream.concurrency_headroom.is_finite())
+        {
+            return fail("upstream.concurrency_headroom must be a number of at least 1.0");
+        }
+        if self.upstream.latency_half_life_secs == 0 {
+            return fail("upstream.latency_half_life_secs must be at least 1");
+        }
         if self.cache.capacity == 0 && self.cache.enabled {
             return fail("cache.capacity must be at least 1 (or set cache.enabled = false)");
         }
@@ -509,7 +527,7 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds_numbers() {
         let s = Settings::default();
-        assert_eq!(s.upstream.max_concurrency, 100);
+        assert_eq!(s.upstream.max_concurrency, 1000);
         assert_eq!(s.cache.ttl_secs, 3600);
         assert_eq!(s.cache.capacity, 1000);
         assert_eq!(s.server.request_timeout_secs, 30);

@@ -36,8 +36,10 @@ pub const CACHE_ENTRIES: &str = "learning_chat_cache_entries";
 pub const COALESCED: &str = "learning_chat_coalesced_requests_total";
 /// Model calls in flight now.
 pub const UPSTREAM_IN_FLIGHT: &str = "learning_chat_upstream_in_flight";
-/// The configured model-call concurrency limit.
+/// The model-call concurrency limit in force (derived from quota and latency, under the ceiling).
 pub const UPSTREAM_LIMIT: &str = "learning_chat_upstream_concurrency_limit";
+/// The recent typical model-call latency the concurrency limit is derived from.
+pub const UPSTREAM_LATENCY_ESTIMATE: &str = "learning_chat_upstream_latency_estimate_seconds";
 /// Questions waiting for a model slot.
 pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
 /// Time spent waiting for a model slot.
@@ -180,7 +182,12 @@ fn describe() {
         "Requests that shared an identical in-flight question."
     );
     describe_gauge!(UPSTREAM_IN_FLIGHT, "Model calls in flight.");
-    describe_gauge!(UPSTREAM_LIMIT, "Configured model-call concurrency limit.");
+    describe_gauge!(UPSTREAM_LIMIT, "Model-call concurrency limit in force.");
+    describe_gauge!(
+        UPSTREAM_LATENCY_ESTIMATE,
+        Unit::Seconds,
+        "Recent typical model-call latency (sizes the concurrency limit)."
+    );
     describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
     describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
     describe_counter!(
@@ -439,9 +446,14 @@ pub fn coalesced(scope: &'static str) {
     counter!(COALESCED, "scope" => scope).increment(1);
 }
 
-/// Sets the configured concurrency limit.
+/// Sets the concurrency limit in force.
 pub fn upstream_limit(limit: usize) {
     gauge!(UPSTREAM_LIMIT).set(limit as f64);
+}
+
+/// Sets the latency estimate the concurrency limit is derived from.
+pub fn upstream_latency_estimate(estimate: Duration) {
+    gauge!(UPSTREAM_LATENCY_ESTIMATE).set(estimate.as_secs_f64());
 }
 
 /// Sets the model calls in flight.

@@ -276,10 +276,12 @@ async fn upstream_calls_tokens_cost_and_quota_gauges_match_the_simulator() {
     );
     // Quota usage is one division: calls this minute (or in the window) over the quota.
     assert_eq!(after.value("learning_chat_quota_rpm", &[]), 1000.0);
-    assert_eq!(
-        after.value("learning_chat_upstream_concurrency_limit", &[]),
-        100.0
-    );
+    // The limit in force is derived from the quota and the latency estimate, within the
+    // default floor (32) and ceiling (1000); the estimate is capped at half the 30 s deadline.
+    let limit = after.value("learning_chat_upstream_concurrency_limit", &[]);
+    assert!((32.0..=1000.0).contains(&limit), "{limit}");
+    let estimate = after.value("learning_chat_upstream_latency_estimate_seconds", &[]);
+    assert!(estimate > 0.0 && estimate <= 15.0, "{estimate}");
     assert_eq!(after.value("learning_chat_queue_limit", &[]), 1000.0);
     assert_eq!(after.value("learning_chat_upstream_in_flight", &[]), 0.0);
     assert_eq!(after.value("learning_chat_queue_depth", &[]), 0.0);

@@ -1,17 +1,20 @@
 //! Admission control: bounded concurrency with a bounded, time-limited queue, and the upstream
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up.
 
+mod latency;
 mod quota;
 mod redis_quota;
 mod sliding_window;
 
+pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use sliding_window::SlidingWindow;
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// Why a request was refused before reaching the model; a metric label.
@@ -48,15 +51,83 @@ pub struct Shed {
 /// The retry hint when the queue is the bound: slots free up within seconds under normal load.
 const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// At most `max_concurrency` model calls at once, at most `max_queue` waiting, each for at most
-/// `max_wait` (the seed's `Semaphore(100)`, with the bounds it lacked).
+/// How many model calls may be in flight: enough to use the quota, never more than the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConcurrencyBound {
+    /// `upstream.max_concurrency`: never more than this, whatever the quota and latency.
+    pub ceiling: usize,
+    /// `upstream.min_concurrency`: never fewer (capped by the ceiling), so a burst on top of a
+    /// low steady rate still finds slots.
+    pub floor: usize,
+    /// `upstream.rpm` (0 = unlimited: the bound is the ceiling).
+    pub rpm: u32,
+    /// `upstream.concurrency_headroom`: the multiple of the Little's-law need that is allowed.
+    pub headroom: f64,
+}
+
+impl ConcurrencyBound {
+    /// The limit for calls taking `latency`: by Little's law the quota keeps `rpm / 60 x latency`
+    /// calls in flight, times the headroom for bursts and slower calls, within floor and ceiling.
+    pub fn limit(&self, latency: Duration) -> usize {
+        let ceiling = self.ceiling.max(1);
+        if self.rpm == 0 {
+            return ceiling;
+        }
+        let needed = f64::from(self.rpm) / 60.0 * latency.as_secs_f64() * self.headroom;
+        // `as` saturates, and NaN (a nonsense headroom) becomes 0 and so the floor.
+        (needed.ceil() as usize).clamp(self.floor.clamp(1, ceiling), ceiling)
+    }
+}
+
+/// At most the current concurrency limit of model calls at once, at most `max_queue` waiting,
+/// each for at most `max_wait`. The limit follows the latency estimate (see
+/// [`ConcurrencyBound`]); it is re-derived at each admission and each recorded call.
 #[derive(Debug)]
 pub struct Admission {
-    semaphore: Arc<Semaphore>,
-    max_concurrency: usize,
+    slots: Arc<Slots>,
+    bound: ConcurrencyBound,
+    latency: LatencyEstimate,
+    /// Serialises resizes, so two of them never interleave their permit arithmetic.
+    resizing: Mutex<()>,
     max_queue: usize,
     max_wait: Duration,
     queued: AtomicUsize,
+}
+
+/// The semaphore and its bookkeeping, shared with the permits so that a permit returned while
+/// the limit is being lowered is withheld instead of released.
+#[derive(Debug)]
+struct Slots {
+    semaphore: Semaphore,
+    /// The current limit: available + in flight - owed.
+    limit: AtomicUsize,
+    /// Permits to withhold as calls end: the part of a reduction the free permits could not cover.
+    owed: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl Slots {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let repaid = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+        if repaid.is_err() {
+            self.semaphore.add_permits(1);
+        }
+    }
+}
+
+/// A model slot, held for the length of one upstream call (retries included).
+#[derive(Debug)]
+pub struct AdmissionPermit {
+    slots: Arc<Slots>,
+}
+
+impl Drop for AdmissionPermit {
+    fn drop(&mut self) {
+        self.slots.release();
+    }
 }
 
 /// Decrements the queue depth however the wait ends (slot, timeout or cancellation).
@@ -70,12 +141,29 @@ impl Drop for QueueSlot<'_> {
 }
 
 impl Admission {
-    /// Admission with the given bounds.
-    pub fn new(max_concurrency: usize, max_queue: usize, max_wait: Duration) -> Admission {
-        crate::metrics::upstream_limit(max_concurrency);
+    /// Admission within `bound`, sized from `latency`, with the given queue bounds.
+    pub fn new(
+        bound: ConcurrencyBound,
+        latency: LatencyEstimate,
+        max_queue: usize,
+        max_wait: Duration,
+    ) -> Admission {
+        // Until calls are seen, size for calls as slow as the estimate allows: too many slots
+        // for a while is harmless under the ceiling, too few would queue the first burst.
+        let estimate = latency.estimate(latency.cap());
+        let limit = bound.limit(estimate);
+        crate::metrics::upstream_limit(limit);
+        crate::metrics::upstream_latency_estimate(estimate);
         Admission {
-            semaphore: Arc::new(Semaphore::new(max_concurrency)),
-            max_concurrency,
+            slots: Arc::new(Slots {
+                semaphore: Semaphore::new(limit),
+                limit: AtomicUsize::new(limit),
+                owed: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+            }),
+            bound,
+            latency,
+            resizing: Mutex::new(()),
             max_queue,
             max_wait,
             queued: AtomicUsize::new(0),
@@ -83,9 +171,10 @@ impl Admission {
     }
 
     /// Waits for a model slot, within the queue bounds and `deadline`.
-    pub async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, Shed> {
-        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-            return Ok(permit);
+    pub async fn admit(&self, deadline: Instant) -> Result<AdmissionPermit, Shed> {
+        self.resize();
+        if let Ok(permit) = self.slots.semaphore.try_acquire() {
+            return Ok(self.hold(permit));
         }
         // Reserve a queue place first, so the bound holds even under a burst of arrivals.
         let reserved = self
@@ -103,10 +192,10 @@ impl Admission {
         crate::metrics::queue_depth(self.queued.load(Ordering::Acquire));
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
-        let acquired = tokio::time::timeout_at(until, self.semaphore.clone().acquire_owned()).await;
+        let acquired = tokio::time::timeout_at(until, self.slots.semaphore.acquire()).await;
         crate::metrics::queue_wait(started.elapsed());
         match acquired {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(self.hold(permit)),
             // Closed never happens (we never close it); treat it like a timeout rather than panic.
             Ok(Err(_)) | Err(_) => Err(Shed {
                 reason: ShedReason::QueueTimeout,
@@ -115,9 +204,66 @@ impl Admission {
         }
     }
 
+    /// Turns a semaphore permit into one whose return honours reductions of the limit.
+    fn hold(&self, permit: tokio::sync::SemaphorePermit<'_>) -> AdmissionPermit {
+        permit.forget();
+        self.slots.in_flight.fetch_add(1, Ordering::AcqRel);
+        AdmissionPermit {
+            slots: self.slots.clone(),
+        }
+    }
+
+    /// Records a model call that answered after `took`, and re-derives the limit.
+    pub fn record_success(&self, took: Duration) {
+        self.latency.record_success(took);
+        self.resize();
+    }
+
+    /// Records a model call that failed or timed out after `waited`, and re-derives the limit.
+    pub fn record_failure(&self, waited: Duration) {
+        self.latency.record_failure(waited);
+        self.resize();
+    }
+
+    /// The recent model-call latency (the quota gate's input).
+    pub fn latency(&self) -> &LatencyEstimate {
+        &self.latency
+    }
+
+    /// Sets the limit to what the bound derives from the latency estimate now.
+    fn resize(&self) {
+        let estimate = self.latency.estimate(self.latency.cap());
+        crate::metrics::upstream_latency_estimate(estimate);
+        let target = self.bound.limit(estimate);
+        if self.slots.limit.load(Ordering::Acquire) == target {
+            return;
+        }
+        let _resizing = self.resizing.lock();
+        let current = self.slots.limit.load(Ordering::Acquire);
+        let slots = &self.slots;
+        if target > current {
+            let grow = target - current;
+            // Cancel withheld permits first; only the rest become new permits.
+            let owed = slots
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                    Some(o.saturating_sub(grow))
+                })
+                .unwrap_or(0);
+            slots.semaphore.add_permits(grow - owed.min(grow));
+        } else if target < current {
+            let shrink = current - target;
+            // Free permits go at once; the rest are withheld as the calls holding them end.
+            let forgotten = slots.semaphore.forget_permits(shrink);
+            slots.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        slots.limit.store(target, Ordering::Release);
+        crate::metrics::upstream_limit(target);
+    }
+
     /// Model calls in flight now.
     pub fn in_flight(&self) -> usize {
-        self.max_concurrency - self.semaphore.available_permits()
+        self.slots.in_flight.load(Ordering::Acquire)
     }
 
     /// Questions waiting for a slot now.
@@ -125,9 +271,14 @@ impl Admission {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// The configured concurrency limit.
+    /// The concurrency limit in force now.
+    pub fn limit(&self) -> usize {
+        self.slots.limit.load(Ordering::Acquire)
+    }
+
+    /// The configured ceiling of the concurrency limit (`upstream.max_concurrency`).
     pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
+        self.bound.ceiling
     }
 }
 
@@ -135,9 +286,21 @@ impl Admission {
 mod tests {
     use super::*;
 
+    /// Admission with a fixed limit (no quota to size it from).
+    fn fixed(max_concurrency: usize, max_queue: usize, max_wait: Duration) -> Admission {
+        let bound = ConcurrencyBound {
+            ceiling: max_concurrency,
+            floor: max_concurrency,
+            rpm: 0,
+            headroom: 1.0,
+        };
+        let latency = LatencyEstimate::new(Duration::from_secs(30), Duration::from_secs(30));
+        Admission::new(bound, latency, max_queue, max_wait)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn queue_is_bounded_in_length_and_time() {
-        let admission = Arc::new(Admission::new(1, 1, Duration::from_secs(5)));
+        let admission = Arc::new(fixed(1, 1, Duration::from_secs(5)));
         let deadline = Instant::now() + Duration::from_secs(30);
         let held = admission.admit(deadline).await.unwrap();
         let waiter = {
@@ -158,7 +321,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_queued_request_gets_the_next_free_slot() {
-        let admission = Arc::new(Admission::new(1, 4, Duration::from_secs(5)));
+        let admission = Arc::new(fixed(1, 4, Duration::from_secs(5)));
         let deadline = Instant::now() + Duration::from_secs(30);
         let held = admission.admit(deadline).await.unwrap();
         let waiter = {
@@ -169,5 +332,142 @@ mod tests {
         assert_eq!(admission.in_flight(), 1);
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
+    }
+
+    fn derived(rpm: u32) -> ConcurrencyBound {
+        ConcurrencyBound {
+            ceiling: 1000,
+            floor: 4,
+            rpm,
+            headroom: 2.0,
+        }
+    }
+
+    #[test]
+    fn the_bound_is_littles_law_with_headroom_within_floor_and_ceiling() {
+        let seed_model = Duration::from_millis(2800);
+        // 6000 rpm = 100 calls/s, each 2.8 s: 280 in flight, twice that allowed.
+        assert_eq!(derived(6000).limit(seed_model), 560);
+        // The quota, not the ceiling, is what limits: 1000 rpm needs 47 slots, allows 94.
+        assert_eq!(derived(1000).limit(seed_model), 94);
+        // Unlimited quota: the ceiling.
+        assert_eq!(derived(0).limit(seed_model), 1000);
+        // Never above the ceiling, never below the floor.
+        assert_eq!(derived(1_000_000).limit(seed_model), 1000);
+        assert_eq!(derived(60).limit(Duration::from_millis(10)), 4);
+        // A floor above the ceiling yields to it.
+        let tiny = ConcurrencyBound {
+            ceiling: 2,
+            floor: 32,
+            rpm: 60,
+            headroom: 2.0,
+        };
+        assert_eq!(tiny.limit(Duration::ZERO), 2);
+    }
+
+    /// Drives `admission` until it refuses a slot; returns the permits it granted.
+    async fn fill(admission: &Admission, deadline: Instant) -> Vec<AdmissionPermit> {
+        let mut held = Vec::new();
+        while let Ok(permit) = admission.admit(deadline).await {
+            held.push(permit);
+            assert!(held.len() <= 1000, "the limit never binds");
+        }
+        held
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_follows_the_latency_estimate_down_and_back_up() {
+        const S: Duration = Duration::from_secs(1);
+        // 600 rpm: 10 calls/s. Until a call is seen, calls are assumed to take the cap (15 s).
+        let latency = LatencyEstimate::new(30 * S, 15 * S);
+        let admission = Admission::new(derived(600), latency, 0, Duration::from_millis(100));
+        assert_eq!(admission.limit(), 300);
+        let deadline = Instant::now() + 3600 * S;
+        let mut held = Vec::new();
+        for _ in 0..30 {
+            held.push(admission.admit(deadline).await.unwrap());
+        }
+        // Calls turn out to take 1 s: 10/s x 1 s x 2 = 20, plus the prior's pull.
+        for _ in 0..200 {
+            admission.record_success(S);
+        }
+        let lowered = admission.limit();
+        assert!((20..=25).contains(&lowered), "{lowered}");
+        // 30 calls still hold slots above the new limit: nothing more is admitted...
+        assert_eq!(admission.in_flight(), 30);
+        let refused = admission.admit(deadline).await.unwrap_err();
+        assert_eq!(refused.reason, ShedReason::QueueFull);
+        // ...until enough of them end; then exactly the new limit is in flight.
+        held.truncate(10);
+        let more = fill(&admission, deadline).await;
+        assert_eq!(admission.in_flight(), lowered);
+        assert_eq!(more.len(), lowered - 10);
+        drop(more);
+        drop(held);
+        assert_eq!(admission.in_flight(), 0);
+        assert_eq!(fill(&admission, deadline).await.len(), lowered);
+        // Ten quiet minutes: the fast calls no longer rule and the limit is back up.
+        tokio::time::advance(600 * S).await;
+        let held = fill(&admission, deadline).await;
+        assert_eq!(admission.limit(), 300);
+        assert_eq!(held.len(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_raise_the_limit() {
+        const S: Duration = Duration::from_secs(1);
+        let latency = LatencyEstimate::new(30 * S, 15 * S);
+        let admission = Admission::new(derived(600), latency, 0, Duration::from_millis(100));
+        for _ in 0..100 {
+            admission.record_success(S);
+        }
+        let before = admission.limit();
+        // The model slows down: calls time out after 10 s. Little's law needs more slots.
+        for _ in 0..100 {
+            admission.record_failure(10 * S);
+        }
+        let after = admission.limit();
+        assert!(after > 4 * before, "{before} -> {after}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn resizing_while_calls_come_and_go_loses_no_slot_and_adds_none() {
+        const S: Duration = Duration::from_secs(1);
+        let latency = LatencyEstimate::new(30 * S, 15 * S);
+        let admission = Arc::new(Admission::new(derived(600), latency, 0, Duration::ZERO));
+        let deadline = Instant::now() + 3600 * S;
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    for n in 0..2_000u32 {
+                        // Alternate fast and slow calls, so the limit swings between about 20
+                        // and 300 while permits are held and returned.
+                        if n % 100 == 0 {
+                            let took = if (n / 100 + i) % 2 == 0 {
+                                S / 10
+                            } else {
+                                15 * S
+                            };
+                            for _ in 0..50 {
+                                admission.record_success(took);
+                            }
+                        }
+                        if let Ok(permit) = admission.admit(deadline).await {
+                            assert!(admission.in_flight() <= 1000);
+                            tokio::task::yield_now().await;
+                            drop(permit);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(admission.in_flight(), 0);
+        // Whatever the swings, exactly the limit in force can be held now.
+        let held = fill(&admission, deadline).await;
+        assert_eq!(held.len(), admission.limit());
     }
 }

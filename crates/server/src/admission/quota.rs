@@ -219,8 +219,9 @@ impl QuotaLimiter {
         deadline.saturating_duration_since(self.origin).as_millis() as u64
     }
 
-    /// Reserves a slot for one request of `input_tokens` and waits for it, or refuses at once
-    /// when the slot lies beyond `deadline`.
+    /// Reserves a slot for one request of `input_tokens` and waits for it. A slot free now is
+    /// always granted; a slot in the future is refused at once when it lies beyond `deadline`
+    /// (for a model call: the request's deadline less the time the call needs).
     pub async fn acquire(
         &self,
         input_tokens: u32,
@@ -271,7 +272,7 @@ impl QuotaLimiter {
                 let held = match state.conservative.as_mut().filter(|_| rpm > 0) {
                     Some(conservative) => {
                         let at = conservative.window.earliest(weight, now);
-                        if at > self.deadline_ms(deadline) {
+                        if at > now && at > self.deadline_ms(deadline) {
                             return Err(QuotaRejection {
                                 retry_after: Duration::from_millis(at - now),
                             });
@@ -450,7 +451,9 @@ impl QuotaLimiter {
         if let Some(w) = tokens.as_mut() {
             at = at.max(w.earliest(input_tokens.into(), now));
         }
-        if at > deadline_ms {
+        // Only a wait can make the call too late; refusing a free slot would turn an idle
+        // quota into 503s whenever calls run long.
+        if at > now && at > deadline_ms {
             return Err(QuotaRejection {
                 retry_after: Duration::from_millis(at - now),
             });
@@ -562,5 +565,21 @@ mod tests {
         for _ in 0..1000 {
             quota.acquire(1_000_000, deadline).await.unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_free_slot_is_granted_even_when_the_latest_start_has_passed() {
+        let quota = QuotaLimiter::new(2, 0, Duration::ZERO);
+        // A caller whose calls run long asks with a latest start already behind it.
+        let passed = Instant::now() - Duration::from_secs(1);
+        quota.acquire(10, passed).await.unwrap();
+        quota.acquire(10, passed).await.unwrap();
+        // The next slot is 60 s away: that one is refused, at once, with the wait as the hint.
+        let refused = quota.acquire(10, passed).await.unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(60));
+        // A refusal reserves nothing: once the window moves on, two slots are free again.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        quota.acquire(10, Instant::now()).await.unwrap();
+        quota.acquire(10, Instant::now()).await.unwrap();
     }
 }
