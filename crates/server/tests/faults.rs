@@ -105,11 +105,11 @@ impl Drop for Proc {
     }
 }
 
-fn start_sim(rpm: u32) -> Proc {
+fn start_sim(rpm: u32, latency_ms: u64) -> Proc {
     let port = free_port();
     let child = Command::new(workspace_binary("gemini-sim", "gemini-sim"))
         .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(["--latency-ms", &HEALTHY_LATENCY_MS.to_string()])
+        .args(["--latency-ms", &latency_ms.to_string()])
         .args(["--rpm", &rpm.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -466,7 +466,7 @@ fn print_row(
 /// Scenario 1: one server, no Redis; gemini-sim's latency 200 ms -> 20 s for 25 s -> 200 ms.
 async fn slow_upstream(deadline_secs: u64, scenario: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sim = start_sim(SERVICE_RPM);
+    let sim = start_sim(SERVICE_RPM, HEALTHY_LATENCY_MS);
     let server = start_server(
         sim.port,
         &[(
@@ -600,7 +600,7 @@ async fn slow_upstream_with_the_default_30s_deadline_recovers_within_2s() {
 async fn upstream_429s_are_honoured_not_hammered_and_recovery_is_within_2s() {
     const RETRY_DELAY: Duration = Duration::from_secs(10);
     let dir = tempfile::tempdir().expect("temp dir");
-    let sim = start_sim(SERVICE_RPM);
+    let sim = start_sim(SERVICE_RPM, HEALTHY_LATENCY_MS);
     let server = start_server(sim.port, &[]);
     let control = SimControl::new(sim.port);
     control.reset_stats().await;
@@ -757,12 +757,15 @@ struct Cluster {
 
 /// The shared quota of the cluster scenarios; the simulator enforces the same one.
 const CLUSTER_RPM: u32 = 300;
+/// gemini-sim's latency in the cluster scenarios: long enough that every server has calls in
+/// flight when Redis or a server dies.
+const CLUSTER_LATENCY_MS: u64 = 1000;
 
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let redis = RedisProcess::start();
-        let sim = start_sim(CLUSTER_RPM);
+        let sim = start_sim(CLUSTER_RPM, CLUSTER_LATENCY_MS);
         let servers: Vec<Proc> = (0..3)
             .map(|_| {
                 start_server(
@@ -859,7 +862,8 @@ async fn cluster_under_fault<F, Fut>(
     print_row(
         scenario,
         &format!(
-            "3 servers + nginx, shared quota {CLUSTER_RPM} rpm, {LOAD_RATE}/s load + 5/s canary"
+            "3 servers + nginx, shared quota {CLUSTER_RPM} rpm, answers {CLUSTER_LATENCY_MS} ms, \
+             {LOAD_RATE}/s load + 5/s canary"
         ),
         distinct,
         &failed,
