@@ -444,19 +444,19 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "never".to_owned(), |d| d.as_millis().to_string())
 }
 
-/// The one-line figures of a scenario, for the tables in bench/RESULTS.md and docs/scaling.md.
-#[allow(clippy::too_many_arguments)]
+/// The one-line figures of a scenario, for the tables in bench/RESULTS.md and docs/scaling.md:
+/// scenario, settings, requests (every one a distinct question), failures, upstream calls,
+/// upstream 429s, recovery in ms.
 fn print_row(
     scenario: &str,
     settings: &str,
-    requests: u64,
+    questions: u64,
     failed: &str,
     upstream: &Stats,
-    distinct: u64,
     recovery: Option<Duration>,
 ) {
     eprintln!(
-        "FAULT-ROW | {scenario} | {settings} | {requests} | {failed} | {} | {distinct} | {} | {} |",
+        "FAULT-ROW | {scenario} | {settings} | {questions} | {failed} | {} | {} | {} |",
         upstream.requests,
         upstream.rate_limited,
         ms(recovery),
@@ -528,7 +528,6 @@ async fn slow_upstream(deadline_secs: u64, scenario: &str) {
         + after.requests
         + canary_during.len() as u64
         + canary_after.len() as u64;
-    let requests = distinct;
     let failed = format!(
         "warm {:?}; fault {:?} (canary {:?}); after {:?} (canary {:?})",
         warm.failures_by_status,
@@ -540,10 +539,9 @@ async fn slow_upstream(deadline_secs: u64, scenario: &str) {
     print_row(
         scenario,
         &format!("deadline {deadline_secs} s, {LOAD_RATE}/s load + canary"),
-        requests,
+        distinct,
         &failed,
         &upstream,
-        distinct,
         recovered,
     );
 
@@ -704,7 +702,6 @@ async fn upstream_429s_are_honoured_not_hammered_and_recovery_is_within_2s() {
         distinct,
         &failed,
         &upstream,
-        distinct,
         recovered,
     );
 
@@ -823,8 +820,10 @@ async fn redis_up_within(port: u16, within: Duration) -> bool {
     false
 }
 
-/// Load and canary through nginx for `total`, running `fault` at `fault_at` meanwhile; asserts
-/// no request failed, no upstream 429, at most `extra_calls` calls beyond one per question.
+/// Load and canary through nginx for `total`, running `fault` at `fault_at` meanwhile. `fault`
+/// returns when its fault ended and how many upstream calls it may have cost twice (calls lost
+/// with a killed server). Asserts no request failed, no upstream 429, and at most one upstream
+/// call per distinct question beyond those.
 async fn cluster_under_fault<F, Fut>(
     cluster: &Cluster,
     scenario: &str,
@@ -868,7 +867,6 @@ async fn cluster_under_fault<F, Fut>(
         distinct,
         &failed,
         &upstream,
-        distinct,
         recovered,
     );
     assert!(load.requests > 0 && load.ok > 0);
