@@ -250,8 +250,9 @@ impl QuotaConfig {
     }
 }
 
-/// Probabilities (0..=1) of each injected fault, rolled once per generate request. If they add
-/// up to more than 1, the ones listed later are squeezed out.
+/// Probabilities (0..=1) of each injected fault, rolled once per generate request (and the
+/// injected 429's retry delay). If they add up to more than 1, the ones listed later are
+/// squeezed out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FaultConfig {
