@@ -118,6 +118,14 @@ pub struct Cli {
     #[arg(long = "fault-504")]
     pub fault_504: Option<f64>,
 
+    /// Probability (0..1) of a 429 RESOURCE_EXHAUSTED with RetryInfo, answered at once.
+    #[arg(long = "fault-429")]
+    pub fault_429: Option<f64>,
+
+    /// `retryDelay` of the injected 429s, in ms (default 26000, as in the recorded body).
+    #[arg(long = "fault-429-retry-delay-ms")]
+    pub fault_429_retry_delay_ms: Option<u64>,
+
     /// Probability (0..1) that a stream is cut mid-way (connection closed, no finishReason).
     #[arg(long)]
     pub fault_stream_cut: Option<f64>,
@@ -180,6 +188,11 @@ impl Cli {
         set(&mut config.faults.error_500, self.fault_500);
         set(&mut config.faults.error_503, self.fault_503);
         set(&mut config.faults.error_504, self.fault_504);
+        set(&mut config.faults.error_429, self.fault_429);
+        set(
+            &mut config.faults.error_429_retry_delay_ms,
+            self.fault_429_retry_delay_ms,
+        );
         set(&mut config.faults.stream_cut, self.fault_stream_cut);
         set(&mut config.faults.hang, self.fault_hang);
         set(&mut config.hang_max_ms, self.hang_max_ms);
@@ -215,6 +228,10 @@ mod tests {
             "b",
             "--fault-503",
             "0.1",
+            "--fault-429",
+            "0.2",
+            "--fault-429-retry-delay-ms",
+            "5000",
             "--models",
             "m1,m2",
         ]);
@@ -223,6 +240,8 @@ mod tests {
         assert_eq!(config.quota.rpm, 1000);
         assert_eq!(config.api_keys, vec!["a", "b"]);
         assert_eq!(config.faults.error_503, 0.1);
+        assert_eq!(config.faults.error_429, 0.2);
+        assert_eq!(config.faults.error_429_retry_delay_ms, 5000);
         assert_eq!(config.models, vec!["m1", "m2"]);
         let cli = Cli::parse_from([
             "gemini-sim",

@@ -97,6 +97,7 @@ impl SimConfig {
             ("faults.error_504", self.faults.error_504),
             ("faults.stream_cut", self.faults.stream_cut),
             ("faults.hang", self.faults.hang),
+            ("faults.error_429", self.faults.error_429),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -249,9 +250,10 @@ impl QuotaConfig {
     }
 }
 
-/// Probabilities (0..=1) of each injected fault, rolled once per generate request. If they add
-/// up to more than 1, the ones listed later are squeezed out.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Probabilities (0..=1) of each injected fault, rolled once per generate request (and the
+/// injected 429's retry delay). If they add up to more than 1, the ones listed later are
+/// squeezed out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FaultConfig {
     /// 500 INTERNAL.
@@ -265,6 +267,26 @@ pub struct FaultConfig {
     /// A stream is cut mid-way: some chunks, then the connection closes without `finishReason`.
     /// Applies to `streamGenerateContent` only.
     pub stream_cut: f64,
+    /// 429 RESOURCE_EXHAUSTED with the recorded body's QuotaFailure, Help and RetryInfo, as when
+    /// the project's quota is used up by someone else (another service on the same key). It is
+    /// answered at once, before any latency, like a real quota refusal, and consumes no quota.
+    pub error_429: f64,
+    /// `RetryInfo.retryDelay` of the injected 429, in ms (the recorded body says 26 s).
+    pub error_429_retry_delay_ms: u64,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            error_500: 0.0,
+            error_503: 0.0,
+            error_504: 0.0,
+            hang: 0.0,
+            stream_cut: 0.0,
+            error_429: 0.0,
+            error_429_retry_delay_ms: 26_000,
+        }
+    }
 }
 
 impl FaultConfig {
@@ -275,6 +297,7 @@ impl FaultConfig {
             || self.error_504 > 0.0
             || self.hang > 0.0
             || self.stream_cut > 0.0
+            || self.error_429 > 0.0
     }
 }
 

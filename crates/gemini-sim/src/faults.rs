@@ -16,9 +16,11 @@ pub enum Fault {
     Hang,
     /// A stream closed after some chunks, without a finish reason.
     StreamCut,
+    /// 429 RESOURCE_EXHAUSTED with a RetryInfo, answered at once.
+    QuotaExhausted,
 }
 
-/// Rolls the dice. Rates are taken in the order 500, 503, 504, hang, stream cut on one uniform
+/// Rolls the dice. Rates are taken in the order 500, 503, 504, hang, stream cut, 429 on one uniform
 /// draw, so they add up (and later ones are squeezed out if the sum passes 1). `stream_cut` only
 /// applies when `streaming` is true; for other requests its share answers normally.
 pub fn roll(faults: &FaultConfig, streaming: bool) -> Option<Fault> {
@@ -33,6 +35,7 @@ pub fn roll(faults: &FaultConfig, streaming: bool) -> Option<Fault> {
         (faults.error_504, Fault::DeadlineExceeded),
         (faults.hang, Fault::Hang),
         (faults.stream_cut, Fault::StreamCut),
+        (faults.error_429, Fault::QuotaExhausted),
     ] {
         threshold += rate;
         if draw < threshold {

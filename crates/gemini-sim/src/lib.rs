@@ -25,8 +25,9 @@
 //!   400 and no change if the result is invalid).
 //!
 //! # Request pipeline
-//! method, API key (400 API_KEY_INVALID), model (404), body (400), quota (429, nothing
-//! consumed), fault roll, latency, answer. Injected 500/503/504 come after the sampled latency;
+//! method, API key (400 API_KEY_INVALID), model (404), body (400), fault roll (an injected 429
+//! is answered here, at once), quota (429, nothing consumed), latency, answer. Injected
+//! 500/503/504 come after the sampled latency;
 //! a hang waits until the client leaves or `hang_max_ms` passes (then 504).
 
 // Unit tests may unwrap; request paths may not (workspace lints).

@@ -5,7 +5,7 @@ use crate::config::SimConfig;
 use crate::errors::{json_response, ApiError, JSON_CONTENT_TYPE};
 use crate::faults::{self, Fault};
 use crate::latency;
-use crate::quota::{Admission, QuotaBook};
+use crate::quota::{Admission, QuotaBook, QuotaKind, Violation};
 use crate::respond::{self, Plan};
 use crate::stats::{Outcome, RequestGuard, Stats, StatsCollector, Timeline};
 use axum::body::{Body, Bytes};
@@ -214,7 +214,7 @@ async fn model_post(
         Some(Fault::Internal) => Some(ApiError::internal()),
         Some(Fault::Unavailable) => Some(ApiError::unavailable()),
         Some(Fault::DeadlineExceeded) => Some(ApiError::deadline_exceeded()),
-        Some(Fault::StreamCut) | None => None,
+        Some(Fault::StreamCut | Fault::QuotaExhausted) | None => None,
     };
     // Injected errors arrive after the usual latency, so faults do not change a load's timing.
     if !state.sleep(admitted.delay).await {
@@ -306,6 +306,14 @@ fn admit(
             ),
         ));
     }
+    let streaming = method == Method::Stream;
+    // Rolled before the quota check: an injected 429 stands for a quota used up elsewhere, so
+    // it must not also eat into this simulator's own windows.
+    let fault = faults::roll(&config.faults, streaming);
+    if fault == Some(Fault::QuotaExhausted) {
+        state.stats.fault(Fault::QuotaExhausted);
+        return Err(fail(guard, injected_quota_error(config, model)));
+    }
     if config.quota.any() {
         let tokens = respond::prompt_tokens(request.system_instruction.as_ref(), &request.contents);
         if let Admission::Limited {
@@ -320,8 +328,6 @@ fn admit(
             return Err(fail(guard, error));
         }
     }
-    let streaming = method == Method::Stream;
-    let fault = faults::roll(&config.faults, streaming);
     if let Some(fault) = fault {
         state.stats.fault(fault);
     }
@@ -336,6 +342,30 @@ fn admit(
         fault,
         delay,
     })
+}
+
+/// `quotaValue` of an injected 429 when no RPM quota is configured: Gemini 2.5 Flash's tier-1
+/// requests per minute.
+const INJECTED_QUOTA_RPM: u64 = 1000;
+
+/// The injected 429: the per-minute request quota, with `faults.error_429_retry_delay_ms` as
+/// its `RetryInfo.retryDelay`.
+fn injected_quota_error(config: &SimConfig, model: &str) -> ApiError {
+    let limit = if config.quota.rpm > 0 {
+        config.quota.rpm
+    } else {
+        INJECTED_QUOTA_RPM
+    };
+    let violation = Violation {
+        kind: QuotaKind::RequestsPerMinute,
+        limit,
+    };
+    ApiError::quota_exceeded(
+        &[violation],
+        model,
+        config.quota.free_tier,
+        Duration::from_millis(config.faults.error_429_retry_delay_ms),
+    )
 }
 
 fn count_tokens(guard: &mut RequestGuard, body: &[u8]) -> Response {

@@ -77,6 +77,8 @@ pub struct FaultCounts {
     pub hang: u64,
     /// Cut streams.
     pub stream_cut: u64,
+    /// Injected 429s (also counted in `rate_limited`).
+    pub error_429: u64,
 }
 
 /// Requests that arrived in one minute.
@@ -175,7 +177,7 @@ pub struct StatsCollector {
     count_tokens: AtomicU64,
     prompt_tokens: AtomicU64,
     output_tokens: AtomicU64,
-    faults: [AtomicU64; 5],
+    faults: [AtomicU64; 6],
     /// Each slot packs `(unix minute << 32) | count`, so a slot rolls over to a new minute and
     /// counts in one atomic update.
     minutes: [AtomicU64; MINUTE_SLOTS],
@@ -262,6 +264,7 @@ impl StatsCollector {
             Fault::DeadlineExceeded => 2,
             Fault::Hang => 3,
             Fault::StreamCut => 4,
+            Fault::QuotaExhausted => 5,
         };
         self.faults[index].fetch_add(1, Relaxed);
     }
@@ -341,6 +344,7 @@ impl StatsCollector {
                 error_504: self.faults[2].load(Relaxed),
                 hang: self.faults[3].load(Relaxed),
                 stream_cut: self.faults[4].load(Relaxed),
+                error_429: self.faults[5].load(Relaxed),
             },
             per_minute,
             per_key,

@@ -170,3 +170,72 @@ async fn stream_cut_closes_without_finish_reason() {
     // generateContent is not affected by the stream-cut rate.
     assert_eq!(sim.stats().ok, 1);
 }
+
+#[tokio::test]
+async fn injected_429_has_the_recorded_quota_body_and_consumes_no_quota() {
+    let sim = start(SimConfig {
+        quota: gemini_sim::QuotaConfig {
+            rpm: 3,
+            free_tier: true,
+            ..gemini_sim::QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    post_config(
+        &sim,
+        json!({"faults": {"error_429": 1.0, "error_429_retry_delay_ms": 20_000}}),
+    )
+    .await;
+    for _ in 0..5 {
+        let reply = generate(&sim, &request("hi")).await;
+        assert_eq!(reply.status, 429, "{}", reply.text);
+        assert!(
+            reply.headers.get("retry-after").is_none(),
+            "Gemini sends no Retry-After"
+        );
+        // Same paths and detail order as the recorded 429.
+        assert_eq!(
+            key_paths(&reply.json()),
+            key_paths(&fixture_json("error_429_quota.json"))
+        );
+        let raw = reply.json();
+        assert_eq!(raw["error"]["details"][2]["retryDelay"], "20s");
+        let error = reply.error();
+        assert_eq!(error.status, "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            error.message,
+            fixture_json("error_429_quota.json")["error"]["message"]
+        );
+        assert_eq!(error.retry_delay(), Some(Duration::from_secs(20)));
+        assert_eq!(
+            error.quota_ids(),
+            vec!["GenerateRequestsPerMinutePerProjectPerModel-FreeTier".to_owned()]
+        );
+        assert!(!error.is_daily_quota());
+        assert_eq!(
+            raw["error"]["details"][0]["violations"][0]["quotaValue"],
+            "3"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.requests, stats.rate_limited, stats.faults.error_429),
+        (5, 5, 5)
+    );
+    // The injected refusals took nothing from the simulator's own quota: all 3 slots are free.
+    post_config(&sim, json!({"faults": {"error_429": 0.0}})).await;
+    for _ in 0..3 {
+        assert_eq!(generate(&sim, &request("hi")).await.status, 200);
+    }
+    assert_eq!(generate(&sim, &request("hi")).await.status, 429);
+    assert_eq!(sim.stats().faults.error_429, 5);
+    // Invalid rates are refused.
+    let resp = client()
+        .post(format!("{}/config", sim.base_url()))
+        .json(&json!({"faults": {"error_429": -0.5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
