@@ -913,9 +913,16 @@ async fn redis_killed_and_restarted_under_three_servers_fails_nothing() {
         "redis fault: every server reported Redis up again {} ms after redis-server listened",
         ms(reconnected)
     );
+    // Requests never stopped succeeding (checked above); going back to the shared state waits
+    // for the deliberate hysteresis (redis.up_after_probes x redis.probe_interval_ms, issue 9
+    // item 5), so that is the bound here, plus the same recovery allowance.
+    let defaults = learning_chat::config::RedisSettings::default();
+    let reuse_bound = Duration::from_millis(
+        u64::from(defaults.up_after_probes) * defaults.probe_interval_ms,
+    ) + RECOVERY_BOUND;
     assert!(
-        reconnected.is_some_and(|r| r < RECOVERY_BOUND),
-        "every server back on the shared Redis within {RECOVERY_BOUND:?}: {}",
+        reconnected.is_some_and(|r| r < reuse_bound),
+        "every server back on the shared Redis within {reuse_bound:?}: {}",
         ms(reconnected)
     );
 }
