@@ -16,12 +16,13 @@
 
 mod common;
 
-use common::processes::{bin_dir, free_port, wait_for_port, RedisProcess};
+use common::cluster::{start_nginx, workspace_binary, Proc};
+use common::processes::{free_port, wait_for_port, RedisProcess};
 use gemini_sim::Stats;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,65 +46,6 @@ const CANARY_DURING_FAULT_EVERY: Duration = Duration::from_secs(1);
 const RECOVERY_BOUND: Duration = Duration::from_secs(2);
 /// The service's default quota; the simulator enforces the same one, so any excess is a 429.
 const SERVICE_RPM: u32 = 1000;
-
-/// A workspace binary, built when missing (see tests/cluster.rs: `-p learning-chat` alone does
-/// not build the other packages' binaries).
-fn workspace_binary(name: &str, package: &str) -> PathBuf {
-    let dir = bin_dir();
-    let path = dir.join(name);
-    if path.exists() {
-        return path;
-    }
-    let target_dir = dir.parent().expect("target dir").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", name])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {name} failed");
-    path
-}
-
-/// A child process stopped on drop (SIGTERM, then SIGKILL) unless it already exited.
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-impl Proc {
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.child.id().to_string())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let until = std::time::Instant::now() + within;
-        while std::time::Instant::now() < until {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        if self.wait_exit(Duration::from_secs(3)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn start_sim(rpm: u32, latency_ms: u64) -> Proc {
     let port = free_port();
@@ -146,79 +88,6 @@ fn start_server(sim_port: u16, env: &[(&str, String)]) -> Proc {
     assert!(
         wait_for_port(port, Duration::from_secs(30)),
         "learning-chat did not listen"
-    );
-    Proc { child, port }
-}
-
-/// Runs nginx with deploy/nginx/learning-chat.conf, only the server lines, port and log path
-/// replaced (as tests/cluster.rs does).
-fn start_nginx(dir: &Path, servers: &[Proc]) -> Proc {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/learning-chat.conf"),
-    )
-    .expect("deploy/nginx/learning-chat.conf");
-    let port = free_port();
-    let mut site = String::new();
-    let mut replaced_servers = false;
-    for line in shipped.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("server app") {
-            if !replaced_servers {
-                for server in servers {
-                    site.push_str(&format!(
-                        "    server 127.0.0.1:{} max_fails=3 fail_timeout=10s;\n",
-                        server.port
-                    ));
-                }
-                replaced_servers = true;
-            }
-        } else if trimmed.starts_with("listen ") {
-            site.push_str(&format!("    listen 127.0.0.1:{port};\n"));
-        } else if trimmed.starts_with("access_log /var/log") {
-            site.push_str(&format!(
-                "    access_log {}/access.log learning_chat;\n",
-                dir.display()
-            ));
-        } else {
-            site.push_str(line);
-            site.push('\n');
-        }
-    }
-    assert!(
-        replaced_servers,
-        "the shipped config has no `server appN` lines any more"
-    );
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let user = if is_root { "user root;\n" } else { "" };
-    let main = format!(
-        "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}}}\n",
-        d = dir.display()
-    );
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, main).expect("write nginx.conf");
-    let nginx_bin = ["/usr/sbin/nginx", "nginx"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("-v").output().is_ok())
-        .expect("nginx is required: run ./scripts/test.sh, which installs it");
-    let child = Command::new(nginx_bin)
-        .args(["-p"])
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "nginx did not listen"
     );
     Proc { child, port }
 }
@@ -917,9 +786,9 @@ async fn redis_killed_and_restarted_under_three_servers_fails_nothing() {
     // for the deliberate hysteresis (redis.up_after_probes x redis.probe_interval_ms, issue 9
     // item 5), so that is the bound here, plus the same recovery allowance.
     let defaults = learning_chat::config::RedisSettings::default();
-    let reuse_bound = Duration::from_millis(
-        u64::from(defaults.up_after_probes) * defaults.probe_interval_ms,
-    ) + RECOVERY_BOUND;
+    let reuse_bound =
+        Duration::from_millis(u64::from(defaults.up_after_probes) * defaults.probe_interval_ms)
+            + RECOVERY_BOUND;
     assert!(
         reconnected.is_some_and(|r| r < reuse_bound),
         "every server back on the shared Redis within {reuse_bound:?}: {}",
