@@ -20,20 +20,60 @@ pub struct ModelRequest {
     pub model: String,
     /// The tutor's system prompt.
     pub system_prompt: String,
+    /// Earlier turns of the conversation sent with the message, oldest first (empty for a
+    /// single message or a conversation's first turn).
+    pub history: std::sync::Arc<[ModelTurn]>,
     /// The learner's (normalised) message.
     pub message: String,
     /// Sampling and length settings.
     pub generation: GenerationConfig,
 }
 
+/// Who said a turn of a conversation: Gemini's `role` of a content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The learner.
+    User,
+    /// The tutor (the model).
+    Model,
+}
+
+impl Role {
+    /// `user` or `model`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Model => "model",
+        }
+    }
+}
+
+/// One earlier turn of a conversation, as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelTurn {
+    /// Who said it.
+    pub role: Role,
+    /// What was said (normalised for user turns).
+    pub text: String,
+}
+
 impl ModelRequest {
-    /// The Gemini wire request for this question.
+    /// The Gemini wire request for this question: the history as alternating `user` / `model`
+    /// contents, then the new message.
     pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
+        let mut contents = Vec::with_capacity(self.history.len() + 1);
+        contents.extend(
+            self.history.iter().map(|turn| {
+                gemini_wire::Content::text(Some(turn.role.as_str()), turn.text.clone())
+            }),
+        );
+        contents.push(gemini_wire::Content::text(
+            Some("user"),
+            self.message.clone(),
+        ));
         gemini_wire::GenerateContentRequest {
-            contents: vec![gemini_wire::Content::text(
-                Some("user"),
-                self.message.clone(),
-            )],
+            contents,
             system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
             generation_config: Some(self.generation.clone()),
             safety_settings: None,
