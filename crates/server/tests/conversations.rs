@@ -13,6 +13,7 @@ use futures::future::join_all;
 use gemini_sim::{SimConfig, SimServer};
 use learning_chat::config::Secret;
 use learning_chat::conversations::ConversationError;
+use learning_chat::providers::{ModelTurn, Role};
 use learning_chat::{AppState, Settings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -192,8 +193,46 @@ async fn another_server_continues_the_conversation_and_erasure_reaches_every_ser
         "refreshed to conversation.ttl_secs: {ttl}"
     );
 
+    // The answers made from the conversation are in the shared cache until it is erased.
+    let answers: Vec<String> = seen_by_a["turns"]
+        .as_array()
+        .unwrap()
+        .chunks(2)
+        .enumerate()
+        .map(|(n, pair)| {
+            let history: Vec<ModelTurn> = seen_by_a["turns"].as_array().unwrap()[..2 * n]
+                .iter()
+                .map(|t| ModelTurn {
+                    role: if t["role"] == "user" {
+                        Role::User
+                    } else {
+                        Role::Model
+                    },
+                    text: t["text"].as_str().unwrap().to_owned(),
+                })
+                .collect();
+            let key = a
+                .state
+                .chat
+                .cache_key_with_history("math", pair[0]["text"].as_str().unwrap(), &history)
+                .unwrap();
+            format!("learning-chat:answer:{key}")
+        })
+        .collect();
+    // Written to Redis off the request path: wait for it (a hang guard, not a timing bound).
+    let until = Instant::now() + Duration::from_secs(15);
+    for answer in &answers {
+        while redis.cli(&["EXISTS", answer]) != "1" {
+            assert!(Instant::now() < until, "{answer} never cached");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     assert_eq!(delete(&b, &id).await, StatusCode::NO_CONTENT);
     assert_eq!(redis.cli(&["EXISTS", &key]), "0", "gone from Redis");
+    for answer in &answers {
+        assert_eq!(redis.cli(&["EXISTS", answer]), "0", "{answer} erased too");
+    }
     for app in [&a, &b] {
         let (status, body) = get(app, &id).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");

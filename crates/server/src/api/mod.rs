@@ -288,7 +288,7 @@ pub async fn delete_conversation(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = path?;
-    state.conversations.erase(&id).await?;
+    state.conversations.erase(&state.chat, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

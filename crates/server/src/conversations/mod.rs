@@ -15,7 +15,7 @@ mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
-use crate::cache::normalise_message;
+use crate::cache::{normalise_message, CacheKey};
 use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService};
 use crate::config::ConversationSettings;
 use crate::providers::{ModelTurn, Role};
@@ -391,10 +391,25 @@ impl Conversations {
             .ok_or(ConversationError::NotFound)
     }
 
-    /// Erases the conversation from the store (Redis: for every server).
-    pub async fn erase(&self, id: &str) -> Result<(), ConversationError> {
+    /// Erases the conversation from the store (Redis: for every server), and the answers made
+    /// from it from the response cache: this server's memory and Redis. (Another server's
+    /// short-lived in-process tier keeps them until `cache.l1_ttl_secs` passes; their keys are
+    /// hashes of the whole conversation, so nobody without it can reach them.)
+    pub async fn erase(&self, chat: &ChatService, id: &str) -> Result<(), ConversationError> {
         if !is_valid_id(id) {
             return Err(ConversationError::NotFound);
+        }
+        // A message being answered finishes first; one arriving later finds nothing.
+        let _lock = self.lock(id).await?;
+        let conversation = self
+            .store
+            .load(id)
+            .await
+            .map_err(|_| self.unavailable())?
+            .ok_or(ConversationError::NotFound)?;
+        let keys = self.answer_keys(chat, &conversation);
+        if chat.cache().remove(&keys).await.is_err() {
+            return Err(self.unavailable());
         }
         match self.store.erase(id).await {
             Ok(true) => {
@@ -404,6 +419,31 @@ impl Conversations {
             Ok(false) => Err(ConversationError::NotFound),
             Err(_) => Err(self.unavailable()),
         }
+    }
+
+    /// The cache keys the conversation's answers were stored under: each question with the
+    /// history that was sent with it (recomputed with today's bounds and agent settings).
+    fn answer_keys(&self, chat: &ChatService, conversation: &Conversation) -> Vec<CacheKey> {
+        let agent_id = &conversation.agent_id;
+        let system_prompt = chat
+            .agents()
+            .get(agent_id)
+            .map(|a| a.definition.system_prompt.clone())
+            .unwrap_or_default();
+        let turns = &conversation.turns;
+        (0..turns.len())
+            .step_by(2)
+            .filter_map(|at| {
+                let message = &turns[at].text;
+                let (history, _) = bounded_history(
+                    &system_prompt,
+                    &turns[..at],
+                    message,
+                    self.settings.max_history_tokens,
+                );
+                chat.cache_key_with_history(agent_id, message, &history)
+            })
+            .collect()
     }
 
     /// Answers `message` to `agent_id`: in the conversation `conversation_id` with its history,
