@@ -160,6 +160,15 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Rare events exported from the start, so a rate over them reads 0 rather than no data.
+            for rare in [
+                CONVERSATIONS_CREATED,
+                CONVERSATIONS_ERASED,
+                CONVERSATIONS_EVICTED,
+                CONVERSATION_TRUNCATIONS,
+            ] {
+                counter!(rare).increment(0);
+            }
             let _ = HOT.set(HotHandles {
                 http_in_flight: gauge!(HTTP_IN_FLIGHT),
                 http: (0..ROUTE_LABELS.len() * METHOD_LABELS.len() * STATUS_LABELS.len())
