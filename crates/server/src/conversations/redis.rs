@@ -49,6 +49,8 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if expected == 0 then
   if kind ~= 'none' then return -1 end
   redis.call('RPUSH', KEYS[1], ARGV[5])
+  -- The index is trimmed here too, so it stays bounded even if nobody scrapes the gauge.
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[1])))
 else
   if kind ~= 'list' then return -2 end
   if redis.call('LLEN', KEYS[1]) ~= expected then return -1 end

@@ -322,6 +322,40 @@ mod tests {
     }
 
     #[test]
+    fn the_history_goes_as_alternating_contents_before_the_message() {
+        let request = ModelRequest {
+            model: "gemini-2.5-flash".into(),
+            system_prompt: "You are a tutor.".into(),
+            history: vec![
+                ModelTurn {
+                    role: Role::User,
+                    text: "What is a derivative?".into(),
+                },
+                ModelTurn {
+                    role: Role::Model,
+                    text: "A rate of change.".into(),
+                },
+            ]
+            .into(),
+            message: "Can you show me an example?".into(),
+            generation: GenerationConfig::default(),
+        };
+        let wire = serde_json::to_value(request.to_wire()).unwrap();
+        assert_eq!(
+            wire["contents"],
+            serde_json::json!([
+                {"role": "user", "parts": [{"text": "What is a derivative?"}]},
+                {"role": "model", "parts": [{"text": "A rate of change."}]},
+                {"role": "user", "parts": [{"text": "Can you show me an example?"}]},
+            ])
+        );
+        assert_eq!(
+            wire["systemInstruction"],
+            serde_json::json!({"parts": [{"text": "You are a tutor."}]})
+        );
+    }
+
+    #[test]
     fn recorded_refusals_map_to_clear_errors() {
         assert_eq!(
             completion_from_response(fixture("blocked_prompt.json"), "x"),
