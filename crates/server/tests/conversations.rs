@@ -516,3 +516,28 @@ async fn conversations_are_bounded_in_turns_and_stored_bytes() {
     assert_eq!(body["error"]["code"], "conversation_too_large");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_conversations() {
+    let app = spawn_app(offline_settings()).await;
+    let doc = app.get_json("/openapi.json").await;
+    let paths = &doc["paths"];
+    let conversation = &paths["/api/v1/conversations/{conversation_id}"];
+    assert!(conversation["get"].is_object(), "{conversation}");
+    assert!(
+        conversation["delete"]["responses"]["204"].is_object(),
+        "{conversation}"
+    );
+    let chat = &paths["/api/v1/agents/{agent_id}"]["post"]["responses"];
+    assert!(chat["409"].is_object(), "{chat}");
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["ChatRequest"]["properties"]["conversation_id"].is_object());
+    for field in ["conversation_id", "turn", "history_truncated"] {
+        assert!(
+            schemas["ChatResponse"]["properties"][field].is_object(),
+            "ChatResponse.{field}"
+        );
+    }
+    assert!(schemas["ConversationView"]["properties"]["turns"].is_object());
+    app.stop().await.unwrap();
+}

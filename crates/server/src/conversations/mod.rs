@@ -630,6 +630,20 @@ mod tests {
     }
 
     #[test]
+    fn the_quota_estimate_counts_the_whole_history_sent() {
+        let history: Vec<ModelTurn> = turns(&["12345678", "1234"])
+            .iter()
+            .map(|t| ModelTurn {
+                role: t.role,
+                text: t.text.clone(),
+            })
+            .collect();
+        // 4 characters a token: system 1 + history 2 + 1 + message 1.
+        assert_eq!(input_token_estimate("abcd", &history, "abcd"), 5);
+        assert_eq!(input_token_estimate("abcd", &[], "abcd"), 2);
+    }
+
+    #[test]
     fn ids_are_128_random_bits_in_url_safe_hex() {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);
