@@ -104,7 +104,9 @@ async fn the_same_question_again_is_served_from_cache() {
         app,
         post_json(
             "/api/v1/agents/science",
-            r#"{"message":"  Why is the sky blue?\n"}"#,
+            // Blank lines and trailing spaces only: a first line's indentation is meaningful
+            // (issue 9) and makes another question.
+            r#"{"message":"\n  \nWhy is the sky blue?  \n"}"#,
         ),
     )
     .await;
