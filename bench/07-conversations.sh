@@ -8,6 +8,8 @@ source "$(dirname "$0")/common.sh"
 build_release
 USERS=${USERS:-1000}
 RUN_TIME=${RUN_TIME:-60}
+# upstream.max_concurrency of the service (default: the service's own, 100).
+MAX_CONCURRENCY=${MAX_CONCURRENCY:-100}
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -23,13 +25,14 @@ mem() { rcli info memory | awk -F: '/^used_memory:/ { print $2 }' | tr -d '\r'; 
 
 log "== 7. conversations: $USERS users, 3-8 questions each, 5-15 s think time, simulator 2.8 s"
 start_sim --preset seed
-start_service REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+start_service REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    LEARNING_CHAT_UPSTREAM__MAX_CONCURRENCY="$MAX_CONCURRENCY"
 for _ in $(seq 1 100); do
     curl -sf "$SVC_URL/ready" | grep -q '"redis":"up"' && break
     sleep 0.1
 done
 before=$(mem)
-name=07-conversations
+name=07-conversations-c$MAX_CONCURRENCY
 log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --hatch-rate 50 --run-time ${RUN_TIME}s --questions zipf --agents all --conversation 3-8"
 loadtest --host "$SVC_URL" --users "$USERS" --hatch-rate 50 --run-time "${RUN_TIME}s" \
     --sim-url "$SIM_URL" --questions zipf --agents all --conversation 3-8 \
