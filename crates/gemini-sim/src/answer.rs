@@ -68,6 +68,22 @@ pub fn tutor_answer(system: &str, prompt: &str, tokens: u32) -> String {
     truncate_to_budget(text, budget)
 }
 
+/// Deterministic answer to a whole conversation: `turns` are the texts of every content in
+/// order, the new message last. One turn gives exactly [`tutor_answer`] of it; a follow-up's
+/// answer depends on every turn and opens by naming the conversation's first topic, so a
+/// client (or a test) can tell the context was sent.
+pub fn conversation_answer(system: &str, turns: &[&str], tokens: u32) -> String {
+    let conversation = turns.join("\n\n");
+    let answer = tutor_answer(system, &conversation, tokens);
+    match turns {
+        [first, _, ..] if !answer.is_empty() => truncate_to_budget(
+            format!("Following on from {}: {answer}", extract_topic(first)),
+            tokens as usize * 4,
+        ),
+        _ => answer,
+    }
+}
+
 /// Cuts `text` to at most `budget` characters, at a word boundary when there is one, ending
 /// with a full stop so a short answer still reads as a sentence.
 fn truncate_to_budget(mut text: String, budget: usize) -> String {
@@ -429,6 +445,25 @@ mod tests {
         assert_eq!(count_tokens("abcd"), 1);
         assert_eq!(count_tokens("abcde"), 2);
         assert_eq!(count_tokens("éééé"), 1);
+    }
+
+    #[test]
+    fn a_conversation_answer_depends_on_every_turn() {
+        let system = "You are a maths tutor.";
+        let single = conversation_answer(system, &["What is a derivative?"], 120);
+        assert_eq!(single, tutor_answer(system, "What is a derivative?", 120));
+        let follow_up = |first: &str, answer: &str| {
+            conversation_answer(system, &[first, answer, "Can you show me an example?"], 120)
+        };
+        let a = follow_up("What is a derivative?", "A rate of change.");
+        assert!(a.starts_with("Following on from derivative"), "{a}");
+        assert!(count_tokens(&a) <= 120, "{a}");
+        assert_ne!(a, follow_up("What is a fraction?", "A rate of change."));
+        assert_ne!(a, follow_up("What is a derivative?", "A slope."));
+        assert_ne!(
+            a,
+            conversation_answer(system, &["Can you show me an example?"], 120)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Building Gemini response bodies: what the simulator answers, independent of latency, quotas
 //! and faults.
 
-use crate::answer::{chars_to_tokens, tutor_answer};
+use crate::answer::{chars_to_tokens, conversation_answer};
 use crate::config::SimConfig;
 use gemini_wire::{
     Candidate, Content, FinishReason, GenerateContentRequest, GenerateContentResponse,
@@ -79,14 +79,9 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &SimConfig) -
         };
     }
     let system_text = system.map(Content::joined_text).unwrap_or_default();
-    let mut conversation = String::new();
-    for turn in &request.contents {
-        if !conversation.is_empty() {
-            conversation.push_str("\n\n");
-        }
-        conversation.push_str(&turn.joined_text());
-    }
-    let mut text = tutor_answer(&system_text, &conversation, config.answer_tokens);
+    let turns: Vec<String> = request.contents.iter().map(Content::joined_text).collect();
+    let turns: Vec<&str> = turns.iter().map(String::as_str).collect();
+    let mut text = conversation_answer(&system_text, &turns, config.answer_tokens);
     let generation = request.generation_config.as_ref();
     let mut finish = FinishReason::Stop;
     if let Some(stops) = generation.and_then(|g| g.stop_sequences.as_ref()) {

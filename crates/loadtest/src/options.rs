@@ -130,6 +130,37 @@ impl std::str::FromStr for WaitRange {
     }
 }
 
+/// Questions per conversation in conversation mode, drawn uniformly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnRange {
+    /// Fewest questions.
+    pub min: u32,
+    /// Most questions.
+    pub max: u32,
+}
+
+impl std::str::FromStr for TurnRange {
+    type Err = String;
+    /// `3-8`, or one number for a fixed length; at least 1, at most 1000.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let turns = |v: &str| -> Result<u32, String> {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("bad conversation length {s:?} (1 to 1000, e.g. 3-8)"))
+        };
+        let (min, max) = match s.split_once('-') {
+            Some((a, b)) => (turns(a)?, turns(b)?),
+            None => (turns(s)?, turns(s)?),
+        };
+        if min > max {
+            return Err(format!("conversation length {s:?}: minimum above maximum"));
+        }
+        Ok(TurnRange { min, max })
+    }
+}
+
 /// Everything the goose mode takes besides goose's own flags.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -152,6 +183,9 @@ pub struct LoadOptions {
     pub progress_every: u64,
     /// Writes the final report as JSON here (`--summary-json`, `LOADTEST_SUMMARY_JSON`).
     pub summary_json: Option<PathBuf>,
+    /// Conversation mode: each user holds conversations of this many questions, sending
+    /// follow-ups with the `conversation_id` (`--conversation`, `LOADTEST_CONVERSATION`).
+    pub conversation: Option<TurnRange>,
 }
 
 impl Default for LoadOptions {
@@ -169,6 +203,7 @@ impl Default for LoadOptions {
             sim_url: None,
             progress_every: 5,
             summary_json: None,
+            conversation: None,
         }
     }
 }
@@ -222,6 +257,11 @@ pub const OUR_FLAGS: &[(&str, &str, &str)] = &[
         "--summary-json",
         "LOADTEST_SUMMARY_JSON",
         "also write the final report as JSON to this file",
+    ),
+    (
+        "--conversation",
+        "LOADTEST_CONVERSATION",
+        "conversation mode: each user holds conversations of MIN-MAX questions (e.g. 3-8), follow-ups sent with the conversation_id after the think time",
     ),
 ];
 
@@ -302,6 +342,9 @@ impl LoadOptions {
                 .map_err(|_| format!("bad --progress-every {v:?}"))?;
         }
         options.summary_json = value("--summary-json").map(PathBuf::from);
+        if let Some(v) = value("--conversation") {
+            options.conversation = Some(v.parse()?);
+        }
         Ok((options, rest))
     }
 
@@ -388,6 +431,19 @@ mod tests {
                 LoadOptions::split_args(&args(bad), |_| None).is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn conversation_lengths() {
+        let (options, _) =
+            LoadOptions::split_args(&args(&["--conversation", "3-8"]), |_| None).unwrap();
+        assert_eq!(options.conversation, Some(TurnRange { min: 3, max: 8 }));
+        let (options, _) = LoadOptions::split_args(&args(&[]), |_| None).unwrap();
+        assert_eq!(options.conversation, None);
+        assert_eq!("4".parse(), Ok(TurnRange { min: 4, max: 4 }));
+        for bad in ["0-3", "8-3", "x", "1-1001"] {
+            assert!(bad.parse::<TurnRange>().is_err(), "{bad}");
         }
     }
 

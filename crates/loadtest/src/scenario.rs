@@ -3,7 +3,7 @@
 //! Defaults are the seed's profile (`locust --users 1000 --spawn-rate 50`, `between(5, 15)`,
 //! POST /api/v1/agents/math {"message": "What is 2+2?"}); goose's own flags override them.
 
-use crate::options::{AgentMix, LoadOptions};
+use crate::options::{AgentMix, LoadOptions, TurnRange};
 use crate::questions::{QuestionBank, QuestionPicker};
 use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
 use crate::report::Report;
@@ -14,6 +14,7 @@ use goose::GooseAttack;
 use gumdrop::Options as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,41 @@ struct Shared {
     recorder: Arc<Recorder>,
     mix: AgentMix,
     picker: QuestionPicker,
+    /// Conversation mode's length range.
+    conversation: Option<TurnRange>,
+    /// Conversation mode's counters.
+    conversations: ConversationCounts,
 }
+
+/// What conversation mode counts beyond the recorder's figures.
+#[derive(Default)]
+struct ConversationCounts {
+    /// Conversations started (first questions answered with an id).
+    started: AtomicU64,
+    /// Follow-ups sent.
+    follow_ups: AtomicU64,
+    /// Follow-ups answered (200) within their conversation.
+    follow_ups_ok: AtomicU64,
+}
+
+/// One user's conversation in progress (goose session data).
+struct UserConversation {
+    id: String,
+    agent: String,
+    /// Follow-ups still to send.
+    left: u32,
+}
+
+/// Follow-ups a learner sends after a first question: generic, so identical histories can
+/// still meet identical follow-ups (and share the cache) as they would in real use.
+const FOLLOW_UPS: &[&str] = &[
+    "Can you show me an example?",
+    "Why is that?",
+    "Can you explain that more simply?",
+    "What is a common mistake here?",
+    "How can I check my answer?",
+    "Can you give me a harder one?",
+];
 
 /// Runs the goose attack described by `options` and goose's own `goose_args`, and returns the
 /// report (also printed and, when asked, written as JSON by the caller).
@@ -57,6 +92,8 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         recorder: recorder.clone(),
         mix,
         picker,
+        conversation: options.conversation,
+        conversations: ConversationCounts::default(),
     });
 
     let configuration = GooseConfiguration::parse_args_default(&goose_args)
@@ -109,10 +146,16 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         .cloned()
         .unwrap_or_else(|| DEFAULT_HOST.to_owned());
     let host = host.trim_end_matches('/');
-    let description = format!(
+    let mut description = format!(
         "POST {host}/api/v1/agents/{{{}}}, questions {:?}, wait {:?}-{:?}",
         options.agents, options.questions, options.wait.min, options.wait.max
     );
+    if let Some(turns) = options.conversation {
+        description.push_str(&format!(
+            ", conversations of {}-{} questions",
+            turns.min, turns.max
+        ));
+    }
     let mut snapshot = recorder.snapshot();
     snapshot.elapsed = started.elapsed();
     let mut report = Report::from_snapshot("goose", description, &snapshot);
@@ -127,8 +170,27 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
     report
         .extra
         .insert("goose_max_users".to_owned(), metrics.maximum_users as f64);
+    if options.conversation.is_some() {
+        let counts = &shared.conversations;
+        for (name, counter) in [
+            ("conversations_started", &counts.started),
+            ("follow_ups", &counts.follow_ups),
+            ("follow_ups_ok", &counts.follow_ups_ok),
+        ] {
+            report
+                .extra
+                .insert(name.to_owned(), counter.load(Ordering::Relaxed) as f64);
+        }
+    }
     if let Some(sim) = sim {
-        report.upstream = Some(sim.stats().await?);
+        let upstream = sim.stats().await?;
+        if snapshot.ok > 0 {
+            report.extra.insert(
+                "model_calls_per_answer".to_owned(),
+                upstream.requests as f64 / snapshot.ok as f64,
+            );
+        }
+        report.upstream = Some(upstream);
     }
     Ok(report)
 }
@@ -166,39 +228,110 @@ fn ask(shared: Arc<Shared>) -> TransactionFunction {
     })
 }
 
-/// One question: pick agent and question, POST, read the whole body, record.
+/// One question: pick agent and question (in conversation mode: a follow-up in the user's
+/// conversation, or a new conversation's first question), POST, read the whole body, record.
 async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
-    let (agent, question) = {
+    let ongoing = match shared.conversation {
+        Some(_) => user
+            .get_session_data_mut::<Option<UserConversation>>()
+            .and_then(Option::take),
+        None => None,
+    };
+    let (agent, question, conversation_id, left) = {
         // thread_rng is not Send: drawn and dropped before the first await.
         let mut rng = rand::thread_rng();
-        let agent = shared.mix.pick(&mut rng).to_owned();
-        let question = shared.picker.pick(&agent, &mut rng);
-        (agent, question)
+        match ongoing {
+            Some(c) => {
+                let follow_up = FOLLOW_UPS[rand::Rng::gen_range(&mut rng, 0..FOLLOW_UPS.len())];
+                (c.agent, follow_up.to_owned(), Some(c.id), c.left - 1)
+            }
+            None => {
+                let agent = shared.mix.pick(&mut rng).to_owned();
+                let question = shared.picker.pick(&agent, &mut rng);
+                let left = shared
+                    .conversation
+                    .map_or(0, |t| rand::Rng::gen_range(&mut rng, t.min..=t.max) - 1);
+                (agent, question, None, left)
+            }
+        }
     };
     let path = format!("/api/v1/agents/{agent}");
+    let mut body = serde_json::json!({ "message": question });
+    if let Some(id) = &conversation_id {
+        body["conversation_id"] = serde_json::Value::String(id.clone());
+        shared
+            .conversations
+            .follow_ups
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let started = Instant::now();
-    let response = user
-        .post_json(&path, &serde_json::json!({ "message": question }))
-        .await?;
+    let response = user.post_json(&path, &body).await?;
     // goose records its own metric for this request (status, failure); we also need the
     // `cached` flag and the time to the whole body, so the body is read here.
-    let (status, cached) = match response.response {
+    let (status, answer) = match response.response {
         Ok(response) => {
             let status = response.status().as_u16();
             match response.bytes().await {
-                Ok(body) => (status, cached_flag(&body)),
+                Ok(body) => (status, answer_fields(&body)),
                 // Headers came but the body did not: not a usable answer.
-                Err(_) => (STATUS_NO_RESPONSE, false),
+                Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
             }
         }
-        Err(_) => (STATUS_NO_RESPONSE, false),
+        Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
     };
     shared.recorder.record(Outcome {
         status,
         latency: started.elapsed(),
-        cached,
+        cached: answer.cached,
     });
+    if shared.conversation.is_some() {
+        let ok = (200..300).contains(&status);
+        let counts = &shared.conversations;
+        match &conversation_id {
+            Some(_) if ok => {
+                counts.follow_ups_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            None if ok && answer.conversation_id.is_some() => {
+                counts.started.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        // A failed follow-up ends the conversation (a learner would start again); a new one
+        // goes on while it has questions left and the service gave it an id.
+        let next = match (ok, answer.conversation_id) {
+            (true, Some(id)) if left > 0 => Some(UserConversation { id, agent, left }),
+            _ => None,
+        };
+        user.set_session_data(next);
+    }
     Ok(())
+}
+
+/// What the load tester reads from an answer.
+#[derive(Debug, Default, PartialEq)]
+pub struct AnswerFields {
+    /// `"cached": true`.
+    pub cached: bool,
+    /// The conversation to follow up in.
+    pub conversation_id: Option<String>,
+}
+
+/// The fields of a learning-chat answer the load tester uses; defaults for anything else.
+pub fn answer_fields(body: &[u8]) -> AnswerFields {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        cached: bool,
+        #[serde(default)]
+        conversation_id: Option<String>,
+    }
+    serde_json::from_slice::<Answer>(body).map_or_else(
+        |_| AnswerFields::default(),
+        |a| AnswerFields {
+            cached: a.cached,
+            conversation_id: a.conversation_id,
+        },
+    )
 }
 
 /// The `cached` field of a learning-chat answer; false for anything else.
@@ -234,6 +367,22 @@ mod tests {
         assert!(!cached_flag(br#"{"response":"4","cached":false}"#));
         assert!(!cached_flag(br#"{"error":{"code":"x"}}"#));
         assert!(!cached_flag(b"not json"));
+    }
+
+    #[test]
+    fn answer_fields_read_the_conversation_id() {
+        assert_eq!(
+            answer_fields(br#"{"response":"4","cached":true,"conversation_id":"ab"}"#),
+            AnswerFields {
+                cached: true,
+                conversation_id: Some("ab".to_owned())
+            }
+        );
+        assert_eq!(
+            answer_fields(br#"{"response":"4","conversation_id":null}"#),
+            AnswerFields::default()
+        );
+        assert_eq!(answer_fields(b"not json"), AnswerFields::default());
     }
 
     #[test]

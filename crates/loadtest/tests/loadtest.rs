@@ -137,6 +137,28 @@ async fn goose_mode_counts_agree_with_the_simulator() {
     assert!(report.cached >= 1 && report.cached < 20, "{report:?}");
     assert!((report.cache_hit_ratio - report.cached as f64 / 20.0).abs() < 1e-9);
 
+    // Conversation mode: each user holds conversations of 3 questions, the last two sent as
+    // follow-ups in the conversation the first one started.
+    let mut args = strings(&common);
+    args.extend(strings(&[
+        "--questions",
+        "unique",
+        "--conversation",
+        "3",
+        "--iterations",
+        "6",
+    ]));
+    let report = loadtest(&args, dir.path(), "conversation").await;
+    assert_eq!(report.requests, 24, "{report:?}");
+    assert_eq!(report.ok, 24, "{report:?}");
+    assert_eq!(report.extra["conversations_started"], 8.0, "{report:?}");
+    assert_eq!(report.extra["follow_ups"], 16.0, "{report:?}");
+    assert_eq!(report.extra["follow_ups_ok"], 16.0, "{report:?}");
+    // Every first question is unique; a follow-up may share an answer with another
+    // conversation only when the whole history matches, which unique first questions rule out.
+    assert_eq!(report.upstream.clone().unwrap().requests, 24, "{report:?}");
+    assert_eq!(report.extra["model_calls_per_answer"], 1.0);
+
     // Zipf over the bank: upstream calls are the distinct questions, never more than requests.
     let mut args = strings(&common);
     args.extend(strings(&["--questions", "zipf"]));

@@ -7,6 +7,7 @@ use crate::cache::{MemoryCache, RedisCache, ResponseCache};
 use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
+use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
 use crate::providers::{GeminiClient, Provider, SimulatedModel};
 use crate::redis_link::RedisLink;
 use axum::http::StatusCode;
@@ -47,6 +48,8 @@ impl std::ops::Deref for AppState {
 pub struct AppStateParts {
     /// The chat service.
     pub chat: ChatService,
+    /// Multi-turn conversations.
+    pub conversations: Conversations,
     /// The effective settings.
     pub settings: Arc<Settings>,
     /// Renders `/metrics`.
@@ -155,12 +158,28 @@ impl AppState {
             refusal_ttl: Duration::from_secs(settings.cache.refusal_ttl_secs),
             failure_share: Duration::from_millis(settings.redis.failure_share_ms),
         });
+        let conversation_ttl = Duration::from_secs(settings.conversation.ttl_secs);
+        let conversations = Conversations::new(
+            match &redis {
+                Some(link) => {
+                    ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
+                }
+                None => ConversationStore::Memory(Arc::new(MemoryStore::new(
+                    settings.conversation.max_conversations,
+                    conversation_ttl,
+                ))),
+            },
+            settings.conversation.clone(),
+            // Longer than any request may run, so the lock only outlives a server that died.
+            settings.request_timeout() + Duration::from_secs(5),
+        );
         let process_metrics = metrics_process::Collector::default();
         process_metrics.describe();
         crate::metrics::queue_limit(settings.upstream.max_queue);
         Ok(AppState {
             inner: Arc::new(AppStateParts {
                 chat,
+                conversations,
                 redis,
                 settings: Arc::new(settings),
                 metrics,
@@ -192,6 +211,9 @@ impl AppState {
         crate::metrics::quota_window_used(self.chat.quota().requests_in_window().await);
         crate::metrics::upstream_in_flight(self.chat.admission().in_flight());
         crate::metrics::queue_depth(self.chat.admission().queued());
+        if let Ok(active) = self.conversations.store().active().await {
+            crate::metrics::conversations_active(active);
+        }
     }
 }
 
@@ -201,6 +223,10 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/agents/{agent_id}", post(api::chat))
+        .route(
+            "/api/v1/conversations/{conversation_id}",
+            get(api::get_conversation).delete(api::delete_conversation),
+        )
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/openapi.json", get(api::openapi));

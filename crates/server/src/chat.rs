@@ -9,7 +9,7 @@ use crate::admission::{Admission, QuotaLimiter, Shed, ShedReason};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
 use crate::coalesce::{ClusterCoalescer, LeaseOutcome, Publish, SharedOutcome};
-use crate::providers::{Completion, ModelRequest, Provider, ProviderError, Usage};
+use crate::providers::{Completion, ModelRequest, ModelTurn, Provider, ProviderError, Usage};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
 use parking_lot::Mutex;
@@ -281,6 +281,20 @@ impl ChatService {
         message: &str,
         deadline: Instant,
     ) -> Result<ChatAnswer, ChatError> {
+        self.ask_with_history(agent_id, message, Arc::from([]), deadline)
+            .await
+    }
+
+    /// Answers `message` for `agent_id` by `deadline`, with the earlier turns of its
+    /// conversation (already bounded) sent along. The history is part of the cache key, so
+    /// identical follow-ups after identical histories share one answer and one model call.
+    pub async fn ask_with_history(
+        &self,
+        agent_id: &str,
+        message: &str,
+        history: Arc<[ModelTurn]>,
+        deadline: Instant,
+    ) -> Result<ChatAnswer, ChatError> {
         let deps = &self.inner.deps;
         let agent = deps
             .agents
@@ -300,7 +314,7 @@ impl ChatService {
                 limit: deps.max_message_chars,
             });
         }
-        let key = self.key_for(&agent, &message);
+        let key = self.key_for(&agent, &message, &history);
         if let Some((hit, _tier)) = deps.cache.get(&key).await {
             return Ok(ChatAnswer {
                 text: hit.text.clone(),
@@ -319,7 +333,7 @@ impl ChatService {
         let mut reasks = 0;
         let completion = loop {
             let (shared, call_deadline) =
-                self.join_or_start(key, agent.clone(), message.to_string(), deadline);
+                self.join_or_start(key, agent.clone(), message.to_string(), &history, deadline);
             let result = tokio::time::timeout_at(deadline, shared)
                 .await
                 .map_err(|_| ChatError::Timeout)?;
@@ -347,22 +361,33 @@ impl ChatService {
         })
     }
 
-    /// The cache key of `message` (already normalised) to `agent`.
-    fn key_for(&self, agent: &Agent, message: &str) -> CacheKey {
+    /// The cache key of `message` (already normalised) after `history` to `agent`.
+    fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
         CacheKey::new(CacheKeyParts {
             provider: self.inner.deps.provider.identity(),
             agent_id: agent.id(),
             prompt_version: &agent.prompt_version,
             model: &agent.definition.model,
             message,
+            history,
         })
     }
 
     /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
     /// inspect the shared state); `None` for an unknown agent.
     pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {
+        self.cache_key_with_history(agent_id, message, &[])
+    }
+
+    /// The cache key of `message` after `history` to `agent_id`; `None` for an unknown agent.
+    pub fn cache_key_with_history(
+        &self,
+        agent_id: &str,
+        message: &str,
+        history: &[ModelTurn],
+    ) -> Option<CacheKey> {
         let agent = self.inner.deps.agents.get(agent_id)?;
-        Some(self.key_for(&agent, &normalise_message(message)))
+        Some(self.key_for(&agent, &normalise_message(message), history))
     }
 
     /// Joins the in-flight call for `key`, or starts one in its own task; returns the call and
@@ -372,6 +397,7 @@ impl ChatService {
         key: CacheKey,
         agent: Arc<Agent>,
         message: String,
+        history: &Arc<[ModelTurn]>,
         deadline: Instant,
     ) -> (SharedAnswer, Instant) {
         let mut in_flight = self.inner.in_flight.lock();
@@ -381,6 +407,7 @@ impl ChatService {
         }
         let id = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
+        let history = history.clone();
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
         // It keeps the first asker's context, so its log lines carry that request id.
@@ -390,7 +417,7 @@ impl ChatService {
                 key,
                 id,
             };
-            inner.fetch(&key, &agent, message, deadline).await
+            inner.fetch(&key, &agent, message, history, deadline).await
         }));
         let shared = async move {
             match task.await {
@@ -428,6 +455,7 @@ impl Inner {
         key: &CacheKey,
         agent: &Agent,
         message: String,
+        history: Arc<[ModelTurn]>,
         deadline: Instant,
     ) -> Result<Arc<Completion>, ChatError> {
         let deps = &self.deps;
@@ -470,7 +498,7 @@ impl Inner {
                 LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
             },
         };
-        let result = self.call_model(agent, message, deadline).await;
+        let result = self.call_model(agent, message, history, deadline).await;
         let publish = self.remember(key, &result).await;
         match lease {
             Some(lease) => lease.finish(*key, publish),
@@ -543,6 +571,7 @@ impl Inner {
         &self,
         agent: &Agent,
         message: String,
+        history: Arc<[ModelTurn]>,
         deadline: Instant,
     ) -> Result<Completion, ChatError> {
         let deps = &self.deps;
@@ -552,9 +581,9 @@ impl Inner {
         })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
-        let request = model_request(agent, message);
-        let input_tokens = gemini_sim::answer::count_tokens(&request.system_prompt)
-            + gemini_sim::answer::count_tokens(&request.message);
+        let request = model_request(agent, message, history);
+        let input_tokens =
+            input_token_estimate(&request.system_prompt, &request.history, &request.message);
         let mut attempt = 0;
         let completion = loop {
             // A future slot so late that the call cannot finish in time would spend quota on a
@@ -618,11 +647,24 @@ impl Inner {
     }
 }
 
-fn model_request(agent: &Agent, message: String) -> ModelRequest {
+/// The input tokens of a request by the quota's rule of thumb: the system prompt, every turn of
+/// the history sent and the message. Conversations bound their history with the same estimate.
+pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message: &str) -> u32 {
+    let count = gemini_sim::answer::count_tokens;
+    history
+        .iter()
+        .fold(count(system_prompt), |sum, t| {
+            sum.saturating_add(count(&t.text))
+        })
+        .saturating_add(count(message))
+}
+
+fn model_request(agent: &Agent, message: String, history: Arc<[ModelTurn]>) -> ModelRequest {
     let d = &agent.definition;
     ModelRequest {
         model: d.model.clone(),
         system_prompt: d.system_prompt.clone(),
+        history,
         message,
         generation: GenerationConfig {
             temperature: d.temperature,

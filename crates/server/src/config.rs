@@ -78,6 +78,8 @@ pub struct Settings {
     pub offline: OfflineSettings,
     /// Logs, metrics and error tracking.
     pub telemetry: TelemetrySettings,
+    /// Multi-turn conversations: storage, lifetime and bounds.
+    pub conversation: ConversationSettings,
 }
 
 /// HTTP listener and request limits.
@@ -361,6 +363,42 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// Multi-turn conversations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConversationSettings {
+    /// How long a conversation lives after its last use, in seconds (refreshed on every use).
+    pub ttl_secs: u64,
+    /// Most conversations kept in process memory when Redis is not configured; beyond it the
+    /// least recently used one is evicted.
+    pub max_conversations: u64,
+    /// Most tokens of history (system prompt, earlier turns and the new message) sent to the
+    /// model; older turns beyond it are left out, the first exchange is always kept.
+    pub max_history_tokens: u32,
+    /// Most turns stored per conversation (a question and its answer are two turns); a message
+    /// that would go beyond it is refused with 422 `conversation_turn_limit`.
+    pub max_turns: u32,
+    /// Most bytes of turn text stored per conversation; a message that would go beyond it is
+    /// refused with 413 `conversation_too_large`.
+    pub max_stored_bytes: u64,
+    /// How long a message waits for an earlier message of the same conversation to finish, in
+    /// milliseconds, before it is refused with 409 `conversation_busy` and `Retry-After`.
+    pub busy_wait_ms: u64,
+}
+
+impl Default for ConversationSettings {
+    fn default() -> Self {
+        ConversationSettings {
+            ttl_secs: 86_400,
+            max_conversations: 100_000,
+            max_history_tokens: 8_000,
+            max_turns: 200,
+            max_stored_bytes: 512 * 1024,
+            busy_wait_ms: 10_000,
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -488,6 +526,19 @@ impl Settings {
         let base = self.gemini.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return fail("gemini.base_url must start with http:// or https://");
+        }
+        let conversation = &self.conversation;
+        if conversation.ttl_secs == 0 {
+            return fail("conversation.ttl_secs must be at least 1");
+        }
+        if conversation.max_conversations == 0 {
+            return fail("conversation.max_conversations must be at least 1");
+        }
+        if conversation.max_turns < 2 {
+            return fail("conversation.max_turns must be at least 2 (a question and its answer)");
+        }
+        if conversation.max_history_tokens == 0 {
+            return fail("conversation.max_history_tokens must be at least 1");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
             return fail(

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod chat;
 pub mod coalesce;
 pub mod config;
+pub mod conversations;
 pub mod metrics;
 pub mod plan;
 pub mod providers;

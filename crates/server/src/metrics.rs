@@ -93,6 +93,22 @@ pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_tot
 pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
 /// This server's own calls written back into a Redis quota window that lacked them.
 pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
+/// Conversations alive now (used within `conversation.ttl_secs`; cluster-wide with Redis).
+pub const CONVERSATIONS_ACTIVE: &str = "learning_chat_conversations_active";
+/// Conversations started (stored).
+pub const CONVERSATIONS_CREATED: &str = "learning_chat_conversations_created_total";
+/// Conversations erased by `DELETE /api/v1/conversations/{id}`.
+pub const CONVERSATIONS_ERASED: &str = "learning_chat_conversations_erased_total";
+/// Conversations evicted from process memory at `conversation.max_conversations`.
+pub const CONVERSATIONS_EVICTED: &str = "learning_chat_conversations_evicted_total";
+/// Turns a conversation holds after each exchange is written.
+pub const CONVERSATION_TURNS: &str = "learning_chat_conversation_turns";
+/// Tokens of earlier turns sent with each follow-up.
+pub const CONVERSATION_HISTORY_TOKENS: &str = "learning_chat_conversation_history_tokens";
+/// Follow-ups whose older turns were left out to fit `conversation.max_history_tokens`.
+pub const CONVERSATION_TRUNCATIONS: &str = "learning_chat_conversation_history_truncations_total";
+/// Conversation messages refused or not stored, by reason.
+pub const CONVERSATION_REFUSALS: &str = "learning_chat_conversation_refusals_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -105,6 +121,15 @@ pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
     7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
+
+/// Buckets for turns per conversation.
+const TURN_BUCKETS: &[f64] = &[
+    2.0, 4.0, 6.0, 8.0, 10.0, 16.0, 20.0, 30.0, 50.0, 100.0, 200.0,
+];
+/// Buckets for history tokens sent.
+const TOKEN_BUCKETS: &[f64] = &[
+    50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -137,6 +162,18 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CONVERSATION_TURNS.to_owned()),
+                        TURN_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CONVERSATION_HISTORY_TOKENS.to_owned()),
+                        TOKEN_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -145,6 +182,15 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Rare events exported from the start, so a rate over them reads 0 rather than no data.
+            for rare in [
+                CONVERSATIONS_CREATED,
+                CONVERSATIONS_ERASED,
+                CONVERSATIONS_EVICTED,
+                CONVERSATION_TRUNCATIONS,
+            ] {
+                counter!(rare).increment(0);
+            }
             let _ = HOT.set(HotHandles {
                 http_in_flight: gauge!(HTTP_IN_FLIGHT),
                 http: (0..ROUTE_LABELS.len() * METHOD_LABELS.len() * STATUS_LABELS.len())
@@ -235,6 +281,32 @@ fn describe() {
         REFUSALS_REMEMBERED,
         "Questions answered with a remembered refusal, without a model call."
     );
+    describe_gauge!(
+        CONVERSATIONS_ACTIVE,
+        "Conversations used within the TTL (cluster-wide with Redis)."
+    );
+    describe_counter!(CONVERSATIONS_CREATED, "Conversations started.");
+    describe_counter!(CONVERSATIONS_ERASED, "Conversations erased on request.");
+    describe_counter!(
+        CONVERSATIONS_EVICTED,
+        "Conversations evicted from memory at conversation.max_conversations."
+    );
+    describe_histogram!(
+        CONVERSATION_TURNS,
+        "Turns a conversation holds after each exchange."
+    );
+    describe_histogram!(
+        CONVERSATION_HISTORY_TOKENS,
+        "Tokens of earlier turns sent with each follow-up."
+    );
+    describe_counter!(
+        CONVERSATION_TRUNCATIONS,
+        "Follow-ups whose older turns were left out of the history."
+    );
+    describe_counter!(
+        CONVERSATION_REFUSALS,
+        "Conversation messages refused or not stored, by reason."
+    );
     describe_counter!(
         COALESCED_RETRIES,
         "Waiters that asked again after the shared call hit its first asker's deadline."
@@ -274,6 +346,7 @@ pub fn http_in_flight(delta: f64) {
 const ROUTE_LABELS: &[&str] = &[
     "/api/v1/agents/{agent_id}",
     "/api/v1/agents",
+    "/api/v1/conversations/{conversation_id}",
     "/health",
     "/ready",
     "/metrics",
@@ -287,9 +360,11 @@ const METHOD_LABELS: &[&str] = &[
 const OTHER_METHOD: usize = METHOD_LABELS.len() - 1;
 const STATUS_LABELS: &[(u16, &str)] = &[
     (200, "200"),
+    (204, "204"),
     (400, "400"),
     (404, "404"),
     (405, "405"),
+    (409, "409"),
     (413, "413"),
     (415, "415"),
     (422, "422"),
@@ -611,4 +686,43 @@ pub fn quota_conservative(on: bool) {
 /// Records own calls written back into the Redis quota window.
 pub fn quota_republished(count: u64) {
     counter!(QUOTA_REPUBLISHED).increment(count);
+}
+
+/// Sets the conversations alive now.
+pub fn conversations_active(count: u64) {
+    gauge!(CONVERSATIONS_ACTIVE).set(count as f64);
+}
+
+/// Counts a conversation started.
+pub fn conversation_created() {
+    counter!(CONVERSATIONS_CREATED).increment(1);
+}
+
+/// Counts a conversation erased.
+pub fn conversation_erased() {
+    counter!(CONVERSATIONS_ERASED).increment(1);
+}
+
+/// Counts a conversation evicted from memory.
+pub fn conversation_evicted() {
+    counter!(CONVERSATIONS_EVICTED).increment(1);
+}
+
+/// Records the turns a conversation holds after an exchange.
+pub fn conversation_turns(turns: usize) {
+    histogram!(CONVERSATION_TURNS).record(turns as f64);
+}
+
+/// Records the history sent with a follow-up, and whether older turns were left out.
+pub fn conversation_history(tokens: u32, truncated: bool) {
+    histogram!(CONVERSATION_HISTORY_TOKENS).record(f64::from(tokens));
+    if truncated {
+        counter!(CONVERSATION_TRUNCATIONS).increment(1);
+    }
+}
+
+/// Counts a conversation message refused or not stored (`busy`, `store_unavailable`,
+/// `wrong_agent`, `turn_limit`, `too_large`, `not_stored`).
+pub fn conversation_refused(reason: &'static str) {
+    counter!(CONVERSATION_REFUSALS, "reason" => reason).increment(1);
 }

@@ -57,6 +57,12 @@ pub struct PlanInput {
     pub rpm_quota: f64,
     /// The model's price.
     pub price: Price,
+    /// Questions per conversation (1 = every question stands alone). Each follow-up is sent
+    /// with the earlier questions and answers, so with a per-token price longer conversations
+    /// cost more per question.
+    pub turns_per_conversation: f64,
+    /// `conversation.max_history_tokens`: the most history tokens sent with one follow-up.
+    pub max_history_tokens: f64,
     /// Requests per second one server sustains (measured: bench/RESULTS.md).
     pub server_capacity_rps: f64,
     /// Model calls one server keeps in flight (`upstream.max_concurrency`).
@@ -86,6 +92,8 @@ impl PlanInput {
             upstream_latency_secs: 2.8,
             rpm_quota: 1000.0,
             price: Price::PerRequest(0.001),
+            turns_per_conversation: 1.0,
+            max_history_tokens: 8000.0,
             server_capacity_rps: DEFAULT_SERVER_CAPACITY_RPS,
             server_max_upstream_concurrency: 100.0,
             target_utilisation: 0.7,
@@ -137,6 +145,12 @@ pub struct Plan {
     pub per_server_upstream_rpm: f64,
     /// Model calls in flight per server at the peak (what the seed sized its semaphore by).
     pub per_server_upstream_in_flight: f64,
+    /// History tokens sent with an average question: the k-th question of a conversation
+    /// carries the k - 1 exchanges before it (about `tokens_per_request` each), up to
+    /// `max_history_tokens`. 0 with a per-request price, where history costs nothing extra.
+    pub history_tokens_per_request: f64,
+    /// USD per model request, history included.
+    pub price_per_request: f64,
     /// USD per month for the model.
     pub monthly_upstream_cost: f64,
     /// USD per month for servers and shared infrastructure.
@@ -206,7 +220,15 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     let servers = input.servers.unwrap_or(servers_needed).max(1);
     let n = f64::from(servers);
 
-    let monthly_upstream_cost = upstream_requests_per_month * input.price.per_request();
+    let history_tokens_per_request = history_tokens_per_request(input);
+    let price_per_request = match input.price {
+        Price::PerRequest(usd) => usd,
+        Price::PerThousandTokens {
+            usd,
+            tokens_per_request,
+        } => usd * (tokens_per_request + history_tokens_per_request) / 1000.0,
+    };
+    let monthly_upstream_cost = upstream_requests_per_month * price_per_request;
     let monthly_infrastructure_cost = n * input.server_monthly_cost
         + if servers > 1 {
             input.shared_monthly_cost
@@ -231,10 +253,29 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         per_server_rps: peak_rps / n,
         per_server_upstream_rpm: upstream_rps * 60.0 / n,
         per_server_upstream_in_flight: upstream_in_flight / n,
+        history_tokens_per_request,
+        price_per_request,
         monthly_upstream_cost,
         monthly_infrastructure_cost,
         monthly_total_cost: monthly_upstream_cost + monthly_infrastructure_cost,
     })
+}
+
+/// The average history tokens sent per question, over the questions of one conversation.
+fn history_tokens_per_request(input: &PlanInput) -> f64 {
+    let Price::PerThousandTokens {
+        tokens_per_request, ..
+    } = input.price
+    else {
+        return 0.0;
+    };
+    // Bounded so an absurd input cannot spin; a conversation beyond it costs the same per
+    // question anyway, since every question then carries the full history budget.
+    let turns = input.turns_per_conversation.round().clamp(1.0, 100_000.0) as u64;
+    let total: f64 = (0..turns)
+        .map(|earlier| (earlier as f64 * tokens_per_request).min(input.max_history_tokens))
+        .sum();
+    total / turns as f64
 }
 
 fn validate(input: &PlanInput) -> Result<(), PlanError> {
@@ -249,6 +290,7 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
         ("server monthly cost", input.server_monthly_cost),
         ("shared monthly cost", input.shared_monthly_cost),
         ("peak RPM", input.peak_rpm.unwrap_or(0.0)),
+        ("max history tokens", input.max_history_tokens),
     ];
     for (name, value) in non_negative {
         if !value.is_finite() || value < 0.0 {
@@ -271,6 +313,12 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
                 "{name} must be a number > 0, not {value}"
             )));
         }
+    }
+    if !(input.turns_per_conversation.is_finite() && input.turns_per_conversation >= 1.0) {
+        return Err(PlanError(format!(
+            "turns per conversation must be a number >= 1, not {}",
+            input.turns_per_conversation
+        )));
     }
     if !(0.0..=1.0).contains(&input.cache_hit_ratio) {
         return Err(PlanError(format!(
@@ -397,10 +445,24 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
             num(input.server_max_upstream_concurrency)
         ),
     );
+    let history_note = match input.price {
+        Price::PerRequest(_) => String::new(),
+        Price::PerThousandTokens {
+            tokens_per_request, ..
+        } => format!(
+            ", {} tokens + {} of history ({} questions per conversation)",
+            num(tokens_per_request),
+            num(plan.history_tokens_per_request),
+            num(input.turns_per_conversation)
+        ),
+    };
     row(
         "monthly model cost",
         usd(plan.monthly_upstream_cost),
-        format!("{} per request", usd_precise(input.price.per_request())),
+        format!(
+            "{} per request{history_note}",
+            usd_precise(plan.price_per_request)
+        ),
     );
     row(
         "monthly infrastructure cost",
@@ -502,6 +564,13 @@ pub struct PlanArgs {
     /// Tokens (input + output) of an average request, for --price-per-1k-tokens.
     #[arg(long, default_value_t = 500.0)]
     pub tokens_per_request: f64,
+    /// Questions per conversation (1 = single questions); with --price-per-1k-tokens, each
+    /// follow-up also pays for the history sent with it.
+    #[arg(long, default_value_t = 1.0)]
+    pub turns_per_conversation: f64,
+    /// conversation.max_history_tokens: the most history tokens sent with one follow-up.
+    #[arg(long, default_value_t = 8000.0)]
+    pub max_history_tokens: f64,
     /// Requests/s one server sustains (measure it: bench/RESULTS.md).
     #[arg(long, default_value_t = DEFAULT_SERVER_CAPACITY_RPS)]
     pub server_capacity_rps: f64,
@@ -545,6 +614,8 @@ impl PlanArgs {
                 },
                 None => Price::PerRequest(self.price_per_request),
             },
+            turns_per_conversation: self.turns_per_conversation,
+            max_history_tokens: self.max_history_tokens,
             server_capacity_rps: self.server_capacity_rps,
             server_max_upstream_concurrency: self.server_concurrency,
             target_utilisation: self.target_utilisation,

@@ -331,6 +331,31 @@ async fn drive_every_series(
         app.ask("nobody", "hi").await.status(),
         StatusCode::NOT_FOUND
     );
+    // A conversation: a follow-up sends history, then the conversation is erased.
+    let first: Value = app
+        .ask("math", "What is a factor?")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = first["conversation_id"]
+        .as_str()
+        .expect("a conversation id");
+    let follow_up = app
+        .client
+        .post(app.url("/api/v1/agents/math"))
+        .json(&serde_json::json!({ "message": "Why?", "conversation_id": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow_up.status(), StatusCode::OK);
+    let erased = app
+        .client
+        .delete(app.url(&format!("/api/v1/conversations/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
     // Redis goes away: the next lookups fall back to the local tier.
     redis.kill();
     let mut n = 0;

@@ -99,6 +99,49 @@ fn servers_scale_with_load_and_price_per_token() {
 }
 
 #[test]
+fn tokens_per_conversation_grow_the_bill() {
+    let priced = |turns: f64, max_history_tokens: f64| {
+        plan(&PlanInput {
+            price: Price::PerThousandTokens {
+                usd: 0.002,
+                tokens_per_request: 500.0,
+            },
+            turns_per_conversation: turns,
+            max_history_tokens,
+            ..PlanInput::seed()
+        })
+        .unwrap()
+    };
+    let single = priced(1.0, 8000.0);
+    assert_eq!(single.history_tokens_per_request, 0.0);
+    assert!(close(single.price_per_request, 0.001));
+    // 4 questions: 0, 500, 1000 and 1500 history tokens, 750 on average.
+    let four = priced(4.0, 8000.0);
+    assert!(close(four.history_tokens_per_request, 750.0));
+    assert!(close(four.price_per_request, 0.002 * 1250.0 / 1000.0));
+    assert!(close(
+        four.monthly_upstream_cost,
+        single.monthly_upstream_cost * 1250.0 / 500.0
+    ));
+    // The history bound caps what each follow-up carries: 0, 500, 800, 800.
+    let capped = priced(4.0, 800.0);
+    assert!(close(capped.history_tokens_per_request, 525.0));
+    // A per-request price does not depend on what is sent.
+    let per_request = plan(&PlanInput {
+        turns_per_conversation: 8.0,
+        ..PlanInput::seed()
+    })
+    .unwrap();
+    assert_eq!(per_request.history_tokens_per_request, 0.0);
+    assert!(close(per_request.monthly_upstream_cost, 300.0));
+    assert!(plan(&PlanInput {
+        turns_per_conversation: 0.5,
+        ..PlanInput::seed()
+    })
+    .is_err());
+}
+
+#[test]
 fn invalid_inputs_are_rejected() {
     for bad in [
         PlanInput {

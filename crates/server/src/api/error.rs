@@ -2,6 +2,7 @@
 
 use crate::admission::ShedReason;
 use crate::chat::ChatError;
+use crate::conversations::ConversationError;
 use crate::providers::ProviderError;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -161,6 +162,61 @@ impl From<ChatError> for ApiError {
                     "an internal error occurred",
                 )
             }
+        }
+    }
+}
+
+impl From<ConversationError> for ApiError {
+    fn from(error: ConversationError) -> ApiError {
+        match error {
+            ConversationError::Chat(error) => error.into(),
+            ConversationError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_conversation",
+                "there is no such conversation (it may have been erased or have expired); \
+                 send the message without `conversation_id` to start a new one",
+            ),
+            ConversationError::WrongAgent { owner } => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conversation_agent_mismatch",
+                    format!(
+                        "this conversation belongs to agent {owner:?}; continue it there, or \
+                         start a new conversation with this agent"
+                    ),
+                );
+                e.details = Some(serde_json::json!({ "agent_id": owner }));
+                e
+            }
+            ConversationError::Busy { retry_after } => ApiError::new(
+                StatusCode::CONFLICT,
+                "conversation_busy",
+                "another message of this conversation is still being answered; retry shortly",
+            )
+            .with_retry_after(retry_after),
+            ConversationError::StoreUnavailable { retry_after } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "conversation_store_unavailable",
+                "the conversation history cannot be reached right now; retry later (new \
+                 conversations still work)",
+            )
+            .with_retry_after(retry_after),
+            ConversationError::TurnLimit { limit } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "conversation_turn_limit",
+                format!(
+                    "this conversation has reached its limit of {limit} turns; start a new \
+                     conversation"
+                ),
+            ),
+            ConversationError::TooLarge { bytes, limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "conversation_too_large",
+                format!(
+                    "this conversation would hold {bytes} bytes of text; the limit is {limit}; \
+                     start a new conversation"
+                ),
+            ),
         }
     }
 }

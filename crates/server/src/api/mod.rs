@@ -39,6 +39,10 @@ pub struct ChatRequest {
     /// The learner's question (1 to `server.max_message_chars` characters).
     #[schema(example = "What is 2+2?")]
     pub message: Option<String>,
+    /// The conversation this message continues (from an earlier answer's `conversation_id`);
+    /// absent to start a new conversation.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
 }
 
 /// The tutor's answer.
@@ -58,6 +62,74 @@ pub struct ChatResponse {
     pub finish_reason: String,
     /// Time spent in the service, in milliseconds.
     pub latency_ms: u64,
+    /// The conversation to send follow-ups in; `null` when a new conversation could not be
+    /// stored (Redis down): the answer stands alone.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Which exchange of the conversation this was (1 for its first question).
+    #[serde(default)]
+    pub turn: u32,
+    /// True when older turns were left out of the history sent to the model to keep it
+    /// within `conversation.max_history_tokens` (the first exchange is always kept).
+    #[serde(default)]
+    pub history_truncated: bool,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TurnView {
+    /// `user` for the learner's question, `model` for the tutor's answer.
+    pub role: crate::providers::Role,
+    /// What was said.
+    pub text: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// For an answer: served from the cache.
+    pub cached: bool,
+    /// For an answer: the model that produced it (empty for a question).
+    pub model: String,
+}
+
+/// A conversation and its turns, in order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationView {
+    /// The conversation id.
+    pub id: String,
+    /// The agent it belongs to.
+    pub agent_id: String,
+    /// When it began (RFC 3339, UTC).
+    pub created_at: String,
+    /// When it last changed (RFC 3339, UTC).
+    pub updated_at: String,
+    /// Every turn, oldest first; a question and its answer are two turns.
+    pub turns: Vec<TurnView>,
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl From<crate::conversations::Conversation> for ConversationView {
+    fn from(c: crate::conversations::Conversation) -> Self {
+        ConversationView {
+            created_at: rfc3339(c.created_at_ms),
+            updated_at: rfc3339(c.updated_at_ms()),
+            id: c.id,
+            agent_id: c.agent_id,
+            turns: c
+                .turns
+                .into_iter()
+                .map(|t| TurnView {
+                    role: t.role,
+                    text: t.text,
+                    at: rfc3339(t.at_ms),
+                    cached: t.cached,
+                    model: t.model,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One agent in the list.
@@ -93,7 +165,8 @@ pub struct HealthStatus {
     pub redis: Option<String>,
 }
 
-/// Ask a tutor a question.
+/// Ask a tutor a question, as the first message of a new conversation or, with
+/// `conversation_id`, as a follow-up answered with the conversation's history.
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{agent_id}",
@@ -102,12 +175,13 @@ pub struct HealthStatus {
     responses(
         (status = 200, description = "The answer", body = ChatResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 404, description = "Unknown agent", body = ErrorBody),
-        (status = 413, description = "Body or message too large", body = ErrorBody),
+        (status = 404, description = "Unknown agent, or unknown (erased, expired) conversation", body = ErrorBody),
+        (status = 409, description = "The conversation belongs to another agent (`conversation_agent_mismatch`), or another of its messages is still being answered (`conversation_busy`, see Retry-After)", body = ErrorBody),
+        (status = 413, description = "Body or message too large, or the conversation would exceed `conversation.max_stored_bytes` (`conversation_too_large`)", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Missing or empty message, or blocked by safety filters", body = ErrorBody),
+        (status = 422, description = "Missing or empty message, blocked by safety filters, or the conversation is at `conversation.max_turns` (`conversation_turn_limit`)", body = ErrorBody),
         (status = 502, description = "The model failed", body = ErrorBody),
-        (status = 503, description = "Overloaded or quota used up; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Overloaded or quota used up, or a follow-up while the conversation store (Redis) is down (`conversation_store_unavailable`); see Retry-After", body = ErrorBody),
         (status = 504, description = "Deadline exceeded", body = ErrorBody),
     )
 )]
@@ -135,7 +209,17 @@ pub async fn chat(
         )
     })?;
     let deadline = Instant::now() + state.settings.request_timeout();
-    let answer = state.chat.ask(&agent_id, &message, deadline).await?;
+    let outcome = state
+        .conversations
+        .send(
+            &state.chat,
+            &agent_id,
+            &message,
+            request.conversation_id.as_deref(),
+            deadline,
+        )
+        .await?;
+    let answer = outcome.answer;
     let body = ChatResponse {
         response: answer.text,
         agent_id,
@@ -144,6 +228,9 @@ pub async fn chat(
         usage: answer.usage,
         finish_reason: answer.finish_reason.to_owned(),
         latency_ms: started.elapsed().as_millis() as u64,
+        conversation_id: outcome.conversation_id,
+        turn: outcome.turn,
+        history_truncated: outcome.history_truncated,
     };
     // Sized up front: axum's `Json` starts at 128 bytes and regrows through every answer.
     let mut bytes = Vec::with_capacity(body.response.len() + 256);
@@ -163,6 +250,46 @@ pub async fn chat(
         bytes,
     )
         .into_response())
+}
+
+/// A conversation with every turn, in order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/conversations/{conversation_id}",
+    params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
+    responses(
+        (status = 200, body = ConversationView),
+        (status = 404, description = "Unknown, erased or expired", body = ErrorBody),
+        (status = 503, description = "The conversation store (Redis) is down; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let Path(id) = path?;
+    let conversation = state.conversations.get(&id).await?;
+    Ok(Json(conversation.into()))
+}
+
+/// Erases a conversation everywhere (Redis, so every server); later use of its id is 404.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/conversations/{conversation_id}",
+    params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 404, description = "Unknown, already erased or expired", body = ErrorBody),
+        (status = 503, description = "The conversation store (Redis) is down; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = path?;
+    state.conversations.erase(&state.chat, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List the tutors.
@@ -234,10 +361,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         title = "learning-chat",
         description = "AI tutoring chat: subject tutors answered by Google Gemini."
     ),
-    paths(chat, list_agents, health, ready, metrics),
+    paths(
+        chat,
+        get_conversation,
+        delete_conversation,
+        list_agents,
+        health,
+        ready,
+        metrics
+    ),
     components(schemas(
         ChatRequest,
         ChatResponse,
+        ConversationView,
+        TurnView,
+        crate::providers::Role,
         AgentList,
         AgentSummary,
         HealthStatus,

@@ -1,5 +1,6 @@
 //! Cache keys: a hash of everything that shapes an answer, and nothing per-request.
 
+use crate::providers::ModelTurn;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fmt;
@@ -18,6 +19,9 @@ pub struct CacheKeyParts<'a> {
     pub model: &'a str,
     /// The normalised message (see [`normalise_message`]).
     pub message: &'a str,
+    /// The earlier turns sent with the message, exactly as the model sees them (empty for a
+    /// single message or a conversation's first turn, which then keeps the single-message key).
+    pub history: &'a [ModelTurn],
 }
 
 /// A hashed cache key (SHA-256). Kept as bytes, since most are only looked up in memory;
@@ -34,12 +38,26 @@ impl CacheKey {
             prompt_version,
             model,
             message,
+            history,
         } = parts;
         let mut hasher = Sha256::new();
         // Length-prefixed so ("ab","c") and ("a","bc") cannot collide.
-        for part in ["v2", provider, agent_id, prompt_version, model, message] {
+        let mut hash_part = |part: &str| {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
+        };
+        for part in ["v2", provider, agent_id, prompt_version, model, message] {
+            hash_part(part);
+        }
+        // Only after the single-message parts, and only when there is a history: a first turn
+        // keeps the key it always had, so it shares the cache with every single question.
+        if !history.is_empty() {
+            hash_part("history");
+            hash_part(&history.len().to_string());
+            for turn in history {
+                hash_part(turn.role.as_str());
+                hash_part(&turn.text);
+            }
         }
         CacheKey(hasher.finalize().into())
     }
@@ -90,6 +108,7 @@ mod tests {
             prompt_version: "v",
             model: "m",
             message: &normalise_message(message),
+            history: &[],
         })
     }
 
@@ -169,6 +188,7 @@ mod tests {
             prompt_version: "v",
             model: "m",
             message: "What is 2+2?",
+            history: &[],
         });
         assert_ne!(key("What is 2+2?"), other_agent);
         let other_provider = CacheKey::new(CacheKeyParts {
@@ -177,7 +197,35 @@ mod tests {
             prompt_version: "v",
             model: "m",
             message: "What is 2+2?",
+            history: &[],
         });
         assert_ne!(key("What is 2+2?"), other_provider);
+    }
+
+    #[test]
+    fn the_history_is_part_of_a_follow_up_key() {
+        use crate::providers::Role;
+        let turn = |role, text: &str| ModelTurn {
+            role,
+            text: text.to_owned(),
+        };
+        let follow_up = |history: &[ModelTurn]| {
+            CacheKey::new(CacheKeyParts {
+                provider: "p",
+                agent_id: "math",
+                prompt_version: "v",
+                model: "m",
+                message: "Why?",
+                history,
+            })
+        };
+        let a = [turn(Role::User, "What is 2+2?"), turn(Role::Model, "4")];
+        let b = [turn(Role::User, "What is 2+3?"), turn(Role::Model, "5")];
+        assert_ne!(follow_up(&a), follow_up(&[]));
+        assert_ne!(follow_up(&a), follow_up(&b));
+        assert_eq!(follow_up(&a), follow_up(&a.clone()));
+        // Roles are hashed too: the same words said by the other side are another conversation.
+        let swapped = [turn(Role::Model, "What is 2+2?"), turn(Role::User, "4")];
+        assert_ne!(follow_up(&a), follow_up(&swapped));
     }
 }

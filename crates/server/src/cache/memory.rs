@@ -33,6 +33,11 @@ impl MemoryCache {
         self.inner.insert(key, answer).await;
     }
 
+    /// Drops an answer.
+    pub async fn remove(&self, key: &CacheKey) {
+        self.inner.invalidate(key).await;
+    }
+
     /// Applies moka's pending bookkeeping (expiry, eviction) so the count below is current.
     pub async fn run_pending_tasks(&self) {
         self.inner.run_pending_tasks().await;

@@ -114,6 +114,29 @@ impl ResponseCache {
         }
     }
 
+    /// Drops answers from this process and from Redis; `Err` when Redis could not be reached
+    /// (the in-process entries are gone either way).
+    pub async fn remove(
+        &self,
+        keys: &[CacheKey],
+    ) -> Result<(), crate::redis_link::RedisUnavailable> {
+        match self {
+            ResponseCache::Disabled => Ok(()),
+            ResponseCache::Memory(memory) => {
+                for key in keys {
+                    memory.remove(key).await;
+                }
+                Ok(())
+            }
+            ResponseCache::Tiered { memory, redis } => {
+                for key in keys {
+                    memory.remove(key).await;
+                }
+                redis.remove(keys).await
+            }
+        }
+    }
+
     /// Brings the in-process entry count up to date (called before a metrics scrape).
     pub async fn run_pending_tasks(&self) {
         if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {

@@ -108,6 +108,19 @@ impl RedisCache {
             .await;
     }
 
+    /// Deletes answers (when a conversation they were made from is erased).
+    pub async fn remove(&self, keys: &[CacheKey]) -> Result<(), RedisUnavailable> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        self.link
+            .run("cache_remove", |mut conn| async move {
+                conn.del::<_, ()>(redis_keys).await
+            })
+            .await
+    }
+
     /// Stores an answer for the TTL (nothing when this server may not write answers).
     pub async fn set(&self, key: &CacheKey, answer: &CachedAnswer) -> Result<(), RedisUnavailable> {
         if !self.writable {

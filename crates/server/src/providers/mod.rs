@@ -20,20 +20,60 @@ pub struct ModelRequest {
     pub model: String,
     /// The tutor's system prompt.
     pub system_prompt: String,
+    /// Earlier turns of the conversation sent with the message, oldest first (empty for a
+    /// single message or a conversation's first turn).
+    pub history: std::sync::Arc<[ModelTurn]>,
     /// The learner's (normalised) message.
     pub message: String,
     /// Sampling and length settings.
     pub generation: GenerationConfig,
 }
 
+/// Who said a turn of a conversation: Gemini's `role` of a content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The learner.
+    User,
+    /// The tutor (the model).
+    Model,
+}
+
+impl Role {
+    /// `user` or `model`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Model => "model",
+        }
+    }
+}
+
+/// One earlier turn of a conversation, as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelTurn {
+    /// Who said it.
+    pub role: Role,
+    /// What was said (normalised for user turns).
+    pub text: String,
+}
+
 impl ModelRequest {
-    /// The Gemini wire request for this question.
+    /// The Gemini wire request for this question: the history as alternating `user` / `model`
+    /// contents, then the new message.
     pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
+        let mut contents = Vec::with_capacity(self.history.len() + 1);
+        contents.extend(
+            self.history.iter().map(|turn| {
+                gemini_wire::Content::text(Some(turn.role.as_str()), turn.text.clone())
+            }),
+        );
+        contents.push(gemini_wire::Content::text(
+            Some("user"),
+            self.message.clone(),
+        ));
         gemini_wire::GenerateContentRequest {
-            contents: vec![gemini_wire::Content::text(
-                Some("user"),
-                self.message.clone(),
-            )],
+            contents,
             system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
             generation_config: Some(self.generation.clone()),
             safety_settings: None,
@@ -278,6 +318,40 @@ mod tests {
                 prompt_tokens: 9,
                 output_tokens: 28 + 244
             }
+        );
+    }
+
+    #[test]
+    fn the_history_goes_as_alternating_contents_before_the_message() {
+        let request = ModelRequest {
+            model: "gemini-2.5-flash".into(),
+            system_prompt: "You are a tutor.".into(),
+            history: vec![
+                ModelTurn {
+                    role: Role::User,
+                    text: "What is a derivative?".into(),
+                },
+                ModelTurn {
+                    role: Role::Model,
+                    text: "A rate of change.".into(),
+                },
+            ]
+            .into(),
+            message: "Can you show me an example?".into(),
+            generation: GenerationConfig::default(),
+        };
+        let wire = serde_json::to_value(request.to_wire()).unwrap();
+        assert_eq!(
+            wire["contents"],
+            serde_json::json!([
+                {"role": "user", "parts": [{"text": "What is a derivative?"}]},
+                {"role": "model", "parts": [{"text": "A rate of change."}]},
+                {"role": "user", "parts": [{"text": "Can you show me an example?"}]},
+            ])
+        );
+        assert_eq!(
+            wire["systemInstruction"],
+            serde_json::json!({"parts": [{"text": "You are a tutor."}]})
         );
     }
 

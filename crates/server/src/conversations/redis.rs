@@ -1,0 +1,289 @@
+//! Conversations in Redis, so any server continues any conversation.
+//!
+//! One list per conversation under `{prefix}:conversation:{id}`: a header (agent and creation
+//! time) then one JSON turn per element, only ever appended to, its TTL refreshed on every use.
+//! A sorted set `{prefix}:conversations` (id by last use) gives the active count. A short lock
+//! key per conversation keeps two messages of one conversation from running at once, on any
+//! server.
+
+use super::{AppendOutcome, Conversation, Turn};
+use crate::redis_link::{RedisLink, RedisUnavailable};
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// The first element of a conversation's list.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    agent_id: String,
+    created_at_ms: u64,
+}
+
+/// KEYS: list, index. ARGV: ttl_ms, id, now_ms. Returns the list (refreshing its TTL), or
+/// {'corrupt'} when the key holds something else (then deleted).
+static LOAD_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {} end
+if kind ~= 'list' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return {'corrupt'}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return redis.call('LRANGE', KEYS[1], 0, -1)
+",
+    )
+});
+
+/// KEYS: list, index. ARGV: ttl_ms, id, now_ms, expected length (0 = create), header, turns...
+/// Returns the new length, -1 when the list does not have the expected length (another write
+/// came first), -2 when it is gone.
+static APPEND_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+local expected = tonumber(ARGV[4])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if expected == 0 then
+  if kind ~= 'none' then return -1 end
+  redis.call('RPUSH', KEYS[1], ARGV[5])
+  -- The index is trimmed here too, so it stays bounded even if nobody scrapes the gauge.
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[1])))
+else
+  if kind ~= 'list' then return -2 end
+  if redis.call('LLEN', KEYS[1]) ~= expected then return -1 end
+end
+for i = 6, #ARGV do
+  redis.call('RPUSH', KEYS[1], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return redis.call('LLEN', KEYS[1])
+",
+    )
+});
+
+/// KEYS: list, index. ARGV: id. Returns the number of keys deleted.
+static ERASE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+",
+    )
+});
+
+/// KEYS: index. ARGV: oldest live score. Returns the live count.
+static ACTIVE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+",
+    )
+});
+
+/// KEYS: lock. ARGV: token. Deletes the lock only if this holder still owns it.
+static UNLOCK_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// The Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    link: RedisLink,
+    ttl: Duration,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisStore {
+    /// A store whose conversations live `ttl` after their last use.
+    pub fn new(link: RedisLink, ttl: Duration) -> RedisStore {
+        RedisStore { link, ttl }
+    }
+
+    /// The link, for its health.
+    pub fn link(&self) -> &RedisLink {
+        &self.link
+    }
+
+    /// The Redis key of a conversation.
+    pub fn redis_key(&self, id: &str) -> String {
+        self.link.key("conversation", id)
+    }
+
+    fn index_key(&self) -> String {
+        self.link.key("conversations", "active")
+    }
+
+    fn lock_key(&self, id: &str) -> String {
+        self.link.key("conversation-lock", id)
+    }
+
+    /// The conversation, its TTL refreshed; `None` when unknown, erased, expired or corrupt.
+    pub async fn load(&self, id: &str) -> Result<Option<Conversation>, RedisUnavailable> {
+        let (key, index) = (self.redis_key(id), self.index_key());
+        let (ttl, now) = (millis(self.ttl), super::now_ms());
+        let values: Vec<String> = self
+            .link
+            .run("conversation_load", |mut conn| async move {
+                LOAD_SCRIPT
+                    .key(key)
+                    .key(index)
+                    .arg(ttl)
+                    .arg(id)
+                    .arg(now)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let Some((header, turns)) = values.split_first() else {
+            return Ok(None);
+        };
+        let header: Option<Header> = serde_json::from_str(header).ok();
+        let turns: Option<Vec<Turn>> = turns.iter().map(|t| serde_json::from_str(t).ok()).collect();
+        match (header, turns) {
+            (Some(header), Some(turns)) => Ok(Some(Conversation {
+                id: id.to_owned(),
+                agent_id: header.agent_id,
+                created_at_ms: header.created_at_ms,
+                turns,
+            })),
+            _ => {
+                // Unreadable: nobody can continue it, so it goes rather than failing every use.
+                crate::metrics::redis_corrupt("conversation", 1);
+                let _ = self.erase(id).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Appends `turns` when the conversation still has `expected` turns (0: creates it).
+    pub async fn append(
+        &self,
+        id: &str,
+        agent_id: &str,
+        created_at_ms: u64,
+        expected: usize,
+        turns: &[Turn],
+    ) -> Result<AppendOutcome, RedisUnavailable> {
+        let header = serde_json::to_string(&Header {
+            agent_id: agent_id.to_owned(),
+            created_at_ms,
+        })
+        .map_err(|e| RedisUnavailable(e.to_string()))?;
+        let turns: Vec<String> = turns
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()
+            .map_err(|e| RedisUnavailable(e.to_string()))?;
+        let (key, index) = (self.redis_key(id), self.index_key());
+        let (ttl, now) = (millis(self.ttl), super::now_ms());
+        // The header is element 0, so a conversation of n turns is a list of n + 1.
+        let expected_len = if expected == 0 { 0 } else { expected + 1 };
+        let length: i64 = self
+            .link
+            .run("conversation_append", |mut conn| async move {
+                let mut invocation = APPEND_SCRIPT.key(key);
+                invocation
+                    .key(index)
+                    .arg(ttl)
+                    .arg(id)
+                    .arg(now)
+                    .arg(expected_len)
+                    .arg(header);
+                for turn in turns {
+                    invocation.arg(turn);
+                }
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(match length {
+            -2 => AppendOutcome::Gone,
+            n if n < 0 => AppendOutcome::Conflict,
+            n => AppendOutcome::Appended(usize::try_from(n - 1).unwrap_or(0)),
+        })
+    }
+
+    /// Erases the conversation; false when there was none.
+    pub async fn erase(&self, id: &str) -> Result<bool, RedisUnavailable> {
+        let (key, index) = (self.redis_key(id), self.index_key());
+        let deleted: i64 = self
+            .link
+            .run("conversation_erase", |mut conn| async move {
+                ERASE_SCRIPT
+                    .key(key)
+                    .key(index)
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    /// Conversations used within the TTL, across the cluster.
+    pub async fn active(&self) -> Result<u64, RedisUnavailable> {
+        let index = self.index_key();
+        let oldest = super::now_ms().saturating_sub(millis(self.ttl));
+        self.link
+            .run("conversation_active", |mut conn| async move {
+                ACTIVE_SCRIPT
+                    .key(index)
+                    .arg(oldest)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await
+    }
+
+    /// Tries once to take the conversation's lock for `lease`; true when taken.
+    pub async fn try_lock(
+        &self,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, RedisUnavailable> {
+        let key = self.lock_key(id);
+        let lease = millis(lease).max(1);
+        let taken: Option<String> = self
+            .link
+            .run("conversation_lock", |mut conn| async move {
+                ::redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Releases the lock if `token` still holds it.
+    pub async fn unlock(&self, id: &str, token: &str) {
+        let key = self.lock_key(id);
+        let _ = self
+            .link
+            .run("conversation_unlock", |mut conn| async move {
+                UNLOCK_SCRIPT
+                    .key(key)
+                    .arg(token)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+}
