@@ -270,6 +270,13 @@ pub struct RedisSettings {
     pub up_after_probes: u32,
     /// How often a down Redis is probed, in milliseconds.
     pub probe_interval_ms: u64,
+    /// Redis Sentinel addresses (`host:port` or `redis://` URLs); set, the master is found
+    /// through them and followed after a failover (`redis.url` then only lends db/credentials).
+    pub sentinels: Vec<String>,
+    /// Name of the master group the sentinels watch (`sentinel monitor <name> ...`).
+    pub sentinel_master: String,
+    /// Redis Cluster seed nodes (`host:port` or `redis://` URLs); set, Redis Cluster is used.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisSettings {
@@ -285,6 +292,9 @@ impl Default for RedisSettings {
             down_after_failures: 3,
             up_after_probes: 3,
             probe_interval_ms: 1_000,
+            sentinels: Vec::new(),
+            sentinel_master: "mymaster".to_owned(),
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -422,7 +432,11 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        if settings.redis.url.is_empty() {
+        // REDIS_HOST names one Redis; it must not turn a cluster setup into an invalid mix.
+        if settings.redis.url.is_empty()
+            && settings.redis.cluster_nodes.is_empty()
+            && settings.redis.sentinels.is_empty()
+        {
             if let Ok(host) = std::env::var("REDIS_HOST") {
                 let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
                 if !host.trim().is_empty() {
@@ -482,6 +496,18 @@ impl Settings {
         if self.redis.probe_interval_ms == 0 {
             return fail("redis.probe_interval_ms must be at least 1");
         }
+        if !self.redis.sentinels.is_empty() && !self.redis.cluster_nodes.is_empty() {
+            return fail("set either redis.sentinels or redis.cluster_nodes, not both");
+        }
+        if !self.redis.cluster_nodes.is_empty() && !self.redis.url.is_empty() {
+            return fail("redis.url and redis.cluster_nodes exclude each other");
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.sentinel_master.trim().is_empty() {
+            return fail("redis.sentinel_master must name the master group");
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return fail("redis.key_prefix must not contain braces (they mark cluster hash tags)");
+        }
         if !self.redis.url.is_empty() && !self.redis.url.expose().starts_with("redis") {
             return fail("redis.url must start with redis:// or rediss://");
         }
@@ -505,6 +531,8 @@ impl Settings {
     /// True when Redis shared state is configured.
     pub fn uses_redis(&self) -> bool {
         !self.redis.url.is_empty()
+            || !self.redis.sentinels.is_empty()
+            || !self.redis.cluster_nodes.is_empty()
     }
 
     /// The whole-request deadline.
