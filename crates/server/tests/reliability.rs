@@ -289,7 +289,11 @@ async fn corrupt_oversized_or_immortal_values_in_redis_are_dropped_not_waited_on
     ]);
     // A lease that never expires.
     let immortal = key_of("What is a square root?");
-    redis.cli(&["SET", &format!("learning-chat:lease:{{{immortal}}}"), "stuck"]);
+    redis.cli(&[
+        "SET",
+        &format!("learning-chat:lease:{{{immortal}}}"),
+        "stuck",
+    ]);
     // An answer far over the size cap.
     let huge = key_of("What is pi?");
     let big = "x".repeat(100_000);
