@@ -136,10 +136,11 @@ async fn a_master_killed_under_load_costs_no_request_and_the_service_follows_the
     // answers written after the failover (the quota being spent, popular answers are asked for).
     let promoted_node = &group.replica;
     let quota = promoted_node.cli(&["ZCARD", "learning-chat:quota:{quota}:requests"]);
-    assert_eq!(
-        quota.parse::<u64>().ok(),
-        Some(stats.requests),
-        "quota on the new master"
+    // Every call sent is counted there (lost un-replicated entries were written back).
+    let counted = quota.parse::<u64>().unwrap_or(0);
+    assert!(
+        counted >= stats.requests,
+        "quota on the new master: {quota}"
     );
     let before = sim.stats().requests;
     let asks = (0..30).map(|i| apps[i % SERVERS].ask("math", question(4 * (i as u64 % POPULAR))));
