@@ -248,6 +248,11 @@ impl RedisLink {
         let ok = matches!(ping, Ok(Ok(_)));
         if !ok {
             self.inner.successes.store(0, Ordering::Release);
+            if matches!(self.inner.target, Target::Cluster(_)) {
+                // Start over from the seed nodes: a fresh connection learns the slot map anew
+                // (after a failover the old one may still point at the dead master).
+                *self.inner.current.write() = None;
+            }
         } else if !self.is_up() {
             let successes = self.inner.successes.fetch_add(1, Ordering::AcqRel) + 1;
             let first_connection = !self.inner.was_ever_up.load(Ordering::Acquire);

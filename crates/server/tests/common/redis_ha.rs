@@ -202,9 +202,14 @@ impl RedisCluster {
 
     /// The node currently serving `key`'s slot as master.
     pub fn master_of(&self, key: &str) -> Option<&RedisNode> {
-        let slot = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        let live = |n: &&RedisNode| n.child.lock().unwrap().is_some();
+        let slot = self
+            .nodes
+            .iter()
+            .find(live)?
+            .cli(&["CLUSTER", "KEYSLOT", key]);
         self.nodes.iter().find(|n| {
-            n.child.lock().unwrap().is_some()
+            live(n)
                 && n.cli(&["INFO", "replication"]).contains("role:master")
                 && owns_slot(n, &slot)
         })
@@ -215,11 +220,10 @@ fn owns_slot(node: &RedisNode, slot: &str) -> bool {
     let Ok(slot) = slot.parse::<u32>() else {
         return false;
     };
-    let myself = node.cli(&["CLUSTER", "MYID"]);
     let shards = node.cli(&["CLUSTER", "NODES"]);
     shards.lines().any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.first() == Some(&myself.as_str())
+        fields.get(2).is_some_and(|flags| flags.contains("myself"))
             && fields.iter().skip(8).any(|range| {
                 let mut ends = range.split('-');
                 match (ends.next().and_then(|a| a.parse::<u32>().ok()), ends.next()) {
