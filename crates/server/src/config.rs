@@ -272,11 +272,12 @@ pub struct RedisSettings {
     pub probe_interval_ms: u64,
     /// Redis Sentinel addresses (`host:port` or `redis://` URLs); set, the master is found
     /// through them and followed after a failover (`redis.url` then only lends db/credentials).
-    pub sentinels: Vec<String>,
+    /// Masked when printed, like `url`: they may hold passwords.
+    pub sentinels: Vec<Secret>,
     /// Name of the master group the sentinels watch (`sentinel monitor <name> ...`).
     pub sentinel_master: String,
     /// Redis Cluster seed nodes (`host:port` or `redis://` URLs); set, Redis Cluster is used.
-    pub cluster_nodes: Vec<String>,
+    pub cluster_nodes: Vec<Secret>,
 }
 
 impl Default for RedisSettings {
@@ -588,6 +589,40 @@ mod tests {
             assert!(!printed.contains("sk-test-secret"), "{printed}");
             assert!(!printed.contains("redis.internal"), "{printed}");
             assert!(!format!("{s:?}").contains("sk-test-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sentinels_and_cluster_nodes_come_from_file_or_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "ha.toml",
+                "[redis]\nsentinels = [\"s1:26379\", \"redis://:pw@s2:26379\"]\n\
+                 sentinel_master = \"tutor\"\n",
+            )?;
+            jail.set_env("REDIS_HOST", "ignored.internal");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("ha.toml"))))
+                .map_err(|e| e.to_string())?;
+            assert!(s.uses_redis());
+            assert!(
+                s.redis.url.is_empty(),
+                "REDIS_HOST must not add a second mode"
+            );
+            assert_eq!(s.redis.sentinels[1].expose(), "redis://:pw@s2:26379");
+            assert_eq!(s.redis.sentinel_master, "tutor");
+            assert!(!s.to_masked_toml().contains("pw@"));
+            jail.set_env(
+                "LEARNING_CHAT_REDIS__CLUSTER_NODES",
+                "[\"c1:7000\", \"c2:7000\"]",
+            );
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("ha.toml"))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not both"), "{err}");
+            let s = Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
+            let nodes: Vec<&str> = s.redis.cluster_nodes.iter().map(Secret::expose).collect();
+            assert_eq!(nodes, ["c1:7000", "c2:7000"]);
             Ok(())
         });
     }

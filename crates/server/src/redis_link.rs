@@ -138,7 +138,11 @@ fn node_url(entry: &str) -> String {
 
 fn build_target(settings: &RedisSettings) -> anyhow::Result<Target> {
     if !settings.cluster_nodes.is_empty() {
-        let nodes: Vec<String> = settings.cluster_nodes.iter().map(|n| node_url(n)).collect();
+        let nodes: Vec<String> = settings
+            .cluster_nodes
+            .iter()
+            .map(|n| node_url(n.expose()))
+            .collect();
         let client = ClusterClient::builder(nodes)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(Duration::from_millis(settings.command_timeout_ms.max(100)))
@@ -152,7 +156,11 @@ fn build_target(settings: &RedisSettings) -> anyhow::Result<Target> {
         return Ok(Target::Cluster(client));
     }
     if !settings.sentinels.is_empty() {
-        let sentinels: Vec<String> = settings.sentinels.iter().map(|n| node_url(n)).collect();
+        let sentinels: Vec<String> = settings
+            .sentinels
+            .iter()
+            .map(|n| node_url(n.expose()))
+            .collect();
         let sentinel = Sentinel::build(sentinels)
             .map_err(|e| anyhow::anyhow!("invalid redis.sentinels: {e}"))?;
         // redis.url, when also given, only lends the master its db and credentials.

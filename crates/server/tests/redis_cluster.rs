@@ -12,6 +12,7 @@ use common::redis_ha::{open_load, wait_all_redis, wait_until, RedisCluster};
 use common::{fixed_latency, settings_for, spawn_app, start_sim, TestApp};
 use futures::future::join_all;
 use gemini_sim::{QuotaConfig, SimConfig};
+use learning_chat::config::Secret;
 use reqwest::StatusCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ async fn servers(cluster: &RedisCluster, sim: &gemini_sim::SimServer) -> Vec<Tes
     let mut apps = Vec::new();
     for _ in 0..SERVERS {
         let mut settings = settings_for(sim);
-        settings.redis.cluster_nodes = cluster.addrs();
+        settings.redis.cluster_nodes = cluster.addrs().into_iter().map(Secret::new).collect();
         settings.redis.replicas = SERVERS as u32;
         settings.redis.lease_ms = 1_500;
         settings.upstream.rpm = RPM;

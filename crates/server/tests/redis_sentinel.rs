@@ -12,6 +12,7 @@ use common::redis_ha::{open_load, wait_all_redis, wait_until, SentinelGroup, MAS
 use common::{fixed_latency, settings_for, spawn_app, start_sim, TestApp};
 use futures::future::join_all;
 use gemini_sim::{QuotaConfig, SimConfig};
+use learning_chat::config::Secret;
 use reqwest::StatusCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,11 @@ async fn servers(group: &SentinelGroup, sim: &gemini_sim::SimServer) -> Vec<Test
     let mut apps = Vec::new();
     for _ in 0..SERVERS {
         let mut settings = settings_for(sim);
-        settings.redis.sentinels = group.sentinel_addrs();
+        settings.redis.sentinels = group
+            .sentinel_addrs()
+            .into_iter()
+            .map(Secret::new)
+            .collect();
         settings.redis.sentinel_master = MASTER_NAME.to_owned();
         settings.redis.replicas = SERVERS as u32;
         settings.redis.lease_ms = 1_500;
