@@ -196,3 +196,62 @@ async fn a_master_killed_under_load_costs_no_request_and_its_replica_takes_over(
         "quota on the new master: {counted}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_the_quota_slot_under_load_costs_no_request() {
+    let cluster = start_cluster().await;
+    let sim = start_sim(SimConfig {
+        latency: fixed_latency(100),
+        quota: QuotaConfig {
+            rpm: u64::from(RPM),
+            ..QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let apps = servers(&cluster, &sim).await;
+    let from = cluster.master_of(QUOTA_KEY).expect("quota master").port;
+
+    let load = open_load(&apps, REQUESTS, ARRIVAL, question);
+    let reshard = async {
+        tokio::time::sleep(KILL_AT).await;
+        let moving = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            let masters = moving.masters();
+            let source = masters.iter().find(|m| m.port == from).expect("source");
+            let target = masters.iter().find(|m| m.port != from).expect("target");
+            let moved = moving.reshard_all(source, target);
+            (moved, target.port)
+        })
+        .await
+        .expect("reshard")
+    };
+    let (report, (moved, target)) = tokio::join!(load, reshard);
+    let stats = sim.stats();
+    eprintln!(
+        "cluster resharding: {report:?}; upstream requests {} (429: {}), distinct answered {}",
+        stats.requests, stats.rate_limited, report.distinct_answered
+    );
+    assert!(moved, "redis-cli --cluster reshard failed");
+    let owner = cluster.master_of(QUOTA_KEY).expect("quota slot served");
+    assert_eq!(owner.port, target, "the quota slot moved");
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
+    assert_eq!(report.sent, REQUESTS as usize);
+    assert_eq!(
+        stats.rate_limited, 0,
+        "the upstream saw more than its quota"
+    );
+    assert!(
+        stats.requests <= u64::from(RPM),
+        "{} > quota",
+        stats.requests
+    );
+    let bound = report.distinct_answered as u64 + POPULAR * (SERVERS as u64 - 1);
+    assert!(stats.ok <= bound, "{} model answers", stats.ok);
+    let counted: u64 = owner.cli(&["ZCARD", QUOTA_KEY]).parse().unwrap_or(0);
+    assert!(counted >= stats.requests, "quota after the move: {counted}");
+}

@@ -195,6 +195,47 @@ impl RedisCluster {
             .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
     }
 
+    /// Moves every slot of the master at `from` to the master at `to` (`redis-cli --cluster
+    /// reshard`, keys migrated with MIGRATE); returns whether redis-cli succeeded.
+    pub fn reshard_all(&self, from: &RedisNode, to: &RedisNode) -> bool {
+        let from_id = from.cli(&["CLUSTER", "MYID"]);
+        let to_id = to.cli(&["CLUSTER", "MYID"]);
+        let slots: usize = from
+            .cli(&["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| l.contains("myself"))
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .skip(8)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .map(|range| match range.split_once('-') {
+                Some((a, b)) => {
+                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
+                }
+                None => 1,
+            })
+            .sum();
+        Command::new("redis-cli")
+            .args(["--cluster", "reshard", &from.addr()])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The live masters.
+    pub fn masters(&self) -> Vec<&RedisNode> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.lock().unwrap().is_some())
+            .filter(|n| n.cli(&["INFO", "replication"]).contains("role:master"))
+            .collect()
+    }
+
     /// `host:port` of every node, for `redis.cluster_nodes`.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(RedisNode::addr).collect()
