@@ -272,6 +272,14 @@ pub struct RedisSettings {
     pub up_after_probes: u32,
     /// How often a down Redis is probed, in milliseconds.
     pub probe_interval_ms: u64,
+    /// Redis Sentinel addresses (`host:port` or `redis://` URLs); set, the master is found
+    /// through them and followed after a failover (`redis.url` then only lends db/credentials).
+    /// Masked when printed, like `url`: they may hold passwords.
+    pub sentinels: Vec<Secret>,
+    /// Name of the master group the sentinels watch (`sentinel monitor <name> ...`).
+    pub sentinel_master: String,
+    /// Redis Cluster seed nodes (`host:port` or `redis://` URLs); set, Redis Cluster is used.
+    pub cluster_nodes: Vec<Secret>,
 }
 
 impl Default for RedisSettings {
@@ -287,6 +295,9 @@ impl Default for RedisSettings {
             down_after_failures: 3,
             up_after_probes: 3,
             probe_interval_ms: 1_000,
+            sentinels: Vec::new(),
+            sentinel_master: "mymaster".to_owned(),
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -460,7 +471,11 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        if settings.redis.url.is_empty() {
+        // REDIS_HOST names one Redis; it must not turn a cluster setup into an invalid mix.
+        if settings.redis.url.is_empty()
+            && settings.redis.cluster_nodes.is_empty()
+            && settings.redis.sentinels.is_empty()
+        {
             if let Ok(host) = std::env::var("REDIS_HOST") {
                 let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
                 if !host.trim().is_empty() {
@@ -520,6 +535,18 @@ impl Settings {
         if self.redis.probe_interval_ms == 0 {
             return fail("redis.probe_interval_ms must be at least 1");
         }
+        if !self.redis.sentinels.is_empty() && !self.redis.cluster_nodes.is_empty() {
+            return fail("set either redis.sentinels or redis.cluster_nodes, not both");
+        }
+        if !self.redis.cluster_nodes.is_empty() && !self.redis.url.is_empty() {
+            return fail("redis.url and redis.cluster_nodes exclude each other");
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.sentinel_master.trim().is_empty() {
+            return fail("redis.sentinel_master must name the master group");
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return fail("redis.key_prefix must not contain braces (they mark cluster hash tags)");
+        }
         if !self.redis.url.is_empty() && !self.redis.url.expose().starts_with("redis") {
             return fail("redis.url must start with redis:// or rediss://");
         }
@@ -556,6 +583,8 @@ impl Settings {
     /// True when Redis shared state is configured.
     pub fn uses_redis(&self) -> bool {
         !self.redis.url.is_empty()
+            || !self.redis.sentinels.is_empty()
+            || !self.redis.cluster_nodes.is_empty()
     }
 
     /// The whole-request deadline.
@@ -611,6 +640,40 @@ mod tests {
             assert!(!printed.contains("sk-test-secret"), "{printed}");
             assert!(!printed.contains("redis.internal"), "{printed}");
             assert!(!format!("{s:?}").contains("sk-test-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sentinels_and_cluster_nodes_come_from_file_or_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "ha.toml",
+                "[redis]\nsentinels = [\"s1:26379\", \"redis://:pw@s2:26379\"]\n\
+                 sentinel_master = \"tutor\"\n",
+            )?;
+            jail.set_env("REDIS_HOST", "ignored.internal");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("ha.toml"))))
+                .map_err(|e| e.to_string())?;
+            assert!(s.uses_redis());
+            assert!(
+                s.redis.url.is_empty(),
+                "REDIS_HOST must not add a second mode"
+            );
+            assert_eq!(s.redis.sentinels[1].expose(), "redis://:pw@s2:26379");
+            assert_eq!(s.redis.sentinel_master, "tutor");
+            assert!(!s.to_masked_toml().contains("pw@"));
+            jail.set_env(
+                "LEARNING_CHAT_REDIS__CLUSTER_NODES",
+                "[\"c1:7000\", \"c2:7000\"]",
+            );
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("ha.toml"))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not both"), "{err}");
+            let s = Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
+            let nodes: Vec<&str> = s.redis.cluster_nodes.iter().map(Secret::expose).collect();
+            assert_eq!(nodes, ["c1:7000", "c2:7000"]);
             Ok(())
         });
     }

@@ -165,6 +165,12 @@ fn secrets_of(settings: &Settings) -> Vec<String> {
     if let Some(password) = url_password(settings.redis.url.expose()) {
         secrets.push(password.to_owned());
     }
+    let nodes = settings
+        .redis
+        .sentinels
+        .iter()
+        .chain(&settings.redis.cluster_nodes);
+    secrets.extend(nodes.filter_map(|n| url_password(n.expose()).map(str::to_owned)));
     secrets.retain(|s| s.trim().len() >= 4);
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets

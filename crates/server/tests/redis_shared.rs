@@ -144,7 +144,7 @@ async fn a_dead_lease_holder_only_delays_the_others_until_its_lease_expires() {
         .chat
         .cache_key("history", "Who was Cleopatra?")
         .unwrap();
-    let lease_key = format!("learning-chat:lease:{key}");
+    let lease_key = format!("learning-chat:lease:{{{key}}}");
     assert_eq!(
         redis.cli(&["SET", &lease_key, "crashed-server", "PX", "1500"]),
         "OK"

@@ -277,23 +277,27 @@ async fn corrupt_oversized_or_immortal_values_in_redis_are_dropped_not_waited_on
     let garbage = key_of("What is a prime?");
     redis.cli(&[
         "SET",
-        &format!("learning-chat:answer:{garbage}"),
+        &format!("learning-chat:answer:{{{garbage}}}"),
         "{not json",
     ]);
     redis.cli(&[
         "SET",
-        &format!("learning-chat:lease:{garbage}"),
+        &format!("learning-chat:lease:{{{garbage}}}"),
         "dead",
         "PX",
         "500",
     ]);
     // A lease that never expires.
     let immortal = key_of("What is a square root?");
-    redis.cli(&["SET", &format!("learning-chat:lease:{immortal}"), "stuck"]);
+    redis.cli(&[
+        "SET",
+        &format!("learning-chat:lease:{{{immortal}}}"),
+        "stuck",
+    ]);
     // An answer far over the size cap.
     let huge = key_of("What is pi?");
     let big = "x".repeat(100_000);
-    redis.cli(&["SET", &format!("learning-chat:answer:{huge}"), &big]);
+    redis.cli(&["SET", &format!("learning-chat:answer:{{{huge}}}"), &big]);
 
     for message in ["What is a prime?", "What is a square root?", "What is pi?"] {
         let (status, body) = status_and_body(app.ask("math", message).await).await;

@@ -90,6 +90,10 @@ struct Conservative {
     window: SlidingWindow,
     /// Once back in Redis: trust Redis alone from this time even if a replica never showed up.
     until: Option<u64>,
+    /// When this server last wrote its calls back. Only servers that reserved since count as
+    /// back: after a Sentinel failover the promoted replica still holds the others' reservations
+    /// from just before the outage, which would otherwise pass for a return.
+    back_at: Option<u64>,
 }
 
 impl ClusterState {
@@ -121,11 +125,13 @@ impl ClusterState {
             self.conservative = Some(Conservative {
                 window,
                 until: None,
+                back_at: None,
             });
         }
         self.conservative.get_or_insert_with(|| Conservative {
             window: SlidingWindow::new(rpm, window_ms),
             until: None,
+            back_at: None,
         })
     }
 
@@ -282,7 +288,11 @@ impl QuotaLimiter {
                     }
                     None => None,
                 };
-                (held, snapshot, state.conservative.is_some())
+                let fresh = state.conservative.as_ref().map(|c| {
+                    c.back_at
+                        .map_or(FRESH_MS, |back| now.saturating_sub(back).min(FRESH_MS))
+                });
+                (held, snapshot, fresh)
             };
             let request = ReserveRequest {
                 member: cluster.redis.new_member(),
@@ -290,11 +300,8 @@ impl QuotaLimiter {
                 max_wait: deadline.saturating_duration_since(Instant::now()),
                 not_before: Duration::from_millis(held.map_or(0, |at| at.saturating_sub(now))),
                 snapshot,
-                fresh: if conservative {
-                    Duration::from_millis(FRESH_MS)
-                } else {
-                    Duration::ZERO
-                },
+                // At least 1 ms, so this server's own reservation counts and the count comes back.
+                fresh: conservative.map_or(Duration::ZERO, |ms| Duration::from_millis(ms.max(1))),
             };
             let member = request.member.clone();
             let reply = cluster.redis.reserve(request).await;
@@ -415,6 +422,7 @@ impl QuotaLimiter {
                 state.ever_synced = true;
                 if let Some(conservative) = state.conservative.as_mut() {
                     conservative.until.get_or_insert(now + self.window_ms);
+                    conservative.back_at = Some(now);
                 }
                 Ok(())
             }

@@ -196,9 +196,9 @@ pub struct RedisQuota {
 impl RedisQuota {
     /// A limiter of `rpm` requests and `input_tpm` tokens per `window`.
     pub fn new(link: RedisLink, rpm: u32, input_tpm: u64, window: Duration) -> RedisQuota {
-        let requests_key = link.key("quota", "requests");
-        let tokens_key = link.key("quota", "input_tokens");
-        let synced_key = link.key("quota", "synced");
+        let requests_key = link.grouped_key("quota", "quota", "requests");
+        let tokens_key = link.grouped_key("quota", "quota", "input_tokens");
+        let synced_key = link.grouped_key("quota", "quota", "synced");
         RedisQuota {
             link,
             rpm,

@@ -137,3 +137,4 @@ pub fn fixed_latency(ms: u64) -> gemini_sim::Latency {
 }
 pub mod cluster;
 pub mod processes;
+pub mod redis_ha;
