@@ -185,7 +185,7 @@ async fn another_server_continues_the_conversation_and_erasure_reaches_every_ser
     let (_, seen_by_b) = get(&b, &id).await;
     assert_eq!(seen_by_a, seen_by_b);
     assert_eq!(seen_by_a["turns"].as_array().unwrap().len(), 6);
-    let key = format!("learning-chat:conversation:{id}");
+    let key = format!("learning-chat:conversation:{{{id}}}");
     assert_eq!(redis.cli(&["EXISTS", &key]), "1");
     let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
     assert!(
@@ -216,7 +216,7 @@ async fn another_server_continues_the_conversation_and_erasure_reaches_every_ser
                 .chat
                 .cache_key_with_history("math", pair[0]["text"].as_str().unwrap(), &history)
                 .unwrap();
-            format!("learning-chat:answer:{key}")
+            format!("learning-chat:answer:{{{key}}}")
         })
         .collect();
     // Written to Redis off the request path: wait for it (a hang guard, not a timing bound).
@@ -242,7 +242,7 @@ async fn another_server_continues_the_conversation_and_erasure_reaches_every_ser
         assert_eq!(delete(app, &id).await, StatusCode::NOT_FOUND);
     }
     assert_eq!(
-        redis.cli(&["ZSCORE", "learning-chat:conversations:active", &id]),
+        redis.cli(&["ZSCORE", "learning-chat:conversations:{active}", &id]),
         "",
         "no trace left in the active index"
     );
@@ -383,7 +383,7 @@ async fn a_redis_conversation_expires_after_its_ttl() {
     let app = spawn_app(settings).await;
     wait_redis(&app, "up").await;
     let id = start(&app, "math", FIRST).await;
-    let key = format!("learning-chat:conversation:{id}");
+    let key = format!("learning-chat:conversation:{{{id}}}");
     let ttl_ms: i64 = redis.cli(&["PTTL", &key]).parse().unwrap();
     assert!(ttl_ms > 0 && ttl_ms <= 1_000, "{ttl_ms}");
     // Wait for Redis to expire it (a hang guard, not a timing assertion).

@@ -19,8 +19,11 @@ struct Header {
     created_at_ms: u64,
 }
 
-/// KEYS: list, index. ARGV: ttl_ms, id, now_ms. Returns the list (refreshing its TTL), or
-/// {'corrupt'} when the key holds something else (then deleted).
+/// KEYS: list. ARGV: ttl_ms. Returns the list (refreshing its TTL), or {'corrupt'} when the key
+/// holds something else (then deleted).
+///
+/// Every script touches the conversation's own key only: the index of active conversations is
+/// a separate key in another Redis Cluster slot, so it is updated by a command of its own.
 static LOAD_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(
         r"
@@ -28,17 +31,15 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return {} end
 if kind ~= 'list' then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
   return {'corrupt'}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return redis.call('LRANGE', KEYS[1], 0, -1)
 ",
     )
 });
 
-/// KEYS: list, index. ARGV: ttl_ms, id, now_ms, expected length (0 = create), header, turns...
+/// KEYS: list. ARGV: ttl_ms, id, now_ms, expected length (0 = create), header, turns...
 /// Returns the new length, -1 when the list does not have the expected length (another write
 /// came first), -2 when it is gone.
 static APPEND_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
@@ -49,8 +50,6 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if expected == 0 then
   if kind ~= 'none' then return -1 end
   redis.call('RPUSH', KEYS[1], ARGV[5])
-  -- The index is trimmed here too, so it stays bounded even if nobody scrapes the gauge.
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[1])))
 else
   if kind ~= 'list' then return -2 end
   if redis.call('LLEN', KEYS[1]) ~= expected then return -1 end
@@ -59,18 +58,7 @@ for i = 6, #ARGV do
   redis.call('RPUSH', KEYS[1], ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return redis.call('LLEN', KEYS[1])
-",
-    )
-});
-
-/// KEYS: list, index. ARGV: id. Returns the number of keys deleted.
-static ERASE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
 ",
     )
 });
@@ -137,14 +125,20 @@ impl RedisStore {
         let values: Vec<String> = self
             .link
             .run("conversation_load", |mut conn| async move {
-                LOAD_SCRIPT
+                let values: Vec<String> = LOAD_SCRIPT
                     .key(key)
-                    .key(index)
                     .arg(ttl)
-                    .arg(id)
-                    .arg(now)
                     .invoke_async(&mut conn)
-                    .await
+                    .await?;
+                if !values.is_empty() && values[0] != "corrupt" {
+                    ::redis::cmd("ZADD")
+                        .arg(index)
+                        .arg(now)
+                        .arg(id)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                Ok(values)
             })
             .await?;
         let Some((header, turns)) = values.split_first() else {
@@ -196,7 +190,6 @@ impl RedisStore {
             .run("conversation_append", |mut conn| async move {
                 let mut invocation = APPEND_SCRIPT.key(key);
                 invocation
-                    .key(index)
                     .arg(ttl)
                     .arg(id)
                     .arg(now)
@@ -205,7 +198,28 @@ impl RedisStore {
                 for turn in turns {
                     invocation.arg(turn);
                 }
-                invocation.invoke_async(&mut conn).await
+                let length: i64 = invocation.invoke_async(&mut conn).await?;
+                if length >= 0 {
+                    let mut index_update = ::redis::pipe();
+                    index_update
+                        .cmd("ZADD")
+                        .arg(&index)
+                        .arg(now)
+                        .arg(id)
+                        .ignore();
+                    if expected_len == 0 {
+                        // Trimmed on every new conversation, so the index stays bounded even if
+                        // nobody scrapes the gauge.
+                        index_update
+                            .cmd("ZREMRANGEBYSCORE")
+                            .arg(&index)
+                            .arg("-inf")
+                            .arg(format!("({}", now.saturating_sub(ttl)))
+                            .ignore();
+                    }
+                    index_update.query_async::<()>(&mut conn).await?;
+                }
+                Ok(length)
             })
             .await?;
         Ok(match length {
@@ -221,12 +235,12 @@ impl RedisStore {
         let deleted: i64 = self
             .link
             .run("conversation_erase", |mut conn| async move {
-                ERASE_SCRIPT
-                    .key(key)
-                    .key(index)
+                ::redis::cmd("ZREM")
+                    .arg(index)
                     .arg(id)
-                    .invoke_async(&mut conn)
-                    .await
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                ::redis::cmd("DEL").arg(key).query_async(&mut conn).await
             })
             .await?;
         Ok(deleted > 0)
