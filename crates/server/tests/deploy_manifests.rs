@@ -1728,7 +1728,10 @@ fn the_tls_ingress_example_routes_to_the_service_port_and_names_its_certificate(
             let backend = path.backend.service.as_ref().expect("a service backend");
             assert_eq!(backend.name, APP);
             let port = backend.port.as_ref().and_then(|p| p.name.as_deref());
-            assert!(port.is_some_and(|p| ports.contains(&p)), "{port:?} vs {ports:?}");
+            assert!(
+                port.is_some_and(|p| ports.contains(&p)),
+                "{port:?} vs {ports:?}"
+            );
         }
     }
 }

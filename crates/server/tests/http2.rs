@@ -353,7 +353,7 @@ async fn tls_negotiates_h2_by_alpn_and_still_serves_http1_clients() {
     let app = spawn_app(tls_settings(dir.path())).await;
     let port = app.addr.port();
 
-    let tls = tls_connect(port, &[cert.clone()], &[b"h2", b"http/1.1"]).await;
+    let tls = tls_connect(port, std::slice::from_ref(&cert), &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (sender, _driver) = h2_handshake(tls).await;
     let (status, version, body) = send(&sender, chat_request("What is a tangent?")).await;
@@ -441,14 +441,14 @@ async fn a_changed_certificate_file_is_served_to_new_connections_and_open_ones_k
     settings.server.tls_reload_check_ms = 50;
     let app = spawn_app(settings).await;
     let port = app.addr.port();
-    let open = tls_connect(port, &[first.clone()], &[b"h2"]).await;
+    let open = tls_connect(port, std::slice::from_ref(&first), &[b"h2"]).await;
     assert_eq!(served_certificate(&open), first);
     let (sender, driver) = h2_handshake(open).await;
 
     // A broken file is refused: the first certificate is still served.
     std::fs::write(dir.path().join("tls.crt"), "not a certificate").expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let still = tls_connect(port, &[first.clone()], &[b"h2"]).await;
+    let still = tls_connect(port, std::slice::from_ref(&first), &[b"h2"]).await;
     assert_eq!(served_certificate(&still), first);
 
     let staging = tempfile::tempdir().expect("temp dir");
@@ -487,7 +487,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary_without_dropping_conn
         port,
     };
     assert!(wait_for_port(port, GUARD), "learning-chat did not listen");
-    let open = tls_connect(port, &[first.clone()], &[b"h2"]).await;
+    let open = tls_connect(port, std::slice::from_ref(&first), &[b"h2"]).await;
     let (sender, driver) = h2_handshake(open).await;
     let (status, _, _) = send(&sender, get_request("/health")).await;
     assert_eq!(status, StatusCode::OK);
