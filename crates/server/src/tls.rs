@@ -16,6 +16,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,12 +67,13 @@ impl Tls {
         self.certificate.reload()
     }
 
-    /// Reloads on SIGHUP and when the files change, until the task is aborted.
-    pub async fn watch_for_changes(self, check_every: Duration) {
+    /// Reloads on SIGHUP and when the files change, until the returned task is aborted.
+    /// SIGHUP is caught from this call on (not from the task's first poll): a signal sent
+    /// right after start-up must not take the default action, exit.
+    pub fn watch_for_changes(self, check_every: Duration) -> impl Future<Output = ()> + Send {
         // Registering replaces SIGHUP's default action (exit) for the life of the process,
         // which is only wanted when there is something to reload.
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(signal) => Some(signal),
             Err(e) => {
                 tracing::warn!(
@@ -80,6 +82,10 @@ impl Tls {
                 None
             }
         };
+        self.watch(hangup, check_every)
+    }
+
+    async fn watch(self, mut hangup: Option<tokio::signal::unix::Signal>, check_every: Duration) {
         let mut tick = (!check_every.is_zero()).then(|| {
             let mut tick = tokio::time::interval(check_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
