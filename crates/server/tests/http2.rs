@@ -228,7 +228,7 @@ async fn an_h2_connection_is_closed_by_the_idle_bound_but_not_by_the_header_boun
     // Pings every 100 ms arrive between streams: under HTTP/1.1 rules they would start a
     // request head and the connection would be cut at the header bound.
     settings.server.header_read_timeout_ms = 300;
-    settings.server.keep_alive_idle_timeout_ms = 3_000;
+    settings.server.keep_alive_idle_timeout_ms = 8_000;
     let app = spawn_app(settings).await;
     let (sender, driver) = h2c(&app).await;
     let (status, _, _) = send(&sender, get_request("/health")).await;
