@@ -43,7 +43,7 @@ done
 
 scripts=(bench/01-seed-profile.sh bench/02-throughput.sh bench/03-cache-hits.sh bench/04-overhead.sh
          bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh \
-         bench/08-conversations.sh)
+         bench/08-conversations.sh bench/09-http2.sh)
 for n in $ONLY; do
     script=${scripts[$((n - 1))]}
     echo

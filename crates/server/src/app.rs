@@ -282,17 +282,23 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl Application {
     /// Builds the service and binds its listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let bind = settings.server.bind;
+        let tls = crate::tls::Tls::from_settings(&settings.server)?;
         let state = AppState::from_settings(settings)?;
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            tls,
+        })
     }
 
     /// The address actually bound.
@@ -313,15 +319,24 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            state,
+            tls,
+        } = self;
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let limits = crate::serve::ConnectionLimits::from_settings(&state.settings.server);
+        let state_tls_check_ms = state.settings.server.tls_reload_check_ms;
         let app = router(state);
-        let server = crate::serve::serve(listener, app, limits, async move {
+        let tls_reload = tls.clone().map(|tls| {
+            let every = Duration::from_millis(state_tls_check_ms);
+            tokio::spawn(tls.watch_for_changes(every))
+        });
+        let server = crate::serve::serve(listener, app, limits, tls, async move {
             shutdown.await;
             shutdown_state.draining.store(true, Ordering::Release);
             tracing::info!("shutdown requested: no new connections; draining in-flight requests");
@@ -343,6 +358,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(reload) = tls_reload {
+            reload.abort();
+        }
         if let Some(probe) = redis_probe {
             probe.abort();
         }

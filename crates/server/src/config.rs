@@ -109,6 +109,14 @@ pub struct ServerSettings {
     pub keep_alive_idle_timeout_ms: u64,
     /// Client connections open at once; further ones wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// PEM certificate chain; with `tls_key` the port speaks TLS (ALPN `h2`, `http/1.1`).
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// How often the certificate files are checked for changes, in milliseconds; 0 = SIGHUP only.
+    pub tls_reload_check_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -127,6 +135,11 @@ impl Default for ServerSettings {
             // idle connections and never sends a request on one being closed.
             keep_alive_idle_timeout_ms: 75_000,
             max_connections: 10_000,
+            // Above h2load's and nginx's usual stream counts per connection (100-256).
+            http2_max_concurrent_streams: 256,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_reload_check_ms: 10_000,
         }
     }
 }
@@ -508,6 +521,12 @@ impl Settings {
         }
         if self.server.max_connections == 0 {
             return fail("server.max_connections must be at least 1");
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return fail("server.http2_max_concurrent_streams must be at least 1");
+        }
+        if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
+            return fail("server.tls_cert and server.tls_key must be set together");
         }
         if self.upstream.max_concurrency == 0 {
             return fail("upstream.max_concurrency must be at least 1");

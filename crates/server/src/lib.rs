@@ -23,6 +23,7 @@ pub mod providers;
 pub mod redis_link;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{AppState, Application};
 pub use config::Settings;

@@ -1,5 +1,9 @@
-//! The HTTP server loop: HTTP/1.1 (as before; axum was built without HTTP/2), with every way a
-//! client can hold the server's resources bounded.
+//! The HTTP server loop: HTTP/1.1 and HTTP/2, in plain text or TLS, with every way a client can
+//! hold the server's resources bounded.
+//!
+//! Protocols: on a plain port a connection starting with the HTTP/2 preface is served as h2c
+//! (prior knowledge: what gRPC-style proxies and ingress controllers speak upstream), any other
+//! as HTTP/1.1. With `server.tls_cert` set ([`crate::tls`]) ALPN picks: `h2` or `http/1.1`.
 //!
 //! `axum::serve` bounds none of them, so a client sending part of its headers or body and then
 //! waiting held a task and a socket forever. Here:
@@ -19,19 +23,24 @@
 //! ([`Activity`]) and a watchdog next to the connection drops it when a bound is passed.
 //!
 //! On shutdown the loop stops accepting, every connection is told to finish (closed at once when
-//! idle, after the response in flight otherwise), and every response written from then on carries
-//! `Connection: close`, so proxies move on to other servers.
+//! idle, after the response in flight otherwise), and every HTTP/1.1 response written from then
+//! on carries `Connection: close`, so proxies move on to other servers; an HTTP/2 connection gets
+//! a GOAWAY instead, and its streams in flight finish.
+//!
+//! HTTP/2 multiplexes: a connection's requests are its streams, the idle bound runs while none is
+//! open, and bytes between streams (pings, window updates) do not start the header bound. A
+//! connection passing the idle bound gets a GOAWAY rather than a bare close, so a client never
+//! opens a stream on a connection already being closed.
 
 use crate::config::ServerSettings;
 use axum::body::Bytes;
 use axum::http::header::CONNECTION;
-use axum::http::{HeaderValue, Request, Response, StatusCode};
+use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
 use axum::Router;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -42,7 +51,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -59,6 +68,8 @@ pub struct ConnectionLimits {
     pub keep_alive_idle: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_streams: u32,
 }
 
 impl ConnectionLimits {
@@ -69,6 +80,7 @@ impl ConnectionLimits {
             body_read: Duration::from_millis(server.body_read_timeout_ms),
             keep_alive_idle: Duration::from_millis(server.keep_alive_idle_timeout_ms),
             max_connections: server.max_connections.max(1),
+            http2_max_streams: server.http2_max_concurrent_streams.max(1),
         }
     }
 }
@@ -97,18 +109,43 @@ pub fn is_body_read_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// hyper's connection builders: by sniffing (plain port) and one per ALPN protocol (TLS).
+struct Protocols {
+    sniffed: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &ConnectionLimits) -> Protocols {
+        let mut sniffed = auto::Builder::new(TokioExecutor::new());
+        // Bounded by the watchdog instead (see the module docs); `None` also means no timer needed.
+        sniffed.http1().header_read_timeout(None).keep_alive(true);
+        sniffed
+            .http2()
+            .max_concurrent_streams(limits.http2_max_streams);
+        Protocols {
+            http1: sniffed.clone().http1_only(),
+            http2: sniffed.clone().http2_only(),
+            sniffed,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and returns
 /// once every connection has finished its in-flight requests (the caller bounds that wait).
+/// With `tls`, every connection is TLS and ALPN chooses HTTP/2 or HTTP/1.1.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = http1::Builder::new();
-    // Bounded by the watchdog instead (see the module docs); `None` also means no timer needed.
-    builder.header_read_timeout(None).keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(&limits));
+    let acceptor = tls.map(|tls| tls.acceptor().clone());
+    // `true` tells every connection to finish; the sender's `closed()` is every connection gone.
+    let (drain_tx, drain_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     crate::metrics::http_connections_limit(limits.max_connections);
@@ -160,16 +197,22 @@ pub async fn serve(
         tokio::spawn(serve_connection(
             stream,
             permit,
-            graceful.watcher(),
-            builder.clone(),
-            router.clone(),
-            limits,
-            draining.clone(),
+            Shared {
+                drain: drain_rx.clone(),
+                protocols: protocols.clone(),
+                router: router.clone(),
+                limits,
+                draining: draining.clone(),
+            },
+            acceptor.clone(),
         ));
     }
     drop(listener);
+    drop(drain_rx);
     draining.store(true, Ordering::Release);
-    graceful.shutdown().await;
+    // No receiver left (no connection open) is fine: nothing to drain.
+    let _ = drain_tx.send(true);
+    drain_tx.closed().await;
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
@@ -181,17 +224,61 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    permit: OwnedSemaphorePermit,
-    watcher: Watcher,
-    builder: http1::Builder,
+/// What every connection task gets from the accept loop.
+struct Shared {
+    drain: watch::Receiver<bool>,
+    protocols: Arc<Protocols>,
     router: Router,
     limits: ConnectionLimits,
     draining: Arc<AtomicBool>,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    permit: OwnedSemaphorePermit,
+    shared: Shared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let _permit = permit;
     let _open = OpenConnection::new();
+    let Some(acceptor) = tls else {
+        let protocols = shared.protocols.clone();
+        return run_connection(stream, &protocols.sniffed, shared).await;
+    };
+    // The handshake is the connection's first "header": bounded the same way.
+    let stream =
+        match tokio::time::timeout(shared.limits.header_read, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                crate::metrics::http_connection_timeout("header");
+                tracing::debug!("TLS handshake not completed within the header bound");
+                return;
+            }
+        };
+    let protocols = shared.protocols.clone();
+    let builder = if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        &protocols.http2
+    } else {
+        &protocols.http1
+    };
+    run_connection(stream, builder, shared).await;
+}
+
+async fn run_connection<I>(stream: I, builder: &auto::Builder<TokioExecutor>, shared: Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Shared {
+        mut drain,
+        router,
+        limits,
+        draining,
+        ..
+    } = shared;
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(TrackedIo {
         inner: stream,
@@ -203,17 +290,45 @@ async fn serve_connection(
         draining,
         body_read: limits.body_read,
     };
-    let connection = watcher.watch(builder.serve_connection(io, service));
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!("client connection ended with an error: {e}");
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut told_to_finish = false;
+    // Set once an HTTP/2 connection got its GOAWAY for a bound: closed at this time at the latest.
+    let mut close_by: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("client connection ended with an error: {e}");
+                }
+                return;
             }
+            // An error is the accept loop gone: finish as well.
+            _ = drain.changed(), if !told_to_finish => {
+                told_to_finish = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            phase = activity.bound_passed(&limits), if close_by.is_none() => {
+                crate::metrics::http_connection_timeout(phase);
+                tracing::debug!(phase, "client connection closed by its read bound");
+                if !activity.is_multiplexed() {
+                    return;
+                }
+                if !told_to_finish {
+                    told_to_finish = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                close_by = Some(Instant::now() + limits.header_read);
+            }
+            () = sleep_until_some(close_by) => return,
         }
-        phase = activity.bound_passed(&limits) => {
-            crate::metrics::http_connection_timeout(phase);
-            tracing::debug!(phase, "client connection closed by its read bound");
-        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -244,6 +359,8 @@ struct Activity {
     requests: AtomicU64,
     idle_since_ms: AtomicU64,
     head_started_ms: AtomicU64,
+    /// HTTP/2: bytes between requests are not the start of a request head.
+    multiplexed: AtomicBool,
     /// Wakes the watchdog when a change may bring its deadline forward.
     changed: Notify,
 }
@@ -256,6 +373,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NONE),
+            multiplexed: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -266,7 +384,7 @@ impl Activity {
 
     /// Bytes arriving while no request is in flight are the start of the next request's head.
     fn on_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.is_multiplexed() {
             return;
         }
         let started = self.head_started_ms.compare_exchange(
@@ -278,6 +396,10 @@ impl Activity {
         if started.is_ok() {
             self.changed.notify_one();
         }
+    }
+
+    fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
@@ -341,12 +463,12 @@ impl Drop for InFlight {
 }
 
 /// The socket, reporting what it reads to the connection's [`Activity`].
-struct TrackedIo {
-    inner: TcpStream,
+struct TrackedIo<I> {
+    inner: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for TrackedIo {
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -363,7 +485,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -408,6 +530,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let multiplexed = request.version() >= Version::HTTP_2;
+        if multiplexed {
+            self.activity.multiplexed.store(true, Ordering::Relaxed);
+        }
         let in_flight = self.activity.request_started();
         let deadline = Instant::now() + self.body_read;
         let request = request.map(|body| DeadlineBody {
@@ -424,8 +550,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                 Err(never) => match never {},
             };
             // A 408 leaves the body unread: the connection cannot carry another request.
-            let closing = draining.load(Ordering::Acquire)
-                || response.status() == StatusCode::REQUEST_TIMEOUT;
+            // HTTP/2 has no `Connection` header (the drain's GOAWAY says it) and a 408 ends
+            // only its stream.
+            let closing = !multiplexed
+                && (draining.load(Ordering::Acquire)
+                    || response.status() == StatusCode::REQUEST_TIMEOUT);
             if closing {
                 response
                     .headers_mut()
@@ -520,6 +649,7 @@ mod tests {
             body_read: Duration::from_secs(10),
             keep_alive_idle: Duration::from_secs(75),
             max_connections: 1,
+            http2_max_streams: 8,
         }
     }
 
