@@ -345,6 +345,13 @@ pub struct TelemetrySettings {
     pub sentry_dsn: Secret,
     /// Environment name reported to Sentry.
     pub environment: String,
+    /// OTLP/HTTP (protobuf) endpoint receiving traces, e.g. `http://otel-collector:4318`;
+    /// empty disables tracing export.
+    pub otlp_endpoint: String,
+    /// Share of new traces sampled (0.0 to 1.0); a client's `traceparent` decision wins.
+    pub trace_sample_ratio: f64,
+    /// Put learners' message text and cache keys on spans; off by default.
+    pub trace_content: bool,
 }
 
 impl Default for TelemetrySettings {
@@ -357,6 +364,9 @@ impl Default for TelemetrySettings {
             price_per_million_output_tokens: 2.50,
             sentry_dsn: Secret::default(),
             environment: "production".to_owned(),
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: 1.0,
+            trace_content: false,
         }
     }
 }
@@ -488,6 +498,13 @@ impl Settings {
         let base = self.gemini.base_url.trim();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return fail("gemini.base_url must start with http:// or https://");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            return fail("telemetry.trace_sample_ratio must be between 0.0 and 1.0");
+        }
+        let otlp = self.telemetry.otlp_endpoint.trim();
+        if !otlp.is_empty() && !(otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return fail("telemetry.otlp_endpoint must be empty or start with http:// or https://");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
             return fail(
