@@ -338,10 +338,9 @@ impl ChatService {
         let completion = loop {
             // The call's task starts inside this span, so the model call hangs under the wait of
             // the request that started it; a request that joined one has a wait with no children.
-            let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = reasks);
-            let (shared, call_deadline) = wait.in_scope(|| {
-                self.join_or_start(key, agent.clone(), message.to_string(), deadline)
-            });
+            let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(reasks));
+            let (shared, call_deadline) = wait
+                .in_scope(|| self.join_or_start(key, agent.clone(), message.to_string(), deadline));
             let result = tokio::time::timeout_at(deadline, shared)
                 .instrument(wait)
                 .await
@@ -579,9 +578,9 @@ impl Inner {
             .instrument(crate::trace_span!("admission.wait"))
             .await
             .map_err(|shed| {
-            crate::metrics::shed(shed.reason.as_str());
-            ChatError::Shed(shed)
-        })?;
+                crate::metrics::shed(shed.reason.as_str());
+                ChatError::Shed(shed)
+            })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
         let request = model_request(agent, message);
@@ -599,7 +598,10 @@ impl Inner {
             let quota_deadline = deadline.checked_sub(margin).unwrap_or(deadline);
             deps.quota
                 .acquire(input_tokens, quota_deadline)
-                .instrument(crate::trace_span!("quota.wait", model.attempt = attempt))
+                .instrument(crate::trace_span!(
+                    "quota.wait",
+                    model.attempt = i64::from(attempt)
+                ))
                 .await
                 .map_err(|rejected| {
                     crate::metrics::shed(ShedReason::Quota.as_str());
@@ -614,7 +616,8 @@ impl Inner {
                 "model.call",
                 otel.kind = "client",
                 gen_ai.request.model = %request.model,
-                model.attempt = attempt,
+                // Signed: the OpenTelemetry layer records unsigned integers as text.
+                model.attempt = i64::from(attempt),
                 model.status = tracing::field::Empty,
                 gen_ai.usage.input_tokens = tracing::field::Empty,
                 gen_ai.usage.output_tokens = tracing::field::Empty,
@@ -630,8 +633,14 @@ impl Inner {
             call.record("model.status", outcome);
             match &result {
                 Ok(completion) => {
-                    call.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
-                    call.record("gen_ai.usage.output_tokens", completion.usage.output_tokens);
+                    call.record(
+                        "gen_ai.usage.input_tokens",
+                        i64::from(completion.usage.prompt_tokens),
+                    );
+                    call.record(
+                        "gen_ai.usage.output_tokens",
+                        i64::from(completion.usage.output_tokens),
+                    );
                 }
                 Err(_) => {
                     call.record("otel.status_code", "ERROR");

@@ -20,18 +20,18 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use sentry::protocol::{Event, Level};
 use sentry::{Hub, SentryFutureExt};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use std::sync::atomic::AtomicBool;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
@@ -489,7 +489,8 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let status = response.status();
     timer.finish(status.as_u16());
     if traces_on() {
-        span.record("http.response.status_code", status.as_u16());
+        // As i64: the OpenTelemetry layer records unsigned integers as text.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
