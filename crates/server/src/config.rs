@@ -503,7 +503,7 @@ impl Settings {
             return fail("telemetry.trace_sample_ratio must be between 0.0 and 1.0");
         }
         let otlp = self.telemetry.otlp_endpoint.trim();
-        if !otlp.is_empty() && !(otlp.starts_with("http://") || otlp.starts_with("https://")) {
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
             return fail("telemetry.otlp_endpoint must be empty or start with http:// or https://");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
