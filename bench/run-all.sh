@@ -42,7 +42,7 @@ done
 } | tee "$BENCH_OUT/machine.txt"
 
 scripts=(bench/01-seed-profile.sh bench/02-throughput.sh bench/03-cache-hits.sh bench/04-overhead.sh
-         bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh)
+         bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh bench/08-tracing.sh)
 for n in $ONLY; do
     script=${scripts[$((n - 1))]}
     echo
