@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// An answer as the API returns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -315,7 +316,24 @@ impl ChatService {
             });
         }
         let key = self.key_for(&agent, &message, &history);
-        if let Some((hit, _tier)) = deps.cache.get(&key).await {
+        let lookup = crate::trace_span!(
+            "cache.lookup",
+            cache.hit = tracing::field::Empty,
+            cache.tier = tracing::field::Empty,
+            cache.key = tracing::field::Empty,
+            chat.message = tracing::field::Empty,
+        );
+        if crate::telemetry::trace_content() {
+            lookup.record("cache.key", tracing::field::display(&key));
+            lookup.record("chat.message", &*message);
+        }
+        let found = deps.cache.get(&key).instrument(lookup.clone()).await;
+        lookup.record("cache.hit", found.is_some());
+        if let Some((_, tier)) = &found {
+            lookup.record("cache.tier", tier.as_str());
+        }
+        drop(lookup);
+        if let Some((hit, _tier)) = found {
             return Ok(ChatAnswer {
                 text: hit.text.clone(),
                 cached: true,
@@ -332,9 +350,14 @@ impl ChatService {
         }
         let mut reasks = 0;
         let completion = loop {
-            let (shared, call_deadline) =
-                self.join_or_start(key, agent.clone(), message.to_string(), &history, deadline);
+            // The call's task starts inside this span, so the model call hangs under the wait of
+            // the request that started it; a request that joined one has a wait with no children.
+            let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(reasks));
+            let (shared, call_deadline) = wait.in_scope(|| {
+                self.join_or_start(key, agent.clone(), message.to_string(), &history, deadline)
+            });
             let result = tokio::time::timeout_at(deadline, shared)
+                .instrument(wait)
                 .await
                 .map_err(|_| ChatError::Timeout)?;
             match result {
@@ -461,7 +484,11 @@ impl Inner {
         let deps = &self.deps;
         let lease = match &deps.cluster {
             None => None,
-            Some(cluster) => match cluster.acquire(key, deadline).await {
+            Some(cluster) => match cluster
+                .acquire(key, deadline)
+                .instrument(crate::trace_span!("coalesce.cluster"))
+                .await
+            {
                 LeaseOutcome::Holder(lease) => Some(lease),
                 LeaseOutcome::Answered(answer) => {
                     // Another server asked the model; this one only serves the answer on.
@@ -575,10 +602,15 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Completion, ChatError> {
         let deps = &self.deps;
-        let _permit = deps.admission.admit(deadline).await.map_err(|shed| {
-            crate::metrics::shed(shed.reason.as_str());
-            ChatError::Shed(shed)
-        })?;
+        let _permit = deps
+            .admission
+            .admit(deadline)
+            .instrument(crate::trace_span!("admission.wait"))
+            .await
+            .map_err(|shed| {
+                crate::metrics::shed(shed.reason.as_str());
+                ChatError::Shed(shed)
+            })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
         let request = model_request(agent, message, history);
@@ -596,6 +628,10 @@ impl Inner {
             let quota_deadline = deadline.checked_sub(margin).unwrap_or(deadline);
             deps.quota
                 .acquire(input_tokens, quota_deadline)
+                .instrument(crate::trace_span!(
+                    "quota.wait",
+                    model.attempt = i64::from(attempt)
+                ))
                 .await
                 .map_err(|rejected| {
                     crate::metrics::shed(ShedReason::Quota.as_str());
@@ -606,12 +642,41 @@ impl Inner {
                 })?;
             self.monitor.record();
             let started = Instant::now();
+            let call = crate::trace_span!(
+                "model.call",
+                otel.kind = "client",
+                gen_ai.request.model = %request.model,
+                // Signed: the OpenTelemetry layer records unsigned integers as text.
+                model.attempt = i64::from(attempt),
+                model.status = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let result = deps
                 .provider
                 .generate(&request, deadline)
+                .instrument(call.clone())
                 .await
                 .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
             let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
+            call.record("model.status", outcome);
+            match &result {
+                Ok(completion) => {
+                    call.record(
+                        "gen_ai.usage.input_tokens",
+                        i64::from(completion.usage.prompt_tokens),
+                    );
+                    call.record(
+                        "gen_ai.usage.output_tokens",
+                        i64::from(completion.usage.output_tokens),
+                    );
+                }
+                Err(_) => {
+                    call.record("otel.status_code", "ERROR");
+                }
+            }
+            drop(call);
             crate::metrics::upstream_request(outcome, started.elapsed());
             match &result {
                 Ok(_) => deps.admission.record_success(started.elapsed()),

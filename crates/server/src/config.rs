@@ -371,6 +371,13 @@ pub struct TelemetrySettings {
     pub sentry_dsn: Secret,
     /// Environment name reported to Sentry.
     pub environment: String,
+    /// OTLP/HTTP (protobuf) endpoint receiving traces, e.g. `http://otel-collector:4318`;
+    /// empty disables tracing export.
+    pub otlp_endpoint: String,
+    /// Share of new traces sampled (0.0 to 1.0); a client's `traceparent` decision wins.
+    pub trace_sample_ratio: f64,
+    /// Put learners' message text and cache keys on spans; off by default.
+    pub trace_content: bool,
 }
 
 impl Default for TelemetrySettings {
@@ -383,6 +390,9 @@ impl Default for TelemetrySettings {
             price_per_million_output_tokens: 2.50,
             sentry_dsn: Secret::default(),
             environment: "production".to_owned(),
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: 1.0,
+            trace_content: false,
         }
     }
 }
@@ -585,6 +595,13 @@ impl Settings {
         }
         if conversation.max_history_tokens == 0 {
             return fail("conversation.max_history_tokens must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            return fail("telemetry.trace_sample_ratio must be between 0.0 and 1.0");
+        }
+        let otlp = self.telemetry.otlp_endpoint.trim();
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            return fail("telemetry.otlp_endpoint must be empty or start with http:// or https://");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
             return fail(

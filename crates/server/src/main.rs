@@ -123,6 +123,8 @@ fn serve(settings: Settings) -> ExitCode {
         tracing::info!(addr = %application.local_addr(), provider = application.state().chat.provider().name(), "learning-chat listening");
         application.run_until_stopped(app::shutdown_signal()).await
     });
+    // Last, after the drain: the spans of the final requests are queued by now.
+    telemetry::shutdown_traces();
     match result {
         Ok(()) => {
             tracing::info!("stopped");

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long connecting (or asking the sentinels for the master) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -437,7 +438,21 @@ impl RedisLink {
             return Err(RedisUnavailable("not connected".to_owned()));
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.inner.timeout, f(conn)).await;
+        // The operation's name only: keys carry cache keys, which stay off spans.
+        let span = crate::trace_span!(
+            "redis",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = operation,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = tokio::time::timeout(self.inner.timeout, f(conn))
+            .instrument(span.clone())
+            .await;
+        if !matches!(result, Ok(Ok(_))) {
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
         crate::metrics::redis_command(operation, started.elapsed());
         let failure = match result {
             Ok(Ok(value)) => {

@@ -9,6 +9,10 @@
 //!   error code; warnings and errors logged during the request ride along as breadcrumbs.
 //!   Everything sent passes [`scrub_event`] first: no API key, Redis password or DSN leaves the
 //!   process, and neither request bodies nor learners' messages are ever attached.
+//! - Traces: OpenTelemetry over OTLP/HTTP (protobuf) when `telemetry.otlp_endpoint` is set. The
+//!   `request` span is the root (or the child of the client's W3C `traceparent`); the steps of a
+//!   request are its children, made with [`crate::trace_span!`], which makes nothing at all when export
+//!   is off. The trace id rides on every log line of the request and on its Sentry event.
 
 use crate::app::REQUEST_ID_HEADER;
 use crate::config::{LogFormat, Settings, TelemetrySettings};
@@ -16,18 +20,25 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use sentry::protocol::{Event, Level};
 use sentry::{Hub, SentryFutureExt};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// [`REQUEST_ID_HEADER`] as a header name, made once.
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -69,16 +80,29 @@ where
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (provider, exporter_error) = match tracer_provider(settings) {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
+    // The log filter is the logs' own, not global: `log_level = "warn"` must not switch the
+    // (INFO) spans of traces off. Traces take this crate's spans and events only.
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("learning-chat"))
+            .with_filter(Targets::new().with_target("learning_chat", tracing::Level::INFO))
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     // Only with a DSN: warnings and errors become breadcrumbs of the request's Sentry event.
     let sentry = (!settings.sentry_dsn.is_empty()).then(sentry_log_layer);
-    let registry = tracing_subscriber::registry().with(filter).with(sentry);
-    let _ = match settings.log_format {
+    let installed = match settings.log_format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
                     .with_ansi(ansi)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .and_then(sentry)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -90,10 +114,163 @@ where
                     // The whole span list, so `request_id` is still there when a line is logged
                     // inside a span nested in the request span.
                     .with_span_list(true)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .and_then(sentry)
+                    .with_filter(filter),
             )
             .try_init(),
     };
+    if let Some(e) = exporter_error {
+        tracing::error!("traces are off: cannot build the OTLP exporter: {e}");
+    }
+    let Some(provider) = provider else {
+        return;
+    };
+    if installed.is_err() {
+        // A subscriber was already installed (tests): these spans would go nowhere.
+        let _ = provider.shutdown();
+        return;
+    }
+    TRACE_CONTENT.store(settings.trace_content, Ordering::Relaxed);
+    TRACES_ON.store(true, Ordering::Release);
+    *TRACER_PROVIDER.lock() = Some(provider);
+    tracing::info!(
+        endpoint = %traces_url(&settings.otlp_endpoint),
+        sample_ratio = settings.trace_sample_ratio,
+        "exporting traces over OTLP/HTTP"
+    );
+}
+
+/// True once traces are exported; read on every [`crate::trace_span!`], so a plain atomic load.
+static TRACES_ON: AtomicBool = AtomicBool::new(false);
+
+/// `telemetry.trace_content`: learners' text and cache keys may go on spans.
+static TRACE_CONTENT: AtomicBool = AtomicBool::new(false);
+
+/// Kept for [`shutdown_traces`], which flushes the spans still queued.
+static TRACER_PROVIDER: parking_lot::Mutex<Option<SdkTracerProvider>> =
+    parking_lot::Mutex::new(None);
+
+/// True when spans are exported (`telemetry.otlp_endpoint` set).
+pub fn traces_on() -> bool {
+    TRACES_ON.load(Ordering::Relaxed)
+}
+
+/// True when message text and cache keys may be put on spans (`telemetry.trace_content`).
+pub fn trace_content() -> bool {
+    TRACE_CONTENT.load(Ordering::Relaxed)
+}
+
+/// An INFO span exported as a child of the current one when traces are on, and
+/// [`tracing::Span::none`] (no allocation, no subscriber call) when they are off.
+#[macro_export]
+macro_rules! trace_span {
+    ($($arg:tt)*) => {
+        if $crate::telemetry::traces_on() {
+            ::tracing::info_span!($($arg)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
+/// The OTLP/HTTP URL spans are posted to: the configured endpoint with `/v1/traces` appended
+/// unless it already ends so (collectors and vendors document the base URL).
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim().trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// The tracer provider exporting to `telemetry.otlp_endpoint`; `None` when it is empty.
+fn tracer_provider(settings: &TelemetrySettings) -> anyhow::Result<Option<SdkTracerProvider>> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    if settings.otlp_endpoint.trim().is_empty() {
+        return Ok(None);
+    }
+    // Headers (vendor API keys) come from OTEL_EXPORTER_OTLP_HEADERS, read by the exporter, so
+    // they stay out of the config file and `check-config`.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(traces_url(&settings.otlp_endpoint))
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("learning-chat")
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new(
+                "deployment.environment.name",
+                settings.environment.clone(),
+            ),
+        ])
+        .build();
+    // Batched on the SDK's own thread; a client's sampled flag is followed so one trace is
+    // never cut in half between services.
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.trace_sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    Ok(Some(provider))
+}
+
+/// Sends the spans still queued and stops the exporter. Call last, after the server drained
+/// (outside the async runtime: the exporter's client blocks).
+pub fn shutdown_traces() {
+    let Some(provider) = TRACER_PROVIDER.lock().take() else {
+        return;
+    };
+    TRACES_ON.store(false, Ordering::Release);
+    if let Err(e) = provider.shutdown() {
+        eprintln!("warning: flushing traces at shutdown failed: {e}");
+    }
+}
+
+/// The request's trace id (32 hex digits), in its extensions for the Sentry scope.
+#[derive(Clone, Debug)]
+pub struct RequestTraceId(pub String);
+
+/// Reads the W3C `traceparent` (and `tracestate`) of a request.
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The client's trace context, when it sent a valid `traceparent`.
+fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Joins the request span to the client's trace (when there is one) and returns the trace id:
+/// the exported trace's when traces are on, else the client's, else none.
+fn link_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) -> Option<TraceId> {
+    let incoming = incoming_trace(headers);
+    if !traces_on() {
+        return incoming.map(|cx| cx.span().span_context().trace_id());
+    }
+    if let Some(parent) = incoming {
+        // Only fails when the span is disabled or already started; it is neither here.
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    (trace_id != TraceId::INVALID).then_some(trace_id)
 }
 
 fn sentry_log_layer<S>() -> sentry_tracing::SentryLayer<S>
@@ -292,14 +469,38 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         "request",
         request_id = %id.to_str().unwrap_or("-"),
         method = %request.method(),
-        path = %request.uri().path()
+        path = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
+    if traces_on() {
+        // Before `link_trace` starts the span: its name cannot change afterwards.
+        span.record("otel.name", format!("{} {route}", request.method()));
+        span.record("otel.kind", "server");
+        span.record("http.route", route);
+    }
+    if let Some(trace_id) = link_trace(&span, request.headers()) {
+        let trace_id = trace_id.to_string();
+        span.record("trace_id", trace_id.as_str());
+        request.extensions_mut().insert(RequestTraceId(trace_id));
+    }
     // A probe's 503 is a state (draining at every rollout), polled every few seconds: no ERROR.
     let probe = PROBE_ROUTES.contains(&request.uri().path());
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     timer.finish(status.as_u16());
+    if traces_on() {
+        // As i64: the OpenTelemetry layer records unsigned integers as text.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let shed = response
         .extensions()
         .get::<crate::api::ErrorCode>()
@@ -406,9 +607,14 @@ pub async fn report_errors(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let trace_id = request.extensions().get::<RequestTraceId>().cloned();
     let hub = Arc::new(Hub::new_from_top(main));
     hub.configure_scope(|scope| {
         scope.set_tag("request_id", &request_id);
+        if let Some(trace_id) = &trace_id {
+            // Finds the request's trace (APM) from its error report.
+            scope.set_tag("trace_id", &trace_id.0);
+        }
         scope.set_tag("route", &route);
         scope.set_tag("method", &method);
         scope.set_transaction(Some(&format!("{method} {route}")));

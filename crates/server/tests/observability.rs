@@ -927,6 +927,11 @@ async fn sentry_gets_5xx_errors_with_the_request_id_but_no_secrets_and_no_sheds(
         app.client
             .post(app.url("/api/v1/agents/math"))
             .header("x-request-id", id)
+            // The client's W3C trace context: its trace id must reach the event.
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
             .json(&serde_json::json!({ "message": message }))
             .send()
     };
@@ -960,6 +965,10 @@ async fn sentry_gets_5xx_errors_with_the_request_id_but_no_secrets_and_no_sheds(
     assert_eq!(event["tags"]["status"], "503");
     assert_eq!(event["tags"]["error_code"], "upstream_unavailable");
     assert_eq!(event["tags"]["route"], "/api/v1/agents/{agent_id}");
+    assert_eq!(
+        event["tags"]["trace_id"],
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     assert_eq!(event["environment"], "obs-test");
     // `error` is the protocol's default level, so it may be left out.
     assert!(event.get("level").is_none_or(|l| l == "error"), "{event}");
