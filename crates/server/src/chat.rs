@@ -556,9 +556,9 @@ impl Inner {
             .admit_as(&Flow::current(), deadline)
             .await
             .map_err(|shed| {
-            crate::metrics::shed(shed.reason.as_str());
-            ChatError::Shed(shed)
-        })?;
+                crate::metrics::shed(shed.reason.as_str());
+                ChatError::Shed(shed)
+            })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
         let request = model_request(agent, message);

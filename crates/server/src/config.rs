@@ -135,9 +135,7 @@ pub struct MetricsSettings {
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        MetricsSettings {
-            max_key_labels: 50,
-        }
+        MetricsSettings { max_key_labels: 50 }
     }
 }
 

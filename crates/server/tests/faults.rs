@@ -917,9 +917,9 @@ async fn redis_killed_and_restarted_under_three_servers_fails_nothing() {
     // for the deliberate hysteresis (redis.up_after_probes x redis.probe_interval_ms, issue 9
     // item 5), so that is the bound here, plus the same recovery allowance.
     let defaults = learning_chat::config::RedisSettings::default();
-    let reuse_bound = Duration::from_millis(
-        u64::from(defaults.up_after_probes) * defaults.probe_interval_ms,
-    ) + RECOVERY_BOUND;
+    let reuse_bound =
+        Duration::from_millis(u64::from(defaults.up_after_probes) * defaults.probe_interval_ms)
+            + RECOVERY_BOUND;
     assert!(
         reconnected.is_some_and(|r| r < reuse_bound),
         "every server back on the shared Redis within {reuse_bound:?}: {}",

@@ -242,7 +242,11 @@ impl Admission {
     }
 
     /// Turns a semaphore permit into one whose return honours reductions of the limit.
-    fn hold(&self, permit: tokio::sync::SemaphorePermit<'_>, turn: Option<Turn>) -> AdmissionPermit {
+    fn hold(
+        &self,
+        permit: tokio::sync::SemaphorePermit<'_>,
+        turn: Option<Turn>,
+    ) -> AdmissionPermit {
         permit.forget();
         self.slots.in_flight.fetch_add(1, Ordering::AcqRel);
         AdmissionPermit {

@@ -102,10 +102,13 @@ pub struct HealthStatus {
     responses(
         (status = 200, description = "The answer", body = ChatResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (auth.mode = required)", body = ErrorBody),
+        (status = 403, description = "API key revoked or not allowed for this agent", body = ErrorBody),
         (status = 404, description = "Unknown agent", body = ErrorBody),
         (status = 413, description = "Body or message too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "Missing or empty message, or blocked by safety filters", body = ErrorBody),
+        (status = 429, description = "A per-key or per-learner limit; the code names it; see Retry-After", body = ErrorBody),
         (status = 502, description = "The model failed", body = ErrorBody),
         (status = 503, description = "Overloaded or quota used up; see Retry-After", body = ErrorBody),
         (status = 504, description = "Deadline exceeded", body = ErrorBody),
@@ -155,14 +158,21 @@ pub async fn chat(
             "an internal error occurred",
         )
     })?;
-    Ok((
+    let mut response = (
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
         bytes,
     )
-        .into_response())
+        .into_response();
+    // What to charge the caller's key (read by the auth middleware, never sent).
+    response.extensions_mut().insert(crate::auth::AnswerCost {
+        cached: body.cached,
+        prompt_tokens: body.usage.prompt_tokens,
+        output_tokens: body.usage.output_tokens,
+    });
+    Ok(response)
 }
 
 /// List the tutors.
