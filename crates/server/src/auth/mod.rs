@@ -251,6 +251,7 @@ fn refusal_response(refusal: Refusal) -> Response {
         }
     };
     crate::metrics::auth_failure(reason);
+    tracing::info!(reason, "api key refused");
     let mut response = ApiError::new(status, code, message).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -339,6 +340,7 @@ pub async fn require_key(
         }
     }
     let key_id: Arc<str> = Arc::from(key.id.as_str());
+    tracing::debug!(key_id = %key.id, "api key accepted");
     let learner = request
         .headers()
         .get(LEARNER_HEADER)
