@@ -123,6 +123,7 @@ fn serve(settings: Settings) -> ExitCode {
                  answers are not real. Set GEMINI_API_KEY to use Gemini."
             );
         }
+        learning_chat::auth::log_mode(&settings);
         let application = Application::build(settings).await?;
         tracing::info!(addr = %application.local_addr(), provider = application.state().chat.provider().name(), "learning-chat listening");
         application.run_until_stopped(app::shutdown_signal()).await

@@ -110,11 +110,6 @@ impl Auth {
     /// The key check for these settings, or `None` with `auth.mode = "off"` (logged loudly).
     pub fn from_settings(settings: &Settings, redis: Option<RedisLink>) -> Option<Arc<Auth>> {
         if settings.auth.mode == AuthMode::Off {
-            tracing::warn!(
-                "AUTH IS OFF (auth.mode = \"off\"): anyone who can reach this port can spend the \
-                 model budget. Set auth.mode = \"required\" and LEARNING_CHAT_AUTH__PEPPER, and \
-                 create keys with `learning-chat keys create`."
-            );
             return None;
         }
         let store = store_for(settings, redis.clone());
@@ -179,6 +174,25 @@ impl Auth {
             return Err(Refusal::Revoked);
         }
         Ok(key)
+    }
+}
+
+/// Logs the auth mode at start; loudly when keys are off.
+pub fn log_mode(settings: &Settings) {
+    match settings.auth.mode {
+        AuthMode::Off => tracing::warn!(
+            "AUTH IS OFF (auth.mode = \"off\"): anyone who can reach this port can spend the \
+             model budget. Set auth.mode = \"required\" and LEARNING_CHAT_AUTH__PEPPER, and \
+             create keys with `learning-chat keys create`."
+        ),
+        AuthMode::Required => tracing::info!(
+            store = if settings.uses_redis() {
+                "redis"
+            } else {
+                "file"
+            },
+            "API keys required"
+        ),
     }
 }
 
