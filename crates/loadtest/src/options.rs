@@ -152,6 +152,9 @@ pub struct LoadOptions {
     pub progress_every: u64,
     /// Writes the final report as JSON here (`--summary-json`, `LOADTEST_SUMMARY_JSON`).
     pub summary_json: Option<PathBuf>,
+    /// API keys, one per line, spread over the users (user i sends key i mod N) with
+    /// `Authorization: Bearer` (`--keys-file`, `LOADTEST_KEYS_FILE`).
+    pub keys_file: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -169,6 +172,7 @@ impl Default for LoadOptions {
             sim_url: None,
             progress_every: 5,
             summary_json: None,
+            keys_file: None,
         }
     }
 }
@@ -222,6 +226,11 @@ pub const OUR_FLAGS: &[(&str, &str, &str)] = &[
         "--summary-json",
         "LOADTEST_SUMMARY_JSON",
         "also write the final report as JSON to this file",
+    ),
+    (
+        "--keys-file",
+        "LOADTEST_KEYS_FILE",
+        "API keys, one per line: user i sends key i mod N (auth.mode = required)",
     ),
 ];
 
@@ -302,6 +311,7 @@ impl LoadOptions {
                 .map_err(|_| format!("bad --progress-every {v:?}"))?;
         }
         options.summary_json = value("--summary-json").map(PathBuf::from);
+        options.keys_file = value("--keys-file").map(PathBuf::from);
         Ok((options, rest))
     }
 
