@@ -396,7 +396,10 @@ async fn a_key_offering_ten_times_the_load_of_another_does_not_starve_it() {
                 // Only server 0 is asked: the whole quota is its share even if a Redis call
                 // fails on a busy machine, and a slow Redis call is not a failure here.
                 ("LEARNING_CHAT_REDIS__REPLICAS".into(), "1".into()),
-                ("LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS".into(), "3000".into()),
+                (
+                    "LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS".into(),
+                    "3000".into(),
+                ),
             ],
         ]
         .concat(),
