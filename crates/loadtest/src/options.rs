@@ -186,6 +186,9 @@ pub struct LoadOptions {
     /// Conversation mode: each user holds conversations of this many questions, sending
     /// follow-ups with the `conversation_id` (`--conversation`, `LOADTEST_CONVERSATION`).
     pub conversation: Option<TurnRange>,
+    /// API keys, one per line, spread over the users (user i sends key i mod N) with
+    /// `Authorization: Bearer` (`--keys-file`, `LOADTEST_KEYS_FILE`).
+    pub keys_file: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -204,6 +207,7 @@ impl Default for LoadOptions {
             progress_every: 5,
             summary_json: None,
             conversation: None,
+            keys_file: None,
         }
     }
 }
@@ -262,6 +266,11 @@ pub const OUR_FLAGS: &[(&str, &str, &str)] = &[
         "--conversation",
         "LOADTEST_CONVERSATION",
         "conversation mode: each user holds conversations of MIN-MAX questions (e.g. 3-8), follow-ups sent with the conversation_id after the think time",
+    ),
+    (
+        "--keys-file",
+        "LOADTEST_KEYS_FILE",
+        "API keys, one per line: user i sends key i mod N (auth.mode = required)",
     ),
 ];
 
@@ -345,6 +354,7 @@ impl LoadOptions {
         if let Some(v) = value("--conversation") {
             options.conversation = Some(v.parse()?);
         }
+        options.keys_file = value("--keys-file").map(PathBuf::from);
         Ok((options, rest))
     }
 

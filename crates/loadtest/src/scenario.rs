@@ -9,7 +9,10 @@ use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
 use crate::report::Report;
 use crate::sim::SimClient;
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
-use goose::goose::{GooseUser, Scenario, Transaction, TransactionFunction, TransactionResult};
+use goose::goose::{
+    GooseMethod, GooseRequest, GooseUser, Scenario, Transaction, TransactionFunction,
+    TransactionResult,
+};
 use goose::GooseAttack;
 use gumdrop::Options as _;
 use std::future::Future;
@@ -36,6 +39,17 @@ struct Shared {
     conversation: Option<TurnRange>,
     /// Conversation mode's counters.
     conversations: ConversationCounts,
+    /// API keys spread over the users; empty sends none.
+    keys: Vec<String>,
+}
+
+/// The keys of a `--keys-file`: one per line, blank lines and `#` comments skipped.
+pub fn parse_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What conversation mode counts beyond the recorder's figures.
@@ -88,12 +102,23 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         options.zipf_exponent,
     );
     let recorder = Arc::new(Recorder::new());
+    let keys = match &options.keys_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let keys = parse_keys(&text);
+            anyhow::ensure!(!keys.is_empty(), "{} holds no keys", path.display());
+            keys
+        }
+        None => Vec::new(),
+    };
     let shared = Arc::new(Shared {
         recorder: recorder.clone(),
         mix,
         picker,
         conversation: options.conversation,
         conversations: ConversationCounts::default(),
+        keys,
     });
 
     let configuration = GooseConfiguration::parse_args_default(&goose_args)
@@ -265,7 +290,24 @@ async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
             .fetch_add(1, Ordering::Relaxed);
     }
     let started = Instant::now();
-    let response = user.post_json(&path, &body).await?;
+    let response = if shared.keys.is_empty() {
+        user.post_json(&path, &body).await?
+    } else {
+        // Users are numbered from 0 as they start: user i is always key i mod N.
+        let key = &shared.keys[user.weighted_users_index % shared.keys.len()];
+        let builder = user
+            .get_request_builder(&GooseMethod::Post, &path)?
+            .bearer_auth(key)
+            .json(&body);
+        user.request(
+            GooseRequest::builder()
+                .method(GooseMethod::Post)
+                .path(path.as_str())
+                .set_request_builder(builder)
+                .build(),
+        )
+        .await?
+    };
     // goose records its own metric for this request (status, failure); we also need the
     // `cached` flag and the time to the whole body, so the body is read here.
     let (status, answer) = match response.response {
@@ -360,6 +402,14 @@ pub fn help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_files_skip_blanks_and_comments() {
+        assert_eq!(
+            parse_keys("# class keys\nlc_a\n\n  lc_b  \n"),
+            ["lc_a", "lc_b"]
+        );
+    }
 
     #[test]
     fn cached_flag_reads_answers() {

@@ -56,6 +56,8 @@ pub struct AppStateParts {
     pub metrics: PrometheusHandle,
     /// The shared state, when Redis is configured.
     pub redis: Option<RedisLink>,
+    /// The key check and per-key limits; `None` with `auth.mode = "off"`.
+    pub auth: Option<Arc<crate::auth::Auth>>,
     draining: AtomicBool,
     process_metrics: metrics_process::Collector,
 }
@@ -173,6 +175,7 @@ impl AppState {
             // Longer than any request may run, so the lock only outlives a server that died.
             settings.request_timeout() + Duration::from_secs(5),
         );
+        let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
         let process_metrics = metrics_process::Collector::default();
         process_metrics.describe();
         crate::metrics::queue_limit(settings.upstream.max_queue);
@@ -181,6 +184,7 @@ impl AppState {
                 chat,
                 conversations,
                 redis,
+                auth,
                 settings: Arc::new(settings),
                 metrics,
                 draining: AtomicBool::new(false),
@@ -220,13 +224,21 @@ impl AppState {
 /// The router with every route and middleware.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let mut routes = Router::new()
+    let mut api_routes = Router::new()
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/agents/{agent_id}", post(api::chat))
         .route(
             "/api/v1/conversations/{conversation_id}",
             get(api::get_conversation).delete(api::delete_conversation),
-        )
+        );
+    // Only with keys required: with auth off the request path is exactly as before.
+    if state.auth.is_some() {
+        api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_key,
+        ));
+    }
+    let mut routes = api_routes
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/openapi.json", get(api::openapi));

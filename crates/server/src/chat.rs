@@ -5,7 +5,7 @@
 //! answer is cached even if the first asker goes away. The task's entry is removed by a drop
 //! guard, so a task that panics or is aborted never leaves its question stuck.
 
-use crate::admission::{Admission, QuotaLimiter, Shed, ShedReason};
+use crate::admission::{Admission, Flow, QuotaLimiter, Shed, ShedReason, FLOW};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
 use crate::coalesce::{ClusterCoalescer, LeaseOutcome, Publish, SharedOutcome};
@@ -430,18 +430,23 @@ impl ChatService {
         }
         let id = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
+        // The call queues for its model slot as the key that started it.
+        let flow = Flow::current();
         let history = history.clone();
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
         // It keeps the first asker's context, so its log lines carry that request id.
-        let task = tokio::spawn(crate::telemetry::in_current_context(async move {
-            let _entry = InFlightEntry {
-                inner: inner.clone(),
-                key,
-                id,
-            };
-            inner.fetch(&key, &agent, message, history, deadline).await
-        }));
+        let task = tokio::spawn(crate::telemetry::in_current_context(FLOW.scope(
+            flow,
+            async move {
+                let _entry = InFlightEntry {
+                    inner: inner.clone(),
+                    key,
+                    id,
+                };
+                inner.fetch(&key, &agent, message, history, deadline).await
+            },
+        )));
         let shared = async move {
             match task.await {
                 Ok(result) => result,
@@ -602,9 +607,9 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Completion, ChatError> {
         let deps = &self.deps;
-        let _permit = deps
+        let mut permit = deps
             .admission
-            .admit(deadline)
+            .admit_as(&Flow::current(), deadline)
             .instrument(crate::trace_span!("admission.wait"))
             .await
             .map_err(|shed| {
@@ -640,6 +645,8 @@ impl Inner {
                         retry_after: rejected.retry_after,
                     })
                 })?;
+            // The quota slot is ours: the next key in fair order may queue for its own.
+            permit.end_turn();
             self.monitor.record();
             let started = Instant::now();
             let call = crate::trace_span!(

@@ -80,6 +80,65 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Multi-turn conversations: storage, lifetime and bounds.
     pub conversation: ConversationSettings,
+    /// API keys, per-key limits and fair sharing (issue 12).
+    pub auth: AuthSettings,
+    /// Bounds on the metrics themselves.
+    pub metrics: MetricsSettings,
+}
+
+/// Whether requests need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No keys: anyone who reaches the port may ask (the offline default, logged loudly).
+    #[default]
+    Off,
+    /// Every `/api/` request needs a valid key.
+    Required,
+}
+
+/// API keys, per-key limits and fair sharing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `off` (no keys) or `required`.
+    pub mode: AuthMode,
+    /// Server-side secret mixed into every key hash (`LEARNING_CHAT_AUTH__PEPPER`); required with
+    /// `mode = "required"`. Changing it invalidates every key.
+    pub pepper: Secret,
+    /// Key store file used when Redis is not configured.
+    pub keys_file: PathBuf,
+    /// How long a key looked up in the store is trusted before it is read again, in
+    /// milliseconds; a new or revoked key takes effect within this.
+    pub cache_ttl_ms: u64,
+    /// While Redis is down, how long a key last seen valid keeps working, in seconds.
+    pub stale_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mode: AuthMode::Off,
+            pepper: Secret::default(),
+            keys_file: PathBuf::from("api-keys.toml"),
+            cache_ttl_ms: 1_000,
+            stale_ttl_secs: 600,
+        }
+    }
+}
+
+/// Bounds on the metrics themselves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Key ids given their own label on per-key metrics; later keys are counted as `other`.
+    pub max_key_labels: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { max_key_labels: 50 }
+    }
 }
 
 /// HTTP listener and request limits.
@@ -602,6 +661,14 @@ impl Settings {
         let otlp = self.telemetry.otlp_endpoint.trim();
         if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
             return fail("telemetry.otlp_endpoint must be empty or start with http:// or https://");
+        }
+        if self.auth.mode == AuthMode::Required && self.auth.pepper.expose().len() < 16 {
+            return fail(
+                "auth.pepper (LEARNING_CHAT_AUTH__PEPPER) must be at least 16 characters with auth.mode = \"required\"",
+            );
+        }
+        if self.auth.cache_ttl_ms == 0 {
+            return fail("auth.cache_ttl_ms must be at least 1");
         }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
             return fail(

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod agents;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod chat;
 pub mod coalesce;

@@ -36,6 +36,9 @@ enum Command {
     CheckConfig,
     /// Capacity and cost planner: upstream RPM vs quota, servers, concurrency, monthly cost.
     Plan(learning_chat::plan::PlanArgs),
+    /// Manage API keys in the store the server uses (Redis, or auth.keys_file).
+    #[command(subcommand)]
+    Keys(learning_chat::auth::cli::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { bind: None }) {
         Command::CheckConfig => check_config(&settings),
         Command::Plan(args) => learning_chat::plan::run(&args),
+        Command::Keys(command) => learning_chat::auth::cli::run(&settings, &command),
         Command::Serve { bind } => {
             if let Some(bind) = bind {
                 settings.server.bind = bind;
@@ -119,6 +123,7 @@ fn serve(settings: Settings) -> ExitCode {
                  answers are not real. Set GEMINI_API_KEY to use Gemini."
             );
         }
+        learning_chat::auth::log_mode(&settings);
         let application = Application::build(settings).await?;
         tracing::info!(addr = %application.local_addr(), provider = application.state().chat.provider().name(), "learning-chat listening");
         application.run_until_stopped(app::shutdown_signal()).await

@@ -109,6 +109,17 @@ pub const CONVERSATION_HISTORY_TOKENS: &str = "learning_chat_conversation_histor
 pub const CONVERSATION_TRUNCATIONS: &str = "learning_chat_conversation_history_truncations_total";
 /// Conversation messages refused or not stored, by reason.
 pub const CONVERSATION_REFUSALS: &str = "learning_chat_conversation_refusals_total";
+/// Chat requests by API key id (bounded by `metrics.max_key_labels`, the rest as `other`) and
+/// outcome (`ok`, `cached`, `error`).
+pub const KEY_REQUESTS: &str = "learning_chat_key_requests_total";
+/// Model tokens charged to an API key, by key id and kind (prompt/output).
+pub const KEY_TOKENS: &str = "learning_chat_key_tokens_total";
+/// Estimated model cost charged to an API key, in micro-USD, by key id.
+pub const KEY_COST: &str = "learning_chat_key_cost_microusd_total";
+/// Requests refused 429 by a per-key or per-learner limit, by key id and limit.
+pub const KEY_LIMITED: &str = "learning_chat_key_limited_total";
+/// Requests refused 401/403 by the key check, by reason.
+pub const AUTH_FAILURES: &str = "learning_chat_auth_failures_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -331,6 +342,37 @@ fn describe() {
         QUOTA_REPUBLISHED,
         "Own calls written back into the Redis quota window."
     );
+    describe_counter!(KEY_REQUESTS, "Chat requests by API key and outcome.");
+    describe_counter!(KEY_TOKENS, "Model tokens charged to an API key, by kind.");
+    describe_counter!(KEY_COST, "Estimated model cost per API key in micro-USD.");
+    describe_counter!(KEY_LIMITED, "429s by API key and the limit hit.");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused by the key check, by reason."
+    );
+}
+
+/// Counts a chat request of key label `key` with `outcome`.
+pub fn key_request(key: &str, outcome: &'static str) {
+    counter!(KEY_REQUESTS, "key" => key.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Charges model tokens and their estimated cost to key label `key`.
+pub fn key_tokens(key: &str, prompt: u32, output: u32, price_in_per_m: f64, price_out_per_m: f64) {
+    counter!(KEY_TOKENS, "key" => key.to_owned(), "kind" => "prompt").increment(prompt.into());
+    counter!(KEY_TOKENS, "key" => key.to_owned(), "kind" => "output").increment(output.into());
+    let micro_usd = f64::from(prompt) * price_in_per_m + f64::from(output) * price_out_per_m;
+    counter!(KEY_COST, "key" => key.to_owned()).increment(micro_usd.round() as u64);
+}
+
+/// Counts a 429 of key label `key` by `limit`.
+pub fn key_limited(key: &str, limit: &'static str) {
+    counter!(KEY_LIMITED, "key" => key.to_owned(), "limit" => limit).increment(1);
+}
+
+/// Counts a request refused by the key check.
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Tracks HTTP requests in flight (+1 on entry, -1 on exit).

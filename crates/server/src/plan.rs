@@ -592,6 +592,20 @@ pub struct PlanArgs {
     /// Print the inputs and the plan as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// What one class (API key) costs a month: its model tokens a day, read from
+    /// `increase(learning_chat_key_tokens_total{key="key_..."}[1d])` or its `--tokens-per-day`.
+    #[arg(long)]
+    pub class_tokens_per_day: Option<f64>,
+}
+
+/// USD a month for a class (API key) using `tokens_per_day` model tokens (input + output) a day,
+/// at the input's price: per 1,000 tokens, or per request with `tokens_per_request` a request.
+pub fn class_monthly_cost(input: &PlanInput, tokens_per_day: f64, tokens_per_request: f64) -> f64 {
+    let per_token = match input.price {
+        Price::PerThousandTokens { usd, .. } => usd / 1000.0,
+        Price::PerRequest(usd) => usd / tokens_per_request.max(1.0),
+    };
+    tokens_per_day.max(0.0) * input.days_per_month * per_token
 }
 
 impl PlanArgs {
@@ -631,8 +645,16 @@ pub fn run(args: &PlanArgs) -> std::process::ExitCode {
     let input = args.to_input();
     match plan(&input) {
         Ok(result) => {
+            let class = args.class_tokens_per_day.map(|tokens| {
+                let usd = class_monthly_cost(&input, tokens, args.tokens_per_request);
+                (tokens, usd)
+            });
             if args.json {
-                let both = serde_json::json!({ "input": input, "plan": result });
+                let both = serde_json::json!({
+                    "input": input,
+                    "plan": result,
+                    "class_monthly_usd": class.map(|(_, usd)| usd),
+                });
                 match serde_json::to_string_pretty(&both) {
                     Ok(text) => println!("{text}"),
                     Err(e) => {
@@ -642,6 +664,13 @@ pub fn run(args: &PlanArgs) -> std::process::ExitCode {
                 }
             } else {
                 print!("{}", render(&input, &result));
+                if let Some((tokens, usd)) = class {
+                    println!(
+                        "class (one API key): {} model tokens a day x {} days = ${usd:.2} a month",
+                        count(tokens),
+                        num(input.days_per_month)
+                    );
+                }
             }
             std::process::ExitCode::SUCCESS
         }

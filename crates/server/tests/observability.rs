@@ -371,6 +371,58 @@ async fn drive_every_series(
     }
 }
 
+/// A second app in this process (same metrics recorder) with keys required: a key's answer,
+/// its 429 and a refused request, so the per-key series exist.
+async fn drive_key_series(sim: &gemini_sim::SimServer) {
+    use learning_chat::auth::keys::{self, ApiKey, KeyLimits, KeyStore};
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(sim);
+    settings.auth.mode = learning_chat::config::AuthMode::Required;
+    settings.auth.pepper = Secret::new("observability-pepper-0123");
+    settings.auth.keys_file = dir.path().join("keys.toml");
+    let secret = keys::generate_secret();
+    KeyStore::File(settings.auth.keys_file.clone())
+        .insert(&ApiKey {
+            id: keys::generate_id(),
+            name: "dashboard".into(),
+            hash: keys::hash_secret(&settings.auth.pepper, &secret),
+            agents: Vec::new(),
+            // A day's budget spent by the first answer: the second is refused.
+            limits: KeyLimits {
+                tokens_per_day: 1,
+                ..KeyLimits::default()
+            },
+            weight: 1,
+            created_at: keys::unix_now(),
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let app = spawn_app(settings).await;
+    let url = app.url("/api/v1/agents/math");
+    let mut statuses = Vec::new();
+    for secret in [Some(secret.as_str()), Some(secret.as_str()), None] {
+        let mut request = app
+            .client
+            .post(&url)
+            .json(&serde_json::json!({ "message": "What is a key?" }));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        statuses.push(request.send().await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::UNAUTHORIZED
+        ]
+    );
+    app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
     let redis = RedisProcess::start();
@@ -386,6 +438,7 @@ async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
     settings.upstream.max_queue_wait_ms = 20_000;
     settings.upstream.max_retries = 1;
     let app = spawn_app(settings).await;
+    drive_key_series(&sim).await;
     let scraped = drive_every_series(&app, &sim, &redis).await;
     let exported = scraped.names();
 

@@ -1,6 +1,6 @@
 //! The capacity planner reproduces the seed guide's own arithmetic, and its CLI prints it.
 
-use learning_chat::plan::{plan, PlanInput, Price};
+use learning_chat::plan::{class_monthly_cost, plan, PlanInput, Price};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6 * b.abs().max(1.0)
@@ -212,4 +212,25 @@ fn the_cli_prints_the_table() {
         .unwrap();
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["plan"]["requests_per_month"], 300_000.0);
+}
+
+#[test]
+fn a_class_costs_its_daily_tokens_at_the_price() {
+    let mut input = PlanInput::seed();
+    input.price = Price::PerThousandTokens {
+        usd: 0.002,
+        tokens_per_request: 500.0,
+    };
+    // 100k tokens a day x 30 days x $0.002 / 1k tokens = $6 a month.
+    assert!((class_monthly_cost(&input, 100_000.0, 500.0) - 6.0).abs() < 1e-9);
+    // $0.001 a request of 500 tokens: the same 100k tokens are 200 requests a day, $6 a month.
+    input.price = Price::PerRequest(0.001);
+    assert!((class_monthly_cost(&input, 100_000.0, 500.0) - 6.0).abs() < 1e-9);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+        .args(["plan", "--class-tokens-per-day", "100000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("class (one API key)"), "{text}");
+    assert!(text.contains("$6.00 a month"), "{text}");
 }

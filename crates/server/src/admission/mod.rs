@@ -1,11 +1,13 @@
 //! Admission control: bounded concurrency with a bounded, time-limited queue, and the upstream
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up.
 
+mod fair;
 mod latency;
 mod quota;
 mod redis_quota;
 mod sliding_window;
 
+pub use fair::{FairGate, Flow, Turn, FLOW};
 pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use sliding_window::SlidingWindow;
@@ -92,6 +94,8 @@ pub struct Admission {
     max_queue: usize,
     max_wait: Duration,
     queued: AtomicUsize,
+    /// Whose request waits next: keys share the queue fairly when it is contended.
+    fair: FairGate,
 }
 
 /// The semaphore and its bookkeeping, shared with the permits so that a permit returned while
@@ -122,6 +126,15 @@ impl Slots {
 #[derive(Debug)]
 pub struct AdmissionPermit {
     slots: Arc<Slots>,
+    /// The fair-queue turn, held until the caller has also reserved its quota slot.
+    turn: Option<Turn>,
+}
+
+impl AdmissionPermit {
+    /// Passes the queue's turn to the next waiter (after the quota slot is reserved).
+    pub fn end_turn(&mut self) {
+        self.turn = None;
+    }
 }
 
 impl Drop for AdmissionPermit {
@@ -167,14 +180,27 @@ impl Admission {
             max_queue,
             max_wait,
             queued: AtomicUsize::new(0),
+            fair: FairGate::default(),
         }
     }
 
-    /// Waits for a model slot, within the queue bounds and `deadline`.
+    /// Waits for a model slot, within the queue bounds and `deadline`, in FIFO order.
     pub async fn admit(&self, deadline: Instant) -> Result<AdmissionPermit, Shed> {
+        let mut permit = self.admit_as(&Flow::anonymous(), deadline).await?;
+        permit.end_turn();
+        Ok(permit)
+    }
+
+    /// Waits for a model slot as `flow`: when the queue is contended, flows take turns by
+    /// weight. The permit holds the turn until [`AdmissionPermit::end_turn`] (or its drop), so
+    /// the quota slot reserved next is handed out in the same fair order.
+    pub async fn admit_as(&self, flow: &Flow, deadline: Instant) -> Result<AdmissionPermit, Shed> {
         self.resize();
-        if let Ok(permit) = self.slots.semaphore.try_acquire() {
-            return Ok(self.hold(permit));
+        let turn = self.fair.try_turn();
+        if turn.is_some() {
+            if let Ok(permit) = self.slots.semaphore.try_acquire() {
+                return Ok(self.hold(permit, turn));
+            }
         }
         // Reserve a queue place first, so the bound holds even under a burst of arrivals.
         let reserved = self
@@ -192,10 +218,21 @@ impl Admission {
         crate::metrics::queue_depth(self.queued.load(Ordering::Acquire));
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
+        let turn = match turn {
+            Some(turn) => Some(turn),
+            None => self.fair.turn(flow, until).await,
+        };
+        let Some(turn) = turn else {
+            crate::metrics::queue_wait(started.elapsed());
+            return Err(Shed {
+                reason: ShedReason::QueueTimeout,
+                retry_after: QUEUE_RETRY_AFTER,
+            });
+        };
         let acquired = tokio::time::timeout_at(until, self.slots.semaphore.acquire()).await;
         crate::metrics::queue_wait(started.elapsed());
         match acquired {
-            Ok(Ok(permit)) => Ok(self.hold(permit)),
+            Ok(Ok(permit)) => Ok(self.hold(permit, Some(turn))),
             // Closed never happens (we never close it); treat it like a timeout rather than panic.
             Ok(Err(_)) | Err(_) => Err(Shed {
                 reason: ShedReason::QueueTimeout,
@@ -205,11 +242,16 @@ impl Admission {
     }
 
     /// Turns a semaphore permit into one whose return honours reductions of the limit.
-    fn hold(&self, permit: tokio::sync::SemaphorePermit<'_>) -> AdmissionPermit {
+    fn hold(
+        &self,
+        permit: tokio::sync::SemaphorePermit<'_>,
+        turn: Option<Turn>,
+    ) -> AdmissionPermit {
         permit.forget();
         self.slots.in_flight.fetch_add(1, Ordering::AcqRel);
         AdmissionPermit {
             slots: self.slots.clone(),
+            turn,
         }
     }
 

@@ -175,11 +175,14 @@ pub struct HealthStatus {
     responses(
         (status = 200, description = "The answer", body = ChatResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (auth.mode = required)", body = ErrorBody),
+        (status = 403, description = "API key revoked or not allowed for this agent", body = ErrorBody),
         (status = 404, description = "Unknown agent, or unknown (erased, expired) conversation", body = ErrorBody),
         (status = 409, description = "The conversation belongs to another agent (`conversation_agent_mismatch`), or another of its messages is still being answered (`conversation_busy`, see Retry-After)", body = ErrorBody),
         (status = 413, description = "Body or message too large, or the conversation would exceed `conversation.max_stored_bytes` (`conversation_too_large`)", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "Missing or empty message, blocked by safety filters, or the conversation is at `conversation.max_turns` (`conversation_turn_limit`)", body = ErrorBody),
+        (status = 429, description = "A per-key or per-learner limit; the code names it; see Retry-After", body = ErrorBody),
         (status = 502, description = "The model failed", body = ErrorBody),
         (status = 503, description = "Overloaded or quota used up, or a follow-up while the conversation store (Redis) is down (`conversation_store_unavailable`); see Retry-After", body = ErrorBody),
         (status = 504, description = "Deadline exceeded", body = ErrorBody),
@@ -242,14 +245,21 @@ pub async fn chat(
             "an internal error occurred",
         )
     })?;
-    Ok((
+    let mut response = (
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
         bytes,
     )
-        .into_response())
+        .into_response();
+    // What to charge the caller's key (read by the auth middleware, never sent).
+    response.extensions_mut().insert(crate::auth::AnswerCost {
+        cached: body.cached,
+        prompt_tokens: body.usage.prompt_tokens,
+        output_tokens: body.usage.output_tokens,
+    });
+    Ok(response)
 }
 
 /// A conversation with every turn, in order.

@@ -85,6 +85,9 @@ pub struct ClusterConfig {
     pub request_timeout_secs: u64,
     /// Extra environment of every learning-chat server (settings overrides).
     pub server_env: Vec<(String, String)>,
+    /// Write each server's stdout and stderr to `server<N>.log` in the cluster's directory
+    /// (read with [`Cluster::logs`]) instead of discarding them.
+    pub capture_logs: bool,
 }
 
 impl Default for ClusterConfig {
@@ -94,6 +97,7 @@ impl Default for ClusterConfig {
             rpm: 0,
             request_timeout_secs: 30,
             server_env: Vec::new(),
+            capture_logs: false,
         }
     }
 }
@@ -130,8 +134,16 @@ impl Cluster {
         );
         let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_learning-chat"));
         let mut servers = Vec::new();
-        for _ in 0..3 {
+        for n in 0..3 {
             let port = free_port();
+            let (stdout, stderr) = if config.capture_logs {
+                let log = std::fs::File::create(dir.path().join(format!("server{n}.log")))
+                    .expect("server log file");
+                let err = log.try_clone().expect("server log file");
+                (Stdio::from(log), Stdio::from(err))
+            } else {
+                (Stdio::null(), Stdio::null())
+            };
             let child = Command::new(&server_bin)
                 .arg("serve")
                 .env_clear()
@@ -149,8 +161,8 @@ impl Cluster {
                 .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "10")
                 .env("RUST_LOG", "warn")
                 .envs(config.server_env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
                 .spawn()
                 .expect("learning-chat starts");
             servers.push(Proc { child, port });
@@ -173,6 +185,26 @@ impl Cluster {
             cluster.wait_redis_state(server.port, "up").await;
         }
         cluster
+    }
+
+    /// Everything the servers logged (with `capture_logs`) and nginx's access and error logs.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in [
+            "server0.log",
+            "server1.log",
+            "server2.log",
+            "access.log",
+            "error.log",
+        ] {
+            all.push_str(&std::fs::read_to_string(self._dir.path().join(name)).unwrap_or_default());
+        }
+        all
+    }
+
+    /// The cluster's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn nginx_url(&self, path: &str) -> String {
