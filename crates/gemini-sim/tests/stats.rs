@@ -22,7 +22,8 @@ async fn http_stats(sim: &gemini_sim::SimServer) -> Stats {
 #[tokio::test]
 async fn stats_count_every_outcome_and_the_in_flight_peak() {
     let sim = start(SimConfig {
-        latency: Latency::Fixed { ms: 800 },
+        // Long enough that all 25 are surely asleep together even on a loaded machine.
+        latency: Latency::Fixed { ms: 4_000 },
         quota: QuotaConfig {
             rpm: 25,
             ..QuotaConfig::default()
@@ -48,7 +49,7 @@ async fn stats_count_every_outcome_and_the_in_flight_peak() {
         })
         .collect();
     // While they sleep, the live gauge shows them.
-    let deadline = Instant::now() + Duration::from_millis(700);
+    let deadline = started + Duration::from_millis(3_500);
     while sim.stats().in_flight != 25 {
         assert!(Instant::now() < deadline, "{:?}", sim.stats());
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -57,7 +58,7 @@ async fn stats_count_every_outcome_and_the_in_flight_peak() {
     for task in tasks {
         statuses.push(task.await.unwrap());
     }
-    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert!(started.elapsed() >= Duration::from_millis(4_000));
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 25);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
     // One error and one countTokens call.
