@@ -179,3 +179,60 @@ async fn the_cluster_never_exceeds_the_shared_quota_and_uses_it() {
         stats.rate_limited
     );
 }
+
+/// Issue 10: a conversation started through nginx is continued by every server of the cluster,
+/// each answering with the earlier turns as context, and its erasure is seen by all of them.
+#[tokio::test]
+async fn every_server_behind_nginx_continues_a_conversation_with_its_context() {
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let first: serde_json::Value = cluster
+        .http
+        .post(cluster.nginx_url("/api/v1/agents/math"))
+        .json(&serde_json::json!({"message": "What is a derivative?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = first["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(first["turn"], 1, "{first}");
+    // Each server directly, so every one of them is shown to continue it.
+    for (n, server) in cluster.servers.iter().enumerate() {
+        let reply: serde_json::Value = cluster
+            .http
+            .post(format!("http://127.0.0.1:{}/api/v1/agents/math", server.port))
+            .json(&serde_json::json!({"message": "Can you show me an example?", "conversation_id": id}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(reply["conversation_id"], id.as_str(), "{reply}");
+        assert_eq!(reply["turn"], 2 + n, "{reply}");
+        // gemini-sim's answer to a follow-up names the conversation's first topic: the history
+        // reached the model through whichever server took the message.
+        let text = reply["response"].as_str().unwrap();
+        assert!(text.starts_with("Following on from"), "server {n}: {text}");
+    }
+    let erased = cluster
+        .http
+        .delete(cluster.nginx_url(&format!("/api/v1/conversations/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    for server in &cluster.servers {
+        let gone = cluster
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/api/v1/conversations/{id}",
+                server.port
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    }
+}
