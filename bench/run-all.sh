@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_OUT="${BENCH_OUT:-$PWD/bench/out/run-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$BENCH_OUT"
-ONLY=${ONLY:-"1 2 3 4 5 6 7 8"}
+ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11"}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-180}
 
 echo "== cargo build --release --workspace"
@@ -43,7 +43,8 @@ done
 
 scripts=(bench/01-seed-profile.sh bench/02-throughput.sh bench/03-cache-hits.sh bench/04-overhead.sh
          bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh \
-         bench/08-conversations.sh bench/09-http2.sh bench/10-tracing.sh)
+         bench/08-conversations.sh bench/09-http2.sh bench/10-tracing.sh \
+         bench/11-auth.sh)
 for n in $ONLY; do
     script=${scripts[$((n - 1))]}
     echo
