@@ -453,3 +453,80 @@ async fn a_key_offering_ten_times_the_load_of_another_does_not_starve_it() {
     // The rest of A's load was refused, not queued forever.
     assert_eq!(a_ok + count(&noisy, StatusCode::SERVICE_UNAVAILABLE), 200);
 }
+
+/// A conversation belongs to the key that started it: another key gets 404 for it on every
+/// server (follow-up, GET and DELETE), and the owner keeps using it.
+#[tokio::test]
+async fn a_conversation_belongs_to_the_key_that_started_it() {
+    let cluster = Cluster::start(ClusterConfig {
+        server_env: auth_env(),
+        ..ClusterConfig::default()
+    })
+    .await;
+    let (_, owner) = create_key(&cluster, &["--name", "class a"]);
+    let (_, other) = create_key(&cluster, &["--name", "class b"]);
+    let first = ask(
+        &cluster,
+        cluster.nginx_url("/api/v1/agents/math"),
+        Some(&owner),
+        &[],
+        "What is a derivative?".into(),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let id = first.body["conversation_id"].as_str().unwrap().to_owned();
+    let follow_up = |secret: String, n: usize| {
+        let request = cluster
+            .http
+            .post(server_url(&cluster, n, "math"))
+            .bearer_auth(secret)
+            .json(&serde_json::json!({"message": "Show me an example", "conversation_id": id}));
+        async move { request.send().await.unwrap() }
+    };
+    let conversation_url = |n: usize| {
+        format!(
+            "http://127.0.0.1:{}/api/v1/conversations/{id}",
+            cluster.servers[n].port
+        )
+    };
+    for n in 0..cluster.servers.len() {
+        let reply = follow_up(other.clone(), n).await;
+        assert_eq!(reply.status(), StatusCode::NOT_FOUND, "server {n}");
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unknown_conversation");
+        let read = cluster
+            .http
+            .get(conversation_url(n))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::NOT_FOUND, "server {n}");
+        let erase = cluster
+            .http
+            .delete(conversation_url(n))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(erase.status(), StatusCode::NOT_FOUND, "server {n}");
+    }
+    // The owner's conversation is untouched and continues on any server.
+    let reply = follow_up(owner.clone(), 1).await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body: Value = reply.json().await.unwrap();
+    assert_eq!(body["conversation_id"], id.as_str());
+    assert_eq!(body["turn"], 2);
+    let read: Value = cluster
+        .http
+        .get(conversation_url(2))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["id"], id.as_str());
+    assert_eq!(read["turns"].as_array().unwrap().len(), 4);
+}

@@ -406,26 +406,26 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
     let conversations = &state.conversations;
     let first = conversations
-        .send(&state.chat, "math", FIRST, None, deadline())
+        .send(&state.chat, "math", FIRST, None, None, deadline())
         .await
         .unwrap();
     let id = first.conversation_id.unwrap();
     tokio::time::advance(Duration::from_secs(500)).await;
     let follow_up = conversations
-        .send(&state.chat, "math", FOLLOW_UP, Some(&id), deadline())
+        .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
         .await
         .unwrap();
     assert_eq!(follow_up.turn, 2);
     tokio::time::advance(Duration::from_secs(500)).await;
-    assert!(conversations.get(&id).await.is_ok(), "used 500 s ago");
+    assert!(conversations.get(&id, None).await.is_ok(), "used 500 s ago");
     tokio::time::advance(Duration::from_secs(601)).await;
     assert!(matches!(
-        conversations.get(&id).await,
+        conversations.get(&id, None).await,
         Err(ConversationError::NotFound)
     ));
     assert!(matches!(
         conversations
-            .send(&state.chat, "math", FOLLOW_UP, Some(&id), deadline())
+            .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
             .await,
         Err(ConversationError::NotFound)
     ));

@@ -190,6 +190,7 @@ pub struct HealthStatus {
 )]
 pub async fn chat(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -219,6 +220,7 @@ pub async fn chat(
             &agent_id,
             &message,
             request.conversation_id.as_deref(),
+            owner(caller.as_ref()),
             deadline,
         )
         .await?;
@@ -275,10 +277,11 @@ pub async fn chat(
 )]
 pub async fn get_conversation(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let Path(id) = path?;
-    let conversation = state.conversations.get(&id).await?;
+    let conversation = state.conversations.get(&id, owner(caller.as_ref())).await?;
     Ok(Json(conversation.into()))
 }
 
@@ -295,11 +298,21 @@ pub async fn get_conversation(
 )]
 pub async fn delete_conversation(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = path?;
-    state.conversations.erase(&state.chat, &id).await?;
+    state
+        .conversations
+        .erase(&state.chat, &id, owner(caller.as_ref()))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The key a conversation belongs to: the caller's key id when keys are required (another key
+/// gets 404 for it), none with `auth.mode = "off"`.
+fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> {
+    caller.map(|axum::Extension(caller)| &*caller.key_id)
 }
 
 /// List the tutors.

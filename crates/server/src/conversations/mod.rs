@@ -255,6 +255,15 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Where a conversation is stored: under its id, scoped by the API key that started it when keys
+/// are required, so another key asking for the same id finds nothing (404), on every server.
+pub fn stored_id(id: &str, owner: Option<&str>) -> String {
+    match owner {
+        None => id.to_owned(),
+        Some(owner) => format!("{owner}~{id}"),
+    }
+}
+
 /// A new conversation id: 128 bits from the operating system's CSPRNG, as 32 hex digits.
 pub fn new_id() -> String {
     let mut bytes = [0u8; 16];
@@ -380,25 +389,39 @@ impl Conversations {
     }
 
     /// The conversation (for GET); its lifetime is refreshed.
-    pub async fn get(&self, id: &str) -> Result<Conversation, ConversationError> {
+    pub async fn get(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Conversation, ConversationError> {
         if !is_valid_id(id) {
             return Err(ConversationError::NotFound);
         }
-        self.store
-            .load(id)
+        let mut conversation = self
+            .store
+            .load(&stored_id(id, owner))
             .await
             .map_err(|_| self.unavailable())?
-            .ok_or(ConversationError::NotFound)
+            .ok_or(ConversationError::NotFound)?;
+        id.clone_into(&mut conversation.id);
+        Ok(conversation)
     }
 
     /// Erases the conversation from the store (Redis: for every server), and the answers made
     /// from it from the response cache: this server's memory and Redis. (Another server's
     /// short-lived in-process tier keeps them until `cache.l1_ttl_secs` passes; their keys are
     /// hashes of the whole conversation, so nobody without it can reach them.)
-    pub async fn erase(&self, chat: &ChatService, id: &str) -> Result<(), ConversationError> {
+    pub async fn erase(
+        &self,
+        chat: &ChatService,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(), ConversationError> {
         if !is_valid_id(id) {
             return Err(ConversationError::NotFound);
         }
+        let stored = stored_id(id, owner);
+        let id = stored.as_str();
         // A message being answered finishes first; one arriving later finds nothing.
         let _lock = self.lock(id).await?;
         let conversation = self
@@ -454,12 +477,22 @@ impl Conversations {
         agent_id: &str,
         message: &str,
         conversation_id: Option<&str>,
+        owner: Option<&str>,
         deadline: Instant,
     ) -> Result<ConversationAnswer, ConversationError> {
         let message = normalise_message(message);
         match conversation_id {
-            None => self.start(chat, agent_id, &message, deadline).await,
-            Some(id) => self.follow_up(chat, agent_id, &message, id, deadline).await,
+            None => self.start(chat, agent_id, &message, owner, deadline).await,
+            Some(id) => {
+                if !is_valid_id(id) {
+                    return Err(ConversationError::NotFound);
+                }
+                let mut answer = self
+                    .follow_up(chat, agent_id, &message, &stored_id(id, owner), deadline)
+                    .await?;
+                answer.conversation_id = Some(id.to_owned());
+                Ok(answer)
+            }
         }
     }
 
@@ -468,6 +501,7 @@ impl Conversations {
         chat: &ChatService,
         agent_id: &str,
         message: &str,
+        owner: Option<&str>,
         deadline: Instant,
     ) -> Result<ConversationAnswer, ConversationError> {
         if message.len() as u64 > self.settings.max_stored_bytes {
@@ -481,7 +515,11 @@ impl Conversations {
             let id = new_id();
             let started = now_ms();
             let turns = exchange(message, &answer, started);
-            match self.store.append(&id, agent_id, started, 0, &turns).await {
+            match self
+                .store
+                .append(&stored_id(&id, owner), agent_id, started, 0, &turns)
+                .await
+            {
                 Ok(AppendOutcome::Appended(count)) => {
                     crate::metrics::conversation_created();
                     crate::metrics::conversation_turns(count);
@@ -516,9 +554,7 @@ impl Conversations {
         id: &str,
         deadline: Instant,
     ) -> Result<ConversationAnswer, ConversationError> {
-        if !is_valid_id(id) {
-            return Err(ConversationError::NotFound);
-        }
+        // `id` is the stored id (see `stored_id`); the client's id was checked by `send`.
         if !self.store.is_available() {
             return Err(self.unavailable());
         }
