@@ -112,6 +112,9 @@ impl StreamReport {
     }
 }
 
+/// The `failures_by_status` key of streams that started (2xx) but ended without `done`.
+pub const STREAM_FAILED: &str = "stream";
+
 /// What a run measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -131,7 +134,9 @@ pub struct Report {
     pub ok: u64,
     /// Requests that were not 2xx.
     pub failures: u64,
-    /// Failures by status; `"0"` is no response (connection error or client timeout).
+    /// Failures by status; `"0"` is no response (connection error or client timeout),
+    /// `"stream"` a 2xx stream that ended without `done` (its codes: `stream.errors_by_code`).
+    /// They add up to `failures`.
     pub failures_by_status: BTreeMap<String, u64>,
     /// Latency of every finished request, failures included (as locust and goose count).
     pub latency_ms: Latency,
@@ -151,6 +156,16 @@ impl Report {
     /// A report from a recorder snapshot.
     pub fn from_snapshot(mode: &str, description: String, snapshot: &Snapshot) -> Report {
         let seconds = snapshot.elapsed.as_secs_f64().max(1e-9);
+        let mut failures_by_status: BTreeMap<String, u64> = snapshot
+            .by_status
+            .iter()
+            .filter(|(status, _)| !(200..300).contains(*status))
+            .map(|(status, n)| (status.to_string(), *n))
+            .collect();
+        // Every failure after the stream started came with a 2xx status.
+        if let Some(s) = snapshot.stream.as_ref().filter(|s| s.mid_stream_errors > 0) {
+            failures_by_status.insert(STREAM_FAILED.to_owned(), s.mid_stream_errors);
+        }
         Report {
             mode: mode.to_owned(),
             description,
@@ -160,12 +175,7 @@ impl Report {
             requests_per_s: snapshot.requests as f64 / seconds,
             ok: snapshot.ok,
             failures: snapshot.failures(),
-            failures_by_status: snapshot
-                .by_status
-                .iter()
-                .filter(|(status, _)| !(200..300).contains(*status))
-                .map(|(status, n)| (status.to_string(), *n))
-                .collect(),
+            failures_by_status,
             latency_ms: Latency::from_histogram(&snapshot.latency_us),
             cached: snapshot.cached,
             cache_hit_ratio: if snapshot.ok == 0 {
@@ -212,6 +222,8 @@ impl Report {
                 .map(|(status, n)| {
                     if status == &STATUS_NO_RESPONSE.to_string() {
                         format!("no response: {n}")
+                    } else if status == STREAM_FAILED {
+                        format!("failed mid-stream: {n}")
                     } else {
                         format!("{status}: {n}")
                     }

@@ -274,6 +274,12 @@ async fn every_script_is_read_as_the_learner_saw_it() {
     assert_eq!(report.failures_by_status["503"], 1);
     assert_eq!(report.failures_by_status["404"], 1);
     assert_eq!(report.failures_by_status["0"], 1);
+    // `failing` and `stalled` had a 200; their failures are the stream's.
+    assert_eq!(report.failures_by_status["stream"], 2);
+    assert_eq!(
+        report.failures_by_status.values().sum::<u64>(),
+        report.failures
+    );
     let s = report.stream.clone().unwrap();
     assert_eq!((s.streams, s.completed, s.mid_stream_errors), (9, 4, 2));
     assert_eq!(s.by_source["cached"].completed, 1);
@@ -290,7 +296,12 @@ async fn every_script_is_read_as_the_learner_saw_it() {
     assert!(s.total_ms.max >= (FIRST_MS + REST_MS) as f64, "{s:?}");
     assert!(s.ttft_ms.p50 <= s.ttft_ms.p99 && s.ttft_ms.p99 <= s.ttft_ms.max);
     let text = report.to_text();
-    for needle in ["ttft (ms):", "upstream_error: 1", "cached      1 completed"] {
+    for needle in [
+        "ttft (ms):",
+        "upstream_error: 1",
+        "cached      1 completed",
+        "failed mid-stream: 2",
+    ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
     let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
@@ -380,7 +391,7 @@ async fn every_generator_streams() {
     .await;
     let s = report.stream.clone().unwrap();
     assert_eq!((report.requests, report.ok, report.failures), (5, 0, 5));
-    assert!(report.failures_by_status.is_empty(), "{report:?}");
+    assert_eq!(report.failures_by_status["stream"], 5, "{report:?}");
     assert_eq!(
         (s.errors_by_code["stream_cut"], s.mid_stream_errors),
         (5, 5)
