@@ -114,6 +114,31 @@ def main() -> None:
         row("6 memory", "idle RSS; hello-world under 6a's load",
             f"{mib('06.idle_vmrss_kib'):.1f} MiB; {mib('06a.hello_vmhwm_kib'):.1f} MiB")
 
+    for case, what in (("12a-cached", "cache hits"), ("12b-coalesced", "coalesced"),
+                       ("12c-fresh", "fresh")):
+        if f"{case}.ttft_p50_ms" not in f:
+            continue
+        bench = f"12 streaming, {what}"
+        row(bench, "requests; failures", f"{g(case + '.requests')}; {g(case + '.failures')}", "0 failures",
+            num(g(case + ".failures")) == 0)
+        row(bench, "TTFT p50 / p99 ms (all streams)", f"{g(case + '.ttft_p50_ms')} / {g(case + '.ttft_p99_ms')}")
+        row(bench, "total p50 / p99 ms", f"{g(case + '.total_p50_ms')} / {g(case + '.total_p99_ms')}")
+        row(bench, "upstream calls per distinct question",
+            g(case + ".upstream_calls_per_distinct_question"),
+            {"12a-cached": "0", "12b-coalesced": "1", "12c-fresh": "1"}[case],
+            num(g(case + ".upstream_calls_per_distinct_question"))
+            == {"12a-cached": 0, "12b-coalesced": 1, "12c-fresh": 1}[case])
+    if "12a-cached.cached_ttft_p50_ms" in f:
+        p50 = num(g("12a-cached.cached_ttft_p50_ms"))
+        row("12 streaming, cache hits", "cached TTFT p50 / p99 ms",
+            f"{g('12a-cached.cached_ttft_p50_ms')} / {g('12a-cached.cached_ttft_p99_ms')}",
+            "p50 < 10 ms", p50 is not None and p50 < 10)
+    if "12b-coalesced.ttft_p99_after_first_chunk_ms" in f:
+        late = num(g("12b-coalesced.ttft_p99_after_first_chunk_ms"))
+        row("12 streaming, coalesced", "TTFT p99 after the model's first chunk",
+            f"{g('12b-coalesced.ttft_p99_after_first_chunk_ms')} ms", "< 1000 ms",
+            late is not None and late < 1000)
+
     print("| benchmark | figure | measured | target | met |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:

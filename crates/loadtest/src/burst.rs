@@ -3,7 +3,7 @@
 
 use crate::openloop::TargetArgs;
 use crate::options::QuestionMode;
-use crate::recorder::{Outcome, Recorder};
+use crate::recorder::Recorder;
 use crate::report::Report;
 use crate::sim::SimClient;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ pub enum BurstMode {
     Identical,
     /// N different questions at once.
     Unique,
+    /// `--question` exactly as given, N times at once: cache hits once the service has answered
+    /// it (ask it once before, e.g. with `--count 1`).
+    Fixed,
 }
 
 /// `learning-chat-loadtest burst`.
@@ -30,7 +33,7 @@ pub struct BurstArgs {
     /// Requests released at once.
     #[arg(long, default_value_t = 500)]
     pub count: u32,
-    /// Identical (new) question or unique questions.
+    /// Identical (new) question, unique questions, or the fixed `--question`.
     #[arg(long, value_enum, default_value = "identical")]
     pub mode: BurstMode,
 }
@@ -41,7 +44,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
         anyhow::bail!("--count must be in 1..=20000");
     }
     let client = args.target.client()?;
-    let prepared = Arc::new(args.target.prepare());
+    let prepared = Arc::new(args.target.prepare()?);
     let sim = SimClient::reset_if_given(args.target.sim_url.as_deref()).await?;
     let picker = args.target.picker(QuestionMode::Unique);
     // A question the service has not seen: the stem plus this run's tag, the same for all.
@@ -52,6 +55,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
     for _ in 0..args.count {
         let message = match args.mode {
             BurstMode::Identical => identical.clone(),
+            BurstMode::Fixed => args.target.question.clone(),
             BurstMode::Unique => picker.pick(&args.target.agent, &mut rand::thread_rng()),
         };
         let (client, prepared, recorder, barrier) = (
@@ -63,13 +67,9 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
         tasks.spawn(async move {
             barrier.wait().await;
             let sent = Instant::now();
-            let (status, cached) = prepared.send(&client, &message).await;
+            let answer = prepared.send(&client, &message).await;
             let done = Instant::now();
-            recorder.record(Outcome {
-                status,
-                latency: done - sent,
-                cached,
-            });
+            answer.record(&recorder, done - sent);
             done
         });
     }

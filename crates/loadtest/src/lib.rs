@@ -5,7 +5,9 @@
 //! * [`questions`] is the question bank and the question mixes (fixed, unique, Zipf);
 //! * [`recorder`] records every request's latency, status and `cached` flag;
 //! * [`report`] turns a recording (and the simulator's `/stats`) into the final report;
-//! * [`scenario`] is the goose scenario; [`openloop`] and [`burst`] are the other generators.
+//! * [`scenario`] is the goose scenario; [`openloop`] and [`burst`] are the other generators;
+//! * [`stream`] is streaming mode (`--stream`, any generator): the stream endpoint's events read
+//!   as they come ([`sse`] decodes them), time to first token and total time recorded.
 
 // Tests may unwrap; request paths may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -18,6 +20,8 @@ pub mod recorder;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod sse;
+pub mod stream;
 
 pub use options::{AgentMix, LoadOptions, QuestionMode, WaitRange};
 pub use questions::{QuestionBank, QuestionPicker};

@@ -10,6 +10,7 @@ use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
 use crate::report::Report;
 use crate::scenario::cached_flag;
 use crate::sim::SimClient;
+use crate::stream::{self, StreamOutcome};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +75,10 @@ pub struct TargetArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Streaming mode (service target): POST {url}/api/v1/agents/{agent}/stream, read the SSE
+    /// events as they come, report time to first token and total time.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// A request ready to send.
@@ -81,6 +86,52 @@ pub struct Prepared {
     url: String,
     target: Target,
     api_key: String,
+    stream: bool,
+}
+
+/// What one request got back.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A whole JSON answer: status (0: no response) and the `cached` flag.
+    Plain {
+        /// HTTP status.
+        status: u16,
+        /// `"cached": true`.
+        cached: bool,
+    },
+    /// A streamed answer.
+    Stream(StreamOutcome),
+}
+
+impl Answer {
+    /// The HTTP status (0: no response).
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Plain { status, .. } => *status,
+            Answer::Stream(s) => s.status,
+        }
+    }
+
+    /// The answer came from the cache.
+    pub fn cached(&self) -> bool {
+        match self {
+            Answer::Plain { cached, .. } => *cached,
+            Answer::Stream(s) => s.cached(),
+        }
+    }
+
+    /// Records it in `recorder`; `latency` is the plain answer's (a stream brings its own
+    /// times).
+    pub fn record(&self, recorder: &Recorder, latency: Duration) {
+        match self {
+            Answer::Plain { status, cached } => recorder.record(Outcome {
+                status: *status,
+                latency,
+                cached: *cached,
+            }),
+            Answer::Stream(s) => recorder.record_stream(s),
+        }
+    }
 }
 
 impl TargetArgs {
@@ -94,22 +145,29 @@ impl TargetArgs {
     }
 
     /// The URL and headers every request uses.
-    pub fn prepare(&self) -> Prepared {
+    pub fn prepare(&self) -> anyhow::Result<Prepared> {
         let base = self.url.trim_end_matches('/');
-        let url = match self.target {
-            Target::Service => format!("{base}/api/v1/agents/{}", self.agent),
-            Target::Gemini => format!("{base}/v1beta/models/{}:generateContent", self.model),
+        let url = match (self.target, self.stream) {
+            (Target::Service, false) => format!("{base}/api/v1/agents/{}", self.agent),
+            (Target::Service, true) => format!("{base}{}", stream::stream_path(&self.agent)),
+            (Target::Gemini, false) => {
+                format!("{base}/v1beta/models/{}:generateContent", self.model)
+            }
+            (Target::Gemini, true) => anyhow::bail!("--stream needs --target service"),
         };
-        Prepared {
+        Ok(Prepared {
             url,
             target: self.target,
             api_key: self.api_key.clone(),
-        }
+            stream: self.stream,
+        })
     }
 
     /// One line describing the target, for the report.
     pub fn describe(&self) -> String {
-        format!("POST {} ({:?} target)", self.prepare().url, self.target)
+        let url = self.prepare().map(|p| p.url).unwrap_or_default();
+        let streamed = if self.stream { ", streamed" } else { "" };
+        format!("POST {url} ({:?} target{streamed})", self.target)
     }
 
     /// A question picker for `mode`.
@@ -125,8 +183,14 @@ impl TargetArgs {
 }
 
 impl Prepared {
-    /// Sends `message`; returns the status (0: no response) and the `cached` flag.
-    pub async fn send(&self, client: &reqwest::Client, message: &str) -> (u16, bool) {
+    /// Sends `message` and reads the whole answer (or the whole stream).
+    pub async fn send(&self, client: &reqwest::Client, message: &str) -> Answer {
+        if self.stream {
+            let request = client
+                .post(&self.url)
+                .json(&serde_json::json!({ "message": message }));
+            return Answer::Stream(stream::send(request).await);
+        }
         let request = match self.target {
             Target::Service => client
                 .post(&self.url)
@@ -137,7 +201,7 @@ impl Prepared {
                 .json(&gemini_body(message)),
         };
         // Same reading as the goose scenario's, which gets goose's (older) reqwest types.
-        match request.send().await {
+        let (status, cached) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match response.bytes().await {
@@ -146,7 +210,8 @@ impl Prepared {
                 }
             }
             Err(_) => (STATUS_NO_RESPONSE, false),
-        }
+        };
+        Answer::Plain { status, cached }
     }
 }
 
@@ -196,7 +261,7 @@ pub async fn run(args: OpenLoopArgs) -> anyhow::Result<Report> {
         anyhow::bail!("--duration must be in (0, 3600] and --warmup in [0, 600]");
     }
     let client = args.target.client()?;
-    let prepared = Arc::new(args.target.prepare());
+    let prepared = Arc::new(args.target.prepare()?);
     let picker = Arc::new(args.target.picker(args.questions.into()));
     let sim = SimClient::reset_if_given(args.target.sim_url.as_deref()).await?;
     let warm = (args.rate * args.warmup).round() as u64;
@@ -235,19 +300,15 @@ pub async fn run(args: OpenLoopArgs) -> anyhow::Result<Report> {
         tasks.spawn(async move {
             let message = picker.pick(&agent, &mut rand::thread_rng());
             let sent = Instant::now();
-            let (status, cached) = prepared.send(&client, &message).await;
+            let answer = prepared.send(&client, &message).await;
             let done = Instant::now();
             in_flight.fetch_sub(1, Ordering::Relaxed);
             if record {
-                service_time.record(Outcome {
-                    status,
-                    latency: done - sent,
-                    cached,
-                });
+                answer.record(&service_time, done - sent);
                 from_schedule.record(Outcome {
-                    status,
+                    status: answer.status(),
                     latency: done - at,
-                    cached,
+                    cached: answer.cached(),
                 });
             }
             done

@@ -189,6 +189,9 @@ pub struct LoadOptions {
     /// API keys, one per line, spread over the users (user i sends key i mod N) with
     /// `Authorization: Bearer` (`--keys-file`, `LOADTEST_KEYS_FILE`).
     pub keys_file: Option<PathBuf>,
+    /// Streaming mode: POST to `/api/v1/agents/{agent}/stream` and read the events as they come
+    /// (`--stream`, `LOADTEST_STREAM=1`).
+    pub stream: bool,
 }
 
 impl Default for LoadOptions {
@@ -208,6 +211,7 @@ impl Default for LoadOptions {
             summary_json: None,
             conversation: None,
             keys_file: None,
+            stream: false,
         }
     }
 }
@@ -274,6 +278,23 @@ pub const OUR_FLAGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Our switches (flags without a value): name, environment variable (`1`/`true` turns it on,
+/// `0`/`false` off), help.
+pub const OUR_SWITCHES: &[(&str, &str, &str)] = &[(
+    "--stream",
+    "LOADTEST_STREAM",
+    "streaming mode: POST /api/v1/agents/{agent}/stream, read its SSE events as they come, report time to first token and total time (by cached / coalesced / fresh) and stream errors by code",
+)];
+
+/// A switch's value: `--stream=true`, `LOADTEST_STREAM=1`.
+fn switch_value(name: &str, v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("bad {name} value {v:?} (true or false)")),
+    }
+}
+
 impl LoadOptions {
     /// Takes our flags (`--flag VALUE` or `--flag=VALUE`) out of `args` (argv without the
     /// program name) and returns the options and the arguments left for goose. `env` looks up
@@ -283,10 +304,22 @@ impl LoadOptions {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(LoadOptions, Vec<String>), String> {
         let mut given: Vec<(&'static str, String)> = Vec::new();
+        let mut switches: Vec<(&'static str, bool)> = Vec::new();
         let mut rest = Vec::new();
         let mut i = 0;
         while i < args.len() {
             let arg = &args[i];
+            if let Some((name, _, _)) = OUR_SWITCHES.iter().find(|(name, _, _)| {
+                arg == name || arg.strip_prefix(name).is_some_and(|r| r.starts_with('='))
+            }) {
+                let on = match arg.split_once('=') {
+                    Some((_, v)) => switch_value(name, v)?,
+                    None => true,
+                };
+                switches.push((name, on));
+                i += 1;
+                continue;
+            }
             let flag = OUR_FLAGS.iter().find_map(|(name, _, _)| {
                 if arg == name {
                     Some((*name, None))
@@ -355,13 +388,27 @@ impl LoadOptions {
             options.conversation = Some(v.parse()?);
         }
         options.keys_file = value("--keys-file").map(PathBuf::from);
+        let switch = |name: &str| -> Result<bool, String> {
+            if let Some((_, on)) = switches.iter().rev().find(|(n, _)| *n == name) {
+                return Ok(*on);
+            }
+            match OUR_SWITCHES
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .and_then(|(_, var, _)| env(var))
+            {
+                Some(v) => switch_value(name, &v),
+                None => Ok(false),
+            }
+        };
+        options.stream = switch("--stream")?;
         Ok((options, rest))
     }
 
     /// Help text for our flags.
     pub fn help() -> String {
         let mut out = String::from("learning-chat options (taken off the command line before goose's; each also read from its environment variable):\n");
-        for (name, var, help) in OUR_FLAGS {
+        for (name, var, help) in OUR_FLAGS.iter().chain(OUR_SWITCHES) {
             out.push_str(&format!("  {name:<18} {help}\n  {:<18} env {var}\n", ""));
         }
         out
@@ -455,6 +502,23 @@ mod tests {
         for bad in ["0-3", "8-3", "x", "1-1001"] {
             assert!(bad.parse::<TurnRange>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stream_switch() {
+        let (options, rest) =
+            LoadOptions::split_args(&args(&["--stream", "-u", "3"]), |_| None).unwrap();
+        assert!(options.stream);
+        assert_eq!(rest, args(&["-u", "3"]));
+        let (options, _) = LoadOptions::split_args(&args(&[]), |_| None).unwrap();
+        assert!(!options.stream);
+        let env = |var: &str| (var == "LOADTEST_STREAM").then(|| "1".to_owned());
+        let (options, _) = LoadOptions::split_args(&args(&[]), env).unwrap();
+        assert!(options.stream);
+        let (options, _) = LoadOptions::split_args(&args(&["--stream=false"]), env).unwrap();
+        assert!(!options.stream);
+        assert!(LoadOptions::split_args(&args(&["--stream=maybe"]), |_| None).is_err());
+        assert!(LoadOptions::help().contains("LOADTEST_STREAM"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! goose keeps its own metrics too, but rounds response times and has no p95 column, and knows
 //! nothing of `cached`; this recorder is the source of the report's figures.
 
+use crate::stream::{StreamEnd, StreamOutcome};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -26,9 +27,81 @@ struct Inner {
     by_status: BTreeMap<u16, u64>,
     ok: u64,
     cached: u64,
+    /// Streaming mode's figures; `None` until the first streamed request.
+    stream: Option<StreamCounts>,
     /// For the progress line's rate over the last interval.
     last_total: u64,
     last_at: Instant,
+}
+
+/// What streaming mode records beyond status and total time.
+#[derive(Clone, Debug)]
+pub struct StreamCounts {
+    /// Streamed requests finished.
+    pub streams: u64,
+    /// Streams that ended with `done`, by [`AnswerSource`].
+    pub completed: [u64; 3],
+    /// Time to first token of every stream that got one, in microseconds.
+    pub ttft_us: Histogram<u64>,
+    /// Time to first token of completed streams, by [`AnswerSource`].
+    pub ttft_by_source_us: [Histogram<u64>; 3],
+    /// Time to `done` of completed streams.
+    pub total_us: Histogram<u64>,
+    /// Failures by code (the service's, or the load tester's: `stream_cut`, `timeout`, ...).
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Failures after the stream started (`error` events, cuts).
+    pub mid_stream_errors: u64,
+    /// `delta` events received.
+    pub deltas: u64,
+    /// Comments (`: ping`) received.
+    pub pings: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+impl StreamCounts {
+    fn new() -> StreamCounts {
+        StreamCounts {
+            streams: 0,
+            completed: [0; 3],
+            ttft_us: new_histogram(),
+            ttft_by_source_us: [new_histogram(), new_histogram(), new_histogram()],
+            total_us: new_histogram(),
+            errors_by_code: BTreeMap::new(),
+            mid_stream_errors: 0,
+            deltas: 0,
+            pings: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Streams that ended with `done`.
+    pub fn completed_total(&self) -> u64 {
+        self.completed.iter().sum()
+    }
+}
+
+/// A latency histogram in microseconds, 1 us to one hour.
+#[allow(clippy::expect_used)] // constant, valid bounds
+fn new_histogram() -> Histogram<u64> {
+    // 3 significant figures: p99 of 2800 ms is known to within about 3 ms.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// A duration in whole microseconds, within the histograms' bounds.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(MAX_LATENCY_US)
+        .clamp(1, MAX_LATENCY_US)
+}
+
+/// Percentile `quantile` (0..=1) of a microsecond histogram in milliseconds; 0 when empty.
+pub fn quantile_ms(h: &Histogram<u64>, quantile: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(quantile) as f64 / 1000.0
+    }
 }
 
 /// What one finished request looked like.
@@ -59,6 +132,8 @@ pub struct Snapshot {
     pub by_status: BTreeMap<u16, u64>,
     /// Latency distribution in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Streaming mode's figures, when requests were streamed.
+    pub stream: Option<StreamCounts>,
 }
 
 impl Snapshot {
@@ -69,10 +144,7 @@ impl Snapshot {
 
     /// The latency at `quantile` (0..=1) in milliseconds; 0 without requests.
     pub fn latency_ms(&self, quantile: f64) -> f64 {
-        if self.latency_us.is_empty() {
-            return 0.0;
-        }
-        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+        quantile_ms(&self.latency_us, quantile)
     }
 }
 
@@ -82,13 +154,23 @@ impl Default for Recorder {
     }
 }
 
+impl Inner {
+    fn count(&mut self, outcome: Outcome, ok: bool) {
+        self.latency_us.saturating_record(micros(outcome.latency));
+        *self.by_status.entry(outcome.status).or_default() += 1;
+        if ok {
+            self.ok += 1;
+            if outcome.cached {
+                self.cached += 1;
+            }
+        }
+    }
+}
+
 impl Recorder {
     /// An empty recorder; its clock starts now.
     pub fn new() -> Recorder {
-        // 3 significant figures: p99 of 2800 ms is known to within about 3 ms.
-        #[allow(clippy::expect_used)] // constant, valid bounds; called at start-up only
-        let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .expect("constant histogram bounds are valid");
+        let latency_us = new_histogram();
         Recorder {
             started: Instant::now(),
             users: AtomicU64::new(0),
@@ -97,6 +179,7 @@ impl Recorder {
                 by_status: BTreeMap::new(),
                 ok: 0,
                 cached: 0,
+                stream: None,
                 last_total: 0,
                 last_at: Instant::now(),
             }),
@@ -110,16 +193,43 @@ impl Recorder {
 
     /// Records one finished request.
     pub fn record(&self, outcome: Outcome) {
-        let micros = u64::try_from(outcome.latency.as_micros())
-            .unwrap_or(MAX_LATENCY_US)
-            .clamp(1, MAX_LATENCY_US);
         let mut inner = self.inner.lock();
-        inner.latency_us.saturating_record(micros);
-        *inner.by_status.entry(outcome.status).or_default() += 1;
-        if (200..300).contains(&outcome.status) {
-            inner.ok += 1;
-            if outcome.cached {
-                inner.cached += 1;
+        inner.count(outcome, (200..300).contains(&outcome.status));
+    }
+
+    /// Records one finished streamed request: its status and total time like any request
+    /// (a 200 whose stream failed is counted under 200 but not as ok), and the stream figures.
+    pub fn record_stream(&self, outcome: &StreamOutcome) {
+        let mut inner = self.inner.lock();
+        inner.count(
+            Outcome {
+                status: outcome.status,
+                latency: outcome.total,
+                cached: outcome.cached(),
+            },
+            outcome.completed(),
+        );
+        let s = inner.stream.get_or_insert_with(StreamCounts::new);
+        s.streams += 1;
+        s.deltas += outcome.deltas;
+        s.pings += outcome.pings;
+        s.bytes += outcome.bytes;
+        if let Some(ttft) = outcome.ttft {
+            s.ttft_us.saturating_record(micros(ttft));
+        }
+        match &outcome.end {
+            StreamEnd::Done { source, .. } => {
+                s.completed[source.index()] += 1;
+                s.total_us.saturating_record(micros(outcome.total));
+                if let Some(ttft) = outcome.ttft {
+                    s.ttft_by_source_us[source.index()].saturating_record(micros(ttft));
+                }
+            }
+            StreamEnd::Failed { code, mid_stream } => {
+                *s.errors_by_code.entry(code.clone()).or_default() += 1;
+                if *mid_stream {
+                    s.mid_stream_errors += 1;
+                }
             }
         }
     }
@@ -135,6 +245,7 @@ impl Recorder {
             cached: inner.cached,
             by_status: inner.by_status.clone(),
             latency_us: inner.latency_us.clone(),
+            stream: inner.stream.clone(),
         }
     }
 
@@ -151,7 +262,7 @@ impl Recorder {
             inner.last_at = now;
             rate
         };
-        format!(
+        let mut line = format!(
             "[{:>5.0}s] users {:>5}  req/s {:>8.1}  requests {:>8}  failures {:>6}  cached {:>5.1}%  p50 {:>8.1} ms  p99 {:>8.1} ms",
             snapshot.elapsed.as_secs_f64(),
             snapshot.users,
@@ -161,7 +272,15 @@ impl Recorder {
             percent(snapshot.cached, snapshot.ok),
             snapshot.latency_ms(0.50),
             snapshot.latency_ms(0.99),
-        )
+        );
+        if let Some(s) = &snapshot.stream {
+            line.push_str(&format!(
+                "  ttft p50 {:>8.1} ms  p99 {:>8.1} ms",
+                quantile_ms(&s.ttft_us, 0.50),
+                quantile_ms(&s.ttft_us, 0.99)
+            ));
+        }
+        line
     }
 }
 
@@ -226,5 +345,53 @@ mod tests {
         assert!((92.0..=96.0).contains(&p95), "{p95}");
         assert!((99.9..=100.1).contains(&s.latency_ms(1.0)));
         assert!(recorder.progress_line().contains("requests      102"));
+    }
+
+    #[test]
+    fn streams_count_as_ok_only_when_done() {
+        use crate::stream::{AnswerSource, StreamEnd, StreamOutcome};
+        let recorder = Recorder::new();
+        let outcome = |ttft: Option<u64>, total: u64, end: StreamEnd| StreamOutcome {
+            status: 200,
+            ttft: ttft.map(Duration::from_millis),
+            total: Duration::from_millis(total),
+            end,
+            deltas: 2,
+            pings: 1,
+            bytes: 100,
+        };
+        let done = |source| StreamEnd::Done {
+            source,
+            conversation_id: None,
+        };
+        recorder.record_stream(&outcome(Some(5), 6, done(AnswerSource::Cached)));
+        recorder.record_stream(&outcome(Some(900), 2000, done(AnswerSource::Fresh)));
+        recorder.record_stream(&outcome(
+            Some(100),
+            150,
+            StreamEnd::Failed {
+                code: "stream_cut".into(),
+                mid_stream: true,
+            },
+        ));
+        recorder.record_stream(&StreamOutcome::http_error(
+            503,
+            br#"{"error":{"code":"overloaded","message":"m"}}"#,
+            Duration::from_millis(1),
+        ));
+        let s = recorder.snapshot();
+        assert_eq!((s.requests, s.ok, s.cached, s.failures()), (4, 2, 1, 2));
+        assert_eq!(s.by_status[&200], 3);
+        let st = s.stream.unwrap();
+        assert_eq!(st.streams, 4);
+        assert_eq!(st.completed, [1, 0, 1]);
+        assert_eq!(st.ttft_us.len(), 3);
+        assert_eq!(st.total_us.len(), 2);
+        assert_eq!(st.errors_by_code["stream_cut"], 1);
+        assert_eq!(st.errors_by_code["overloaded"], 1);
+        assert_eq!(st.mid_stream_errors, 1);
+        assert_eq!((st.deltas, st.pings), (6, 3));
+        assert!((4.9..=5.1).contains(&quantile_ms(&st.ttft_by_source_us[0], 0.5)));
+        assert!(recorder.progress_line().contains("ttft p50"));
     }
 }

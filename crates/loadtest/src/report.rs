@@ -1,7 +1,9 @@
 //! The final report: one struct, printed as text and optionally written as JSON.
 
-use crate::recorder::{percent, Snapshot, STATUS_NO_RESPONSE};
+use crate::recorder::{percent, quantile_ms, Snapshot, StreamCounts, STATUS_NO_RESPONSE};
 use crate::sim::UpstreamStats;
+use crate::stream::AnswerSource;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +27,94 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    /// The percentiles of a microsecond histogram; zeros when it is empty.
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |q: f64| quantile_ms(h, q);
+        Latency {
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p95: ms(0.95),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// Streamed answers of one source (cached, coalesced or fresh).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Streams that ended with `done` from this source.
+    pub completed: u64,
+    /// Their time to first token.
+    pub ttft_ms: Latency,
+}
+
+/// What streaming mode measured (`--stream`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// Streamed requests finished.
+    pub streams: u64,
+    /// Streams that ended with `done`.
+    pub completed: u64,
+    /// Time to first token (first `delta`, or `done` for an empty answer) of every stream that
+    /// got one.
+    pub ttft_ms: Latency,
+    /// Time to `done` of completed streams.
+    pub total_ms: Latency,
+    /// Completed streams by where the answer came from: `cached`, `coalesced` (only when the
+    /// service's `done` says so) and `fresh`.
+    pub by_source: BTreeMap<String, SourceReport>,
+    /// Failures by code: the service's (`error` events, JSON error bodies), `http_<status>`
+    /// without a code, or the load tester's `stream_cut`, `timeout`, `no_response`.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Failures after the stream had started.
+    pub mid_stream_errors: u64,
+    /// `delta` events received.
+    pub deltas: u64,
+    /// `: ping` comments received.
+    pub pings: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+impl StreamReport {
+    /// The report of streaming mode's counters.
+    pub fn from_counts(s: &StreamCounts) -> StreamReport {
+        StreamReport {
+            streams: s.streams,
+            completed: s.completed_total(),
+            ttft_ms: Latency::from_histogram(&s.ttft_us),
+            total_ms: Latency::from_histogram(&s.total_us),
+            by_source: AnswerSource::ALL
+                .iter()
+                .map(|source| {
+                    (
+                        source.name().to_owned(),
+                        SourceReport {
+                            completed: s.completed[source.index()],
+                            ttft_ms: Latency::from_histogram(&s.ttft_by_source_us[source.index()]),
+                        },
+                    )
+                })
+                .collect(),
+            errors_by_code: s.errors_by_code.clone(),
+            mid_stream_errors: s.mid_stream_errors,
+            deltas: s.deltas,
+            pings: s.pings,
+            bytes: s.bytes,
+        }
+    }
+}
+
+/// The `failures_by_status` key of streams that started (2xx) but ended without `done`.
+pub const STREAM_FAILED: &str = "stream";
+
 /// What a run measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -44,7 +134,9 @@ pub struct Report {
     pub ok: u64,
     /// Requests that were not 2xx.
     pub failures: u64,
-    /// Failures by status; `"0"` is no response (connection error or client timeout).
+    /// Failures by status; `"0"` is no response (connection error or client timeout),
+    /// `"stream"` a 2xx stream that ended without `done` (its codes: `stream.errors_by_code`).
+    /// They add up to `failures`.
     pub failures_by_status: BTreeMap<String, u64>,
     /// Latency of every finished request, failures included (as locust and goose count).
     pub latency_ms: Latency,
@@ -52,6 +144,8 @@ pub struct Report {
     pub cached: u64,
     /// `cached / ok`.
     pub cache_hit_ratio: f64,
+    /// Streaming mode's figures (`--stream`): time to first token, total time, stream errors.
+    pub stream: Option<StreamReport>,
     /// The simulator's counters for the run, when its URL was given.
     pub upstream: Option<UpstreamStats>,
     /// Mode-specific figures (e.g. the open-loop generator's lag).
@@ -62,8 +156,16 @@ impl Report {
     /// A report from a recorder snapshot.
     pub fn from_snapshot(mode: &str, description: String, snapshot: &Snapshot) -> Report {
         let seconds = snapshot.elapsed.as_secs_f64().max(1e-9);
-        let h = &snapshot.latency_us;
-        let ms = |q: f64| snapshot.latency_ms(q);
+        let mut failures_by_status: BTreeMap<String, u64> = snapshot
+            .by_status
+            .iter()
+            .filter(|(status, _)| !(200..300).contains(*status))
+            .map(|(status, n)| (status.to_string(), *n))
+            .collect();
+        // Every failure after the stream started came with a 2xx status.
+        if let Some(s) = snapshot.stream.as_ref().filter(|s| s.mid_stream_errors > 0) {
+            failures_by_status.insert(STREAM_FAILED.to_owned(), s.mid_stream_errors);
+        }
         Report {
             mode: mode.to_owned(),
             description,
@@ -73,31 +175,15 @@ impl Report {
             requests_per_s: snapshot.requests as f64 / seconds,
             ok: snapshot.ok,
             failures: snapshot.failures(),
-            failures_by_status: snapshot
-                .by_status
-                .iter()
-                .filter(|(status, _)| !(200..300).contains(*status))
-                .map(|(status, n)| (status.to_string(), *n))
-                .collect(),
-            latency_ms: Latency {
-                p50: ms(0.50),
-                p90: ms(0.90),
-                p95: ms(0.95),
-                p99: ms(0.99),
-                p999: ms(0.999),
-                max: if h.is_empty() {
-                    0.0
-                } else {
-                    h.max() as f64 / 1000.0
-                },
-                mean: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            },
+            failures_by_status,
+            latency_ms: Latency::from_histogram(&snapshot.latency_us),
             cached: snapshot.cached,
             cache_hit_ratio: if snapshot.ok == 0 {
                 0.0
             } else {
                 snapshot.cached as f64 / snapshot.ok as f64
             },
+            stream: snapshot.stream.as_ref().map(StreamReport::from_counts),
             upstream: None,
             extra: BTreeMap::new(),
         }
@@ -136,6 +222,8 @@ impl Report {
                 .map(|(status, n)| {
                     if status == &STATUS_NO_RESPONSE.to_string() {
                         format!("no response: {n}")
+                    } else if status == STREAM_FAILED {
+                        format!("failed mid-stream: {n}")
                     } else {
                         format!("{status}: {n}")
                     }
@@ -143,11 +231,7 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "failures:      {}", parts.join(", "));
         }
-        let _ = writeln!(
-            out,
-            "latency (ms):  p50 {:.1}  p90 {:.1}  p95 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
-            l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean
-        );
+        let _ = writeln!(out, "latency (ms):  {}", percentiles(l));
         let _ = writeln!(
             out,
             "cache hits:    {} of {} ok ({:.1}%)",
@@ -155,6 +239,37 @@ impl Report {
             self.ok,
             percent(self.cached, self.ok)
         );
+        if let Some(s) = &self.stream {
+            let _ = writeln!(
+                out,
+                "streams:       {} streamed, {} completed, {} failed mid-stream; {} deltas, {} pings, {} bytes",
+                s.streams, s.completed, s.mid_stream_errors, s.deltas, s.pings, s.bytes
+            );
+            let _ = writeln!(out, "ttft (ms):     {}", percentiles(&s.ttft_ms));
+            let _ = writeln!(
+                out,
+                "total (ms):    {}   (completed streams)",
+                percentiles(&s.total_ms)
+            );
+            for (source, r) in &s.by_source {
+                if r.completed > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {source:<11} {} completed, ttft {}",
+                        r.completed,
+                        percentiles(&r.ttft_ms)
+                    );
+                }
+            }
+            if !s.errors_by_code.is_empty() {
+                let parts: Vec<String> = s
+                    .errors_by_code
+                    .iter()
+                    .map(|(code, n)| format!("{code}: {n}"))
+                    .collect();
+                let _ = writeln!(out, "stream errors: {}", parts.join(", "));
+            }
+        }
         match &self.upstream {
             Some(u) => {
                 let _ = writeln!(
@@ -167,6 +282,13 @@ impl Report {
                     u.in_flight_peak,
                     if self.requests == 0 { 0.0 } else { u.requests as f64 / self.requests as f64 }
                 );
+                if u.streams > 0 {
+                    let _ = writeln!(
+                        out,
+                        "               {} of them streams ({} cut by the simulator, {} cancelled by the service)",
+                        u.streams, u.stream_cut, u.cancelled
+                    );
+                }
             }
             None => {
                 let _ = writeln!(
@@ -186,6 +308,14 @@ impl Report {
         std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
+}
+
+/// `p50 .. p90 .. p95 .. p99 .. p99.9 .. max .. mean ..` in milliseconds.
+fn percentiles(l: &Latency) -> String {
+    format!(
+        "p50 {:.1}  p90 {:.1}  p95 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+        l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.mean
+    )
 }
 
 #[cfg(test)]

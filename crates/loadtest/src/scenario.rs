@@ -8,6 +8,7 @@ use crate::questions::{QuestionBank, QuestionPicker};
 use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
 use crate::report::Report;
 use crate::sim::SimClient;
+use crate::stream::{self, BodyEnd, StreamEnd, StreamOutcome, StreamTracker};
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
     GooseMethod, GooseRequest, GooseUser, Scenario, Transaction, TransactionFunction,
@@ -41,6 +42,8 @@ struct Shared {
     conversations: ConversationCounts,
     /// API keys spread over the users; empty sends none.
     keys: Vec<String>,
+    /// Streaming mode: the stream endpoint, read event by event.
+    stream: bool,
 }
 
 /// The keys of a `--keys-file`: one per line, blank lines and `#` comments skipped.
@@ -119,6 +122,7 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         conversation: options.conversation,
         conversations: ConversationCounts::default(),
         keys,
+        stream: options.stream,
     });
 
     let configuration = GooseConfiguration::parse_args_default(&goose_args)
@@ -172,8 +176,12 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         .unwrap_or_else(|| DEFAULT_HOST.to_owned());
     let host = host.trim_end_matches('/');
     let mut description = format!(
-        "POST {host}/api/v1/agents/{{{}}}, questions {:?}, wait {:?}-{:?}",
-        options.agents, options.questions, options.wait.min, options.wait.max
+        "POST {host}/api/v1/agents/{{{}}}{}, questions {:?}, wait {:?}-{:?}",
+        options.agents,
+        if options.stream { "/stream" } else { "" },
+        options.questions,
+        options.wait.min,
+        options.wait.max
     );
     if let Some(turns) = options.conversation {
         description.push_str(&format!(
@@ -280,7 +288,6 @@ async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
             }
         }
     };
-    let path = format!("/api/v1/agents/{agent}");
     let mut body = serde_json::json!({ "message": question });
     if let Some(id) = &conversation_id {
         body["conversation_id"] = serde_json::Value::String(id.clone());
@@ -289,45 +296,29 @@ async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
             .follow_ups
             .fetch_add(1, Ordering::Relaxed);
     }
-    let started = Instant::now();
-    let response = if shared.keys.is_empty() {
-        user.post_json(&path, &body).await?
-    } else {
-        // Users are numbered from 0 as they start: user i is always key i mod N.
-        let key = &shared.keys[user.weighted_users_index % shared.keys.len()];
-        let builder = user
-            .get_request_builder(&GooseMethod::Post, &path)?
-            .bearer_auth(key)
-            .json(&body);
-        user.request(
-            GooseRequest::builder()
-                .method(GooseMethod::Post)
-                .path(path.as_str())
-                .set_request_builder(builder)
-                .build(),
+    // Users are numbered from 0 as they start: user i is always key i mod N.
+    let key = (!shared.keys.is_empty())
+        .then(|| shared.keys[user.weighted_users_index % shared.keys.len()].clone());
+    let (ok, answer) = if shared.stream {
+        let outcome = ask_streamed(user, &agent, &body, key.as_deref()).await?;
+        shared.recorder.record_stream(&outcome);
+        let conversation_id = match &outcome.end {
+            StreamEnd::Done {
+                conversation_id, ..
+            } => conversation_id.clone(),
+            StreamEnd::Failed { .. } => None,
+        };
+        (
+            outcome.completed(),
+            AnswerFields {
+                cached: outcome.cached(),
+                conversation_id,
+            },
         )
-        .await?
+    } else {
+        ask_plain(shared, user, &agent, &body, key.as_deref()).await?
     };
-    // goose records its own metric for this request (status, failure); we also need the
-    // `cached` flag and the time to the whole body, so the body is read here.
-    let (status, answer) = match response.response {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            match response.bytes().await {
-                Ok(body) => (status, answer_fields(&body)),
-                // Headers came but the body did not: not a usable answer.
-                Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
-            }
-        }
-        Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
-    };
-    shared.recorder.record(Outcome {
-        status,
-        latency: started.elapsed(),
-        cached: answer.cached,
-    });
     if shared.conversation.is_some() {
-        let ok = (200..300).contains(&status);
         let counts = &shared.conversations;
         match &conversation_id {
             Some(_) if ok => {
@@ -347,6 +338,119 @@ async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
         user.set_session_data(next);
     }
     Ok(())
+}
+
+/// POST to the JSON endpoint, read the whole body, record; returns whether it was a 2xx and the
+/// answer's fields.
+async fn ask_plain(
+    shared: &Shared,
+    user: &mut GooseUser,
+    agent: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> Result<(bool, AnswerFields), Box<goose::goose::TransactionError>> {
+    let path = format!("/api/v1/agents/{agent}");
+    let started = Instant::now();
+    let response = match key {
+        None => user.post_json(&path, body).await?,
+        Some(key) => {
+            let builder = user
+                .get_request_builder(&GooseMethod::Post, &path)?
+                .bearer_auth(key)
+                .json(body);
+            user.request(
+                GooseRequest::builder()
+                    .method(GooseMethod::Post)
+                    .path(path.as_str())
+                    .set_request_builder(builder)
+                    .build(),
+            )
+            .await?
+        }
+    };
+    // goose records its own metric for this request (status, failure); we also need the
+    // `cached` flag and the time to the whole body, so the body is read here.
+    let (status, answer) = match response.response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.bytes().await {
+                Ok(body) => (status, answer_fields(&body)),
+                // Headers came but the body did not: not a usable answer.
+                Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
+            }
+        }
+        Err(_) => (STATUS_NO_RESPONSE, AnswerFields::default()),
+    };
+    shared.recorder.record(Outcome {
+        status,
+        latency: started.elapsed(),
+        cached: answer.cached,
+    });
+    Ok(((200..300).contains(&status), answer))
+}
+
+/// POST to the stream endpoint and read its events as they come.
+///
+/// goose records the request when the headers arrive (its time is the time to first byte);
+/// our recorder gets the time to first token and to `done`. This is [`stream::send`] for
+/// goose's own (older) reqwest.
+async fn ask_streamed(
+    user: &mut GooseUser,
+    agent: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> Result<StreamOutcome, Box<goose::goose::TransactionError>> {
+    let path = stream::stream_path(agent);
+    let mut builder = user
+        .get_request_builder(&GooseMethod::Post, &path)?
+        .header("accept", "text/event-stream")
+        .json(body);
+    if let Some(key) = key {
+        builder = builder.bearer_auth(key);
+    }
+    let sent = std::time::Instant::now();
+    let response = user
+        .request(
+            GooseRequest::builder()
+                .method(GooseMethod::Post)
+                .path(path.as_str())
+                .set_request_builder(builder)
+                .build(),
+        )
+        .await?;
+    let mut response = match response.response {
+        Ok(response) => response,
+        Err(e) => return Ok(StreamOutcome::no_response(sent.elapsed(), e.is_timeout())),
+    };
+    let status = response.status().as_u16();
+    let event_stream = stream::is_event_stream(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+    );
+    if !(200..300).contains(&status) || !event_stream {
+        let body = response.bytes().await.unwrap_or_default();
+        let mut outcome = StreamOutcome::http_error(status, &body, sent.elapsed());
+        if (200..300).contains(&status) {
+            outcome.end = StreamEnd::Failed {
+                code: stream::codes::NOT_EVENT_STREAM.to_owned(),
+                mid_stream: true,
+            };
+        }
+        return Ok(outcome);
+    }
+    let mut tracker = StreamTracker::new(sent, status);
+    // Read to the end even after `done`: the connection then goes back to the pool.
+    let how = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => tracker.feed(&chunk, std::time::Instant::now()),
+            Ok(None) => break BodyEnd::Eof,
+            Err(e) if e.is_timeout() => break BodyEnd::TimedOut,
+            Err(_) => break BodyEnd::Broken,
+        }
+    };
+    Ok(tracker.finish(how, std::time::Instant::now()))
 }
 
 /// What the load tester reads from an answer.
@@ -393,7 +497,8 @@ pub fn help() -> String {
          POST /api/v1/agents/math {{\"message\": \"What is 2+2?\"}} against {DEFAULT_HOST} for {DEFAULT_RUN_TIME_S} s).\n\n\
          Other generators (see `learning-chat-loadtest open-loop --help` / `burst --help`):\n  \
          open-loop   fixed request rate, latency measured from the scheduled send time\n  \
-         burst       N requests at once (thundering herd, connection hold)\n\n{}\n{}",
+         burst       N requests at once (thundering herd, connection hold)\n\n\
+         --stream (any generator) posts to /api/v1/agents/{{agent}}/stream and reports time to first token.\n\n{}\n{}",
         LoadOptions::help(),
         GooseConfiguration::usage()
     )

@@ -17,6 +17,12 @@ pub struct UpstreamStats {
     pub errors: u64,
     /// Most requests in flight at once since the reset.
     pub in_flight_peak: u64,
+    /// `streamGenerateContent` calls among `requests`.
+    pub streams: u64,
+    /// Streams the simulator cut mid-way on purpose (fault injection).
+    pub stream_cut: u64,
+    /// Calls whose client (the service) went away before the answer was complete.
+    pub cancelled: u64,
     /// Input tokens answered.
     pub prompt_tokens: u64,
     /// Answer tokens sent.
