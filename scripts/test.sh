@@ -26,6 +26,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "== cargo-deny missing: installing it"
+  cargo install --locked cargo-deny
+fi
+# Duplicate versions, licences and sources (deny.toml). `advisories` is left out: it clones the
+# RustSec database from GitHub, which this project's machines cannot reach.
+echo "== dependency policy (cargo deny check bans licenses sources)"
+cargo deny check bans licenses sources
+
 echo "== running every test"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 echo "== doc tests"
