@@ -26,6 +26,17 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The habits are enforced here, before any test: formatting, and clippy with warnings as errors
+# (the workspace lints deny unwrap/expect/panic outside tests and unsafe code).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "== installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+echo "== formatting (cargo fmt --all --check)"
+cargo fmt --all --check
+echo "== lints (cargo clippy --workspace --all-targets -- -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
 if ! cargo deny --version >/dev/null 2>&1; then
   echo "== cargo-deny missing: installing it"
   cargo install --locked cargo-deny

@@ -43,9 +43,9 @@ pub mod respond;
 pub mod server;
 pub mod stats;
 
+pub use config::{FaultConfig, Latency, QuotaConfig, SimConfig, StreamConfig};
 /// Answer text and the token rule of thumb, shared with the service through `gemini-wire`.
 pub use gemini_wire::answer;
-pub use config::{FaultConfig, Latency, QuotaConfig, SimConfig, StreamConfig};
 pub use server::{router, SimServer, SimState};
 pub use stats::{FaultCounts, KeyStats, MinuteCount, Stats, Timeline};
 
