@@ -26,6 +26,26 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The habits are enforced here, before any test: formatting, and clippy with warnings as errors
+# (the workspace lints deny unwrap/expect/panic outside tests and unsafe code).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "== installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+echo "== formatting (cargo fmt --all --check)"
+cargo fmt --all --check
+echo "== lints (cargo clippy --workspace --all-targets -- -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "== cargo-deny missing: installing it"
+  cargo install --locked cargo-deny
+fi
+# Duplicate versions, licences and sources (deny.toml). `advisories` is left out: it clones the
+# RustSec database from GitHub, which this project's machines cannot reach.
+echo "== dependency policy (cargo deny check bans licenses sources)"
+cargo deny check bans licenses sources
+
 echo "== running every test"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 echo "== doc tests"

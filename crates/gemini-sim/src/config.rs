@@ -1,6 +1,7 @@
 //! The simulator's settings: one serde struct so the binary's flags, `GET/POST /config` and the
 //! library's [`SimServer::update_config`](crate::SimServer::update_config) all speak the same shape.
 
+use gemini_wire::respond::AnswerSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -66,18 +67,34 @@ impl Default for SimConfig {
             stream: StreamConfig::default(),
             quota: QuotaConfig::default(),
             faults: FaultConfig::default(),
-            answer_tokens: 120,
-            thinking_tokens: 0,
-            block_trigger: "[[block]]".to_owned(),
-            block_reason: "PROHIBITED_CONTENT".to_owned(),
-            safety_trigger: "[[unsafe]]".to_owned(),
+            answer_tokens: ANSWER.answer_tokens,
+            thinking_tokens: ANSWER.thinking_tokens,
+            block_trigger: ANSWER.block_trigger.to_owned(),
+            block_reason: ANSWER.block_reason.to_owned(),
+            safety_trigger: ANSWER.safety_trigger.to_owned(),
             hang_max_ms: 600_000,
-            service_tier: Some("standard".to_owned()),
+            service_tier: ANSWER.service_tier.map(str::to_owned),
         }
     }
 }
 
+/// The answer defaults are defined once, next to the builders that use them.
+const ANSWER: AnswerSettings<'static> = AnswerSettings::DEFAULT;
+
 impl SimConfig {
+    /// The settings that shape an answer, borrowed from this configuration.
+    pub fn answer_settings(&self) -> AnswerSettings<'_> {
+        AnswerSettings {
+            answer_tokens: self.answer_tokens,
+            thinking_tokens: self.thinking_tokens,
+            block_trigger: &self.block_trigger,
+            block_reason: &self.block_reason,
+            safety_trigger: &self.safety_trigger,
+            service_tier: self.service_tier.as_deref(),
+            chunk_tokens: self.stream.chunk_tokens,
+        }
+    }
+
     /// The seed guide's setting: every request takes a fixed 2.8 s; no quotas, no faults.
     pub fn seed_preset() -> Self {
         SimConfig {
@@ -202,7 +219,7 @@ impl Default for StreamConfig {
         StreamConfig {
             first_chunk_ms: None,
             chunk_delay_ms: 0,
-            chunk_tokens: 32,
+            chunk_tokens: ANSWER.chunk_tokens,
         }
     }
 }

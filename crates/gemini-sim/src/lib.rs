@@ -33,7 +33,6 @@
 // Unit tests may unwrap; request paths may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod answer;
 pub mod cli;
 pub mod config;
 pub mod errors;
@@ -45,6 +44,8 @@ pub mod server;
 pub mod stats;
 
 pub use config::{FaultConfig, Latency, QuotaConfig, SimConfig, StreamConfig};
+/// Answer text and the token rule of thumb, shared with the service through `gemini-wire`.
+pub use gemini_wire::answer;
 pub use server::{router, SimServer, SimState};
 pub use stats::{FaultCounts, KeyStats, MinuteCount, Stats, Timeline};
 
@@ -56,6 +57,5 @@ pub fn simulate_response(
     model: &str,
     config: &SimConfig,
 ) -> gemini_wire::GenerateContentResponse {
-    let plan = respond::plan(request, model, config);
-    respond::full_response(&plan, model, respond::response_id(), config)
+    gemini_wire::respond::simulate_response(request, model, &config.answer_settings())
 }

@@ -1,5 +1,5 @@
 //! API-key auth: missing or refused keys get Gemini's 400 API_KEY_INVALID body.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Injected faults, switched on at run time through `POST /config`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

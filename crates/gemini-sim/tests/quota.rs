@@ -1,5 +1,5 @@
 //! Per-key quotas: 429 RESOURCE_EXHAUSTED bodies with QuotaFailure, Help and an exact RetryInfo.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

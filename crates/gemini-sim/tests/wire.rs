@@ -1,5 +1,5 @@
 //! Wire shapes: bodies parse with gemini-wire and use the real API's key names and nesting.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 
+pub mod answer;
+pub mod respond;
 pub mod sse;
 
 /// The `@type` of the retry hint inside an error's `details`.

@@ -722,7 +722,7 @@ impl Inner {
 /// The input tokens of a request by the quota's rule of thumb: the system prompt, every turn of
 /// the history sent and the message. Conversations bound their history with the same estimate.
 pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message: &str) -> u32 {
-    let count = gemini_sim::answer::count_tokens;
+    let count = gemini_wire::answer::count_tokens;
     history
         .iter()
         .fold(count(system_prompt), |sum, t| {

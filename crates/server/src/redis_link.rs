@@ -167,23 +167,19 @@ fn build_target(settings: &RedisSettings) -> anyhow::Result<Target> {
         let sentinel = Sentinel::build(sentinels)
             .map_err(|e| anyhow::anyhow!("invalid redis.sentinels: {e}"))?;
         // redis.url, when also given, only lends the master its db and credentials.
-        let redis_connection_info = if settings.url.is_empty() {
-            None
-        } else {
+        let mut node = SentinelNodeConnectionInfo::default();
+        if !settings.url.is_empty() {
             let info = settings
                 .url
                 .expose()
                 .into_connection_info()
                 .map_err(|e| anyhow::anyhow!("invalid redis.url: {e}"))?;
-            Some(info.redis)
-        };
+            node = node.set_redis_connection_info(info.redis_settings().clone());
+        }
         return Ok(Target::Sentinel {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master: settings.sentinel_master.clone(),
-            node: SentinelNodeConnectionInfo {
-                tls_mode: None,
-                redis_connection_info,
-            },
+            node,
         });
     }
     let client = ::redis::Client::open(settings.url.expose())
@@ -316,10 +312,10 @@ impl RedisLink {
         client: ::redis::Client,
     ) -> Result<ConnectionManager, RedisUnavailable> {
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(self.inner.timeout.max(Duration::from_millis(100)))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.inner.timeout.max(Duration::from_millis(100))))
             .set_number_of_retries(1)
-            .set_max_delay(200);
+            .set_max_delay(Duration::from_millis(200));
         ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| RedisUnavailable(e.to_string()))
@@ -342,7 +338,7 @@ impl RedisLink {
         .await
         .map_err(|_| RedisUnavailable("sentinels did not answer in time".to_owned()))?
         .map_err(|e| RedisUnavailable(format!("sentinels: {e}")))?;
-        let address = found.get_connection_info().addr.to_string();
+        let address = found.get_connection_info().addr().to_string();
         Ok((found, address))
     }
 

@@ -12,7 +12,7 @@
 //! asks a new distinct question every 100 ms after the fault ends, recording each status and
 //! `Retry-After`; recovery is the time from the end of the fault until the canary's answers
 //! succeed for good.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -298,7 +298,7 @@ pub fn bounded_history(
     };
     let count = |turns: &[Turn]| {
         turns.iter().fold(0u32, |sum, t| {
-            sum.saturating_add(gemini_sim::answer::count_tokens(&t.text))
+            sum.saturating_add(gemini_wire::answer::count_tokens(&t.text))
         })
     };
     let mut used = input_token_estimate(system_prompt, &[], message).saturating_add(count(first));

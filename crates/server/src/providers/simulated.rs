@@ -1,14 +1,16 @@
-//! The offline model: the Gemini simulator's answer generator, in-process, with no network.
+//! The offline model: the Gemini simulator's answer generator (shared through `gemini-wire`),
+//! in-process, with no network.
 
 use super::{completion_from_response, Completion, ModelRequest, ProviderError};
 use crate::config::OfflineSettings;
+use gemini_wire::respond::{simulate_response, AnswerSettings};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Answers like `gemini-sim` does, without a server; used when no API key is configured.
 #[derive(Debug, Clone)]
 pub struct SimulatedModel {
-    config: gemini_sim::SimConfig,
+    answer_tokens: u32,
     latency: Duration,
 }
 
@@ -18,12 +20,8 @@ pub const OFFLINE_MODEL_PREFIX: &str = "offline-simulated/";
 impl SimulatedModel {
     /// A simulated model with the configured answer length and latency.
     pub fn new(settings: &OfflineSettings) -> SimulatedModel {
-        let config = gemini_sim::SimConfig {
-            answer_tokens: settings.answer_tokens,
-            ..gemini_sim::SimConfig::default()
-        };
         SimulatedModel {
-            config,
+            answer_tokens: settings.answer_tokens,
             latency: Duration::from_millis(settings.latency_ms),
         }
     }
@@ -42,8 +40,11 @@ impl SimulatedModel {
             }
             tokio::time::sleep_until(ready).await;
         }
-        let response =
-            gemini_sim::simulate_response(&request.to_wire(), &request.model, &self.config);
+        let answer = AnswerSettings {
+            answer_tokens: self.answer_tokens,
+            ..AnswerSettings::DEFAULT
+        };
+        let response = simulate_response(&request.to_wire(), &request.model, &answer);
         let mut completion = completion_from_response(response, &request.model)?;
         completion.model = format!("{OFFLINE_MODEL_PREFIX}{}", request.model);
         Ok(completion)
