@@ -26,6 +26,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+echo "== module import cycles (docs/architecture.md)"
+./scripts/check-module-cycles.sh
+
 echo "== running every test"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 echo "== doc tests"
