@@ -405,14 +405,15 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let state = AppState::from_settings(settings).unwrap();
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
     let conversations = &state.conversations;
+    let math = state.chat.agent("math").unwrap();
     let first = conversations
-        .send(&state.chat, "math", FIRST, None, None, deadline())
+        .send(&state.chat, &math, FIRST, None, None, deadline())
         .await
         .unwrap();
     let id = first.conversation_id.unwrap();
     tokio::time::advance(Duration::from_secs(500)).await;
     let follow_up = conversations
-        .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
+        .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
         .await
         .unwrap();
     assert_eq!(follow_up.turn, 2);
@@ -425,7 +426,7 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     ));
     assert!(matches!(
         conversations
-            .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
+            .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
             .await,
         Err(ConversationError::NotFound)
     ));

@@ -198,14 +198,9 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
     let Path(agent_id) = path?;
-    // An unknown agent is reported before body problems: it is the more useful error.
-    if state.chat.agents().get(&agent_id).is_none() {
-        return Err(crate::chat::ChatError::UnknownAgent {
-            agent_id,
-            known: state.chat.agents().ids(),
-        }
-        .into());
-    }
+    // An unknown agent is reported before body problems: it is the more useful error. The
+    // agent is resolved here once and passed down, so no later step checks the id again.
+    let agent = state.chat.agent(&agent_id)?;
     let ApiJson(request) = body?;
     let message = request.message.ok_or_else(|| {
         ApiError::new(
@@ -219,7 +214,7 @@ pub async fn chat(
         .conversations
         .send(
             &state.chat,
-            &agent_id,
+            &agent,
             &message,
             request.conversation_id.as_deref(),
             owner(caller.as_ref()),
