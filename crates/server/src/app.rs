@@ -49,7 +49,7 @@ impl AppState {
                  those answers to the shared Redis cache (cache.share_offline_answers = false)"
             );
         }
-        let ttl = Duration::from_secs(settings.cache.ttl_secs);
+        let ttl = Duration::from_millis(settings.cache.ttl_ms);
         let cache = match (&redis, settings.cache.enabled) {
             (_, false) => ResponseCache::Disabled,
             (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
@@ -57,7 +57,7 @@ impl AppState {
                 // L1 only absorbs repeats on this server; freshness is Redis's job.
                 memory: MemoryCache::new(
                     settings.cache.capacity,
-                    ttl.min(Duration::from_secs(settings.cache.l1_ttl_secs.max(1))),
+                    ttl.min(Duration::from_millis(settings.cache.l1_ttl_ms.max(1))),
                 ),
                 redis: RedisCache::new(
                     link.clone(),
@@ -103,7 +103,7 @@ impl AppState {
                 // No call can usefully take longer than half the deadline: a request also has
                 // to wait for its slot, and the quota gate needs room to grant future slots.
                 LatencyEstimate::new(
-                    Duration::from_secs(up.latency_half_life_secs),
+                    Duration::from_millis(up.latency_half_life_ms),
                     settings.request_timeout() / 2,
                 ),
                 up.max_queue,
@@ -122,10 +122,10 @@ impl AppState {
                 input_per_million: settings.telemetry.price_per_million_input_tokens,
                 output_per_million: settings.telemetry.price_per_million_output_tokens,
             },
-            refusal_ttl: Duration::from_secs(settings.cache.refusal_ttl_secs),
+            refusal_ttl: Duration::from_millis(settings.cache.refusal_ttl_ms),
             failure_share: Duration::from_millis(settings.redis.failure_share_ms),
         });
-        let conversation_ttl = Duration::from_secs(settings.conversation.ttl_secs);
+        let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
         let conversations = Conversations::new(
             match &redis {
                 Some(link) => {
@@ -268,7 +268,7 @@ impl Application {
             state,
             tls,
         } = self;
-        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+        let grace = Duration::from_millis(state.settings.server.shutdown_grace_ms);
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -297,7 +297,7 @@ impl Application {
         let result = tokio::select! {
             () = server => Ok(()),
             () = grace_over => {
-                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests still open");
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; exiting with requests still open");
                 Ok(())
             }
         };

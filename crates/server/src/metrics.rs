@@ -94,7 +94,7 @@ pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_tot
 pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
 /// This server's own calls written back into a Redis quota window that lacked them.
 pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
-/// Conversations alive now (used within `conversation.ttl_secs`; cluster-wide with Redis).
+/// Conversations alive now (used within `conversation.ttl_ms`; cluster-wide with Redis).
 pub const CONVERSATIONS_ACTIVE: &str = "learning_chat_conversations_active";
 /// Conversations started (stored).
 pub const CONVERSATIONS_CREATED: &str = "learning_chat_conversations_created_total";

@@ -149,7 +149,7 @@ impl Auth {
                 .build(),
             stale: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(settings.auth.stale_ttl_secs))
+                .time_to_live(Duration::from_millis(settings.auth.stale_ttl_ms))
                 .build(),
             touched: moka::future::Cache::builder()
                 .max_capacity(100_000)

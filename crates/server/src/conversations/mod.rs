@@ -410,7 +410,7 @@ impl Conversations {
 
     /// Erases the conversation from the store (Redis: for every server), and the answers made
     /// from it from the response cache: this server's memory and Redis. (Another server's
-    /// short-lived in-process tier keeps them until `cache.l1_ttl_secs` passes; their keys are
+    /// short-lived in-process tier keeps them until `cache.l1_ttl_ms` passes; their keys are
     /// hashes of the whole conversation, so nobody without it can reach them.)
     pub async fn erase(
         &self,
