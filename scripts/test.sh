@@ -46,6 +46,9 @@ fi
 echo "== dependency policy (cargo deny check bans licenses sources)"
 cargo deny check bans licenses sources
 
+echo "== module import cycles (docs/architecture.md)"
+./scripts/check-module-cycles.sh
+
 echo "== running every test"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 echo "== doc tests"

@@ -31,7 +31,7 @@ async fn start(latency_ms: u64) -> Stack {
         .unwrap();
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
-    settings.server.shutdown_grace_secs = 2;
+    settings.server.shutdown_grace_ms = 2_000;
     settings.gemini.api_key = Secret::new("loadtest-key");
     settings.gemini.base_url = sim.base_url();
     settings.upstream.rpm = 0;

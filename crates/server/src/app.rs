@@ -2,7 +2,9 @@
 
 use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimiter};
 use crate::agents::AgentRegistry;
-use crate::api;
+/// The state every handler shares (defined with the handlers, built here).
+pub use crate::api::AppState;
+use crate::api::{self, StateParts};
 use crate::cache::{MemoryCache, RedisCache, ResponseCache};
 use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
 use crate::coalesce::ClusterCoalescer;
@@ -10,14 +12,13 @@ use crate::config::Settings;
 use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
 use crate::providers::{GeminiClient, Provider, SimulatedModel};
 use crate::redis_link::RedisLink;
+use crate::routes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -25,42 +26,6 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
-
-/// The request id header: kept when the client (or nginx) sends one, generated otherwise.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Shared state of every handler: one reference count to bump per request, however many
-/// parts it has (axum clones the state for every route call and extractor).
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<AppStateParts>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateParts;
-
-    fn deref(&self) -> &AppStateParts {
-        &self.inner
-    }
-}
-
-/// The parts of [`AppState`].
-pub struct AppStateParts {
-    /// The chat service.
-    pub chat: ChatService,
-    /// Multi-turn conversations.
-    pub conversations: Conversations,
-    /// The effective settings.
-    pub settings: Arc<Settings>,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
-    /// The shared state, when Redis is configured.
-    pub redis: Option<RedisLink>,
-    /// The key check and per-key limits; `None` with `auth.mode = "off"`.
-    pub auth: Option<Arc<crate::auth::Auth>>,
-    draining: AtomicBool,
-    process_metrics: metrics_process::Collector,
-}
 
 impl AppState {
     /// Builds every part of the service from settings (no listener yet).
@@ -84,7 +49,7 @@ impl AppState {
                  those answers to the shared Redis cache (cache.share_offline_answers = false)"
             );
         }
-        let ttl = Duration::from_secs(settings.cache.ttl_secs);
+        let ttl = Duration::from_millis(settings.cache.ttl_ms);
         let cache = match (&redis, settings.cache.enabled) {
             (_, false) => ResponseCache::Disabled,
             (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
@@ -92,7 +57,7 @@ impl AppState {
                 // L1 only absorbs repeats on this server; freshness is Redis's job.
                 memory: MemoryCache::new(
                     settings.cache.capacity,
-                    ttl.min(Duration::from_secs(settings.cache.l1_ttl_secs.max(1))),
+                    ttl.min(Duration::from_millis(settings.cache.l1_ttl_ms.max(1))),
                 ),
                 redis: RedisCache::new(
                     link.clone(),
@@ -138,7 +103,7 @@ impl AppState {
                 // No call can usefully take longer than half the deadline: a request also has
                 // to wait for its slot, and the quota gate needs room to grant future slots.
                 LatencyEstimate::new(
-                    Duration::from_secs(up.latency_half_life_secs),
+                    Duration::from_millis(up.latency_half_life_ms),
                     settings.request_timeout() / 2,
                 ),
                 up.max_queue,
@@ -157,10 +122,10 @@ impl AppState {
                 input_per_million: settings.telemetry.price_per_million_input_tokens,
                 output_per_million: settings.telemetry.price_per_million_output_tokens,
             },
-            refusal_ttl: Duration::from_secs(settings.cache.refusal_ttl_secs),
+            refusal_ttl: Duration::from_millis(settings.cache.refusal_ttl_ms),
             failure_share: Duration::from_millis(settings.redis.failure_share_ms),
         });
-        let conversation_ttl = Duration::from_secs(settings.conversation.ttl_secs);
+        let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
         let conversations = Conversations::new(
             match &redis {
                 Some(link) => {
@@ -176,48 +141,15 @@ impl AppState {
             settings.request_timeout() + Duration::from_secs(5),
         );
         let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
-        let process_metrics = metrics_process::Collector::default();
-        process_metrics.describe();
         crate::metrics::queue_limit(settings.upstream.max_queue);
-        Ok(AppState {
-            inner: Arc::new(AppStateParts {
-                chat,
-                conversations,
-                redis,
-                auth,
-                settings: Arc::new(settings),
-                metrics,
-                draining: AtomicBool::new(false),
-                process_metrics,
-            }),
-        })
-    }
-
-    /// True once shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// `disabled`, `up` or `down`.
-    pub fn redis_status(&self) -> &'static str {
-        match &self.redis {
-            None => "disabled",
-            Some(link) if link.is_up() => "up",
-            Some(_) => "down",
-        }
-    }
-
-    /// Updates the gauges that are sampled rather than tracked (called before each scrape).
-    pub async fn refresh_gauges(&self) {
-        self.process_metrics.collect();
-        self.chat.cache().run_pending_tasks().await;
-        crate::metrics::cache_entries(self.chat.cache().memory_entries());
-        crate::metrics::quota_window_used(self.chat.quota().requests_in_window().await);
-        crate::metrics::upstream_in_flight(self.chat.admission().in_flight());
-        crate::metrics::queue_depth(self.chat.admission().queued());
-        if let Ok(active) = self.conversations.store().active().await {
-            crate::metrics::conversations_active(active);
-        }
+        Ok(AppState::new(StateParts {
+            chat,
+            conversations,
+            settings,
+            metrics,
+            redis,
+            auth,
+        }))
     }
 }
 
@@ -225,25 +157,25 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut api_routes = Router::new()
-        .route("/api/v1/agents", get(api::list_agents))
-        .route("/api/v1/agents/{agent_id}", post(api::chat))
+        .route(routes::AGENTS, get(api::list_agents))
+        .route(routes::AGENT_CHAT, post(api::chat))
         .route(
-            "/api/v1/conversations/{conversation_id}",
+            routes::CONVERSATION,
             get(api::get_conversation).delete(api::delete_conversation),
         );
     // Only with keys required: with auth off the request path is exactly as before.
-    if state.auth.is_some() {
+    if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            auth,
             crate::auth::require_key,
         ));
     }
     let mut routes = api_routes
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
-        .route("/openapi.json", get(api::openapi));
+        .route(routes::HEALTH, get(api::health))
+        .route(routes::READY, get(api::ready))
+        .route(routes::OPENAPI, get(api::openapi));
     if settings.telemetry.metrics_enabled {
-        routes = routes.route("/metrics", get(api::metrics));
+        routes = routes.route(routes::METRICS, get(api::metrics));
     }
     let routes = routes
         .fallback(api::not_found)
@@ -336,7 +268,7 @@ impl Application {
             state,
             tls,
         } = self;
-        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+        let grace = Duration::from_millis(state.settings.server.shutdown_grace_ms);
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -350,7 +282,7 @@ impl Application {
         });
         let server = crate::serve::serve(listener, app, limits, tls, async move {
             shutdown.await;
-            shutdown_state.draining.store(true, Ordering::Release);
+            shutdown_state.begin_draining();
             tracing::info!("shutdown requested: no new connections; draining in-flight requests");
             let _ = began_tx.send(());
         });
@@ -365,7 +297,7 @@ impl Application {
         let result = tokio::select! {
             () = server => Ok(()),
             () = grace_over => {
-                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests still open");
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; exiting with requests still open");
                 Ok(())
             }
         };

@@ -275,35 +275,38 @@ impl ChatService {
         &self.inner.deps.cache
     }
 
-    /// Answers `message` for `agent_id` by `deadline`.
+    /// The agent `agent_id`, or [`ChatError::UnknownAgent`]: the one place an agent id is
+    /// checked; callers resolve it once and pass the agent on.
+    pub fn agent(&self, agent_id: &str) -> Result<Arc<Agent>, ChatError> {
+        let agents = &self.inner.deps.agents;
+        agents.get(agent_id).ok_or_else(|| ChatError::UnknownAgent {
+            agent_id: agent_id.to_owned(),
+            known: agents.ids(),
+        })
+    }
+
+    /// Answers `message` for `agent` by `deadline`.
     pub async fn ask(
         &self,
-        agent_id: &str,
+        agent: &Arc<Agent>,
         message: &str,
         deadline: Instant,
     ) -> Result<ChatAnswer, ChatError> {
-        self.ask_with_history(agent_id, message, Arc::from([]), deadline)
+        self.ask_with_history(agent, message, Arc::from([]), deadline)
             .await
     }
 
-    /// Answers `message` for `agent_id` by `deadline`, with the earlier turns of its
+    /// Answers `message` for `agent` by `deadline`, with the earlier turns of its
     /// conversation (already bounded) sent along. The history is part of the cache key, so
     /// identical follow-ups after identical histories share one answer and one model call.
     pub async fn ask_with_history(
         &self,
-        agent_id: &str,
+        agent: &Arc<Agent>,
         message: &str,
         history: Arc<[ModelTurn]>,
         deadline: Instant,
     ) -> Result<ChatAnswer, ChatError> {
         let deps = &self.inner.deps;
-        let agent = deps
-            .agents
-            .get(agent_id)
-            .ok_or_else(|| ChatError::UnknownAgent {
-                agent_id: agent_id.to_owned(),
-                known: deps.agents.ids(),
-            })?;
         let message = normalise_message(message);
         if message.is_empty() {
             return Err(ChatError::EmptyMessage);
@@ -315,7 +318,7 @@ impl ChatService {
                 limit: deps.max_message_chars,
             });
         }
-        let key = self.key_for(&agent, &message, &history);
+        let key = self.key_for(agent, &message, &history);
         let lookup = crate::trace_span!(
             "cache.lookup",
             cache.hit = tracing::field::Empty,

@@ -84,6 +84,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Bounds on the metrics themselves.
     pub metrics: MetricsSettings,
+    /// Deprecated keys found while loading, one start-up warning each (never serialized).
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
 
 /// Whether requests need an API key.
@@ -111,8 +114,11 @@ pub struct AuthSettings {
     /// How long a key looked up in the store is trusted before it is read again, in
     /// milliseconds; a new or revoked key takes effect within this.
     pub cache_ttl_ms: u64,
-    /// While Redis is down, how long a key last seen valid keeps working, in seconds.
-    pub stale_ttl_secs: u64,
+    /// While Redis is down, how long a key last seen valid keeps working, in milliseconds.
+    pub stale_ttl_ms: u64,
+    /// Deprecated: `stale_ttl_secs` in seconds, read as `stale_ttl_ms` (warned about at start-up).
+    #[serde(rename = "stale_ttl_secs", skip_serializing)]
+    pub deprecated_stale_ttl_secs: Option<u64>,
 }
 
 impl Default for AuthSettings {
@@ -122,7 +128,8 @@ impl Default for AuthSettings {
             pepper: Secret::default(),
             keys_file: PathBuf::from("api-keys.toml"),
             cache_ttl_ms: 1_000,
-            stale_ttl_secs: 600,
+            stale_ttl_ms: 600_000,
+            deprecated_stale_ttl_secs: None,
         }
     }
 }
@@ -149,10 +156,16 @@ pub struct ServerSettings {
     pub bind: SocketAddr,
     /// Tokio worker threads; 0 means one per CPU core (the seed's `--workers`).
     pub worker_threads: usize,
-    /// Deadline for a whole request, in seconds; past it the client gets 504.
-    pub request_timeout_secs: u64,
-    /// After SIGTERM, how long in-flight requests may take to finish, in seconds.
-    pub shutdown_grace_secs: u64,
+    /// Deadline for a whole request, in milliseconds; past it the client gets 504.
+    pub request_timeout_ms: u64,
+    /// After SIGTERM, how long in-flight requests may take to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Deprecated: `request_timeout_secs` in seconds, read as `request_timeout_ms` (warned about at start-up).
+    #[serde(rename = "request_timeout_secs", skip_serializing)]
+    pub deprecated_request_timeout_secs: Option<u64>,
+    /// Deprecated: `shutdown_grace_secs` in seconds, read as `shutdown_grace_ms` (warned about at start-up).
+    #[serde(rename = "shutdown_grace_secs", skip_serializing)]
+    pub deprecated_shutdown_grace_secs: Option<u64>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Longest accepted message, in characters.
@@ -183,8 +196,10 @@ impl Default for ServerSettings {
         ServerSettings {
             bind: SocketAddr::from(([0, 0, 0, 0], 8000)),
             worker_threads: 0,
-            request_timeout_secs: 30,
-            shutdown_grace_secs: 25,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 25_000,
+            deprecated_request_timeout_secs: None,
+            deprecated_shutdown_grace_secs: None,
             max_body_bytes: 64 * 1024,
             max_message_chars: 4000,
             gzip_min_bytes: 1000,
@@ -239,8 +254,11 @@ pub struct UpstreamSettings {
     /// The concurrency limit is `rpm / 60 x typical call latency x` this (Little's law + room).
     pub concurrency_headroom: f64,
     /// Half-life of a model-call latency sample in the estimate behind the limit and quota gate,
-    /// in seconds.
-    pub latency_half_life_secs: u64,
+    /// in milliseconds.
+    pub latency_half_life_ms: u64,
+    /// Deprecated: `latency_half_life_secs` in seconds, read as `latency_half_life_ms` (warned about at start-up).
+    #[serde(rename = "latency_half_life_secs", skip_serializing)]
+    pub deprecated_latency_half_life_secs: Option<u64>,
     /// Distinct questions allowed to wait for a free slot; beyond it requests get 503.
     pub max_queue: usize,
     /// Longest a question waits for a free slot before 503, in milliseconds.
@@ -269,7 +287,8 @@ impl Default for UpstreamSettings {
             max_concurrency: 1000,
             min_concurrency: 32,
             concurrency_headroom: 2.0,
-            latency_half_life_secs: 30,
+            latency_half_life_ms: 30_000,
+            deprecated_latency_half_life_secs: None,
             max_queue: 1000,
             max_queue_wait_ms: 20_000,
             rpm: 1000,
@@ -289,29 +308,42 @@ impl Default for UpstreamSettings {
 pub struct CacheSettings {
     /// Turn caching off entirely (every question goes upstream; coalescing still applies).
     pub enabled: bool,
-    /// How long an answer is served from cache, in seconds (the seed's 1 hour).
-    pub ttl_secs: u64,
+    /// How long an answer is served from cache, in milliseconds (the seed's 1 hour).
+    pub ttl_ms: u64,
     /// Most answers kept in process memory (the seed's 1000).
     pub capacity: u64,
-    /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL in seconds.
-    pub l1_ttl_secs: u64,
+    /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL in
+    /// milliseconds.
+    pub l1_ttl_ms: u64,
     /// How long a prompt the model refused (blocked or filtered) is answered with the same
-    /// refusal without asking again, in seconds; 0 = never remembered.
-    pub refusal_ttl_secs: u64,
+    /// refusal without asking again, in milliseconds; 0 = never remembered.
+    pub refusal_ttl_ms: u64,
     /// Let a server without a Gemini key (answering from the offline simulated model) write its
     /// answers into the shared Redis cache. Off: simulated answers stay in that server's memory.
     pub share_offline_answers: bool,
+    /// Deprecated: `ttl_secs` in seconds, read as `ttl_ms` (warned about at start-up).
+    #[serde(rename = "ttl_secs", skip_serializing)]
+    pub deprecated_ttl_secs: Option<u64>,
+    /// Deprecated: `l1_ttl_secs` in seconds, read as `l1_ttl_ms` (warned about at start-up).
+    #[serde(rename = "l1_ttl_secs", skip_serializing)]
+    pub deprecated_l1_ttl_secs: Option<u64>,
+    /// Deprecated: `refusal_ttl_secs` in seconds, read as `refusal_ttl_ms` (warned about at start-up).
+    #[serde(rename = "refusal_ttl_secs", skip_serializing)]
+    pub deprecated_refusal_ttl_secs: Option<u64>,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             enabled: true,
-            ttl_secs: 3600,
+            ttl_ms: 3_600_000,
             capacity: 1000,
-            l1_ttl_secs: 60,
-            refusal_ttl_secs: 60,
+            l1_ttl_ms: 60_000,
+            refusal_ttl_ms: 60_000,
             share_offline_answers: false,
+            deprecated_ttl_secs: None,
+            deprecated_l1_ttl_secs: None,
+            deprecated_refusal_ttl_secs: None,
         }
     }
 }
@@ -460,8 +492,9 @@ impl Default for TelemetrySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConversationSettings {
-    /// How long a conversation lives after its last use, in seconds (refreshed on every use).
-    pub ttl_secs: u64,
+    /// How long a conversation lives after its last use, in milliseconds (refreshed on every
+    /// use).
+    pub ttl_ms: u64,
     /// Most conversations kept in process memory when Redis is not configured; beyond it the
     /// least recently used one is evicted.
     pub max_conversations: u64,
@@ -477,17 +510,21 @@ pub struct ConversationSettings {
     /// How long a message waits for an earlier message of the same conversation to finish, in
     /// milliseconds, before it is refused with 409 `conversation_busy` and `Retry-After`.
     pub busy_wait_ms: u64,
+    /// Deprecated: `ttl_secs` in seconds, read as `ttl_ms` (warned about at start-up).
+    #[serde(rename = "ttl_secs", skip_serializing)]
+    pub deprecated_ttl_secs: Option<u64>,
 }
 
 impl Default for ConversationSettings {
     fn default() -> Self {
         ConversationSettings {
-            ttl_secs: 86_400,
+            ttl_ms: 86_400_000,
             max_conversations: 100_000,
             max_history_tokens: 8_000,
             max_turns: 200,
             max_stored_bytes: 512 * 1024,
             busy_wait_ms: 10_000,
+            deprecated_ttl_secs: None,
         }
     }
 }
@@ -553,6 +590,7 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        settings.apply_deprecated_keys(&figment)?;
         // REDIS_HOST names one Redis; it must not turn a cluster setup into an invalid mix.
         if settings.redis.url.is_empty()
             && settings.redis.cluster_nodes.is_empty()
@@ -570,11 +608,94 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Moves each deprecated `_secs` key into its `_ms` key (times 1000) and notes a warning;
+    /// setting both spellings of one key is an error, since either choice would surprise.
+    fn apply_deprecated_keys(&mut self, figment: &Figment) -> Result<(), ConfigError> {
+        // A key whose value comes from anything but the built-in defaults was set explicitly.
+        let defaults = Figment::from(Serialized::defaults(Settings::default()))
+            .find_metadata("server.bind")
+            .map(|m| m.name.clone());
+        let explicit = |key: &str| {
+            figment.find_metadata(key).map(|m| m.name.clone()) != defaults
+                && figment.find_value(key).is_ok()
+        };
+        let s = self;
+        let renamed: [(&str, &str, &mut Option<u64>, &mut u64); 8] = [
+            (
+                "server.request_timeout_secs",
+                "server.request_timeout_ms",
+                &mut s.server.deprecated_request_timeout_secs,
+                &mut s.server.request_timeout_ms,
+            ),
+            (
+                "server.shutdown_grace_secs",
+                "server.shutdown_grace_ms",
+                &mut s.server.deprecated_shutdown_grace_secs,
+                &mut s.server.shutdown_grace_ms,
+            ),
+            (
+                "upstream.latency_half_life_secs",
+                "upstream.latency_half_life_ms",
+                &mut s.upstream.deprecated_latency_half_life_secs,
+                &mut s.upstream.latency_half_life_ms,
+            ),
+            (
+                "cache.ttl_secs",
+                "cache.ttl_ms",
+                &mut s.cache.deprecated_ttl_secs,
+                &mut s.cache.ttl_ms,
+            ),
+            (
+                "cache.l1_ttl_secs",
+                "cache.l1_ttl_ms",
+                &mut s.cache.deprecated_l1_ttl_secs,
+                &mut s.cache.l1_ttl_ms,
+            ),
+            (
+                "cache.refusal_ttl_secs",
+                "cache.refusal_ttl_ms",
+                &mut s.cache.deprecated_refusal_ttl_secs,
+                &mut s.cache.refusal_ttl_ms,
+            ),
+            (
+                "conversation.ttl_secs",
+                "conversation.ttl_ms",
+                &mut s.conversation.deprecated_ttl_secs,
+                &mut s.conversation.ttl_ms,
+            ),
+            (
+                "auth.stale_ttl_secs",
+                "auth.stale_ttl_ms",
+                &mut s.auth.deprecated_stale_ttl_secs,
+                &mut s.auth.stale_ttl_ms,
+            ),
+        ];
+        let mut deprecations = Vec::new();
+        for (old, new, seconds, millis) in renamed {
+            let Some(value) = seconds.take() else {
+                continue;
+            };
+            if explicit(new) {
+                return Err(ConfigError::Invalid(format!(
+                    "{old} (deprecated) and {new} are both set; keep only {new}"
+                )));
+            }
+            *millis = value.saturating_mul(1000);
+            deprecations.push(format!(
+                "{old} is deprecated: read as {new} = {}; rename it (environment: {})",
+                *millis,
+                env_name(new)
+            ));
+        }
+        s.deprecations = deprecations;
+        Ok(())
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        if self.server.request_timeout_secs == 0 {
-            return fail("server.request_timeout_secs must be at least 1");
+        if self.server.request_timeout_ms == 0 {
+            return fail("server.request_timeout_ms must be at least 1");
         }
         if self.server.max_body_bytes < 64 {
             return fail("server.max_body_bytes must be at least 64");
@@ -605,14 +726,14 @@ impl Settings {
         {
             return fail("upstream.concurrency_headroom must be a number of at least 1.0");
         }
-        if self.upstream.latency_half_life_secs == 0 {
-            return fail("upstream.latency_half_life_secs must be at least 1");
+        if self.upstream.latency_half_life_ms == 0 {
+            return fail("upstream.latency_half_life_ms must be at least 1");
         }
         if self.cache.capacity == 0 && self.cache.enabled {
             return fail("cache.capacity must be at least 1 (or set cache.enabled = false)");
         }
-        if self.cache.ttl_secs == 0 && self.cache.enabled {
-            return fail("cache.ttl_secs must be at least 1 (or set cache.enabled = false)");
+        if self.cache.ttl_ms == 0 && self.cache.enabled {
+            return fail("cache.ttl_ms must be at least 1 (or set cache.enabled = false)");
         }
         if self.redis.replicas == 0 {
             return fail("redis.replicas must be at least 1");
@@ -643,8 +764,8 @@ impl Settings {
             return fail("gemini.base_url must start with http:// or https://");
         }
         let conversation = &self.conversation;
-        if conversation.ttl_secs == 0 {
-            return fail("conversation.ttl_secs must be at least 1");
+        if conversation.ttl_ms == 0 {
+            return fail("conversation.ttl_ms must be at least 1");
         }
         if conversation.max_conversations == 0 {
             return fail("conversation.max_conversations must be at least 1");
@@ -692,13 +813,18 @@ impl Settings {
 
     /// The whole-request deadline.
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.server.request_timeout_secs)
+        Duration::from_millis(self.server.request_timeout_ms)
     }
 
     /// The effective settings as TOML, secrets masked (what `check-config` prints).
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+/// The `LEARNING_CHAT_` environment variable of a `section.key`.
+fn env_name(key: &str) -> String {
+    format!("LEARNING_CHAT_{}", key.replace('.', "__").to_uppercase())
 }
 
 #[cfg(test)]
@@ -711,9 +837,9 @@ mod tests {
     fn defaults_are_the_seeds_numbers() {
         let s = Settings::default();
         assert_eq!(s.upstream.max_concurrency, 1000);
-        assert_eq!(s.cache.ttl_secs, 3600);
+        assert_eq!(s.cache.ttl_ms, 3_600_000);
         assert_eq!(s.cache.capacity, 1000);
-        assert_eq!(s.server.request_timeout_secs, 30);
+        assert_eq!(s.server.request_timeout_ms, 30_000);
         assert_eq!(s.server.gzip_min_bytes, 1000);
         assert!(!s.uses_gemini());
         assert!(!s.uses_redis());
@@ -724,7 +850,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file(
                 "lc.toml",
-                "[upstream]\nmax_concurrency = 7\nmax_queue = 3\n[cache]\nttl_secs = 10\n",
+                "[upstream]\nmax_concurrency = 7\nmax_queue = 3\n[cache]\nttl_ms = 10\n",
             )?;
             jail.set_env("LEARNING_CHAT_UPSTREAM__MAX_QUEUE", "9");
             jail.set_env("LEARNING_CHAT_BIND", "127.0.0.1:9999");
@@ -735,7 +861,7 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             assert_eq!(s.upstream.max_concurrency, 7);
             assert_eq!(s.upstream.max_queue, 9);
-            assert_eq!(s.cache.ttl_secs, 10);
+            assert_eq!(s.cache.ttl_ms, 10);
             assert_eq!(s.server.bind.to_string(), "127.0.0.1:9999");
             assert_eq!(s.gemini.api_key.expose(), "sk-test-secret");
             assert_eq!(s.redis.url.expose(), "redis://redis.internal:6380");
@@ -777,6 +903,58 @@ mod tests {
             let s = Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
             let nodes: Vec<&str> = s.redis.cluster_nodes.iter().map(Secret::expose).collect();
             assert_eq!(nodes, ["c1:7000", "c2:7000"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn deprecated_seconds_keys_still_work_with_a_warning() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "old.toml",
+                "[server]\nrequest_timeout_secs = 7\nshutdown_grace_secs = 9\n\
+                 [upstream]\nlatency_half_life_secs = 2\n\
+                 [cache]\nttl_secs = 11\nl1_ttl_secs = 3\nrefusal_ttl_secs = 0\n\
+                 [conversation]\nttl_secs = 5\n",
+            )?;
+            jail.set_env("LEARNING_CHAT_AUTH__STALE_TTL_SECS", "4");
+            let s = Settings::from_figment(Settings::figment(Some(Path::new("old.toml"))))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.server.request_timeout_ms, 7_000);
+            assert_eq!(s.request_timeout(), Duration::from_secs(7));
+            assert_eq!(s.server.shutdown_grace_ms, 9_000);
+            assert_eq!(s.upstream.latency_half_life_ms, 2_000);
+            assert_eq!(s.cache.ttl_ms, 11_000);
+            assert_eq!(s.cache.l1_ttl_ms, 3_000);
+            assert_eq!(s.cache.refusal_ttl_ms, 0);
+            assert_eq!(s.conversation.ttl_ms, 5_000);
+            assert_eq!(s.auth.stale_ttl_ms, 4_000);
+            assert_eq!(s.deprecations.len(), 8, "{:?}", s.deprecations);
+            assert!(
+                s.deprecations[0].contains("server.request_timeout_secs is deprecated")
+                    && s.deprecations[0].contains("LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_MS"),
+                "{:?}",
+                s.deprecations
+            );
+            // The old names are not printed back: check-config shows only the `_ms` keys.
+            let printed = s.to_masked_toml();
+            assert!(!printed.contains("_secs"), "{printed}");
+            assert!(printed.contains("request_timeout_ms = 7000"), "{printed}");
+            // Both spellings of one key: refused, naming both.
+            jail.set_env("LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_MS", "8000");
+            let err = Settings::from_figment(Settings::figment(Some(Path::new("old.toml"))))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("request_timeout_secs") && err.contains("request_timeout_ms"),
+                "{err}"
+            );
+            // Without the file: only the deprecated variable is warned about.
+            let s = Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
+            assert_eq!(s.deprecations.len(), 1, "{:?}", s.deprecations);
+            assert!(s.deprecations[0].starts_with("auth.stale_ttl_secs"));
+            assert_eq!(s.server.request_timeout_ms, 8_000);
+            assert!(Settings::default().deprecations.is_empty());
             Ok(())
         });
     }

@@ -22,9 +22,11 @@ pub mod metrics;
 pub mod plan;
 pub mod providers;
 pub mod redis_link;
+pub mod routes;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
 
-pub use app::{AppState, Application};
+pub use api::AppState;
+pub use app::Application;
 pub use config::Settings;

@@ -71,6 +71,9 @@ fn check_config(settings: &Settings) -> ExitCode {
     match learning_chat::agents::AgentRegistry::load(settings.agents.path.as_deref()) {
         Ok(agents) => {
             println!("# configuration is valid");
+            for deprecation in &settings.deprecations {
+                println!("# warning: {deprecation}");
+            }
             println!(
                 "# provider: {}",
                 if settings.uses_gemini() {
@@ -101,6 +104,9 @@ fn serve(settings: Settings) -> ExitCode {
         }
     };
     telemetry::init_logging(&settings.telemetry);
+    for deprecation in &settings.deprecations {
+        tracing::warn!("{deprecation}");
+    }
     if sentry_guard.is_some() {
         tracing::info!(environment = %settings.telemetry.environment, "reporting errors to Sentry");
     }

@@ -4,6 +4,7 @@
 //! cache tiers), never raw paths or messages. The dashboard and alert rules in `deploy/` use
 //! these names; a test scrapes a running instance to keep them in step.
 
+use crate::routes;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Gauge, Histogram, SharedString, Unit,
@@ -93,7 +94,7 @@ pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_tot
 pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
 /// This server's own calls written back into a Redis quota window that lacked them.
 pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
-/// Conversations alive now (used within `conversation.ttl_secs`; cluster-wide with Redis).
+/// Conversations alive now (used within `conversation.ttl_ms`; cluster-wide with Redis).
 pub const CONVERSATIONS_ACTIVE: &str = "learning_chat_conversations_active";
 /// Conversations started (stored).
 pub const CONVERSATIONS_CREATED: &str = "learning_chat_conversations_created_total";
@@ -386,14 +387,14 @@ pub fn http_in_flight(delta: f64) {
 /// Route templates and methods the service serves: their labels are built without allocating,
 /// since this runs on every request (an owned label is still used for any other route).
 const ROUTE_LABELS: &[&str] = &[
-    "/api/v1/agents/{agent_id}",
-    "/api/v1/agents",
-    "/api/v1/conversations/{conversation_id}",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/openapi.json",
-    "unmatched",
+    routes::AGENT_CHAT,
+    routes::AGENTS,
+    routes::CONVERSATION,
+    routes::HEALTH,
+    routes::READY,
+    routes::METRICS,
+    routes::OPENAPI,
+    routes::UNMATCHED,
 ];
 /// Any other method is counted as `other`, so clients cannot mint label values.
 const METHOD_LABELS: &[&str] = &[
@@ -542,8 +543,35 @@ impl Drop for HttpRequestTimer {
     }
 }
 
+/// Which tier answered a lookup; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTier {
+    /// In-process memory.
+    Memory,
+    /// Redis.
+    Redis,
+}
+
+impl CacheTier {
+    /// Its position among the tiers (for arrays of per-tier metric handles).
+    pub fn index(self) -> usize {
+        match self {
+            CacheTier::Memory => 0,
+            CacheTier::Redis => 1,
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Redis => "redis",
+        }
+    }
+}
+
 /// Records a cache lookup.
-pub fn cache_lookup(tier: crate::cache::CacheTier, hit: bool) {
+pub fn cache_lookup(tier: CacheTier, hit: bool) {
     let make = || counter!(CACHE_LOOKUPS, "tier" => tier.as_str(), "result" => if hit { "hit" } else { "miss" });
     match HOT.get() {
         Some(hot) => hot.cache_lookups[tier.index()][usize::from(hit)]

@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 async fn a_slow_answer_does_not_lock_the_quota_gate_shut() {
     let sim = start_sim_with_latency(2_800).await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_secs = 4;
+    settings.server.request_timeout_ms = 4_000;
     // A quota far above what the test uses: every slot is free now.
     settings.upstream.rpm = 1000;
     let app = spawn_app(settings).await;

@@ -334,7 +334,7 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
     let mut settings = settings_for(&sim);
     // One model call a minute: every other distinct question is shed at once.
     settings.upstream.rpm = 1;
-    settings.server.request_timeout_secs = 2;
+    settings.server.request_timeout_ms = 2_000;
     let captured = Captured::default();
     let sink = captured.clone();
     let mut logging = settings.telemetry.clone();

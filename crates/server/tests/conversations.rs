@@ -190,7 +190,7 @@ async fn another_server_continues_the_conversation_and_erasure_reaches_every_ser
     let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
     assert!(
         ttl > 0 && ttl <= 86_400,
-        "refreshed to conversation.ttl_secs: {ttl}"
+        "refreshed to conversation.ttl_ms: {ttl}"
     );
 
     // The answers made from the conversation are in the shared cache until it is erased.
@@ -379,7 +379,7 @@ async fn a_redis_conversation_expires_after_its_ttl() {
     let redis = RedisProcess::start();
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = redis_settings(&sim, &redis);
-    settings.conversation.ttl_secs = 1;
+    settings.conversation.ttl_ms = 1_000;
     let app = spawn_app(settings).await;
     wait_redis(&app, "up").await;
     let id = start(&app, "math", FIRST).await;
@@ -401,18 +401,19 @@ async fn a_redis_conversation_expires_after_its_ttl() {
 #[tokio::test(start_paused = true)]
 async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let mut settings = offline_settings();
-    settings.conversation.ttl_secs = 600;
+    settings.conversation.ttl_ms = 600_000;
     let state = AppState::from_settings(settings).unwrap();
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
     let conversations = &state.conversations;
+    let math = state.chat.agent("math").unwrap();
     let first = conversations
-        .send(&state.chat, "math", FIRST, None, None, deadline())
+        .send(&state.chat, &math, FIRST, None, None, deadline())
         .await
         .unwrap();
     let id = first.conversation_id.unwrap();
     tokio::time::advance(Duration::from_secs(500)).await;
     let follow_up = conversations
-        .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
+        .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
         .await
         .unwrap();
     assert_eq!(follow_up.turn, 2);
@@ -425,7 +426,7 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     ));
     assert!(matches!(
         conversations
-            .send(&state.chat, "math", FOLLOW_UP, Some(&id), None, deadline())
+            .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
             .await,
         Err(ConversationError::NotFound)
     ));

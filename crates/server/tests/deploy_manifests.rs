@@ -1070,7 +1070,7 @@ fn the_drain_fits_in_the_termination_grace_period() {
         .clone()
         .unwrap();
     assert!(
-        config.contains_key("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_SECS"),
+        config.contains_key("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS"),
         "set the shutdown grace explicitly: the termination period is computed from it"
     );
     let pre_stop = container
@@ -1103,11 +1103,13 @@ fn the_drain_fits_in_the_termination_grace_period() {
         (3..=15).contains(&sleep_secs),
         "preStop sleep of {sleep_secs} s"
     );
-    let grace = settings.server.shutdown_grace_secs;
+    // Whole seconds, rounded up: the termination period is counted in seconds.
+    let grace = settings.server.shutdown_grace_ms.div_ceil(1000);
     assert!(
-        grace >= settings.server.request_timeout_secs,
-        "a request accepted just before SIGTERM may run its whole {} s deadline; grace is {grace} s",
-        settings.server.request_timeout_secs
+        settings.server.shutdown_grace_ms >= settings.server.request_timeout_ms,
+        "a request accepted just before SIGTERM may run its whole {} ms deadline; grace is {} ms",
+        settings.server.request_timeout_ms,
+        settings.server.shutdown_grace_ms
     );
     let termination = pod_spec(manifests.deployment(APP))
         .termination_grace_period_seconds
@@ -1486,7 +1488,7 @@ fn every_compose_variable_is_one_the_service_reads() {
             servers.len(),
             "{origin}: redis.replicas is the number of servers"
         );
-        assert!(settings.server.shutdown_grace_secs >= settings.server.request_timeout_secs);
+        assert!(settings.server.shutdown_grace_ms >= settings.server.request_timeout_ms);
         let stop = seconds(
             service
                 .stop_grace_period
@@ -1494,7 +1496,7 @@ fn every_compose_variable_is_one_the_service_reads() {
                 .expect("stop_grace_period"),
         );
         assert!(
-            stop >= settings.server.shutdown_grace_secs + DRAIN_MARGIN_SECS,
+            stop >= settings.server.shutdown_grace_ms.div_ceil(1000) + DRAIN_MARGIN_SECS,
             "{origin}: compose kills after {stop} s, before the drain ends"
         );
         assert!(
@@ -1687,7 +1689,7 @@ fn the_docs_explain_build_compose_apply_quota_and_drain() {
         "preStop",
         "SIGTERM",
         "terminationGracePeriodSeconds",
-        "shutdown_grace_secs",
+        "shutdown_grace_ms",
     ] {
         assert!(
             docs.contains(needle),

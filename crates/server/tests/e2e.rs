@@ -132,7 +132,7 @@ async fn a_queued_question_waits_at_most_the_queue_limit() {
 async fn a_slow_upstream_gives_504_at_the_deadline() {
     let sim = start_sim_with_latency(10_000).await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_secs = 1;
+    settings.server.request_timeout_ms = 1_000;
     let app = spawn_app(settings).await;
     let started = Instant::now();
     let reply = app.ask("math", "Take your time").await;
@@ -193,7 +193,7 @@ async fn a_blocked_prompt_or_filtered_answer_is_422_with_the_reason_and_not_cach
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = settings_for(&sim);
     // Remembered refusals are their own test (reliability.rs); here every ask goes upstream.
-    settings.cache.refusal_ttl_secs = 0;
+    settings.cache.refusal_ttl_ms = 0;
     let app = spawn_app(settings).await;
     // The prompt blocked (promptFeedback), then the answer filtered (finishReason SAFETY).
     for (message, reason) in [
@@ -262,7 +262,7 @@ async fn the_local_quota_spaces_requests_instead_of_collecting_429s() {
     let sim = start_sim(config).await;
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 3;
-    settings.server.request_timeout_secs = 2;
+    settings.server.request_timeout_ms = 2_000;
     let app = spawn_app(settings).await;
     let replies = join_all((0..5).map(|i| app.ask("math", format!("quota question {i}")))).await;
     let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status()).collect();
@@ -347,7 +347,7 @@ async fn a_429_whose_delay_passes_the_deadline_is_a_503_with_that_retry_after() 
     let sim = start_sim(config).await;
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 0;
-    settings.server.request_timeout_secs = 3;
+    settings.server.request_timeout_ms = 3_000;
     let app = spawn_app(settings).await;
     assert_eq!(app.ask("math", "first").await.status(), StatusCode::OK);
     let asked = Instant::now();

@@ -77,7 +77,7 @@ fn start_server(sim_port: u16, env: &[(&str, String)]) -> Proc {
         .env("GEMINI_API_KEY", "fault-suite-key")
         .env("GEMINI_BASE_URL", format!("http://127.0.0.1:{sim_port}"))
         .env("LEARNING_CHAT_UPSTREAM__RPM", SERVICE_RPM.to_string())
-        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "5")
+        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "5000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -339,8 +339,8 @@ async fn slow_upstream(deadline_secs: u64, scenario: &str) {
     let server = start_server(
         sim.port,
         &[(
-            "LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_SECS",
-            deadline_secs.to_string(),
+            "LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_MS",
+            (deadline_secs * 1000).to_string(),
         )],
     );
     let control = SimControl::new(sim.port);

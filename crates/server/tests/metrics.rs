@@ -437,7 +437,7 @@ async fn requests_refused_by_the_quota_are_counted_as_shed() {
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 2;
     // The next free slot is a minute away, past this deadline: refused at once.
-    settings.server.request_timeout_secs = 5;
+    settings.server.request_timeout_ms = 5_000;
     let app = spawn_app(settings).await;
     let before = scrape_app(&app).await;
     for i in 0..2 {

@@ -43,7 +43,7 @@ async fn servers(cluster: &RedisCluster, sim: &gemini_sim::SimServer) -> Vec<Tes
         settings.redis.lease_ms = 1_500;
         settings.upstream.rpm = RPM;
         settings.upstream.max_queue_wait_ms = 1_000;
-        settings.server.request_timeout_secs = 10;
+        settings.server.request_timeout_ms = 10_000;
         apps.push(spawn_app(settings).await);
     }
     assert!(

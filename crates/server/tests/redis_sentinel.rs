@@ -50,7 +50,7 @@ async fn servers(group: &SentinelGroup, sim: &gemini_sim::SimServer) -> Vec<Test
         settings.redis.lease_ms = 1_500;
         settings.upstream.rpm = RPM;
         settings.upstream.max_queue_wait_ms = 1_000;
-        settings.server.request_timeout_secs = 10;
+        settings.server.request_timeout_ms = 10_000;
         apps.push(spawn_app(settings).await);
     }
     assert!(

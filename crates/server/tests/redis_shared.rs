@@ -102,7 +102,7 @@ async fn the_quota_is_shared_by_all_servers() {
     for _ in 0..2 {
         let mut settings = redis_settings(&sim, &redis);
         settings.upstream.rpm = 4;
-        settings.server.request_timeout_secs = 2;
+        settings.server.request_timeout_ms = 2_000;
         let app = spawn_app(settings).await;
         wait_ready_redis(&app, "up").await;
         apps.push(app);

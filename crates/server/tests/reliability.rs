@@ -108,7 +108,7 @@ async fn a_later_asker_with_time_left_does_not_inherit_the_first_askers_timeout(
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_secs = 3;
+    settings.server.request_timeout_ms = 3_000;
     let app = spawn_app(settings).await;
     let first = app.spawn_ask("science", "Why is the sky blue?");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -135,7 +135,7 @@ async fn a_refused_prompt_is_remembered_instead_of_resent() {
     assert_eq!(sim.stats().requests, 1);
 
     let mut settings = settings_for(&sim);
-    settings.cache.refusal_ttl_secs = 0;
+    settings.cache.refusal_ttl_ms = 0;
     let forgetful = spawn_app(settings).await;
     for _ in 0..2 {
         let reply = forgetful.ask("math", "[[block]] again").await;
@@ -267,7 +267,7 @@ async fn corrupt_oversized_or_immortal_values_in_redis_are_dropped_not_waited_on
     let redis = RedisProcess::start();
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = redis_settings(&sim.base_url(), &redis);
-    settings.server.request_timeout_secs = 5;
+    settings.server.request_timeout_ms = 5_000;
     settings.redis.max_value_bytes = 4096;
     let app = spawn_app(settings).await;
     wait_redis_up(&app).await;

@@ -122,7 +122,7 @@ fn start_service(
         .env("REDIS_URL", redis.url())
         .env("LEARNING_CHAT_UPSTREAM__RETRY_BASE_DELAY_MS", "20")
         .env("LEARNING_CHAT_UPSTREAM__RETRY_MAX_DELAY_MS", "100")
-        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "5")
+        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "5000")
         .env(
             "LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT",
             format!("http://{}", receiver.addr),

@@ -1,9 +1,11 @@
 //! The one error type at the HTTP edge and its JSON shape: `{"error": {"code", "message", ...}}`.
 
 use crate::admission::ShedReason;
+use crate::auth::Refusal;
 use crate::chat::ChatError;
 use crate::conversations::ConversationError;
 use crate::providers::ProviderError;
+use crate::telemetry::ErrorKind;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +26,8 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Sent as `Retry-After` (whole seconds, rounded up).
     pub retry_after: Option<Duration>,
+    /// Deliberate load shedding, not a failure: telemetry neither logs nor reports it per request.
+    pub shed: bool,
 }
 
 /// The JSON body of every error.
@@ -46,11 +50,6 @@ pub struct ErrorObject {
     pub details: Option<Value>,
 }
 
-/// The error code of an error answer, kept in its response extensions so middleware can tell
-/// errors apart (e.g. load shedding from failures) without reading the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
-
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -60,6 +59,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            shed: false,
         }
     }
 
@@ -94,6 +94,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // What the error was, for the request log and Sentry (which never read bodies).
+        let kind = ErrorKind {
+            code: self.code,
+            message: self.message.clone(),
+            shed: self.shed,
+        };
         let body = ErrorBody {
             error: ErrorObject {
                 code: self.code.to_owned(),
@@ -102,7 +108,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.extensions_mut().insert(ErrorCode(self.code));
+        response.extensions_mut().insert(kind);
         if let Some(retry_after) = self.retry_after {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
@@ -145,8 +151,11 @@ impl From<ChatError> for ApiError {
                         "the tutors are busy right now; retry shortly"
                     }
                 };
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
-                    .with_retry_after(shed.retry_after)
+                ApiError {
+                    shed: true,
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+                }
+                .with_retry_after(shed.retry_after)
             }
             ChatError::Timeout => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -307,6 +316,68 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+impl From<&Refusal> for ApiError {
+    fn from(refusal: &Refusal) -> ApiError {
+        match refusal {
+            Refusal::Missing => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send an API key as `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            ),
+            Refusal::Unknown => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "the API key is not valid",
+            ),
+            Refusal::Revoked => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "api_key_revoked",
+                "the API key has been revoked",
+            ),
+            Refusal::AgentNotAllowed => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "agent_not_allowed",
+                "the API key may not ask this agent",
+            ),
+            Refusal::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "the API key cannot be checked right now; retry shortly",
+            )
+            .with_retry_after(Duration::from_secs(1)),
+            Refusal::Limited { limit, retry_after } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.code(), limit.message())
+                    .with_retry_after(*retry_after)
+            }
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        // RFC 6750: a refused bearer token says why in `WWW-Authenticate`.
+        let challenge = match self {
+            Refusal::Missing => Some(r#"Bearer realm="learning-chat""#),
+            Refusal::Unknown => Some(r#"Bearer realm="learning-chat", error="invalid_token""#),
+            Refusal::Revoked => Some(
+                r#"Bearer realm="learning-chat", error="invalid_token", error_description="revoked""#,
+            ),
+            Refusal::AgentNotAllowed => {
+                Some(r#"Bearer realm="learning-chat", error="insufficient_scope""#)
+            }
+            Refusal::Unavailable | Refusal::Limited { .. } => None,
+        };
+        let mut response = ApiError::from(&self).into_response();
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+}
+
 /// serde's message for the innermost cause (e.g. "missing field `message` at line 1 column 2").
 fn source_text(error: &dyn std::error::Error) -> String {
     let mut current: &dyn std::error::Error = error;
@@ -314,4 +385,33 @@ fn source_text(error: &dyn std::error::Error) -> String {
         current = next;
     }
     current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Shed;
+
+    #[test]
+    fn the_error_kind_rides_in_the_response_extensions() {
+        let shed = ApiError::from(ChatError::Shed(Shed {
+            reason: ShedReason::Quota,
+            retry_after: Duration::from_secs(3),
+        }))
+        .into_response();
+        assert_eq!(
+            shed.extensions().get::<ErrorKind>(),
+            Some(&ErrorKind {
+                code: "overloaded",
+                message: "the tutor quota for this minute is used up; retry later".to_owned(),
+                shed: true,
+            })
+        );
+        let failed = ApiError::from(ChatError::Provider(ProviderError::Timeout)).into_response();
+        let kind = failed.extensions().get::<ErrorKind>();
+        assert_eq!(
+            kind.map(|k| (k.code, k.shed)),
+            Some(("upstream_timeout", false))
+        );
+    }
 }

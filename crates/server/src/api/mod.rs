@@ -1,11 +1,13 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 mod error;
+mod state;
 
-pub use error::{ApiError, ErrorBody, ErrorCode, ErrorObject};
+pub use error::{ApiError, ErrorBody, ErrorObject};
+pub use state::{AppState, AppStateParts, StateParts};
 
-use crate::app::AppState;
 use crate::providers::Usage;
+use crate::routes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
@@ -169,7 +171,7 @@ pub struct HealthStatus {
 /// `conversation_id`, as a follow-up answered with the conversation's history.
 #[utoipa::path(
     post,
-    path = "/api/v1/agents/{agent_id}",
+    path = routes::AGENT_CHAT,
     params(("agent_id" = String, Path, description = "Agent id, e.g. `math`")),
     request_body = ChatRequest,
     responses(
@@ -196,14 +198,9 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
     let Path(agent_id) = path?;
-    // An unknown agent is reported before body problems: it is the more useful error.
-    if state.chat.agents().get(&agent_id).is_none() {
-        return Err(crate::chat::ChatError::UnknownAgent {
-            agent_id,
-            known: state.chat.agents().ids(),
-        }
-        .into());
-    }
+    // An unknown agent is reported before body problems: it is the more useful error. The
+    // agent is resolved here once and passed down, so no later step checks the id again.
+    let agent = state.chat.agent(&agent_id)?;
     let ApiJson(request) = body?;
     let message = request.message.ok_or_else(|| {
         ApiError::new(
@@ -217,7 +214,7 @@ pub async fn chat(
         .conversations
         .send(
             &state.chat,
-            &agent_id,
+            &agent,
             &message,
             request.conversation_id.as_deref(),
             owner(caller.as_ref()),
@@ -267,7 +264,7 @@ pub async fn chat(
 /// A conversation with every turn, in order.
 #[utoipa::path(
     get,
-    path = "/api/v1/conversations/{conversation_id}",
+    path = routes::CONVERSATION,
     params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
     responses(
         (status = 200, body = ConversationView),
@@ -288,7 +285,7 @@ pub async fn get_conversation(
 /// Erases a conversation everywhere (Redis, so every server); later use of its id is 404.
 #[utoipa::path(
     delete,
-    path = "/api/v1/conversations/{conversation_id}",
+    path = routes::CONVERSATION,
     params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
     responses(
         (status = 204, description = "Erased"),
@@ -316,7 +313,7 @@ fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> 
 }
 
 /// List the tutors.
-#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
+#[utoipa::path(get, path = routes::AGENTS, responses((status = 200, body = AgentList)))]
 pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
     let agents = state
         .chat
@@ -333,7 +330,7 @@ pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
 }
 
 /// Liveness: the process is up.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthStatus)))]
+#[utoipa::path(get, path = routes::HEALTH, responses((status = 200, body = HealthStatus)))]
 pub async fn health() -> Json<HealthStatus> {
     Json(HealthStatus {
         status: "ok".to_owned(),
@@ -345,7 +342,7 @@ pub async fn health() -> Json<HealthStatus> {
 /// Readiness: the service can answer (provider configured, not draining); Redis state as detail.
 #[utoipa::path(
     get,
-    path = "/ready",
+    path = routes::READY,
     responses((status = 200, body = HealthStatus), (status = 503, body = HealthStatus))
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -364,7 +361,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics in text format.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = routes::METRICS, responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.refresh_gauges().await;
     (

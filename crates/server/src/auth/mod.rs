@@ -13,13 +13,11 @@ pub mod keys;
 pub mod limits;
 
 use crate::admission::{Flow, FLOW};
-use crate::api::ApiError;
-use crate::app::AppState;
 use crate::chat::Prices;
 use crate::config::{AuthMode, Secret, Settings};
 use crate::redis_link::RedisLink;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keys::{ApiKey, KeyLimits, KeyStore};
@@ -79,14 +77,42 @@ impl KeyLabels {
     }
 }
 
-/// Why a request's key was not accepted.
+/// Why a request was refused by the key check; the API's error type turns it into the answer
+/// (`impl IntoResponse for Refusal` in `api`), so this module needs nothing of the HTTP edge.
 #[derive(Debug)]
-enum Refusal {
+pub enum Refusal {
+    /// No key sent.
     Missing,
+    /// No such key.
     Unknown,
+    /// The key was revoked.
     Revoked,
+    /// The key may not ask this agent.
     AgentNotAllowed,
+    /// The key store cannot be read and the key is not known from before.
     Unavailable,
+    /// A per-key or per-learner limit refused the request.
+    Limited {
+        /// The limit that refused.
+        limit: limits::LimitKind,
+        /// When to retry.
+        retry_after: Duration,
+    },
+}
+
+impl Refusal {
+    /// The `reason` label of `learning_chat_auth_failures_total` (none for limits, which
+    /// `learning_chat_key_limited_total` counts).
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::Missing => "missing",
+            Refusal::Unknown => "unknown",
+            Refusal::Revoked => "revoked",
+            Refusal::AgentNotAllowed => "agent_not_allowed",
+            Refusal::Unavailable => "store_unavailable",
+            Refusal::Limited { .. } => return None,
+        })
+    }
 }
 
 type Lookup = Option<Arc<ApiKey>>;
@@ -123,7 +149,7 @@ impl Auth {
                 .build(),
             stale: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(settings.auth.stale_ttl_secs))
+                .time_to_live(Duration::from_millis(settings.auth.stale_ttl_ms))
                 .build(),
             touched: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -221,57 +247,15 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Counts and logs a refused key, and answers.
 fn refusal_response(refusal: Refusal) -> Response {
-    let (status, code, message, challenge, reason) = match refusal {
-        Refusal::Missing => (
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
-            "send an API key as `Authorization: Bearer <key>` or `x-api-key: <key>`",
-            r#"Bearer realm="learning-chat""#,
-            "missing",
-        ),
-        Refusal::Unknown => (
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "the API key is not valid",
-            r#"Bearer realm="learning-chat", error="invalid_token""#,
-            "unknown",
-        ),
-        Refusal::Revoked => (
-            StatusCode::FORBIDDEN,
-            "api_key_revoked",
-            "the API key has been revoked",
-            r#"Bearer realm="learning-chat", error="invalid_token", error_description="revoked""#,
-            "revoked",
-        ),
-        Refusal::AgentNotAllowed => (
-            StatusCode::FORBIDDEN,
-            "agent_not_allowed",
-            "the API key may not ask this agent",
-            r#"Bearer realm="learning-chat", error="insufficient_scope""#,
-            "agent_not_allowed",
-        ),
-        Refusal::Unavailable => {
-            crate::metrics::auth_failure("store_unavailable");
-            let error = ApiError {
-                retry_after: Some(Duration::from_secs(1)),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "auth_unavailable",
-                    "the API key cannot be checked right now; retry shortly",
-                )
-            };
-            return error.into_response();
+    if let Some(reason) = refusal.reason() {
+        crate::metrics::auth_failure(reason);
+        if !matches!(refusal, Refusal::Unavailable) {
+            tracing::info!(reason, "api key refused");
         }
-    };
-    crate::metrics::auth_failure(reason);
-    tracing::info!(reason, "api key refused");
-    let mut response = ApiError::new(status, code, message).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
-    );
-    response
+    }
+    refusal.into_response()
 }
 
 /// A granted request's hold on its key's limits; ended (tokens charged, lease released) when
@@ -324,22 +308,12 @@ fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: &De
     }
 }
 
-/// The agent a chat path names (`/api/v1/agents/{agent_id}`), if it names one.
-fn agent_of(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/api/v1/agents/")?;
-    let agent = rest.split('/').next()?;
-    (!agent.is_empty()).then_some(agent)
-}
-
 /// The middleware of every `/api/` route with `auth.mode = "required"`.
 pub async fn require_key(
-    State(state): State<AppState>,
+    State(auth): State<Arc<Auth>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(auth) = state.auth.clone() else {
-        return next.run(request).await;
-    };
     let Some(secret) = presented_secret(request.headers()) else {
         return refusal_response(Refusal::Missing);
     };
@@ -347,7 +321,7 @@ pub async fn require_key(
         Ok(key) => key,
         Err(refusal) => return refusal_response(refusal),
     };
-    let agent = agent_of(request.uri().path()).map(str::to_owned);
+    let agent = crate::routes::agent_of(request.uri().path()).map(str::to_owned);
     if let Some(agent) = &agent {
         if !key.allows_agent(agent) {
             return refusal_response(Refusal::AgentNotAllowed);
@@ -390,11 +364,11 @@ pub async fn require_key(
     let decision = auth.limiter.acquire(&key.limits, &subject).await;
     if let Some(limit) = decision.refused {
         crate::metrics::key_limited(&label, limit.code());
-        let error = ApiError {
-            retry_after: Some(decision.retry_after.max(Duration::from_secs(1))),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.code(), limit.message())
-        };
-        let mut response = error.into_response();
+        let mut response = Refusal::Limited {
+            limit,
+            retry_after: decision.retry_after.max(Duration::from_secs(1)),
+        }
+        .into_response();
         rate_limit_headers(response.headers_mut(), &key.limits, &decision);
         return response;
     }
@@ -466,12 +440,5 @@ mod tests {
         assert_eq!(&*labels.label(&ids[1]), "b");
         assert_eq!(&*labels.label(&ids[2]), OTHER_KEY_LABEL);
         assert_eq!(&*labels.label(&ids[0]), "a");
-    }
-
-    #[test]
-    fn agent_is_read_from_the_chat_path() {
-        assert_eq!(agent_of("/api/v1/agents/math"), Some("math"));
-        assert_eq!(agent_of("/api/v1/agents"), None);
-        assert_eq!(agent_of("/api/v1/agents/"), None);
     }
 }

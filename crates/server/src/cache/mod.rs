@@ -26,32 +26,8 @@ pub struct CachedAnswer {
     pub created_at_unix: u64,
 }
 
-/// Which tier answered a lookup; a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheTier {
-    /// In-process memory.
-    Memory,
-    /// Redis.
-    Redis,
-}
-
-impl CacheTier {
-    /// Its position among the tiers (for arrays of per-tier metric handles).
-    pub fn index(self) -> usize {
-        match self {
-            CacheTier::Memory => 0,
-            CacheTier::Redis => 1,
-        }
-    }
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheTier::Memory => "memory",
-            CacheTier::Redis => "redis",
-        }
-    }
-}
+/// The cache tiers, defined with the metrics that label lookups by them.
+pub use crate::metrics::CacheTier;
 
 /// The cache backend chosen at start-up.
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ mod redis;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
+use crate::agents::Agent;
 use crate::cache::{normalise_message, CacheKey};
 use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService};
 use crate::config::ConversationSettings;
@@ -409,7 +410,7 @@ impl Conversations {
 
     /// Erases the conversation from the store (Redis: for every server), and the answers made
     /// from it from the response cache: this server's memory and Redis. (Another server's
-    /// short-lived in-process tier keeps them until `cache.l1_ttl_secs` passes; their keys are
+    /// short-lived in-process tier keeps them until `cache.l1_ttl_ms` passes; their keys are
     /// hashes of the whole conversation, so nobody without it can reach them.)
     pub async fn erase(
         &self,
@@ -469,12 +470,12 @@ impl Conversations {
             .collect()
     }
 
-    /// Answers `message` to `agent_id`: in the conversation `conversation_id` with its history,
+    /// Answers `message` to `agent`: in the conversation `conversation_id` with its history,
     /// or as the first turn of a new one.
     pub async fn send(
         &self,
         chat: &ChatService,
-        agent_id: &str,
+        agent: &Arc<Agent>,
         message: &str,
         conversation_id: Option<&str>,
         owner: Option<&str>,
@@ -482,13 +483,13 @@ impl Conversations {
     ) -> Result<ConversationAnswer, ConversationError> {
         let message = normalise_message(message);
         match conversation_id {
-            None => self.start(chat, agent_id, &message, owner, deadline).await,
+            None => self.start(chat, agent, &message, owner, deadline).await,
             Some(id) => {
                 if !is_valid_id(id) {
                     return Err(ConversationError::NotFound);
                 }
                 let mut answer = self
-                    .follow_up(chat, agent_id, &message, &stored_id(id, owner), deadline)
+                    .follow_up(chat, agent, &message, &stored_id(id, owner), deadline)
                     .await?;
                 answer.conversation_id = Some(id.to_owned());
                 Ok(answer)
@@ -499,7 +500,7 @@ impl Conversations {
     async fn start(
         &self,
         chat: &ChatService,
-        agent_id: &str,
+        agent: &Arc<Agent>,
         message: &str,
         owner: Option<&str>,
         deadline: Instant,
@@ -507,7 +508,7 @@ impl Conversations {
         if message.len() as u64 > self.settings.max_stored_bytes {
             return Err(self.too_large(message.len() as u64));
         }
-        let answer = chat.ask(agent_id, message, deadline).await?;
+        let answer = chat.ask(agent, message, deadline).await?;
         // Without Redis the answer still goes out, under no id: the learner keeps chatting in
         // single messages rather than losing the service (documented in the API reference).
         let mut conversation_id = None;
@@ -517,7 +518,7 @@ impl Conversations {
             let turns = exchange(message, &answer, started);
             match self
                 .store
-                .append(&stored_id(&id, owner), agent_id, started, 0, &turns)
+                .append(&stored_id(&id, owner), agent.id(), started, 0, &turns)
                 .await
             {
                 Ok(AppendOutcome::Appended(count)) => {
@@ -549,7 +550,7 @@ impl Conversations {
     async fn follow_up(
         &self,
         chat: &ChatService,
-        agent_id: &str,
+        agent: &Arc<Agent>,
         message: &str,
         id: &str,
         deadline: Instant,
@@ -565,7 +566,7 @@ impl Conversations {
             .await
             .map_err(|_| self.unavailable())?
             .ok_or(ConversationError::NotFound)?;
-        if conversation.agent_id != agent_id {
+        if conversation.agent_id != agent.id() {
             crate::metrics::conversation_refused("wrong_agent");
             return Err(ConversationError::WrongAgent {
                 owner: conversation.agent_id,
@@ -581,27 +582,22 @@ impl Conversations {
         if bytes > self.settings.max_stored_bytes {
             return Err(self.too_large(bytes));
         }
-        let system_prompt = chat
-            .agents()
-            .get(agent_id)
-            .map(|a| a.definition.system_prompt.clone())
-            .unwrap_or_default();
         let (history, truncated) = bounded_history(
-            &system_prompt,
+            &agent.definition.system_prompt,
             &conversation.turns,
             message,
             self.settings.max_history_tokens,
         );
         let history_tokens = input_token_estimate("", &history, "");
         let answer = chat
-            .ask_with_history(agent_id, message, history.into(), deadline)
+            .ask_with_history(agent, message, history.into(), deadline)
             .await?;
         crate::metrics::conversation_history(history_tokens, truncated);
         let turns = exchange(message, &answer, now_ms());
         let expected = conversation.turns.len();
         match self
             .store
-            .append(id, agent_id, conversation.created_at_ms, expected, &turns)
+            .append(id, agent.id(), conversation.created_at_ms, expected, &turns)
             .await
         {
             Ok(AppendOutcome::Appended(count)) => {

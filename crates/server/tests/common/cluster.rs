@@ -155,10 +155,10 @@ impl Cluster {
                 .env("LEARNING_CHAT_REDIS__REPLICAS", "3")
                 .env("LEARNING_CHAT_UPSTREAM__RPM", config.rpm.to_string())
                 .env(
-                    "LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_SECS",
-                    config.request_timeout_secs.to_string(),
+                    "LEARNING_CHAT_SERVER__REQUEST_TIMEOUT_MS",
+                    (config.request_timeout_secs * 1000).to_string(),
                 )
-                .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "10")
+                .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "10000")
                 .env("RUST_LOG", "warn")
                 .envs(config.server_env.iter().map(|(k, v)| (k, v)))
                 .stdout(stdout)

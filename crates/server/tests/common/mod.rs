@@ -81,7 +81,7 @@ pub fn offline_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.offline.latency_ms = 0;
-    settings.server.shutdown_grace_secs = 5;
+    settings.server.shutdown_grace_ms = 5_000;
     settings
 }
 

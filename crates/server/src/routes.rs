@@ -1,0 +1,45 @@
+//! The service's route paths, defined once: the router, the OpenAPI description, the HTTP metric
+//! labels, the auth middleware and the telemetry probes all read them from here. A leaf module.
+
+/// Lists the tutors.
+pub const AGENTS: &str = "/api/v1/agents";
+/// Asks a tutor (the `{agent_id}` template, as axum and OpenAPI write it).
+pub const AGENT_CHAT: &str = "/api/v1/agents/{agent_id}";
+/// Reads or erases a conversation.
+pub const CONVERSATION: &str = "/api/v1/conversations/{conversation_id}";
+/// Liveness probe.
+pub const HEALTH: &str = "/health";
+/// Readiness probe.
+pub const READY: &str = "/ready";
+/// Prometheus metrics.
+pub const METRICS: &str = "/metrics";
+/// The OpenAPI document.
+pub const OPENAPI: &str = "/openapi.json";
+
+/// The route label of a request that matched no route (metrics, logs, error reports).
+pub const UNMATCHED: &str = "unmatched";
+
+/// The agent a request path names (`/api/v1/agents/{agent_id}`), if it names one.
+pub fn agent_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(AGENTS)?.strip_prefix('/')?;
+    let agent = rest.split('/').next()?;
+    (!agent.is_empty()).then_some(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_is_read_from_the_chat_path() {
+        assert_eq!(agent_of("/api/v1/agents/math"), Some("math"));
+        assert_eq!(agent_of("/api/v1/agents"), None);
+        assert_eq!(agent_of("/api/v1/agents/"), None);
+        assert_eq!(agent_of("/api/v1/agentsmath"), None);
+    }
+
+    #[test]
+    fn the_chat_route_is_under_the_agents_route() {
+        assert_eq!(AGENT_CHAT, format!("{AGENTS}/{{agent_id}}"));
+    }
+}
