@@ -58,6 +58,8 @@ pub struct AppStateParts {
     pub redis: Option<RedisLink>,
     /// The key check and per-key limits; `None` with `auth.mode = "off"`.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Streams open now, bounded by `stream.max_open`.
+    pub streams: Arc<api::stream::OpenStreams>,
     draining: AtomicBool,
     process_metrics: metrics_process::Collector,
 }
@@ -109,7 +111,11 @@ impl AppState {
                 link.clone(),
                 redis_cache.clone(),
                 Duration::from_millis(settings.redis.lease_ms),
-            )),
+            )
+            .with_relay(crate::coalesce::relay::RelayBounds {
+                max_entries: settings.stream.redis_max_entries,
+                ttl_ms: settings.stream.redis_ttl_ms,
+            })),
             _ => None,
         };
         let up = &settings.upstream;
@@ -185,6 +191,7 @@ impl AppState {
                 conversations,
                 redis,
                 auth,
+                streams: Arc::new(api::stream::OpenStreams::new(settings.stream.max_open)),
                 settings: Arc::new(settings),
                 metrics,
                 draining: AtomicBool::new(false),
@@ -227,6 +234,7 @@ pub fn router(state: AppState) -> Router {
     let mut api_routes = Router::new()
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/agents/{agent_id}", post(api::chat))
+        .route("/api/v1/agents/{agent_id}/stream", post(api::stream::chat_stream))
         .route(
             "/api/v1/conversations/{conversation_id}",
             get(api::get_conversation).delete(api::delete_conversation),

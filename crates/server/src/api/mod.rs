@@ -1,6 +1,7 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 mod error;
+pub mod stream;
 
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorObject};
 
@@ -386,6 +387,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ),
     paths(
         chat,
+        stream::chat_stream,
         get_conversation,
         delete_conversation,
         list_agents,
@@ -396,6 +398,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     components(schemas(
         ChatRequest,
         ChatResponse,
+        stream::StreamDelta,
         ConversationView,
         TurnView,
         crate::providers::Role,
