@@ -107,15 +107,17 @@ impl AppState {
             },
         };
         let cluster = match (&redis, cache.redis()) {
-            (Some(link), Some(redis_cache)) => Some(ClusterCoalescer::new(
-                link.clone(),
-                redis_cache.clone(),
-                Duration::from_millis(settings.redis.lease_ms),
-            )
-            .with_relay(crate::coalesce::relay::RelayBounds {
-                max_entries: settings.stream.redis_max_entries,
-                ttl_ms: settings.stream.redis_ttl_ms,
-            })),
+            (Some(link), Some(redis_cache)) => Some(
+                ClusterCoalescer::new(
+                    link.clone(),
+                    redis_cache.clone(),
+                    Duration::from_millis(settings.redis.lease_ms),
+                )
+                .with_relay(crate::coalesce::relay::RelayBounds {
+                    max_entries: settings.stream.redis_max_entries,
+                    ttl_ms: settings.stream.redis_ttl_ms,
+                }),
+            ),
             _ => None,
         };
         let up = &settings.upstream;
@@ -234,7 +236,10 @@ pub fn router(state: AppState) -> Router {
     let mut api_routes = Router::new()
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/agents/{agent_id}", post(api::chat))
-        .route("/api/v1/agents/{agent_id}/stream", post(api::stream::chat_stream))
+        .route(
+            "/api/v1/agents/{agent_id}/stream",
+            post(api::stream::chat_stream),
+        )
         .route(
             "/api/v1/conversations/{conversation_id}",
             get(api::get_conversation).delete(api::delete_conversation),

@@ -242,7 +242,10 @@ fn describe() {
     );
     describe_gauge!(STREAMS_OPEN, "Streams open now.");
     describe_gauge!(STREAMS_LIMIT, "Bound on open streams per server.");
-    describe_counter!(STREAMS_REFUSED, "Streams refused 503 at the open-stream bound.");
+    describe_counter!(
+        STREAMS_REFUSED,
+        "Streams refused 503 at the open-stream bound."
+    );
     describe_counter!(STREAM_CANCELLATIONS, "Streams cut short, by who.");
     describe_counter!(STREAM_BYTES, "Server-sent event bytes written.");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration.");

@@ -4,8 +4,8 @@ use super::{
     completion_from_response, Completion, CompletionStream, ModelRequest, ProviderError,
     StreamAssembler,
 };
-use futures::StreamExt;
 use crate::config::{GeminiSettings, Secret};
+use futures::StreamExt;
 use gemini_wire::{ErrorBody, GenerateContentResponse};
 use std::time::Duration;
 use tokio::time::Instant;

@@ -516,8 +516,13 @@ mod tests {
             .map(|e| gemini_wire::sse::frame_event(e))
             .collect();
         let pieces = assemble(&cut);
-        assert!(matches!(pieces.last(), Some(Err(ProviderError::Unavailable { .. }))));
-        assert!(pieces.iter().all(|p| !matches!(p, Ok(StreamPiece::Finished(_)))));
+        assert!(matches!(
+            pieces.last(),
+            Some(Err(ProviderError::Unavailable { .. }))
+        ));
+        assert!(pieces
+            .iter()
+            .all(|p| !matches!(p, Ok(StreamPiece::Finished(_)))));
     }
 
     #[test]

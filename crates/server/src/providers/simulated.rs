@@ -4,8 +4,8 @@ use super::{
     completion_from_response, Completion, CompletionStream, ModelRequest, ProviderError,
     StreamPiece,
 };
-use futures::StreamExt;
 use crate::config::OfflineSettings;
+use futures::StreamExt;
 use std::time::Duration;
 use tokio::time::Instant;
 
