@@ -240,20 +240,25 @@ struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut in_flight = self.inner.in_flight.lock();
-        let Some(entry) = in_flight.get_mut(&self.key) else {
-            return;
-        };
-        if entry.id != self.id {
-            return;
-        }
-        entry.subscribers = entry.subscribers.saturating_sub(1);
-        if entry.subscribers == 0 && entry.cancel_when_alone {
-            if let Some(entry) = in_flight.remove(&self.key) {
-                entry.abort.abort();
-                entry.fanout.close();
-                crate::metrics::stream_cancelled("upstream");
+        let cancelled = {
+            let mut in_flight = self.inner.in_flight.lock();
+            match in_flight.get_mut(&self.key) {
+                Some(entry) if entry.id == self.id => {
+                    entry.subscribers = entry.subscribers.saturating_sub(1);
+                    if entry.subscribers == 0 && entry.cancel_when_alone {
+                        in_flight.remove(&self.key)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
             }
+        };
+        // Outside the lock: the task's own drop guards take it.
+        if let Some(entry) = cancelled {
+            entry.abort.abort();
+            entry.fanout.close();
+            crate::metrics::stream_cancelled("upstream");
         }
     }
 }
@@ -669,7 +674,7 @@ impl Inner {
         let lease = match &deps.cluster {
             None => None,
             Some(cluster) => match cluster
-                .acquire(key, deadline, stream)
+                .acquire_streamed(key, deadline, stream)
                 .instrument(crate::trace_span!("coalesce.cluster"))
                 .await
             {
@@ -890,7 +895,7 @@ impl Inner {
                 Err(error)
                     if error.is_retryable()
                         && attempt < deps.retry.max_retries
-                        && sink.as_ref().map_or(true, |sink| sink.bytes == 0) =>
+                        && !matches!(&sink, Some(sink) if sink.bytes > 0) =>
                 {
                     let delay = deps.retry.delay(attempt, &error);
                     if Instant::now() + delay >= deadline {

@@ -173,9 +173,14 @@ impl ClusterCoalescer {
     }
 
     /// Takes the lease for `key`, or waits for the server holding it to publish its result.
-    /// With `stream`, the answer is streamed: a holder gets a [`Lease`] that publishes its
-    /// pieces, and a waiter copies the holder's pieces into `stream` while it waits.
-    pub async fn acquire(
+    pub async fn acquire(&self, key: &CacheKey, deadline: Instant) -> LeaseOutcome {
+        self.acquire_streamed(key, deadline, None).await
+    }
+
+    /// As [`ClusterCoalescer::acquire`]; with `stream`, the answer is streamed: a holder gets a
+    /// [`Lease`] that publishes its pieces, and a waiter copies the holder's pieces into
+    /// `stream` while it waits.
+    pub async fn acquire_streamed(
         &self,
         key: &CacheKey,
         deadline: Instant,
