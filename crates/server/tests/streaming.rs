@@ -548,3 +548,60 @@ async fn three_servers_behind_nginx_share_one_upstream_stream_for_300_identical_
     }
     assert!(coalesced > 0.0, "coalesced first tokens: {coalesced}");
 }
+
+#[tokio::test]
+async fn a_streamed_answer_is_charged_to_its_key_when_the_stream_ends() {
+    use learning_chat::auth::keys::{self, ApiKey, KeyLimits, KeyStore};
+    use learning_chat::config::Secret;
+    let sim = start_sim(paced(0, 20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sim);
+    settings.auth.mode = learning_chat::config::AuthMode::Required;
+    settings.auth.pepper = Secret::new("streaming-pepper-0123456");
+    settings.auth.keys_file = dir.path().join("keys.toml");
+    let secret = keys::generate_secret();
+    KeyStore::File(settings.auth.keys_file.clone())
+        .insert(&ApiKey {
+            id: keys::generate_id(),
+            name: "streamer".into(),
+            hash: keys::hash_secret(&settings.auth.pepper, &secret),
+            agents: Vec::new(),
+            // A day's budget spent by the first streamed answer.
+            limits: KeyLimits {
+                tokens_per_day: 1,
+                ..KeyLimits::default()
+            },
+            weight: 1,
+            created_at: keys::unix_now(),
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let app = spawn_app(settings).await;
+    let ask = |message: String| {
+        app.client
+            .post(app.url("/api/v1/agents/math/stream"))
+            .bearer_auth(&secret)
+            .json(&serde_json::json!({ "message": message }))
+            .send()
+    };
+    let (_, done) = SseReader::new(ask("What is a vector?".into()).await.unwrap())
+        .rest()
+        .await;
+    assert_eq!(done.event, "done");
+    // The charge lands just after the stream's end; the next question finds the budget spent.
+    let mut n = 0;
+    loop {
+        n += 1;
+        let reply = ask(format!("Another question #{n}")).await.unwrap();
+        if reply.status() == StatusCode::TOO_MANY_REQUESTS {
+            let body: Value = reply.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "key_token_budget_exhausted");
+            break;
+        }
+        assert_eq!(reply.status(), StatusCode::OK);
+        let _ = SseReader::new(reply).rest().await;
+        assert!(n < 5, "the streamed answer's tokens were never charged");
+    }
+}

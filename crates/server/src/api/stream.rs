@@ -35,6 +35,7 @@ impl OpenStreams {
     /// No stream open yet; at most `max` at once.
     pub fn new(max: usize) -> OpenStreams {
         crate::metrics::streams_limit(max);
+        crate::metrics::streams_open(0);
         OpenStreams {
             open: AtomicUsize::new(0),
             max,
@@ -160,7 +161,9 @@ pub async fn chat_stream(
                     .await
             }),
         ));
+    let (cost_tx, cost_rx) = tokio::sync::oneshot::channel();
     let mut driver = Driver {
+        cost: Some(cost_tx),
         answer: Some(answer),
         readers,
         reader: None,
@@ -191,6 +194,16 @@ pub async fn chat_stream(
             ));
         }
     };
+    // What to charge the caller's key: known now when the whole answer was (a cached one),
+    // else at the end of the stream (the key middleware waits for it).
+    let cost = match &first {
+        Event::Done(Ok(outcome)) => Some(crate::auth::AnswerCost {
+            cached: outcome.answer.cached,
+            prompt_tokens: outcome.answer.usage.prompt_tokens,
+            output_tokens: outcome.answer.usage.output_tokens,
+        }),
+        _ => None,
+    };
     let keepalive = state.settings.stream.keepalive_ms;
     if keepalive > 0 {
         let every = Duration::from_millis(keepalive);
@@ -216,6 +229,18 @@ pub async fn chat_stream(
         driver.slot.take();
     };
     let mut response = Body::from_stream(body).into_response();
+    match cost {
+        Some(cost) => {
+            response.extensions_mut().insert(cost);
+        }
+        None => {
+            response
+                .extensions_mut()
+                .insert(crate::auth::PendingCost(Arc::new(parking_lot::Mutex::new(
+                    Some(cost_rx),
+                ))));
+        }
+    }
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -250,6 +275,8 @@ struct Driver {
     slot: Option<StreamSlot>,
     /// The outcome was sent (or answered before the stream): dropping is no cancellation.
     finished: bool,
+    /// Tells the key middleware what the answer cost, once known.
+    cost: Option<tokio::sync::oneshot::Sender<crate::auth::AnswerCost>>,
 }
 
 impl Drop for Driver {
@@ -349,6 +376,13 @@ impl Driver {
                     }
                 }
                 let answer = outcome.answer;
+                if let Some(cost) = self.cost.take() {
+                    let _ = cost.send(crate::auth::AnswerCost {
+                        cached: answer.cached,
+                        prompt_tokens: answer.usage.prompt_tokens,
+                        output_tokens: answer.usage.output_tokens,
+                    });
+                }
                 let body = ChatResponse {
                     response: answer.text,
                     agent_id: std::mem::take(&mut self.agent_id),
