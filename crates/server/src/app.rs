@@ -70,11 +70,17 @@ impl AppState {
             },
         };
         let cluster = match (&redis, cache.redis()) {
-            (Some(link), Some(redis_cache)) => Some(ClusterCoalescer::new(
-                link.clone(),
-                redis_cache.clone(),
-                Duration::from_millis(settings.redis.lease_ms),
-            )),
+            (Some(link), Some(redis_cache)) => Some(
+                ClusterCoalescer::new(
+                    link.clone(),
+                    redis_cache.clone(),
+                    Duration::from_millis(settings.redis.lease_ms),
+                )
+                .with_relay(crate::coalesce::relay::RelayBounds {
+                    max_entries: settings.stream.redis_max_entries,
+                    ttl_ms: settings.stream.redis_ttl_ms,
+                }),
+            ),
             _ => None,
         };
         let up = &settings.upstream;
@@ -159,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     let mut api_routes = Router::new()
         .route(routes::AGENTS, get(api::list_agents))
         .route(routes::AGENT_CHAT, post(api::chat))
+        .route(routes::AGENT_STREAM, post(api::stream::chat_stream))
         .route(
             routes::CONVERSATION,
             get(api::get_conversation).delete(api::delete_conversation),

@@ -4,13 +4,23 @@
 //! Identical questions in flight share one spawned task, so the model is asked once and the
 //! answer is cached even if the first asker goes away. The task's entry is removed by a drop
 //! guard, so a task that panics or is aborted never leaves its question stuck.
+//!
+//! A streaming request asks the same way and is handed the call's [`Fanout`]: a call started by
+//! one streams from the model (retrying only before its first piece) and publishes each piece
+//! there, and to the other servers when it holds the cluster lease. Such a call is cancelled
+//! when its last waiter goes away (nothing is cached then); a call started by a JSON request
+//! always runs to the end, as before.
 
 use crate::admission::{Admission, Flow, QuotaLimiter, Shed, ShedReason, FLOW};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
-use crate::coalesce::{ClusterCoalescer, LeaseOutcome, Publish, SharedOutcome};
-use crate::providers::{Completion, ModelRequest, ModelTurn, Provider, ProviderError, Usage};
+use crate::coalesce::fanout::{Fanout, FanoutReader};
+use crate::coalesce::{ClusterCoalescer, Lease, LeaseOutcome, Publish, SharedOutcome};
+use crate::providers::{
+    Completion, ModelRequest, ModelTurn, Provider, ProviderError, StreamPiece, Usage,
+};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
 use parking_lot::Mutex;
 use rand::Rng;
@@ -34,6 +44,28 @@ pub struct ChatAnswer {
     pub usage: Usage,
     /// `STOP` for complete answers, `MAX_TOKENS` for truncated ones (never cached).
     pub finish_reason: &'static str,
+}
+
+/// Where a streaming request is handed the pieces of the answer it waits on.
+#[derive(Debug, Clone)]
+pub struct StreamTap(tokio::sync::mpsc::UnboundedSender<Tapped>);
+
+/// The pieces of the call a streaming request waits on.
+#[derive(Debug)]
+pub struct Tapped {
+    /// Reads the answer's pieces from its first one.
+    pub reader: FanoutReader,
+    /// True when the request joined a call another request had started.
+    pub joined: bool,
+}
+
+impl StreamTap {
+    /// A tap and the receiving end: one [`Tapped`] per call the request waits on (a second
+    /// one only if the first call ran out of its first asker's time and was asked again).
+    pub fn new() -> (StreamTap, tokio::sync::mpsc::UnboundedReceiver<Tapped>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (StreamTap(tx), rx)
+    }
 }
 
 /// Why a question got no answer.
@@ -189,6 +221,75 @@ struct InFlight {
     deadline: Instant,
     /// Tells this call's entry from a later one for the same question.
     id: u64,
+    /// The answer's pieces as they stream in (stays empty for a call that does not stream).
+    fanout: Arc<Fanout>,
+    /// Requests waiting on the call now.
+    subscribers: usize,
+    /// A streamed call stops when its last waiter leaves: its output tokens would be paid for
+    /// nobody. A JSON call runs on, as its answer is cached for the next asker.
+    cancel_when_alone: bool,
+    abort: tokio::task::AbortHandle,
+}
+
+/// One request's interest in a call; the last one of a streamed call to go cancels it.
+struct Subscription {
+    inner: Arc<Inner>,
+    key: CacheKey,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let cancelled = {
+            let mut in_flight = self.inner.in_flight.lock();
+            match in_flight.get_mut(&self.key) {
+                Some(entry) if entry.id == self.id => {
+                    entry.subscribers = entry.subscribers.saturating_sub(1);
+                    if entry.subscribers == 0 && entry.cancel_when_alone {
+                        in_flight.remove(&self.key)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        // Outside the lock: the task's own drop guards take it.
+        if let Some(entry) = cancelled {
+            entry.abort.abort();
+            entry.fanout.close();
+            crate::metrics::stream_cancelled("upstream");
+        }
+    }
+}
+
+/// Closes a call's fan-out however its task ends, so no reader waits for pieces forever.
+struct CloseFanout(Option<Arc<Fanout>>);
+
+impl Drop for CloseFanout {
+    fn drop(&mut self) {
+        if let Some(fanout) = &self.0 {
+            fanout.close();
+        }
+    }
+}
+
+/// Where a streamed call's pieces go: the local fan-out and, as lease holder, the cluster.
+struct PieceSink<'a> {
+    fanout: &'a Fanout,
+    lease: Option<&'a Lease>,
+    /// Bytes published so far; the next piece's offset.
+    bytes: usize,
+}
+
+impl PieceSink<'_> {
+    fn push(&mut self, text: &str) {
+        self.fanout.push_at(self.bytes, text);
+        if let Some(lease) = self.lease {
+            lease.relay(self.bytes, text);
+        }
+        self.bytes += text.len();
+    }
 }
 
 /// Removes a call's in-flight entry however its task ends: completion, panic or abort.
@@ -306,6 +407,20 @@ impl ChatService {
         history: Arc<[ModelTurn]>,
         deadline: Instant,
     ) -> Result<ChatAnswer, ChatError> {
+        self.ask_streamed(agent, message, history, deadline, None)
+            .await
+    }
+
+    /// As [`ChatService::ask_with_history`]; with `tap`, the request is handed the pieces of
+    /// the call it waits on as they arrive, and a call it starts streams from the model.
+    pub async fn ask_streamed(
+        &self,
+        agent: &Arc<Agent>,
+        message: &str,
+        history: Arc<[ModelTurn]>,
+        deadline: Instant,
+        tap: Option<&StreamTap>,
+    ) -> Result<ChatAnswer, ChatError> {
         let deps = &self.inner.deps;
         let message = normalise_message(message);
         if message.is_empty() {
@@ -356,9 +471,29 @@ impl ChatService {
             // The call's task starts inside this span, so the model call hangs under the wait of
             // the request that started it; a request that joined one has a wait with no children.
             let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(reasks));
-            let (shared, call_deadline) = wait.in_scope(|| {
-                self.join_or_start(key, agent.clone(), message.to_string(), &history, deadline)
+            let joined = wait.in_scope(|| {
+                self.join_or_start(
+                    key,
+                    agent.clone(),
+                    message.to_string(),
+                    &history,
+                    deadline,
+                    tap.is_some(),
+                )
             });
+            let Joined {
+                shared,
+                deadline: call_deadline,
+                subscription: _subscription,
+                fanout,
+                joined,
+            } = joined;
+            if let Some(StreamTap(tx)) = tap {
+                let _ = tx.send(Tapped {
+                    reader: fanout.subscribe(),
+                    joined,
+                });
+            }
             let result = tokio::time::timeout_at(deadline, shared)
                 .instrument(wait)
                 .await
@@ -416,8 +551,8 @@ impl ChatService {
         Some(self.key_for(&agent, &normalise_message(message), history))
     }
 
-    /// Joins the in-flight call for `key`, or starts one in its own task; returns the call and
-    /// the deadline it runs under.
+    /// Joins the in-flight call for `key`, or starts one in its own task (streaming from the
+    /// model when `streaming`).
     fn join_or_start(
         &self,
         key: CacheKey,
@@ -425,17 +560,31 @@ impl ChatService {
         message: String,
         history: &Arc<[ModelTurn]>,
         deadline: Instant,
-    ) -> (SharedAnswer, Instant) {
+        streaming: bool,
+    ) -> Joined {
         let mut in_flight = self.inner.in_flight.lock();
-        if let Some(existing) = in_flight.get(&key) {
+        if let Some(existing) = in_flight.get_mut(&key) {
             crate::metrics::coalesced("local");
-            return (existing.shared.clone(), existing.deadline);
+            existing.subscribers += 1;
+            return Joined {
+                shared: existing.shared.clone(),
+                deadline: existing.deadline,
+                subscription: Subscription {
+                    inner: self.inner.clone(),
+                    key,
+                    id: existing.id,
+                },
+                fanout: existing.fanout.clone(),
+                joined: true,
+            };
         }
         let id = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         // The call queues for its model slot as the key that started it.
         let flow = Flow::current();
         let history = history.clone();
+        let fanout = Fanout::new();
+        let stream = streaming.then(|| fanout.clone());
         // Spawned rather than awaited in place: the answer is fetched and cached even if the
         // first asker disconnects, and every waiter is released when it ends, success or not.
         // It keeps the first asker's context, so its log lines carry that request id.
@@ -447,9 +596,17 @@ impl ChatService {
                     key,
                     id,
                 };
-                inner.fetch(&key, &agent, message, history, deadline).await
+                let _close = CloseFanout(stream.clone());
+                inner
+                    .fetch(&key, &agent, message, history, deadline, stream.as_ref())
+                    .await
             },
         )));
+        let abort = task.abort_handle();
+        if !streaming {
+            // Nothing streams into it: readers see it complete and wait for the answer.
+            fanout.close();
+        }
         let shared = async move {
             match task.await {
                 Ok(result) => result,
@@ -464,10 +621,36 @@ impl ChatService {
                 shared: shared.clone(),
                 deadline,
                 id,
+                fanout: fanout.clone(),
+                subscribers: 1,
+                cancel_when_alone: streaming,
+                abort,
             },
         );
-        (shared, deadline)
+        Joined {
+            shared,
+            deadline,
+            subscription: Subscription {
+                inner: self.inner.clone(),
+                key,
+                id,
+            },
+            fanout,
+            joined: false,
+        }
     }
+}
+
+/// The call a request waits on.
+struct Joined {
+    shared: SharedAnswer,
+    /// The deadline the call runs under.
+    deadline: Instant,
+    /// Held while the request waits.
+    subscription: Subscription,
+    fanout: Arc<Fanout>,
+    /// True when another request started the call.
+    joined: bool,
 }
 
 /// Keeps the in-flight gauge right however a model call ends.
@@ -488,12 +671,13 @@ impl Inner {
         message: String,
         history: Arc<[ModelTurn]>,
         deadline: Instant,
+        stream: Option<&Arc<Fanout>>,
     ) -> Result<Arc<Completion>, ChatError> {
         let deps = &self.deps;
         let lease = match &deps.cluster {
             None => None,
             Some(cluster) => match cluster
-                .acquire(key, deadline)
+                .acquire_streamed(key, deadline, stream)
                 .instrument(crate::trace_span!("coalesce.cluster"))
                 .await
             {
@@ -533,7 +717,14 @@ impl Inner {
                 LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
             },
         };
-        let result = self.call_model(agent, message, history, deadline).await;
+        let sink = stream.map(|fanout| PieceSink {
+            fanout,
+            lease: lease.as_ref(),
+            bytes: 0,
+        });
+        let result = self
+            .call_model(agent, message, history, deadline, sink)
+            .await;
         let publish = self.remember(key, &result).await;
         match lease {
             Some(lease) => lease.finish(*key, publish),
@@ -608,6 +799,7 @@ impl Inner {
         message: String,
         history: Arc<[ModelTurn]>,
         deadline: Instant,
+        mut sink: Option<PieceSink<'_>>,
     ) -> Result<Completion, ChatError> {
         let deps = &self.deps;
         let mut permit = deps
@@ -663,12 +855,20 @@ impl Inner {
                 gen_ai.usage.output_tokens = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
-            let result = deps
-                .provider
-                .generate(&request, deadline)
-                .instrument(call.clone())
-                .await
-                .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
+            let result = match sink.as_mut() {
+                None => {
+                    deps.provider
+                        .generate(&request, deadline)
+                        .instrument(call.clone())
+                        .await
+                }
+                Some(sink) => {
+                    stream_attempt(&deps.provider, &request, deadline, sink)
+                        .instrument(call.clone())
+                        .await
+                }
+            }
+            .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
             let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
             call.record("model.status", outcome);
             match &result {
@@ -694,7 +894,12 @@ impl Inner {
             }
             match result {
                 Ok(completion) => break completion,
-                Err(error) if error.is_retryable() && attempt < deps.retry.max_retries => {
+                // Once a piece is out, a retry would send the learner a second beginning.
+                Err(error)
+                    if error.is_retryable()
+                        && attempt < deps.retry.max_retries
+                        && !matches!(&sink, Some(sink) if sink.bytes > 0) =>
+                {
                     let delay = deps.retry.delay(attempt, &error);
                     if Instant::now() + delay >= deadline {
                         return Err(error.into());
@@ -720,6 +925,30 @@ impl Inner {
         );
         Ok(completion)
     }
+}
+
+/// One streamed model attempt: its pieces into `sink`, the whole answer at the end.
+async fn stream_attempt(
+    provider: &Provider,
+    request: &ModelRequest,
+    deadline: Instant,
+    sink: &mut PieceSink<'_>,
+) -> Result<Completion, ProviderError> {
+    let mut stream = provider.generate_stream(request, deadline).await?;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while let Some(item) = stream.next().await {
+            match item? {
+                StreamPiece::Text(text) => sink.push(&text),
+                StreamPiece::Finished(completion) => return Ok(completion),
+            }
+        }
+        Err(ProviderError::Unavailable {
+            status: None,
+            message: "the answer stream ended without its end".to_owned(),
+        })
+    })
+    .await;
+    drained.unwrap_or(Err(ProviderError::Timeout))
 }
 
 /// The input tokens of a request by the quota's rule of thumb: the system prompt, every turn of

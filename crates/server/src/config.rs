@@ -87,6 +87,38 @@ pub struct Settings {
     /// Deprecated keys found while loading, one start-up warning each (never serialized).
     #[serde(skip)]
     pub deprecations: Vec<String>,
+    /// Streamed answers (`POST /api/v1/agents/{agent_id}/stream`).
+    pub stream: StreamSettings,
+}
+
+/// Streamed answers: keep-alive, bounds, and the Redis Streams that carry them across servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Interval of `: ping` comments on an open stream, in milliseconds, so proxies do not close
+    /// a stream that is quiet while the model thinks (0 disables them).
+    pub keepalive_ms: u64,
+    /// Most streams open at once on one server; beyond it 503 + Retry-After before the stream.
+    pub max_open: usize,
+    /// `Retry-After` sent with the 503 at `max_open`, in milliseconds (rounded up to seconds).
+    pub retry_after_ms: u64,
+    /// Most entries kept in one question's Redis Stream (`XADD MAXLEN ~`); readers of a longer
+    /// answer get the rest with the final answer.
+    pub redis_max_entries: u64,
+    /// Lifetime of a question's Redis Stream after its last write, in milliseconds.
+    pub redis_ttl_ms: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            keepalive_ms: 15_000,
+            max_open: 2_000,
+            retry_after_ms: 1_000,
+            redis_max_entries: 10_000,
+            redis_ttl_ms: 60_000,
+        }
+    }
 }
 
 /// Whether requests need an API key.
@@ -720,6 +752,12 @@ impl Settings {
         }
         if self.upstream.max_concurrency == 0 {
             return fail("upstream.max_concurrency must be at least 1");
+        }
+        if self.stream.max_open == 0 || self.stream.redis_max_entries == 0 {
+            return fail("stream.max_open and stream.redis_max_entries must be at least 1");
+        }
+        if self.stream.redis_ttl_ms == 0 {
+            return fail("stream.redis_ttl_ms must be at least 1");
         }
         if !(self.upstream.concurrency_headroom >= 1.0
             && self.upstream.concurrency_headroom.is_finite())

@@ -121,6 +121,20 @@ pub const KEY_COST: &str = "learning_chat_key_cost_microusd_total";
 pub const KEY_LIMITED: &str = "learning_chat_key_limited_total";
 /// Requests refused 401/403 by the key check, by reason.
 pub const AUTH_FAILURES: &str = "learning_chat_auth_failures_total";
+/// Time from a streaming request's arrival to its first answer text sent, by source (`cached`,
+/// `coalesced`: joined a call already in flight here or on another server, `fresh`).
+pub const STREAM_TTFT: &str = "learning_chat_stream_time_to_first_token_seconds";
+/// Streams open now (`POST /api/v1/agents/{agent_id}/stream` responses being sent).
+pub const STREAMS_OPEN: &str = "learning_chat_streams_open";
+/// The configured bound on open streams per server (`stream.max_open`).
+pub const STREAMS_LIMIT: &str = "learning_chat_streams_limit";
+/// Streams refused 503 at `stream.max_open`.
+pub const STREAMS_REFUSED: &str = "learning_chat_streams_refused_total";
+/// Streams cut short, by who: `client` (disconnected before the end), `upstream` (the model
+/// stream was cancelled because no one was left to read it).
+pub const STREAM_CANCELLATIONS: &str = "learning_chat_stream_cancellations_total";
+/// Bytes of server-sent events written to clients.
+pub const STREAM_BYTES: &str = "learning_chat_stream_bytes_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -196,12 +210,17 @@ pub fn install() -> PrometheusHandle {
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Rare events exported from the start, so a rate over them reads 0 rather than no data.
             for rare in [
+                STREAMS_REFUSED,
+                STREAM_BYTES,
                 CONVERSATIONS_CREATED,
                 CONVERSATIONS_ERASED,
                 CONVERSATIONS_EVICTED,
                 CONVERSATION_TRUNCATIONS,
             ] {
                 counter!(rare).increment(0);
+            }
+            for by in ["client", "upstream"] {
+                counter!(STREAM_CANCELLATIONS, "by" => by).increment(0);
             }
             let _ = HOT.set(HotHandles {
                 http_in_flight: gauge!(HTTP_IN_FLIGHT),
@@ -217,6 +236,19 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
+    describe_histogram!(
+        STREAM_TTFT,
+        Unit::Seconds,
+        "Time to the first answer text of a stream, by source."
+    );
+    describe_gauge!(STREAMS_OPEN, "Streams open now.");
+    describe_gauge!(STREAMS_LIMIT, "Bound on open streams per server.");
+    describe_counter!(
+        STREAMS_REFUSED,
+        "Streams refused 503 at the open-stream bound."
+    );
+    describe_counter!(STREAM_CANCELLATIONS, "Streams cut short, by who.");
+    describe_counter!(STREAM_BYTES, "Server-sent event bytes written.");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration.");
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now.");
     describe_gauge!(HTTP_CONNECTIONS_OPEN, "Client connections open now.");
@@ -388,6 +420,7 @@ pub fn http_in_flight(delta: f64) {
 /// since this runs on every request (an owned label is still used for any other route).
 const ROUTE_LABELS: &[&str] = &[
     routes::AGENT_CHAT,
+    routes::AGENT_STREAM,
     routes::AGENTS,
     routes::CONVERSATION,
     routes::HEALTH,
@@ -795,4 +828,34 @@ pub fn conversation_history(tokens: u32, truncated: bool) {
 /// `wrong_agent`, `turn_limit`, `too_large`, `not_stored`).
 pub fn conversation_refused(reason: &'static str) {
     counter!(CONVERSATION_REFUSALS, "reason" => reason).increment(1);
+}
+
+/// Records a stream's time to its first answer text, by source (`cached`/`coalesced`/`fresh`).
+pub fn stream_ttft(source: &'static str, elapsed: Duration) {
+    histogram!(STREAM_TTFT, "source" => source).record(elapsed.as_secs_f64());
+}
+
+/// Sets the number of open streams.
+pub fn streams_open(open: usize) {
+    gauge!(STREAMS_OPEN).set(open as f64);
+}
+
+/// Sets the bound on open streams.
+pub fn streams_limit(limit: usize) {
+    gauge!(STREAMS_LIMIT).set(limit as f64);
+}
+
+/// Counts a stream refused at the open-stream bound.
+pub fn stream_refused() {
+    counter!(STREAMS_REFUSED).increment(1);
+}
+
+/// Counts a stream cut short (`client` or `upstream`).
+pub fn stream_cancelled(by: &'static str) {
+    counter!(STREAM_CANCELLATIONS, "by" => by).increment(1);
+}
+
+/// Counts server-sent event bytes written.
+pub fn stream_bytes(bytes: usize) {
+    counter!(STREAM_BYTES).increment(bytes as u64);
 }

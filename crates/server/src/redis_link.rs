@@ -413,6 +413,24 @@ impl RedisLink {
         format!("{}:{kind}:{{{group}}}:{name}", self.inner.prefix)
     }
 
+    /// A connection of its own for a command that blocks the connection it runs on
+    /// (`XREAD BLOCK`): on the shared multiplexed connection it would hold up every other
+    /// command. `None` for Redis Cluster (callers poll instead) or when Redis is unreachable.
+    pub async fn dedicated(&self) -> Option<::redis::aio::MultiplexedConnection> {
+        if !self.is_up() {
+            return None;
+        }
+        let client = match &self.inner.target {
+            Target::Single(client) => client.clone(),
+            Target::Sentinel { .. } => self.resolve_master().await.ok()?.0,
+            Target::Cluster(_) => return None,
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .ok()?
+            .ok()
+    }
+
     /// This process's id, written into leases so only the holder releases them.
     pub fn server_id(&self) -> &str {
         &self.inner.server_id

@@ -5,6 +5,8 @@
 pub const AGENTS: &str = "/api/v1/agents";
 /// Asks a tutor (the `{agent_id}` template, as axum and OpenAPI write it).
 pub const AGENT_CHAT: &str = "/api/v1/agents/{agent_id}";
+/// Streams a tutor's answer as server-sent events.
+pub const AGENT_STREAM: &str = "/api/v1/agents/{agent_id}/stream";
 /// Reads or erases a conversation.
 pub const CONVERSATION: &str = "/api/v1/conversations/{conversation_id}";
 /// Liveness probe.

@@ -317,6 +317,16 @@ async fn drive_every_series(
         .await
         .unwrap();
     assert_eq!(again["cached"], true);
+    // The same answer streamed (the streaming series: time to first token, bytes, open).
+    let streamed = app
+        .client
+        .post(app.url("/api/v1/agents/math/stream"))
+        .json(&serde_json::json!({ "message": "What is a prime number?" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert!(streamed.text().await.unwrap().contains("event: done"));
     // An upstream error, retried once, then a 503 to the learner.
     sim.update_config(|c| {
         c.latency = fixed_latency(0);

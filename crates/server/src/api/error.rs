@@ -92,6 +92,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body of this error (also the data of a stream's `event: error`).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // What the error was, for the request log and Sentry (which never read bodies).
@@ -100,13 +113,7 @@ impl IntoResponse for ApiError {
             message: self.message.clone(),
             shed: self.shed,
         };
-        let body = ErrorBody {
-            error: ErrorObject {
-                code: self.code.to_owned(),
-                message: self.message,
-                details: self.details,
-            },
-        };
+        let body = self.body();
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(kind);
         if let Some(retry_after) = self.retry_after {

@@ -2,6 +2,7 @@
 
 mod error;
 mod state;
+pub mod stream;
 
 pub use error::{ApiError, ErrorBody, ErrorObject};
 pub use state::{AppState, AppStateParts, StateParts};
@@ -383,6 +384,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ),
     paths(
         chat,
+        stream::chat_stream,
         get_conversation,
         delete_conversation,
         list_agents,
@@ -393,6 +395,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     components(schemas(
         ChatRequest,
         ChatResponse,
+        stream::StreamDelta,
         ConversationView,
         TurnView,
         crate::providers::Role,

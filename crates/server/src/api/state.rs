@@ -38,6 +38,8 @@ pub struct AppStateParts {
     pub redis: Option<RedisLink>,
     /// The key check and per-key limits; `None` with `auth.mode = "off"`.
     pub auth: Option<Arc<Auth>>,
+    /// Streams open now, bounded by `stream.max_open`.
+    pub streams: Arc<super::stream::OpenStreams>,
     draining: AtomicBool,
     process_metrics: metrics_process::Collector,
 }
@@ -67,10 +69,13 @@ impl AppState {
             inner: Arc::new(AppStateParts {
                 chat: parts.chat,
                 conversations: parts.conversations,
-                settings: Arc::new(parts.settings),
                 metrics: parts.metrics,
                 redis: parts.redis,
                 auth: parts.auth,
+                streams: Arc::new(super::stream::OpenStreams::new(
+                    parts.settings.stream.max_open,
+                )),
+                settings: Arc::new(parts.settings),
                 draining: AtomicBool::new(false),
                 process_metrics,
             }),

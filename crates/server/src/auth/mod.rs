@@ -57,6 +57,15 @@ pub struct AnswerCost {
     pub output_tokens: u32,
 }
 
+/// What a streamed answer will cost, known only when its stream ends: put in the response's
+/// extensions by the stream handler, so the key's hold (its concurrency slot, its token budget)
+/// lasts until then and is charged the real cost. A stream that ends without an answer drops
+/// the sender: nothing is charged beyond the request.
+#[derive(Debug, Clone)]
+pub struct PendingCost(
+    pub Arc<parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<AnswerCost>>>>,
+);
+
 /// Metric labels for key ids, bounded: the first `max` ids seen get their own label.
 struct KeyLabels {
     max: usize,
@@ -380,12 +389,32 @@ pub async fn require_key(
         done: false,
     };
     let mut response = FLOW.scope(flow, next.run(request)).await;
+    let pending = response
+        .extensions_mut()
+        .remove::<PendingCost>()
+        .and_then(|pending| pending.0.lock().take());
+    if let Some(pending) = pending {
+        rate_limit_headers(response.headers_mut(), &key.limits, &decision);
+        tokio::spawn(crate::telemetry::in_current_context(async move {
+            let tokens = charge(&auth, &label, pending.await.ok());
+            held.finish(tokens).await;
+        }));
+        return response;
+    }
     let cost = response.extensions().get::<AnswerCost>().copied();
-    let tokens = match cost {
+    let tokens = charge(&auth, &label, cost);
+    rate_limit_headers(response.headers_mut(), &key.limits, &decision);
+    held.finish(tokens).await;
+    response
+}
+
+/// Counts an answer against its key's metrics; returns the tokens to charge its budget.
+fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
+    match cost {
         Some(cost) if !cost.cached => {
-            crate::metrics::key_request(&label, "ok");
+            crate::metrics::key_request(label, "ok");
             crate::metrics::key_tokens(
-                &label,
+                label,
                 cost.prompt_tokens,
                 cost.output_tokens,
                 auth.prices.input_per_million,
@@ -394,17 +423,14 @@ pub async fn require_key(
             u64::from(cost.prompt_tokens) + u64::from(cost.output_tokens)
         }
         Some(_) => {
-            crate::metrics::key_request(&label, "cached");
+            crate::metrics::key_request(label, "cached");
             0
         }
         None => {
-            crate::metrics::key_request(&label, "error");
+            crate::metrics::key_request(label, "error");
             0
         }
-    };
-    rate_limit_headers(response.headers_mut(), &key.limits, &decision);
-    held.finish(tokens).await;
-    response
+    }
 }
 
 #[cfg(test)]

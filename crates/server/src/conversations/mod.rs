@@ -17,7 +17,7 @@ pub use self::redis::RedisStore;
 
 use crate::agents::Agent;
 use crate::cache::{normalise_message, CacheKey};
-use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService};
+use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService, StreamTap};
 use crate::config::ConversationSettings;
 use crate::providers::{ModelTurn, Role};
 use crate::redis_link::RedisUnavailable;
@@ -481,15 +481,35 @@ impl Conversations {
         owner: Option<&str>,
         deadline: Instant,
     ) -> Result<ConversationAnswer, ConversationError> {
+        self.send_streamed(chat, agent, message, conversation_id, owner, deadline, None)
+            .await
+    }
+
+    /// As [`Conversations::send`]; with `tap`, the answer's pieces are handed over as they
+    /// arrive (see [`ChatService::ask_streamed`]). The turn is stored like a JSON one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_streamed(
+        &self,
+        chat: &ChatService,
+        agent: &Arc<Agent>,
+        message: &str,
+        conversation_id: Option<&str>,
+        owner: Option<&str>,
+        deadline: Instant,
+        tap: Option<&StreamTap>,
+    ) -> Result<ConversationAnswer, ConversationError> {
         let message = normalise_message(message);
         match conversation_id {
-            None => self.start(chat, agent, &message, owner, deadline).await,
+            None => {
+                self.start(chat, agent, &message, owner, deadline, tap)
+                    .await
+            }
             Some(id) => {
                 if !is_valid_id(id) {
                     return Err(ConversationError::NotFound);
                 }
                 let mut answer = self
-                    .follow_up(chat, agent, &message, &stored_id(id, owner), deadline)
+                    .follow_up(chat, agent, &message, &stored_id(id, owner), deadline, tap)
                     .await?;
                 answer.conversation_id = Some(id.to_owned());
                 Ok(answer)
@@ -504,11 +524,14 @@ impl Conversations {
         message: &str,
         owner: Option<&str>,
         deadline: Instant,
+        tap: Option<&StreamTap>,
     ) -> Result<ConversationAnswer, ConversationError> {
         if message.len() as u64 > self.settings.max_stored_bytes {
             return Err(self.too_large(message.len() as u64));
         }
-        let answer = chat.ask(agent, message, deadline).await?;
+        let answer = chat
+            .ask_streamed(agent, message, Arc::from([]), deadline, tap)
+            .await?;
         // Without Redis the answer still goes out, under no id: the learner keeps chatting in
         // single messages rather than losing the service (documented in the API reference).
         let mut conversation_id = None;
@@ -554,6 +577,7 @@ impl Conversations {
         message: &str,
         id: &str,
         deadline: Instant,
+        tap: Option<&StreamTap>,
     ) -> Result<ConversationAnswer, ConversationError> {
         // `id` is the stored id (see `stored_id`); the client's id was checked by `send`.
         if !self.store.is_available() {
@@ -590,7 +614,7 @@ impl Conversations {
         );
         let history_tokens = input_token_estimate("", &history, "");
         let answer = chat
-            .ask_with_history(agent, message, history.into(), deadline)
+            .ask_streamed(agent, message, history.into(), deadline, tap)
             .await?;
         crate::metrics::conversation_history(history_tokens, truncated);
         let turns = exchange(message, &answer, now_ms());

@@ -1,7 +1,11 @@
 //! The Gemini REST client (`generateContent`), in Gemini's real wire format.
 
-use super::{completion_from_response, Completion, ModelRequest, ProviderError};
+use super::{
+    completion_from_response, Completion, CompletionStream, ModelRequest, ProviderError,
+    StreamAssembler,
+};
 use crate::config::{GeminiSettings, Secret};
+use futures::StreamExt;
 use gemini_wire::{ErrorBody, GenerateContentResponse};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,6 +61,112 @@ impl GeminiClient {
 
     fn url(&self, model: &str) -> String {
         format!("{}/v1beta/models/{model}:generateContent", self.base_url)
+    }
+
+    /// One streamed attempt (`:streamGenerateContent?alt=sse`), bounded by `deadline` as a
+    /// whole. A non-2xx status or a failed connection is returned before any piece.
+    pub async fn generate_stream(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<CompletionStream, ProviderError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ProviderError::Timeout);
+        }
+        let url = format!(
+            "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
+            self.base_url, request.model
+        );
+        let sent = self
+            .http
+            .post(url)
+            .header("x-goog-api-key", self.api_key.expose())
+            .json(&request.to_wire())
+            .timeout(remaining)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => return Err(ProviderError::Timeout),
+            Err(e) => {
+                return Err(ProviderError::Unavailable {
+                    status: None,
+                    message: without_url(&e),
+                })
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(error_from_status(status.as_u16(), &body));
+        }
+        let mut assembler = StreamAssembler::new(&request.model);
+        let mut body = response.bytes_stream();
+        let stream = async_stream::stream! {
+            let mut decoder = gemini_wire::sse::SseDecoder::new();
+            // A chunk may end inside a multi-byte character: its start waits for the rest.
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        yield Err(if e.is_timeout() {
+                            ProviderError::Timeout
+                        } else {
+                            ProviderError::Unavailable {
+                                status: Some(status.as_u16()),
+                                message: format!("reading the stream: {}", without_url(&e)),
+                            }
+                        });
+                        return;
+                    }
+                };
+                pending.extend_from_slice(&chunk);
+                let valid = match std::str::from_utf8(&pending) {
+                    Ok(text) => text.len(),
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(e) => {
+                        yield Err(ProviderError::InvalidResponse(format!("stream is not UTF-8: {e}")));
+                        return;
+                    }
+                };
+                let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
+                pending.drain(..valid);
+                for event in decoder.push(&text) {
+                    let parsed = match serde_json::from_str(&event) {
+                        Ok(parsed) => parsed,
+                        Err(e) => {
+                            yield Err(ProviderError::InvalidResponse(e.to_string()));
+                            return;
+                        }
+                    };
+                    for piece in assembler.event(parsed) {
+                        yield piece;
+                    }
+                    if assembler.is_finished() {
+                        return;
+                    }
+                }
+            }
+            if let Some(event) = decoder.finish() {
+                match serde_json::from_str(&event) {
+                    Ok(parsed) => {
+                        for piece in assembler.event(parsed) {
+                            yield piece;
+                        }
+                    }
+                    Err(e) => {
+                        yield Err(ProviderError::InvalidResponse(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            if let Some(error) = assembler.end() {
+                yield Err(error);
+            }
+        };
+        Ok(stream.boxed())
     }
 
     /// One attempt, bounded by `deadline`.

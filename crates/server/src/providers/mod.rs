@@ -103,6 +103,19 @@ pub struct Completion {
     pub usage: Usage,
 }
 
+/// One piece of a streamed answer, in the order the model produced it.
+#[derive(Debug, Clone)]
+pub enum StreamPiece {
+    /// More answer text (never empty).
+    Text(String),
+    /// The end: the whole answer with usage and finish reason; the last item of a stream.
+    Finished(Completion),
+}
+
+/// A streamed answer: `Text` pieces then one `Finished`; an `Err` item (e.g. a stream cut
+/// mid-way) ends it without `Finished`.
+pub type CompletionStream = futures::stream::BoxStream<'static, Result<StreamPiece, ProviderError>>;
+
 /// Why the model gave no usable answer. Serializable because a lease holder shares its outcome
 /// with the servers waiting on the same question.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
@@ -250,6 +263,83 @@ pub fn completion_from_response(
     })
 }
 
+/// Turns the events of a `streamGenerateContent` answer, in order, into stream pieces: each
+/// event's text as a piece, and at the event with a finish reason the whole answer, judged by
+/// the same rules as a non-streamed one (refusals, empty answers, usage from the last event).
+#[derive(Debug)]
+pub struct StreamAssembler {
+    requested_model: String,
+    text: String,
+    finished: bool,
+}
+
+impl StreamAssembler {
+    /// An assembler for an answer asked of `requested_model`.
+    pub fn new(requested_model: &str) -> StreamAssembler {
+        StreamAssembler {
+            requested_model: requested_model.to_owned(),
+            text: String::new(),
+            finished: false,
+        }
+    }
+
+    /// True once an event ended the answer (later events are ignored).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The pieces one event adds: its text, then `Finished` or an error when it ends the answer.
+    pub fn event(
+        &mut self,
+        mut response: GenerateContentResponse,
+    ) -> Vec<Result<StreamPiece, ProviderError>> {
+        if self.finished {
+            return Vec::new();
+        }
+        if let Some(reason) = response.block_reason() {
+            self.finished = true;
+            return vec![Err(ProviderError::Blocked {
+                reason: reason.to_owned(),
+            })];
+        }
+        let piece = response.text();
+        let mut out = Vec::with_capacity(2);
+        if !piece.is_empty() {
+            self.text.push_str(&piece);
+        }
+        if response.finish_reason().is_some() {
+            self.finished = true;
+            // Judged as a whole answer: the last event with the text of all of them.
+            if let Some(candidate) = response.candidates.first_mut() {
+                candidate.content = Some(gemini_wire::Content::text(
+                    Some("model"),
+                    std::mem::take(&mut self.text),
+                ));
+            }
+            match completion_from_response(response, &self.requested_model) {
+                Ok(completion) => {
+                    if !piece.is_empty() {
+                        out.push(Ok(StreamPiece::Text(piece)));
+                    }
+                    out.push(Ok(StreamPiece::Finished(completion)));
+                }
+                Err(error) => out.push(Err(error)),
+            }
+        } else if !piece.is_empty() {
+            out.push(Ok(StreamPiece::Text(piece)));
+        }
+        out
+    }
+
+    /// The body ended: an error unless an event finished the answer (a stream cut mid-way).
+    pub fn end(&self) -> Option<ProviderError> {
+        (!self.finished).then(|| ProviderError::Unavailable {
+            status: None,
+            message: "the answer stream ended without a finish reason".to_owned(),
+        })
+    }
+}
+
 /// The model backend chosen at start-up.
 #[derive(Debug, Clone)]
 pub enum Provider {
@@ -269,6 +359,19 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.generate(request, deadline).await,
             Provider::Simulated(model) => model.generate(request, deadline).await,
+        }
+    }
+
+    /// One streamed attempt, bounded by `deadline`: errors before the first byte of the body
+    /// are returned here (the caller may retry them), later ones are items of the stream.
+    pub async fn generate_stream(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<CompletionStream, ProviderError> {
+        match self {
+            Provider::Gemini(client) => client.generate_stream(request, deadline).await,
+            Provider::Simulated(model) => model.generate_stream(request, deadline).await,
         }
     }
 
@@ -353,6 +456,73 @@ mod tests {
             wire["systemInstruction"],
             serde_json::json!({"parts": [{"text": "You are a tutor."}]})
         );
+    }
+
+    fn assemble(body: &str) -> Vec<Result<StreamPiece, ProviderError>> {
+        let mut assembler = StreamAssembler::new("x");
+        let mut out = Vec::new();
+        for event in gemini_wire::sse::parse_events(body) {
+            out.extend(assembler.event(serde_json::from_str(&event).unwrap()));
+        }
+        out.extend(assembler.end().map(Err));
+        out
+    }
+
+    #[test]
+    fn recorded_stream_becomes_pieces_then_the_whole_answer() {
+        let path = format!(
+            "{}/../gemini-wire/tests/fixtures/stream_ok.sse",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let body = std::fs::read_to_string(path).unwrap();
+        let pieces = assemble(&body);
+        let texts: Vec<String> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Ok(StreamPiece::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.len(), 3);
+        let Some(Ok(StreamPiece::Finished(done))) = pieces.last() else {
+            panic!("no Finished: {pieces:?}");
+        };
+        assert_eq!(done.text, texts.concat());
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        assert_eq!(done.model, "gemini-2.5-flash");
+        // Usage comes from the last event only (counts are cumulative).
+        assert_eq!(
+            done.usage,
+            Usage {
+                prompt_tokens: 18,
+                output_tokens: 80 + 35
+            }
+        );
+        let expected: String = (1..=30).map(|n| format!("{n}\n")).collect();
+        assert_eq!(format!("{}\n", done.text), expected);
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_finish_reason_ends_with_an_error() {
+        let path = format!(
+            "{}/../gemini-wire/tests/fixtures/stream_ok.sse",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let body = std::fs::read_to_string(path).unwrap_or_default();
+        let events = gemini_wire::sse::parse_events(&body);
+        let cut: String = events
+            .iter()
+            .take(2)
+            .map(|e| gemini_wire::sse::frame_event(e))
+            .collect();
+        let pieces = assemble(&cut);
+        assert!(matches!(
+            pieces.last(),
+            Some(Err(ProviderError::Unavailable { .. }))
+        ));
+        assert!(pieces
+            .iter()
+            .all(|p| !matches!(p, Ok(StreamPiece::Finished(_)))));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Cluster-wide coalescing: identical questions in flight on different servers make ONE model
 //! call, success or not. (Within one server, the chat service's shared task already does this.)
+//! Streamed answers fan out too: [`fanout`] shares one answer's pieces with every local request
+//! (late joiners get the prefix replayed), and [`relay`] carries them from the lease holder to
+//! the other servers through a Redis Stream.
 //!
 //! The first server to ask takes a short lease on the question (`SET NX PX`) and renews it while
 //! it works; the others poll, with backoff, for the answer to appear in the Redis cache, for the
@@ -13,13 +16,18 @@
 //! and a value that is corrupt, oversized or a lease without expiry is deleted and counted
 //! instead of being waited on until the deadline.
 
+pub mod fanout;
+pub mod relay;
+
 use crate::cache::redis::LUA_READ_CAPPED;
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};
 use crate::providers::{ProviderError, Usage};
 use crate::redis_link::RedisLink;
+use fanout::Fanout;
 use gemini_wire::FinishReason;
+use relay::{RelayBounds, RelayPublisher, RelayReader};
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,9 +37,10 @@ const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest poll interval: an answer that lands is seen within this.
 const MAX_POLL: Duration = Duration::from_millis(200);
 
-/// KEYS: answer, outcome, lease. ARGV: holder id, lease ms, max value bytes.
+/// KEYS: answer, outcome, lease, stream. ARGV: holder id, lease ms, max value bytes.
 /// Returns {state, value, dropped}: state `answer` or `outcome` (with the value), `holder` (this
-/// server just took the lease) or `wait`.
+/// server just took the lease; a stream left by an earlier holder is deleted in the same step,
+/// so no waiter replays a dead holder's pieces as the new one's) or `wait`.
 static LOOK_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         "{LUA_READ_CAPPED}
@@ -50,6 +59,7 @@ if ttl == -1 or ttl > lease_ms * 4 then
 end
 if ttl == -2 then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
+  redis.call('DEL', KEYS[4])
   return {{'holder', '', dropped}}
 end
 return {{'wait', '', dropped}}"
@@ -131,6 +141,7 @@ pub struct ClusterCoalescer {
     link: RedisLink,
     cache: RedisCache,
     lease: Duration,
+    relay: RelayBounds,
 }
 
 impl ClusterCoalescer {
@@ -140,7 +151,21 @@ impl ClusterCoalescer {
             link,
             cache,
             lease: lease.max(Duration::from_millis(300)),
+            relay: RelayBounds {
+                max_entries: 10_000,
+                ttl_ms: 60_000,
+            },
         }
+    }
+
+    /// Bounds the Redis Streams that carry streamed answers to the other servers.
+    pub fn with_relay(mut self, relay: RelayBounds) -> ClusterCoalescer {
+        self.relay = relay;
+        self
+    }
+
+    fn stream_key(&self, key: &CacheKey) -> String {
+        self.link.key("stream", &key.to_hex())
     }
 
     fn outcome_key(&self, key: &CacheKey) -> String {
@@ -149,16 +174,35 @@ impl ClusterCoalescer {
 
     /// Takes the lease for `key`, or waits for the server holding it to publish its result.
     pub async fn acquire(&self, key: &CacheKey, deadline: Instant) -> LeaseOutcome {
+        self.acquire_streamed(key, deadline, None).await
+    }
+
+    /// As [`ClusterCoalescer::acquire`]; with `stream`, the answer is streamed: a holder gets a
+    /// [`Lease`] that publishes its pieces, and a waiter copies the holder's pieces into
+    /// `stream` while it waits.
+    pub async fn acquire_streamed(
+        &self,
+        key: &CacheKey,
+        deadline: Instant,
+        stream: Option<&Arc<Fanout>>,
+    ) -> LeaseOutcome {
         let answer_key = self.cache.redis_key(key);
         let outcome_key = self.outcome_key(key);
         let lease_key = self.link.key("lease", &key.to_hex());
         let holder = self.link.server_id().to_owned();
         let lease_ms = self.lease.as_millis() as u64;
         let max_bytes = self.cache.max_value_bytes();
+        let stream_key = self.stream_key(key);
+        let mut reader = stream.map(|fanout| RelayReader::new(stream_key.clone(), fanout.clone()));
         let mut poll = FIRST_POLL;
         let mut counted_wait = false;
         loop {
-            let keys = [answer_key.clone(), outcome_key.clone(), lease_key.clone()];
+            let keys = [
+                answer_key.clone(),
+                outcome_key.clone(),
+                lease_key.clone(),
+                stream_key.clone(),
+            ];
             let holder = holder.clone();
             let look = self
                 .link
@@ -167,6 +211,7 @@ impl ClusterCoalescer {
                         .key(&keys[0])
                         .key(&keys[1])
                         .key(&keys[2])
+                        .key(&keys[3])
                         .arg(holder)
                         .arg(lease_ms)
                         .arg(max_bytes)
@@ -183,7 +228,16 @@ impl ClusterCoalescer {
                 crate::metrics::redis_corrupt("lease_or_value", dropped);
             }
             match state.as_str() {
-                "holder" => return LeaseOutcome::Holder(self.start_lease(lease_key)),
+                "holder" => {
+                    let publisher = stream.map(|_| {
+                        RelayPublisher::start(self.link.clone(), stream_key.clone(), self.relay)
+                    });
+                    let mut lease = self.start_lease(lease_key);
+                    if let Some(publisher) = publisher {
+                        lease.relay = Some((publisher, stream_key, self.relay));
+                    }
+                    return LeaseOutcome::Holder(lease);
+                }
                 "answer" => match crate::cache::redis::decode(&value) {
                     Some(answer) => return LeaseOutcome::Answered(answer),
                     // Deleted; the next look takes the lease or waits for the holder.
@@ -213,7 +267,11 @@ impl ClusterCoalescer {
                 tokio::time::sleep_until(deadline).await;
                 return LeaseOutcome::TimedOut;
             }
-            tokio::time::sleep(poll).await;
+            match &mut reader {
+                // New pieces wake the read at once; the lease is looked at again after each.
+                Some(reader) => reader.read(&self.link, MAX_POLL.min(poll * 4)).await,
+                None => tokio::time::sleep(poll).await,
+            }
             poll = (poll * 2).min(MAX_POLL);
         }
     }
@@ -245,6 +303,7 @@ impl ClusterCoalescer {
             cache: self.cache.clone(),
             lease_key,
             renewer: Some(renewer),
+            relay: None,
         }
     }
 }
@@ -255,9 +314,18 @@ pub struct Lease {
     cache: RedisCache,
     lease_key: String,
     renewer: Option<JoinHandle<()>>,
+    /// For a streamed answer: where its pieces go for the other servers.
+    relay: Option<(RelayPublisher, String, RelayBounds)>,
 }
 
 impl Lease {
+    /// Shares a piece of a streamed answer (at byte `offset`) with the other servers.
+    pub fn relay(&self, offset: usize, text: &str) {
+        if let Some((publisher, _, _)) = &self.relay {
+            publisher.push(offset, text);
+        }
+    }
+
     /// Publishes what happened and then releases the lease, in the background: the order
     /// matters (waiters must see the result before the lease goes), the latency does not.
     pub fn finish(mut self, key: CacheKey, publish: Publish) {
@@ -267,7 +335,16 @@ impl Lease {
         let link = self.link.clone();
         let cache = self.cache.clone();
         let lease_key = std::mem::take(&mut self.lease_key);
+        let relay = self.relay.take();
         tokio::spawn(crate::telemetry::in_current_context(async move {
+            // The pieces first, then the result, then the end mark that wakes the readers.
+            let relay = match relay {
+                Some((publisher, stream_key, bounds)) => {
+                    publisher.flush().await;
+                    Some((stream_key, bounds))
+                }
+                None => None,
+            };
             match publish {
                 Publish::Answer(answer) => {
                     let _ = cache.set(&key, &answer).await;
@@ -276,6 +353,9 @@ impl Lease {
                     publish_outcome(&link, &key, &outcome, ttl).await;
                 }
                 Publish::Nothing => {}
+            }
+            if let Some((stream_key, bounds)) = relay {
+                relay::publish_end(&link, stream_key, bounds).await;
             }
             release(&link, lease_key).await;
         }));
