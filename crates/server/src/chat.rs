@@ -9,7 +9,9 @@ use crate::admission::{Admission, Flow, QuotaLimiter, Shed, ShedReason, FLOW};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
 use crate::coalesce::{ClusterCoalescer, LeaseOutcome, Publish, SharedOutcome};
-use crate::providers::{Completion, ModelRequest, ModelTurn, Provider, ProviderError, Usage};
+use crate::providers::{
+    Completion, ModelRequest, ModelRouter, ModelTurn, Provider, ProviderError, Route, Usage,
+};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
 use parking_lot::Mutex;
@@ -156,8 +158,10 @@ pub struct ChatDeps {
     pub agents: AgentRegistry,
     /// The answer cache.
     pub cache: ResponseCache,
-    /// The model.
+    /// The default backend (Gemini or the offline model), for /ready and logs.
     pub provider: Provider,
+    /// Each agent's chain of models (fallbacks, breakers, keys, providers).
+    pub router: ModelRouter,
     /// Concurrency and queue bounds.
     pub admission: Admission,
     /// Requests/tokens per minute.
@@ -255,6 +259,11 @@ impl ChatService {
         &self.inner.deps.provider
     }
 
+    /// The model router.
+    pub fn router(&self) -> &ModelRouter {
+        &self.inner.deps.router
+    }
+
     /// The per-minute upstream counter.
     pub fn monitor(&self) -> &UpstreamMonitor {
         &self.inner.monitor
@@ -327,7 +336,18 @@ impl ChatService {
             lookup.record("cache.key", tracing::field::display(&key));
             lookup.record("chat.message", &*message);
         }
-        let found = deps.cache.get(&key).instrument(lookup.clone()).await;
+        let mut found = deps.cache.get(&key).instrument(lookup.clone()).await;
+        if found.is_none() {
+            // While the primary is skipped, the model that would answer is the first fallback
+            // with a closed circuit: its cached answer is the one to serve.
+            let chain = deps.router.chain(&agent);
+            if chain.first().is_some_and(|primary| primary.is_open()) {
+                if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
+                    let fallback_key = self.key_for_route(&agent, route, &message, &history);
+                    found = deps.cache.get(&fallback_key).instrument(lookup.clone()).await;
+                }
+            }
+        }
         lookup.record("cache.hit", found.is_some());
         if let Some((_, tier)) = &found {
             lookup.record("cache.tier", tier.as_str());
@@ -384,16 +404,21 @@ impl ChatService {
         })
     }
 
-    /// The cache key of `message` (already normalised) after `history` to `agent`.
+    /// The cache key of `message` (already normalised) after `history` to `agent`: the key
+    /// of its primary model's answer.
     fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
-        CacheKey::new(CacheKeyParts {
-            provider: self.inner.deps.provider.identity(),
-            agent_id: agent.id(),
-            prompt_version: &agent.prompt_version,
-            model: &agent.definition.model,
-            message,
-            history,
-        })
+        self.inner.key_for(agent, message, history)
+    }
+
+    /// The cache key of an answer by `route` (a model of the agent's chain).
+    fn key_for_route(
+        &self,
+        agent: &Agent,
+        route: &Route,
+        message: &str,
+        history: &[ModelTurn],
+    ) -> CacheKey {
+        route_key(agent, route.identity(), route.model(), message, history)
     }
 
     /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
@@ -477,7 +502,45 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
+/// The cache key of an answer to `message` after `history` by `model` served by `identity`.
+fn route_key(
+    agent: &Agent,
+    identity: &str,
+    model: &str,
+    message: &str,
+    history: &[ModelTurn],
+) -> CacheKey {
+    CacheKey::new(CacheKeyParts {
+        provider: identity,
+        agent_id: agent.id(),
+        prompt_version: &agent.prompt_version,
+        model,
+        message,
+        history,
+    })
+}
+
 impl Inner {
+    /// The key of the agent's primary model's answer.
+    fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
+        match self.deps.router.chain(agent).first() {
+            Some(primary) => route_key(
+                agent,
+                primary.identity(),
+                primary.model(),
+                message,
+                history,
+            ),
+            None => route_key(
+                agent,
+                self.deps.provider.identity(),
+                &agent.definition.model,
+                message,
+                history,
+            ),
+        }
+    }
+
     async fn fetch(
         &self,
         key: &CacheKey,
@@ -530,8 +593,49 @@ impl Inner {
                 LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
             },
         };
-        let result = self.call_model(agent, message, history, deadline).await;
-        let publish = self.remember(key, &result).await;
+        let result = self
+            .call_model(agent, message.clone(), history.clone(), deadline)
+            .await;
+        let (result, publish) = match result {
+            // A fallback's answer is kept under the fallback's own key, never the primary's:
+            // waiters on this question get it, later askers ask the primary again.
+            Ok((completion, Some(route))) => {
+                let fallback_key =
+                    route_key(agent, route.identity(), route.model(), &message, &history);
+                let result = Ok(completion);
+                if let Publish::Answer(cached) = self.remember(&fallback_key, &result).await {
+                    if let Some(redis) = deps.cache.redis() {
+                        let redis = redis.clone();
+                        tokio::spawn(crate::telemetry::in_current_context(async move {
+                            let _ = redis.set(&fallback_key, &cached).await;
+                        }));
+                    }
+                }
+                let publish = match &result {
+                    Ok(c) => Publish::Outcome(
+                        SharedOutcome::Uncached {
+                            text: c.text.clone(),
+                            model: c.model.clone(),
+                            usage: c.usage,
+                            finish_reason: c.finish_reason.clone(),
+                        },
+                        deps.failure_share,
+                    ),
+                    Err(_) => Publish::Nothing,
+                };
+                (result, publish)
+            }
+            Ok((completion, None)) => {
+                let result = Ok(completion);
+                let publish = self.remember(key, &result).await;
+                (result, publish)
+            }
+            Err(error) => {
+                let result = Err(error);
+                let publish = self.remember(key, &result).await;
+                (result, publish)
+            }
+        };
         match lease {
             Some(lease) => lease.finish(*key, publish),
             None => {
@@ -598,14 +702,16 @@ impl Inner {
         }
     }
 
-    /// Admission, quota and the model call with its retries: one question's trip upstream.
+    /// Admission, then the agent's chain of models in order, each with the quota gate and its
+    /// retries: one question's trip upstream. Returns the answer and, when a fallback gave it,
+    /// that fallback's route.
     async fn call_model(
         &self,
         agent: &Agent,
         message: String,
         history: Arc<[ModelTurn]>,
         deadline: Instant,
-    ) -> Result<Completion, ChatError> {
+    ) -> Result<(Completion, Option<Arc<Route>>), ChatError> {
         let deps = &self.deps;
         let mut permit = deps
             .admission
@@ -618,7 +724,54 @@ impl Inner {
             })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
-        let request = model_request(agent, message, history);
+        let chain = deps.router.chain(agent);
+        let mut last: Option<ProviderError> = None;
+        for (index, route) in chain.iter().enumerate() {
+            let has_next = index + 1 < chain.len();
+            if !route.admit() {
+                if has_next {
+                    crate::metrics::model_fallback(route.model());
+                }
+                continue;
+            }
+            let request = model_request(agent, route.model(), message.clone(), history.clone());
+            match self
+                .call_route(route, &request, &mut permit, deadline)
+                .await
+            {
+                Ok(completion) => {
+                    crate::metrics::model_answer(route.model(), index > 0);
+                    return Ok((completion, (index > 0).then(|| route.clone())));
+                }
+                Err(ChatError::Provider(error)) if has_next && falls_back(&error) => {
+                    tracing::warn!(
+                        model = route.model(),
+                        kind = error.kind(),
+                        "model gave up; asking the next model of the chain: {error}"
+                    );
+                    crate::metrics::model_fallback(route.model());
+                    last = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ChatError::Provider(last.unwrap_or_else(|| {
+            ProviderError::Unavailable {
+                status: None,
+                message: "every model of the agent's chain has its circuit open".to_owned(),
+            }
+        })))
+    }
+
+    /// One model of the chain: the quota gate and the call, with retries.
+    async fn call_route(
+        &self,
+        route: &Route,
+        request: &ModelRequest,
+        permit: &mut crate::admission::AdmissionPermit,
+        deadline: Instant,
+    ) -> Result<Completion, ChatError> {
+        let deps = &self.deps;
         let input_tokens =
             input_token_estimate(&request.system_prompt, &request.history, &request.message);
         let mut attempt = 0;
@@ -660,9 +813,8 @@ impl Inner {
                 gen_ai.usage.output_tokens = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
-            let result = deps
-                .provider
-                .generate(&request, deadline)
+            let result = route
+                .generate(request, deadline)
                 .instrument(call.clone())
                 .await
                 .map_err(|error| error.with_retry_after_at_most(deps.retry.max_retry_after));
@@ -731,10 +883,24 @@ pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message:
         .saturating_add(count(message))
 }
 
-fn model_request(agent: &Agent, message: String, history: Arc<[ModelTurn]>) -> ModelRequest {
+/// True for the failures after which the next model of a chain should answer: the model is
+/// down or overloaded (after its retries), or out of quota (a per-day 429 at once).
+fn falls_back(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Unavailable { .. } | ProviderError::RateLimited { .. }
+    )
+}
+
+fn model_request(
+    agent: &Agent,
+    model: &str,
+    message: String,
+    history: Arc<[ModelTurn]>,
+) -> ModelRequest {
     let d = &agent.definition;
     ModelRequest {
-        model: d.model.clone(),
+        model: model.to_owned(),
         system_prompt: d.system_prompt.clone(),
         history,
         message,

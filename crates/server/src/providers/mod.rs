@@ -1,11 +1,18 @@
-//! Model providers: the real Gemini API, or the built-in offline simulated model.
+//! Model providers: the real Gemini API (several keys), OpenAI-compatible endpoints, or the
+//! built-in offline simulated model, and the router that chains them per agent.
 //!
-//! The chat service sees one [`Provider`]; which backend answers is decided once at start-up.
+//! Each backend is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
+//! model of each agent's fallback chain.
 
 mod gemini;
+pub mod keys;
+pub mod openai;
+pub mod router;
 mod simulated;
 
 pub use gemini::GeminiClient;
+pub use openai::OpenAiClient;
+pub use router::{ModelRouter, Route};
 pub use simulated::SimulatedModel;
 
 use gemini_wire::{FinishReason, GenerateContentResponse, GenerationConfig};
@@ -197,6 +204,30 @@ impl ProviderError {
     }
 }
 
+/// One piece of a streamed answer, in the order the model produced it.
+#[derive(Debug, Clone)]
+pub enum StreamPiece {
+    /// More answer text (never empty).
+    Text(String),
+    /// The end: the whole answer with usage and finish reason; the last item of a stream.
+    Finished(Completion),
+}
+
+/// A streamed answer: `Text` pieces then one `Finished`; an `Err` item (e.g. a stream cut
+/// mid-way) ends it without `Finished`.
+pub type CompletionStream = futures::stream::BoxStream<'static, Result<StreamPiece, ProviderError>>;
+
+/// A whole answer as a stream of one text piece and its end (for backends without streaming
+/// of their own here).
+fn whole_as_stream(completion: Completion) -> CompletionStream {
+    use futures::StreamExt;
+    futures::stream::iter([
+        Ok(StreamPiece::Text(completion.text.clone())),
+        Ok(StreamPiece::Finished(completion)),
+    ])
+    .boxed()
+}
+
 /// Turns a parsed GenerateContentResponse into an answer or the reason there is none.
 pub fn completion_from_response(
     response: GenerateContentResponse,
@@ -257,6 +288,8 @@ pub enum Provider {
     Gemini(GeminiClient),
     /// The built-in offline model (no API key configured); boxed, it carries a whole sim config.
     Simulated(Box<SimulatedModel>),
+    /// An OpenAI-compatible Chat Completions endpoint.
+    OpenAi(OpenAiClient),
 }
 
 impl Provider {
@@ -269,14 +302,31 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.generate(request, deadline).await,
             Provider::Simulated(model) => model.generate(request, deadline).await,
+            Provider::OpenAi(client) => client.generate(request, deadline).await,
         }
     }
 
-    /// `gemini` or `offline-simulated`, for /ready and logs.
+    /// One streamed attempt: errors before the body are returned, later ones end the stream.
+    pub async fn generate_stream(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<CompletionStream, ProviderError> {
+        match self {
+            // MERGE (h/stream): Gemini and the offline model stream for real there; until
+            // then their whole answer comes as one piece.
+            Provider::Gemini(client) => client.generate(request, deadline).await.map(whole_as_stream),
+            Provider::Simulated(model) => model.generate(request, deadline).await.map(whole_as_stream),
+            Provider::OpenAi(client) => client.generate_stream(request, deadline).await,
+        }
+    }
+
+    /// `gemini`, `openai` or `offline-simulated`, for /ready and logs.
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Gemini(_) => "gemini",
             Provider::Simulated(_) => "offline-simulated",
+            Provider::OpenAi(_) => "openai",
         }
     }
 
@@ -286,6 +336,7 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.identity(),
             Provider::Simulated(_) => "offline-simulated",
+            Provider::OpenAi(client) => client.identity(),
         }
     }
 
