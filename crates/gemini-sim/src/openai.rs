@@ -218,7 +218,9 @@ pub async fn chat_completions(
             ..QuotaConfig::default()
         };
         if let Admission::Limited { retry_after, .. } =
-            state.openai_quota.admit("openai", 0, &limits, Instant::now())
+            state
+                .openai_quota
+                .admit("openai", 0, &limits, Instant::now())
         {
             let mut response = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -235,8 +237,14 @@ pub async fn chat_completions(
             let h = response.headers_mut();
             let secs = retry_after.as_millis().div_ceil(1000).max(1);
             h.insert(header::RETRY_AFTER, header_value(&secs.to_string()));
-            h.insert("x-ratelimit-limit-requests", header_value(&oa.rpm.to_string()));
-            h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+            h.insert(
+                "x-ratelimit-limit-requests",
+                header_value(&oa.rpm.to_string()),
+            );
+            h.insert(
+                "x-ratelimit-remaining-requests",
+                HeaderValue::from_static("0"),
+            );
             h.insert(
                 "x-ratelimit-reset-requests",
                 header_value(&reset_text(retry_after)),
@@ -314,7 +322,11 @@ pub async fn chat_completions(
         "completion_tokens": output,
         "total_tokens": plan.prompt_tokens + output,
     });
-    let text = if plan.refused() { "" } else { plan.text.as_str() };
+    let text = if plan.refused() {
+        ""
+    } else {
+        plan.text.as_str()
+    };
     if !request.stream {
         guard.set_outcome(if plan.refused() {
             Outcome::Blocked
@@ -383,7 +395,10 @@ fn stream(
         }
         c
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), None)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        None,
+    )];
     let chunk_chars = (config.stream.chunk_tokens.max(1) as usize) * 4;
     let chars: Vec<char> = text.chars().collect();
     for piece in chars.chunks(chunk_chars) {

@@ -336,8 +336,7 @@ fn admit(
             retry_after,
         } = state.quota.admit(&scope, tokens, limits, Instant::now())
         {
-            let error =
-                ApiError::quota_exceeded(&violations, model, limits.free_tier, retry_after);
+            let error = ApiError::quota_exceeded(&violations, model, limits.free_tier, retry_after);
             return Err(fail(guard, error));
         }
     }

@@ -505,12 +505,11 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.stats
-            .finish(
-                self.arrival_ms,
-                [self.key.as_deref(), self.model.as_deref()],
-                self.outcome,
-            );
+        self.stats.finish(
+            self.arrival_ms,
+            [self.key.as_deref(), self.model.as_deref()],
+            self.outcome,
+        );
     }
 }
 

@@ -351,7 +351,10 @@ mod tests {
         let agent = registry.get("m").unwrap();
         assert_eq!(agent.definition.model, "llama3");
         assert_eq!(agent.chain[0].provider(), ProviderKind::Openai);
-        assert_eq!(agent.chain[0].base_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(
+            agent.chain[0].base_url.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
         assert_eq!(agent.chain[1].provider(), ProviderKind::Gemini);
         assert_eq!(agent.chain[1].base_url, None);
         let err = AgentRegistry::from_toml(

@@ -124,7 +124,8 @@ impl AppState {
             ),
             None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
         };
-        let router = crate::providers::ModelRouter::build(&agents, &settings, &provider, redis.clone())?;
+        let router =
+            crate::providers::ModelRouter::build(&agents, &settings, &provider, redis.clone())?;
         let chat = ChatService::new(ChatDeps {
             agents,
             cache,

@@ -344,7 +344,11 @@ impl ChatService {
             if chain.first().is_some_and(|primary| primary.is_open()) {
                 if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
                     let fallback_key = self.key_for_route(&agent, route, &message, &history);
-                    found = deps.cache.get(&fallback_key).instrument(lookup.clone()).await;
+                    found = deps
+                        .cache
+                        .get(&fallback_key)
+                        .instrument(lookup.clone())
+                        .await;
                 }
             }
         }
@@ -524,13 +528,9 @@ impl Inner {
     /// The key of the agent's primary model's answer.
     fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
         match self.deps.router.chain(agent).first() {
-            Some(primary) => route_key(
-                agent,
-                primary.identity(),
-                primary.model(),
-                message,
-                history,
-            ),
+            Some(primary) => {
+                route_key(agent, primary.identity(), primary.model(), message, history)
+            }
             None => route_key(
                 agent,
                 self.deps.provider.identity(),

@@ -85,7 +85,10 @@ async fn a_primary_at_503_hands_over_to_the_fallback_with_one_extra_call() {
     assert_eq!(body["cached"], false);
     assert_eq!(calls(&sim, PRIMARY), 4);
     let body = ask(&app, "What is a fraction?").await;
-    assert_eq!((body["model"].as_str(), body["cached"].as_bool()), (Some(PRIMARY), Some(true)));
+    assert_eq!(
+        (body["model"].as_str(), body["cached"].as_bool()),
+        (Some(PRIMARY), Some(true))
+    );
     assert_eq!(sim.stats().requests, 5);
     app.stop().await.unwrap();
 }
@@ -116,7 +119,10 @@ async fn a_per_day_429_hands_over_at_once_without_retries() {
 
 async fn circuit(app: &TestApp, model: &str) -> String {
     let ready = app.get_json("/ready").await;
-    ready["circuits"][model].as_str().unwrap_or("missing").to_owned()
+    ready["circuits"][model]
+        .as_str()
+        .unwrap_or("missing")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -143,7 +149,10 @@ async fn the_circuit_opens_after_n_failures_and_closes_after_the_probe() {
     // While it is skipped, the fallback's cached answers serve at once.
     let before = sim.stats().requests;
     let body = ask(&app, "What is 1 + 1?").await;
-    assert_eq!((body["model"].as_str(), body["cached"].as_bool()), (Some(FALLBACK), Some(true)));
+    assert_eq!(
+        (body["model"].as_str(), body["cached"].as_bool()),
+        (Some(FALLBACK), Some(true))
+    );
     assert_eq!(sim.stats().requests, before);
 
     // The primary recovers; after the cool-down one probe goes to it and closes the circuit.
@@ -189,8 +198,14 @@ async fn an_openai_compatible_agent_answers_and_caches() {
     settings.gemini.api_key = Secret::default();
     let app = spawn_app(settings).await;
     let body = ask(&app, "What is photosynthesis?").await;
-    assert_eq!((body["model"].as_str(), body["cached"].as_bool()), (Some("llama3"), Some(false)));
-    assert!(!body["response"].as_str().unwrap_or_default().is_empty(), "{body}");
+    assert_eq!(
+        (body["model"].as_str(), body["cached"].as_bool()),
+        (Some("llama3"), Some(false))
+    );
+    assert!(
+        !body["response"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
     let again = ask(&app, "What is photosynthesis?").await;
     assert_eq!(again["cached"], true);
     assert_eq!(again["response"], body["response"]);
@@ -209,7 +224,12 @@ fn request(model: &str, message: &str) -> ModelRequest {
 }
 
 fn client(sim: &SimServer) -> OpenAiClient {
-    OpenAiClient::new(&sim.base_url(), Secret::new("sk-test"), Duration::from_secs(5)).unwrap()
+    OpenAiClient::new(
+        &sim.base_url(),
+        Secret::new("sk-test"),
+        Duration::from_secs(5),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -283,7 +303,10 @@ async fn the_openai_rate_limit_is_a_429_with_its_wait() {
         ProviderError::RateLimited {
             retry_after: Some(wait),
             daily: false,
-        } => assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60), "{wait:?}"),
+        } => assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        ),
         other => panic!("{other:?}"),
     }
     // A stream is refused the same way, before its body.

@@ -102,7 +102,11 @@ async fn a_key_out_of_its_per_day_quota_leaves_the_rotation() {
     // The first key answered once, was refused once (per day), and was not asked again: the
     // call it refused went to the other key at once.
     let daily = &stats.per_key[names[0]];
-    assert_eq!((daily.ok, daily.rate_limited, daily.requests), (1, 1, 2), "{stats:?}");
+    assert_eq!(
+        (daily.ok, daily.rate_limited, daily.requests),
+        (1, 1, 2),
+        "{stats:?}"
+    );
     assert_eq!(stats.per_key[names[1]].ok, 7);
     assert_eq!(key_rotation(&app).await, (2, 1));
     let metrics = app

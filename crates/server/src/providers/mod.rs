@@ -315,8 +315,13 @@ impl Provider {
         match self {
             // MERGE (h/stream): Gemini and the offline model stream for real there; until
             // then their whole answer comes as one piece.
-            Provider::Gemini(client) => client.generate(request, deadline).await.map(whole_as_stream),
-            Provider::Simulated(model) => model.generate(request, deadline).await.map(whole_as_stream),
+            Provider::Gemini(client) => client
+                .generate(request, deadline)
+                .await
+                .map(whole_as_stream),
+            Provider::Simulated(model) => {
+                model.generate(request, deadline).await.map(whole_as_stream)
+            }
             Provider::OpenAi(client) => client.generate_stream(request, deadline).await,
         }
     }

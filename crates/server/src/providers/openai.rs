@@ -159,9 +159,7 @@ pub fn completion_from_chat(
     Ok(Completion {
         text,
         finish_reason: finish,
-        model: response
-            .model
-            .unwrap_or_else(|| requested_model.to_owned()),
+        model: response.model.unwrap_or_else(|| requested_model.to_owned()),
         usage: usage_of(response.usage),
     })
 }
@@ -493,7 +491,9 @@ where
                             let text = String::from_utf8_lossy(&text);
                             for payload in decoder.push(&text) {
                                 match gathered.take(&payload) {
-                                    Ok(Some(new_text)) => ready.push_back(StreamPiece::Text(new_text)),
+                                    Ok(Some(new_text)) => {
+                                        ready.push_back(StreamPiece::Text(new_text))
+                                    }
                                     Ok(None) => {}
                                     Err(e) => return Some((Err(e), None)),
                                 }
@@ -607,7 +607,11 @@ mod tests {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-ratelimit-reset-requests", "6m0s".parse().unwrap());
         headers.insert("x-ratelimit-reset-tokens", "20ms".parse().unwrap());
-        let e = error_from_status(429, &headers, fixture("error_429_rate_limit.json").as_bytes());
+        let e = error_from_status(
+            429,
+            &headers,
+            fixture("error_429_rate_limit.json").as_bytes(),
+        );
         assert_eq!(
             e,
             ProviderError::RateLimited {
@@ -617,7 +621,11 @@ mod tests {
         );
         headers.insert("retry-after", "2".parse().unwrap());
         assert_eq!(e.kind(), "rate_limited");
-        let e = error_from_status(429, &headers, fixture("error_429_rate_limit.json").as_bytes());
+        let e = error_from_status(
+            429,
+            &headers,
+            fixture("error_429_rate_limit.json").as_bytes(),
+        );
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         let e = error_from_status(
             429,

@@ -4,10 +4,7 @@
 //! routes exist, their breakers and their backends.
 
 use super::keys::{KeyPool, KeyQuota};
-use super::{
-    Completion, CompletionStream, GeminiClient, ModelRequest, OpenAiClient, Provider,
-    ProviderError,
-};
+use super::{Completion, CompletionStream, ModelRequest, OpenAiClient, Provider, ProviderError};
 use crate::agents::{Agent, AgentRegistry, ModelSpec, ProviderKind};
 use crate::config::{Secret, Settings};
 use crate::redis_link::RedisLink;
@@ -123,10 +120,10 @@ impl Breaker {
                 until: Instant::now() + self.cooldown,
             },
         };
-        let opened = matches!(next, Circuit::Open { .. })
-            && !matches!(*circuit, Circuit::Open { .. });
-        let closed = matches!(next, Circuit::Closed { .. })
-            && !matches!(*circuit, Circuit::Closed { .. });
+        let opened =
+            matches!(next, Circuit::Open { .. }) && !matches!(*circuit, Circuit::Open { .. });
+        let closed =
+            matches!(next, Circuit::Closed { .. }) && !matches!(*circuit, Circuit::Closed { .. });
         *circuit = next;
         drop(circuit);
         if opened {
@@ -262,10 +259,7 @@ impl ModelRouter {
                 }
                 let (backend, identity) = match spec.provider() {
                     ProviderKind::Gemini => match &keys {
-                        Some(pool) => (
-                            Backend::Keys(pool.clone()),
-                            fallback.identity().to_owned(),
-                        ),
+                        Some(pool) => (Backend::Keys(pool.clone()), fallback.identity().to_owned()),
                         None => (
                             Backend::Single(fallback.clone()),
                             fallback.identity().to_owned(),
