@@ -153,7 +153,7 @@ pub async fn chat_completions(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
-    if !oa.api_keys.is_empty() && !oa.api_keys.iter().any(|k| *k == bearer) {
+    if !oa.api_keys.is_empty() && !oa.api_keys.contains(&bearer) {
         return fail(
             &mut guard,
             error(
@@ -182,7 +182,7 @@ pub async fn chat_completions(
         }
     };
     drop(body);
-    if !oa.models.is_empty() && !oa.models.iter().any(|m| *m == request.model) {
+    if !oa.models.is_empty() && !oa.models.contains(&request.model) {
         return fail(
             &mut guard,
             error(
