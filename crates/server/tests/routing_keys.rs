@@ -166,3 +166,52 @@ fn numbered_environment_keys_join_the_list() {
         Ok(())
     });
 }
+
+#[tokio::test]
+async fn two_servers_share_each_keys_quota_through_redis() {
+    let redis = common::processes::RedisProcess::start();
+    let names = ["key-shared-AAAAAAAA", "key-shared-BBBBBBBB"];
+    let sim = start_sim(SimConfig {
+        api_keys: keys(&names),
+        quota: QuotaConfig {
+            rpm: 30,
+            ..QuotaConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let server = || {
+        let mut settings = settings_with_keys(&sim, &names);
+        settings.gemini.key_rpm = 30;
+        settings.redis.url = Secret::new(redis.url());
+        settings.redis.replicas = 2;
+        settings
+    };
+    let (one, two) = (spawn_app(server()).await, spawn_app(server()).await);
+    // 80 distinct questions, half to each server, against 2 keys x 30 RPM: alone, each server
+    // would send its 40; sharing each key's window in Redis, the two send 60 at most and refuse
+    // the rest (503) rather than let Gemini answer 429.
+    let ask = |app: &TestApp, i: usize| {
+        let request = app
+            .client
+            .post(app.url("/api/v1/agents/math"))
+            .json(&serde_json::json!({ "message": format!("What is {i} plus {i}?") }));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let statuses: Vec<u16> = futures::stream::iter(0..80)
+        .map(|i| ask(if i % 2 == 0 { &one } else { &two }, i))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 0, "{stats:?}");
+    assert!(ok <= 60 && ok >= 50, "{ok} answered: {statuses:?}");
+    assert_eq!(stats.requests as usize, ok);
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}
