@@ -728,10 +728,10 @@ impl Inner {
         let mut last: Option<ProviderError> = None;
         for (index, route) in chain.iter().enumerate() {
             let has_next = index + 1 < chain.len();
-            if !route.admit() {
-                if has_next {
-                    crate::metrics::model_fallback(route.model());
-                }
+            // The last model is always tried: skipping it would fail the request outright, so
+            // a single-model agent behaves as without a breaker (its circuit only reported).
+            if has_next && !route.admit() {
+                crate::metrics::model_fallback(route.model());
                 continue;
             }
             let request = model_request(agent, route.model(), message.clone(), history.clone());
@@ -758,7 +758,7 @@ impl Inner {
         Err(ChatError::Provider(last.unwrap_or_else(|| {
             ProviderError::Unavailable {
                 status: None,
-                message: "every model of the agent's chain has its circuit open".to_owned(),
+                message: "the agent has no model to ask".to_owned(),
             }
         })))
     }
