@@ -4,6 +4,7 @@
 use gemini_wire::respond::AnswerSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Models known by default: the Gemini API's current text models.
 pub const DEFAULT_MODELS: &[&str] = &[
@@ -33,10 +34,22 @@ pub struct SimConfig {
     pub latency: Latency,
     /// Chunking and pacing of `streamGenerateContent`.
     pub stream: StreamConfig,
-    /// Per-key quotas; 0 means unlimited.
+    /// Per-key quotas (counted per key and model, as Gemini counts per project and model);
+    /// 0 means unlimited.
     pub quota: QuotaConfig,
+    /// Quotas of particular keys, replacing `quota` for them (e.g. one key with a small
+    /// per-day quota while the others have none).
+    pub key_quotas: BTreeMap<String, QuotaConfig>,
+    /// Keys that exist but are refused with 403 PERMISSION_DENIED (a revoked or leaked key),
+    /// unlike unknown keys, which get Gemini's 400 API_KEY_INVALID.
+    pub revoked_keys: Vec<String>,
     /// Fault injection rates.
     pub faults: FaultConfig,
+    /// Fault rates of particular models, replacing `faults` for them (e.g. 503 at 100% for the
+    /// primary model of a fallback chain while the fallback answers).
+    pub model_faults: BTreeMap<String, FaultConfig>,
+    /// The OpenAI-compatible mode (`POST /v1/chat/completions`).
+    pub openai: OpenAiConfig,
     /// Length of a generated answer, in tokens (a token is 4 characters, rounded up).
     pub answer_tokens: u32,
     /// Thinking tokens reported in `usageMetadata.thoughtsTokenCount` by thinking models (2.5 and
@@ -66,7 +79,11 @@ impl Default for SimConfig {
             latency: Latency::None,
             stream: StreamConfig::default(),
             quota: QuotaConfig::default(),
+            key_quotas: BTreeMap::new(),
+            revoked_keys: Vec::new(),
             faults: FaultConfig::default(),
+            model_faults: BTreeMap::new(),
+            openai: OpenAiConfig::default(),
             answer_tokens: ANSWER.answer_tokens,
             thinking_tokens: ANSWER.thinking_tokens,
             block_trigger: ANSWER.block_trigger.to_owned(),
@@ -95,6 +112,16 @@ impl SimConfig {
         }
     }
 
+    /// The fault rates that apply to `model`.
+    pub fn faults_for(&self, model: &str) -> &FaultConfig {
+        self.model_faults.get(model).unwrap_or(&self.faults)
+    }
+
+    /// The quotas that apply to `key`.
+    pub fn quota_for(&self, key: &str) -> &QuotaConfig {
+        self.key_quotas.get(key).unwrap_or(&self.quota)
+    }
+
     /// The seed guide's setting: every request takes a fixed 2.8 s; no quotas, no faults.
     pub fn seed_preset() -> Self {
         SimConfig {
@@ -119,6 +146,22 @@ impl SimConfig {
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
+            }
+        }
+        for (model, faults) in &self.model_faults {
+            for rate in [
+                faults.error_500,
+                faults.error_503,
+                faults.error_504,
+                faults.stream_cut,
+                faults.hang,
+                faults.error_429,
+            ] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(format!(
+                        "model_faults.{model}: rates must be within 0..=1, got {rate}"
+                    ));
+                }
             }
         }
         match self.latency {
@@ -265,6 +308,21 @@ impl QuotaConfig {
     pub fn any(&self) -> bool {
         self.rpm > 0 || self.tpm > 0 || self.rpd > 0
     }
+}
+
+/// The OpenAI-compatible mode: `POST /v1/chat/completions` answers in the Chat Completions
+/// format (as vLLM, Ollama, llama.cpp server and OpenAI do), with the same answer generator,
+/// latency and per-model faults as the Gemini routes, and its own request quota.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiConfig {
+    /// Requests per minute over all keys; 0 = unlimited. Over it: 429 with `retry-after` and
+    /// `x-ratelimit-*` headers.
+    pub rpm: u64,
+    /// Accepted bearer tokens. Empty: any request is accepted (as a local server is).
+    pub api_keys: Vec<String>,
+    /// Accepted model names. Empty: any.
+    pub models: Vec<String>,
 }
 
 /// Probabilities (0..=1) of each injected fault, rolled once per generate request (and the

@@ -16,6 +16,9 @@ pub const JSON_CONTENT_TYPE: &str = "application/json; charset=UTF-8";
 
 /// Message of the 400 for a missing or refused API key.
 pub const API_KEY_MESSAGE: &str = "API key not valid. Please pass a valid API key.";
+/// Message of the 403 for a revoked key.
+pub const PERMISSION_DENIED_MESSAGE: &str =
+    "Your API key was reported as leaked. Please use another API key.";
 /// Message of every 429.
 pub const QUOTA_MESSAGE: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.";
 /// Message of the injected 500.
@@ -80,6 +83,17 @@ impl ApiError {
                     "message": API_KEY_MESSAGE
                 }),
             ],
+        )
+    }
+
+    /// 403 PERMISSION_DENIED for a key that exists but may no longer be used, worded as Gemini
+    /// words a key reported as leaked.
+    pub fn permission_denied() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            PERMISSION_DENIED_MESSAGE,
+            Vec::new(),
         )
     }
 

@@ -19,13 +19,14 @@
 //! - `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (`?alt=sse` for SSE,
 //!   otherwise a JSON array), `:countTokens`; key in `x-goog-api-key` or `?key=`.
 //! - `GET /v1beta/models`, `GET /v1beta/models/{model}`: the configured models.
+//! - `POST /v1/chat/completions`: the OpenAI-compatible mode (see [`openai`]).
 //! - `GET /stats` ([`Stats`]), `GET /stats/timeline` ([`Timeline`], `?since_ms=` to trim),
 //!   `POST /stats/reset` (counters only), `POST /quota/reset` (quota windows only).
 //! - `GET /config` ([`SimConfig`] as JSON), `POST /config` (a partial object merged over it;
 //!   400 and no change if the result is invalid).
 //!
 //! # Request pipeline
-//! method, API key (400 API_KEY_INVALID), model (404), body (400), fault roll (an injected 429
+//! method, API key (400 API_KEY_INVALID; 403 PERMISSION_DENIED for a revoked key), model (404), body (400), fault roll (an injected 429
 //! is answered here, at once), quota (429, nothing consumed), latency, answer. Injected
 //! 500/503/504 come after the sampled latency;
 //! a hang waits until the client leaves or `hang_max_ms` passes (then 504).
@@ -38,12 +39,13 @@ pub mod config;
 pub mod errors;
 pub mod faults;
 pub mod latency;
+pub mod openai;
 pub mod quota;
 pub mod respond;
 pub mod server;
 pub mod stats;
 
-pub use config::{FaultConfig, Latency, QuotaConfig, SimConfig, StreamConfig};
+pub use config::{FaultConfig, Latency, OpenAiConfig, QuotaConfig, SimConfig, StreamConfig};
 /// Answer text and the token rule of thumb, shared with the service through `gemini-wire`.
 pub use gemini_wire::answer;
 pub use server::{router, SimServer, SimState};

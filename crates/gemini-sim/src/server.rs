@@ -43,6 +43,8 @@ pub struct SimState {
     config: RwLock<Arc<SimConfig>>,
     stats: Arc<StatsCollector>,
     quota: QuotaBook,
+    /// The OpenAI-compatible mode's own request windows.
+    pub(crate) openai_quota: QuotaBook,
     closing: AtomicBool,
     closed: Notify,
 }
@@ -54,6 +56,7 @@ impl SimState {
             config: RwLock::new(Arc::new(config)),
             stats: Arc::new(StatsCollector::default()),
             quota: QuotaBook::default(),
+            openai_quota: QuotaBook::default(),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
         }
@@ -77,6 +80,7 @@ impl SimState {
     /// Clears every key's quota windows.
     pub fn reset_quota(&self) {
         self.quota.reset();
+        self.openai_quota.reset();
     }
 
     /// Wakes every sleeping request so shutdown does not wait for long latencies or hangs.
@@ -86,7 +90,7 @@ impl SimState {
     }
 
     /// Sleeps `duration`; false if the simulator started shutting down meanwhile.
-    async fn sleep(&self, duration: Duration) -> bool {
+    pub(crate) async fn sleep(&self, duration: Duration) -> bool {
         if duration.is_zero() {
             return true;
         }
@@ -109,6 +113,10 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route(
             "/v1beta/models/{model_and_method}",
             post(model_post).get(get_model),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
         )
         .route("/stats", get(get_stats))
         .route("/stats/timeline", get(get_timeline))
@@ -272,6 +280,9 @@ fn admit(
         Method::Generate => {}
     }
     let key = match api_key(headers, uri) {
+        Some(key) if config.revoked_keys.iter().any(|k| *k == key) => {
+            return Err(fail(guard, ApiError::permission_denied()))
+        }
         Some(key) if authorized(config, Some(&key)) => key,
         _ => return Err(fail(guard, ApiError::api_key_invalid())),
     };
@@ -279,6 +290,7 @@ fn admit(
     if !config.models.iter().any(|m| m == model) {
         return Err(fail(guard, ApiError::model_not_found(model, method.name())));
     }
+    guard.set_model(model);
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -309,22 +321,22 @@ fn admit(
     let streaming = method == Method::Stream;
     // Rolled before the quota check: an injected 429 stands for a quota used up elsewhere, so
     // it must not also eat into this simulator's own windows.
-    let fault = faults::roll(&config.faults, streaming);
+    let fault = faults::roll(config.faults_for(model), streaming);
     if fault == Some(Fault::QuotaExhausted) {
         state.stats.fault(Fault::QuotaExhausted);
         return Err(fail(guard, injected_quota_error(config, model)));
     }
-    if config.quota.any() {
+    let limits = config.quota_for(&key);
+    if limits.any() {
         let tokens = respond::prompt_tokens(request.system_instruction.as_ref(), &request.contents);
+        // Gemini counts per project and model: each model of a key has its own windows.
+        let scope = format!("{key}\n{model}");
         if let Admission::Limited {
             violations,
             retry_after,
-        } = state
-            .quota
-            .admit(&key, tokens, &config.quota, Instant::now())
+        } = state.quota.admit(&scope, tokens, limits, Instant::now())
         {
-            let error =
-                ApiError::quota_exceeded(&violations, model, config.quota.free_tier, retry_after);
+            let error = ApiError::quota_exceeded(&violations, model, limits.free_tier, retry_after);
             return Err(fail(guard, error));
         }
     }

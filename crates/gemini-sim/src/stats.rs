@@ -60,6 +60,10 @@ pub struct Stats {
     pub per_minute: Vec<MinuteCount>,
     /// Counts per accepted API key.
     pub per_key: BTreeMap<String, KeyStats>,
+    /// Counts per model asked for (known models only), so a test can see which model of a
+    /// fallback chain was called how often.
+    #[serde(default)]
+    pub per_model: BTreeMap<String, KeyStats>,
     /// Milliseconds since start or the last reset.
     pub since_reset_ms: u64,
 }
@@ -182,6 +186,7 @@ pub struct StatsCollector {
     /// counts in one atomic update.
     minutes: [AtomicU64; MINUTE_SLOTS],
     keys: RwLock<HashMap<Arc<str>, Arc<KeyCounters>>>,
+    models: RwLock<HashMap<Arc<str>, Arc<KeyCounters>>>,
     /// Each slot packs `(arrival unix ms << 16) | status`; 0 is empty.
     timeline: Box<[AtomicU64]>,
     timeline_next: AtomicU64,
@@ -207,6 +212,7 @@ impl Default for StatsCollector {
             faults: Default::default(),
             minutes: std::array::from_fn(|_| AtomicU64::new(0)),
             keys: RwLock::new(HashMap::new()),
+            models: RwLock::new(HashMap::new()),
             timeline: (0..TIMELINE_CAPACITY).map(|_| AtomicU64::new(0)).collect(),
             timeline_next: AtomicU64::new(0),
             reset_at_ms: Mutex::new(unix_ms()),
@@ -241,6 +247,7 @@ impl StatsCollector {
             stats: Arc::clone(self),
             arrival_ms,
             key: None,
+            model: None,
             outcome: None,
         }
     }
@@ -280,10 +287,17 @@ impl StatsCollector {
     }
 
     fn key_counters(&self, key: &str) -> Arc<KeyCounters> {
-        if let Some(counters) = self.keys.read().get(key) {
+        Self::counters_in(&self.keys, key)
+    }
+
+    fn counters_in(
+        map: &RwLock<HashMap<Arc<str>, Arc<KeyCounters>>>,
+        key: &str,
+    ) -> Arc<KeyCounters> {
+        if let Some(counters) = map.read().get(key) {
             return Arc::clone(counters);
         }
-        let mut keys = self.keys.write();
+        let mut keys = map.write();
         let name = if keys.len() >= MAX_TRACKED_KEYS && !keys.contains_key(key) {
             OTHER_KEYS
         } else {
@@ -308,22 +322,24 @@ impl StatsCollector {
             .filter(|m| m.minute / 60 + 60 > current_minute)
             .collect();
         per_minute.sort_by_key(|m| m.minute);
-        let per_key = self
-            .keys
-            .read()
-            .iter()
-            .map(|(key, c)| {
-                (
-                    key.to_string(),
-                    KeyStats {
-                        requests: c.requests.load(Relaxed),
-                        ok: c.ok.load(Relaxed),
-                        rate_limited: c.rate_limited.load(Relaxed),
-                        errors: c.errors.load(Relaxed),
-                    },
-                )
-            })
-            .collect();
+        let counts = |map: &RwLock<HashMap<Arc<str>, Arc<KeyCounters>>>| {
+            map.read()
+                .iter()
+                .map(|(key, c)| {
+                    (
+                        key.to_string(),
+                        KeyStats {
+                            requests: c.requests.load(Relaxed),
+                            ok: c.ok.load(Relaxed),
+                            rate_limited: c.rate_limited.load(Relaxed),
+                            errors: c.errors.load(Relaxed),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let per_key = counts(&self.keys);
+        let per_model = counts(&self.models);
         Stats {
             requests: self.requests.load(Relaxed),
             ok: self.ok.load(Relaxed),
@@ -348,6 +364,7 @@ impl StatsCollector {
             },
             per_minute,
             per_key,
+            per_model,
             since_reset_ms: now_ms.saturating_sub(*self.reset_at_ms.lock()),
         }
     }
@@ -399,11 +416,22 @@ impl StatsCollector {
         self.in_flight_peak
             .store(self.in_flight.load(Relaxed), Relaxed);
         self.keys.write().clear();
+        self.models.write().clear();
         *self.reset_at_ms.lock() = unix_ms();
     }
 
-    fn finish(&self, arrival_ms: u64, key: Option<&KeyCounters>, outcome: Option<Outcome>) {
+    fn finish(
+        &self,
+        arrival_ms: u64,
+        counters: [Option<&KeyCounters>; 2],
+        outcome: Option<Outcome>,
+    ) {
         self.in_flight.fetch_sub(1, Relaxed);
+        let each = |count: fn(&KeyCounters) -> &AtomicU64| {
+            for c in counters.into_iter().flatten() {
+                count(c).fetch_add(1, Relaxed);
+            }
+        };
         let status = match outcome {
             None => {
                 self.cancelled.fetch_add(1, Relaxed);
@@ -411,9 +439,7 @@ impl StatsCollector {
             }
             Some(Outcome::Ok) => {
                 self.ok.fetch_add(1, Relaxed);
-                if let Some(k) = key {
-                    k.ok.fetch_add(1, Relaxed);
-                }
+                each(|c| &c.ok);
                 200
             }
             Some(Outcome::Blocked) => {
@@ -426,16 +452,12 @@ impl StatsCollector {
             }
             Some(Outcome::RateLimited) => {
                 self.rate_limited.fetch_add(1, Relaxed);
-                if let Some(k) = key {
-                    k.rate_limited.fetch_add(1, Relaxed);
-                }
+                each(|c| &c.rate_limited);
                 429
             }
             Some(Outcome::Error(code)) => {
                 self.errors.fetch_add(1, Relaxed);
-                if let Some(k) = key {
-                    k.errors.fetch_add(1, Relaxed);
-                }
+                each(|c| &c.errors);
                 code
             }
         };
@@ -451,10 +473,18 @@ pub struct RequestGuard {
     stats: Arc<StatsCollector>,
     arrival_ms: u64,
     key: Option<Arc<KeyCounters>>,
+    model: Option<Arc<KeyCounters>>,
     outcome: Option<Outcome>,
 }
 
 impl RequestGuard {
+    /// Attributes the request to a known model.
+    pub fn set_model(&mut self, model: &str) {
+        let counters = StatsCollector::counters_in(&self.stats.models, model);
+        counters.requests.fetch_add(1, Relaxed);
+        self.model = Some(counters);
+    }
+
     /// Attributes the request to an accepted API key.
     pub fn set_key(&mut self, key: &str) {
         let counters = self.stats.key_counters(key);
@@ -475,8 +505,11 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.stats
-            .finish(self.arrival_ms, self.key.as_deref(), self.outcome);
+        self.stats.finish(
+            self.arrival_ms,
+            [self.key.as_deref(), self.model.as_deref()],
+            self.outcome,
+        );
     }
 }
 

@@ -19,8 +19,24 @@ pub struct AgentDefinition {
     pub name: String,
     /// One-line description for the agent list.
     pub description: String,
-    /// Gemini model id.
+    /// The model that answers (the primary); may be left out when `models` is given.
+    #[serde(default)]
     pub model: String,
+    /// The fallback chain, tried in order: the primary first, then the models that answer when
+    /// it is overloaded, failing or out of quota. Each is a model id (served by the agent's
+    /// `provider`) or a table `{ model, provider, base_url, api_key_env }`.
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+    /// `gemini` (the default) or `openai` (any Chat Completions endpoint) for the agent's models.
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
+    /// Base URL of the agent's OpenAI-compatible endpoint (default: `openai.base_url`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the bearer token for that endpoint (default:
+    /// `openai.api_key`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
     /// The tutor's instructions, sent as `systemInstruction`.
     pub system_prompt: String,
     /// Sampling temperature.
@@ -40,13 +56,120 @@ pub struct AgentDefinition {
     pub thinking_budget: Option<i32>,
 }
 
+/// Which wire format serves a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Gemini's REST API (or the offline model without a key).
+    #[default]
+    Gemini,
+    /// An OpenAI-compatible Chat Completions endpoint.
+    Openai,
+}
+
+/// One model of a fallback chain as written: an id, or a table naming where it is served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModelEntry {
+    /// A model id served by the agent's provider.
+    Id(String),
+    /// A model with its own provider settings.
+    Spec(ModelSpec),
+}
+
+/// One model of a fallback chain with where it is served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model id as the provider names it.
+    pub model: String,
+    /// Who serves it (default: the agent's provider).
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
+    /// OpenAI-compatible endpoint (default: the agent's, else `openai.base_url`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable with the endpoint's bearer token.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+impl ModelSpec {
+    /// The provider, resolved (after loading it is always set).
+    pub fn provider(&self) -> ProviderKind {
+        self.provider.unwrap_or_default()
+    }
+}
+
 /// A loaded agent: its definition plus the version that enters cache keys.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    /// What the file says.
+    /// What the file says (`model` set to the primary).
     pub definition: AgentDefinition,
     /// Hash of everything that shapes answers, so an edited prompt never serves old answers.
     pub prompt_version: String,
+    /// The models to try in order, primary first, with provider settings resolved.
+    pub chain: Vec<ModelSpec>,
+}
+
+/// The agent's chain with every entry's provider settings resolved from the agent's defaults.
+fn resolve_chain(definition: &AgentDefinition) -> Result<Vec<ModelSpec>, String> {
+    let id = &definition.id;
+    let agent_provider = definition.provider.unwrap_or_default();
+    let mut chain: Vec<ModelSpec> = definition
+        .models
+        .iter()
+        .map(|entry| {
+            let mut spec = match entry {
+                ModelEntry::Id(model) => ModelSpec {
+                    model: model.clone(),
+                    provider: None,
+                    base_url: None,
+                    api_key_env: None,
+                },
+                ModelEntry::Spec(spec) => spec.clone(),
+            };
+            let provider = spec.provider.unwrap_or(agent_provider);
+            if provider == agent_provider {
+                spec.base_url = spec.base_url.or_else(|| definition.base_url.clone());
+                spec.api_key_env = spec.api_key_env.or_else(|| definition.api_key_env.clone());
+            }
+            spec.provider = Some(provider);
+            spec
+        })
+        .collect();
+    if chain.is_empty() {
+        chain.push(ModelSpec {
+            model: definition.model.clone(),
+            provider: Some(agent_provider),
+            base_url: definition.base_url.clone(),
+            api_key_env: definition.api_key_env.clone(),
+        });
+    } else if !definition.model.trim().is_empty() && definition.model != chain[0].model {
+        return Err(format!(
+            "agent {id}: model {:?} must be the first of models (or left out)",
+            definition.model
+        ));
+    }
+    for (i, spec) in chain.iter().enumerate() {
+        if spec.model.trim().is_empty() {
+            return Err(format!("agent {id}: empty model"));
+        }
+        if chain[..i].contains(spec) {
+            return Err(format!(
+                "agent {id}: model {:?} is in models twice",
+                spec.model
+            ));
+        }
+        if let Some(url) = &spec.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "agent {id}: base_url {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+    }
+    Ok(chain)
 }
 
 impl Agent {
@@ -124,13 +247,14 @@ impl AgentRegistry {
                     "agent {id}: empty system_prompt"
                 )));
             }
-            if definition.model.trim().is_empty() {
-                return Err(AgentsError::Parse(format!("agent {id}: empty model")));
-            }
+            let chain = resolve_chain(&definition).map_err(AgentsError::Parse)?;
+            let mut definition = definition;
+            definition.model = chain[0].model.clone();
             let prompt_version = prompt_version(&definition);
             let agent = Agent {
                 definition,
                 prompt_version,
+                chain,
             };
             if agents.insert(id.clone(), Arc::new(agent)).is_some() {
                 return Err(AgentsError::Parse(format!("agent id {id:?} defined twice")));
@@ -164,6 +288,12 @@ fn prompt_version(definition: &AgentDefinition) -> String {
         name: _,
         description: _,
         model,
+        // The answering model and its provider enter every cache key themselves, so a change
+        // of fallbacks or endpoint needs no new prompt version.
+        models: _,
+        provider: _,
+        base_url: _,
+        api_key_env: _,
         system_prompt,
         temperature,
         top_p,
@@ -210,6 +340,28 @@ mod tests {
             a.get("m").unwrap().prompt_version,
             b.get("m").unwrap().prompt_version
         );
+    }
+
+    #[test]
+    fn a_chain_lists_the_primary_first_and_inherits_the_agent_provider() {
+        let registry = AgentRegistry::from_toml(
+            "[[agents]]\nid='m'\nname='M'\ndescription='d'\nsystem_prompt='p'\nprovider='openai'\nbase_url='http://127.0.0.1:1'\nmodels=['llama3', {model='gemini-2.5-flash', provider='gemini'}]\n",
+        )
+        .unwrap();
+        let agent = registry.get("m").unwrap();
+        assert_eq!(agent.definition.model, "llama3");
+        assert_eq!(agent.chain[0].provider(), ProviderKind::Openai);
+        assert_eq!(
+            agent.chain[0].base_url.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        assert_eq!(agent.chain[1].provider(), ProviderKind::Gemini);
+        assert_eq!(agent.chain[1].base_url, None);
+        let err = AgentRegistry::from_toml(
+            "[[agents]]\nid='m'\nname='M'\ndescription='d'\nsystem_prompt='p'\nmodel='a'\nmodels=['b','a']\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("first of models"), "{err}");
     }
 
     #[test]

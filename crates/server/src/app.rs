@@ -95,10 +95,13 @@ impl AppState {
             ),
             None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
         };
+        let router =
+            crate::providers::ModelRouter::build(&agents, &settings, &provider, redis.clone())?;
         let chat = ChatService::new(ChatDeps {
             agents,
             cache,
             provider,
+            router,
             admission: Admission::new(
                 ConcurrencyBound {
                     ceiling: up.max_concurrency,

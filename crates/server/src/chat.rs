@@ -17,7 +17,8 @@ use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, Res
 use crate::coalesce::fanout::{Fanout, FanoutReader};
 use crate::coalesce::{ClusterCoalescer, Lease, LeaseOutcome, Publish, SharedOutcome};
 use crate::providers::{
-    Completion, ModelRequest, ModelTurn, Provider, ProviderError, StreamPiece, Usage,
+    Completion, ModelRequest, ModelRouter, ModelTurn, Provider, ProviderError, Route, StreamPiece,
+    Usage,
 };
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
@@ -188,8 +189,10 @@ pub struct ChatDeps {
     pub agents: AgentRegistry,
     /// The answer cache.
     pub cache: ResponseCache,
-    /// The model.
+    /// The default backend (Gemini or the offline model), for /ready and logs.
     pub provider: Provider,
+    /// Each agent's chain of models (fallbacks, breakers, keys, providers).
+    pub router: ModelRouter,
     /// Concurrency and queue bounds.
     pub admission: Admission,
     /// Requests/tokens per minute.
@@ -356,6 +359,11 @@ impl ChatService {
         &self.inner.deps.provider
     }
 
+    /// The model router.
+    pub fn router(&self) -> &ModelRouter {
+        &self.inner.deps.router
+    }
+
     /// The per-minute upstream counter.
     pub fn monitor(&self) -> &UpstreamMonitor {
         &self.inner.monitor
@@ -445,7 +453,22 @@ impl ChatService {
             lookup.record("cache.key", tracing::field::display(&key));
             lookup.record("chat.message", &*message);
         }
-        let found = deps.cache.get(&key).instrument(lookup.clone()).await;
+        let mut found = deps.cache.get(&key).instrument(lookup.clone()).await;
+        if found.is_none() {
+            // While the primary is skipped, the model that would answer is the first fallback
+            // with a closed circuit: its cached answer is the one to serve.
+            let chain = deps.router.chain(agent);
+            if chain.first().is_some_and(|primary| primary.is_open()) {
+                if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
+                    let fallback_key = self.key_for_route(agent, route, &message, &history);
+                    found = deps
+                        .cache
+                        .get(&fallback_key)
+                        .instrument(lookup.clone())
+                        .await;
+                }
+            }
+        }
         lookup.record("cache.hit", found.is_some());
         if let Some((_, tier)) = &found {
             lookup.record("cache.tier", tier.as_str());
@@ -522,16 +545,21 @@ impl ChatService {
         })
     }
 
-    /// The cache key of `message` (already normalised) after `history` to `agent`.
+    /// The cache key of `message` (already normalised) after `history` to `agent`: the key
+    /// of its primary model's answer.
     fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
-        CacheKey::new(CacheKeyParts {
-            provider: self.inner.deps.provider.identity(),
-            agent_id: agent.id(),
-            prompt_version: &agent.prompt_version,
-            model: &agent.definition.model,
-            message,
-            history,
-        })
+        self.inner.key_for(agent, message, history)
+    }
+
+    /// The cache key of an answer by `route` (a model of the agent's chain).
+    fn key_for_route(
+        &self,
+        agent: &Agent,
+        route: &Route,
+        message: &str,
+        history: &[ModelTurn],
+    ) -> CacheKey {
+        route_key(agent, route.identity(), route.model(), message, history)
     }
 
     /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
@@ -663,7 +691,41 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
+/// The cache key of an answer to `message` after `history` by `model` served by `identity`.
+fn route_key(
+    agent: &Agent,
+    identity: &str,
+    model: &str,
+    message: &str,
+    history: &[ModelTurn],
+) -> CacheKey {
+    CacheKey::new(CacheKeyParts {
+        provider: identity,
+        agent_id: agent.id(),
+        prompt_version: &agent.prompt_version,
+        model,
+        message,
+        history,
+    })
+}
+
 impl Inner {
+    /// The key of the agent's primary model's answer.
+    fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
+        match self.deps.router.chain(agent).first() {
+            Some(primary) => {
+                route_key(agent, primary.identity(), primary.model(), message, history)
+            }
+            None => route_key(
+                agent,
+                self.deps.provider.identity(),
+                &agent.definition.model,
+                message,
+                history,
+            ),
+        }
+    }
+
     async fn fetch(
         &self,
         key: &CacheKey,
@@ -723,9 +785,48 @@ impl Inner {
             bytes: 0,
         });
         let result = self
-            .call_model(agent, message, history, deadline, sink)
+            .call_model(agent, message.clone(), history.clone(), deadline, sink)
             .await;
-        let publish = self.remember(key, &result).await;
+        let (result, publish) = match result {
+            // A fallback's answer is kept under the fallback's own key, never the primary's:
+            // waiters on this question get it, later askers ask the primary again.
+            Ok((completion, Some(route))) => {
+                let fallback_key =
+                    route_key(agent, route.identity(), route.model(), &message, &history);
+                let result = Ok(completion);
+                if let Publish::Answer(cached) = self.remember(&fallback_key, &result).await {
+                    if let Some(redis) = deps.cache.redis() {
+                        let redis = redis.clone();
+                        tokio::spawn(crate::telemetry::in_current_context(async move {
+                            let _ = redis.set(&fallback_key, &cached).await;
+                        }));
+                    }
+                }
+                let publish = match &result {
+                    Ok(c) => Publish::Outcome(
+                        SharedOutcome::Uncached {
+                            text: c.text.clone(),
+                            model: c.model.clone(),
+                            usage: c.usage,
+                            finish_reason: c.finish_reason.clone(),
+                        },
+                        deps.failure_share,
+                    ),
+                    Err(_) => Publish::Nothing,
+                };
+                (result, publish)
+            }
+            Ok((completion, None)) => {
+                let result = Ok(completion);
+                let publish = self.remember(key, &result).await;
+                (result, publish)
+            }
+            Err(error) => {
+                let result = Err(error);
+                let publish = self.remember(key, &result).await;
+                (result, publish)
+            }
+        };
         match lease {
             Some(lease) => lease.finish(*key, publish),
             None => {
@@ -792,7 +893,9 @@ impl Inner {
         }
     }
 
-    /// Admission, quota and the model call with its retries: one question's trip upstream.
+    /// Admission, then the agent's chain of models in order, each with the quota gate and its
+    /// retries: one question's trip upstream. Returns the answer and, when a fallback gave it,
+    /// that fallback's route.
     async fn call_model(
         &self,
         agent: &Agent,
@@ -800,7 +903,7 @@ impl Inner {
         history: Arc<[ModelTurn]>,
         deadline: Instant,
         mut sink: Option<PieceSink<'_>>,
-    ) -> Result<Completion, ChatError> {
+    ) -> Result<(Completion, Option<Arc<Route>>), ChatError> {
         let deps = &self.deps;
         let mut permit = deps
             .admission
@@ -813,7 +916,60 @@ impl Inner {
             })?;
         crate::metrics::upstream_in_flight(deps.admission.in_flight());
         let _gauge = InFlightGauge(&deps.admission);
-        let request = model_request(agent, message, history);
+        let chain = deps.router.chain(agent);
+        let mut last: Option<ProviderError> = None;
+        for (index, route) in chain.iter().enumerate() {
+            let has_next = index + 1 < chain.len();
+            // The last model is always tried: skipping it would fail the request outright, so
+            // a single-model agent behaves as without a breaker (its circuit only reported).
+            if has_next && !route.admit() {
+                crate::metrics::model_fallback(route.model());
+                continue;
+            }
+            let request = model_request(agent, route.model(), message.clone(), history.clone());
+            match self
+                .call_route(route, &request, &mut permit, deadline, sink.as_mut())
+                .await
+            {
+                Ok(completion) => {
+                    crate::metrics::model_answer(route.model(), index > 0);
+                    return Ok((completion, (index > 0).then(|| route.clone())));
+                }
+                // Once a piece is out, another model would send the learner a second beginning.
+                Err(ChatError::Provider(error))
+                    if has_next
+                        && falls_back(&error)
+                        && !matches!(&sink, Some(sink) if sink.bytes > 0) =>
+                {
+                    tracing::warn!(
+                        model = route.model(),
+                        kind = error.kind(),
+                        "model gave up; asking the next model of the chain: {error}"
+                    );
+                    crate::metrics::model_fallback(route.model());
+                    last = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ChatError::Provider(last.unwrap_or_else(|| {
+            ProviderError::Unavailable {
+                status: None,
+                message: "the agent has no model to ask".to_owned(),
+            }
+        })))
+    }
+
+    /// One model of the chain: the quota gate and the call, with retries.
+    async fn call_route(
+        &self,
+        route: &Route,
+        request: &ModelRequest,
+        permit: &mut crate::admission::AdmissionPermit,
+        deadline: Instant,
+        mut sink: Option<&mut PieceSink<'_>>,
+    ) -> Result<Completion, ChatError> {
+        let deps = &self.deps;
         let input_tokens =
             input_token_estimate(&request.system_prompt, &request.history, &request.message);
         let mut attempt = 0;
@@ -857,13 +1013,13 @@ impl Inner {
             );
             let result = match sink.as_mut() {
                 None => {
-                    deps.provider
-                        .generate(&request, deadline)
+                    route
+                        .generate(request, deadline)
                         .instrument(call.clone())
                         .await
                 }
                 Some(sink) => {
-                    stream_attempt(&deps.provider, &request, deadline, sink)
+                    stream_attempt(route, request, deadline, sink)
                         .instrument(call.clone())
                         .await
                 }
@@ -929,12 +1085,12 @@ impl Inner {
 
 /// One streamed model attempt: its pieces into `sink`, the whole answer at the end.
 async fn stream_attempt(
-    provider: &Provider,
+    route: &Route,
     request: &ModelRequest,
     deadline: Instant,
     sink: &mut PieceSink<'_>,
 ) -> Result<Completion, ProviderError> {
-    let mut stream = provider.generate_stream(request, deadline).await?;
+    let mut stream = route.generate_stream(request, deadline).await?;
     let drained = tokio::time::timeout_at(deadline, async {
         while let Some(item) = stream.next().await {
             match item? {
@@ -963,10 +1119,24 @@ pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message:
         .saturating_add(count(message))
 }
 
-fn model_request(agent: &Agent, message: String, history: Arc<[ModelTurn]>) -> ModelRequest {
+/// True for the failures after which the next model of a chain should answer: the model is
+/// down or overloaded (after its retries), or out of quota (a per-day 429 at once).
+fn falls_back(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Unavailable { .. } | ProviderError::RateLimited { .. }
+    )
+}
+
+fn model_request(
+    agent: &Agent,
+    model: &str,
+    message: String,
+    history: Arc<[ModelTurn]>,
+) -> ModelRequest {
     let d = &agent.definition;
     ModelRequest {
-        model: d.model.clone(),
+        model: model.to_owned(),
         system_prompt: d.system_prompt.clone(),
         history,
         message,

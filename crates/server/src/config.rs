@@ -89,6 +89,10 @@ pub struct Settings {
     pub deprecations: Vec<String>,
     /// Streamed answers (`POST /api/v1/agents/{agent_id}/stream`).
     pub stream: StreamSettings,
+    /// Model routing: the circuit breaker of each model of a fallback chain (issue 16).
+    pub routing: RoutingSettings,
+    /// The default OpenAI-compatible endpoint for agents or models with `provider = "openai"`.
+    pub openai: OpenAiSettings,
 }
 
 /// Streamed answers: keep-alive, bounds, and the Redis Streams that carry them across servers.
@@ -117,6 +121,46 @@ impl Default for StreamSettings {
             retry_after_ms: 1_000,
             redis_max_entries: 10_000,
             redis_ttl_ms: 60_000,
+        }
+    }
+}
+
+/// The circuit breaker of each model of an agent's fallback chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Consecutive failed calls (5xx, connection errors, timeouts) that open a model's circuit:
+    /// it is skipped, at no latency, until the cool-down ends; 0 turns the breaker off.
+    pub breaker_failures: u32,
+    /// How long an open circuit skips its model before one probe call may try it again, in ms.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// The default OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server, OpenRouter, OpenAI).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiSettings {
+    /// Base URL; `/v1/chat/completions` is appended. An agent's `base_url` overrides it.
+    pub base_url: String,
+    /// Bearer token (also `OPENAI_API_KEY`); empty sends none, as local servers need none. An
+    /// agent's `api_key_env` names another variable to read instead.
+    pub api_key: Secret,
+}
+
+impl Default for OpenAiSettings {
+    fn default() -> Self {
+        OpenAiSettings {
+            base_url: "https://api.openai.com".to_owned(),
+            api_key: Secret::default(),
         }
     }
 }
@@ -262,11 +306,22 @@ pub struct GeminiSettings {
     pub connect_timeout_ms: u64,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
+    /// More API keys, each with its own quota (also `GEMINI_API_KEY_1`, `GEMINI_API_KEY_2`, ...);
+    /// requests go to a key with room. `api_key`, when set, is one of them.
+    pub api_keys: Vec<Secret>,
+    /// Requests per minute allowed per key and model (the provider's per-key quota); 0 = no
+    /// limit of its own (only `upstream.rpm` applies).
+    pub key_rpm: u32,
+    /// Input tokens per minute allowed per key and model; 0 = no limit.
+    pub key_input_tpm: u64,
 }
 
 impl Default for GeminiSettings {
     fn default() -> Self {
         GeminiSettings {
+            api_keys: Vec::new(),
+            key_rpm: 0,
+            key_input_tpm: 0,
             api_key: Secret::default(),
             base_url: "https://generativelanguage.googleapis.com".to_owned(),
             connect_timeout_ms: 5_000,
@@ -615,6 +670,11 @@ impl Settings {
                     .map(|_| "telemetry.sentry_dsn".into()),
             )
             .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["OPENAI_API_KEY"])
+                    .map(|_| "openai.api_key".into()),
+            )
     }
 
     /// Extracts and validates settings from a figment; also resolves `REDIS_HOST`/`REDIS_PORT`.
@@ -634,6 +694,19 @@ impl Settings {
                     settings.redis.url =
                         Secret::new(format!("redis://{}:{}", host.trim(), port.trim()));
                 }
+            }
+        }
+        // GEMINI_API_KEY_1, _2, ...: numbered, so a deployment adds a key without editing a
+        // list; read up to the first gap.
+        for n in 1.. {
+            match std::env::var(format!("GEMINI_API_KEY_{n}")) {
+                Ok(key) if !key.trim().is_empty() => {
+                    let key = Secret::new(key.trim());
+                    if !settings.gemini.api_keys.contains(&key) {
+                        settings.gemini.api_keys.push(key);
+                    }
+                }
+                _ => break,
             }
         }
         settings.validate()?;
@@ -829,6 +902,13 @@ impl Settings {
         if self.auth.cache_ttl_ms == 0 {
             return fail("auth.cache_ttl_ms must be at least 1");
         }
+        let openai = self.openai.base_url.trim();
+        if !(openai.starts_with("http://") || openai.starts_with("https://")) {
+            return fail("openai.base_url must start with http:// or https://");
+        }
+        if self.routing.breaker_failures > 0 && self.routing.breaker_cooldown_ms == 0 {
+            return fail("routing.breaker_cooldown_ms must be at least 1");
+        }
         if self.upstream.retry_base_delay_ms > self.upstream.retry_max_delay_ms {
             return fail(
                 "upstream.retry_base_delay_ms must not exceed upstream.retry_max_delay_ms",
@@ -839,7 +919,18 @@ impl Settings {
 
     /// True when a Gemini API key is configured; otherwise the offline model answers.
     pub fn uses_gemini(&self) -> bool {
-        !self.gemini.api_key.is_empty()
+        !self.gemini_keys().is_empty()
+    }
+
+    /// Every configured Gemini key, `api_key` first, without blanks or repeats.
+    pub fn gemini_keys(&self) -> Vec<Secret> {
+        let mut keys: Vec<Secret> = Vec::new();
+        for key in std::iter::once(&self.gemini.api_key).chain(&self.gemini.api_keys) {
+            if !key.is_empty() && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        keys
     }
 
     /// True when Redis shared state is configured.

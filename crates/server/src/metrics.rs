@@ -47,6 +47,18 @@ pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
 pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
 /// Requests refused with 503 before reaching the model, by reason.
 pub const SHED: &str = "learning_chat_requests_shed_total";
+/// Answers from the model by the model that answered and its place in the agent's chain
+/// (primary/fallback).
+pub const MODEL_ANSWERS: &str = "learning_chat_model_answers_total";
+/// Times a model of a chain gave up (or was skipped by its open circuit) and the next one was
+/// asked, by the model given up on.
+pub const MODEL_FALLBACKS: &str = "learning_chat_model_fallbacks_total";
+/// Each model's circuit: 0 closed, 1 open, 2 half-open (probing).
+pub const MODEL_CIRCUIT: &str = "learning_chat_model_circuit_state";
+/// Gemini API keys usable now (not refused, not out of their per-day quota).
+pub const API_KEYS_IN_ROTATION: &str = "learning_chat_api_keys_in_rotation";
+/// Gemini API keys taken out of rotation, by reason (refused/daily_quota).
+pub const API_KEYS_OUT: &str = "learning_chat_api_keys_out_total";
 /// Model call attempts by outcome (ok, rate_limited, unavailable, ...).
 pub const UPSTREAM_REQUESTS: &str = "learning_chat_upstream_requests_total";
 /// Model call latency by outcome.
@@ -212,6 +224,7 @@ pub fn install() -> PrometheusHandle {
             for rare in [
                 STREAMS_REFUSED,
                 STREAM_BYTES,
+                API_KEYS_OUT,
                 CONVERSATIONS_CREATED,
                 CONVERSATIONS_ERASED,
                 CONVERSATIONS_EVICTED,
@@ -235,6 +248,23 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_counter!(
+        MODEL_ANSWERS,
+        "Model answers by the model that answered and its place in the chain."
+    );
+    describe_counter!(
+        MODEL_FALLBACKS,
+        "Chains moved past a model (failed or circuit open), by that model."
+    );
+    describe_gauge!(
+        MODEL_CIRCUIT,
+        "Circuit of each model: 0 closed, 1 open, 2 half-open."
+    );
+    describe_gauge!(API_KEYS_IN_ROTATION, "Gemini API keys usable now.");
+    describe_counter!(
+        API_KEYS_OUT,
+        "Gemini API keys taken out of rotation, by reason."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
     describe_histogram!(
         STREAM_TTFT,
@@ -749,6 +779,37 @@ pub fn redis_fallback(operation: &'static str) {
 /// Counts a corrupt Redis value (`answer`, `outcome` or `lease`) that was deleted.
 pub fn redis_corrupt(kind: &'static str, count: u64) {
     counter!(REDIS_CORRUPT, "kind" => kind).increment(count);
+}
+
+/// Counts an answer by the model that gave it (`fallback`: not the agent's primary).
+pub fn model_answer(model: &str, fallback: bool) {
+    let position = if fallback { "fallback" } else { "primary" };
+    counter!(MODEL_ANSWERS, "model" => model.to_owned(), "position" => position).increment(1);
+}
+
+/// Counts a chain moving past `model`.
+pub fn model_fallback(model: &str) {
+    counter!(MODEL_FALLBACKS, "model" => model.to_owned()).increment(1);
+}
+
+/// Exports a model's fallback counter at 0, so a rate over it reads 0 rather than no data.
+pub fn model_fallback_init(model: &str) {
+    counter!(MODEL_FALLBACKS, "model" => model.to_owned()).increment(0);
+}
+
+/// Sets a model's circuit state (0 closed, 1 open, 2 half-open).
+pub fn circuit_state(model: &str, state: u8) {
+    gauge!(MODEL_CIRCUIT, "model" => model.to_owned()).set(f64::from(state));
+}
+
+/// Sets the number of Gemini keys in rotation.
+pub fn api_keys_in_rotation(count: usize) {
+    gauge!(API_KEYS_IN_ROTATION).set(count as f64);
+}
+
+/// Counts a key taken out of rotation.
+pub fn api_key_out(reason: &'static str) {
+    counter!(API_KEYS_OUT, "reason" => reason).increment(1);
 }
 
 /// Counts a question answered with another server's shared outcome.

@@ -53,10 +53,18 @@ pub struct PlanInput {
     pub cache_hit_ratio: f64,
     /// Time of one model call in seconds (the seed's 2.8).
     pub upstream_latency_secs: f64,
-    /// The model's requests-per-minute quota; 0 = unlimited.
+    /// The model's requests-per-minute quota per API key; 0 = unlimited.
     pub rpm_quota: f64,
+    /// API keys, each with its own `rpm_quota` (`gemini.api_keys`): the service spreads calls
+    /// over them, so the quota is `rpm_quota x api_keys`.
+    pub api_keys: f64,
     /// The model's price.
     pub price: Price,
+    /// Fraction of model calls answered by the agent's fallback model (0 to 1): when the
+    /// primary is overloaded or its circuit open.
+    pub fallback_share: f64,
+    /// The fallback model's price (default: the primary's).
+    pub fallback_price: Option<Price>,
     /// Questions per conversation (1 = every question stands alone). Each follow-up is sent
     /// with the earlier questions and answers, so with a per-token price longer conversations
     /// cost more per question.
@@ -91,7 +99,10 @@ impl PlanInput {
             cache_hit_ratio: 0.0,
             upstream_latency_secs: 2.8,
             rpm_quota: 1000.0,
+            api_keys: 1.0,
             price: Price::PerRequest(0.001),
+            fallback_share: 0.0,
+            fallback_price: None,
             turns_per_conversation: 1.0,
             max_history_tokens: 8000.0,
             server_capacity_rps: DEFAULT_SERVER_CAPACITY_RPS,
@@ -149,8 +160,16 @@ pub struct Plan {
     /// carries the k - 1 exchanges before it (about `tokens_per_request` each), up to
     /// `max_history_tokens`. 0 with a per-request price, where history costs nothing extra.
     pub history_tokens_per_request: f64,
+    /// The quota all keys give together: `rpm_quota x api_keys` (0 = unlimited).
+    pub effective_rpm_quota: f64,
     /// USD per model request, history included.
     pub price_per_request: f64,
+    /// USD per request of the fallback model, history included.
+    pub fallback_price_per_request: f64,
+    /// Model requests per month answered by the fallback model.
+    pub fallback_requests_per_month: f64,
+    /// USD per model request over primary and fallback answers.
+    pub blended_price_per_request: f64,
     /// USD per month for the model.
     pub monthly_upstream_cost: f64,
     /// USD per month for servers and shared infrastructure.
@@ -186,24 +205,25 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         }
     };
     let upstream_rpm_needed = peak_rps * 60.0 * miss;
-    let unlimited = input.rpm_quota == 0.0;
+    let rpm_quota = input.rpm_quota * input.api_keys;
+    let unlimited = rpm_quota == 0.0;
     // A tiny tolerance so 1000.0000001 "needed" against 1000 still fits (floating point).
-    let quota_fits = unlimited || upstream_rpm_needed <= input.rpm_quota * (1.0 + 1e-9);
+    let quota_fits = unlimited || upstream_rpm_needed <= rpm_quota * (1.0 + 1e-9);
     let quota_utilisation = if unlimited {
         0.0
     } else {
-        upstream_rpm_needed / input.rpm_quota
+        upstream_rpm_needed / rpm_quota
     };
     let offered_rpm = peak_rps * 60.0;
-    let min_cache_hit_ratio_for_quota = if unlimited || offered_rpm <= input.rpm_quota {
+    let min_cache_hit_ratio_for_quota = if unlimited || offered_rpm <= rpm_quota {
         0.0
     } else {
-        1.0 - input.rpm_quota / offered_rpm
+        1.0 - rpm_quota / offered_rpm
     };
     let upstream_rps = if unlimited {
         upstream_rpm_needed / 60.0
     } else {
-        upstream_rpm_needed.min(input.rpm_quota) / 60.0
+        upstream_rpm_needed.min(rpm_quota) / 60.0
     };
     let upstream_in_flight = upstream_rps * input.upstream_latency_secs;
 
@@ -221,14 +241,21 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     let n = f64::from(servers);
 
     let history_tokens_per_request = history_tokens_per_request(input);
-    let price_per_request = match input.price {
+    let price_of = |price: Price| match price {
         Price::PerRequest(usd) => usd,
         Price::PerThousandTokens {
             usd,
             tokens_per_request,
         } => usd * (tokens_per_request + history_tokens_per_request) / 1000.0,
     };
-    let monthly_upstream_cost = upstream_requests_per_month * price_per_request;
+    let price_per_request = price_of(input.price);
+    let fallback_price_per_request = price_of(input.fallback_price.unwrap_or(input.price));
+    // A failed primary call (503, overloaded) is not billed: a fallback answer costs only its
+    // own call.
+    let blended_price_per_request = (1.0 - input.fallback_share) * price_per_request
+        + input.fallback_share * fallback_price_per_request;
+    let fallback_requests_per_month = upstream_requests_per_month * input.fallback_share;
+    let monthly_upstream_cost = upstream_requests_per_month * blended_price_per_request;
     let monthly_infrastructure_cost = n * input.server_monthly_cost
         + if servers > 1 {
             input.shared_monthly_cost
@@ -254,7 +281,11 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         per_server_upstream_rpm: upstream_rps * 60.0 / n,
         per_server_upstream_in_flight: upstream_in_flight / n,
         history_tokens_per_request,
+        effective_rpm_quota: rpm_quota,
         price_per_request,
+        fallback_price_per_request,
+        fallback_requests_per_month,
+        blended_price_per_request,
         monthly_upstream_cost,
         monthly_infrastructure_cost,
         monthly_total_cost: monthly_upstream_cost + monthly_infrastructure_cost,
@@ -287,6 +318,10 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
         ("upstream latency", input.upstream_latency_secs),
         ("RPM quota", input.rpm_quota),
         ("price per request", input.price.per_request()),
+        (
+            "fallback price per request",
+            input.fallback_price.map_or(0.0, |p| p.per_request()),
+        ),
         ("server monthly cost", input.server_monthly_cost),
         ("shared monthly cost", input.shared_monthly_cost),
         ("peak RPM", input.peak_rpm.unwrap_or(0.0)),
@@ -318,6 +353,18 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
         return Err(PlanError(format!(
             "turns per conversation must be a number >= 1, not {}",
             input.turns_per_conversation
+        )));
+    }
+    if !(input.api_keys.is_finite() && input.api_keys >= 1.0) {
+        return Err(PlanError(format!(
+            "API keys must be a number >= 1, not {}",
+            input.api_keys
+        )));
+    }
+    if !(0.0..=1.0).contains(&input.fallback_share) {
+        return Err(PlanError(format!(
+            "fallback share must be between 0 and 1, not {}",
+            input.fallback_share
         )));
     }
     if !(0.0..=1.0).contains(&input.cache_hit_ratio) {
@@ -376,19 +423,27 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
         ),
     };
     row("peak requests/s", num(plan.peak_rps), peak_note);
-    let quota = if input.rpm_quota == 0.0 {
+    let quota_name = if input.api_keys > 1.0 {
+        format!(
+            "{} RPM quota ({} keys x {})",
+            count(plan.effective_rpm_quota),
+            num(input.api_keys),
+            count(input.rpm_quota)
+        )
+    } else {
+        format!("{} RPM quota", count(plan.effective_rpm_quota))
+    };
+    let quota = if plan.effective_rpm_quota == 0.0 {
         "unlimited quota".to_owned()
     } else if plan.quota_fits {
         format!(
-            "fits the {} RPM quota ({:.0}% of it)",
-            count(input.rpm_quota),
+            "fits the {quota_name} ({:.0}% of it)",
             plan.quota_utilisation * 100.0
         )
     } else {
         format!(
-            "EXCEEDS the {} RPM quota ({:.0}%): needs a cache hit ratio >= {:.0}% or a larger quota; \
-             the excess waits or gets 503",
-            count(input.rpm_quota),
+            "EXCEEDS the {quota_name} ({:.0}%): needs a cache hit ratio >= {:.0}%, more keys or a \
+             larger quota; the excess waits or gets 503",
             plan.quota_utilisation * 100.0,
             plan.min_cache_hit_ratio_for_quota * 100.0
         )
@@ -456,11 +511,21 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
             num(input.turns_per_conversation)
         ),
     };
+    let fallback_note = if input.fallback_share > 0.0 {
+        format!(
+            "; {:.0}% answered by the fallback at {} ({} blended)",
+            input.fallback_share * 100.0,
+            usd_precise(plan.fallback_price_per_request),
+            usd_precise(plan.blended_price_per_request)
+        )
+    } else {
+        String::new()
+    };
     row(
         "monthly model cost",
         usd(plan.monthly_upstream_cost),
         format!(
-            "{} per request{history_note}",
+            "{} per request{history_note}{fallback_note}",
             usd_precise(plan.price_per_request)
         ),
     );
@@ -552,9 +617,21 @@ pub struct PlanArgs {
     /// Seconds per model call.
     #[arg(long, default_value_t = 2.8)]
     pub upstream_latency_secs: f64,
-    /// The model's RPM quota (0 = unlimited).
+    /// The model's RPM quota per API key (0 = unlimited).
     #[arg(long, default_value_t = 1000.0)]
     pub rpm_quota: f64,
+    /// API keys, each with its own --rpm-quota (gemini.api_keys).
+    #[arg(long, default_value_t = 1.0)]
+    pub api_keys: f64,
+    /// Fraction of model calls answered by the agents' fallback model, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub fallback_share: f64,
+    /// USD per request of the fallback model (default: the primary's price).
+    #[arg(long, conflicts_with = "fallback_price_per_1k_tokens")]
+    pub fallback_price_per_request: Option<f64>,
+    /// USD per 1,000 tokens of the fallback model (with --tokens-per-request).
+    #[arg(long)]
+    pub fallback_price_per_1k_tokens: Option<f64>,
     /// USD per model request.
     #[arg(long, default_value_t = 0.001, conflicts_with = "price_per_1k_tokens")]
     pub price_per_request: f64,
@@ -621,6 +698,19 @@ impl PlanArgs {
             cache_hit_ratio: self.cache_hit_ratio,
             upstream_latency_secs: self.upstream_latency_secs,
             rpm_quota: self.rpm_quota,
+            api_keys: self.api_keys,
+            fallback_share: self.fallback_share,
+            fallback_price: match (
+                self.fallback_price_per_request,
+                self.fallback_price_per_1k_tokens,
+            ) {
+                (Some(usd), _) => Some(Price::PerRequest(usd)),
+                (None, Some(usd)) => Some(Price::PerThousandTokens {
+                    usd,
+                    tokens_per_request: self.tokens_per_request,
+                }),
+                (None, None) => None,
+            },
             price: match self.price_per_1k_tokens {
                 Some(usd) => Price::PerThousandTokens {
                     usd,

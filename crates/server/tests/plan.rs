@@ -235,3 +235,52 @@ fn a_class_costs_its_daily_tokens_at_the_price() {
     assert!(text.contains("class (one API key)"), "{text}");
     assert!(text.contains("$6.00 a month"), "{text}");
 }
+
+#[test]
+fn several_keys_multiply_the_quota_and_fallbacks_blend_the_price() {
+    // 3,000 RPM offered at the peak against 1,000 RPM per key: one key is too few, three fit.
+    let input = PlanInput {
+        peak_rpm: Some(2_500.0),
+        ..PlanInput::seed()
+    };
+    assert!(!plan(&input).unwrap().quota_fits);
+    let three = plan(&PlanInput {
+        api_keys: 3.0,
+        ..input.clone()
+    })
+    .unwrap();
+    assert!(three.quota_fits);
+    assert_eq!(three.effective_rpm_quota, 3_000.0);
+    // A quarter of the answers from a fallback at a tenth of the price.
+    let blended = plan(&PlanInput {
+        fallback_share: 0.25,
+        fallback_price: Some(Price::PerRequest(0.0001)),
+        ..PlanInput::seed()
+    })
+    .unwrap();
+    assert!((blended.blended_price_per_request - (0.75 * 0.001 + 0.25 * 0.0001)).abs() < 1e-12);
+    assert!((blended.monthly_upstream_cost - 300_000.0 * 0.000775).abs() < 1e-6);
+    assert_eq!(blended.fallback_requests_per_month, 75_000.0);
+    assert!(plan(&PlanInput {
+        api_keys: 0.0,
+        ..PlanInput::seed()
+    })
+    .is_err());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+        .args([
+            "plan",
+            "--peak-rpm",
+            "2500",
+            "--api-keys",
+            "3",
+            "--fallback-share",
+            "0.25",
+            "--fallback-price-per-request",
+            "0.0001",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("3 keys x 1,000"), "{text}");
+    assert!(text.contains("25% answered by the fallback"), "{text}");
+}

@@ -159,7 +159,28 @@ impl QuotaLimiter {
     /// A limiter for `rpm` requests and `input_tpm` input tokens per minute (0 = unlimited),
     /// counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
+        crate::metrics::quota_rpm(rpm);
         Self::with_local_share(rpm, input_tpm, margin, 1, None)
+    }
+
+    /// A limiter for one API key and model (issue 16): like [`QuotaLimiter::new`], without
+    /// reporting itself as the service's quota.
+    pub fn scoped(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
+        Self::with_local_share(rpm, input_tpm, margin, 1, None)
+    }
+
+    /// A cluster-wide limiter for one API key and model: its own Redis keys under `scope`.
+    pub fn clustered_scoped(
+        rpm: u32,
+        input_tpm: u64,
+        margin: Duration,
+        replicas: u32,
+        link: crate::redis_link::RedisLink,
+        scope: &str,
+    ) -> QuotaLimiter {
+        let window = Duration::from_millis(MINUTE_MS) + margin;
+        let cluster = RedisQuota::scoped(link, rpm, input_tpm, window, scope);
+        Self::with_local_share(rpm, input_tpm, margin, replicas, Some(cluster))
     }
 
     /// A cluster-wide limiter in Redis for `replicas` servers. While Redis is down, or back but
@@ -173,6 +194,7 @@ impl QuotaLimiter {
     ) -> QuotaLimiter {
         let window = Duration::from_millis(MINUTE_MS) + margin;
         let cluster = RedisQuota::new(link, rpm, input_tpm, window);
+        crate::metrics::quota_rpm(rpm);
         Self::with_local_share(rpm, input_tpm, margin, replicas, Some(cluster))
     }
 
@@ -189,7 +211,6 @@ impl QuotaLimiter {
         let local_rpm = (rpm > 0 && cluster.is_none()).then_some(u64::from(rpm));
         // A share rounds down but never to zero, or a small quota would stop every server.
         let local_tpm = (input_tpm > 0).then(|| (input_tpm / u64::from(replicas)).max(1));
-        crate::metrics::quota_rpm(rpm);
         if cluster.is_some() {
             crate::metrics::quota_conservative(false);
         }

@@ -196,9 +196,20 @@ pub struct RedisQuota {
 impl RedisQuota {
     /// A limiter of `rpm` requests and `input_tpm` tokens per `window`.
     pub fn new(link: RedisLink, rpm: u32, input_tpm: u64, window: Duration) -> RedisQuota {
-        let requests_key = link.grouped_key("quota", "quota", "requests");
-        let tokens_key = link.grouped_key("quota", "quota", "input_tokens");
-        let synced_key = link.grouped_key("quota", "quota", "synced");
+        Self::scoped(link, rpm, input_tpm, window, "quota")
+    }
+
+    /// A limiter whose keys form the group `scope` (one per API key and model, issue 16).
+    pub fn scoped(
+        link: RedisLink,
+        rpm: u32,
+        input_tpm: u64,
+        window: Duration,
+        scope: &str,
+    ) -> RedisQuota {
+        let requests_key = link.grouped_key("quota", scope, "requests");
+        let tokens_key = link.grouped_key("quota", scope, "input_tokens");
+        let synced_key = link.grouped_key("quota", scope, "synced");
         RedisQuota {
             link,
             rpm,

@@ -166,6 +166,22 @@ pub struct HealthStatus {
     /// `disabled`, `up` or `down` (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
+    /// Each model's circuit: `closed`, `open` (skipped) or `half_open` (readiness only). An
+    /// open circuit does not make the server unready: the agent's fallbacks answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuits: Option<std::collections::BTreeMap<String, String>>,
+    /// Gemini API keys configured and in rotation (readiness only, with Gemini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<KeyRotation>,
+}
+
+/// How many Gemini API keys can be used now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyRotation {
+    /// Keys configured.
+    pub total: usize,
+    /// Keys neither refused nor out of their per-day quota.
+    pub in_rotation: usize,
 }
 
 /// Ask a tutor a question, as the first message of a new conversation or, with
@@ -337,6 +353,8 @@ pub async fn health() -> Json<HealthStatus> {
         status: "ok".to_owned(),
         provider: None,
         redis: None,
+        circuits: None,
+        api_keys: None,
     })
 }
 
@@ -352,6 +370,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         status: if draining { "draining" } else { "ready" }.to_owned(),
         provider: Some(state.chat.provider().name().to_owned()),
         redis: Some(state.redis_status().to_owned()),
+        circuits: Some(state.chat.router().circuits()),
+        api_keys: state
+            .chat
+            .router()
+            .key_counts()
+            .map(|(total, in_rotation)| KeyRotation { total, in_rotation }),
     };
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
@@ -402,6 +426,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         AgentList,
         AgentSummary,
         HealthStatus,
+        KeyRotation,
         ErrorBody,
         ErrorObject,
         Usage

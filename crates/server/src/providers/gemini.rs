@@ -54,6 +54,14 @@ impl GeminiClient {
         })
     }
 
+    /// The same client (sharing its connection pool) sending another API key.
+    pub fn with_key(&self, api_key: Secret) -> GeminiClient {
+        GeminiClient {
+            api_key,
+            ..self.clone()
+        }
+    }
+
     /// `gemini@{host of the base URL}`: which backend answers, for cache keys.
     pub fn identity(&self) -> &str {
         &self.identity

@@ -1,11 +1,18 @@
-//! Model providers: the real Gemini API, or the built-in offline simulated model.
+//! Model providers: the real Gemini API (several keys), OpenAI-compatible endpoints, or the
+//! built-in offline simulated model, and the router that chains them per agent.
 //!
-//! The chat service sees one [`Provider`]; which backend answers is decided once at start-up.
+//! Each backend is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
+//! model of each agent's fallback chain.
 
 mod gemini;
+pub mod keys;
+pub mod openai;
+pub mod router;
 mod simulated;
 
 pub use gemini::GeminiClient;
+pub use openai::OpenAiClient;
+pub use router::{ModelRouter, Route};
 pub use simulated::SimulatedModel;
 
 use gemini_wire::{FinishReason, GenerateContentResponse, GenerationConfig};
@@ -347,6 +354,8 @@ pub enum Provider {
     Gemini(GeminiClient),
     /// The built-in offline model (no API key configured); boxed, it carries a whole sim config.
     Simulated(Box<SimulatedModel>),
+    /// An OpenAI-compatible Chat Completions endpoint.
+    OpenAi(OpenAiClient),
 }
 
 impl Provider {
@@ -359,11 +368,11 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.generate(request, deadline).await,
             Provider::Simulated(model) => model.generate(request, deadline).await,
+            Provider::OpenAi(client) => client.generate(request, deadline).await,
         }
     }
 
-    /// One streamed attempt, bounded by `deadline`: errors before the first byte of the body
-    /// are returned here (the caller may retry them), later ones are items of the stream.
+    /// One streamed attempt: errors before the body are returned, later ones end the stream.
     pub async fn generate_stream(
         &self,
         request: &ModelRequest,
@@ -372,14 +381,16 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.generate_stream(request, deadline).await,
             Provider::Simulated(model) => model.generate_stream(request, deadline).await,
+            Provider::OpenAi(client) => client.generate_stream(request, deadline).await,
         }
     }
 
-    /// `gemini` or `offline-simulated`, for /ready and logs.
+    /// `gemini`, `openai` or `offline-simulated`, for /ready and logs.
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Gemini(_) => "gemini",
             Provider::Simulated(_) => "offline-simulated",
+            Provider::OpenAi(_) => "openai",
         }
     }
 
@@ -389,6 +400,7 @@ impl Provider {
         match self {
             Provider::Gemini(client) => client.identity(),
             Provider::Simulated(_) => "offline-simulated",
+            Provider::OpenAi(client) => client.identity(),
         }
     }
 

@@ -75,6 +75,14 @@ fn secrets_of(settings: &Settings) -> Vec<String> {
         settings.redis.url.expose().to_owned(),
         settings.telemetry.sentry_dsn.expose().to_owned(),
     ];
+    secrets.extend(
+        settings
+            .gemini
+            .api_keys
+            .iter()
+            .chain([&settings.openai.api_key])
+            .map(|k| k.expose().to_owned()),
+    );
     // The Redis password alone (redis://user:PASSWORD@host) may appear in error messages.
     if let Some(password) = url_password(settings.redis.url.expose()) {
         secrets.push(password.to_owned());
