@@ -25,6 +25,7 @@ pub mod redis_link;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 pub use app::{AppState, Application};
 pub use config::Settings;

@@ -1,6 +1,7 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 mod error;
+mod security;
 
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorObject};
 
@@ -405,7 +406,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ErrorBody,
         ErrorObject,
         Usage
-    ))
+    )),
+    modifiers(&security::KeyAuth)
 )]
 pub struct ApiDoc;
 
