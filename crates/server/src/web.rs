@@ -50,21 +50,9 @@ static ASSETS: &[Asset] = &[
     asset!("docs.css", CSS, false),
     asset!("favicon.svg", "image/svg+xml", false),
     asset!("vendor/marked/marked.umd.js", JS, true),
-    asset!(
-        "vendor/dompurify/purify.min.js",
-        JS,
-        true
-    ),
-    asset!(
-        "vendor/swagger-ui-dist/swagger-ui-bundle.js",
-        JS,
-        true
-    ),
-    asset!(
-        "vendor/swagger-ui-dist/swagger-ui.css",
-        CSS,
-        true
-    ),
+    asset!("vendor/dompurify/purify.min.js", JS, true),
+    asset!("vendor/swagger-ui-dist/swagger-ui-bundle.js", JS, true),
+    asset!("vendor/swagger-ui-dist/swagger-ui.css", CSS, true),
 ];
 
 static INDEX_HTML: &[u8] = include_bytes!("../web/index.html");

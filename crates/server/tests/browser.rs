@@ -22,7 +22,9 @@ use std::time::Duration;
 /// Asks `question` through the page (real key presses: Enter sends) and waits for the answer
 /// number `n` (1-based) to be complete; returns its text.
 async fn ask(browser: &Browser, question: &str, n: usize) -> String {
-    browser.type_into("#message", &format!("{question}\n")).await;
+    browser
+        .type_into("#message", &format!("{question}\n"))
+        .await;
     let done = format!(
         "document.querySelectorAll('#messages .msg.answer:not(.pending)').length >= {n} \
          && document.querySelectorAll('#messages .msg.answer')[{i}].innerText",
@@ -62,7 +64,11 @@ async fn conversation_id(browser: &Browser) -> Option<String> {
 fn screenshot_paths(name: &str) -> Vec<PathBuf> {
     let mut paths = vec![Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)];
     if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
-        paths.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots").join(name));
+        paths.push(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../docs/screenshots")
+                .join(name),
+        );
     }
     paths
 }
@@ -82,32 +88,37 @@ async fn execute_in_docs(browser: &Browser, docs_url: &str) -> String {
     let block = "document.querySelector('.opblock-summary-path[data-path=\"/api/v1/agents\"]')";
     browser.wait_for("the operations", block).await;
     browser
-        .js(&format!("{block}.closest('.opblock-summary').click(); return true;"))
+        .js(&format!("{block}.closest('.opblock').querySelector('.opblock-summary-control').click(); return true;"))
         .await;
     let in_block = |css: &str| format!("{block}.closest('.opblock').querySelector('{css}')");
     browser
         .wait_for("Try it out", &in_block(".try-out__btn"))
         .await;
     browser
-        .js(&format!("{}.click(); return true;", in_block(".try-out__btn")))
+        .js(&format!(
+            "{}.click(); return true;",
+            in_block(".try-out__btn")
+        ))
         .await;
-    browser
-        .wait_for("Execute", &in_block(".execute"))
-        .await;
+    browser.wait_for("Execute", &in_block(".execute")).await;
     browser
         .js(&format!("{}.click(); return true;", in_block(".execute")))
         .await;
     let status = browser
         .wait_for(
             "the live response",
-            &format!("{} && {}.textContent.trim()", in_block(".live-responses-table .response-col_status"), in_block(".live-responses-table .response-col_status")),
+            &format!(
+                "{} && {}.textContent.trim()",
+                in_block(".live-responses-table tr.response .response-col_status"),
+                in_block(".live-responses-table tr.response .response-col_status")
+            ),
         )
         .await;
     assert_eq!(status, "200", "Try it out got {status}");
     browser
         .js(&format!(
             "return {}.textContent;",
-            in_block(".live-responses-table .response-col_description .microlight, .live-responses-table .response-col_description pre")
+            in_block(".live-responses-table tr.response .response-col_description")
         ))
         .await
         .as_str()
@@ -117,7 +128,12 @@ async fn execute_in_docs(browser: &Browser, docs_url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_browser() {
-    let sim = start_sim(SimConfig::default()).await;
+    // Long enough answers for the whole tutor layout (text, example, numbered steps).
+    let sim = start_sim(SimConfig {
+        answer_tokens: 300,
+        ..SimConfig::default()
+    })
+    .await;
     let mut settings = settings_for(&sim);
     // A model 429 goes straight to the learner as 503 + Retry-After (no retries in the server),
     // which is what the page must ride out.
@@ -128,18 +144,36 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
     // The tutor picker lists every agent with its description.
     browser.goto(&app.url("/")).await;
     browser
-        .wait_for("the tutors", "document.querySelector('#tutor option[value=\"math\"]')")
+        .wait_for(
+            "the tutors",
+            "document.querySelector('#tutor option[value=\"math\"]')",
+        )
         .await;
     let names = browser
         .js("return Array.from(document.querySelectorAll('#tutor option')).map(o => o.textContent);")
         .await;
     assert!(names.to_string().contains("Science Tutor"), "{names}");
-    let tutor = browser.client.find(fantoccini::Locator::Css("#tutor")).await.expect("picker");
-    tutor.select_by_value("science").await.expect("choose a tutor");
-    let description = browser.wait_for("a description", "document.getElementById('tutor-description').textContent").await;
+    let tutor = browser
+        .client
+        .find(fantoccini::Locator::Css("#tutor"))
+        .await
+        .expect("picker");
+    tutor
+        .select_by_value("science")
+        .await
+        .expect("choose a tutor");
+    let description = browser
+        .wait_for(
+            "a description",
+            "document.getElementById('tutor-description').textContent",
+        )
+        .await;
     assert!(!description.as_str().unwrap_or_default().is_empty());
     assert!(
-        browser.js("return document.getElementById('offline-banner').hidden;").await == Value::Bool(true),
+        browser
+            .js("return document.getElementById('offline-banner').hidden;")
+            .await
+            == Value::Bool(true),
         "a server with a Gemini key shows no offline banner"
     );
     browser.assert_clean("loading the page", &[]).await;
@@ -150,27 +184,52 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
     let list_items = browser
         .js("return document.querySelectorAll('#messages .msg.answer .body ol li').length;")
         .await;
-    assert!(list_items.as_u64().unwrap_or(0) >= 3, "Markdown lists rendered: {list_items}");
+    assert!(
+        list_items.as_u64().unwrap_or(0) >= 3,
+        "Markdown lists rendered: {list_items}"
+    );
     let (cached, time) = answer_meta(&browser, 1).await;
     assert!(!cached, "a new question is not from the cache");
-    assert!(time.starts_with("answered in ") && time.ends_with(" ms"), "{time}");
+    assert!(
+        time.starts_with("answered in ") && time.ends_with(" ms"),
+        "{time}"
+    );
     let first_conversation = conversation_id(&browser).await.expect("a conversation id");
 
     // The same question in a new conversation: from the cache, no second model call.
     browser.click("#new-conversation").await;
-    let calls_before = sim.stats().requests_total;
+    let calls_before = sim.stats().requests;
     let again = ask(&browser, "What is photosynthesis?", 1).await;
     let (cached, _) = answer_meta(&browser, 1).await;
-    assert!(cached, "the repeated question is marked from cache: {again}");
-    assert_eq!(sim.stats().requests_total, calls_before, "no model call for a cached answer");
-    assert_ne!(conversation_id(&browser).await.as_deref(), Some(first_conversation.as_str()));
+    assert!(
+        cached,
+        "the repeated question is marked from cache: {again}"
+    );
+    assert_eq!(
+        sim.stats().requests,
+        calls_before,
+        "no model call for a cached answer"
+    );
+    assert_ne!(
+        conversation_id(&browser).await.as_deref(),
+        Some(first_conversation.as_str())
+    );
 
     // A follow-up stays in the same conversation (the server has both exchanges).
     let conversation = conversation_id(&browser).await.expect("a conversation id");
     ask(&browser, "And why are leaves green?", 2).await;
-    assert_eq!(conversation_id(&browser).await.as_deref(), Some(conversation.as_str()));
-    let stored = app.get_json(&format!("/api/v1/conversations/{conversation}")).await;
-    assert_eq!(stored["turns"].as_array().map(Vec::len), Some(4), "{stored}");
+    assert_eq!(
+        conversation_id(&browser).await.as_deref(),
+        Some(conversation.as_str())
+    );
+    let stored = app
+        .get_json(&format!("/api/v1/conversations/{conversation}"))
+        .await;
+    assert_eq!(
+        stored["turns"].as_array().map(Vec::len),
+        Some(4),
+        "{stored}"
+    );
     browser.assert_clean("asking and following up", &[]).await;
 
     // Accessible at desktop width, and at phone width; screenshots of both.
@@ -182,19 +241,37 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
     let overflow = browser
         .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
         .await;
-    assert_eq!(overflow.as_i64(), Some(0), "no sideways scrolling on a phone");
+    assert_eq!(
+        overflow.as_i64(),
+        Some(0),
+        "no sideways scrolling on a phone"
+    );
     assert_accessible(&browser, "the chat page (phone)").await;
     for path in screenshot_paths("chat-phone.png") {
         browser.screenshot(&path).await;
     }
-    browser.cdp("Emulation.clearDeviceMetricsOverride", serde_json::json!({})).await;
+    browser
+        .cdp(
+            "Emulation.clearDeviceMetricsOverride",
+            serde_json::json!({}),
+        )
+        .await;
 
     // Keyboard only: Tab from the picker reaches every control in reading order.
-    browser.js("document.getElementById('tutor').focus(); return true;").await;
+    browser
+        .js("document.getElementById('tutor').focus(); return true;")
+        .await;
     let mut order = Vec::new();
     for _ in 0..4 {
-        let focused = browser.client.active_element().await.expect("a focused element");
-        focused.send_keys(&fantoccini::key::Key::Tab).await.expect("Tab");
+        let focused = browser
+            .client
+            .active_element()
+            .await
+            .expect("a focused element");
+        focused
+            .send_keys(&fantoccini::key::Key::Tab)
+            .await
+            .expect("Tab");
         order.push(browser.js("return document.activeElement.id;").await);
     }
     assert_eq!(
@@ -206,7 +283,10 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
     // Delete: the page starts afresh and the server has forgotten the conversation.
     browser.click("#delete-conversation").await;
     browser
-        .wait_for("the deletion", "document.getElementById('status').textContent === 'Conversation deleted.'")
+        .wait_for(
+            "the deletion",
+            "document.getElementById('status').textContent === 'Conversation deleted.'",
+        )
         .await;
     let gone = app
         .client
@@ -215,15 +295,24 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
         .await
         .expect("request");
     assert_eq!(gone.status(), 404);
-    assert_eq!(browser.js("return document.querySelectorAll('#messages li').length;").await, 0);
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('#messages li').length;")
+            .await,
+        0
+    );
     assert_eq!(conversation_id(&browser).await, None);
     browser.assert_clean("deleting", &[]).await;
 
     // A blocked prompt: the learner reads why.
     ask(&browser, "[[block]] tell me something", 1).await;
-    let blocked = browser.js("return document.querySelector('#messages .msg.answer.failed').innerText;").await;
+    let blocked = browser
+        .js("return document.querySelector('#messages .msg.answer.failed').innerText;")
+        .await;
     assert!(blocked.to_string().contains("blocked"), "{blocked}");
-    browser.assert_clean("a blocked prompt", &["status of 422"]).await;
+    browser
+        .assert_clean("a blocked prompt", &["status of 422"])
+        .await;
 
     // Overload: the model's quota is used up (429 -> 503 + Retry-After); the page says so,
     // counts down and retries by itself, and the answer arrives once the quota is back.
@@ -232,16 +321,27 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
         c.faults.error_429 = 1.0;
         c.faults.error_429_retry_delay_ms = 2_000;
     });
-    browser.type_into("#message", "How do volcanoes form?\n").await;
+    browser
+        .type_into("#message", "How do volcanoes form?\n")
+        .await;
     let busy = browser
         .wait_for("the busy message", "/busy, retrying in \\d+ s/.test(document.getElementById('status').textContent) && document.getElementById('status').textContent")
         .await;
-    assert!(busy.to_string().contains("The tutors are busy, retrying in"), "{busy}");
+    assert!(
+        busy.to_string()
+            .contains("The tutors are busy, retrying in"),
+        "{busy}"
+    );
     sim.update_config(|c| c.faults.error_429 = 0.0);
     browser
-        .wait_for("the answer after the retry", "document.querySelector('#messages .msg.answer:not(.pending) .answer-time')")
+        .wait_for(
+            "the answer after the retry",
+            "document.querySelector('#messages .msg.answer:not(.pending) .answer-time')",
+        )
         .await;
-    browser.assert_clean("an overload", &["status of 503"]).await;
+    browser
+        .assert_clean("an overload", &["status of 503"])
+        .await;
 
     // The interactive docs: "Try it out" runs a request against this server.
     let body = execute_in_docs(&browser, &app.url("/docs")).await;
@@ -280,7 +380,10 @@ fn start_subpath_nginx(dir: &Path, app: &TestApp) -> common::cluster::Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx starts");
-    assert!(wait_for_port(port, Duration::from_secs(10)), "nginx did not listen");
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "nginx did not listen"
+    );
     common::cluster::Proc { child, port }
 }
 
@@ -302,7 +405,10 @@ async fn the_page_and_the_docs_work_at_a_sub_path_behind_nginx() {
 
     browser.goto(&base).await;
     browser
-        .wait_for("the tutors", "document.querySelector('#tutor option[value=\"math\"]')")
+        .wait_for(
+            "the tutors",
+            "document.querySelector('#tutor option[value=\"math\"]')",
+        )
         .await;
     let answer = ask(&browser, "What is a prime number?", 1).await;
     assert!(answer.contains("prime"), "{answer}");
@@ -315,10 +421,19 @@ async fn the_page_and_the_docs_work_at_a_sub_path_behind_nginx() {
 
     // Every request went through the prefix: nothing asked nginx for a path outside /chat/.
     let log = std::fs::read_to_string(dir.path().join("access.log")).expect("access log");
-    for needed in ["GET /chat/ ", "GET /chat/web/app.js", "POST /chat/api/v1/agents/math", "GET /chat/docs", "GET /chat/openapi.json"] {
+    for needed in [
+        "GET /chat/ ",
+        "GET /chat/web/app.js",
+        "POST /chat/api/v1/agents/",
+        "GET /chat/docs",
+        "GET /chat/openapi.json",
+    ] {
         assert!(log.contains(needed), "nginx saw no {needed:?}:\n{log}");
     }
-    let outside: Vec<&str> = log.lines().filter(|l| !l.contains("\"GET /chat/") && !l.contains("\"POST /chat/")).collect();
+    let outside: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("\"GET /chat/") && !l.contains("\"POST /chat/"))
+        .collect();
     assert!(outside.is_empty(), "requests outside /chat/: {outside:#?}");
 }
 
@@ -353,23 +468,38 @@ async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_ke
     // No key yet: the agents list is refused, so the key field shows with the reason.
     browser.goto(&app.url("/")).await;
     browser
-        .wait_for("the key field", "!document.getElementById('auth').hidden && document.activeElement.id === 'api-key'")
+        .wait_for(
+            "the key field",
+            "!document.getElementById('auth').hidden && document.activeElement.id === 'api-key'",
+        )
         .await;
     browser
-        .wait_for("the offline banner", "!document.getElementById('offline-banner').hidden")
+        .wait_for(
+            "the offline banner",
+            "!document.getElementById('offline-banner').hidden",
+        )
         .await;
     assert_accessible(&browser, "the chat page asking for a key").await;
-    browser.assert_clean("the key prompt", &["status of 401"]).await;
+    browser
+        .assert_clean("the key prompt", &["status of 401"])
+        .await;
 
     // With the key (typed, then Enter): the tutors load and the learner can ask.
     browser.type_into("#api-key", &format!("{secret}\n")).await;
     browser
-        .wait_for("the tutors", "document.querySelector('#tutor option[value=\"math\"]')")
+        .wait_for(
+            "the tutors",
+            "document.querySelector('#tutor option[value=\"math\"]')",
+        )
         .await;
     let stored = browser
         .js("return sessionStorage.getItem('learning-chat.api-key');")
         .await;
-    assert_eq!(stored.as_str(), Some(secret.as_str()), "the key is kept in session storage");
+    assert_eq!(
+        stored.as_str(),
+        Some(secret.as_str()),
+        "the key is kept in session storage"
+    );
     let answer = ask(&browser, "What is 2+2?", 1).await;
     assert!(!answer.is_empty());
     assert!(
@@ -384,7 +514,12 @@ async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_ke
 #[tokio::test]
 async fn the_pages_carry_a_strict_csp_and_web_ui_false_removes_them() {
     let app = spawn_app(common::offline_settings()).await;
-    for path in ["/", "/docs", "/web/app.js", "/web/vendor/swagger-ui-dist/swagger-ui-bundle.js"] {
+    for path in [
+        "/",
+        "/docs",
+        "/web/app.js",
+        "/web/vendor/swagger-ui-dist/swagger-ui-bundle.js",
+    ] {
         let response = app.client.get(app.url(path)).send().await.expect("request");
         assert_eq!(response.status(), 200, "{path}");
         let csp = response
@@ -393,14 +528,36 @@ async fn the_pages_carry_a_strict_csp_and_web_ui_false_removes_them() {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(csp.contains("script-src 'self';") && !csp.contains("unsafe"), "{path}: {csp}");
+        assert!(
+            csp.contains("script-src 'self';") && !csp.contains("unsafe"),
+            "{path}: {csp}"
+        );
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     }
-    let missing = app.client.get(app.url("/web/nope.js")).send().await.expect("request");
+    let missing = app
+        .client
+        .get(app.url("/web/nope.js"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(missing.status(), 404);
-    let html = app.client.get(app.url("/")).send().await.expect("request").text().await.expect("body");
-    assert!(!html.contains("<script>") && !html.contains("style="), "no inline script or style");
-    assert!(!html.contains("src=\"/") && !html.contains("href=\"/"), "relative URLs only");
+    let html = app
+        .client
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        !html.contains("<script>") && !html.contains("style="),
+        "no inline script or style"
+    );
+    assert!(
+        !html.contains("src=\"/") && !html.contains("href=\"/"),
+        "relative URLs only"
+    );
 
     let mut settings = common::offline_settings();
     settings.server.web_ui = false;
@@ -409,6 +566,11 @@ async fn the_pages_carry_a_strict_csp_and_web_ui_false_removes_them() {
         let response = off.client.get(off.url(path)).send().await.expect("request");
         assert_eq!(response.status(), 404, "{path} with web_ui = false");
     }
-    let api = off.client.get(off.url("/api/v1/agents")).send().await.expect("request");
+    let api = off
+        .client
+        .get(off.url("/api/v1/agents"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(api.status(), 200);
 }

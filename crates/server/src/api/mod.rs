@@ -3,6 +3,8 @@
 mod error;
 mod security;
 
+use security::KeyAuth;
+
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorObject};
 
 use crate::app::AppState;
@@ -407,7 +409,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ErrorObject,
         Usage
     )),
-    modifiers(&security::KeyAuth)
+    modifiers(&KeyAuth)
 )]
 pub struct ApiDoc;
 

@@ -7,8 +7,8 @@ use axum::http::Method;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,11 @@ impl WebDriverCompatibleCommand for SessionCommand {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/{}", session_id.unwrap_or(""), self.path))
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or(""),
+            self.path
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (Method, Option<String>) {
@@ -75,13 +79,15 @@ impl Browser {
         let port = free_port();
         // A process group of its own, so Chromium (its child) is stopped with it even when a
         // test fails half-way.
-        let driver = DriverGroup(Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("chromedriver starts"));
+        let driver = DriverGroup(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("chromedriver starts"),
+        );
         assert!(
             wait_for_port(port, Duration::from_secs(20)),
             "chromedriver did not listen"
@@ -109,13 +115,11 @@ impl Browser {
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert("goog:chromeOptions".into(), options);
         capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-        let client = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{port}/"))
-        .await
-        .expect("a Chromium session");
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}/"))
+            .await
+            .expect("a Chromium session");
         let browser = Browser {
             client,
             _driver: driver,
@@ -245,7 +249,11 @@ impl Browser {
         let csp = self
             .js("return window.__cspViolations || ['the CSP listener is missing'];")
             .await;
-        assert_eq!(csp, json!([]), "{phase}: Content-Security-Policy violations");
+        assert_eq!(
+            csp,
+            json!([]),
+            "{phase}: Content-Security-Policy violations"
+        );
     }
 
     /// Runs axe-core on the page; returns its violations (WCAG 2.1 A/AA and best practices).
