@@ -234,6 +234,7 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
 
     // Accessible at desktop width, and at phone width; screenshots of both.
     assert_accessible(&browser, "the chat page (desktop)").await;
+    browser.js("window.scrollTo(0, 0); return true;").await;
     for path in screenshot_paths("chat-desktop.png") {
         browser.screenshot(&path).await;
     }
