@@ -411,6 +411,18 @@ async fn the_pages_carry_a_strict_csp_and_web_ui_false_removes_them() {
         "relative URLs only"
     );
 
+    // The docs page's "Authorize" button: both ways of sending a key, optional on /api/ paths.
+    let doc = app.get_json("/openapi.json").await;
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(schemes["api_key"]["name"], "x-api-key", "{schemes}");
+    let security = &doc["paths"]["/api/v1/agents"]["get"]["security"];
+    assert_eq!(
+        security,
+        &serde_json::json!([{"bearer": []}, {"api_key": []}, {}])
+    );
+    assert!(doc["paths"]["/health"]["get"].get("security").is_none());
+
     let mut settings = common::offline_settings();
     settings.server.web_ui = false;
     let off = spawn_app(settings).await;
