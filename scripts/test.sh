@@ -9,8 +9,11 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # tests/http2.rs drives the server with `curl --http2-prior-knowledge` too.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# tests/browser.rs drives headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "== installing ${need_apt[*]} (needed by the multi-server and alert-rule tests)"
+  echo "== installing ${need_apt[*]} (needed by the multi-server, alert-rule and browser tests)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   # Debian starts services on install; the tests run their own instances on free ports instead.
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null

@@ -187,6 +187,9 @@ pub fn router(state: AppState) -> Router {
     if settings.telemetry.metrics_enabled {
         routes = routes.route(routes::METRICS, get(api::metrics));
     }
+    if settings.server.web_ui {
+        routes = routes.merge(crate::web::routes());
+    }
     let routes = routes
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

@@ -16,6 +16,7 @@ use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
 use crate::coalesce::fanout::{Fanout, FanoutReader};
 use crate::coalesce::{ClusterCoalescer, Lease, LeaseOutcome, Publish, SharedOutcome};
+pub use crate::providers::input_token_estimate;
 use crate::providers::{
     Completion, ModelRequest, ModelRouter, ModelTurn, Provider, ProviderError, Route, StreamPiece,
     Usage,
@@ -1105,18 +1106,6 @@ async fn stream_attempt(
     })
     .await;
     drained.unwrap_or(Err(ProviderError::Timeout))
-}
-
-/// The input tokens of a request by the quota's rule of thumb: the system prompt, every turn of
-/// the history sent and the message. Conversations bound their history with the same estimate.
-pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message: &str) -> u32 {
-    let count = gemini_wire::answer::count_tokens;
-    history
-        .iter()
-        .fold(count(system_prompt), |sum, t| {
-            sum.saturating_add(count(&t.text))
-        })
-        .saturating_add(count(message))
 }
 
 /// True for the failures after which the next model of a chain should answer: the model is

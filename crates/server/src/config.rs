@@ -265,6 +265,8 @@ pub struct ServerSettings {
     pub tls_key: String,
     /// How often the certificate files are checked for changes, in milliseconds; 0 = SIGHUP only.
     pub tls_reload_check_ms: u64,
+    /// Serve the learner's chat page at `/` and the API docs at `/docs` (issue 13).
+    pub web_ui: bool,
 }
 
 impl Default for ServerSettings {
@@ -290,6 +292,7 @@ impl Default for ServerSettings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_reload_check_ms: 10_000,
+            web_ui: true,
         }
     }
 }

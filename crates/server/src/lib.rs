@@ -26,6 +26,7 @@ pub mod routes;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 pub use api::AppState;
 pub use app::Application;

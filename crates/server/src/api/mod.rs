@@ -1,8 +1,11 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 mod error;
+mod security;
 mod state;
 pub mod stream;
+
+use security::KeyAuth;
 
 pub use error::{ApiError, ErrorBody, ErrorObject};
 pub use state::{AppState, AppStateParts, StateParts};
@@ -430,7 +433,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ErrorBody,
         ErrorObject,
         Usage
-    ))
+    )),
+    modifiers(&KeyAuth)
 )]
 pub struct ApiDoc;
 

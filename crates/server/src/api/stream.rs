@@ -7,8 +7,8 @@
 //! fails before answering) keeps its normal status and JSON body. While the stream is open, a
 //! `: ping` comment goes out every `stream.keepalive_ms` so proxies keep a quiet stream open.
 
+use super::AppState;
 use super::{owner, ApiError, ApiJson, ChatRequest, ChatResponse};
-use crate::app::AppState;
 use crate::chat::{StreamTap, Tapped};
 use crate::coalesce::fanout::{FanoutReader, Sent};
 use crate::conversations::{ConversationAnswer, ConversationError};

@@ -393,7 +393,7 @@ impl KeyPool {
 }
 
 fn request_tokens(request: &ModelRequest) -> u32 {
-    crate::chat::input_token_estimate(&request.system_prompt, &request.history, &request.message)
+    super::input_token_estimate(&request.system_prompt, &request.history, &request.message)
 }
 
 #[cfg(test)]

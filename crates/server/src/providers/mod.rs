@@ -217,6 +217,18 @@ impl ProviderError {
     }
 }
 
+/// The input tokens of a request by the quota's rule of thumb: the system prompt, every turn of
+/// the history sent and the message. Conversations bound their history with the same estimate.
+pub fn input_token_estimate(system_prompt: &str, history: &[ModelTurn], message: &str) -> u32 {
+    let count = gemini_wire::answer::count_tokens;
+    history
+        .iter()
+        .fold(count(system_prompt), |sum, t| {
+            sum.saturating_add(count(&t.text))
+        })
+        .saturating_add(count(message))
+}
+
 /// Turns a parsed GenerateContentResponse into an answer or the reason there is none.
 pub fn completion_from_response(
     response: GenerateContentResponse,
