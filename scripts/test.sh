@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
-# tests/http2.rs drives the server with `curl --http2-prior-knowledge` too.
+# tests/service/h2c.rs and tls.rs drive the server with `curl --http2-prior-knowledge` too.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (needed by the multi-server and alert-rule tests)"

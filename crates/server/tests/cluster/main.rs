@@ -1,0 +1,15 @@
+//! Several servers behaving like one: the shipped nginx config in front of learning-chat
+//! processes, one shared Redis (plain, Sentinel or Cluster), one cache, one quota, API keys
+//! across servers, and no request lost when a server or Redis dies.
+
+#[path = "../support/mod.rs"]
+pub mod support;
+
+mod auth;
+mod auth_limits;
+mod ha_load;
+mod nginx;
+mod quota;
+mod redis_cluster;
+mod redis_sentinel;
+mod redis_shared;
