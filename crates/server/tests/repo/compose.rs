@@ -22,6 +22,7 @@ use super::images::*;
 use super::manifests::*;
 use crate::support::{read, repo};
 
+#[test]
 fn compose_has_the_seeds_option_1_topology() {
     let compose = compose();
     assert_eq!(compose.name, "learning-chat");

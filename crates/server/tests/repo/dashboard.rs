@@ -13,6 +13,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Drives traffic that creates every series: a miss, a hit, a coalesced wait, a queued
+/// request, a shed request, an upstream error with a retry, a 404, and Redis failing.
 async fn drive_every_series(
     app: &TestApp,
     sim: &gemini_sim::SimServer,

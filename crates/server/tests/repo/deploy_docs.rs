@@ -21,6 +21,7 @@ use super::images::*;
 use super::manifests::*;
 use crate::support::{read, repo};
 
+#[test]
 fn the_docs_explain_build_compose_apply_quota_and_drain() {
     let docs = read("docs/deploy.md");
     for needle in [

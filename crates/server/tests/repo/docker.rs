@@ -149,8 +149,6 @@ fn every_command_that_compose_and_k8s_run_is_built_into_the_image() {
     );
 }
 
-#[test]
-
 /// Runs a health-check command with its port swapped for a test server's; true when it passes.
 async fn probe_passes(argv: &[String], port_in_command: u16, port: u16) -> bool {
     let from = format!("/dev/tcp/127.0.0.1/{port_in_command}");
@@ -224,5 +222,3 @@ async fn the_health_checks_pass_against_a_serving_process_only() {
     sim.shutdown().await;
     assert!(!probe_passes(&check.test[1..], 8100, closed_port()).await);
 }
-
-#[test]

@@ -346,5 +346,3 @@ fn every_k8s_variable_is_one_the_service_reads_and_every_reference_resolves() {
     let unknown = BTreeMap::from([("GEMINI_KEY".to_owned(), "x".to_owned())]);
     assert!(std::panic::catch_unwind(|| settings_from_env(&unknown, "unknown")).is_err());
 }
-
-#[test]

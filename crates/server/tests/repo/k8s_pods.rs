@@ -22,6 +22,7 @@ use super::images::*;
 use super::manifests::*;
 use crate::support::{read, repo};
 
+#[test]
 fn the_drain_fits_in_the_termination_grace_period() {
     let manifests = Manifests::load();
     let container = manifests.app_container();

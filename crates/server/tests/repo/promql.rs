@@ -217,6 +217,3 @@ pub const NOT_ON_THE_DASHBOARD: &[&str] = &[
     // panels already show; kept for ad-hoc queries.
     "learning_chat_quota_wait_seconds",
 ];
-
-/// Drives traffic that creates every series: a miss, a hit, a coalesced wait, a queued
-/// request, a shed request, an upstream error with a retry, a 404, and Redis failing.

@@ -18,5 +18,5 @@ mod redis_link;
 mod reliability;
 mod sentry;
 mod tls;
-mod tracing;
+mod traces;
 mod upstream;
