@@ -107,7 +107,8 @@ impl Drop for RedisProcess {
 pub struct RedisNode {
     pub port: u16,
     child: std::sync::Mutex<Option<Child>>,
-    dir: tempfile::TempDir,
+    // Holds the node's config file and data until the node is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl RedisNode {
@@ -136,7 +137,7 @@ impl RedisNode {
         RedisNode {
             port,
             child: std::sync::Mutex::new(Some(child)),
-            dir,
+            _dir: dir,
         }
     }
 

@@ -3,7 +3,6 @@
 //! config. Keys are made with the real `learning-chat keys` subcommand against the same Redis.
 
 use crate::support::cluster::{Cluster, ClusterConfig};
-use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::PathBuf;

@@ -1,12 +1,11 @@
 //! Per-key limits across servers: request and token budgets hold on every server at once, and
 //! a key offering ten times the load of another does not starve it (fair sharing).
 
-use super::auth::{ask, auth_env, away_from_minute_end, create_key, keys_cli, server_url, Reply};
+use super::auth::{ask, auth_env, away_from_minute_end, create_key, server_url};
 use crate::support::cluster::{Cluster, ClusterConfig};
 use futures::future::join_all;
 use reqwest::StatusCode;
-use serde_json::Value;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 #[tokio::test]
 async fn per_key_request_and_token_budgets_hold_across_servers() {

@@ -1,7 +1,8 @@
 //! The alert rules pass promtool (checks and unit tests), the Prometheus examples are valid and
 //! every dashboard query parses.
 
-use super::promql::dashboard_exprs;
+use super::promql::{alert_exprs, dashboard_exprs};
+use std::collections::BTreeSet;
 use crate::support::{read, repo_path};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,6 +2,7 @@
 
 use crate::support::read;
 use learning_chat::Settings;
+use std::path::Path;
 
 #[test]
 fn every_setting_is_documented_in_the_reference() {

@@ -5,7 +5,7 @@ use super::promql::{alert_exprs, dashboard, dashboard_exprs, dashboard_panels, m
 use super::promql::{NOT_ON_THE_DASHBOARD, PROMETHEUS_OWN};
 use crate::support::processes::RedisProcess;
 use crate::support::prom::{scrape, scrape_until, Scrape};
-use crate::support::{fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use crate::support::{fixed_latency, settings_for, spawn_app, start_sim, TestApp};
 use gemini_sim::SimConfig;
 use learning_chat::config::Secret;
 use reqwest::StatusCode;

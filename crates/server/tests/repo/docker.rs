@@ -2,25 +2,14 @@
 //! and the health checks pass against a serving process only.
 
 use clap::Parser;
-use figment::providers::Serialized;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use learning_chat::{Application, Settings};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use super::images::*;
 use super::manifests::*;
-use crate::support::{read, repo};
+use crate::support::read;
 
 // ---------------------------------------------------------------------------------------------
 // Docker tests

@@ -1,24 +1,12 @@
 //! deploy/k8s stays true to Kubernetes 1.30 and to itself: every object typed with no unknown
 //! field, the kustomization complete, selectors, ports, probes, resources and variables right.
 
-use clap::Parser;
-use figment::providers::Serialized;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use learning_chat::{Application, Settings};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use super::images::*;
 use super::manifests::*;
 use crate::support::{read, repo};
 
@@ -205,7 +193,7 @@ fn service_hpa_and_pdb_point_at_the_deployment_and_its_port() {
     );
 }
 
-fn hpa_range(manifests: &Manifests) -> (i32, i32) {
+pub fn hpa_range(manifests: &Manifests) -> (i32, i32) {
     let spec = manifests.hpas[0].spec.as_ref().unwrap();
     (spec.min_replicas.unwrap_or(1), spec.max_replicas)
 }

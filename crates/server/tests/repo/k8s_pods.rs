@@ -1,26 +1,10 @@
 //! deploy/k8s pods: the drain fits the grace period, Redis is reachable by its Service name,
 //! the quota share matches the pod count, and pods run as non-root on a read-only root.
 
-use clap::Parser;
-use figment::providers::Serialized;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use learning_chat::{Application, Settings};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
+use super::k8s::hpa_range;
 use super::images::*;
 use super::manifests::*;
-use crate::support::{read, repo};
 
 #[test]
 fn the_drain_fits_in_the_termination_grace_period() {

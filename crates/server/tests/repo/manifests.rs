@@ -5,7 +5,6 @@
 //! `LEARNING_CHAT_*` ones by loading them through the service's own `Settings` (which rejects
 //! unknown keys), the others against the documented list of the seed's names.
 
-use clap::Parser;
 use figment::providers::Serialized;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -13,14 +12,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use learning_chat::{Application, Settings};
+use learning_chat::Settings;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::{read, repo};
 

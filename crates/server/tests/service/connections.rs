@@ -7,7 +7,6 @@ use crate::support::{fixed_latency, offline_settings, settings_for, spawn_app, s
 use futures::future::join_all;
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

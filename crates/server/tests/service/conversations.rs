@@ -7,15 +7,12 @@
 
 use crate::support::processes::RedisProcess;
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
-use futures::future::join_all;
 use gemini_sim::{SimConfig, SimServer};
 use learning_chat::config::Secret;
 use learning_chat::conversations::ConversationError;
-use learning_chat::providers::{ModelTurn, Role};
 use learning_chat::{AppState, Settings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub const FIRST: &str = "What is a derivative?";

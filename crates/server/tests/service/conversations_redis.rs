@@ -7,15 +7,12 @@
 use super::conversations::{delete, get, redis_settings, send, start, wait_redis};
 use super::conversations::{FIRST, FOLLOW_UP};
 use crate::support::processes::RedisProcess;
-use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use crate::support::{settings_for, spawn_app, start_sim};
 use futures::future::join_all;
-use gemini_sim::{SimConfig, SimServer};
-use learning_chat::config::Secret;
-use learning_chat::conversations::ConversationError;
+use gemini_sim::SimConfig;
 use learning_chat::providers::{ModelTurn, Role};
-use learning_chat::{AppState, Settings};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,6 @@
 //! helpers here.)
 
 use axum::body::Bytes;
-use crate::support::cluster::Proc;
-use crate::support::processes::{free_port, wait_for_port};
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
 use futures::future::join_all;
 use gemini_sim::SimConfig;
@@ -13,15 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{CertificateDer, ServerName};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 /// Hang guard only; nothing here is timed.
 pub const GUARD: Duration = Duration::from_secs(30);

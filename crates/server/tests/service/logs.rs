@@ -1,10 +1,12 @@
 //! Request ids reach every log line of a request, even those logged by the upstream task.
 
 use crate::support::logs::capture_logs;
-use crate::support::{settings_for, spawn_app, start_sim};
+use crate::support::{offline_settings, settings_for, spawn_app, start_sim};
 use gemini_sim::SimConfig;
 use learning_chat::config::LogFormat;
+use learning_chat::telemetry;
 use reqwest::StatusCode;
+use serde_json::Value;
 
 
 /// One question whose model call fails once and is retried (a warning logged inside the

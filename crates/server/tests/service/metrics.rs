@@ -11,7 +11,7 @@ use gemini_sim::SimConfig;
 use crate::support::prom::{delta, scrape, scrape_until, Scrape};
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const CHAT: &str = "/api/v1/agents/{agent_id}";
 pub const HTTP: &str = "learning_chat_http_requests_total";

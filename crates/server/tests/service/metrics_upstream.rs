@@ -3,9 +3,8 @@
 //! (Deltas between two scrapes of the same app, as in metrics.rs.)
 
 use super::metrics::{scrape_app, CHAT, HTTP};
-use crate::support::prom::{delta, scrape, scrape_until, Scrape};
-use crate::support::{fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp};
-use futures::future::join_all;
+use crate::support::prom::{delta, scrape_until};
+use crate::support::{fixed_latency, settings_for, spawn_app, start_sim};
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
 use serde_json::Value;

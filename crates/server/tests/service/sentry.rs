@@ -1,12 +1,13 @@
 //! Sentry receives 5xx errors and panics with the request id and without secrets.
 
+use crate::support::prom::Scrape;
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use gemini_sim::SimConfig;
-use learning_chat::config::{Secret, Settings};
+use learning_chat::config::Secret;
 use learning_chat::telemetry;
 use reqwest::StatusCode;
 use serde_json::Value;

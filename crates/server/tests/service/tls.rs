@@ -3,12 +3,11 @@
 //! TLS with HTTP/2 in front (deploy/nginx/learning-chat-tls.conf).
 
 use super::h2c::{chat_request, curl_chat, get_request, h2_handshake, metric, send, GUARD};
+use crate::support::cluster::Proc;
 use crate::support::processes::{free_port, wait_for_port};
-use crate::support::{offline_settings, spawn_app, TestApp};
-use axum::body::Bytes;
+use crate::support::{offline_settings, spawn_app};
 use futures::future::join_all;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode, Version};
+use hyper::{StatusCode, Version};
 use learning_chat_testkit::nginx::{self, Site};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::path::Path;
