@@ -361,4 +361,3 @@ fn owns_slot(node: &RedisNode, slot: &str) -> bool {
             })
     })
 }
-

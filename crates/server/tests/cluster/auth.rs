@@ -323,4 +323,3 @@ async fn a_conversation_belongs_to_the_key_that_started_it() {
     assert_eq!(read["id"], id.as_str());
     assert_eq!(read["turns"].as_array().unwrap().len(), 4);
 }
-

@@ -215,4 +215,3 @@ async fn one_of_three_servers_sigkilled_fails_nothing() {
     )
     .await;
 }
-

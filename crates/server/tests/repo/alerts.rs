@@ -2,11 +2,10 @@
 //! every dashboard query parses.
 
 use super::promql::{alert_exprs, dashboard_exprs};
-use std::collections::BTreeSet;
 use crate::support::{read, repo_path};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
 
 /// promtool, or a failure saying how to get it: these checks must never skip silently.
 fn promtool() -> PathBuf {

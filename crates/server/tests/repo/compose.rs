@@ -251,4 +251,3 @@ fn the_image_name_is_the_documented_build_tag_everywhere() {
         assert_eq!(server.1.image, image);
     }
 }
-

@@ -33,8 +33,7 @@ fn every_setting_is_documented_in_the_reference() {
 fn the_example_file_is_valid_and_holds_the_defaults() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/learning-chat.example.toml");
-    let from_file: Settings =
-        toml::from_str(&read("config/learning-chat.example.toml")).unwrap();
+    let from_file: Settings = toml::from_str(&read("config/learning-chat.example.toml")).unwrap();
     assert_eq!(
         toml::to_string(&from_file).unwrap(),
         toml::to_string(&Settings::default()).unwrap(),

@@ -1,6 +1,5 @@
 //! docs/deploy.md and the TLS ingress example tell the truth about the files.
 
-
 use super::manifests::*;
 use crate::support::read;
 
@@ -64,4 +63,3 @@ fn the_tls_ingress_example_routes_to_the_service_port_and_names_its_certificate(
         }
     }
 }
-

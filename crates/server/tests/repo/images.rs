@@ -313,4 +313,3 @@ pub fn host_port(url: &str) -> (String, u16) {
         .unwrap_or_else(|| panic!("{url} should name its port explicitly"));
     (host.to_owned(), port.parse().unwrap())
 }
-

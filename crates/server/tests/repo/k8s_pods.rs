@@ -1,9 +1,8 @@
 //! deploy/k8s pods: the drain fits the grace period, Redis is reachable by its Service name,
 //! the quota share matches the pod count, and pods run as non-root on a read-only root.
 
-
-use super::k8s::hpa_range;
 use super::images::*;
+use super::k8s::hpa_range;
 use super::manifests::*;
 
 #[test]
@@ -180,4 +179,3 @@ fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
         "runAsUser should be the Dockerfile's USER"
     );
 }
-

@@ -413,4 +413,3 @@ pub fn check_config_accepts(env: &BTreeMap<String, String>, origin: &str) {
         "{origin}: `learning-chat check-config` rejects the environment:\n{stderr}{stdout}"
     );
 }
-

@@ -4,7 +4,6 @@ use crate::support::read;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-
 /// PromQL words that look like metric names but are not.
 pub const PROMQL_KEYWORDS: &[&str] = &[
     "by",

@@ -3,7 +3,9 @@
 //! service on port 0, so the tests see exactly the bytes (and the closes) a client sees.
 
 use crate::support::logs::capture_logs;
-use crate::support::{fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use crate::support::{
+    fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp,
+};
 use futures::future::join_all;
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;

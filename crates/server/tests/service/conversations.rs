@@ -301,4 +301,3 @@ async fn the_openapi_document_describes_conversations() {
     assert!(schemas["ConversationView"]["properties"]["turns"].is_object());
     app.stop().await.unwrap();
 }
-

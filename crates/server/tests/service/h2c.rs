@@ -3,8 +3,8 @@
 //! the drain on an HTTP/2 connection. (TLS, with ALPN `h2`, is in tls.rs; it shares the client
 //! helpers here.)
 
-use axum::body::Bytes;
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use axum::body::Bytes;
 use futures::future::join_all;
 use gemini_sim::SimConfig;
 use http_body_util::{BodyExt, Full};

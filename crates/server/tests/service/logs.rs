@@ -8,7 +8,6 @@ use learning_chat::telemetry;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-
 /// One question whose model call fails once and is retried (a warning logged inside the
 /// spawned upstream task), then fails for good (errors logged by the handler and the trace layer).
 async fn ask_with_a_retry(format: LogFormat, request_id: &str) -> Vec<String> {

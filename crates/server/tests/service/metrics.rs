@@ -5,10 +5,12 @@
 //! assertion is a delta between two scrapes of the same app (or a gauge that app just set), so
 //! the tests also hold when another app in the same process recorded metrics before.
 
-use crate::support::{fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use crate::support::prom::{delta, scrape, scrape_until, Scrape};
+use crate::support::{
+    fixed_latency, offline_settings, settings_for, spawn_app, start_sim, TestApp,
+};
 use futures::future::join_all;
 use gemini_sim::SimConfig;
-use crate::support::prom::{delta, scrape, scrape_until, Scrape};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;

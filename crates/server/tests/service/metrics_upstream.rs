@@ -262,4 +262,3 @@ async fn requests_refused_by_the_quota_are_counted_as_shed() {
     assert_eq!(after.value("learning_chat_quota_rpm", &[]), 2.0);
     assert!(after.value("learning_chat_quota_window_requests", &[]) <= 2.0);
 }
-

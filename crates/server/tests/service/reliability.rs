@@ -4,10 +4,10 @@
 
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 
-use axum::http::StatusCode as AxumStatus;
-use axum::response::IntoResponse;
 use crate::support::processes::RedisProcess;
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use axum::http::StatusCode as AxumStatus;
+use axum::response::IntoResponse;
 use gemini_sim::SimConfig;
 use learning_chat::config::Secret;
 use reqwest::StatusCode;

@@ -284,4 +284,3 @@ async fn nginx_terminates_tls_with_http2_and_reuses_its_upstream_connections() {
     drop(nginx);
     app.stop().await.expect("stops");
 }
-

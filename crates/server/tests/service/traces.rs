@@ -3,14 +3,14 @@
 //! of a cache hit, the client's `traceparent` as the parent, the trace id on log lines, and that
 //! no message text or cache key reaches an attribute unless `telemetry.trace_content` is on.
 
+use crate::support::cluster::Proc;
+use crate::support::processes::RedisProcess;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use crate::support::cluster::Proc;
-use learning_chat_testkit::process::{server_command, spawn_server};
-use crate::support::processes::RedisProcess;
 use gemini_sim::SimConfig;
+use learning_chat_testkit::process::{server_command, spawn_server};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
