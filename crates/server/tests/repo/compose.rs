@@ -6,8 +6,11 @@ use learning_chat::Settings;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use super::images::*;
-use super::manifests::*;
+use super::images::{
+    compose, compose_servers, dockerfile, documented_tag, host_port, k8s_image, runtime_stage,
+    seconds,
+};
+use super::manifests::{check_config_accepts, settings_from_env, APP, DRAIN_MARGIN_SECS};
 use crate::support::{read, repo};
 
 #[test]

@@ -1,6 +1,6 @@
 //! docs/deploy.md and the TLS ingress example tell the truth about the files.
 
-use super::manifests::*;
+use super::manifests::{typed, Manifests, APP};
 use crate::support::read;
 
 #[test]

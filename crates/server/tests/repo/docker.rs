@@ -7,8 +7,11 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use super::images::*;
-use super::manifests::*;
+use super::images::{
+    compose, dockerfile, image_binaries, image_command, json_array, k8s_image, runtime_stage,
+    seconds,
+};
+use super::manifests::Manifests;
 use crate::support::read;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::manifests::*;
+use super::manifests::{Manifests, BUILD_COMMAND};
 use crate::support::{read, repo};
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use super::manifests::*;
+use super::manifests::{
+    check_config_accepts, pod_labels, pod_spec, pod_template, resolve_port, selected_by, selects,
+    settings_from_env, typed, yaml_files, Manifests, APP,
+};
 use crate::support::{read, repo};
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 //! deploy/k8s pods: the drain fits the grace period, Redis is reachable by its Service name,
 //! the quota share matches the pod count, and pods run as non-root on a read-only root.
 
-use super::images::*;
+use super::images::{dockerfile, host_port, runtime_stage};
 use super::k8s::hpa_range;
-use super::manifests::*;
+use super::manifests::{
+    pod_spec, resolve_port, selected_by, settings_from_env, Manifests, APP, DRAIN_MARGIN_SECS,
+    REDIS,
+};
 
 #[test]
 fn the_drain_fits_in_the_termination_grace_period() {
