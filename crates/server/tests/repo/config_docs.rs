@@ -1,8 +1,7 @@
 //! The configuration reference and the example file stay true to the code.
 
-use crate::support::read;
+use crate::support::{read, repo_path};
 use learning_chat::Settings;
-use std::path::Path;
 
 #[test]
 fn every_setting_is_documented_in_the_reference() {
@@ -31,8 +30,7 @@ fn every_setting_is_documented_in_the_reference() {
 
 #[test]
 fn the_example_file_is_valid_and_holds_the_defaults() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/learning-chat.example.toml");
+    let path = repo_path("config/learning-chat.example.toml");
     let from_file: Settings = toml::from_str(&read("config/learning-chat.example.toml")).unwrap();
     assert_eq!(
         toml::to_string(&from_file).unwrap(),

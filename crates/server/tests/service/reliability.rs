@@ -5,7 +5,7 @@
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 
 use crate::support::processes::RedisProcess;
-use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
+use crate::support::{offline_settings, read, settings_for, spawn_app, start_sim, TestApp};
 use axum::http::StatusCode as AxumStatus;
 use axum::response::IntoResponse;
 use gemini_sim::SimConfig;
@@ -18,11 +18,7 @@ use std::time::{Duration, Instant};
 
 /// A recorded successful Gemini answer, as the scripted upstream's healthy reply.
 fn recorded_answer() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../gemini-wire/tests/fixtures/generate_ok.json"
-    ))
-    .unwrap()
+    read("crates/gemini-wire/tests/fixtures/generate_ok.json")
 }
 
 /// An upstream that answers its first `bad` calls with `bad_status` + `bad_body`, then the

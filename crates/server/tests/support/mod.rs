@@ -28,9 +28,12 @@ pub mod processes {
 
 /// A running service.
 pub struct TestApp {
+    /// Where it listens (127.0.0.1, port chosen by the OS).
     pub addr: SocketAddr,
+    /// A client with a 60 s timeout, for requests the helpers below do not cover.
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
+    /// The serving task; it ends when the service has drained and stopped.
     pub handle: JoinHandle<anyhow::Result<()>>,
     /// The service's state, for tests that inspect it (e.g. the cache key of a question).
     pub state: learning_chat::AppState,
