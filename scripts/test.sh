@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
-# tests/http2.rs drives the server with `curl --http2-prior-knowledge` too.
+# tests/service/h2c.rs and tls.rs drive the server with `curl --http2-prior-knowledge` too.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-# tests/browser.rs drives headless Chromium through chromedriver.
+# tests/browser/ drives headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,58 +1,50 @@
-//! Runs the real `learning-chat-loadtest` binary for a few seconds against an in-process
-//! learning-chat + gemini-sim, and checks its counts against what the simulator saw.
+//! Runs the real `learning-chat-loadtest` binary for a few seconds against the learning-chat
+//! binary and an in-process gemini-sim (both started by the workspace testkit), and checks its
+//! counts against what the simulator saw.
 //! No timing is asserted: the machine is shared and noisy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use gemini_sim::{Latency, SimConfig, SimServer};
-use learning_chat::config::Secret;
-use learning_chat::{Application, Settings};
 use learning_chat_loadtest::Report;
-use std::net::SocketAddr;
+use learning_chat_testkit::process::{server_command, spawn_server, Proc};
+use learning_chat_testkit::sim::start_sim;
 use std::path::Path;
-use tokio::sync::oneshot;
 
+/// gemini-sim in this process and the learning-chat binary in front of it.
 struct Stack {
     sim: SimServer,
-    service: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    /// The service's `host:port`.
+    service: String,
+    server: Proc,
 }
 
 async fn start(latency_ms: u64) -> Stack {
-    let config = SimConfig {
+    let sim = start_sim(SimConfig {
         latency: if latency_ms == 0 {
             Latency::None
         } else {
             Latency::Fixed { ms: latency_ms }
         },
         ..SimConfig::default()
-    };
-    let sim = SimServer::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".parse().unwrap();
-    settings.server.shutdown_grace_ms = 2_000;
-    settings.gemini.api_key = Secret::new("loadtest-key");
-    settings.gemini.base_url = sim.base_url();
-    settings.upstream.rpm = 0;
-    let app = Application::build(settings).await.unwrap();
-    let service = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    })
+    .await;
+    let (mut command, port) = server_command();
+    command
+        .env("GEMINI_API_KEY", "loadtest-key")
+        .env("GEMINI_BASE_URL", sim.base_url())
+        .env("LEARNING_CHAT_UPSTREAM__RPM", "0")
+        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "2000");
+    let server = spawn_server(command, port);
     Stack {
         sim,
-        service,
-        stop: Some(stop),
+        service: format!("127.0.0.1:{port}"),
+        server,
     }
 }
 
 impl Stack {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    async fn stop(self) {
+        drop(self.server);
         self.sim.shutdown().await;
     }
 }

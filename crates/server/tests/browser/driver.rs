@@ -2,7 +2,7 @@
 //! with what every check needs: waiting on the page's state, the browser's console log,
 //! Content-Security-Policy violations and an axe-core accessibility audit.
 
-use crate::common::processes::{free_port, wait_for_port};
+use crate::support::processes::{free_port, wait_for_port};
 use axum::http::Method;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder};

@@ -1,9 +1,9 @@
 //! Page steps and checks shared by the tests of tests/browser.rs.
 
-use crate::common::cluster::Proc;
-use crate::common::processes::{free_port, wait_for_port};
-use crate::common::TestApp;
 use crate::driver::Browser;
+use crate::support::cluster::Proc;
+use crate::support::processes::{free_port, wait_for_port};
+use crate::support::TestApp;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,0 +1,26 @@
+//! The service in this process on port 0, one module per feature, against gemini-sim (in process
+//! or as its binary) and real redis-server processes, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
+
+#[path = "../support/mod.rs"]
+pub mod support;
+
+mod admission;
+mod api;
+mod connections;
+mod conversations;
+mod conversations_redis;
+mod h2c;
+mod logs;
+mod metrics;
+mod metrics_upstream;
+mod plan;
+mod redis_link;
+mod reliability;
+mod routing;
+mod routing_keys;
+mod sentry;
+mod streaming;
+mod tls;
+mod traces;
+mod upstream;

@@ -1,0 +1,140 @@
+//! The support module every test binary of the server shares (included with `#[path]` as
+//! `pub mod support`, so helpers one binary does not use are not dead code): the service in this
+//! process on port 0, talking over real HTTP, plus the workspace's testkit under the names the
+//! tests use (`processes`, `cluster`, `redis_ha`, `prom`).
+
+use gemini_sim::SimServer;
+use learning_chat::config::Secret;
+use learning_chat::{Application, Settings};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use learning_chat_testkit::prom;
+pub use learning_chat_testkit::repo::{read, repo, repo_path};
+pub use learning_chat_testkit::sim::{fixed_latency, start_sim, start_sim_with_latency};
+
+pub mod cluster;
+pub mod logs;
+pub mod redis_ha;
+pub mod sse;
+
+/// Real helper processes on free loopback ports.
+pub mod processes {
+    pub use learning_chat_testkit::net::{free_port, wait_for_port};
+    pub use learning_chat_testkit::process::bin_dir;
+    pub use learning_chat_testkit::redis::RedisProcess;
+}
+
+/// A running service.
+pub struct TestApp {
+    /// Where it listens (127.0.0.1, port chosen by the OS).
+    pub addr: SocketAddr,
+    /// A client with a 60 s timeout, for requests the helpers below do not cover.
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    /// The serving task; it ends when the service has drained and stopped.
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    /// The service's state, for tests that inspect it (e.g. the cache key of a question).
+    pub state: learning_chat::AppState,
+}
+
+impl TestApp {
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST /api/v1/agents/{agent} with {"message": message}.
+    pub async fn ask(&self, agent: &str, message: impl Into<String>) -> reqwest::Response {
+        let message: String = message.into();
+        self.client
+            .post(self.url(&format!("/api/v1/agents/{agent}")))
+            .json(&serde_json::json!({ "message": message }))
+            .send()
+            .await
+            .expect("request reaches the service")
+    }
+
+    /// Starts asking in a task of its own, so the test can act while the request is in flight.
+    pub fn spawn_ask(
+        &self,
+        agent: &str,
+        message: &str,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let request = self
+            .client
+            .post(self.url(&format!("/api/v1/agents/{agent}")))
+            .json(&serde_json::json!({ "message": message }));
+        tokio::spawn(request.send())
+    }
+
+    /// GET `path` and parse the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the service")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// Sends the shutdown signal (like SIGTERM) and waits for the service to exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.await.expect("service task")
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Settings for tests: port 0, the offline model, fast and small.
+pub fn offline_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.offline.latency_ms = 0;
+    settings.server.shutdown_grace_ms = 5_000;
+    settings
+}
+
+/// Settings pointing at a simulator with a test API key.
+pub fn settings_for(sim: &SimServer) -> Settings {
+    let mut settings = offline_settings();
+    settings.gemini.api_key = Secret::new("test-key");
+    settings.gemini.base_url = sim.base_url();
+    settings.upstream.retry_base_delay_ms = 20;
+    settings.upstream.retry_max_delay_ms = 100;
+    settings
+}
+
+/// Builds the service from `settings` and runs it in this process until stopped.
+pub async fn spawn_app(settings: Settings) -> TestApp {
+    let app = Application::build(settings).await.expect("service builds");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        addr,
+        client,
+        stop: Some(stop),
+        handle,
+        state,
+    }
+}

@@ -1,0 +1,158 @@
+//! Reading the service's server-sent events as a client does, for the streaming tests.
+
+use crate::support::{fixed_latency, TestApp};
+use futures::StreamExt;
+use gemini_sim::SimConfig;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+
+/// One server-sent event (comments are kept as `event == ":"`).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event: String,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+/// Reads a `text/event-stream` body event by event.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> SseReader {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseReader {
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, comments included; `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event {
+                    event: "message".to_owned(),
+                    data: String::new(),
+                };
+                for line in block.lines() {
+                    if let Some(comment) = line.strip_prefix(':') {
+                        event.event = ":".to_owned();
+                        event.data = comment.trim().to_owned();
+                    } else if let Some(name) = line.strip_prefix("event: ") {
+                        event.event = name.to_owned();
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        event.data.push_str(data);
+                    }
+                }
+                return Some(event);
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Some(Err(e)) => panic!("stream broke: {e}"),
+                None => {
+                    assert!(
+                        self.buffer.trim().is_empty(),
+                        "unterminated: {}",
+                        self.buffer
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next event that is not a `: ping`.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let event = self.next().await?;
+            if event.event != ":" {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Every delta's text, then the final event (`done` or `error`); checks nothing follows.
+    pub async fn rest(&mut self) -> (Vec<String>, Event) {
+        let mut deltas = Vec::new();
+        loop {
+            let event = self.next_event().await.expect("a done or error event");
+            match event.event.as_str() {
+                "delta" => {
+                    let text = event.json()["text"].as_str().unwrap().to_owned();
+                    assert!(!text.is_empty(), "an empty delta");
+                    deltas.push(text);
+                }
+                "done" | "error" => {
+                    assert!(self.next_event().await.is_none(), "events after {event:?}");
+                    return (deltas, event);
+                }
+                other => panic!("unexpected event {other}: {event:?}"),
+            }
+        }
+    }
+}
+
+pub async fn stream_request(app: &TestApp, agent: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/v1/agents/{agent}/stream")))
+        .json(&body)
+        .send()
+        .await
+        .expect("request reaches the service")
+}
+
+pub async fn stream(app: &TestApp, agent: &str, message: &str) -> SseReader {
+    SseReader::new(stream_request(app, agent, serde_json::json!({ "message": message })).await)
+}
+
+/// A simulator streaming small chunks `delay_ms` apart, the first after `first_ms`.
+pub fn paced(first_ms: u64, delay_ms: u64) -> SimConfig {
+    let mut config = SimConfig {
+        latency: fixed_latency(first_ms),
+        ..SimConfig::default()
+    };
+    config.stream.first_chunk_ms = Some(first_ms);
+    config.stream.chunk_delay_ms = delay_ms;
+    config.stream.chunk_tokens = 4;
+    config
+}
+
+pub async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms for up to 20 s (a bound for a broken build, not a speed claim).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}

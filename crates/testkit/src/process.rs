@@ -1,0 +1,121 @@
+//! Child processes stopped on drop, and the workspace's built binaries.
+
+use crate::net::{free_port, wait_for_port};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process stopped on drop (SIGTERM, then SIGKILL) unless it already exited.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// The loopback port it serves.
+    pub port: u16,
+}
+
+impl Proc {
+    /// Sends `signal` (e.g. "-KILL") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves them
+        // running, holding the port); SIGKILL whatever is still there after a moment.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if self.wait_exit(Duration::from_secs(3)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The directory holding this workspace's built binaries (learning-chat, gemini-sim, ...): the
+/// parent of the `deps` directory the running test binary sits in.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps = exe.parent().expect("the test binary's directory");
+    if deps.ends_with("deps") {
+        deps.parent().expect("the profile directory").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// A workspace binary. `cargo nextest run --workspace` (the README's test command) builds every
+/// package's binaries; `-p learning-chat` alone does not build gemini-sim, so it is built here
+/// when missing. (Not rebuilt when present: a build of one package resolves features differently
+/// from the workspace build and would recompile dependencies for minutes.)
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
+    let dir = bin_dir();
+    let path = dir.join(name);
+    if path.exists() {
+        return path;
+    }
+    let target_dir = dir.parent().expect("target dir").to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {name} failed");
+    path
+}
+
+/// `learning-chat serve` on a free port with an empty environment (only `PATH`, the bind address
+/// and `RUST_LOG=warn`) and its output discarded; the caller adds settings with `.env(...)` and
+/// starts it with [`spawn_server`].
+pub fn server_command() -> (Command, u16) {
+    let port = free_port();
+    let mut command = Command::new(workspace_binary("learning-chat", "learning-chat"));
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LEARNING_CHAT_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    (command, port)
+}
+
+/// Starts a [`server_command`] and waits until it listens.
+pub fn spawn_server(mut command: Command, port: u16) -> Proc {
+    let child = command.spawn().expect("learning-chat starts");
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "learning-chat did not listen"
+    );
+    Proc { child, port }
+}
+
+/// Whether the tests run as root (nginx then needs `user root;` to read the test's files).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
