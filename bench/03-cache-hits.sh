@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark 3: cache hits, closed loop (wrk) at 64 and 256 connections, DURATION (default 10) s
-# each after a 2 s warm-up, beside the bare axum hello-world (crates/hello) measured in the same
+# each after a 2 s warm-up, beside the bare axum hello-world (crates/hello-ceiling) measured in the same
 # run with the same requests: the machine's ceiling. Target: at least half of the ceiling.
 source "$(dirname "$0")/common.sh"
 build_release

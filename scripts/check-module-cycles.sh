@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 scripts/module_graph.py crates/server/src
+python3 scripts/module_graph.py crates/learning-chat/src
 
 if cargo modules --version >/dev/null 2>&1; then
     echo "cargo-modules: dependencies --acyclic (top-level uses, tests excluded)" >&2

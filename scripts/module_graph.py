@@ -3,7 +3,7 @@
 
 Usage: module_graph.py [SRC_DIR] [--dot]
 
-Reads every .rs file under SRC_DIR (default crates/server/src), skips comments, string literals
+Reads every .rs file under SRC_DIR (default crates/learning-chat/src), skips comments, string literals
 and `#[cfg(test)]` modules, and records an edge A -> B for each `crate::B` path in a file of the
 top-level module A (`use crate::{b, c::d}` groups included). Edges inside one top-level module
 are not counted: a parent and its children are one unit. Prints the edges in dependency order
@@ -182,7 +182,7 @@ def layers(modules, edges):
 
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    src = args[0] if args else "crates/server/src"
+    src = args[0] if args else "crates/learning-chat/src"
     modules, edges = graph(src)
     if "--dot" in sys.argv:
         print("digraph modules {")

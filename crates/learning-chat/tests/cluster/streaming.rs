@@ -20,7 +20,7 @@ async fn three_servers_behind_nginx_share_one_upstream_stream_for_300_identical_
         capture_logs: true,
         // The test machine is shared and loaded: a Redis call slower than the default 250 ms
         // would switch a server to local mode and its own model call, which is not what this
-        // test is about (tests/faults.rs covers Redis trouble).
+        // test is about (tests/faults/ covers Redis trouble).
         server_env: vec![(
             "LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS".into(),
             "2000".into(),

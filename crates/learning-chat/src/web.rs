@@ -1,5 +1,5 @@
 //! The learner's chat page (`/`) and the interactive API docs (`/docs`), embedded in the binary
-//! at build time from `crates/server/web/` (issue 13). No Node at build time, no CDN at run time.
+//! at build time from `crates/learning-chat/web/` (issue 13). No Node at build time, no CDN at run time.
 //!
 //! Every URL the pages use is relative, so they work at any sub-path behind a proxy
 //! (`location /chat/ { proxy_pass http://app/; }`), and every page and asset carries a strict

@@ -4,7 +4,7 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The bank shipped with the binary (`crates/loadtest/questions.txt`), so it runs from anywhere.
+/// The bank shipped with the binary (`crates/learning-chat-loadtest/questions.txt`), so it runs from anywhere.
 pub const SHIPPED_BANK: &str = include_str!("../questions.txt");
 
 /// Questions per agent id, each list ordered from the most to the least asked.
