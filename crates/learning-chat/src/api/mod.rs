@@ -189,6 +189,44 @@ pub struct KeyRotation {
 
 /// Ask a tutor a question, as the first message of a new conversation or, with
 /// `conversation_id`, as a follow-up answered with the conversation's history.
+/// What a chat or stream request asks: the agent, resolved once, and the learner's message.
+pub(crate) struct Question {
+    /// The agent id as given in the path.
+    pub agent_id: String,
+    /// The agent it names.
+    pub agent: std::sync::Arc<crate::agents::Agent>,
+    /// The rest of the body (the conversation id).
+    pub request: ChatRequest,
+    /// The learner's message.
+    pub message: String,
+}
+
+/// Reads a chat or stream request. An unknown agent is reported before body problems: it is the
+/// more useful error. The agent is resolved here once and passed down, so no later step checks
+/// the id again.
+pub(crate) fn question(
+    state: &AppState,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<ApiJson<ChatRequest>, ApiError>,
+) -> Result<Question, ApiError> {
+    let Path(agent_id) = path?;
+    let agent = state.chat.agent(&agent_id)?;
+    let ApiJson(mut request) = body?;
+    let message = request.message.take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_message",
+            "the body must have a `message` field with the learner's question",
+        )
+    })?;
+    Ok(Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    })
+}
+
 #[utoipa::path(
     post,
     path = routes::AGENT_CHAT,
@@ -217,18 +255,12 @@ pub async fn chat(
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
-    let Path(agent_id) = path?;
-    // An unknown agent is reported before body problems: it is the more useful error. The
-    // agent is resolved here once and passed down, so no later step checks the id again.
-    let agent = state.chat.agent(&agent_id)?;
-    let ApiJson(request) = body?;
-    let message = request.message.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_message",
-            "the body must have a `message` field with the learner's question",
-        )
-    })?;
+    let Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    } = question(&state, path, body)?;
     let deadline = Instant::now() + state.settings.request_timeout();
     let outcome = state
         .conversations

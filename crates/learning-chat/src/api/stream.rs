@@ -108,17 +108,12 @@ pub async fn chat_stream(
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
-    let Path(agent_id) = path?;
-    // Resolved once here and passed down (no later step checks the id again).
-    let agent = state.chat.agent(&agent_id)?;
-    let ApiJson(request) = body?;
-    let message = request.message.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_message",
-            "the body must have a `message` field with the learner's question",
-        )
-    })?;
+    let super::Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    } = super::question(&state, path, body)?;
     let Some(slot) = state.streams.try_open() else {
         crate::metrics::stream_refused();
         let mut error = ApiError::new(

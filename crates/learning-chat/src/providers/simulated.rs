@@ -36,8 +36,18 @@ impl SimulatedModel {
         request: &ModelRequest,
         deadline: Instant,
     ) -> Result<Completion, ProviderError> {
-        if !self.latency.is_zero() {
-            let ready = Instant::now() + self.latency;
+        self.answer_after(self.latency, request, deadline).await
+    }
+
+    /// The answer to `request` once `wait` has passed, or a timeout when that is past `deadline`.
+    async fn answer_after(
+        &self,
+        wait: Duration,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
+        if !wait.is_zero() {
+            let ready = Instant::now() + wait;
             if ready > deadline {
                 tokio::time::sleep_until(deadline).await;
                 return Err(ProviderError::Timeout);
@@ -63,21 +73,7 @@ impl SimulatedModel {
         deadline: Instant,
     ) -> Result<CompletionStream, ProviderError> {
         let first = self.latency / 4;
-        if !first.is_zero() {
-            let ready = Instant::now() + first;
-            if ready > deadline {
-                tokio::time::sleep_until(deadline).await;
-                return Err(ProviderError::Timeout);
-            }
-            tokio::time::sleep_until(ready).await;
-        }
-        let answer = AnswerSettings {
-            answer_tokens: self.answer_tokens,
-            ..AnswerSettings::DEFAULT
-        };
-        let response = simulate_response(&request.to_wire(), &request.model, &answer);
-        let mut completion = completion_from_response(response, &request.model)?;
-        completion.model = format!("{OFFLINE_MODEL_PREFIX}{}", request.model);
+        let completion = self.answer_after(first, request, deadline).await?;
         let words = words(&completion.text);
         let gap = (self.latency - first)
             .checked_div(u32::try_from(words.len()).unwrap_or(u32::MAX).max(1))
