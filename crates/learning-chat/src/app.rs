@@ -10,7 +10,7 @@ use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
-use crate::providers::{GeminiClient, Provider, SimulatedModel};
+use crate::providers::{GeminiClient, OfflineModel, Provider};
 use crate::redis_link::RedisLink;
 use crate::routes;
 use axum::http::StatusCode;
@@ -35,7 +35,7 @@ impl AppState {
         let provider = if settings.uses_gemini() {
             Provider::Gemini(GeminiClient::new(&settings.gemini)?)
         } else {
-            Provider::Simulated(Box::new(SimulatedModel::new(&settings.offline)))
+            Provider::Offline(Box::new(OfflineModel::new(&settings.offline)))
         };
         let redis = if settings.uses_redis() {
             Some(RedisLink::new(&settings.redis)?)

@@ -1,19 +1,19 @@
 //! Model providers: the real Gemini API (several keys), OpenAI-compatible endpoints, or the
-//! built-in offline simulated model, and the router that chains them per agent.
+//! built-in offline model, and the router that chains them per agent.
 //!
 //! Each backend is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
 //! model of each agent's fallback chain.
 
 mod gemini;
 pub mod keys;
+mod offline;
 pub mod openai;
 pub mod router;
-mod simulated;
 
 pub use gemini::GeminiClient;
+pub use offline::OfflineModel;
 pub use openai::OpenAiClient;
 pub use router::{ModelRouter, Route};
-pub use simulated::SimulatedModel;
 
 use gemini_wire::{FinishReason, GenerateContentResponse, GenerationConfig};
 use serde::{Deserialize, Serialize};
@@ -365,7 +365,7 @@ pub enum Provider {
     /// Google Gemini over its REST API.
     Gemini(GeminiClient),
     /// The built-in offline model (no API key configured); boxed, it carries a whole sim config.
-    Simulated(Box<SimulatedModel>),
+    Offline(Box<OfflineModel>),
     /// An OpenAI-compatible Chat Completions endpoint.
     OpenAi(OpenAiClient),
 }
@@ -379,7 +379,7 @@ impl Provider {
     ) -> Result<Completion, ProviderError> {
         match self {
             Provider::Gemini(client) => client.generate(request, deadline).await,
-            Provider::Simulated(model) => model.generate(request, deadline).await,
+            Provider::Offline(model) => model.generate(request, deadline).await,
             Provider::OpenAi(client) => client.generate(request, deadline).await,
         }
     }
@@ -392,7 +392,7 @@ impl Provider {
     ) -> Result<CompletionStream, ProviderError> {
         match self {
             Provider::Gemini(client) => client.generate_stream(request, deadline).await,
-            Provider::Simulated(model) => model.generate_stream(request, deadline).await,
+            Provider::Offline(model) => model.generate_stream(request, deadline).await,
             Provider::OpenAi(client) => client.generate_stream(request, deadline).await,
         }
     }
@@ -401,7 +401,7 @@ impl Provider {
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Gemini(_) => "gemini",
-            Provider::Simulated(_) => "offline-simulated",
+            Provider::Offline(_) => "offline-simulated",
             Provider::OpenAi(_) => "openai",
         }
     }
@@ -411,14 +411,14 @@ impl Provider {
     pub fn identity(&self) -> &str {
         match self {
             Provider::Gemini(client) => client.identity(),
-            Provider::Simulated(_) => "offline-simulated",
+            Provider::Offline(_) => "offline-simulated",
             Provider::OpenAi(client) => client.identity(),
         }
     }
 
     /// True for the offline simulated model.
     pub fn is_simulated(&self) -> bool {
-        matches!(self, Provider::Simulated(_))
+        matches!(self, Provider::Offline(_))
     }
 }
 

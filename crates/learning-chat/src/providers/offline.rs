@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// Answers like `gemini-sim` does, without a server; used when no API key is configured.
 #[derive(Debug, Clone)]
-pub struct SimulatedModel {
+pub struct OfflineModel {
     answer_tokens: u32,
     latency: Duration,
 }
@@ -21,10 +21,10 @@ pub struct SimulatedModel {
 /// Prefix of the `model` field of every offline answer, so nobody mistakes it for Gemini.
 pub const OFFLINE_MODEL_PREFIX: &str = "offline-simulated/";
 
-impl SimulatedModel {
+impl OfflineModel {
     /// A simulated model with the configured answer length and latency.
-    pub fn new(settings: &OfflineSettings) -> SimulatedModel {
-        SimulatedModel {
+    pub fn new(settings: &OfflineSettings) -> OfflineModel {
+        OfflineModel {
             answer_tokens: settings.answer_tokens,
             latency: Duration::from_millis(settings.latency_ms),
         }
@@ -64,7 +64,7 @@ impl SimulatedModel {
         Ok(completion)
     }
 
-    /// The same answer as [`SimulatedModel::generate`], streamed word by word: the first word
+    /// The same answer as [`OfflineModel::generate`], streamed word by word: the first word
     /// after a quarter of the configured latency, the rest spread over the remainder, so the
     /// offline default shows what streaming looks like.
     pub async fn generate_stream(
