@@ -67,6 +67,34 @@ impl GeminiClient {
         &self.identity
     }
 
+    /// Posts `request` to `url` within `remaining`: the response whatever its status, or the
+    /// connection failure as an error. The key goes in a header, never in the URL, so it cannot
+    /// end up in access logs.
+    async fn send(
+        &self,
+        url: String,
+        request: &ModelRequest,
+        remaining: std::time::Duration,
+    ) -> Result<reqwest::Response, ProviderError> {
+        self.http
+            .post(url)
+            .header("x-goog-api-key", self.api_key.expose())
+            .json(&request.to_wire())
+            .timeout(remaining)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProviderError::Timeout
+                } else {
+                    ProviderError::Unavailable {
+                        status: None,
+                        message: without_url(&e),
+                    }
+                }
+            })
+    }
+
     fn url(&self, model: &str) -> String {
         format!("{}/v1beta/models/{model}:generateContent", self.base_url)
     }
@@ -86,24 +114,7 @@ impl GeminiClient {
             "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
             self.base_url, request.model
         );
-        let sent = self
-            .http
-            .post(url)
-            .header("x-goog-api-key", self.api_key.expose())
-            .json(&request.to_wire())
-            .timeout(remaining)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) if e.is_timeout() => return Err(ProviderError::Timeout),
-            Err(e) => {
-                return Err(ProviderError::Unavailable {
-                    status: None,
-                    message: without_url(&e),
-                })
-            }
-        };
+        let response = self.send(url, request, remaining).await?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
@@ -187,25 +198,9 @@ impl GeminiClient {
         if remaining.is_zero() {
             return Err(ProviderError::Timeout);
         }
-        // The key goes in a header, never in the URL, so it cannot end up in access logs.
-        let sent = self
-            .http
-            .post(self.url(&request.model))
-            .header("x-goog-api-key", self.api_key.expose())
-            .json(&request.to_wire())
-            .timeout(remaining)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) if e.is_timeout() => return Err(ProviderError::Timeout),
-            Err(e) => {
-                return Err(ProviderError::Unavailable {
-                    status: None,
-                    message: without_url(&e),
-                })
-            }
-        };
+        let response = self
+            .send(self.url(&request.model), request, remaining)
+            .await?;
         let status = response.status();
         let body = match response.bytes().await {
             Ok(body) => body,
