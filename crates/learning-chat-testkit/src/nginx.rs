@@ -69,16 +69,21 @@ fn site_config(site: &Site, port: u16) -> String {
 /// Runs nginx with the rewritten site and waits until it listens.
 pub fn start(site: &Site) -> Proc {
     let port = free_port();
-    let text = site_config(site, port);
+    run(site.dir, &site_config(site, port), port)
+}
+
+/// Runs nginx from `dir` with `http` (server blocks and directives of the `http` context, which
+/// must listen on `port`) after checking the config with `nginx -t`, and waits until it listens.
+pub fn run(dir: &Path, http: &str, port: u16) -> Proc {
     let user = if is_root() { "user root;\n" } else { "" };
     let main = format!(
         "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{text}}}\n",
-        d = site.dir.display()
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{http}}}\n",
+        d = dir.display()
     );
-    let conf = site.dir.join("nginx.conf");
+    let conf = dir.join("nginx.conf");
     std::fs::write(&conf, main).expect("write nginx.conf");
     let nginx_bin = ["/usr/sbin/nginx", "nginx"]
         .into_iter()
@@ -86,7 +91,7 @@ pub fn start(site: &Site) -> Proc {
         .expect("nginx is required: run ./scripts/test.sh, which installs it");
     let check = Command::new(nginx_bin)
         .args(["-t", "-p"])
-        .arg(site.dir)
+        .arg(dir)
         .arg("-c")
         .arg(&conf)
         .output()
@@ -98,7 +103,7 @@ pub fn start(site: &Site) -> Proc {
     );
     let child = Command::new(nginx_bin)
         .arg("-p")
-        .arg(site.dir)
+        .arg(dir)
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"])

@@ -2,11 +2,9 @@
 
 use crate::driver::Browser;
 use crate::support::cluster::Proc;
-use crate::support::processes::{free_port, wait_for_port};
+use crate::support::processes::free_port;
 use crate::support::TestApp;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// Asks `question` through the page (real key presses: Enter sends) and waits for the answer
 /// number `n` (1-based) to be complete; returns its text.
@@ -118,44 +116,13 @@ pub async fn execute_in_docs(browser: &Browser, docs_url: &str) -> String {
 /// nginx serving the app at `/chat/`, the rest of its paths 404.
 pub fn start_subpath_nginx(dir: &Path, app: &TestApp) -> Proc {
     let port = free_port();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n{user}\
-         events {{ worker_connections 256; }}\nhttp {{\n  access_log {d}/access.log;\n  \
-         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-         uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    \
+    let http = format!(
+        "  access_log {d}/access.log;\n  server {{\n    listen 127.0.0.1:{port};\n    \
          location /chat/ {{\n      proxy_pass http://{upstream}/;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n    \
-         location / {{ return 404; }}\n  }}\n}}\n",
+         location / {{ return 404; }}\n  }}\n",
         d = dir.display(),
-        user = if is_root() { "user root;\n" } else { "" },
         upstream = app.addr,
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("write nginx.conf");
-    let nginx = ["/usr/sbin/nginx", "nginx"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("-v").output().is_ok())
-        .expect("nginx is required: run ./scripts/test.sh, which installs it");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "nginx did not listen"
-    );
-    Proc { child, port }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    learning_chat_testkit::nginx::run(dir, &http, port)
 }
