@@ -45,7 +45,7 @@ impl AppState {
         if settings.uses_redis() && !settings.uses_gemini() && !settings.cache.share_offline_answers
         {
             tracing::warn!(
-                "no GEMINI_API_KEY: answering from the offline simulated model, and not writing \
+                "no GEMINI_API_KEY: answering from the offline model, and not writing \
                  those answers to the shared Redis cache (cache.share_offline_answers = false)"
             );
         }
@@ -62,7 +62,7 @@ impl AppState {
                 redis: RedisCache::new(
                     link.clone(),
                     ttl,
-                    // An offline server's simulated answers must not reach the shared cache
+                    // An offline server's answers must not reach the shared cache
                     // unless the operator wants a fleet of offline servers to share them.
                     settings.uses_gemini() || settings.cache.share_offline_answers,
                     settings.redis.max_value_bytes,
@@ -325,7 +325,7 @@ impl Application {
     }
 }
 
-/// Logs the upstream request count every minute (the seed's quota monitor) and samples gauges.
+/// Logs the model-call count every minute (the seed's quota monitor) and samples gauges.
 async fn minute_monitor(state: AppState) {
     let mut every_minute = tokio::time::interval(Duration::from_secs(60));
     every_minute.tick().await;

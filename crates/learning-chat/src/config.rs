@@ -74,7 +74,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// The tutor agents.
     pub agents: AgentSettings,
-    /// The offline simulated model used when no API key is set.
+    /// The offline model used when no API key is set.
     pub offline: OfflineSettings,
     /// Logs, metrics and error tracking.
     pub telemetry: TelemetrySettings,
@@ -301,7 +301,7 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeminiSettings {
-    /// API key; when empty the service answers from the offline simulated model.
+    /// API key; when empty the service answers from the offline model.
     pub api_key: Secret,
     /// Base URL of a Gemini-compatible endpoint (`/v1beta/models/...` is appended).
     pub base_url: String,
@@ -396,7 +396,7 @@ impl Default for UpstreamSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
-    /// Turn caching off entirely (every question goes upstream; coalescing still applies).
+    /// Turn caching off entirely (every question goes to the model; coalescing still applies).
     pub enabled: bool,
     /// How long an answer is served from cache, in milliseconds (the seed's 1 hour).
     pub ttl_ms: u64,
@@ -408,8 +408,8 @@ pub struct CacheSettings {
     /// How long a prompt the model refused (blocked or filtered) is answered with the same
     /// refusal without asking again, in milliseconds; 0 = never remembered.
     pub refusal_ttl_ms: u64,
-    /// Let a server without a Gemini key (answering from the offline simulated model) write its
-    /// answers into the shared Redis cache. Off: simulated answers stay in that server's memory.
+    /// Let a server without a Gemini key (answering from the offline model) write its
+    /// answers into the shared Redis cache. Off: offline answers stay in that server's memory.
     pub share_offline_answers: bool,
     /// Deprecated: `ttl_secs` in seconds, read as `ttl_ms` (warned about at start-up).
     #[serde(rename = "ttl_secs", skip_serializing)]
@@ -450,7 +450,7 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     /// How many replicas share the quota, used only while Redis is down (each takes rpm / replicas).
     pub replicas: u32,
-    /// Lease on a question while one server asks upstream (renewed while it works), in ms;
+    /// Lease on a question while one server asks the model (renewed while it works), in ms;
     /// a server that dies delays the others by at most this.
     pub lease_ms: u64,
     /// How long a lease holder's failure (429 after retries, 5xx, truncated answer) is shown to
@@ -504,13 +504,13 @@ pub struct AgentSettings {
     pub path: Option<PathBuf>,
 }
 
-/// The offline simulated model.
+/// The offline model (settings of `[offline]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OfflineSettings {
     /// Simulated time per answer, in milliseconds (0 answers at once).
     pub latency_ms: u64,
-    /// Length of simulated answers, in tokens.
+    /// Length of offline answers, in tokens.
     pub answer_tokens: u32,
 }
 

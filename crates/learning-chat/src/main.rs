@@ -34,7 +34,7 @@ enum Command {
     },
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
-    /// Capacity and cost planner: upstream RPM vs quota, servers, concurrency, monthly cost.
+    /// Capacity and cost planner: model calls per minute vs quota, servers, concurrency, monthly cost.
     Plan(learning_chat::plan::PlanArgs),
     /// Manage API keys in the store the server uses (Redis, or auth.keys_file).
     #[command(subcommand)]
@@ -125,7 +125,7 @@ fn serve(settings: Settings) -> ExitCode {
     let result = runtime.block_on(async move {
         if !settings.uses_gemini() {
             tracing::warn!(
-                "NO GEMINI_API_KEY SET: answering from the built-in OFFLINE SIMULATED model; \
+                "NO GEMINI_API_KEY SET: answering from the built-in OFFLINE model; \
                  answers are not real. Set GEMINI_API_KEY to use Gemini."
             );
         }

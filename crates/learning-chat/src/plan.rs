@@ -1,5 +1,5 @@
 //! Capacity and cost planning (`learning-chat plan`): the seed guide's back-of-the-envelope
-//! arithmetic (requests per month, cost, upstream RPM against the quota, Little's law for the
+//! arithmetic (requests per month, cost, model calls per minute against the quota, Little's law for the
 //! calls in flight) as one pure function over a struct, so it is tested; the CLI only formats.
 
 use serde::Serialize;

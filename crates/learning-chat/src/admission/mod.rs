@@ -1,4 +1,4 @@
-//! Admission control: bounded concurrency with a bounded, time-limited queue, and the upstream
+//! Admission control: bounded concurrency with a bounded, time-limited queue, and the model-call
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up.
 
 mod fair;
@@ -26,7 +26,7 @@ pub enum ShedReason {
     QueueFull,
     /// No slot freed up within the queue wait limit.
     QueueTimeout,
-    /// The upstream quota has no slot before the request's deadline.
+    /// The model-call quota has no slot before the request's deadline.
     Quota,
 }
 
@@ -122,7 +122,7 @@ impl Slots {
     }
 }
 
-/// A model slot, held for the length of one upstream call (retries included).
+/// A model slot, held for the length of one model call (retries included).
 #[derive(Debug)]
 pub struct AdmissionPermit {
     slots: Arc<Slots>,

@@ -1,4 +1,4 @@
-//! The upstream quota (requests and input tokens per minute), enforced before a call is sent so
+//! The model-call quota (requests and input tokens per minute), enforced before a call is sent so
 //! the provider never has to answer 429.
 
 use super::redis_quota::{OwnCall, RedisQuota, Reservation, ReserveReply, ReserveRequest};

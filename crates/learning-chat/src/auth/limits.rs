@@ -2,7 +2,7 @@
 //! day and requests in progress, decided by one Redis script per request so every server draws
 //! from the same budgets. While Redis is down (or not configured) the same windows are kept in
 //! process; with Redis configured but down each server takes `1 / redis.replicas` of every
-//! limit, the conservative share the upstream quota uses too.
+//! limit, the conservative share the model-call quota uses too.
 
 use super::keys::KeyLimits;
 use crate::redis_link::RedisLink;

@@ -8,8 +8,8 @@ use std::fmt;
 /// The parts of a question that decide its answer.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheKeyParts<'a> {
-    /// Who answers: provider kind and backend (`gemini@host`, `offline-simulated`), so answers of
-    /// one backend are never served as another's through a shared cache.
+    /// Who answers: the provider identity (`gemini@host`, `offline-simulated`), so answers of
+    /// one provider are never served as another's through a shared cache.
     pub provider: &'a str,
     /// The agent id.
     pub agent_id: &'a str,

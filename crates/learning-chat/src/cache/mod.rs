@@ -29,7 +29,7 @@ pub struct CachedAnswer {
 /// The cache tiers, defined with the metrics that label lookups by them.
 pub use crate::metrics::CacheTier;
 
-/// The cache backend chosen at start-up.
+/// The cache tiers chosen at start-up (memory, or memory in front of Redis).
 #[derive(Debug, Clone)]
 pub enum ResponseCache {
     /// Caching turned off.
@@ -61,7 +61,7 @@ impl ResponseCache {
                     return Some((found, CacheTier::Memory));
                 }
                 crate::metrics::cache_lookup(CacheTier::Memory, false);
-                // Redis down is a miss: the question goes upstream instead of failing.
+                // Redis down is a miss: the question goes to the model instead of failing.
                 let found = redis.get(key).await.ok().flatten().map(Arc::new);
                 crate::metrics::cache_lookup(CacheTier::Redis, found.is_some());
                 let found = found?;

@@ -37,7 +37,7 @@ return {{value or '', dropped}}"
 pub struct RedisCache {
     link: RedisLink,
     ttl: Duration,
-    /// False on a server answering from the offline simulated model: its answers must not
+    /// False on a server answering from the offline model: its answers must not
     /// reach servers that would serve them as the real model's.
     writable: bool,
     max_value_bytes: u64,

@@ -27,7 +27,7 @@ impl std::fmt::Debug for GeminiClient {
     }
 }
 
-/// Longest piece of an unexpected upstream body kept for logs.
+/// Longest piece of an unexpected model reply body kept for logs.
 const MAX_LOGGED_BODY: usize = 300;
 
 impl GeminiClient {
@@ -62,7 +62,7 @@ impl GeminiClient {
         }
     }
 
-    /// `gemini@{host of the base URL}`: which backend answers, for cache keys.
+    /// `gemini@{host of the base URL}`: which provider answers, for cache keys.
     pub fn identity(&self) -> &str {
         &self.identity
     }
@@ -304,7 +304,7 @@ mod tests {
     }
 
     proptest! {
-        // Issue 9: every upstream body, whatever its retryDelay, maps to an error and a retry
+        // Issue 9: every Gemini reply body, whatever its retryDelay, maps to an error and a retry
         // wait without panicking, and the wait never exceeds the configured maximum.
         #[test]
         fn any_429_maps_to_a_bounded_retry_wait(delay in retry_delay_text(), attempt in 0u32..64) {

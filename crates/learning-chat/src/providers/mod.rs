@@ -1,7 +1,7 @@
 //! Model providers: the real Gemini API (several keys), OpenAI-compatible endpoints, or the
 //! built-in offline model, and the router that chains them per agent.
 //!
-//! Each backend is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
+//! Each model service is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
 //! model of each agent's fallback chain.
 
 mod gemini;
@@ -359,7 +359,7 @@ impl StreamAssembler {
     }
 }
 
-/// The model backend chosen at start-up.
+/// A provider: the model service that answers (Gemini, an OpenAI-compatible endpoint or the offline model).
 #[derive(Debug, Clone)]
 pub enum Provider {
     /// Google Gemini over its REST API.
@@ -406,19 +406,14 @@ impl Provider {
         }
     }
 
-    /// Which backend answers (`gemini@host` or `offline-simulated`): part of every cache key, so
-    /// a shared cache never serves one backend's answers as another's.
+    /// Which provider answers (`gemini@host`, `openai@host` or `offline-simulated`): part of every cache key, so
+    /// a shared cache never serves one provider's answers as another's.
     pub fn identity(&self) -> &str {
         match self {
             Provider::Gemini(client) => client.identity(),
             Provider::Offline(_) => "offline-simulated",
             Provider::OpenAi(client) => client.identity(),
         }
-    }
-
-    /// True for the offline simulated model.
-    pub fn is_simulated(&self) -> bool {
-        matches!(self, Provider::Offline(_))
     }
 }
 

@@ -22,7 +22,7 @@ pub struct OfflineModel {
 pub const OFFLINE_MODEL_PREFIX: &str = "offline-simulated/";
 
 impl OfflineModel {
-    /// A simulated model with the configured answer length and latency.
+    /// The offline model with the configured answer length and latency.
     pub fn new(settings: &OfflineSettings) -> OfflineModel {
         OfflineModel {
             answer_tokens: settings.answer_tokens,
@@ -30,7 +30,7 @@ impl OfflineModel {
         }
     }
 
-    /// One simulated answer after the configured latency (or a timeout at `deadline`).
+    /// One offline answer after the configured latency (or a timeout at `deadline`).
     pub async fn generate(
         &self,
         request: &ModelRequest,

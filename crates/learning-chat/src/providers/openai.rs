@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Longest piece of an unexpected upstream body kept for logs.
+/// Longest piece of an unexpected model reply body kept for logs.
 const MAX_LOGGED_BODY: usize = 300;
 
 /// Calls one OpenAI-compatible endpoint.
@@ -277,7 +277,7 @@ impl OpenAiClient {
         })
     }
 
-    /// `openai@{host[:port]}`: which backend answers, for cache keys (two local servers on
+    /// `openai@{host[:port]}`: which provider answers, for cache keys (two local servers on
     /// different ports may serve different models under one name).
     pub fn identity(&self) -> &str {
         &self.identity

@@ -1,7 +1,7 @@
 //! The model router (issue 16): per agent, a chain of models tried in order, each behind a
 //! circuit breaker, each served by its provider (Gemini with several keys, an OpenAI-compatible
 //! endpoint, or the offline model). The chat service walks the chain; this module owns which
-//! routes exist, their breakers and their backends.
+//! routes exist, their breakers and the providers that serve them.
 
 use super::keys::{KeyPool, KeyQuota};
 use super::{Completion, CompletionStream, ModelRequest, OpenAiClient, Provider, ProviderError};
@@ -142,8 +142,8 @@ impl Breaker {
 
 /// Who serves a route.
 #[derive(Debug)]
-enum Backend {
-    /// One backend (the offline model, or an OpenAI-compatible endpoint).
+enum Server {
+    /// One provider (the offline model, or an OpenAI-compatible endpoint).
     Single(Provider),
     /// Gemini through its pool of keys.
     Keys(Arc<KeyPool>),
@@ -154,7 +154,7 @@ enum Backend {
 pub struct Route {
     spec: ModelSpec,
     identity: String,
-    backend: Backend,
+    server: Server,
     breaker: Breaker,
 }
 
@@ -164,7 +164,7 @@ impl Route {
         &self.spec.model
     }
 
-    /// Which backend answers (`gemini@host`, `openai@host:port`, `offline-simulated`): with
+    /// Which provider answers (`gemini@host`, `openai@host:port`, `offline-simulated`): with
     /// the model, part of the cache key of this route's answers.
     pub fn identity(&self) -> &str {
         &self.identity
@@ -186,9 +186,9 @@ impl Route {
         request: &ModelRequest,
         deadline: Instant,
     ) -> Result<Completion, ProviderError> {
-        let result = match &self.backend {
-            Backend::Single(provider) => provider.generate(request, deadline).await,
-            Backend::Keys(pool) => pool.generate(request, deadline).await,
+        let result = match &self.server {
+            Server::Single(provider) => provider.generate(request, deadline).await,
+            Server::Keys(pool) => pool.generate(request, deadline).await,
         };
         self.breaker.record(&result);
         result
@@ -201,9 +201,9 @@ impl Route {
         request: &ModelRequest,
         deadline: Instant,
     ) -> Result<CompletionStream, ProviderError> {
-        let result = match &self.backend {
-            Backend::Single(provider) => provider.generate_stream(request, deadline).await,
-            Backend::Keys(pool) => pool.generate_stream(request, deadline).await,
+        let result = match &self.server {
+            Server::Single(provider) => provider.generate_stream(request, deadline).await,
+            Server::Keys(pool) => pool.generate_stream(request, deadline).await,
         };
         self.breaker.record(&result);
         result
@@ -257,11 +257,11 @@ impl ModelRouter {
                     chain.push(route.clone());
                     continue;
                 }
-                let (backend, identity) = match spec.provider() {
+                let (server, identity) = match spec.provider() {
                     ProviderKind::Gemini => match &keys {
-                        Some(pool) => (Backend::Keys(pool.clone()), fallback.identity().to_owned()),
+                        Some(pool) => (Server::Keys(pool.clone()), fallback.identity().to_owned()),
                         None => (
-                            Backend::Single(fallback.clone()),
+                            Server::Single(fallback.clone()),
                             fallback.identity().to_owned(),
                         ),
                     },
@@ -280,13 +280,13 @@ impl ModelRouter {
                             Duration::from_millis(settings.gemini.connect_timeout_ms),
                         )?;
                         let identity = client.identity().to_owned();
-                        (Backend::Single(Provider::OpenAi(client)), identity)
+                        (Server::Single(Provider::OpenAi(client)), identity)
                     }
                 };
                 let route = Arc::new(Route {
                     spec: spec.clone(),
                     identity,
-                    backend,
+                    server,
                     breaker: Breaker::new(&spec.model, routing.breaker_failures, cooldown),
                 });
                 crate::metrics::model_fallback_init(&spec.model);
