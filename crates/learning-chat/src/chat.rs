@@ -1,32 +1,27 @@
 //! The chat service: the request path from a validated question to an answer, nothing HTTP.
 //!
 //! key -> cache -> coalesce -> admit -> quota -> model (with retries) -> store.
-//! Identical questions in flight share one spawned task, so the model is asked once and the
-//! answer is cached even if the first asker goes away. The task's entry is removed by a drop
-//! guard, so a task that panics or is aborted never leaves its question stuck.
-//!
-//! A streaming request asks the same way and is handed the call's [`Fanout`]: a call started by
-//! one streams from the model (retrying only before its first piece) and publishes each piece
-//! there, and to the other servers when it holds the cluster lease. Such a call is cancelled
-//! when its last waiter goes away (nothing is cached then); a call started by a JSON request
-//! always runs to the end, as before.
+//! One call per question, on this server and across servers, is [`crate::coalesce`]'s job: this
+//! module hands it the call to start (`Inner::fetch`: the cluster lease, the model, the store)
+//! and reads its result. A streaming request passes a [`StreamTap`] and is handed the pieces of
+//! the call it waits on; a call it starts streams from the model, retrying and falling back only
+//! before its first piece.
 
 use crate::admission::{Admission, Flow, QuotaLimiter, Shed, ShedReason, FLOW};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, CacheKeyParts, CachedAnswer, ResponseCache};
-use crate::coalesce::fanout::{Fanout, FanoutReader};
-use crate::coalesce::{ClusterCoalescer, Lease, LeaseOutcome, Publish, SharedOutcome};
+use crate::coalesce::fanout::Fanout;
+use crate::coalesce::local::{CallError, LocalCoalescer};
+pub use crate::coalesce::local::{StreamTap, Tapped};
+use crate::coalesce::{ClusterCoalescer, LeaseOutcome, PieceSink, Publish, SharedOutcome};
 pub use crate::providers::input_token_estimate;
 use crate::providers::{
     Completion, ModelRequest, ModelRouter, ModelTurn, Provider, ProviderError, Route, StreamPiece,
     Usage,
 };
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
-use parking_lot::Mutex;
 use rand::Rng;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,28 +41,6 @@ pub struct ChatAnswer {
     pub usage: Usage,
     /// `STOP` for complete answers, `MAX_TOKENS` for truncated ones (never cached).
     pub finish_reason: &'static str,
-}
-
-/// Where a streaming request is handed the pieces of the answer it waits on.
-#[derive(Debug, Clone)]
-pub struct StreamTap(tokio::sync::mpsc::UnboundedSender<Tapped>);
-
-/// The pieces of the call a streaming request waits on.
-#[derive(Debug)]
-pub struct Tapped {
-    /// Reads the answer's pieces from its first one.
-    pub reader: FanoutReader,
-    /// True when the request joined a call another request had started.
-    pub joined: bool,
-}
-
-impl StreamTap {
-    /// A tap and the receiving end: one [`Tapped`] per call the request waits on (a second
-    /// one only if the first call ran out of its first asker's time and was asked again).
-    pub fn new() -> (StreamTap, tokio::sync::mpsc::UnboundedReceiver<Tapped>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (StreamTap(tx), rx)
-    }
 }
 
 /// Why a question got no answer.
@@ -106,10 +79,16 @@ pub enum ChatError {
     Internal(String),
 }
 
-impl ChatError {
-    /// True when the error says only that the asker's own time ran out (the deadline, or a quota
-    /// slot beyond it): someone else waiting on the same call with more time left should ask
-    /// again instead of inheriting it.
+impl CallError for ChatError {
+    fn timed_out() -> Self {
+        ChatError::Timeout
+    }
+
+    fn task_failed(error: tokio::task::JoinError) -> Self {
+        ChatError::Internal(format!("upstream task failed: {error}"))
+    }
+
+    /// The deadline, or a quota slot beyond it.
     fn bound_by_deadline(&self) -> bool {
         matches!(
             self,
@@ -212,113 +191,10 @@ pub struct ChatDeps {
     pub failure_share: Duration,
 }
 
-type SharedAnswer = Shared<BoxFuture<'static, Result<Arc<Completion>, ChatError>>>;
-
-/// Asks beyond the first for one question when the shared call ran out of someone else's
-/// deadline; bounds the loop, not the time (each ask is bounded by the asker's own deadline).
-const MAX_REASKS: u32 = 2;
-
-/// One question's shared call in flight.
-struct InFlight {
-    shared: SharedAnswer,
-    /// The deadline the call runs under (its first asker's).
-    deadline: Instant,
-    /// Tells this call's entry from a later one for the same question.
-    id: u64,
-    /// The answer's pieces as they stream in (stays empty for a call that does not stream).
-    fanout: Arc<Fanout>,
-    /// Requests waiting on the call now.
-    subscribers: usize,
-    /// A streamed call stops when its last waiter leaves: its output tokens would be paid for
-    /// nobody. A JSON call runs on, as its answer is cached for the next asker.
-    cancel_when_alone: bool,
-    abort: tokio::task::AbortHandle,
-}
-
-/// One request's interest in a call; the last one of a streamed call to go cancels it.
-struct Subscription {
-    inner: Arc<Inner>,
-    key: CacheKey,
-    id: u64,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let cancelled = {
-            let mut in_flight = self.inner.in_flight.lock();
-            match in_flight.get_mut(&self.key) {
-                Some(entry) if entry.id == self.id => {
-                    entry.subscribers = entry.subscribers.saturating_sub(1);
-                    if entry.subscribers == 0 && entry.cancel_when_alone {
-                        in_flight.remove(&self.key)
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
-            }
-        };
-        // Outside the lock: the task's own drop guards take it.
-        if let Some(entry) = cancelled {
-            entry.abort.abort();
-            entry.fanout.close();
-            crate::metrics::stream_cancelled("upstream");
-        }
-    }
-}
-
-/// Closes a call's fan-out however its task ends, so no reader waits for pieces forever.
-struct CloseFanout(Option<Arc<Fanout>>);
-
-impl Drop for CloseFanout {
-    fn drop(&mut self) {
-        if let Some(fanout) = &self.0 {
-            fanout.close();
-        }
-    }
-}
-
-/// Where a streamed call's pieces go: the local fan-out and, as lease holder, the cluster.
-struct PieceSink<'a> {
-    fanout: &'a Fanout,
-    lease: Option<&'a Lease>,
-    /// Bytes published so far; the next piece's offset.
-    bytes: usize,
-}
-
-impl PieceSink<'_> {
-    fn push(&mut self, text: &str) {
-        self.fanout.push_at(self.bytes, text);
-        if let Some(lease) = self.lease {
-            lease.relay(self.bytes, text);
-        }
-        self.bytes += text.len();
-    }
-}
-
-/// Removes a call's in-flight entry however its task ends: completion, panic or abort.
-struct InFlightEntry {
-    inner: Arc<Inner>,
-    key: CacheKey,
-    id: u64,
-}
-
-impl Drop for InFlightEntry {
-    fn drop(&mut self) {
-        let mut in_flight = self.inner.in_flight.lock();
-        if in_flight
-            .get(&self.key)
-            .is_some_and(|entry| entry.id == self.id)
-        {
-            in_flight.remove(&self.key);
-        }
-    }
-}
-
 struct Inner {
     deps: ChatDeps,
-    in_flight: Mutex<HashMap<CacheKey, InFlight>>,
-    next_call_id: AtomicU64,
+    /// The calls in flight on this server, one per question.
+    calls: LocalCoalescer<Arc<Completion>, ChatError>,
     /// Prompts the model refused recently: asking again would cost a call for the same refusal.
     refusals: Option<moka::future::Cache<CacheKey, ProviderError>>,
     monitor: UpstreamMonitor,
@@ -342,8 +218,7 @@ impl ChatService {
         ChatService {
             inner: Arc::new(Inner {
                 deps,
-                in_flight: Mutex::new(HashMap::new()),
-                next_call_id: AtomicU64::new(0),
+                calls: LocalCoalescer::new(),
                 refusals,
                 monitor: UpstreamMonitor::default(),
             }),
@@ -490,53 +365,21 @@ impl ChatService {
                 return Err(ChatError::Provider(refusal));
             }
         }
-        let mut reasks = 0;
-        let completion = loop {
-            // The call's task starts inside this span, so the model call hangs under the wait of
-            // the request that started it; a request that joined one has a wait with no children.
-            let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(reasks));
-            let joined = wait.in_scope(|| {
-                self.join_or_start(
-                    key,
-                    agent.clone(),
-                    message.to_string(),
-                    &history,
-                    deadline,
-                    tap.is_some(),
-                )
-            });
-            let Joined {
-                shared,
-                deadline: call_deadline,
-                subscription: _subscription,
-                fanout,
-                joined,
-            } = joined;
-            if let Some(StreamTap(tx)) = tap {
-                let _ = tx.send(Tapped {
-                    reader: fanout.subscribe(),
-                    joined,
-                });
-            }
-            let result = tokio::time::timeout_at(deadline, shared)
-                .instrument(wait)
-                .await
-                .map_err(|_| ChatError::Timeout)?;
-            match result {
-                // The call ran out of its first asker's time, not ours: ask again (the entry is
-                // gone by now, so this starts, or joins, a call under a later deadline).
-                Err(error)
-                    if error.bound_by_deadline()
-                        && call_deadline < deadline
-                        && reasks < MAX_REASKS
-                        && Instant::now() < deadline =>
-                {
-                    reasks += 1;
-                    crate::metrics::coalesced_retry();
-                }
-                result => break result?,
-            }
-        };
+        let inner = &self.inner;
+        let completion = inner
+            .calls
+            .ask(key, deadline, tap, |stream| {
+                let (inner, agent) = (inner.clone(), agent.clone());
+                let (message, history) = (message.to_string(), history.clone());
+                // The call queues for its model slot as the key that started it.
+                FLOW.scope(Flow::current(), async move {
+                    let stream = stream.as_ref();
+                    inner
+                        .fetch(&key, &agent, message, history, deadline, stream)
+                        .await
+                })
+            })
+            .await?;
         Ok(ChatAnswer {
             text: completion.text.clone(),
             cached: false,
@@ -579,107 +422,6 @@ impl ChatService {
         let agent = self.inner.deps.agents.get(agent_id)?;
         Some(self.key_for(&agent, &normalise_message(message), history))
     }
-
-    /// Joins the in-flight call for `key`, or starts one in its own task (streaming from the
-    /// model when `streaming`).
-    fn join_or_start(
-        &self,
-        key: CacheKey,
-        agent: Arc<Agent>,
-        message: String,
-        history: &Arc<[ModelTurn]>,
-        deadline: Instant,
-        streaming: bool,
-    ) -> Joined {
-        let mut in_flight = self.inner.in_flight.lock();
-        if let Some(existing) = in_flight.get_mut(&key) {
-            crate::metrics::coalesced("local");
-            existing.subscribers += 1;
-            return Joined {
-                shared: existing.shared.clone(),
-                deadline: existing.deadline,
-                subscription: Subscription {
-                    inner: self.inner.clone(),
-                    key,
-                    id: existing.id,
-                },
-                fanout: existing.fanout.clone(),
-                joined: true,
-            };
-        }
-        let id = self.inner.next_call_id.fetch_add(1, Ordering::Relaxed);
-        let inner = self.inner.clone();
-        // The call queues for its model slot as the key that started it.
-        let flow = Flow::current();
-        let history = history.clone();
-        let fanout = Fanout::new();
-        let stream = streaming.then(|| fanout.clone());
-        // Spawned rather than awaited in place: the answer is fetched and cached even if the
-        // first asker disconnects, and every waiter is released when it ends, success or not.
-        // It keeps the first asker's context, so its log lines carry that request id.
-        let task = tokio::spawn(crate::telemetry::in_current_context(FLOW.scope(
-            flow,
-            async move {
-                let _entry = InFlightEntry {
-                    inner: inner.clone(),
-                    key,
-                    id,
-                };
-                let _close = CloseFanout(stream.clone());
-                inner
-                    .fetch(&key, &agent, message, history, deadline, stream.as_ref())
-                    .await
-            },
-        )));
-        let abort = task.abort_handle();
-        if !streaming {
-            // Nothing streams into it: readers see it complete and wait for the answer.
-            fanout.close();
-        }
-        let shared = async move {
-            match task.await {
-                Ok(result) => result,
-                Err(e) => Err(ChatError::Internal(format!("upstream task failed: {e}"))),
-            }
-        }
-        .boxed()
-        .shared();
-        in_flight.insert(
-            key,
-            InFlight {
-                shared: shared.clone(),
-                deadline,
-                id,
-                fanout: fanout.clone(),
-                subscribers: 1,
-                cancel_when_alone: streaming,
-                abort,
-            },
-        );
-        Joined {
-            shared,
-            deadline,
-            subscription: Subscription {
-                inner: self.inner.clone(),
-                key,
-                id,
-            },
-            fanout,
-            joined: false,
-        }
-    }
-}
-
-/// The call a request waits on.
-struct Joined {
-    shared: SharedAnswer,
-    /// The deadline the call runs under.
-    deadline: Instant,
-    /// Held while the request waits.
-    subscription: Subscription,
-    fanout: Arc<Fanout>,
-    /// True when another request started the call.
-    joined: bool,
 }
 
 /// Keeps the in-flight gauge right however a model call ends.
@@ -727,6 +469,8 @@ impl Inner {
         }
     }
 
+    /// One call for the question `key`, as the coalescer runs it: the cluster lease (or another
+    /// server's result), then the model, then what is worth keeping of its result.
     async fn fetch(
         &self,
         key: &CacheKey,
@@ -761,30 +505,16 @@ impl Inner {
                     // Another server asked and got no cacheable answer: the same answer for us,
                     // without a call of our own.
                     crate::metrics::shared_outcome(outcome.kind());
-                    return match outcome {
-                        SharedOutcome::Uncached {
-                            text,
-                            model,
-                            usage,
-                            finish_reason,
-                        } => Ok(Arc::new(Completion {
-                            text,
-                            finish_reason,
-                            model,
-                            usage,
-                        })),
-                        SharedOutcome::Failed(error) => Err(ChatError::Provider(error)),
-                    };
+                    return outcome
+                        .into_result()
+                        .map(Arc::new)
+                        .map_err(ChatError::Provider);
                 }
                 LeaseOutcome::Unavailable => None,
                 LeaseOutcome::TimedOut => return Err(ChatError::Timeout),
             },
         };
-        let sink = stream.map(|fanout| PieceSink {
-            fanout,
-            lease: lease.as_ref(),
-            bytes: 0,
-        });
+        let sink = stream.map(|fanout| PieceSink::new(fanout, lease.as_ref()));
         let result = self
             .call_model(agent, message.clone(), history.clone(), deadline, sink)
             .await;
@@ -804,15 +534,7 @@ impl Inner {
                     }
                 }
                 let publish = match &result {
-                    Ok(c) => Publish::Outcome(
-                        SharedOutcome::Uncached {
-                            text: c.text.clone(),
-                            model: c.model.clone(),
-                            usage: c.usage,
-                            finish_reason: c.finish_reason.clone(),
-                        },
-                        deps.failure_share,
-                    ),
+                    Ok(c) => Publish::Outcome(SharedOutcome::uncached(c), deps.failure_share),
                     Err(_) => Publish::Nothing,
                 };
                 (result, publish)
@@ -865,15 +587,9 @@ impl Inner {
                 crate::metrics::cache_entries(deps.cache.memory_entries());
                 Publish::Answer(cached)
             }
-            Ok(completion) => Publish::Outcome(
-                SharedOutcome::Uncached {
-                    text: completion.text.clone(),
-                    model: completion.model.clone(),
-                    usage: completion.usage,
-                    finish_reason: completion.finish_reason.clone(),
-                },
-                deps.failure_share,
-            ),
+            Ok(completion) => {
+                Publish::Outcome(SharedOutcome::uncached(completion), deps.failure_share)
+            }
             Err(ChatError::Provider(error)) if error.is_refusal() => {
                 if let Some(refusals) = &self.refusals {
                     refusals.insert(*key, error.clone()).await;
@@ -940,7 +656,7 @@ impl Inner {
                 Err(ChatError::Provider(error))
                     if has_next
                         && falls_back(&error)
-                        && !matches!(&sink, Some(sink) if sink.bytes > 0) =>
+                        && !sink.as_ref().is_some_and(|sink| sink.started()) =>
                 {
                     tracing::warn!(
                         model = route.model(),
@@ -1055,7 +771,7 @@ impl Inner {
                 Err(error)
                     if error.is_retryable()
                         && attempt < deps.retry.max_retries
-                        && !matches!(&sink, Some(sink) if sink.bytes > 0) =>
+                        && !sink.as_ref().is_some_and(|sink| sink.started()) =>
                 {
                     let delay = deps.retry.delay(attempt, &error);
                     if Instant::now() + delay >= deadline {

@@ -1,10 +1,15 @@
-//! Cluster-wide coalescing: identical questions in flight on different servers make ONE model
-//! call, success or not. (Within one server, the chat service's shared task already does this.)
-//! Streamed answers fan out too: [`fanout`] shares one answer's pieces with every local request
-//! (late joiners get the prefix replayed), and [`relay`] carries them from the lease holder to
-//! the other servers through a Redis Stream.
+//! One model call per question, success or not, on this server and across servers.
 //!
-//! The first server to ask takes a short lease on the question (`SET NX PX`) and renews it while
+//! - [`local`]: identical questions in flight on this server share one spawned call
+//!   ([`local::LocalCoalescer`]), with the re-ask rule for askers that have more time left.
+//! - This module: identical questions in flight on different servers share one call through a
+//!   lease in Redis ([`ClusterCoalescer`]), taken by the call the local coalescer started.
+//! - Streamed answers fan out too: [`fanout`] shares one answer's pieces with every local request
+//!   (late joiners get the prefix replayed), [`PieceSink`] is where a call puts them, and
+//!   [`relay`] carries them from the lease holder to the other servers through a Redis Stream.
+//!
+//! The caller (the chat service) supplies what one call does (ask the model, keep the answer) and
+//! this module decides how often it runs. The first server to ask takes a short lease on the question (`SET NX PX`) and renews it while
 //! it works; the others poll, with backoff, for the answer to appear in the Redis cache, for the
 //! holder's shared outcome (a failure or an uncacheable answer), or for the lease to vanish. A
 //! holder that fails publishes what happened before releasing, so the waiters answer with it
@@ -17,11 +22,12 @@
 //! instead of being waited on until the deadline.
 
 pub mod fanout;
+pub mod local;
 pub mod relay;
 
 use crate::cache::redis::LUA_READ_CAPPED;
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};
-use crate::providers::{ProviderError, Usage};
+use crate::providers::{Completion, ProviderError, Usage};
 use crate::redis_link::RedisLink;
 use fanout::Fanout;
 use gemini_wire::FinishReason;
@@ -101,6 +107,34 @@ pub enum SharedOutcome {
 }
 
 impl SharedOutcome {
+    /// The outcome of `completion`, an answer that is not to be cached.
+    pub fn uncached(completion: &Completion) -> SharedOutcome {
+        SharedOutcome::Uncached {
+            text: completion.text.clone(),
+            model: completion.model.clone(),
+            usage: completion.usage,
+            finish_reason: completion.finish_reason.clone(),
+        }
+    }
+
+    /// What a waiting server answers with: the same answer, or the same failure.
+    pub fn into_result(self) -> Result<Completion, ProviderError> {
+        match self {
+            SharedOutcome::Uncached {
+                text,
+                model,
+                usage,
+                finish_reason,
+            } => Ok(Completion {
+                text,
+                finish_reason,
+                model,
+                usage,
+            }),
+            SharedOutcome::Failed(error) => Err(error),
+        }
+    }
+
     /// A metric label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -373,6 +407,40 @@ impl Drop for Lease {
                 runtime.spawn(async move { release(&link, lease_key).await });
             }
         }
+    }
+}
+
+/// Where a streamed call's pieces go: the local fan-out and, as lease holder, the cluster.
+pub struct PieceSink<'a> {
+    fanout: &'a Fanout,
+    lease: Option<&'a Lease>,
+    /// Bytes published so far; the next piece's offset.
+    bytes: usize,
+}
+
+impl<'a> PieceSink<'a> {
+    /// A sink into `fanout` and, when this server holds it, `lease`'s relay.
+    pub fn new(fanout: &'a Fanout, lease: Option<&'a Lease>) -> PieceSink<'a> {
+        PieceSink {
+            fanout,
+            lease,
+            bytes: 0,
+        }
+    }
+
+    /// Publishes the next piece.
+    pub fn push(&mut self, text: &str) {
+        self.fanout.push_at(self.bytes, text);
+        if let Some(lease) = self.lease {
+            lease.relay(self.bytes, text);
+        }
+        self.bytes += text.len();
+    }
+
+    /// True once any text went out: from then on a retry or another model would send the
+    /// learner a second beginning.
+    pub fn started(&self) -> bool {
+        self.bytes > 0
     }
 }
 
