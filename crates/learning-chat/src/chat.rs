@@ -85,7 +85,7 @@ impl CallError for ChatError {
     }
 
     fn task_failed(error: tokio::task::JoinError) -> Self {
-        ChatError::Internal(format!("upstream task failed: {error}"))
+        ChatError::Internal(format!("model call task failed: {error}"))
     }
 
     /// The deadline, or a quota slot beyond it.
@@ -169,7 +169,7 @@ pub struct ChatDeps {
     pub agents: AgentRegistry,
     /// The answer cache.
     pub cache: ResponseCache,
-    /// The default backend (Gemini or the offline model), for /ready and logs.
+    /// The default provider (Gemini or the offline model), for /ready and logs.
     pub provider: Provider,
     /// Each agent's chain of models (fallbacks, breakers, keys, providers).
     pub router: ModelRouter,
@@ -230,7 +230,7 @@ impl ChatService {
         &self.inner.deps.agents
     }
 
-    /// The model backend.
+    /// The default provider.
     pub fn provider(&self) -> &Provider {
         &self.inner.deps.provider
     }
@@ -240,7 +240,7 @@ impl ChatService {
         &self.inner.deps.router
     }
 
-    /// The per-minute upstream counter.
+    /// The per-minute model-call counter.
     pub fn monitor(&self) -> &UpstreamMonitor {
         &self.inner.monitor
     }
@@ -611,7 +611,7 @@ impl Inner {
     }
 
     /// Admission, then the agent's chain of models in order, each with the quota gate and its
-    /// retries: one question's trip upstream. Returns the answer and, when a fallback gave it,
+    /// retries: one question's trip to the model. Returns the answer and, when a fallback gave it,
     /// that fallback's route.
     async fn call_model(
         &self,
