@@ -1,4 +1,4 @@
-//! deploy/k8s stays true to Kubernetes 1.30 and to itself: every object typed with no unknown
+//! deploy/k8s stays true to Kubernetes 1.33 and to itself: every object typed with no unknown
 //! field, the kustomization complete, selectors, ports, probes, resources and variables right.
 
 use k8s_openapi::api::core::v1::Service;

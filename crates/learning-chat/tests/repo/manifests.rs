@@ -1,4 +1,4 @@
-//! The deployment files parsed: deploy/k8s with the Kubernetes 1.30 types of k8s-openapi, and
+//! The deployment files parsed: deploy/k8s with the Kubernetes 1.33 types of k8s-openapi, and
 //! the service's settings loaded from an environment the way the service loads them.
 //!
 //! Every environment variable handed to the service is checked against what it really reads: the
@@ -222,15 +222,15 @@ pub fn yaml_files(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Parses a manifest into its Kubernetes type and back: a field the 1.30 API does not know (a
+/// Parses a manifest into its Kubernetes type and back: a field the 1.33 API does not know (a
 /// typo such as `readinesProbe`, which the API server would drop or reject) makes the round trip
 /// differ, so it fails here instead of being silently ignored.
 pub fn typed<T: DeserializeOwned + Serialize>(doc: &Json, origin: &str) -> T {
     let object: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{origin}: not a valid Kubernetes 1.30 object: {e}"));
+        .unwrap_or_else(|e| panic!("{origin}: not a valid Kubernetes 1.33 object: {e}"));
     let back = serde_json::to_value(&object).unwrap();
     if let Some(difference) = first_difference(doc, &back, "") {
-        panic!("{origin}: {difference} (unknown field or wrongly typed value for Kubernetes 1.30)");
+        panic!("{origin}: {difference} (unknown field or wrongly typed value for Kubernetes 1.33)");
     }
     object
 }
