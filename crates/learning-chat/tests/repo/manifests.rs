@@ -67,8 +67,8 @@ impl Manifests {
                 continue;
             }
             let text = read(&format!("deploy/k8s/{file}"));
-            for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                let yaml = serde_yaml::Value::deserialize(document)
+            for (i, document) in yaml_serde::Deserializer::from_str(&text).enumerate() {
+                let yaml = yaml_serde::Value::deserialize(document)
                     .unwrap_or_else(|e| panic!("deploy/k8s/{file}: document {i}: {e}"));
                 if yaml.is_null() {
                     continue;
@@ -84,7 +84,7 @@ impl Manifests {
         manifests
     }
 
-    pub fn add(&mut self, file: &str, i: usize, yaml: &serde_yaml::Value) {
+    pub fn add(&mut self, file: &str, i: usize, yaml: &yaml_serde::Value) {
         let doc = serde_json::to_value(yaml).unwrap();
         let origin = format!("deploy/k8s/{file} (document {i})");
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
