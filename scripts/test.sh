@@ -49,6 +49,15 @@ fi
 echo "== dependency policy (cargo deny check bans licenses sources)"
 cargo deny check bans licenses sources
 
+if ! cargo machete --version >/dev/null 2>&1; then
+  echo "== cargo-machete missing: installing it"
+  cargo install --locked cargo-machete
+fi
+# A dependency no crate uses any more is build time for nothing. A false positive (a crate used
+# only through a macro or a feature) goes in that crate's [package.metadata.cargo-machete] ignored.
+echo "== unused dependencies (cargo machete)"
+cargo machete
+
 echo "== module import cycles (docs/architecture.md)"
 ./scripts/check-module-cycles.sh
 

@@ -1,7 +1,7 @@
 //! Fault injection: one roll per generate request decides whether (and how) it fails.
 
 use crate::config::FaultConfig;
-use rand::Rng;
+use rand::RngExt;
 
 /// A fault the simulator injects instead of (or in the middle of) a normal answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub fn roll(faults: &FaultConfig, streaming: bool) -> Option<Fault> {
     if !faults.any() {
         return None;
     }
-    let draw: f64 = rand::thread_rng().gen();
+    let draw: f64 = rand::rng().random();
     let mut threshold = 0.0;
     for (rate, fault) in [
         (faults.error_500, Fault::Internal),

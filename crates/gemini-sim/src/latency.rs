@@ -1,7 +1,7 @@
 //! Sampling of answer latencies.
 
 use crate::config::Latency;
-use rand::Rng;
+use rand::RngExt;
 use rand_distr::{Distribution, LogNormal};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub fn sample(latency: &Latency) -> Duration {
             if max_ms <= min_ms {
                 Duration::from_millis(min_ms)
             } else {
-                Duration::from_millis(rand::thread_rng().gen_range(min_ms..=max_ms))
+                Duration::from_millis(rand::rng().random_range(min_ms..=max_ms))
             }
         }
         Latency::LogNormal { median_ms, p99_ms } => {
@@ -33,7 +33,7 @@ pub fn sample(latency: &Latency) -> Duration {
             let sigma = ((p99_ms.max(median_ms) as f64) / median_ms as f64).ln() / Z_P99;
             match LogNormal::new(mu, sigma) {
                 Ok(dist) => {
-                    let ms: f64 = dist.sample(&mut rand::thread_rng());
+                    let ms: f64 = dist.sample(&mut rand::rng());
                     Duration::from_secs_f64(ms.clamp(0.0, MAX_SAMPLE_MS) / 1000.0)
                 }
                 Err(_) => Duration::from_millis(median_ms),

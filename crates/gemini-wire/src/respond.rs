@@ -6,7 +6,7 @@ use crate::{
     Candidate, Content, FinishReason, GenerateContentRequest, GenerateContentResponse,
     ModalityTokenCount, PromptFeedback, SafetyRating, UsageMetadata,
 };
-use rand::Rng;
+use rand::RngExt;
 
 /// What shapes an answer: the simulator's answer settings, borrowed so building a response
 /// allocates nothing for them.
@@ -183,9 +183,9 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &AnswerSettin
 /// A fresh `responseId`: 23 characters of the URL-safe base64 alphabet, like Google's.
 pub fn response_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     (0..23)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect()
 }
 

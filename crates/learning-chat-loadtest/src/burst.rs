@@ -48,7 +48,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
     let sim = SimClient::reset_if_given(args.target.sim_url.as_deref()).await?;
     let picker = args.target.picker(QuestionMode::Unique);
     // A question the service has not seen: the stem plus this run's tag, the same for all.
-    let identical = picker.pick(&args.target.agent, &mut rand::thread_rng());
+    let identical = picker.pick(&args.target.agent, &mut rand::rng());
     let recorder = Arc::new(Recorder::new());
     let barrier = Arc::new(Barrier::new(args.count as usize + 1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -56,7 +56,7 @@ pub async fn run(args: BurstArgs) -> anyhow::Result<Report> {
         let message = match args.mode {
             BurstMode::Identical => identical.clone(),
             BurstMode::Fixed => args.target.question.clone(),
-            BurstMode::Unique => picker.pick(&args.target.agent, &mut rand::thread_rng()),
+            BurstMode::Unique => picker.pick(&args.target.agent, &mut rand::rng()),
         };
         let (client, prepared, recorder, barrier) = (
             client.clone(),

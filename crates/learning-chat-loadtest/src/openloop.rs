@@ -298,7 +298,7 @@ pub async fn run(args: OpenLoopArgs) -> anyhow::Result<Report> {
         );
         let agent = args.target.agent.clone();
         tasks.spawn(async move {
-            let message = picker.pick(&agent, &mut rand::thread_rng());
+            let message = picker.pick(&agent, &mut rand::rng());
             let sent = Instant::now();
             let answer = prepared.send(&client, &message).await;
             let done = Instant::now();

@@ -3,7 +3,7 @@
 //! goose parses its flags itself (gumdrop, unknown flags are errors), so every flag below is
 //! removed from argv first; each also reads an environment variable when the flag is absent.
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ impl AgentMix {
     /// One agent, chosen by weight.
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> &str {
         let total: u32 = self.entries.iter().map(|(_, w)| w).sum();
-        let mut x = rng.gen_range(0..total.max(1));
+        let mut x = rng.random_range(0..total.max(1));
         for (agent, weight) in &self.entries {
             if x < *weight {
                 return agent;
@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(all.agents(), known);
         let mix = AgentMix::parse("math=3, science=0 ,history", &known).unwrap();
         assert_eq!(mix.agents(), ["math", "history"]);
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         let maths = (0..4000).filter(|_| mix.pick(&mut rng) == "math").count();
         assert!((2600..3400).contains(&maths), "{maths}");
         assert!(AgentMix::parse("math=0", &known).is_err());

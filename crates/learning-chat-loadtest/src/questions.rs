@@ -1,6 +1,6 @@
 //! The shipped bank of student questions and the ways a load test picks from it.
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,7 +104,7 @@ impl Zipf {
     /// One rank, `0` being the most likely.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(1.0);
-        let x = rng.gen::<f64>() * total;
+        let x = rng.random::<f64>() * total;
         self.cumulative
             .partition_point(|&c| c <= x)
             .min(self.cumulative.len() - 1)
@@ -168,7 +168,7 @@ impl QuestionPicker {
             crate::QuestionMode::Unique => {
                 let n = self.counter.fetch_add(1, Ordering::Relaxed);
                 let len = self.per_agent.get(agent).map_or(1, |(q, _)| q.len().max(1));
-                let base = from_bank(Some(rng.gen_range(0..len)), rng);
+                let base = from_bank(Some(rng.random_range(0..len)), rng);
                 // A suffix a student might plausibly type, unique per request and per run.
                 format!("{base} (question {:08x}-{n})", self.run_tag)
             }

@@ -271,19 +271,20 @@ async fn ask_once(shared: &Shared, user: &mut GooseUser) -> TransactionResult {
         None => None,
     };
     let (agent, question, conversation_id, left) = {
-        // thread_rng is not Send: drawn and dropped before the first await.
-        let mut rng = rand::thread_rng();
+        // ThreadRng is not Send: drawn and dropped before the first await.
+        let mut rng = rand::rng();
         match ongoing {
             Some(c) => {
-                let follow_up = FOLLOW_UPS[rand::Rng::gen_range(&mut rng, 0..FOLLOW_UPS.len())];
+                let follow_up =
+                    FOLLOW_UPS[rand::RngExt::random_range(&mut rng, 0..FOLLOW_UPS.len())];
                 (c.agent, follow_up.to_owned(), Some(c.id), c.left - 1)
             }
             None => {
                 let agent = shared.mix.pick(&mut rng).to_owned();
                 let question = shared.picker.pick(&agent, &mut rng);
-                let left = shared
-                    .conversation
-                    .map_or(0, |t| rand::Rng::gen_range(&mut rng, t.min..=t.max) - 1);
+                let left = shared.conversation.map_or(0, |t| {
+                    rand::RngExt::random_range(&mut rng, t.min..=t.max) - 1
+                });
                 (agent, question, None, left)
             }
         }

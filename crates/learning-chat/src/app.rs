@@ -209,9 +209,9 @@ pub fn with_service_layers<S>(routes: Router<S>, settings: &Settings) -> Router<
 where
     S: Clone + Send + Sync + 'static,
 {
-    let compression = CompressionLayer::new()
-        .gzip(true)
-        .compress_when(DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes)));
+    let compression = CompressionLayer::new().gzip(true).compress_when(
+        DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes.into())),
+    );
     let sentry_enabled = !settings.telemetry.sentry_dsn.is_empty();
     routes.layer(
         ServiceBuilder::new()

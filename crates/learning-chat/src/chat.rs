@@ -21,7 +21,7 @@ use crate::providers::{
 };
 use futures::StreamExt;
 use gemini_wire::{FinishReason, GenerationConfig, ThinkingConfig};
-use rand::Rng;
+use rand::RngExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -119,18 +119,18 @@ impl RetryPolicy {
     /// The wait before retry number `attempt` (0-based) after `error`: Gemini's own
     /// `retryDelay` when it gave one, otherwise a jittered exponential backoff.
     pub fn delay(&self, attempt: u32, error: &ProviderError) -> Duration {
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rng();
         if let Some(asked) = error.retry_after() {
             let asked = asked.min(self.max_retry_after);
             // A little jitter on top, so many clients told the same delay do not return together.
-            let extra = asked.mul_f64(rng.gen_range(0.0..0.1));
+            let extra = asked.mul_f64(rng.random_range(0.0..0.1));
             return asked.saturating_add(extra);
         }
         let ceiling = self
             .base_delay
             .saturating_mul(2u32.saturating_pow(attempt))
             .min(self.max_delay);
-        ceiling.mul_f64(rng.gen_range(0.5..=1.0))
+        ceiling.mul_f64(rng.random_range(0.5..=1.0))
     }
 }
 

@@ -319,7 +319,7 @@ pub async fn chat(
     path = routes::CONVERSATION,
     params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
     responses(
-        (status = 200, body = ConversationView),
+        (status = 200, description = "The conversation", body = ConversationView),
         (status = 404, description = "Unknown, erased or expired", body = ErrorBody),
         (status = 503, description = "The conversation store (Redis) is down; see Retry-After", body = ErrorBody),
     )
@@ -365,7 +365,7 @@ fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> 
 }
 
 /// List the tutors.
-#[utoipa::path(get, path = routes::AGENTS, responses((status = 200, body = AgentList)))]
+#[utoipa::path(get, path = routes::AGENTS, responses((status = 200, description = "The tutors", body = AgentList)))]
 pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
     let agents = state
         .chat
@@ -382,7 +382,7 @@ pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
 }
 
 /// Liveness: the process is up.
-#[utoipa::path(get, path = routes::HEALTH, responses((status = 200, body = HealthStatus)))]
+#[utoipa::path(get, path = routes::HEALTH, responses((status = 200, description = "The process is up", body = HealthStatus)))]
 pub async fn health() -> Json<HealthStatus> {
     Json(HealthStatus {
         status: "ok".to_owned(),
@@ -397,7 +397,10 @@ pub async fn health() -> Json<HealthStatus> {
 #[utoipa::path(
     get,
     path = routes::READY,
-    responses((status = 200, body = HealthStatus), (status = 503, body = HealthStatus))
+    responses(
+        (status = 200, description = "Ready", body = HealthStatus),
+        (status = 503, description = "Draining", body = HealthStatus),
+    )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let draining = state.is_draining();

@@ -4,7 +4,9 @@
 use crate::config::Secret;
 use crate::redis_link::{RedisLink, RedisUnavailable};
 use base64::Engine;
-use rand::RngCore;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,9 @@ pub const SECRET_PREFIX: &str = "lc_";
 /// A new secret: `lc_` + base64url (no padding) of 32 random bytes from the OS.
 pub fn generate_secret() -> String {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // No safe secret without the OS generator: `UnwrapErr` panics if it fails, as rand 0.8's
+    // OsRng did.
+    UnwrapErr(SysRng).fill_bytes(&mut bytes);
     format!(
         "{SECRET_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -27,7 +31,7 @@ pub fn generate_secret() -> String {
 /// A new key id (not secret: it appears in lists, logs and metric labels).
 pub fn generate_id() -> String {
     let mut bytes = [0u8; 6];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    UnwrapErr(SysRng).fill_bytes(&mut bytes);
     format!("key_{}", hex::encode(bytes))
 }
 

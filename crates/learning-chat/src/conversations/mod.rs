@@ -21,7 +21,9 @@ use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService, Stre
 use crate::config::ConversationSettings;
 use crate::providers::{ModelTurn, Role};
 use crate::redis_link::RedisUnavailable;
-use rand::RngCore;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -268,7 +270,7 @@ pub fn stored_id(id: &str, owner: Option<&str>) -> String {
 /// A new conversation id: 128 bits from the operating system's CSPRNG, as 32 hex digits.
 pub fn new_id() -> String {
     let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    UnwrapErr(SysRng).fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 

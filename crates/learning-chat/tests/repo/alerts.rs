@@ -86,7 +86,7 @@ fn every_dashboard_query_is_valid_promql() {
             .replace("$instance", ".*");
         assert!(!expr.contains('$'), "{panel}: unknown variable in {expr}");
         rules.push(
-            serde_yaml::to_value(
+            yaml_serde::to_value(
                 serde_json::json!({ "record": format!("dashboard_query_{i}"), "expr": expr }),
             )
             .unwrap(),
@@ -96,7 +96,7 @@ fn every_dashboard_query_is_valid_promql() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("dashboard.yml"),
-        serde_yaml::to_string(&file).unwrap(),
+        yaml_serde::to_string(&file).unwrap(),
     )
     .unwrap();
     run_promtool(&["check", "rules", "dashboard.yml"], dir.path());
@@ -104,10 +104,10 @@ fn every_dashboard_query_is_valid_promql() {
 
 #[test]
 fn the_kubernetes_scrape_config_finds_the_deployments_pods() {
-    let scrape: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/prometheus/kubernetes-scrape.yml")).unwrap();
-    let deployment: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/k8s/deployment.yaml")).unwrap();
+    let scrape: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/kubernetes-scrape.yml")).unwrap();
+    let deployment: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/k8s/deployment.yaml")).unwrap();
     let template = &deployment["spec"]["template"]["metadata"];
     let app_label = template["labels"]["app"]
         .as_str()
@@ -148,8 +148,8 @@ fn the_kubernetes_scrape_config_finds_the_deployments_pods() {
     });
     assert!(names_job, "the alerts select job=\"learning-chat\"");
     // And the static example uses the same job name.
-    let config: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    let config: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
     assert_eq!(
         config["scrape_configs"][0]["job_name"].as_str(),
         Some("learning-chat")

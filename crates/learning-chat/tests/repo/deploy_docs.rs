@@ -31,7 +31,7 @@ fn the_docs_explain_build_compose_apply_quota_and_drain() {
 fn the_tls_ingress_example_routes_to_the_service_port_and_names_its_certificate() {
     use k8s_openapi::api::networking::v1::Ingress;
     let text = read("deploy/k8s/examples/ingress-tls.yaml");
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("one YAML document");
+    let yaml: yaml_serde::Value = yaml_serde::from_str(&text).expect("one YAML document");
     let doc = serde_json::to_value(&yaml).unwrap();
     let ingress: Ingress = typed(&doc, "deploy/k8s/examples/ingress-tls.yaml");
     let spec = ingress.spec.as_ref().expect("spec");

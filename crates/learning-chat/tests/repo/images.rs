@@ -269,14 +269,14 @@ pub struct Healthcheck {
 }
 
 pub fn compose() -> Compose {
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/docker/compose.yaml")).unwrap();
+    let mut value: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/docker/compose.yaml")).unwrap();
     value.apply_merge().unwrap();
     // `x-` keys are Compose extensions (here: the anchor the three servers share).
     if let Some(map) = value.as_mapping_mut() {
         map.retain(|key, _| !key.as_str().is_some_and(|k| k.starts_with("x-")));
     }
-    serde_yaml::from_value(value).unwrap_or_else(|e| panic!("deploy/docker/compose.yaml: {e}"))
+    yaml_serde::from_value(value).unwrap_or_else(|e| panic!("deploy/docker/compose.yaml: {e}"))
 }
 
 /// The compose services that run the learning-chat service (the image's default command).

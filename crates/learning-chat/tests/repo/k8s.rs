@@ -1,4 +1,4 @@
-//! deploy/k8s stays true to Kubernetes 1.30 and to itself: every object typed with no unknown
+//! deploy/k8s stays true to Kubernetes 1.33 and to itself: every object typed with no unknown
 //! field, the kustomization complete, selectors, ports, probes, resources and variables right.
 
 use k8s_openapi::api::core::v1::Service;
@@ -61,7 +61,7 @@ fn the_kustomization_lists_every_manifest() {
         kind: String,
         resources: Vec<String>,
     }
-    let k: Kustomization = serde_yaml::from_str(&read("deploy/k8s/kustomization.yaml")).unwrap();
+    let k: Kustomization = yaml_serde::from_str(&read("deploy/k8s/kustomization.yaml")).unwrap();
     assert_eq!(k.api_version, "kustomize.config.k8s.io/v1beta1");
     assert_eq!(k.kind, "Kustomization");
     let listed: BTreeSet<String> = k.resources.iter().cloned().collect();
@@ -96,9 +96,9 @@ fn kubectl_kustomize_builds_every_object_when_kubectl_is_installed() {
         "kubectl kustomize deploy/k8s failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let built: BTreeSet<(String, String)> = serde_yaml::Deserializer::from_slice(&output.stdout)
+    let built: BTreeSet<(String, String)> = yaml_serde::Deserializer::from_slice(&output.stdout)
         .map(|doc| {
-            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            let v = yaml_serde::Value::deserialize(doc).unwrap();
             (
                 v["kind"].as_str().unwrap().to_owned(),
                 v["metadata"]["name"].as_str().unwrap().to_owned(),

@@ -1,4 +1,4 @@
-//! The deployment files parsed: deploy/k8s with the Kubernetes 1.30 types of k8s-openapi, and
+//! The deployment files parsed: deploy/k8s with the Kubernetes 1.33 types of k8s-openapi, and
 //! the service's settings loaded from an environment the way the service loads them.
 //!
 //! Every environment variable handed to the service is checked against what it really reads: the
@@ -67,8 +67,8 @@ impl Manifests {
                 continue;
             }
             let text = read(&format!("deploy/k8s/{file}"));
-            for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                let yaml = serde_yaml::Value::deserialize(document)
+            for (i, document) in yaml_serde::Deserializer::from_str(&text).enumerate() {
+                let yaml = yaml_serde::Value::deserialize(document)
                     .unwrap_or_else(|e| panic!("deploy/k8s/{file}: document {i}: {e}"));
                 if yaml.is_null() {
                     continue;
@@ -84,7 +84,7 @@ impl Manifests {
         manifests
     }
 
-    pub fn add(&mut self, file: &str, i: usize, yaml: &serde_yaml::Value) {
+    pub fn add(&mut self, file: &str, i: usize, yaml: &yaml_serde::Value) {
         let doc = serde_json::to_value(yaml).unwrap();
         let origin = format!("deploy/k8s/{file} (document {i})");
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
@@ -222,15 +222,15 @@ pub fn yaml_files(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Parses a manifest into its Kubernetes type and back: a field the 1.30 API does not know (a
+/// Parses a manifest into its Kubernetes type and back: a field the 1.33 API does not know (a
 /// typo such as `readinesProbe`, which the API server would drop or reject) makes the round trip
 /// differ, so it fails here instead of being silently ignored.
 pub fn typed<T: DeserializeOwned + Serialize>(doc: &Json, origin: &str) -> T {
     let object: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{origin}: not a valid Kubernetes 1.30 object: {e}"));
+        .unwrap_or_else(|e| panic!("{origin}: not a valid Kubernetes 1.33 object: {e}"));
     let back = serde_json::to_value(&object).unwrap();
     if let Some(difference) = first_difference(doc, &back, "") {
-        panic!("{origin}: {difference} (unknown field or wrongly typed value for Kubernetes 1.30)");
+        panic!("{origin}: {difference} (unknown field or wrongly typed value for Kubernetes 1.33)");
     }
     object
 }

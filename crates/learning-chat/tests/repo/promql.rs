@@ -142,8 +142,8 @@ pub fn metric_names_are_found_in_promql() {
 
 /// Every PromQL expression of the alert rules.
 pub fn alert_exprs() -> Vec<(String, String)> {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let rules: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
     let mut exprs = Vec::new();
     for group in rules["groups"].as_sequence().expect("groups") {
         for rule in group["rules"].as_sequence().expect("rules") {

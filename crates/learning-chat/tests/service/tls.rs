@@ -24,7 +24,7 @@ fn write_certificate(dir: &Path) -> CertificateDer<'static> {
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("rcgen");
     std::fs::write(dir.join("tls.crt"), generated.cert.pem()).expect("write cert");
-    std::fs::write(dir.join("tls.key"), generated.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(dir.join("tls.key"), generated.signing_key.serialize_pem()).expect("write key");
     generated.cert.der().clone()
 }
 
