@@ -6,6 +6,9 @@
 //! immediate error, until a background ping has found Redis again several times in a row
 //! (`redis.up_after_probes`). One slow answer therefore does not switch the whole server (and
 //! with it the quota and coalescing) to local mode, and a flapping Redis is not trusted at once.
+//! Failures count per slow spell, not per call: calls that were already in flight when a failure
+//! was counted fail for the same reason and do not count again, so a busy server (hundreds of
+//! calls waiting on one stalled reply) is not switched to local mode by a single stall.
 //!
 //! Three deployments are supported: one Redis (`redis.url`), a master found through Redis
 //! Sentinel (`redis.sentinels` + `redis.sentinel_master`; after a failed call the sentinels are
@@ -19,7 +22,7 @@ use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use ::redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -108,8 +111,10 @@ struct Inner {
     up: AtomicBool,
     /// Set at the first connection; later returns need `up_after_probes` successes.
     was_ever_up: AtomicBool,
-    /// Consecutive failed calls while up.
+    /// Consecutive failed calls while up (calls in flight together count once).
     failures: AtomicU32,
+    /// When the last counted failure was seen: calls started before it failed in the same spell.
+    last_counted_failure: Mutex<Option<Instant>>,
     /// Consecutive successful probes while down.
     successes: AtomicU32,
     down_after_failures: u32,
@@ -201,6 +206,7 @@ impl RedisLink {
                 up: AtomicBool::new(false),
                 was_ever_up: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
+                last_counted_failure: Mutex::new(None),
                 successes: AtomicU32::new(0),
                 down_after_failures: settings.down_after_failures.max(1),
                 up_after_probes: settings.up_after_probes.max(1),
@@ -395,6 +401,17 @@ impl RedisLink {
         }
     }
 
+    /// Counts a failed call that started at `started`, unless it was in flight when the last
+    /// failure was counted (the same slow spell); returns the failures in a row.
+    fn count_failure(&self, started: Instant) -> u32 {
+        let mut last = self.inner.last_counted_failure.lock();
+        if last.is_some_and(|at| started < at) {
+            return self.inner.failures.load(Ordering::Acquire);
+        }
+        *last = Some(Instant::now());
+        self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// True while Redis answers.
     pub fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Acquire)
@@ -483,7 +500,7 @@ impl RedisLink {
             // A dead or demoted master: ask the sentinels now rather than at the next tick.
             self.inner.follow.notify_one();
         }
-        let failures = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let failures = self.count_failure(started);
         if failures >= self.inner.down_after_failures {
             self.inner.successes.store(0, Ordering::Release);
             self.mark(false, &failure);

@@ -20,6 +20,13 @@
 //! free), so a server that wins the lease just after another published still sees the answer,
 //! and a value that is corrupt, oversized or a lease without expiry is deleted and counted
 //! instead of being waited on until the deadline.
+//!
+//! A look that fails while Redis is still up (one slow reply, not yet `redis.down_after_failures`
+//! in a row) is made again instead of sending the server to the model: otherwise every server
+//! that saw one slow reply would ask the model for the same question. Only a Redis marked down
+//! sends the question to the model without coordination. The failed look may still run once
+//! Redis catches up and take the lease for this server, so the next look takes back a lease
+//! already held under this server's id instead of waiting for it to expire.
 
 pub mod fanout;
 pub mod local;
@@ -43,7 +50,8 @@ const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest poll interval: an answer that lands is seen within this.
 const MAX_POLL: Duration = Duration::from_millis(200);
 
-/// KEYS: answer, outcome, lease, stream. ARGV: holder id, lease ms, max value bytes.
+/// KEYS: answer, outcome, lease, stream. ARGV: holder id, lease ms, max value bytes, `1` when an
+/// earlier look of this wait failed (it may have taken the lease for this holder after all).
 /// Returns {state, value, dropped}: state `answer` or `outcome` (with the value), `holder` (this
 /// server just took the lease; a stream left by an earlier holder is deleted in the same step,
 /// so no waiter replays a dead holder's pieces as the new one's) or `wait`.
@@ -61,6 +69,9 @@ local ttl = redis.call('PTTL', KEYS[3])
 if ttl == -1 or ttl > lease_ms * 4 then
   redis.call('DEL', KEYS[3])
   dropped = dropped + 1
+  ttl = -2
+end
+if ARGV[4] == '1' and ttl > 0 and redis.call('GET', KEYS[3]) == ARGV[1] then
   ttl = -2
 end
 if ttl == -2 then
@@ -230,6 +241,7 @@ impl ClusterCoalescer {
         let mut reader = stream.map(|fanout| RelayReader::new(stream_key.clone(), fanout.clone()));
         let mut poll = FIRST_POLL;
         let mut counted_wait = false;
+        let mut look_failed = false;
         loop {
             let keys = [
                 answer_key.clone(),
@@ -249,12 +261,20 @@ impl ClusterCoalescer {
                         .arg(holder)
                         .arg(lease_ms)
                         .arg(max_bytes)
+                        .arg(if look_failed { "1" } else { "0" })
                         .invoke_async::<(String, String, u64)>(&mut conn)
                         .await
                 })
                 .await;
             let (state, value, dropped) = match look {
                 Ok(look) => look,
+                Err(_) if self.link.is_up() && Instant::now() + poll < deadline => {
+                    // Slow, not down: asking the model now would make one call per server.
+                    look_failed = true;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(MAX_POLL);
+                    continue;
+                }
                 Err(_) => return LeaseOutcome::Unavailable,
             };
             if dropped > 0 {

@@ -14,4 +14,5 @@ mod quota;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_shared;
+mod redis_slow;
 mod streaming;

@@ -38,7 +38,9 @@ pub const LOAD_RATE: f64 = 3.0;
 /// Canary spacing after a fault ends (the resolution of the recovery time) and during it.
 pub const CANARY_EVERY: Duration = Duration::from_millis(100);
 pub const CANARY_DURING_FAULT_EVERY: Duration = Duration::from_secs(1);
-/// The required recovery: requests succeed again within this long after the fault ends.
-pub const RECOVERY_BOUND: Duration = Duration::from_secs(2);
+/// The recovery the service aims for: new questions succeed again within this long after the
+/// fault ends. Shown by each `FAULT-ROW`, not asserted (the machine is shared and noisy: a speed
+/// target is a figure, never a timed assertion); the steady load after a fault starts no earlier.
+pub const RECOVERY_TARGET: Duration = Duration::from_secs(2);
 /// The service's default quota; the simulator enforces the same one, so any excess is a 429.
 pub const SERVICE_RPM: u32 = 1000;

@@ -216,16 +216,33 @@ async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge_and_counts
     let app = spawn_app(settings_for(&sim)).await;
     let base = app.url("");
     let before = scrape_app(&app).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let gone = impatient
-        .post(app.url("/api/v1/agents/math"))
-        .json(&serde_json::json!({"message": "I will not wait"}))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client gave up first");
+    let url = app.url("/api/v1/agents/math");
+    let impatient = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"message": "I will not wait"}))
+            .send()
+            .await
+    });
+    // The client gives up once its question is with the model (not after a fixed time, which a
+    // loaded machine could spend before the request even arrived).
+    let guard = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().in_flight < 1 {
+        assert!(
+            std::time::Instant::now() < guard,
+            "the question never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !impatient.is_finished(),
+        "answered before the 2 s model call"
+    );
+    impatient.abort();
+    assert!(
+        impatient.await.unwrap_err().is_cancelled(),
+        "the client gave up first"
+    );
     // Only this scrape is in flight once the server has noticed the disconnect.
     let after = scrape_until(
         &app.client,

@@ -58,6 +58,36 @@ async fn one_timeout_does_not_mark_redis_down_but_a_few_in_a_row_do() {
 }
 
 #[tokio::test]
+async fn calls_stalled_together_by_one_slow_spell_count_as_one_failure() {
+    let redis = RedisProcess::start();
+    let link = link_to(&redis);
+    let defaults = RedisSettings::default();
+    assert!(link.probe().await);
+    // A busy server: many calls in flight when Redis stalls. They all time out, but for one
+    // reason: one failure, not one per call (each takes its own fallback all the same).
+    redis.freeze();
+    let calls = (defaults.down_after_failures * 4) as usize;
+    let results = futures::future::join_all((0..calls).map(|_| ping(&link))).await;
+    assert!(results.iter().all(|ok| !ok), "a frozen Redis must time out");
+    assert!(
+        link.is_up(),
+        "{calls} calls stalled together marked Redis down"
+    );
+    redis.thaw();
+    assert!(ping(&link).await, "Redis answers again");
+
+    // Calls that each start after the previous one failed are failures in a row.
+    redis.freeze();
+    for failure in 1..defaults.down_after_failures {
+        assert!(!ping(&link).await);
+        assert!(link.is_up(), "marked down after only {failure} failure(s)");
+    }
+    assert!(!ping(&link).await);
+    assert!(!link.is_up(), "failures in a row mark Redis down");
+    redis.thaw();
+}
+
+#[tokio::test]
 async fn a_failed_probe_restarts_the_count_before_redis_is_trusted_again() {
     let redis = RedisProcess::start();
     let link = link_to(&redis);

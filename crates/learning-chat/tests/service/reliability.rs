@@ -105,6 +105,16 @@ async fn a_later_asker_with_time_left_does_not_inherit_the_first_askers_timeout(
     settings.server.request_timeout_ms = 3_000;
     let app = spawn_app(settings).await;
     let first = app.spawn_ask("science", "Why is the sky blue?");
+    // The first asker's call is with the model (at its 4 s latency: a loaded machine could
+    // otherwise deliver it after the change below), and the second joins it 1.5 s later.
+    let guard = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().in_flight < 1 {
+        assert!(
+            std::time::Instant::now() < guard,
+            "the first call never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The upstream recovers; the second asker joined the slow call with 3 s of its own left.
     sim.update_config(|c| c.latency = crate::support::fixed_latency(100));

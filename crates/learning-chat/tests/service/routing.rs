@@ -125,13 +125,16 @@ async fn circuit(app: &TestApp, model: &str) -> String {
 
 #[tokio::test]
 async fn the_circuit_opens_after_n_failures_and_closes_after_the_probe() {
+    const COOLDOWN_MS: u64 = 5_000;
     let sim = start_sim(SimConfig::default()).await;
     sim.update_config(overloaded(PRIMARY));
     let agents = agents_file(&format!("models = ['{PRIMARY}', '{FALLBACK}']"));
     let mut settings = chain_settings(&sim, &agents);
     settings.upstream.max_retries = 0;
     settings.routing.breaker_failures = 3;
-    settings.routing.breaker_cooldown_ms = 300;
+    // Long enough that the steps below, while it is open, cannot outlast it on a loaded
+    // machine (300 ms could pass before them); the wait for it below is a lower bound.
+    settings.routing.breaker_cooldown_ms = COOLDOWN_MS;
     let app = spawn_app(settings).await;
 
     for question in ["What is 1 + 1?", "What is 2 + 2?", "What is 3 + 3?"] {
@@ -155,7 +158,7 @@ async fn the_circuit_opens_after_n_failures_and_closes_after_the_probe() {
 
     // The primary recovers; after the cool-down one probe goes to it and closes the circuit.
     sim.update_config(|c| c.model_faults.clear());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(COOLDOWN_MS + 100)).await;
     assert_eq!(ask(&app, "What is 5 + 5?").await["model"], PRIMARY);
     assert_eq!(calls(&sim, PRIMARY), 4);
     assert_eq!(circuit(&app, PRIMARY).await, "closed");
