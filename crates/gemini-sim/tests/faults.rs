@@ -83,8 +83,7 @@ async fn fault_rates_are_probabilities() {
 async fn hang_lasts_until_the_client_gives_up() {
     let sim = start(SimConfig::default()).await;
     post_config(&sim, json!({"faults": {"hang": 1.0}})).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = client_builder()
         .timeout(Duration::from_millis(400))
         .build()
         .unwrap();

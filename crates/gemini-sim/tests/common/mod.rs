@@ -14,8 +14,16 @@ pub async fn start(config: SimConfig) -> SimServer {
         .unwrap()
 }
 
+/// `reqwest::Client::builder()` without proxies, after installing the crypto provider the
+/// workspace builds reqwest without (a client built before one is installed panics).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy()
+}
+
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    client_builder().build().unwrap()
 }
 
 pub fn model_url(sim: &SimServer, model: &str, method: &str) -> String {

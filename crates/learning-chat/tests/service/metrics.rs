@@ -216,7 +216,7 @@ async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge_and_counts
     let app = spawn_app(settings_for(&sim)).await;
     let base = app.url("");
     let before = scrape_app(&app).await;
-    let impatient = reqwest::Client::builder()
+    let impatient = learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
