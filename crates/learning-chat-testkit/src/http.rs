@@ -8,10 +8,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// `reqwest::Client::builder()`, with the crypto provider installed.
+/// `reqwest::Client::builder()`, with the crypto provider installed and no system CA roots.
+///
+/// Tests talk to loopback servers; left to itself, reqwest 0.13 reads and parses the system's CA
+/// store for every client it builds, which in a debug build made tests building dozens of
+/// clients at once miss their deadlines. A TLS test adds its own root
+/// (`add_root_certificate`).
 pub fn client_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder()
+    reqwest::Client::builder().tls_certs_only(std::iter::empty())
 }
 
 /// A client with reqwest's defaults.
