@@ -15,8 +15,8 @@ run_profile() { # NAME RUN_TIME ARGS...
     local name=$1 run_time=$2
     shift 2
     start_service
-    log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --hatch-rate 50 --run-time ${run_time}s --sim-url $SIM_URL $*"
-    loadtest --host "$SVC_URL" --users "$USERS" --hatch-rate 50 --run-time "${run_time}s" \
+    log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${run_time}s --sim-url $SIM_URL $*"
+    loadtest --host "$SVC_URL" --users "$USERS" --increase-rate 50 --run-time "${run_time}s" \
         --sim-url "$SIM_URL" --summary-json "$OUT/$name.json" --report-file "$OUT/$name-goose.html" \
         "$@" >"$OUT/$name.txt" 2>"$OUT/$name.progress"
     sed -n '/=== learning-chat load test report/,$p' "$OUT/$name.txt"

@@ -23,10 +23,10 @@ run_case() { # NAME ENV=VALUE...
     shift
     start_service "$@"
     curl -sf -X POST "$SIM_URL/stats/reset" >/dev/null
-    log "+ ($*) learning-chat-loadtest --host $SVC_URL --users $USERS --hatch-rate 50 --run-time ${RUN_TIME}s --questions unique --sim-url $SIM_URL"
+    log "+ ($*) learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions unique --sim-url $SIM_URL"
     # goose stops itself after RUN_TIME; the timeout is only a hang guard.
     timeout $((RUN_TIME + 180)) "$BIN/learning-chat-loadtest" --host "$SVC_URL" --users "$USERS" \
-        --hatch-rate 50 --run-time "${RUN_TIME}s" --questions unique --sim-url "$SIM_URL" \
+        --increase-rate 50 --run-time "${RUN_TIME}s" --questions unique --sim-url "$SIM_URL" \
         --summary-json "$OUT/$name.json" --report-file "$OUT/$name-goose.html" \
         >"$OUT/$name.txt" 2>"$OUT/$name.progress"
     sed -n '/=== learning-chat load test report/,$p' "$OUT/$name.txt"

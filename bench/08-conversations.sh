@@ -33,8 +33,8 @@ for _ in $(seq 1 100); do
 done
 before=$(mem)
 name=07-conversations-c$MAX_CONCURRENCY
-log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --hatch-rate 50 --run-time ${RUN_TIME}s --questions zipf --agents all --conversation 3-8"
-loadtest --host "$SVC_URL" --users "$USERS" --hatch-rate 50 --run-time "${RUN_TIME}s" \
+log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions zipf --agents all --conversation 3-8"
+loadtest --host "$SVC_URL" --users "$USERS" --increase-rate 50 --run-time "${RUN_TIME}s" \
     --sim-url "$SIM_URL" --questions zipf --agents all --conversation 3-8 \
     --summary-json "$OUT/$name.json" --report-file "$OUT/$name-goose.html" \
     >"$OUT/$name.txt" 2>"$OUT/$name.progress"

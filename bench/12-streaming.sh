@@ -43,10 +43,10 @@ fi
 # goose_case NAME QUESTIONS: USERS streaming learners for RUN_TIME s.
 goose_case() {
     local name=$1 questions=$2
-    log "+ learning-chat-loadtest --stream --host $SVC_URL --users $USERS --hatch-rate 50 --run-time ${RUN_TIME}s --questions $questions --sim-url $SIM_URL"
+    log "+ learning-chat-loadtest --stream --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions $questions --sim-url $SIM_URL"
     # goose stops itself after RUN_TIME; the timeout is only a hang guard.
     timeout $((RUN_TIME + 180)) "$BIN/learning-chat-loadtest" --stream --host "$SVC_URL" \
-        --users "$USERS" --hatch-rate 50 --run-time "${RUN_TIME}s" --questions "$questions" \
+        --users "$USERS" --increase-rate 50 --run-time "${RUN_TIME}s" --questions "$questions" \
         --sim-url "$SIM_URL" --summary-json "$OUT/$name.json" \
         >"$OUT/$name.txt" 2>"$OUT/$name.progress"
     sed -n '/=== learning-chat load test report/,$p' "$OUT/$name.txt"

@@ -23,6 +23,23 @@ pub mod sim;
 pub mod sse;
 pub mod stream;
 
+/// Makes rustls' `ring` provider the process default, before any HTTP client is built.
+///
+/// The workspace builds reqwest without a provider of its own, and the service uses ring; goose
+/// turns reqwest's aws-lc-rs provider on for this crate, but with ring as the process default
+/// the load tester speaks TLS as the service does. A process default rather than a config per
+/// client, because goose builds its users' clients itself and only the default reaches them.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `reqwest::Client::builder()`, with the crypto provider installed.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}
+
 pub use options::{AgentMix, LoadOptions, QuestionMode, WaitRange};
 pub use questions::{QuestionBank, QuestionPicker};
 pub use recorder::Recorder;

@@ -137,7 +137,7 @@ impl Answer {
 impl TargetArgs {
     /// The client used for every request: keep-alive, no Nagle, a pool as large as needed.
     pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        Ok(reqwest::Client::builder()
+        Ok(crate::client_builder()
             .pool_max_idle_per_host(usize::MAX)
             .tcp_nodelay(true)
             .timeout(Duration::from_secs_f64(self.timeout.max(0.001)))
@@ -200,7 +200,7 @@ impl Prepared {
                 .header("x-goog-api-key", &self.api_key)
                 .json(&gemini_body(message)),
         };
-        // Same reading as the goose scenario's, which gets goose's (older) reqwest types.
+        // Same reading as the goose scenario's `ask_plain`.
         let (status, cached) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();

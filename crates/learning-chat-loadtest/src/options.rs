@@ -1,6 +1,6 @@
 //! Our own options of the goose mode, taken off the command line before goose parses the rest.
 //!
-//! goose parses its flags itself (gumdrop, unknown flags are errors), so every flag below is
+//! goose parses its flags itself (clap, unknown flags are errors), so every flag below is
 //! removed from argv first; each also reads an environment variable when the flag is absent.
 
 use rand::{Rng, RngExt};
@@ -295,6 +295,15 @@ fn switch_value(name: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+/// goose 0.19 renamed `--hatch-rate` to `--increase-rate`; the old name (the seed's guide, the
+/// commands recorded in bench/RESULTS.md) is passed on under the new one.
+fn goose_spelling(arg: &str) -> String {
+    match arg.strip_prefix("--hatch-rate") {
+        Some(rest) if rest.is_empty() || rest.starts_with('=') => format!("--increase-rate{rest}"),
+        _ => arg.to_owned(),
+    }
+}
+
 impl LoadOptions {
     /// Takes our flags (`--flag VALUE` or `--flag=VALUE`) out of `args` (argv without the
     /// program name) and returns the options and the arguments left for goose. `env` looks up
@@ -336,7 +345,7 @@ impl LoadOptions {
                     let value = args.get(i).ok_or_else(|| format!("{name} needs a value"))?;
                     given.push((name, value.clone()));
                 }
-                None => rest.push(arg.clone()),
+                None => rest.push(goose_spelling(arg)),
             }
             i += 1;
         }
@@ -421,6 +430,33 @@ mod tests {
 
     fn args(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_old_hatch_rate_flag_reaches_goose_under_its_new_name() {
+        let (_, rest) = LoadOptions::split_args(
+            &args(&[
+                "--hatch-rate",
+                "5",
+                "--hatch-rate=7",
+                "--hatch-rates",
+                "-r",
+                "2",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            args(&[
+                "--increase-rate",
+                "5",
+                "--increase-rate=7",
+                "--hatch-rates",
+                "-r",
+                "2"
+            ])
+        );
     }
 
     #[test]

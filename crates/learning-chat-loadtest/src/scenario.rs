@@ -8,14 +8,13 @@ use crate::questions::{QuestionBank, QuestionPicker};
 use crate::recorder::{spawn_progress, Outcome, Recorder, STATUS_NO_RESPONSE};
 use crate::report::Report;
 use crate::sim::SimClient;
-use crate::stream::{self, BodyEnd, StreamEnd, StreamOutcome, StreamTracker};
+use crate::stream::{self, StreamEnd, StreamOutcome};
 use goose::config::{GooseConfiguration, GooseDefault, GooseDefaultType};
 use goose::goose::{
     GooseMethod, GooseRequest, GooseUser, Scenario, Transaction, TransactionFunction,
     TransactionResult,
 };
 use goose::GooseAttack;
-use gumdrop::Options as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +25,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_HOST: &str = "http://127.0.0.1:8000";
 /// The seed's `--users 1000`.
 pub const DEFAULT_USERS: usize = 1000;
-/// The seed's `--spawn-rate 50`.
-pub const DEFAULT_HATCH_RATE: &str = "50";
+/// The seed's `--spawn-rate 50` (goose's `--increase-rate`).
+pub const DEFAULT_INCREASE_RATE: &str = "50";
 /// locust runs until stopped; a bounded default keeps every run finite.
 pub const DEFAULT_RUN_TIME_S: usize = 90;
 
@@ -66,7 +65,8 @@ struct ConversationCounts {
     follow_ups_ok: AtomicU64,
 }
 
-/// One user's conversation in progress (goose session data).
+/// One user's conversation in progress (goose session data, which goose clones with the user).
+#[derive(Clone)]
 struct UserConversation {
     id: String,
     agent: String,
@@ -125,6 +125,8 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         stream: options.stream,
     });
 
+    // goose builds a reqwest client per user.
+    crate::install_crypto_provider();
     let configuration = GooseConfiguration::parse_args_default(&goose_args)
         .map_err(|e| anyhow::anyhow!("{e} (see --help)"))?;
     let mut scenario = Scenario::new("LearningChatUser")
@@ -141,10 +143,10 @@ pub async fn run(options: LoadOptions, goose_args: Vec<String>) -> anyhow::Resul
         .register_scenario(scenario)
         .set_default(GooseDefault::Host, DEFAULT_HOST)?
         .set_default(GooseDefault::Users, DEFAULT_USERS)?
-        .set_default(GooseDefault::HatchRate, DEFAULT_HATCH_RATE)?
-        // The controllers listen on 0.0.0.0; a load tester should open no port by default.
-        .set_default(GooseDefault::NoTelnet, true)?
-        .set_default(GooseDefault::NoWebSocket, true)?;
+        .set_default(GooseDefault::IncreaseRate, DEFAULT_INCREASE_RATE)?
+        // A load tester should open no port by default; goose's WebSocket controller is off
+        // unless asked for, its telnet one is not.
+        .set_default(GooseDefault::NoTelnet, true)?;
     // goose refuses a run time or a metrics flag next to --iterations or --test-plan.
     let bounded_otherwise = ["--iterations", "--test-plan"]
         .iter()
@@ -393,8 +395,8 @@ async fn ask_plain(
 /// POST to the stream endpoint and read its events as they come.
 ///
 /// goose records the request when the headers arrive (its time is the time to first byte);
-/// our recorder gets the time to first token and to `done`. This is [`stream::send`] for
-/// goose's own (older) reqwest.
+/// our recorder gets the time to first token and to `done`. Sent through goose (so it counts the
+/// request), read like [`stream::send`]'s.
 async fn ask_streamed(
     user: &mut GooseUser,
     agent: &str,
@@ -419,39 +421,7 @@ async fn ask_streamed(
                 .build(),
         )
         .await?;
-    let mut response = match response.response {
-        Ok(response) => response,
-        Err(e) => return Ok(StreamOutcome::no_response(sent.elapsed(), e.is_timeout())),
-    };
-    let status = response.status().as_u16();
-    let event_stream = stream::is_event_stream(
-        response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-    );
-    if !(200..300).contains(&status) || !event_stream {
-        let body = response.bytes().await.unwrap_or_default();
-        let mut outcome = StreamOutcome::http_error(status, &body, sent.elapsed());
-        if (200..300).contains(&status) {
-            outcome.end = StreamEnd::Failed {
-                code: stream::codes::NOT_EVENT_STREAM.to_owned(),
-                mid_stream: true,
-            };
-        }
-        return Ok(outcome);
-    }
-    let mut tracker = StreamTracker::new(sent, status);
-    // Read to the end even after `done`: the connection then goes back to the pool.
-    let how = loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => tracker.feed(&chunk, std::time::Instant::now()),
-            Ok(None) => break BodyEnd::Eof,
-            Err(e) if e.is_timeout() => break BodyEnd::TimedOut,
-            Err(_) => break BodyEnd::Broken,
-        }
-    };
-    Ok(tracker.finish(how, std::time::Instant::now()))
+    Ok(stream::read(sent, response.response).await)
 }
 
 /// What the load tester reads from an answer.
@@ -501,7 +471,7 @@ pub fn help() -> String {
          burst       N requests at once (thundering herd, connection hold)\n\n\
          --stream (any generator) posts to /api/v1/agents/{{agent}}/stream and reports time to first token.\n\n{}\n{}",
         LoadOptions::help(),
-        GooseConfiguration::usage()
+        <GooseConfiguration as clap::CommandFactory>::command().render_long_help()
     )
 }
 
@@ -564,7 +534,7 @@ mod tests {
         .collect();
         let config = GooseConfiguration::parse_args_default(&args).unwrap();
         assert_eq!(config.users, Some(3));
-        assert_eq!(config.report_file, "r.html");
+        assert_eq!(config.report_file, ["r.html"]);
         assert!(GooseConfiguration::parse_args_default(&["--questions".to_owned()]).is_err());
     }
 }

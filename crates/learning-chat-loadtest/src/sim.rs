@@ -39,7 +39,7 @@ pub struct SimClient {
 impl SimClient {
     /// A client for the simulator at `base` (e.g. `http://127.0.0.1:8100`).
     pub fn new(base: &str) -> anyhow::Result<SimClient> {
-        let http = reqwest::Client::builder()
+        let http = crate::client_builder()
             .timeout(Duration::from_secs(10))
             .build()?;
         Ok(SimClient {

@@ -339,11 +339,20 @@ pub fn stream_path(agent: &str) -> String {
 /// Sends one streaming request with our reqwest client and reads its events to the end.
 pub async fn send(request: reqwest::RequestBuilder) -> StreamOutcome {
     let sent = Instant::now();
-    let response = match request
+    let response = request
         .header(reqwest::header::ACCEPT, "text/event-stream")
         .send()
-        .await
-    {
+        .await;
+    read(sent, response).await
+}
+
+/// Reads the answer to a streaming request sent at `sent` (by us or by goose, which uses the
+/// same reqwest) to the end of its events.
+pub async fn read(
+    sent: Instant,
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> StreamOutcome {
+    let response = match response {
         Ok(response) => response,
         Err(e) => return StreamOutcome::no_response(sent.elapsed(), e.is_timeout()),
     };

@@ -90,7 +90,7 @@ async fn goose_mode_counts_agree_with_the_simulator() {
         &sim,
         "--users",
         "4",
-        "--hatch-rate",
+        "--increase-rate",
         "4",
         "--iterations",
         "5",

@@ -161,7 +161,10 @@ async fn scripted_server() -> Scripted {
 }
 
 fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).build().unwrap()
+    learning_chat_testkit::http::client_builder()
+        .timeout(timeout)
+        .build()
+        .unwrap()
 }
 
 async fn one(url: &str, agent: &str, timeout: Duration) -> stream::StreamOutcome {
@@ -410,7 +413,7 @@ async fn every_generator_streams() {
         "paced",
         "--users",
         "2",
-        "--hatch-rate",
+        "--increase-rate",
         "2",
         "--iterations",
         "2",

@@ -8,6 +8,7 @@
 // test's failure, reported with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod http;
 pub mod net;
 pub mod nginx;
 pub mod process;

@@ -42,6 +42,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything can build an HTTP client (src/tls.rs says why).
+    learning_chat::tls::install_crypto_provider();
     let cli = Cli::parse();
     // The planner is pure arithmetic over its flags: it needs no (valid) service configuration.
     if let Some(Command::Plan(args)) = &cli.command {

@@ -1,5 +1,6 @@
 //! TLS on the service's port (`server.tls_cert` / `server.tls_key`): rustls on the `ring`
-//! provider, ALPN `h2` then `http/1.1`.
+//! provider, ALPN `h2` then `http/1.1`; and the same provider for the outgoing HTTP clients
+//! ([`install_crypto_provider`]).
 //!
 //! The certificate is served through a resolver rather than baked into the rustls config, so a
 //! reload swaps only the key pair new handshakes get: connections already open keep theirs and
@@ -21,6 +22,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_rustls::TlsAcceptor;
+
+/// Makes rustls' `ring` provider the process default; call before building any HTTP client.
+///
+/// The workspace builds reqwest with `rustls-no-provider` (its own default, aws-lc-rs, is minutes
+/// of C to build, with cmake on some targets), and such a reqwest panics when it builds a client
+/// while no provider is installed. A process default rather than a TLS config handed to each client:
+/// the Sentry transport and the OTLP exporter build their reqwest clients themselves, and only
+/// the default reaches them. Certificates are still checked by reqwest's verifier against the
+/// system's roots.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already (an earlier call, or a program
+    // embedding the library chose one): clients use that one.
+    let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+}
 
 /// ALPN protocol id of HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";

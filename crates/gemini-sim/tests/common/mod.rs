@@ -14,8 +14,20 @@ pub async fn start(config: SimConfig) -> SimServer {
         .unwrap()
 }
 
+/// `reqwest::Client::builder()` without proxies, after installing the crypto provider the
+/// workspace builds reqwest without (a client built before one is installed panics). No system
+/// CA roots: the simulator speaks plain HTTP, and reqwest 0.13 would otherwise read and parse the
+/// system's CA store for each client, too slow in a debug build for tests that build dozens.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(std::iter::empty())
+}
+
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    client_builder().build().unwrap()
 }
 
 pub fn model_url(sim: &SimServer, model: &str, method: &str) -> String {

@@ -33,6 +33,7 @@ const MAX_LOGGED_BODY: usize = 300;
 impl GeminiClient {
     /// A client with a shared connection pool.
     pub fn new(settings: &GeminiSettings) -> anyhow::Result<GeminiClient> {
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)

@@ -254,6 +254,7 @@ impl OpenAiClient {
         api_key: Secret,
         connect_timeout: Duration,
     ) -> anyhow::Result<OpenAiClient> {
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))

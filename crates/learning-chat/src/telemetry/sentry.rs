@@ -17,19 +17,19 @@ use std::sync::Arc;
 /// What replaces a secret in anything sent to Sentry.
 const REDACTED: &str = "[redacted]";
 
-pub(super) fn log_layer<S>() -> sentry_tracing::SentryLayer<S>
+/// The layer turning the warnings and errors logged during a request into breadcrumbs of its
+/// Sentry event.
+pub(super) fn log_layer<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    sentry_tracing::layer()
-        // Errors are reported once, as the 5xx event of their request (see `report_errors`);
-        // as events of their own they would duplicate it.
-        .event_filter(|metadata| match *metadata.level() {
-            tracing::Level::ERROR | tracing::Level::WARN => sentry_tracing::EventFilter::Breadcrumb,
-            _ => sentry_tracing::EventFilter::Ignore,
-        })
-        // No performance tracing: spans cost time and are not needed for error reports.
-        .span_filter(|_| false)
+    // Breadcrumbs only: errors are reported once, as the 5xx event of their request (see
+    // `report_errors`); as events of their own they would duplicate it. No span layer either:
+    // performance tracing is not needed for error reports.
+    tracing_subscriber::Layer::with_filter(
+        sentry_tracing::BreadcrumbLayer::new(),
+        tracing_subscriber::filter::LevelFilter::WARN,
+    )
 }
 
 /// Starts Sentry when a DSN is configured. Keep the guard alive until exit: dropping it flushes
@@ -44,21 +44,23 @@ pub fn init_sentry(settings: &Settings) -> anyhow::Result<Option<sentry::ClientI
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid telemetry.sentry_dsn (SENTRY_DSN): {e}"))?;
     let secrets = Arc::new(secrets_of(settings));
-    let options = sentry::ClientOptions {
-        dsn: Some(dsn),
-        release: Some(Cow::Borrowed(concat!(
-            "learning-chat@",
-            env!("CARGO_PKG_VERSION")
-        ))),
-        environment: Some(Cow::Owned(telemetry.environment.clone())),
+    let mut options = sentry::ClientOptions::new()
+        .release(concat!("learning-chat@", env!("CARGO_PKG_VERSION")))
+        .environment(telemetry.environment.clone())
         // No IP addresses, cookies or headers of learners.
-        send_default_pii: false,
-        max_breadcrumbs: 50,
+        .send_default_pii(false)
+        .max_breadcrumbs(50)
         // A panic's report is flushed before the panicking request answers; keep that short.
-        shutdown_timeout: std::time::Duration::from_secs(2),
-        before_send: Some(Arc::new(move |event| Some(scrub_event(event, &secrets)))),
-        ..Default::default()
-    };
+        .shutdown_timeout(std::time::Duration::from_secs(2))
+        .before_send(move |event| Some(scrub_event(event, &secrets)));
+    // Set directly: the `dsn` setter parses a string and panics on an invalid one.
+    options.dsn = Some(dsn);
+    // `init` builds the transport's reqwest client and panics when that fails (no CA certificate
+    // on the system, say); building one first makes that a start-up error that says so.
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("cannot set up HTTPS for Sentry"))?;
     let guard = sentry::init(options);
     // `init` binds the client to the calling thread's hub; request hubs are made from the main
     // hub, so make sure it has the client even when `init` ran on another thread.

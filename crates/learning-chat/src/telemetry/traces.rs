@@ -62,6 +62,8 @@ pub(super) fn tracer_provider(
     if settings.otlp_endpoint.trim().is_empty() {
         return Ok(None);
     }
+    // The exporter builds its reqwest client in `build`.
+    crate::tls::install_crypto_provider();
     // Headers (vendor API keys) come from OTEL_EXPORTER_OTLP_HEADERS, read by the exporter, so
     // they stay out of the config file and `check-config`.
     let exporter = opentelemetry_otlp::SpanExporter::builder()

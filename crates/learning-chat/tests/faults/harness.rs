@@ -42,7 +42,7 @@ pub fn start_server(sim_port: u16, env: &[(&str, String)]) -> Proc {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .build()

@@ -218,7 +218,9 @@ async fn a_request_abandoned_by_its_client_leaves_the_in_flight_gauge_and_counts
     let before = scrape_app(&app).await;
     let url = app.url("/api/v1/agents/math");
     let impatient = tokio::spawn(async move {
-        reqwest::Client::new()
+        learning_chat_testkit::http::client_builder()
+            .build()
+            .unwrap()
             .post(url)
             .json(&serde_json::json!({"message": "I will not wait"}))
             .send()

@@ -190,7 +190,7 @@ async fn sentry_gets_panics_with_the_request_id_and_secrets_scrubbed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let reply = reqwest::Client::new()
+    let reply = learning_chat_testkit::http::client()
         .get(format!("http://{addr}/boom"))
         .header("x-request-id", "obs-panic-1")
         .send()

@@ -84,7 +84,7 @@ async fn tls_negotiates_h2_by_alpn_and_still_serves_http1_clients() {
     );
 
     // A client offering only HTTP/1.1 (reqwest here is built without HTTP/2).
-    let client = reqwest::Client::builder()
+    let client = learning_chat_testkit::http::client_builder()
         .add_root_certificate(reqwest::Certificate::from_der(&cert).expect("cert"))
         .build()
         .expect("client");
@@ -107,7 +107,7 @@ async fn tls_negotiates_h2_by_alpn_and_still_serves_http1_clients() {
     assert_eq!((status, version.as_str()), (200, "2"));
 
     // Plain text on the TLS port is not served.
-    let plain = reqwest::Client::new()
+    let plain = learning_chat_testkit::http::client()
         .get(format!("http://127.0.0.1:{port}/health"))
         .send()
         .await;

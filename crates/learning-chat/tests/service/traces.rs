@@ -89,7 +89,7 @@ async fn start_flaky_upstream(sim: String) -> SocketAddr {
     let state = Upstream {
         sim,
         calls: Arc::new(AtomicUsize::new(0)),
-        http: reqwest::Client::new(),
+        http: learning_chat_testkit::http::client(),
     };
     let app = axum::Router::new()
         .fallback(axum::routing::post(forward))
@@ -253,7 +253,7 @@ async fn run_two_asks(message: &str, trace_content: bool) -> (Vec<Span>, String)
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("service.log");
     let mut service = start_service(upstream, &redis, &receiver, trace_content, &log_path);
-    let http = reqwest::Client::builder()
+    let http = learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();

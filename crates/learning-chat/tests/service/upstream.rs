@@ -317,7 +317,7 @@ async fn shutdown_finishes_in_flight_requests_then_stops() {
     let result = tokio::time::timeout(Duration::from_secs(10), app.handle).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
     // New connections are refused once it has stopped.
-    let refused = reqwest::Client::new()
+    let refused = learning_chat_testkit::http::client()
         .get(format!("http://{}/health", app.addr))
         .timeout(Duration::from_secs(2))
         .send()

@@ -81,7 +81,7 @@ impl Cluster {
             servers.push(spawn_server(command, port));
         }
         let nginx = start_nginx(dir.path(), &servers);
-        let http = reqwest::Client::builder()
+        let http = learning_chat_testkit::http::client_builder()
             .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build()

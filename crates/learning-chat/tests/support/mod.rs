@@ -126,7 +126,7 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
     let handle = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::builder()
+    let client = learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
