@@ -95,18 +95,12 @@ async fn redis_killed_restarted_empty_and_a_server_killed_never_push_the_upstrea
     let mut local_decisions = 0.0;
     let mut republished = 0.0;
     for server in &cluster.servers[1..] {
-        local_decisions += metric_sum(
-            &cluster,
-            server.port,
-            "learning_chat_quota_local_decisions_total",
-        )
-        .await;
-        republished += metric_sum(
-            &cluster,
-            server.port,
-            "learning_chat_quota_republished_total",
-        )
-        .await;
+        local_decisions += cluster
+            .metric_sum(server.port, "learning_chat_quota_local_decisions_total", "")
+            .await;
+        republished += cluster
+            .metric_sum(server.port, "learning_chat_quota_republished_total", "")
+            .await;
     }
     eprintln!("surviving servers: {local_decisions} local quota decisions, {republished} calls re-published");
     assert!(local_decisions > 0.0, "no quota decision was taken locally");
@@ -120,21 +114,4 @@ async fn redis_killed_restarted_empty_and_a_server_killed_never_push_the_upstrea
         "only {} upstream calls answered in {LOAD:?}",
         stats.ok
     );
-}
-
-/// The sum of a metric's series on one server's /metrics.
-async fn metric_sum(cluster: &Cluster, port: u16, name: &str) -> f64 {
-    let text = cluster
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

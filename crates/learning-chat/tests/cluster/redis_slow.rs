@@ -8,20 +8,13 @@ use std::time::{Duration, Instant};
 
 /// Lease looks of one server that failed or timed out, from its own /metrics.
 async fn lease_look_failures(cluster: &Cluster, port: u16) -> f64 {
-    let text = cluster
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
+    cluster
+        .metric_sum(
+            port,
+            "learning_chat_redis_failures_total",
+            r#"operation="lease_look""#,
+        )
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with("learning_chat_redis_failures_total{"))
-        .filter(|l| l.contains(r#"operation="lease_look""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

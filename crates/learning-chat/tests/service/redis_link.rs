@@ -23,6 +23,18 @@ async fn ping(link: &RedisLink) -> bool {
     .is_ok()
 }
 
+/// Calls that each start after the previous one failed: Redis stays up until the
+/// `down_after_failures`-th, which marks it down.
+async fn fail_in_a_row_until_down(link: &RedisLink) {
+    let down_after = RedisSettings::default().down_after_failures;
+    for failure in 1..down_after {
+        assert!(!ping(link).await);
+        assert!(link.is_up(), "marked down after only {failure} failure(s)");
+    }
+    assert!(!ping(link).await);
+    assert!(!link.is_up(), "failures in a row mark Redis down");
+}
+
 #[tokio::test]
 async fn one_timeout_does_not_mark_redis_down_but_a_few_in_a_row_do() {
     let redis = RedisProcess::start();
@@ -40,12 +52,7 @@ async fn one_timeout_does_not_mark_redis_down_but_a_few_in_a_row_do() {
 
     // The success reset the count: it takes `down_after_failures` failures in a row.
     redis.freeze();
-    for failure in 1..defaults.down_after_failures {
-        assert!(!ping(&link).await);
-        assert!(link.is_up(), "marked down after only {failure} failure(s)");
-    }
-    assert!(!ping(&link).await);
-    assert!(!link.is_up(), "failures in a row mark Redis down");
+    fail_in_a_row_until_down(&link).await;
     redis.thaw();
 
     // Back, but only trusted after `up_after_probes` successful probes in a row.
@@ -78,12 +85,7 @@ async fn calls_stalled_together_by_one_slow_spell_count_as_one_failure() {
 
     // Calls that each start after the previous one failed are failures in a row.
     redis.freeze();
-    for failure in 1..defaults.down_after_failures {
-        assert!(!ping(&link).await);
-        assert!(link.is_up(), "marked down after only {failure} failure(s)");
-    }
-    assert!(!ping(&link).await);
-    assert!(!link.is_up(), "failures in a row mark Redis down");
+    fail_in_a_row_until_down(&link).await;
     redis.thaw();
 }
 

@@ -163,8 +163,9 @@ impl Cluster {
         self.sim_json("/stats/timeline").await
     }
 
-    /// Chat requests a server has answered, from its own /metrics.
-    pub async fn chat_requests_served(&self, port: u16) -> f64 {
+    /// The sum of one metric's series on one server's own /metrics, keeping only the series
+    /// whose labels contain `label` (`""` keeps them all).
+    pub async fn metric_sum(&self, port: u16, name: &str, label: &str) -> f64 {
         let text = self
             .http
             .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -175,10 +176,20 @@ impl Cluster {
             .await
             .expect("metrics text");
         text.lines()
-            .filter(|l| l.starts_with("learning_chat_http_requests_total{"))
-            .filter(|l| l.contains(r#"route="/api/v1/agents/{agent_id}""#))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter(|l| l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Chat requests a server has answered, from its own /metrics.
+    pub async fn chat_requests_served(&self, port: u16) -> f64 {
+        self.metric_sum(
+            port,
+            "learning_chat_http_requests_total",
+            r#"route="/api/v1/agents/{agent_id}""#,
+        )
+        .await
     }
 
     pub async fn wait_redis_state(&self, port: u16, want: &str) {
