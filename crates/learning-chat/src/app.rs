@@ -200,8 +200,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Wraps routes in the service's middleware, outermost first: request id, span and HTTP
-/// metrics ([`crate::telemetry::observe_request`]); catch-panic; gzip; Sentry error reports
-/// (only when a DSN is configured). Public so tests can put the real stack around test routes.
+/// metrics ([`crate::telemetry::observe_request`]); catch-panic; gzip; the
+/// Accept-Encoding check; Sentry error reports (only when a DSN is configured). Public so tests can put the real
+/// stack around test routes.
 ///
 /// Few layers on purpose: every axum `from_fn` layer clones the service stack beneath it on
 /// each request, which a cache hit, at tens of thousands a second, pays for in full.
@@ -218,6 +219,9 @@ where
             .layer(axum::middleware::from_fn(crate::telemetry::observe_request))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(compression)
+            // Before any work: a client that accepts neither gzip nor the plain body gets 406
+            // with the error body (inside gzip, which passes that 406 through as it is).
+            .layer(api::RefuseUnacceptableEncodingLayer)
             // Inside catch-panic, so a panic is reported while the request's scope is bound.
             .option_layer(
                 sentry_enabled.then(|| axum::middleware::from_fn(crate::telemetry::report_errors)),

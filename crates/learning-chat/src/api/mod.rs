@@ -1,5 +1,6 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
+mod encoding;
 mod error;
 mod security;
 mod state;
@@ -7,6 +8,7 @@ pub mod stream;
 
 use security::KeyAuth;
 
+pub use encoding::{accepts_a_coding_we_send, RefuseUnacceptableEncodingLayer};
 pub use error::{ApiError, ErrorBody, ErrorObject};
 pub use state::{AppState, AppStateParts, StateParts};
 

@@ -358,10 +358,12 @@ async fn large_responses_are_gzipped_small_ones_are_not() {
     assert!(reply.headers.get(header::CONTENT_ENCODING).is_none());
 
     // Only codings the service lacks: the plain body. Identity refused as well: 406 (RFC 9110
-    // section 12.5.3, since tower-http 0.7).
-    for (accept, status) in [
-        ("br", StatusCode::OK),
-        ("identity;q=0", StatusCode::NOT_ACCEPTABLE),
+    // section 12.5.3) with the error body, not the document.
+    for (accept, status, coding) in [
+        ("br", StatusCode::OK, None),
+        ("gzip, identity;q=0", StatusCode::OK, Some("gzip")),
+        ("identity;q=0", StatusCode::NOT_ACCEPTABLE, None),
+        ("br, *;q=0", StatusCode::NOT_ACCEPTABLE, None),
     ] {
         let request = Request::get("/openapi.json")
             .header(header::ACCEPT_ENCODING, accept)
@@ -369,9 +371,18 @@ async fn large_responses_are_gzipped_small_ones_are_not() {
             .unwrap();
         let reply = send(app(), request).await;
         assert_eq!(reply.status, status, "{accept}");
-        assert!(
-            reply.headers.get(header::CONTENT_ENCODING).is_none(),
+        assert_eq!(
+            reply
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().unwrap()),
+            coding,
             "{accept}"
         );
+        if status == StatusCode::NOT_ACCEPTABLE {
+            assert_eq!(reply.error_code(), "not_acceptable", "{accept}");
+        } else if coding.is_none() {
+            assert!(reply.json().get("openapi").is_some(), "{accept}");
+        }
     }
 }

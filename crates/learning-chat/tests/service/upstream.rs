@@ -381,3 +381,35 @@ async fn a_429_whose_delay_passes_the_deadline_is_a_503_with_that_retry_after() 
     assert!((55..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(sim.stats().rate_limited, 1);
 }
+
+#[tokio::test]
+async fn a_client_that_accepts_no_coding_we_send_is_refused_before_the_model_is_asked() {
+    let sim = start_sim(SimConfig::default()).await;
+    let app = spawn_app(settings_for(&sim)).await;
+    for accept in ["identity;q=0", "br, *;q=0"] {
+        let reply = app
+            .client
+            .post(app.url("/api/v1/agents/math"))
+            .header("accept-encoding", accept)
+            .json(&serde_json::json!({"message": "What is a prime number?"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::NOT_ACCEPTABLE, "{accept}");
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_acceptable", "{accept}: {body}");
+    }
+    // Refused up front: no answer was made (and charged) only to be thrown away.
+    assert_eq!(sim.stats().requests, 0);
+    // A client that takes gzip but not the plain body is answered.
+    let reply = app
+        .client
+        .post(app.url("/api/v1/agents/math"))
+        .header("accept-encoding", "gzip, identity;q=0")
+        .json(&serde_json::json!({"message": "What is a prime number?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert_eq!(sim.stats().requests, 1);
+}
