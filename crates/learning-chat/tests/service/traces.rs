@@ -257,6 +257,22 @@ async fn run_two_asks(message: &str, trace_content: bool) -> (Vec<Span>, String)
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
+    // The server connects to Redis in the background; until it has, a lookup skips Redis (and
+    // its span), so the trees below are only those of a server that uses Redis once it does.
+    let ready = format!("http://127.0.0.1:{}/ready", service.port);
+    let guard = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = http.get(&ready).send().await.unwrap();
+        let state: serde_json::Value = reply.json().await.unwrap();
+        if state["redis"] == "up" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < guard,
+            "the server never reached Redis: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let url = format!("http://127.0.0.1:{}/api/v1/agents/math", service.port);
     let body = serde_json::json!({ "message": message });
     let miss = http
