@@ -19,17 +19,23 @@ async fn http_stats(sim: &gemini_sim::SimServer) -> Stats {
         .unwrap()
 }
 
-#[tokio::test]
-async fn stats_count_every_outcome() {
-    let sim = start(SimConfig {
-        latency: Latency::Fixed { ms: 300 },
+/// A simulator that admits 25 requests a minute, each sleeping `latency_ms`: 30 at once are 25
+/// in flight and 5 rate limited.
+async fn start_with_rpm_25(latency_ms: u64) -> gemini_sim::SimServer {
+    start(SimConfig {
+        latency: Latency::Fixed { ms: latency_ms },
         quota: QuotaConfig {
             rpm: 25,
             ..QuotaConfig::default()
         },
         ..SimConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn stats_count_every_outcome() {
+    let sim = start_with_rpm_25(300).await;
     // 30 concurrent requests: 25 admitted, 5 rate limited.
     let started = Instant::now();
     let statuses = concurrent_generates(model_url(&sim, MODEL, "generateContent"), 30).await;
@@ -109,15 +115,7 @@ async fn concurrent_generates(url: String, n: usize) -> Vec<u16> {
 async fn the_in_flight_gauge_and_peak_show_requests_sleeping_together() {
     // Asleep until shutdown wakes them: all 25 are in flight together however slowly the
     // machine delivers them, so no deadline is needed.
-    let sim = start(SimConfig {
-        latency: Latency::Fixed { ms: 600_000 },
-        quota: QuotaConfig {
-            rpm: 25,
-            ..QuotaConfig::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = start_with_rpm_25(600_000).await;
     let asking = tokio::spawn(concurrent_generates(
         model_url(&sim, MODEL, "generateContent"),
         30,
