@@ -8,15 +8,20 @@ use gemini_sim::{Latency, QuotaConfig, SimConfig, Stats, Timeline};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-async fn http_stats(sim: &gemini_sim::SimServer) -> Stats {
+/// A GET of one of the simulator's JSON control endpoints (`/stats`, `/config`, ...).
+async fn get_json<T: serde::de::DeserializeOwned>(sim: &gemini_sim::SimServer, path: &str) -> T {
     client()
-        .get(format!("{}/stats", sim.base_url()))
+        .get(format!("{}{path}", sim.base_url()))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+async fn http_stats(sim: &gemini_sim::SimServer) -> Stats {
+    get_json(sim, "/stats").await
 }
 
 /// A simulator that admits 25 requests a minute, each sleeping `latency_ms`: 30 at once are 25
@@ -73,14 +78,7 @@ async fn stats_count_every_outcome() {
     assert_eq!(stats.per_key[KEY].rate_limited, 5);
 
     // The timeline holds every request with its status.
-    let timeline: Timeline = client()
-        .get(format!("{}/stats/timeline", sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let timeline: Timeline = get_json(&sim, "/stats/timeline").await;
     assert_eq!(timeline.arrival_ms.len(), 32);
     assert_eq!(timeline.status.iter().filter(|s| **s == 429).count(), 5);
     assert_eq!(timeline.max_in_window(60_000, |s| s == 200), 26);
@@ -281,14 +279,7 @@ async fn post_config_changes_latency_at_run_time() {
 }
 
 async fn current_config(sim: &gemini_sim::SimServer) -> serde_json::Value {
-    client()
-        .get(format!("{}/config", sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(sim, "/config").await
 }
 
 #[tokio::test]
