@@ -70,17 +70,19 @@ pub fn accepts_a_coding_we_send(headers: &HeaderMap) -> bool {
         };
         for element in value.split(',') {
             let mut parts = element.split(';');
-            let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            // Compared without allocating: this runs on every request, cache hits included.
+            let coding = parts.next().unwrap_or_default().trim();
             let accepted = parts
                 .filter_map(|param| param.trim().split_once('='))
                 .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
                 .and_then(|(_, q)| q.trim().parse::<f32>().ok())
                 .is_none_or(|q| q > 0.0);
-            match coding.as_str() {
-                "identity" => identity = Some(accepted),
-                "gzip" | "x-gzip" => gzip = Some(gzip.unwrap_or(false) || accepted),
-                "*" => any = Some(accepted),
-                _ => {}
+            if coding.eq_ignore_ascii_case("identity") {
+                identity = Some(accepted);
+            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(gzip.unwrap_or(false) || accepted);
+            } else if coding == "*" {
+                any = Some(accepted);
             }
         }
     }
