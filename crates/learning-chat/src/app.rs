@@ -6,7 +6,8 @@ use crate::agents::AgentRegistry;
 pub use crate::api::AppState;
 use crate::api::{self, StateParts};
 use crate::cache::{MemoryCache, RedisCache, ResponseCache};
-use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
+use crate::chat::{ChatDeps, ChatService, Prices};
+use crate::providers::resilience::RetryPolicy;
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
@@ -97,6 +98,21 @@ impl AppState {
         };
         let router =
             crate::providers::ModelRouter::build(&agents, &settings, &provider, redis.clone())?;
+        let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
+        let conversations = Conversations::new(
+            match &redis {
+                Some(link) => {
+                    ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
+                }
+                None => ConversationStore::Memory(Arc::new(MemoryStore::new(
+                    settings.conversation.max_conversations,
+                    conversation_ttl,
+                ))),
+            },
+            settings.conversation.clone(),
+            // Longer than any request may run, so the lock only outlives a server that died.
+            settings.request_timeout() + Duration::from_secs(5),
+        );
         let chat = ChatService::new(ChatDeps {
             agents,
             cache,
@@ -120,6 +136,7 @@ impl AppState {
             ),
             quota,
             cluster,
+            conversations,
             retry: RetryPolicy {
                 max_retries: up.max_retries,
                 base_delay: Duration::from_millis(up.retry_base_delay_ms),
@@ -134,26 +151,10 @@ impl AppState {
             refusal_ttl: Duration::from_millis(settings.cache.refusal_ttl_ms),
             failure_share: Duration::from_millis(settings.redis.failure_share_ms),
         });
-        let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
-        let conversations = Conversations::new(
-            match &redis {
-                Some(link) => {
-                    ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
-                }
-                None => ConversationStore::Memory(Arc::new(MemoryStore::new(
-                    settings.conversation.max_conversations,
-                    conversation_ttl,
-                ))),
-            },
-            settings.conversation.clone(),
-            // Longer than any request may run, so the lock only outlives a server that died.
-            settings.request_timeout() + Duration::from_secs(5),
-        );
         let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
         crate::metrics::queue_limit(settings.upstream.max_queue);
         Ok(AppState::new(StateParts {
             chat,
-            conversations,
             settings,
             metrics,
             redis,

@@ -24,11 +24,6 @@ pub struct Flow {
     pub weight: u32,
 }
 
-tokio::task_local! {
-    /// The flow of the request being served (set by the auth middleware).
-    pub static FLOW: Flow;
-}
-
 impl Flow {
     /// The one flow every request belongs to when auth is off.
     pub fn anonymous() -> Flow {
@@ -36,12 +31,6 @@ impl Flow {
             id: Arc::from("anonymous"),
             weight: 1,
         }
-    }
-
-    /// The flow of the current task, or [`Flow::anonymous`].
-    pub fn current() -> Flow {
-        FLOW.try_with(Clone::clone)
-            .unwrap_or_else(|_| Flow::anonymous())
     }
 }
 

@@ -7,7 +7,7 @@ mod quota;
 mod redis_quota;
 mod sliding_window;
 
-pub use fair::{FairGate, Flow, Turn, FLOW};
+pub use fair::{FairGate, Flow, Turn};
 pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use sliding_window::SlidingWindow;

@@ -282,7 +282,7 @@ mod tests {
         assert!(e.is_retryable());
     }
 
-    use crate::chat::RetryPolicy;
+    use crate::providers::resilience::RetryPolicy;
     use crate::providers::completion_from_response;
     use proptest::prelude::*;
 
