@@ -148,7 +148,13 @@ pub async fn chat_stream(
     // Nothing goes out before the first piece of text or the outcome, so an early failure
     // keeps its status code.
     let (first, live) = match reply {
-        Reply::Ready(answer) => (Piece::Done(Ok(answer)), None),
+        Reply::Ready(answer) => {
+            // Charged now: the key's hold ends with this handler, as for a JSON answer.
+            if let Some(bill) = driver.bill.take() {
+                bill.charge(&answer);
+            }
+            (Piece::Done(Ok(answer)), None)
+        }
         Reply::Live(mut live) => match live.next().await {
             Some(Piece::Done(Err(error))) => {
                 driver.finished = true;
