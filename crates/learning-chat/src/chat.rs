@@ -74,7 +74,12 @@ impl ChatService {
         // 0. history
         let place = deps
             .conversations
-            .open(&agent, &message, conversation.as_deref(), caller.key_id.as_ref())
+            .open(
+                &agent,
+                &message,
+                conversation.as_deref(),
+                caller.key_id.as_ref(),
+            )
             .await?;
         deps.check(&message)?;
         let history = place.history().clone();
@@ -83,25 +88,30 @@ impl ChatService {
         // 2. lookup
         if let Some(hit) = self.lookup(&agent, &key, &message, &history).await {
             let answer = Answer::cached(&hit);
-            return Ok(Reply::Ready(self.record(place, &agent, &message, answer).await?));
+            return Ok(Reply::Ready(
+                self.record(place, &agent, &message, answer).await?,
+            ));
         }
         if let Some(refusal) = self.inner.remembered_refusal(&key).await {
             return Err(refusal);
         }
         // 3. coalesce; steps 3 (across servers) to 6 run in the call, under its first deadline
-        let (inner, called) = (self.inner.clone(), agent.clone());
-        let request = Arc::new(model::request(&agent, message.to_string(), history));
-        let waiting = self.inner.calls.subscribe(key, deadline, wants_stream, move |fanout| {
-            let (inner, agent, request) = (inner.clone(), called.clone(), request.clone());
-            let flow = caller.flow.clone();
-            async move {
-                inner
-                    .call(key, &agent, &request, &flow, deadline, fanout)
-                    .await
-            }
-        });
+        let (inner, called, asked) = (self.inner.clone(), agent.clone(), message.to_string());
+        let waiting = self
+            .inner
+            .calls
+            .subscribe(key, deadline, wants_stream, move |fanout| {
+                // Built only by the asker that starts a call: the others join it.
+                let request = model::request(&called, asked.clone(), history.clone());
+                let (inner, agent, flow) = (inner.clone(), called.clone(), caller.flow.clone());
+                async move {
+                    inner
+                        .call(key, &agent, &request, &flow, deadline, fanout)
+                        .await
+                }
+            });
         let rest = answer::Rest::new(self.clone(), place, agent, message.into_owned());
-        Ok(Reply::Live(Live::new(waiting, rest)))
+        Ok(Reply::Live(Box::new(Live::new(waiting, rest))))
     }
 
     /// The last step: the exchange into the conversation, before the answer is returned.
@@ -146,9 +156,7 @@ impl Inner {
         let pieces = push
             .as_mut()
             .map(|push| push as &mut (dyn FnMut(&str) + Send));
-        let answered = self
-            .ask_model(agent, request, flow, deadline, pieces)
-            .await;
+        let answered = self.ask_model(agent, request, flow, deadline, pieces).await;
         self.keep(key, agent, request, lease, answered).await
     }
 

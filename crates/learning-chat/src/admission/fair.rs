@@ -8,7 +8,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -25,12 +25,14 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The one flow every request belongs to when auth is off.
+    /// The one flow every request belongs to when auth is off (shared: no allocation per
+    /// request).
     pub fn anonymous() -> Flow {
-        Flow {
+        static ANONYMOUS: LazyLock<Flow> = LazyLock::new(|| Flow {
             id: Arc::from("anonymous"),
             weight: 1,
-        }
+        });
+        ANONYMOUS.clone()
     }
 }
 

@@ -180,7 +180,7 @@ pub async fn chat_stream(
         let mut live = live;
         let mut piece = Some(first);
         while let Some(current) = piece.take() {
-            let coalesced = live.as_ref().is_some_and(Live::coalesced);
+            let coalesced = live.as_deref().is_some_and(Live::coalesced);
             let done = matches!(current, Piece::Done(_));
             for event in driver.events(current, coalesced) {
                 yield Ok::<Event, Infallible>(event);

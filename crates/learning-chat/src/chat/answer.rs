@@ -5,7 +5,7 @@ use super::{ChatError, ChatService};
 use crate::admission::Flow;
 use crate::agents::Agent;
 use crate::cache::CachedAnswer;
-use crate::coalesce::local::{Subscription, Update};
+use crate::coalesce::subscription::{Subscription, Update};
 use crate::conversations::{Place, Recorded};
 use crate::providers::{Completion, Usage};
 use gemini_wire::FinishReason;
@@ -114,8 +114,8 @@ impl Answer {
 pub enum Reply {
     /// The answer, at once (a cache hit): no call, no task, no channel.
     Ready(Answer),
-    /// The call the answer comes from.
-    Live(Live),
+    /// The call the answer comes from (boxed: a ready reply stays small).
+    Live(Box<Live>),
 }
 
 impl Reply {
@@ -164,7 +164,10 @@ impl Rest {
         }
     }
 
-    async fn conclude(self, outcome: Result<Arc<Completion>, ChatError>) -> Result<Answer, ChatError> {
+    async fn conclude(
+        self,
+        outcome: Result<Arc<Completion>, ChatError>,
+    ) -> Result<Answer, ChatError> {
         let answer = Answer::fresh(&*outcome?);
         let Rest {
             chat,
@@ -221,7 +224,9 @@ impl Live {
         }
         let Some(rest) = self.rest.take() else {
             // `next` already handed out the end.
-            return Err(ChatError::Internal("the answer was already taken".to_owned()));
+            return Err(ChatError::Internal(
+                "the answer was already taken".to_owned(),
+            ));
         };
         rest.conclude(self.waiting.finish().await).await
     }

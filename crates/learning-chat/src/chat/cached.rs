@@ -83,7 +83,11 @@ impl Inner {
             // Only complete answers are worth serving again; a truncated one is returned, and
             // shown to the servers waiting on it, but not kept.
             Ok(Answered { completion, .. }) if completion.finish_reason == FinishReason::Stop => {
-                let share = if lease.is_some() { Share::ByLease } else { Share::Now };
+                let share = if lease.is_some() {
+                    Share::ByLease
+                } else {
+                    Share::Now
+                };
                 match cache.keep(key, to_cache(completion), share).await {
                     Some(answer) => Publish::Answer(answer),
                     None => Publish::Nothing,

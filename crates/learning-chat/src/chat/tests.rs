@@ -26,10 +26,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
-        ConversationStore::Memory(Arc::new(MemoryStore::new(
-            1000,
-            Duration::from_secs(3600),
-        ))),
+        ConversationStore::Memory(Arc::new(MemoryStore::new(1000, Duration::from_secs(3600)))),
         settings.conversation.clone(),
         Duration::from_secs(60),
     );
@@ -107,8 +104,14 @@ async fn a_miss_asks_the_model_once_and_the_next_ask_is_a_ready_hit() {
     let Ok(Reply::Ready(hit)) = again else {
         panic!("a hit is ready at once")
     };
-    assert_eq!((hit.text.as_str(), hit.cached, hit.model.as_str()), (ANSWER, true, "m"));
-    assert_ne!(hit.conversation_id, fresh.conversation_id, "a new conversation");
+    assert_eq!(
+        (hit.text.as_str(), hit.cached, hit.model.as_str()),
+        (ANSWER, true, "m")
+    );
+    assert_ne!(
+        hit.conversation_id, fresh.conversation_id,
+        "a new conversation"
+    );
     assert_eq!(model.calls(), 1);
 }
 
@@ -116,8 +119,18 @@ async fn a_miss_asks_the_model_once_and_the_next_ask_is_a_ready_hit() {
 async fn identical_asks_in_flight_share_one_call() {
     let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
     let chat = service(std::slice::from_ref(&model));
-    let one = async { chat.ask(ask(&chat, "Why?", MINUTE, false)).await?.finish().await };
-    let two = async { chat.ask(ask(&chat, "Why?", MINUTE, true)).await?.finish().await };
+    let one = async {
+        chat.ask(ask(&chat, "Why?", MINUTE, false))
+            .await?
+            .finish()
+            .await
+    };
+    let two = async {
+        chat.ask(ask(&chat, "Why?", MINUTE, true))
+            .await?
+            .finish()
+            .await
+    };
     let (one, two) = tokio::join!(one, two);
     let (one, two) = (one.unwrap(), two.unwrap());
     assert_eq!((one.text.as_str(), two.text.as_str()), (ANSWER, ANSWER));
@@ -132,11 +145,21 @@ async fn a_failing_model_is_retried_then_the_fallback_answers_under_its_own_key(
     let chat = service(&[primary.clone(), fallback.clone()]);
     let answer = chat.ask(ask(&chat, "Hm?", MINUTE, false)).await;
     let answer = answer.unwrap().finish().await.unwrap();
-    assert_eq!((answer.text.as_str(), answer.model.as_str()), (ANSWER, "fallback"));
-    assert_eq!((primary.calls(), fallback.calls()), (2, 1), "one retry, then the fallback");
+    assert_eq!(
+        (answer.text.as_str(), answer.model.as_str()),
+        (ANSWER, "fallback")
+    );
+    assert_eq!(
+        (primary.calls(), fallback.calls()),
+        (2, 1),
+        "one retry, then the fallback"
+    );
     // Kept under the fallback's key: the next asker asks the primary again.
     let again = chat.ask(ask(&chat, "Hm?", MINUTE, false)).await.unwrap();
-    assert!(matches!(again, Reply::Live(_)), "not a hit on the primary's key");
+    assert!(
+        matches!(again, Reply::Live(_)),
+        "not a hit on the primary's key"
+    );
     let again = again.finish().await.unwrap();
     assert_eq!(again.model, "fallback");
     assert_eq!((primary.calls(), fallback.calls()), (4, 2));
@@ -183,7 +206,13 @@ async fn a_stream_is_the_answer_in_pieces_ending_in_the_answer() {
 async fn the_json_answer_is_the_last_item_of_the_stream() {
     let streamed = service(&[Script::new("m", SECOND, &[Ok(ANSWER)])]);
     let whole = service(&[Script::new("m", SECOND, &[Ok(ANSWER)])]);
-    let pieces = read_all(streamed.ask(ask(&streamed, "2+2?", MINUTE, true)).await.unwrap()).await;
+    let pieces = read_all(
+        streamed
+            .ask(ask(&streamed, "2+2?", MINUTE, true))
+            .await
+            .unwrap(),
+    )
+    .await;
     let Some(Piece::Done(Ok(last))) = pieces.last() else {
         panic!("the stream ends in the answer: {pieces:?}")
     };
@@ -211,8 +240,15 @@ async fn a_follow_up_is_answered_with_its_history_and_recorded() {
     let Some(Piece::Done(Ok(second))) = pieces.last() else {
         panic!("the stream ends in the answer: {pieces:?}")
     };
-    assert_eq!((second.turn, &second.conversation_id), (2, &first.conversation_id));
-    assert_eq!(model.histories(), [0, 2], "the first exchange went with the follow-up");
+    assert_eq!(
+        (second.turn, &second.conversation_id),
+        (2, &first.conversation_id)
+    );
+    assert_eq!(
+        model.histories(),
+        [0, 2],
+        "the first exchange went with the follow-up"
+    );
     let id = first.conversation_id.unwrap();
     let stored = chat.conversations().get(&id, None).await.unwrap();
     assert_eq!(stored.turns.len(), 4);

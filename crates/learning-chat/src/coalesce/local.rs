@@ -12,17 +12,16 @@
 //! paid for nobody); a call started by a JSON request runs to the end, as its answer is kept for
 //! the next asker.
 
-use super::fanout::{Fanout, FanoutReader, Sent};
+use super::fanout::Fanout;
+pub use super::subscription::{Subscription, Update};
 use crate::cache::CacheKey;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::time::{Instant, Sleep};
-use tracing::Instrument;
+use tokio::time::Instant;
 
 /// Asks beyond the first for one question when the shared call ran out of someone else's
 /// deadline; bounds the loop, not the time (each ask is bounded by the asker's own deadline).
@@ -42,7 +41,7 @@ pub trait CallError: Clone + Send + Sync + 'static {
 type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
 
 /// What starts a call: handed the fan-out to stream into when the asker streams.
-type Start<T, E> =
+pub(super) type Start<T, E> =
     Box<dyn FnMut(Option<Arc<Fanout>>) -> BoxFuture<'static, Result<T, E>> + Send>;
 
 /// The calls in flight on this server, one per question; cheap to clone.
@@ -126,26 +125,13 @@ where
         F: FnMut(Option<Arc<Fanout>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let mut subscription = Subscription {
-            calls: self.clone(),
-            key,
-            deadline,
-            streaming,
-            start: Box::new(move |fanout| start(fanout).boxed()),
-            waiting: None,
-            reasks: 0,
-            joined: false,
-            relayed: false,
-            sent: Sent::new(),
-            timer: None,
-        };
-        subscription.wait();
-        subscription
+        let start: Start<T, E> = Box::new(move |fanout| start(fanout).boxed());
+        Subscription::new(self.clone(), key, deadline, streaming, start)
     }
 
     /// Joins the call in flight for `key`, or starts one with `start` in its own task (handed
     /// the fan-out when `streaming`).
-    fn join_or_start(
+    pub(super) fn join_or_start(
         &self,
         key: CacheKey,
         deadline: Instant,
@@ -229,195 +215,15 @@ where
 }
 
 /// The call a request waits on.
-struct Joined<T, E> {
-    shared: SharedResult<T, E>,
+pub(super) struct Joined<T, E> {
+    pub(super) shared: SharedResult<T, E>,
     /// The deadline the call runs under.
-    deadline: Instant,
+    pub(super) deadline: Instant,
     /// Held while the request waits.
     _interest: Interest<T, E>,
-    fanout: Arc<Fanout>,
+    pub(super) fanout: Arc<Fanout>,
     /// True when another request started the call.
-    joined: bool,
-}
-
-/// What a [`Subscription`] has next.
-#[derive(Debug, PartialEq)]
-pub enum Update<T, E> {
-    /// More of the answer's text: never sent before, even across a call asked again.
-    Piece(String),
-    /// The call's outcome (or the asker's deadline): the last update.
-    Done(Result<T, E>),
-}
-
-/// One request's wait on the call for its question: the answer's pieces so far, then live, then
-/// the outcome. Dropping it gives up the wait (the last waiter of a streamed call cancels it).
-pub struct Subscription<T, E> {
-    calls: LocalCoalescer<T, E>,
-    key: CacheKey,
-    deadline: Instant,
-    streaming: bool,
-    start: Start<T, E>,
-    /// The call waited on now; `None` once the outcome is out.
-    waiting: Option<Waiting<T, E>>,
-    reasks: u32,
-    /// A call waited on was started by another request (for the time-to-first-token label).
-    joined: bool,
-    /// Pieces came from another server.
-    relayed: bool,
-    sent: Sent,
-    /// The asker's deadline, made on the first wait for pieces.
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-/// The call a subscription waits on now.
-struct Waiting<T, E> {
-    joined: Joined<T, E>,
-    /// `None` for an asker that does not stream, and once the pieces end.
-    reader: Option<FanoutReader>,
-    /// Spans the wait; the call's task, when this request started it, hangs under it.
-    span: tracing::Span,
-}
-
-impl<T, E> Subscription<T, E>
-where
-    T: Clone + Send + Sync + 'static,
-    E: CallError,
-{
-    /// Joins or starts the call to wait on.
-    fn wait(&mut self) {
-        // The call's task starts inside this span, so the model call hangs under the wait of
-        // the request that started it; a request that joined one has a wait with no children.
-        let span = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(self.reasks));
-        let joined = span.in_scope(|| {
-            self.calls
-                .join_or_start(self.key, self.deadline, self.streaming, &mut self.start)
-        });
-        self.joined |= joined.joined;
-        let reader = self.streaming.then(|| joined.fanout.subscribe());
-        self.waiting = Some(Waiting {
-            joined,
-            reader,
-            span,
-        });
-    }
-
-    /// Takes the call's result: `None` when this asker asks again instead.
-    fn settle(&mut self, result: Result<T, E>) -> Option<Result<T, E>> {
-        let call_deadline = self.waiting.take().map(|w| w.joined.deadline)?;
-        match result {
-            // The call ran out of its first asker's time, not ours: ask again (the entry is
-            // gone by now, so this starts, or joins, a call under a later deadline).
-            Err(error)
-                if error.bound_by_deadline()
-                    && call_deadline < self.deadline
-                    && self.reasks < MAX_REASKS
-                    && Instant::now() < self.deadline =>
-            {
-                self.reasks += 1;
-                crate::metrics::coalesced_retry();
-                self.wait();
-                None
-            }
-            result => Some(result),
-        }
-    }
-
-    /// The next piece of the answer, or the outcome; `None` after the outcome.
-    pub async fn next(&mut self) -> Option<Update<T, E>> {
-        let deadline = self.deadline;
-        loop {
-            let Subscription {
-                waiting,
-                timer,
-                sent,
-                relayed,
-                ..
-            } = self;
-            let waiting = waiting.as_mut()?;
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            let Waiting {
-                joined,
-                reader,
-                span,
-            } = waiting;
-            let next = async {
-                tokio::select! {
-                    biased;
-                    piece = next_piece(reader) => Next::Piece(piece),
-                    result = &mut joined.shared => Next::Outcome(result),
-                    () = timer.as_mut() => Next::TimedOut,
-                }
-            }
-            .instrument(span.clone())
-            .await;
-            match next {
-                Next::Piece(Some((offset, text))) => {
-                    if let Some(new) = sent.accept(offset, &text) {
-                        *relayed |= reader.as_ref().is_some_and(FanoutReader::relayed);
-                        return Some(Update::Piece(new));
-                    }
-                }
-                Next::Piece(None) => *reader = None,
-                Next::TimedOut => {
-                    self.waiting = None;
-                    return Some(Update::Done(Err(E::timed_out())));
-                }
-                Next::Outcome(result) => {
-                    if let Some(result) = self.settle(result) {
-                        return Some(Update::Done(result));
-                    }
-                }
-            }
-        }
-    }
-
-    /// The outcome, without the pieces.
-    pub async fn finish(mut self) -> Result<T, E> {
-        loop {
-            let Some(waiting) = self.waiting.as_mut() else {
-                // Only after `next` took the outcome: nothing is left to wait for.
-                return Err(E::timed_out());
-            };
-            let shared = &mut waiting.joined.shared;
-            let result = tokio::time::timeout_at(self.deadline, shared)
-                .instrument(waiting.span.clone())
-                .await;
-            let Ok(result) = result else {
-                return Err(E::timed_out());
-            };
-            if let Some(result) = self.settle(result) {
-                return result;
-            }
-        }
-    }
-
-    /// True when a call waited on was started by another request.
-    pub fn joined(&self) -> bool {
-        self.joined
-    }
-
-    /// True when pieces came from another server's stream.
-    pub fn relayed(&self) -> bool {
-        self.relayed
-    }
-
-    /// The text handed out as pieces so far.
-    pub fn sent(&self) -> &str {
-        self.sent.text()
-    }
-}
-
-enum Next<T, E> {
-    Piece(Option<(usize, String)>),
-    Outcome(Result<T, E>),
-    TimedOut,
-}
-
-async fn next_piece(reader: &mut Option<FanoutReader>) -> Option<(usize, String)> {
-    match reader {
-        Some(reader) => reader.next().await,
-        None => std::future::pending().await,
-    }
+    pub(super) joined: bool,
 }
 
 /// One request's interest in a call; the last one of a streamed call to go cancels it.
@@ -555,33 +361,17 @@ mod tests {
         let deadline = in_secs(10);
         let second = Duration::from_secs(1);
         let (first, joined) = tokio::join!(
-            calls.ask(
-                key("2+2"),
-                deadline,
-                answering(&starts, Ok(4), second)
-            ),
-            calls.ask(
-                key("2+2"),
-                deadline,
-                answering(&starts, Ok(5), second)
-            ),
+            calls.ask(key("2+2"), deadline, answering(&starts, Ok(4), second)),
+            calls.ask(key("2+2"), deadline, answering(&starts, Ok(5), second)),
         );
         assert_eq!((first, joined), (Ok(4), Ok(4)));
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         assert_eq!(calls.in_flight(), 0, "the entry goes when the call ends");
 
         // Another question is another call; the same one after the first ended is asked anew.
-        let other = calls.ask(
-            key("3+3"),
-            deadline,
-            answering(&starts, Ok(6), second),
-        );
+        let other = calls.ask(key("3+3"), deadline, answering(&starts, Ok(6), second));
         assert_eq!(other.await, Ok(6));
-        let again = calls.ask(
-            key("2+2"),
-            deadline,
-            answering(&starts, Ok(7), second),
-        );
+        let again = calls.ask(key("2+2"), deadline, answering(&starts, Ok(7), second));
         assert_eq!(again.await, Ok(7));
         assert_eq!(starts.load(Ordering::SeqCst), 3);
     }
@@ -641,11 +431,7 @@ mod tests {
                 in_secs(5),
                 answering(&starts, Err(Failure::Refused), second)
             ),
-            calls.ask(
-                key("no"),
-                in_secs(10),
-                answering(&starts, Ok(1), second)
-            ),
+            calls.ask(key("no"), in_secs(10), answering(&starts, Ok(1), second)),
         );
         assert_eq!(
             (first, later),
@@ -660,11 +446,7 @@ mod tests {
                 deadline,
                 answering(&starts, Err(Failure::OutOfTime), second)
             ),
-            calls.ask(
-                key("slow"),
-                deadline,
-                answering(&starts, Ok(1), second)
-            ),
+            calls.ask(key("slow"), deadline, answering(&starts, Ok(1), second)),
         );
         assert_eq!(
             (first, same),
@@ -717,7 +499,8 @@ mod tests {
         assert_eq!(gone.await, Err(Failure::TimedOut));
         assert_eq!(calls.in_flight(), 1, "the call runs on for the next asker");
 
-        let mut joined = calls.subscribe(key("q"), in_secs(10), true, answering(&starts, Ok(4), slow));
+        let mut joined =
+            calls.subscribe(key("q"), in_secs(10), true, answering(&starts, Ok(4), slow));
         assert!(joined.joined());
         // A JSON call streams nothing: the outcome is the first update.
         assert_eq!(joined.next().await, Some(Update::Done(Ok(3))));

@@ -31,6 +31,7 @@
 pub mod fanout;
 pub mod local;
 pub mod relay;
+pub mod subscription;
 
 use crate::cache::redis::LUA_READ_CAPPED;
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};

@@ -151,7 +151,9 @@ impl Conversations {
     ) -> Result<Recorded, ConversationError> {
         let follow_up = match place.to {
             Destination::New(owner) => {
-                return Ok(self.create(owner.as_deref(), agent_id, message, answer).await)
+                return Ok(self
+                    .create(owner.as_deref(), agent_id, message, answer)
+                    .await)
             }
             Destination::FollowUp(follow_up) => follow_up,
         };
@@ -253,4 +255,3 @@ fn exchange(message: &str, answer: Said<'_>, at_ms: u64) -> [Turn; 2] {
         },
     ]
 }
-

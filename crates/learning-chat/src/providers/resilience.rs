@@ -117,7 +117,10 @@ pub async fn ask_chain<G: Gate>(
             retry,
             deadline,
         };
-        match attempts.run(gate, pieces.as_deref_mut(), &mut started).await {
+        match attempts
+            .run(gate, pieces.as_deref_mut(), &mut started)
+            .await
+        {
             Ok(completion) => {
                 crate::metrics::model_answer(route.model(), index > 0);
                 let fallback = (index > 0).then(|| route.clone());
@@ -224,11 +227,7 @@ impl Attempts<'_> {
                     .instrument(span.clone())
                     .await
             }
-            Some(pieces) => {
-                self.stream(pieces, started)
-                    .instrument(span.clone())
-                    .await
-            }
+            Some(pieces) => self.stream(pieces, started).instrument(span.clone()).await,
         };
         span.record(
             "model.status",

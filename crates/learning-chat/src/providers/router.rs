@@ -210,7 +210,10 @@ impl ModelRouter {
 impl ModelRouter {
     /// Every agent served by the same chain of scripted models (breakers open after 3 failures,
     /// for 10 s), for the chat flow's tests.
-    pub(crate) fn scripted(agents: &AgentRegistry, chain: &[Arc<super::script::Script>]) -> ModelRouter {
+    pub(crate) fn scripted(
+        agents: &AgentRegistry,
+        chain: &[Arc<super::script::Script>],
+    ) -> ModelRouter {
         let routes: Vec<Arc<Route>> = chain
             .iter()
             .map(|script| {
@@ -229,7 +232,12 @@ impl ModelRouter {
             .collect();
         let chain: Arc<[Arc<Route>]> = Arc::from(routes.clone());
         ModelRouter {
-            chains: Arc::new(agents.all().map(|a| (a.id().to_owned(), chain.clone())).collect()),
+            chains: Arc::new(
+                agents
+                    .all()
+                    .map(|a| (a.id().to_owned(), chain.clone()))
+                    .collect(),
+            ),
             routes: Arc::new(routes),
             keys: None,
         }

@@ -23,7 +23,11 @@ pub struct Script {
 
 impl Script {
     /// `model` answering `outcomes` in turn, each after `delay` (a stream: each word after it).
-    pub fn new(model: &str, delay: Duration, outcomes: &[Result<&str, ProviderError>]) -> Arc<Script> {
+    pub fn new(
+        model: &str,
+        delay: Duration,
+        outcomes: &[Result<&str, ProviderError>],
+    ) -> Arc<Script> {
         Arc::new(Script {
             model: model.to_owned(),
             delay,
@@ -74,13 +78,21 @@ impl Script {
     }
 
     /// The answer after the delay, or a timeout at `deadline`.
-    pub async fn generate(&self, request: &ModelRequest, deadline: Instant) -> Result<Completion, ProviderError> {
+    pub async fn generate(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<Completion, ProviderError> {
         wait(self.delay, deadline).await?;
         self.next(request)
     }
 
     /// The answer streamed: each word after the delay.
-    pub async fn generate_stream(&self, request: &ModelRequest, deadline: Instant) -> Result<CompletionStream, ProviderError> {
+    pub async fn generate_stream(
+        &self,
+        request: &ModelRequest,
+        deadline: Instant,
+    ) -> Result<CompletionStream, ProviderError> {
         let completion = self.next(request)?;
         let delay = self.delay;
         let words: Vec<String> = completion
