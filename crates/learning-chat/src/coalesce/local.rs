@@ -507,4 +507,50 @@ mod tests {
         assert_eq!(joined.next().await, None);
         assert_eq!(starts.load(Ordering::SeqCst), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_asker_that_asks_again_gets_no_text_twice() {
+        let calls = Coalescer::new();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        // The first call streams a beginning and runs out of its asker's time; the second,
+        // asked again by the later asker, streams the whole answer.
+        let story = move |stream: Option<Arc<Fanout>>| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let Some(stream) = stream else {
+                    return Err(Failure::Refused);
+                };
+                stream.push_at(0, "Once ");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if first {
+                    return Err(Failure::OutOfTime);
+                }
+                stream.push_at(5, "upon");
+                Ok(1)
+            }
+        };
+        let mut early = calls.subscribe(key("tale"), in_secs(1), true, story.clone());
+        let mut late = calls.subscribe(key("tale"), in_secs(10), true, story);
+        assert!(late.joined());
+        let mut updates = Vec::new();
+        while let Some(update) = late.next().await {
+            updates.push(update);
+        }
+        assert_eq!(
+            updates,
+            [
+                Update::Piece("Once ".to_owned()),
+                Update::Piece("upon".to_owned()),
+                Update::Done(Ok(1)),
+            ]
+        );
+        assert_eq!(late.sent(), "Once upon");
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        assert_eq!(early.next().await, Some(Update::Piece("Once ".to_owned())));
+        assert_eq!(
+            early.next().await,
+            Some(Update::Done(Err(Failure::OutOfTime)))
+        );
+    }
 }
