@@ -23,7 +23,7 @@ pub struct Prices {
     pub output_per_million: f64,
 }
 
-/// Counts model calls per minute (the seed's quota monitor).
+/// Counts model calls per minute, for the once-a-minute log line and gauge.
 #[derive(Debug, Default)]
 pub struct UpstreamMonitor {
     this_minute: AtomicU64,
