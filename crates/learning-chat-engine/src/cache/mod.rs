@@ -1,0 +1,162 @@
+//! The response cache: complete answers by question, in process (moka) and, when configured, in
+//! Redis. The chat service only sees [`ResponseCache`]; [`ResponseCache::keep`] is the one place
+//! that writes answers to both tiers.
+
+mod key;
+mod memory;
+pub(crate) mod redis;
+
+pub use self::redis::RedisCache;
+pub use key::{normalise_message, CacheKey, CacheKeyParts};
+pub use memory::MemoryCache;
+
+use crate::providers::Usage;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What a cache entry holds: everything needed to answer without the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    /// The answer text.
+    pub text: String,
+    /// The model that produced it.
+    pub model: String,
+    /// Tokens it cost when it was produced.
+    pub usage: Usage,
+    /// When it was produced (Unix seconds).
+    pub created_at_unix: u64,
+}
+
+/// The cache tiers, defined with the metrics that label lookups by them.
+pub use crate::metrics::CacheTier;
+
+/// How a kept answer reaches the shared (Redis) tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Written now, in the background.
+    Now,
+    /// Handed back for the lease holder to publish before it releases the question: the
+    /// servers waiting on the lease must find the answer when the lease goes.
+    ByLease,
+    /// It came from the shared tier: this process only.
+    Already,
+}
+
+/// The cache tiers chosen at start-up (memory, or memory in front of Redis).
+#[derive(Debug, Clone)]
+pub enum ResponseCache {
+    /// Caching turned off.
+    Disabled,
+    /// In-process only.
+    Memory(MemoryCache),
+    /// A short-lived in-process first tier over the shared Redis tier.
+    Tiered {
+        /// L1: this process.
+        memory: MemoryCache,
+        /// L2: every server.
+        redis: RedisCache,
+    },
+}
+
+impl ResponseCache {
+    /// The cached answer for `key`, with the tier that had it.
+    pub async fn get(&self, key: &CacheKey) -> Option<(Arc<CachedAnswer>, CacheTier)> {
+        match self {
+            ResponseCache::Disabled => None,
+            ResponseCache::Memory(memory) => {
+                let found = memory.get(key).await;
+                crate::metrics::cache_lookup(CacheTier::Memory, found.is_some());
+                found.map(|a| (a, CacheTier::Memory))
+            }
+            ResponseCache::Tiered { memory, redis } => {
+                if let Some(found) = memory.get(key).await {
+                    crate::metrics::cache_lookup(CacheTier::Memory, true);
+                    return Some((found, CacheTier::Memory));
+                }
+                crate::metrics::cache_lookup(CacheTier::Memory, false);
+                // Redis down is a miss: the question goes to the model instead of failing.
+                let found = redis.get(key).await.ok().flatten().map(Arc::new);
+                crate::metrics::cache_lookup(CacheTier::Redis, found.is_some());
+                let found = found?;
+                memory.insert(*key, found.clone()).await;
+                Some((found, CacheTier::Redis))
+            }
+        }
+    }
+
+    /// The shared tier, when there is one.
+    pub fn redis(&self) -> Option<&RedisCache> {
+        match self {
+            ResponseCache::Tiered { redis, .. } => Some(redis),
+            _ => None,
+        }
+    }
+
+    /// Keeps a complete answer: the one place that decides which tier gets what. Process
+    /// memory at once; the shared tier as `share` says. Returns the answer when the lease
+    /// holder is to publish it ([`Share::ByLease`]).
+    pub async fn keep(
+        &self,
+        key: CacheKey,
+        answer: CachedAnswer,
+        share: Share,
+    ) -> Option<CachedAnswer> {
+        let answer = Arc::new(answer);
+        if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
+            memory.insert(key, answer.clone()).await;
+            crate::metrics::cache_entries(memory.entry_count());
+        }
+        match (share, self.redis()) {
+            (Share::ByLease, _) => Some(Arc::unwrap_or_clone(answer)),
+            // Off the request path; Redis may also be down now and back by the time it runs.
+            (Share::Now, Some(redis)) => {
+                let redis = redis.clone();
+                tokio::spawn(crate::trace::in_current_context(async move {
+                    let _ = redis.set(&key, &answer).await;
+                }));
+                None
+            }
+            (Share::Now | Share::Already, _) => None,
+        }
+    }
+
+    /// Drops answers from this process and from Redis; `Err` when Redis could not be reached
+    /// (the in-process entries are gone either way).
+    pub async fn remove(
+        &self,
+        keys: &[CacheKey],
+    ) -> Result<(), crate::redis_link::RedisUnavailable> {
+        match self {
+            ResponseCache::Disabled => Ok(()),
+            ResponseCache::Memory(memory) => {
+                for key in keys {
+                    memory.remove(key).await;
+                }
+                Ok(())
+            }
+            ResponseCache::Tiered { memory, redis } => {
+                for key in keys {
+                    memory.remove(key).await;
+                }
+                redis.remove(keys).await
+            }
+        }
+    }
+
+    /// Brings the in-process entry count up to date (called before a metrics scrape).
+    pub async fn run_pending_tasks(&self) {
+        if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
+            memory.run_pending_tasks().await;
+        }
+    }
+
+    /// Entries held in process memory.
+    pub fn memory_entries(&self) -> u64 {
+        match self {
+            ResponseCache::Disabled => 0,
+            ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } => {
+                memory.entry_count()
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `POST /api/v1/agents/{agent_id}/stream`: the answer as server-sent events.
+//!
+//! `event: delta` with `{"text": ...}` as the model produces the answer, then one `event: done`
+//! carrying the same JSON as the non-streamed answer, or one `event: error` with the usual
+//! `{"error": {"code", "message"}}`. Nothing is sent until there is something to say: an error
+//! found before the first piece of text (unknown agent, bad body, overload, quota, a model that
+//! fails before answering) keeps its normal status and JSON body. While the stream is open, a
+//! `: ping` comment goes out after `stream.keepalive_ms` without an event, so proxies keep a
+//! quiet stream open (axum's [`Sse`] with [`KeepAlive`]).
+
+use super::AppState;
+use super::{asker, bill, ApiError, ApiJson, ChatRequest, ChatResponse};
+use crate::auth::Bill;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use learning_chat_engine::chat::{Answer, Ask, ChatError, Live, Piece, Reply};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The streams open on this server, bounded by `stream.max_open`.
+#[derive(Debug)]
+pub struct OpenStreams {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl OpenStreams {
+    /// No stream open yet; at most `max` at once.
+    pub fn new(max: usize) -> OpenStreams {
+        crate::metrics::streams_limit(max);
+        crate::metrics::streams_open(0);
+        OpenStreams {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn try_open(self: &Arc<Self>) -> Option<StreamSlot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            });
+        let open = taken.ok()? + 1;
+        crate::metrics::streams_open(open);
+        Some(StreamSlot(self.clone()))
+    }
+}
+
+/// One open stream; frees its place when the stream ends, however it ends.
+struct StreamSlot(Arc<OpenStreams>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let open = self.0.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        crate::metrics::streams_open(open);
+    }
+}
+
+/// The text of an `event: delta`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StreamDelta {
+    /// The next piece of the answer (never empty); the pieces joined are the whole answer.
+    pub text: String,
+}
+
+/// Stream a tutor's answer as server-sent events. Same body as the chat endpoint.
+///
+/// Events, in order: `delta` (data `{"text": "..."}`, one or more), then exactly one of `done`
+/// (data: the same JSON object as the chat endpoint's answer, `conversation_id` included) or
+/// `error` (data `{"error": {"code", "message"}}`, e.g. a model stream cut mid-way). Comment
+/// lines `: ping` keep an idle stream open. Errors found before the first piece of text answer
+/// with their usual status and JSON body instead of a stream.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{agent_id}/stream",
+    params(("agent_id" = String, Path, description = "Agent id, e.g. `math`")),
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "`text/event-stream`: `event: delta` (data: StreamDelta)..., then `event: done` (data: ChatResponse) or `event: error` (data: ErrorBody); `: ping` comments in between", content_type = "text/event-stream", body = StreamDelta),
+        (status = 400, description = "Malformed JSON", body = super::ErrorBody),
+        (status = 401, description = "Missing or unknown API key (auth.mode = required)", body = super::ErrorBody),
+        (status = 404, description = "Unknown agent or conversation", body = super::ErrorBody),
+        (status = 409, description = "Conversation of another agent, or busy", body = super::ErrorBody),
+        (status = 422, description = "Missing or empty message, or blocked by safety filters", body = super::ErrorBody),
+        (status = 429, description = "A per-key or per-learner limit; see Retry-After", body = super::ErrorBody),
+        (status = 502, description = "The model failed before the first piece of text", body = super::ErrorBody),
+        (status = 503, description = "Overloaded, quota used up, or `stream.max_open` streams open (`too_many_streams`); see Retry-After", body = super::ErrorBody),
+        (status = 504, description = "Deadline exceeded before the first piece of text", body = super::ErrorBody),
+    )
+)]
+pub async fn chat_stream(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<ApiJson<ChatRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let started = StdInstant::now();
+    let super::Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    } = super::question(&state, path, body)?;
+    let Some(slot) = state.streams.try_open() else {
+        crate::metrics::stream_refused();
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many answers are streaming on this server; try again shortly",
+        );
+        error.retry_after = Some(Duration::from_millis(
+            state.settings.stream.retry_after_ms.max(1),
+        ));
+        return Err(error);
+    };
+    let ask = Ask {
+        agent,
+        message,
+        conversation: request.conversation_id,
+        deadline: Instant::now() + state.settings.request_timeout(),
+        caller: asker(caller.as_ref()),
+        wants_stream: true,
+    };
+    let reply = state.chat.ask(ask).await?;
+    let mut driver = Driver {
+        started,
+        first_sent: false,
+        agent_id,
+        bill: bill(caller.as_ref()).cloned(),
+        finished: false,
+        _slot: slot,
+    };
+    // Nothing goes out before the first piece of text or the outcome, so an early failure
+    // keeps its status code.
+    let (first, live) = match reply {
+        Reply::Ready(answer) => {
+            // Charged now: the key's hold ends with this handler, as for a JSON answer.
+            if let Some(bill) = driver.bill.take() {
+                bill.charge(&answer);
+            }
+            (Piece::Done(Ok(answer)), None)
+        }
+        Reply::Live(mut live) => match live.next().await {
+            Some(Piece::Done(Err(error))) => {
+                driver.finished = true;
+                return Err(error.into());
+            }
+            Some(piece) => (piece, Some(live)),
+            None => {
+                driver.finished = true;
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred",
+                ));
+            }
+        },
+    };
+    // Polled by the response body, outside this handler: the request's trace and Sentry
+    // context go along.
+    let span = tracing::Span::current();
+    let hub = sentry::Hub::current();
+    let events = async_stream::stream! {
+        let mut driver = driver;
+        let mut live = live;
+        let mut piece = Some(first);
+        while let Some(current) = piece.take() {
+            let coalesced = live.as_deref().is_some_and(Live::coalesced);
+            let done = matches!(current, Piece::Done(_));
+            for event in driver.events(current, coalesced) {
+                yield Ok::<Event, Infallible>(event);
+            }
+            if done {
+                break;
+            }
+            if let Some(live) = live.as_mut() {
+                let next = live.next().instrument(span.clone());
+                piece = sentry::SentryFutureExt::bind_hub(next, hub.clone()).await;
+            }
+        }
+    };
+    let sse = Sse::new(events);
+    let keepalive = state.settings.stream.keepalive_ms;
+    let mut response = if keepalive > 0 {
+        let every = Duration::from_millis(keepalive);
+        sse.keep_alive(KeepAlive::new().interval(every).text("ping"))
+            .into_response()
+    } else {
+        sse.into_response()
+    };
+    // nginx honours this even where the location forgot `proxy_buffering off`.
+    let headers = response.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Every byte sent, keep-alive comments included.
+    Ok(response.map(|body| {
+        Body::from_stream(body.into_data_stream().inspect(|frame| {
+            if let Ok(bytes) = frame {
+                crate::metrics::stream_bytes(bytes.len());
+            }
+        }))
+    }))
+}
+
+/// One stream's state: what was sent, for the metrics and the bill.
+struct Driver {
+    started: StdInstant,
+    /// Some text went out.
+    first_sent: bool,
+    agent_id: String,
+    /// Charged when the answer is complete; dropped then, so the key is settled.
+    bill: Option<Bill>,
+    /// The outcome was sent (or answered before the stream): dropping is no cancellation.
+    finished: bool,
+    _slot: StreamSlot,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.finished {
+            learning_chat_engine::metrics::stream_cancelled("client");
+        }
+    }
+}
+
+impl Driver {
+    /// The SSE events of a piece (a ready answer is a `delta` with its text, then `done`).
+    fn events(&mut self, piece: Piece, coalesced: bool) -> Vec<Event> {
+        match piece {
+            Piece::Text(text) => {
+                self.first_text(false, coalesced);
+                vec![delta(text)]
+            }
+            Piece::Done(Ok(answer)) => {
+                self.finished = true;
+                let mut events = Vec::with_capacity(2);
+                // A live reply's pieces make up its answer; a ready one (from the cache) goes
+                // out here as one piece.
+                if !self.first_sent && !answer.text.is_empty() {
+                    self.first_text(answer.cached, coalesced);
+                    events.push(delta(answer.text.clone()));
+                }
+                if let Some(bill) = self.bill.take() {
+                    bill.charge(&answer);
+                }
+                events.push(self.done(answer));
+                events
+            }
+            Piece::Done(Err(error)) => {
+                self.finished = true;
+                vec![error_event(error)]
+            }
+        }
+    }
+
+    fn done(&mut self, answer: Answer) -> Event {
+        let agent_id = std::mem::take(&mut self.agent_id);
+        event("done", &ChatResponse::new(answer, agent_id, self.started))
+    }
+
+    /// Records the time to the first text once.
+    fn first_text(&mut self, cached: bool, coalesced: bool) {
+        if self.first_sent {
+            return;
+        }
+        self.first_sent = true;
+        let source = if cached {
+            "cached"
+        } else if coalesced {
+            "coalesced"
+        } else {
+            "fresh"
+        };
+        crate::metrics::stream_ttft(source, self.started.elapsed());
+    }
+}
+
+/// An `event: NAME` with `data` as its JSON (one line: JSON escapes line breaks).
+fn event<T: Serialize>(name: &str, data: &T) -> Event {
+    // Serialising these plain structs cannot fail; an empty object keeps the event valid.
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+    Event::default().event(name).data(json)
+}
+
+fn delta(text: String) -> Event {
+    event("delta", &StreamDelta { text })
+}
+
+fn error_event(error: ChatError) -> Event {
+    event("error", &ApiError::from(error).body())
+}
