@@ -488,7 +488,8 @@ mod tests {
         assert_eq!(parse_proto_duration("-1s"), None);
         assert_eq!(parse_proto_duration("NaNs"), None);
         assert_eq!(parse_proto_duration("infs"), None);
-        // Values that overflow a Duration clamp instead of panicking (issue 9).
+        // Values that overflow a Duration clamp instead of panicking: the reply comes from the
+        // network and a panic would take down the shared model-call task.
         assert_eq!(parse_proto_duration("1e20s"), Some(MAX_PROTO_DURATION));
         assert_eq!(parse_proto_duration("1e300s"), Some(MAX_PROTO_DURATION));
         assert_eq!(parse_proto_duration("1e-30s"), Some(Duration::ZERO));

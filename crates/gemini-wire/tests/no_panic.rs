@@ -1,5 +1,6 @@
-//! Whatever arrives from the network, parsing it never panics (issue 9: a `retryDelay` of
-//! `"1e20s"` used to overflow `Duration` inside the service's shared model-call task).
+//! Whatever arrives from the network, parsing it never panics: a panic inside the service's
+//! shared model-call task fails every caller waiting on it (a `retryDelay` of `"1e20s"`, for
+//! one, overflows a `Duration` unless clamped).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
 use gemini_wire::sse::{parse_events, SseDecoder};
