@@ -85,7 +85,7 @@ fn the_recorded_gemini_stream_decodes_in_any_chunking() {
 
 #[test]
 fn the_recorded_openai_stream_decodes_in_any_chunking() {
-    let body = fixture("../learning-chat/tests/fixtures/openai/chat_completion_stream.sse");
+    let body = fixture("../learning-chat-engine/tests/fixtures/openai/chat_completion_stream.sse");
     let (items, error) = assert_any_chunking_decodes_as_whole(&body);
     assert_eq!(error, None);
     let data: Vec<&str> = items

@@ -84,11 +84,15 @@ async fn streaming_clients_carry_split_characters_and_reject_bytes_that_are_not_
     let base = upstream().await;
     let deadline = Instant::now() + Duration::from_secs(20);
 
-    let gemini = GeminiClient::new(&GeminiSettings {
-        api_key: Secret::new("key"),
-        base_url: base.clone(),
-        ..GeminiSettings::default()
-    })
+    let transport = learning_chat::client::make_transport();
+    let gemini = GeminiClient::new(
+        &GeminiSettings {
+            api_key: Secret::new("key"),
+            base_url: base.clone(),
+            ..GeminiSettings::default()
+        },
+        &transport,
+    )
     .unwrap();
     let stream = gemini
         .generate_stream(&request("gemini-2.5-flash"), deadline)
@@ -96,7 +100,13 @@ async fn streaming_clients_carry_split_characters_and_reject_bytes_that_are_not_
         .unwrap();
     assert_cafe_then_not_utf8(&pieces(stream).await);
 
-    let openai = OpenAiClient::new(&base, Secret::new("sk-test"), Duration::from_secs(5)).unwrap();
+    let openai = OpenAiClient::new(
+        &base,
+        Secret::new("sk-test"),
+        Duration::from_secs(5),
+        &transport,
+    )
+    .unwrap();
     let stream = openai
         .generate_stream(&request("llama3"), deadline)
         .await
