@@ -4,6 +4,10 @@
 //! client cannot drift apart silently; both are checked against bodies recorded from the real API
 //! (`shared/gemini-fixtures`). Response types ignore unknown fields: Google adds fields often, and a
 //! client that rejects them breaks on the next model release.
+//!
+//! [`sse`] also holds the server-sent events decoder that every event-stream reader of the
+//! workspace uses (Gemini's, OpenAI-compatible servers', the service's own), here because all of
+//! them already depend on this crate and none needs the server for it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
