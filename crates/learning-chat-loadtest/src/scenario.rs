@@ -467,7 +467,7 @@ pub fn cached_flag(body: &[u8]) -> bool {
 /// The `--help` text: ours, then goose's.
 pub fn help() -> String {
     format!(
-        "learning-chat-loadtest: the seed's locust profile on goose (1000 users, 50/s, 5-15 s think time,\n\
+        "learning-chat-loadtest: the reference load profile on goose (1000 users, 50/s, 5-15 s think time,\n\
          POST /api/v1/agents/math {{\"message\": \"What is 2+2?\"}} against {DEFAULT_HOST} for {DEFAULT_RUN_TIME_S} s).\n\n\
          Other generators (see `learning-chat-loadtest open-loop --help` / `burst --help`):\n  \
          open-loop   fixed request rate, latency measured from the scheduled send time\n  \

@@ -2,7 +2,7 @@
 //! it arrives, and what the learner saw: the time to the first words, the time to the end, and
 //! how it ended.
 //!
-//! The stream's events (issue 11): `delta` `{"text"}` chunks, then one `done` with the answer's
+//! The stream's events: `delta` `{"text"}` chunks, then one `done` with the answer's
 //! fields (`cached`, ...) or one `error` `{"error": {"code", "message"}}`; `: ping` comments keep
 //! idle streams open. Errors found before the stream starts keep their HTTP status and JSON body.
 //!
@@ -297,7 +297,7 @@ fn done_fields(data: &str) -> Option<StreamEnd> {
     struct Done {
         #[serde(default)]
         cached: bool,
-        /// Not in issue 11's list of fields; read when a service adds it.
+        /// Not in the documented fields of `done`; read when a service adds it.
         #[serde(default)]
         coalesced: bool,
         #[serde(default)]

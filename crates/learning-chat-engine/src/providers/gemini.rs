@@ -305,7 +305,7 @@ mod tests {
     }
 
     proptest! {
-        // Issue 9: every Gemini reply body, whatever its retryDelay, maps to an error and a retry
+        // Every Gemini reply body, whatever its retryDelay, maps to an error and a retry
         // wait without panicking, and the wait never exceeds the configured maximum.
         #[test]
         fn any_429_maps_to_a_bounded_retry_wait(delay in retry_delay_text(), attempt in 0u32..64) {

@@ -7,7 +7,9 @@
 //! the limiter's one fallback.
 
 use super::keys::KeyLimits;
-use learning_chat_engine::admission::window::{Change, Options, Ticket, Window, WindowLimiter, WindowOps};
+use learning_chat_engine::admission::window::{
+    Change, Options, Ticket, Window, WindowLimiter, WindowOps,
+};
 use learning_chat_engine::redis_link::RedisLink;
 use std::time::Duration;
 use tokio::time::Instant;

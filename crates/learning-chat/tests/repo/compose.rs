@@ -1,4 +1,4 @@
-//! deploy/docker/compose.yaml: the seed's option-1 topology, every variable one the service
+//! deploy/docker/compose.yaml: the shared-Redis topology of several servers behind one load balancer, every variable one the service
 //! reads, nginx's upstreams the compose servers, one image name everywhere.
 
 use clap::Parser;
@@ -168,7 +168,7 @@ fn compose_nginx_upstream_names_the_compose_servers() {
     let path = "deploy/nginx/learning-chat.conf";
     assert!(
         repo().join(path).exists(),
-        "{path} (written with the nginx part of the scale-out issue) is missing: compose.yaml mounts it"
+        "{path} is missing: compose.yaml mounts it"
     );
     let conf = read(path);
     let compose = compose();
