@@ -21,8 +21,8 @@ pub struct Place {
 enum Destination {
     /// The first message of a new conversation, under this owner.
     New(Option<Arc<str>>),
-    /// A follow-up.
-    FollowUp(FollowUp),
+    /// A follow-up (boxed: it holds the conversation's lock; a first message stays small).
+    FollowUp(Box<FollowUp>),
 }
 
 struct FollowUp {
@@ -126,7 +126,7 @@ impl Conversations {
         let history_tokens = input_token_estimate("", &history, "");
         Ok(Place {
             history: history.into(),
-            to: Destination::FollowUp(FollowUp {
+            to: Destination::FollowUp(Box::new(FollowUp {
                 id: id.to_owned(),
                 stored,
                 _lock: lock,
@@ -134,7 +134,7 @@ impl Conversations {
                 expected: conversation.turns.len(),
                 truncated,
                 history_tokens,
-            }),
+            })),
         })
     }
 

@@ -32,11 +32,9 @@
 //! connection passing the idle bound gets a GOAWAY rather than a bare close, so a client never
 //! opens a stream on a connection already being closed.
 
-use axum::body::Bytes;
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
 use axum::Router;
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -45,17 +43,22 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod activity;
+mod body;
+
+use activity::{Activity, OpenConnection, TrackedIo};
+use body::{DeadlineBody, ResponseBody};
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The bounds on what one client connection may hold.
 #[derive(Debug, Clone, Copy)]
@@ -332,189 +335,6 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Counts a connection in the open-connections gauge while it lives.
-struct OpenConnection;
-
-impl OpenConnection {
-    fn new() -> OpenConnection {
-        crate::metrics::http_connections_open(1.0);
-        OpenConnection
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        crate::metrics::http_connections_open(-1.0);
-    }
-}
-
-/// No value yet (for [`Activity::head_started_ms`]).
-const NONE: u64 = u64::MAX;
-
-/// What a connection is doing, as the watchdog needs to know it: requests in flight, when the
-/// last one ended, when the bytes of the next one began. Times in ms since `opened`.
-struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    requests: AtomicU64,
-    idle_since_ms: AtomicU64,
-    head_started_ms: AtomicU64,
-    /// HTTP/2: bytes between requests are not the start of a request head.
-    multiplexed: AtomicBool,
-    /// Wakes the watchdog when a change may bring its deadline forward.
-    changed: Notify,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            head_started_ms: AtomicU64::new(NONE),
-            multiplexed: AtomicBool::new(false),
-            changed: Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(NONE - 1)
-    }
-
-    /// Bytes arriving while no request is in flight are the start of the next request's head.
-    fn on_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) > 0 || self.is_multiplexed() {
-            return;
-        }
-        let started = self.head_started_ms.compare_exchange(
-            NONE,
-            self.now_ms(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        if started.is_ok() {
-            self.changed.notify_one();
-        }
-    }
-
-    fn is_multiplexed(&self) -> bool {
-        self.multiplexed.load(Ordering::Relaxed)
-    }
-
-    fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        self.head_started_ms.store(NONE, Ordering::Release);
-        self.changed.notify_one();
-        InFlight(self.clone())
-    }
-
-    /// When the connection must be closed if nothing changes, and for which bound; no bound
-    /// while a request is in flight (the deadline is then only when to look again).
-    fn next_deadline(&self, limits: &ConnectionLimits) -> (Instant, Option<&'static str>) {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            // Only a change (the request ending) can start a bound; look again then, or after a
-            // while in case of a missed wake-up.
-            let recheck = limits.header_read.max(limits.keep_alive_idle);
-            return (Instant::now() + recheck, None);
-        }
-        let at = |ms: u64, bound: Duration| self.opened + Duration::from_millis(ms) + bound;
-        let head_started = self.head_started_ms.load(Ordering::Acquire);
-        if head_started != NONE {
-            (at(head_started, limits.header_read), Some("header"))
-        } else if self.requests.load(Ordering::Acquire) == 0 {
-            (at(0, limits.header_read), Some("header"))
-        } else {
-            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
-            (at(idle_since, limits.keep_alive_idle), Some("idle"))
-        }
-    }
-
-    /// Completes, with the bound's name, once the connection has passed one of its bounds.
-    async fn bound_passed(&self, limits: &ConnectionLimits) -> &'static str {
-        loop {
-            let (deadline, bound) = self.next_deadline(limits);
-            match bound {
-                Some(bound) if deadline <= Instant::now() => return bound,
-                _ => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A request in flight on a connection, until its response body is done or dropped.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        activity
-            .idle_since_ms
-            .store(activity.now_ms(), Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_one();
-    }
-}
-
-/// The socket, reporting what it reads to the connection's [`Activity`].
-struct TrackedIo<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() > before {
-                self.activity.on_read();
-            }
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Runs the router for one connection's requests, tracking each until its response is sent.
 #[derive(Clone)]
 struct ConnectionService {
@@ -565,142 +385,5 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                 _in_flight: in_flight,
             }))
         })
-    }
-}
-
-/// A request body that fails with [`BodyReadTimeout`] once its deadline has passed.
-struct DeadlineBody {
-    inner: Incoming,
-    deadline: Instant,
-    /// Made on the first wait only: most bodies are read without ever waiting.
-    sleep: Option<Pin<Box<Sleep>>>,
-    expired: bool,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.expired {
-            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
-        }
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
-        }
-        let deadline = this.deadline;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.as_mut().poll(cx).is_ready() {
-            this.expired = true;
-            crate::metrics::http_connection_timeout("body");
-            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that keeps its request counted in flight until it is sent or dropped.
-pub struct ResponseBody {
-    inner: axum::body::Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> ConnectionLimits {
-        ConnectionLimits {
-            header_read: Duration::from_secs(10),
-            body_read: Duration::from_secs(10),
-            keep_alive_idle: Duration::from_secs(75),
-            max_connections: 1,
-            http2_max_streams: 8,
-        }
-    }
-
-    /// How long from now until the watchdog fires, and for which bound.
-    async fn fires_after(activity: &Activity) -> (Duration, &'static str) {
-        let start = Instant::now();
-        let bound = activity.bound_passed(&limits()).await;
-        (start.elapsed(), bound)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_new_connection_must_send_a_request_head_within_the_header_bound() {
-        let activity = Activity::new();
-        assert_eq!(
-            fires_after(&activity).await,
-            (Duration::from_secs(10), "header")
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn between_requests_the_idle_bound_applies_then_the_header_bound_once_bytes_arrive() {
-        let activity = Arc::new(Activity::new());
-        let in_flight = activity.request_started();
-        // In flight: no bound, however long the answer takes.
-        let bounds = limits();
-        let watchdog = activity.bound_passed(&bounds);
-        assert!(tokio::time::timeout(Duration::from_secs(300), watchdog)
-            .await
-            .is_err());
-        drop(in_flight);
-        assert_eq!(
-            fires_after(&activity).await,
-            (Duration::from_secs(75), "idle")
-        );
-        // 5 s into an idle wait the next request begins: the header bound runs from its first bytes.
-        let activity = Arc::new(Activity::new());
-        drop(activity.request_started());
-        tokio::time::advance(Duration::from_secs(5)).await;
-        activity.on_read();
-        assert_eq!(
-            fires_after(&activity).await,
-            (Duration::from_secs(10), "header")
-        );
-    }
-
-    #[test]
-    fn a_body_read_timeout_is_found_through_wrapping_errors() {
-        let wrapped = axum::Error::new(BodyReadTimeout);
-        assert!(is_body_read_timeout(&wrapped));
-        assert!(!is_body_read_timeout(&axum::Error::new(io::Error::other(
-            "reset"
-        ))));
     }
 }
