@@ -6,10 +6,11 @@ use crate::agents::AgentRegistry;
 pub use crate::api::AppState;
 use crate::api::{self, StateParts};
 use crate::cache::{MemoryCache, RedisCache, ResponseCache};
-use crate::chat::{ChatDeps, ChatService, Prices, RetryPolicy};
+use crate::chat::{ChatDeps, ChatService, Prices};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
+use crate::providers::resilience::RetryPolicy;
 use crate::providers::{GeminiClient, OfflineModel, Provider};
 use crate::redis_link::RedisLink;
 use crate::routes;
@@ -101,6 +102,19 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         redis.clone(),
         &transport,
     )?;
+    let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
+    let conversations = Conversations::new(
+        match &redis {
+            Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
+            None => ConversationStore::Memory(Arc::new(MemoryStore::new(
+                settings.conversation.max_conversations,
+                conversation_ttl,
+            ))),
+        },
+        settings.conversation.clone(),
+        // Longer than any request may run, so the lock only outlives a server that died.
+        settings.request_timeout() + Duration::from_secs(5),
+    );
     let chat = ChatService::new(ChatDeps {
         agents,
         cache,
@@ -124,6 +138,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         ),
         quota,
         cluster,
+        conversations,
         retry: RetryPolicy {
             max_retries: up.max_retries,
             base_delay: Duration::from_millis(up.retry_base_delay_ms),
@@ -138,24 +153,10 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         refusal_ttl: Duration::from_millis(settings.cache.refusal_ttl_ms),
         failure_share: Duration::from_millis(settings.redis.failure_share_ms),
     });
-    let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
-    let conversations = Conversations::new(
-        match &redis {
-            Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
-            None => ConversationStore::Memory(Arc::new(MemoryStore::new(
-                settings.conversation.max_conversations,
-                conversation_ttl,
-            ))),
-        },
-        settings.conversation.clone(),
-        // Longer than any request may run, so the lock only outlives a server that died.
-        settings.request_timeout() + Duration::from_secs(5),
-    );
     let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
     learning_chat_engine::metrics::queue_limit(settings.upstream.max_queue);
     Ok(AppState::new(StateParts {
         chat,
-        conversations,
         settings,
         metrics,
         redis,

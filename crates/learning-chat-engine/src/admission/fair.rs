@@ -8,7 +8,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -24,24 +24,15 @@ pub struct Flow {
     pub weight: u32,
 }
 
-tokio::task_local! {
-    /// The flow of the request being served (set by the auth middleware).
-    pub static FLOW: Flow;
-}
-
 impl Flow {
-    /// The one flow every request belongs to when auth is off.
+    /// The one flow every request belongs to when auth is off (shared: no allocation per
+    /// request).
     pub fn anonymous() -> Flow {
-        Flow {
+        static ANONYMOUS: LazyLock<Flow> = LazyLock::new(|| Flow {
             id: Arc::from("anonymous"),
             weight: 1,
-        }
-    }
-
-    /// The flow of the current task, or [`Flow::anonymous`].
-    pub fn current() -> Flow {
-        FLOW.try_with(Clone::clone)
-            .unwrap_or_else(|_| Flow::anonymous())
+        });
+        ANONYMOUS.clone()
     }
 }
 

@@ -7,7 +7,7 @@ mod latency;
 mod quota;
 pub mod window;
 
-pub use fair::{FairGate, Flow, Turn, FLOW};
+pub use fair::{FairGate, Flow, Turn};
 pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use window::SlidingWindow;

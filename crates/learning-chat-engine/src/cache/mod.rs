@@ -1,5 +1,6 @@
 //! The response cache: complete answers by question, in process (moka) and, when configured, in
-//! Redis. The chat service only sees [`ResponseCache`].
+//! Redis. The chat service only sees [`ResponseCache`]; [`ResponseCache::keep`] is the one place
+//! that writes answers to both tiers.
 
 mod key;
 mod memory;
@@ -28,6 +29,18 @@ pub struct CachedAnswer {
 
 /// The cache tiers, defined with the metrics that label lookups by them.
 pub use crate::metrics::CacheTier;
+
+/// How a kept answer reaches the shared (Redis) tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Written now, in the background.
+    Now,
+    /// Handed back for the lease holder to publish before it releases the question: the
+    /// servers waiting on the lease must find the answer when the lease goes.
+    ByLease,
+    /// It came from the shared tier: this process only.
+    Already,
+}
 
 /// The cache tiers chosen at start-up (memory, or memory in front of Redis).
 #[derive(Debug, Clone)]
@@ -79,14 +92,31 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a complete answer in process memory; the Redis tier is written by
-    /// [`RedisCache::set`] off the request path (see the chat service).
-    pub async fn insert_local(&self, key: CacheKey, answer: Arc<CachedAnswer>) {
-        match self {
-            ResponseCache::Disabled => {}
-            ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } => {
-                memory.insert(key, answer).await
+    /// Keeps a complete answer: the one place that decides which tier gets what. Process
+    /// memory at once; the shared tier as `share` says. Returns the answer when the lease
+    /// holder is to publish it ([`Share::ByLease`]).
+    pub async fn keep(
+        &self,
+        key: CacheKey,
+        answer: CachedAnswer,
+        share: Share,
+    ) -> Option<CachedAnswer> {
+        let answer = Arc::new(answer);
+        if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
+            memory.insert(key, answer.clone()).await;
+            crate::metrics::cache_entries(memory.entry_count());
+        }
+        match (share, self.redis()) {
+            (Share::ByLease, _) => Some(Arc::unwrap_or_clone(answer)),
+            // Off the request path; Redis may also be down now and back by the time it runs.
+            (Share::Now, Some(redis)) => {
+                let redis = redis.clone();
+                tokio::spawn(crate::trace::in_current_context(async move {
+                    let _ = redis.set(&key, &answer).await;
+                }));
+                None
             }
+            (Share::Now | Share::Already, _) => None,
         }
     }
 

@@ -6,11 +6,14 @@
 //! with more time left, whose shared call failed only because the first asker's time ran out,
 //! asks again (at most [`MAX_REASKS`] times) instead of inheriting that failure.
 //!
-//! Each call has a [`Fanout`]: a call started by a streaming request publishes its pieces there
-//! and is cancelled when its last waiter goes away (its output tokens would be paid for nobody);
-//! a call started by a JSON request runs to the end, as its answer is kept for the next asker.
+//! Each asker holds a [`Subscription`]: the pieces of the answer so far, then live, then the
+//! call's outcome. Each call has a [`Fanout`]: a call started by a streaming request publishes
+//! its pieces there and is cancelled when its last waiter goes away (its output tokens would be
+//! paid for nobody); a call started by a JSON request runs to the end, as its answer is kept for
+//! the next asker.
 
-use super::fanout::{Fanout, FanoutReader};
+use super::fanout::Fanout;
+pub use super::subscription::{Subscription, Update};
 use crate::cache::CacheKey;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
@@ -19,7 +22,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 /// Asks beyond the first for one question when the shared call ran out of someone else's
 /// deadline; bounds the loop, not the time (each ask is bounded by the asker's own deadline).
@@ -36,29 +38,11 @@ pub trait CallError: Clone + Send + Sync + 'static {
     fn bound_by_deadline(&self) -> bool;
 }
 
-/// Where a streaming request is handed the pieces of the answer it waits on.
-#[derive(Debug, Clone)]
-pub struct StreamTap(tokio::sync::mpsc::UnboundedSender<Tapped>);
-
-/// The pieces of the call a streaming request waits on.
-#[derive(Debug)]
-pub struct Tapped {
-    /// Reads the answer's pieces from its first one.
-    pub reader: FanoutReader,
-    /// True when the request joined a call another request had started.
-    pub joined: bool,
-}
-
-impl StreamTap {
-    /// A tap and the receiving end: one [`Tapped`] per call the request waits on (a second
-    /// one only if the first call ran out of its first asker's time and was asked again).
-    pub fn new() -> (StreamTap, tokio::sync::mpsc::UnboundedReceiver<Tapped>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (StreamTap(tx), rx)
-    }
-}
-
 type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
+
+/// What starts a call: handed the fan-out to stream into when the asker streams.
+pub(super) type Start<T, E> =
+    Box<dyn FnMut(Option<Arc<Fanout>>) -> BoxFuture<'static, Result<T, E>> + Send>;
 
 /// The calls in flight on this server, one per question; cheap to clone.
 pub struct LocalCoalescer<T, E> {
@@ -116,77 +100,44 @@ where
         Self::default()
     }
 
-    /// The result of the call for `key`: joins the one in flight, or starts one with `start`
-    /// (handed the fan-out to stream into when `tap` is given) in its own task under `deadline`.
-    /// Waits at most until `deadline`; asks again, up to [`MAX_REASKS`] times, when the call
-    /// joined failed only because its first asker's earlier deadline passed. With `tap`, each
-    /// call waited on is announced there with a reader of its pieces. `start` runs with the
-    /// map of calls locked, so it only builds the call; the call runs once spawned.
-    pub async fn ask<F, Fut>(
-        &self,
-        key: CacheKey,
-        deadline: Instant,
-        tap: Option<&StreamTap>,
-        mut start: F,
-    ) -> Result<T, E>
+    /// The result of the call for `key`, as [`LocalCoalescer::subscribe`] without pieces.
+    pub async fn ask<F, Fut>(&self, key: CacheKey, deadline: Instant, start: F) -> Result<T, E>
     where
-        F: FnMut(Option<Arc<Fanout>>) -> Fut,
+        F: FnMut(Option<Arc<Fanout>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let mut reasks = 0;
-        loop {
-            // The call's task starts inside this span, so the model call hangs under the wait of
-            // the request that started it; a request that joined one has a wait with no children.
-            let wait = crate::trace_span!("coalesce.wait", coalesce.attempt = i64::from(reasks));
-            let joined =
-                wait.in_scope(|| self.join_or_start(key, deadline, tap.is_some(), &mut start));
-            let Joined {
-                shared,
-                deadline: call_deadline,
-                subscription: _subscription,
-                fanout,
-                joined,
-            } = joined;
-            if let Some(StreamTap(tx)) = tap {
-                let _ = tx.send(Tapped {
-                    reader: fanout.subscribe(),
-                    joined,
-                });
-            }
-            let result = tokio::time::timeout_at(deadline, shared)
-                .instrument(wait)
-                .await
-                .map_err(|_| E::timed_out())?;
-            match result {
-                // The call ran out of its first asker's time, not ours: ask again (the entry is
-                // gone by now, so this starts, or joins, a call under a later deadline).
-                Err(error)
-                    if error.bound_by_deadline()
-                        && call_deadline < deadline
-                        && reasks < MAX_REASKS
-                        && Instant::now() < deadline =>
-                {
-                    reasks += 1;
-                    crate::metrics::coalesced_retry();
-                }
-                result => return result,
-            }
-        }
+        self.subscribe(key, deadline, false, start).finish().await
     }
 
-    /// Joins the call in flight for `key`, or starts one with `start` in its own task (handed
-    /// the fan-out when `streaming`).
-    fn join_or_start<F, Fut>(
+    /// A wait on the call for `key`: joins the one in flight, or starts one with `start` (handed
+    /// the fan-out to stream into when `streaming`) in its own task under `deadline`. `start`
+    /// runs with the map of calls locked, so it only builds the call; the call runs once
+    /// spawned. It is kept to ask again when the call joined failed only because its first
+    /// asker's earlier deadline passed.
+    pub fn subscribe<F, Fut>(
         &self,
         key: CacheKey,
         deadline: Instant,
         streaming: bool,
-        start: &mut F,
-    ) -> Joined<T, E>
+        mut start: F,
+    ) -> Subscription<T, E>
     where
-        F: FnMut(Option<Arc<Fanout>>) -> Fut,
+        F: FnMut(Option<Arc<Fanout>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let start: Start<T, E> = Box::new(move |fanout| start(fanout).boxed());
+        Subscription::new(self.clone(), key, deadline, streaming, start)
+    }
+
+    /// Joins the call in flight for `key`, or starts one with `start` in its own task (handed
+    /// the fan-out when `streaming`).
+    pub(super) fn join_or_start(
+        &self,
+        key: CacheKey,
+        deadline: Instant,
+        streaming: bool,
+        start: &mut Start<T, E>,
+    ) -> Joined<T, E> {
         let mut in_flight = self.calls.in_flight.lock();
         if let Some(existing) = in_flight.get_mut(&key) {
             crate::metrics::coalesced("local");
@@ -194,7 +145,7 @@ where
             return Joined {
                 shared: existing.shared.clone(),
                 deadline: existing.deadline,
-                subscription: Subscription {
+                _interest: Interest {
                     calls: self.calls.clone(),
                     key,
                     id: existing.id,
@@ -246,7 +197,7 @@ where
         Joined {
             shared,
             deadline,
-            subscription: Subscription {
+            _interest: Interest {
                 calls: self.calls.clone(),
                 key,
                 id,
@@ -264,25 +215,25 @@ where
 }
 
 /// The call a request waits on.
-struct Joined<T, E> {
-    shared: SharedResult<T, E>,
+pub(super) struct Joined<T, E> {
+    pub(super) shared: SharedResult<T, E>,
     /// The deadline the call runs under.
-    deadline: Instant,
+    pub(super) deadline: Instant,
     /// Held while the request waits.
-    subscription: Subscription<T, E>,
-    fanout: Arc<Fanout>,
+    _interest: Interest<T, E>,
+    pub(super) fanout: Arc<Fanout>,
     /// True when another request started the call.
-    joined: bool,
+    pub(super) joined: bool,
 }
 
 /// One request's interest in a call; the last one of a streamed call to go cancels it.
-struct Subscription<T, E> {
+struct Interest<T, E> {
     calls: Arc<Calls<T, E>>,
     key: CacheKey,
     id: u64,
 }
 
-impl<T, E> Drop for Subscription<T, E> {
+impl<T, E> Drop for Interest<T, E> {
     fn drop(&mut self) {
         let cancelled = {
             let mut in_flight = self.calls.in_flight.lock();
@@ -410,37 +361,17 @@ mod tests {
         let deadline = in_secs(10);
         let second = Duration::from_secs(1);
         let (first, joined) = tokio::join!(
-            calls.ask(
-                key("2+2"),
-                deadline,
-                None,
-                answering(&starts, Ok(4), second)
-            ),
-            calls.ask(
-                key("2+2"),
-                deadline,
-                None,
-                answering(&starts, Ok(5), second)
-            ),
+            calls.ask(key("2+2"), deadline, answering(&starts, Ok(4), second)),
+            calls.ask(key("2+2"), deadline, answering(&starts, Ok(5), second)),
         );
         assert_eq!((first, joined), (Ok(4), Ok(4)));
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         assert_eq!(calls.in_flight(), 0, "the entry goes when the call ends");
 
         // Another question is another call; the same one after the first ended is asked anew.
-        let other = calls.ask(
-            key("3+3"),
-            deadline,
-            None,
-            answering(&starts, Ok(6), second),
-        );
+        let other = calls.ask(key("3+3"), deadline, answering(&starts, Ok(6), second));
         assert_eq!(other.await, Ok(6));
-        let again = calls.ask(
-            key("2+2"),
-            deadline,
-            None,
-            answering(&starts, Ok(7), second),
-        );
+        let again = calls.ask(key("2+2"), deadline, answering(&starts, Ok(7), second));
         assert_eq!(again.await, Ok(7));
         assert_eq!(starts.load(Ordering::SeqCst), 3);
     }
@@ -452,14 +383,13 @@ mod tests {
         fn boom() -> Result<u32, Failure> {
             panic!("the call panics")
         }
-        let panicking = calls.ask(key("boom"), deadline, None, |_| async { boom() });
+        let panicking = calls.ask(key("boom"), deadline, |_| async { boom() });
         assert_eq!(panicking.await, Err(Failure::TaskFailed));
         assert_eq!(calls.in_flight(), 0);
         let starts = Arc::new(AtomicUsize::new(0));
         let next = calls.ask(
             key("boom"),
             deadline,
-            None,
             answering(&starts, Ok(1), Duration::ZERO),
         );
         assert_eq!(next.await, Ok(1));
@@ -476,14 +406,12 @@ mod tests {
             calls.ask(
                 key("slow"),
                 early,
-                None,
                 // Fails before its asker's deadline, so that asker sees this failure.
                 answering(&starts, Err(Failure::OutOfTime), Duration::from_millis(500)),
             ),
             calls.ask(
                 key("slow"),
                 late,
-                None,
                 answering(&starts, Ok(9), Duration::from_secs(1)),
             ),
         );
@@ -501,15 +429,9 @@ mod tests {
             calls.ask(
                 key("no"),
                 in_secs(5),
-                None,
                 answering(&starts, Err(Failure::Refused), second)
             ),
-            calls.ask(
-                key("no"),
-                in_secs(10),
-                None,
-                answering(&starts, Ok(1), second)
-            ),
+            calls.ask(key("no"), in_secs(10), answering(&starts, Ok(1), second)),
         );
         assert_eq!(
             (first, later),
@@ -522,15 +444,9 @@ mod tests {
             calls.ask(
                 key("slow"),
                 deadline,
-                None,
                 answering(&starts, Err(Failure::OutOfTime), second)
             ),
-            calls.ask(
-                key("slow"),
-                deadline,
-                None,
-                answering(&starts, Ok(1), second)
-            ),
+            calls.ask(key("slow"), deadline, answering(&starts, Ok(1), second)),
         );
         assert_eq!(
             (first, same),
@@ -542,26 +458,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_streamed_call_stops_when_its_last_waiter_goes() {
         let calls = Coalescer::new();
-        let (tap, mut tapped) = StreamTap::new();
-        let forever = |stream: Option<Arc<Fanout>>| async move {
-            if let Some(stream) = stream {
+        let seen = Arc::new(Mutex::new(None::<Arc<Fanout>>));
+        let kept = seen.clone();
+        let forever = move |stream: Option<Arc<Fanout>>| {
+            if let Some(stream) = &stream {
                 stream.push_at(0, "Once upon");
             }
-            std::future::pending::<Result<u32, Failure>>().await
+            *kept.lock() = stream;
+            std::future::pending::<Result<u32, Failure>>()
         };
-        let result = calls
-            .ask(key("story"), in_secs(1), Some(&tap), forever)
-            .await;
-        assert_eq!(result, Err(Failure::TimedOut));
+        let mut waiting = calls.subscribe(key("story"), in_secs(1), true, forever);
+        assert!(!waiting.joined());
+        assert_eq!(
+            waiting.next().await,
+            Some(Update::Piece("Once upon".to_owned()))
+        );
+        assert_eq!(
+            waiting.next().await,
+            Some(Update::Done(Err(Failure::TimedOut)))
+        );
         assert_eq!(
             calls.in_flight(),
             0,
             "the call was cancelled with its last waiter"
         );
-        let Some(Tapped { mut reader, joined }) = tapped.recv().await else {
-            panic!("the tap got no call")
+        let Some(fanout) = seen.lock().take() else {
+            panic!("the call got no fan-out")
         };
-        assert!(!joined);
+        let mut reader = fanout.subscribe();
         assert_eq!(reader.next().await, Some((0, "Once upon".to_owned())));
         assert_eq!(reader.next().await, None, "the fan-out is closed");
     }
@@ -571,23 +495,62 @@ mod tests {
         let calls = Coalescer::new();
         let starts = Arc::new(AtomicUsize::new(0));
         let slow = Duration::from_secs(5);
-        let gone = calls.ask(key("q"), in_secs(1), None, answering(&starts, Ok(3), slow));
+        let gone = calls.ask(key("q"), in_secs(1), answering(&starts, Ok(3), slow));
         assert_eq!(gone.await, Err(Failure::TimedOut));
         assert_eq!(calls.in_flight(), 1, "the call runs on for the next asker");
 
-        let (tap, mut tapped) = StreamTap::new();
-        let joined = calls.ask(
-            key("q"),
-            in_secs(10),
-            Some(&tap),
-            answering(&starts, Ok(4), slow),
-        );
-        assert_eq!(joined.await, Ok(3));
+        let mut joined =
+            calls.subscribe(key("q"), in_secs(10), true, answering(&starts, Ok(4), slow));
+        assert!(joined.joined());
+        // A JSON call streams nothing: the outcome is the first update.
+        assert_eq!(joined.next().await, Some(Update::Done(Ok(3))));
+        assert_eq!(joined.next().await, None);
         assert_eq!(starts.load(Ordering::SeqCst), 1);
-        let Some(Tapped { mut reader, joined }) = tapped.recv().await else {
-            panic!("the tap got no call")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_asker_that_asks_again_gets_no_text_twice() {
+        let calls = Coalescer::new();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        // The first call streams a beginning and runs out of its asker's time; the second,
+        // asked again by the later asker, streams the whole answer.
+        let story = move |stream: Option<Arc<Fanout>>| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let Some(stream) = stream else {
+                    return Err(Failure::Refused);
+                };
+                stream.push_at(0, "Once ");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if first {
+                    return Err(Failure::OutOfTime);
+                }
+                stream.push_at(5, "upon");
+                Ok(1)
+            }
         };
-        assert!(joined);
-        assert_eq!(reader.next().await, None, "a JSON call streams nothing");
+        let mut early = calls.subscribe(key("tale"), in_secs(1), true, story.clone());
+        let mut late = calls.subscribe(key("tale"), in_secs(10), true, story);
+        assert!(late.joined());
+        let mut updates = Vec::new();
+        while let Some(update) = late.next().await {
+            updates.push(update);
+        }
+        assert_eq!(
+            updates,
+            [
+                Update::Piece("Once ".to_owned()),
+                Update::Piece("upon".to_owned()),
+                Update::Done(Ok(1)),
+            ]
+        );
+        assert_eq!(late.sent(), "Once upon");
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        assert_eq!(early.next().await, Some(Update::Piece("Once ".to_owned())));
+        assert_eq!(
+            early.next().await,
+            Some(Update::Done(Err(Failure::OutOfTime)))
+        );
     }
 }

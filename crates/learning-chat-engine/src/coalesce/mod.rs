@@ -1,7 +1,9 @@
 //! One model call per question, success or not, on this server and across servers.
 //!
 //! - [`local`]: identical questions in flight on this server share one spawned call
-//!   ([`local::LocalCoalescer`]), with the re-ask rule for askers that have more time left.
+//!   ([`local::LocalCoalescer`]), with the re-ask rule for askers that have more time left;
+//!   each asker holds a [`subscription::Subscription`] (pieces so far, then live, then the
+//!   outcome).
 //! - This module: identical questions in flight on different servers share one call through a
 //!   lease in Redis ([`ClusterCoalescer`]), taken by the call the local coalescer started.
 //! - Streamed answers fan out too: [`fanout`] shares one answer's pieces with every local request
@@ -32,6 +34,7 @@
 pub mod fanout;
 pub mod local;
 pub mod relay;
+pub mod subscription;
 
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};
 use crate::lease::{HeldLease, LeaseOps, RedisLease};

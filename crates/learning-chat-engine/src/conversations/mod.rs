@@ -11,15 +11,16 @@
 
 mod memory;
 mod redis;
+mod step;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::step::{Place, Recorded, Said};
 
-use crate::agents::Agent;
-use crate::cache::{normalise_message, CacheKey};
-use crate::chat::{input_token_estimate, ChatAnswer, ChatError, ChatService, StreamTap};
+use crate::agents::{Agent, AgentRegistry};
+use crate::cache::{CacheKey, ResponseCache};
 use crate::config::ConversationSettings;
-use crate::providers::{ModelTurn, Role};
+use crate::providers::{input_token_estimate, ModelTurn, Role};
 use crate::redis_link::RedisUnavailable;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
@@ -148,11 +149,8 @@ impl ConversationStore {
 }
 
 /// Why a conversation message got no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConversationError {
-    /// The chat service refused or failed.
-    #[error(transparent)]
-    Chat(#[from] ChatError),
     /// No conversation with that id (never existed, erased or expired).
     #[error("no such conversation")]
     NotFound,
@@ -195,19 +193,6 @@ pub enum ConversationError {
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How long a client is told to wait while the store is down (Redis is re-probed every second).
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-/// An answer within a conversation.
-#[derive(Debug, Clone)]
-pub struct ConversationAnswer {
-    /// The answer.
-    pub answer: ChatAnswer,
-    /// The conversation's id; `None` when a new conversation could not be stored (Redis down).
-    pub conversation_id: Option<String>,
-    /// Which exchange this was (1 for the first question).
-    pub turn: u32,
-    /// True when older turns were left out of the history sent to the model.
-    pub history_truncated: bool,
-}
 
 /// Conversations: storage, locking, history bounds.
 #[derive(Clone)]
@@ -394,14 +379,17 @@ impl Conversations {
     }
 
     /// Erases the conversation from the store (Redis: for every server), and the answers made
-    /// from it from the response cache: this server's memory and Redis. (Another server's
-    /// short-lived in-process tier keeps them until `cache.l1_ttl_ms` passes; their keys are
-    /// hashes of the whole conversation, so nobody without it can reach them.)
+    /// from it from `cache`: this server's memory and Redis. (Another server's short-lived
+    /// in-process tier keeps them until `cache.l1_ttl_ms` passes; their keys are hashes of the
+    /// whole conversation, so nobody without it can reach them.) `key_of` gives the cache key of
+    /// a message after its history.
     pub async fn erase(
         &self,
-        chat: &ChatService,
         id: &str,
         owner: Option<&str>,
+        agents: &AgentRegistry,
+        cache: &ResponseCache,
+        key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
     ) -> Result<(), ConversationError> {
         if !is_valid_id(id) {
             return Err(ConversationError::NotFound);
@@ -416,8 +404,11 @@ impl Conversations {
             .await
             .map_err(|_| self.unavailable())?
             .ok_or(ConversationError::NotFound)?;
-        let keys = self.answer_keys(chat, &conversation);
-        if chat.cache().remove(&keys).await.is_err() {
+        let keys = match agents.get(&conversation.agent_id) {
+            Some(agent) => self.answer_keys(&agent, &conversation, key_of),
+            None => Vec::new(),
+        };
+        if cache.remove(&keys).await.is_err() {
             return Err(self.unavailable());
         }
         match self.store.erase(id).await {
@@ -432,224 +423,27 @@ impl Conversations {
 
     /// The cache keys the conversation's answers were stored under: each question with the
     /// history that was sent with it (recomputed with today's bounds and agent settings).
-    fn answer_keys(&self, chat: &ChatService, conversation: &Conversation) -> Vec<CacheKey> {
-        let agent_id = &conversation.agent_id;
-        let system_prompt = chat
-            .agents()
-            .get(agent_id)
-            .map(|a| a.definition.system_prompt.clone())
-            .unwrap_or_default();
+    fn answer_keys(
+        &self,
+        agent: &Agent,
+        conversation: &Conversation,
+        key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
+    ) -> Vec<CacheKey> {
         let turns = &conversation.turns;
         (0..turns.len())
             .step_by(2)
-            .filter_map(|at| {
+            .map(|at| {
                 let message = &turns[at].text;
                 let (history, _) = bounded_history(
-                    &system_prompt,
+                    &agent.definition.system_prompt,
                     &turns[..at],
                     message,
                     self.settings.max_history_tokens,
                 );
-                chat.cache_key_with_history(agent_id, message, &history)
+                key_of(agent, message, &history)
             })
             .collect()
     }
-
-    /// Answers `message` to `agent`: in the conversation `conversation_id` with its history,
-    /// or as the first turn of a new one.
-    pub async fn send(
-        &self,
-        chat: &ChatService,
-        agent: &Arc<Agent>,
-        message: &str,
-        conversation_id: Option<&str>,
-        owner: Option<&str>,
-        deadline: Instant,
-    ) -> Result<ConversationAnswer, ConversationError> {
-        self.send_streamed(chat, agent, message, conversation_id, owner, deadline, None)
-            .await
-    }
-
-    /// As [`Conversations::send`]; with `tap`, the answer's pieces are handed over as they
-    /// arrive (see [`ChatService::ask_streamed`]). The turn is stored like a JSON one.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn send_streamed(
-        &self,
-        chat: &ChatService,
-        agent: &Arc<Agent>,
-        message: &str,
-        conversation_id: Option<&str>,
-        owner: Option<&str>,
-        deadline: Instant,
-        tap: Option<&StreamTap>,
-    ) -> Result<ConversationAnswer, ConversationError> {
-        let message = normalise_message(message);
-        match conversation_id {
-            None => {
-                self.start(chat, agent, &message, owner, deadline, tap)
-                    .await
-            }
-            Some(id) => {
-                if !is_valid_id(id) {
-                    return Err(ConversationError::NotFound);
-                }
-                let mut answer = self
-                    .follow_up(chat, agent, &message, &stored_id(id, owner), deadline, tap)
-                    .await?;
-                answer.conversation_id = Some(id.to_owned());
-                Ok(answer)
-            }
-        }
-    }
-
-    async fn start(
-        &self,
-        chat: &ChatService,
-        agent: &Arc<Agent>,
-        message: &str,
-        owner: Option<&str>,
-        deadline: Instant,
-        tap: Option<&StreamTap>,
-    ) -> Result<ConversationAnswer, ConversationError> {
-        if message.len() as u64 > self.settings.max_stored_bytes {
-            return Err(self.too_large(message.len() as u64));
-        }
-        let answer = chat
-            .ask_streamed(agent, message, Arc::from([]), deadline, tap)
-            .await?;
-        // Without Redis the answer still goes out, under no id: the learner keeps chatting in
-        // single messages rather than losing the service (documented in the API reference).
-        let mut conversation_id = None;
-        if self.store.is_available() {
-            let id = new_id();
-            let started = now_ms();
-            let turns = exchange(message, &answer, started);
-            match self
-                .store
-                .append(&stored_id(&id, owner), agent.id(), started, 0, &turns)
-                .await
-            {
-                Ok(AppendOutcome::Appended(count)) => {
-                    crate::metrics::conversation_created();
-                    crate::metrics::conversation_turns(count);
-                    conversation_id = Some(id);
-                }
-                Ok(_) | Err(_) => crate::metrics::conversation_refused("not_stored"),
-            }
-        } else {
-            crate::metrics::conversation_refused("not_stored");
-        }
-        Ok(ConversationAnswer {
-            answer,
-            conversation_id,
-            turn: 1,
-            history_truncated: false,
-        })
-    }
-
-    fn too_large(&self, bytes: u64) -> ConversationError {
-        crate::metrics::conversation_refused("too_large");
-        ConversationError::TooLarge {
-            bytes,
-            limit: self.settings.max_stored_bytes,
-        }
-    }
-
-    async fn follow_up(
-        &self,
-        chat: &ChatService,
-        agent: &Arc<Agent>,
-        message: &str,
-        id: &str,
-        deadline: Instant,
-        tap: Option<&StreamTap>,
-    ) -> Result<ConversationAnswer, ConversationError> {
-        // `id` is the stored id (see `stored_id`); the client's id was checked by `send`.
-        if !self.store.is_available() {
-            return Err(self.unavailable());
-        }
-        let _lock = self.lock(id).await?;
-        let conversation = self
-            .store
-            .load(id)
-            .await
-            .map_err(|_| self.unavailable())?
-            .ok_or(ConversationError::NotFound)?;
-        if conversation.agent_id != agent.id() {
-            crate::metrics::conversation_refused("wrong_agent");
-            return Err(ConversationError::WrongAgent {
-                owner: conversation.agent_id,
-            });
-        }
-        if conversation.turns.len() + 2 > self.settings.max_turns as usize {
-            crate::metrics::conversation_refused("turn_limit");
-            return Err(ConversationError::TurnLimit {
-                limit: self.settings.max_turns,
-            });
-        }
-        let bytes = conversation.stored_bytes() + message.len() as u64;
-        if bytes > self.settings.max_stored_bytes {
-            return Err(self.too_large(bytes));
-        }
-        let (history, truncated) = bounded_history(
-            &agent.definition.system_prompt,
-            &conversation.turns,
-            message,
-            self.settings.max_history_tokens,
-        );
-        let history_tokens = input_token_estimate("", &history, "");
-        let answer = chat
-            .ask_streamed(agent, message, history.into(), deadline, tap)
-            .await?;
-        crate::metrics::conversation_history(history_tokens, truncated);
-        let turns = exchange(message, &answer, now_ms());
-        let expected = conversation.turns.len();
-        match self
-            .store
-            .append(id, agent.id(), conversation.created_at_ms, expected, &turns)
-            .await
-        {
-            Ok(AppendOutcome::Appended(count)) => {
-                crate::metrics::conversation_turns(count);
-                Ok(ConversationAnswer {
-                    answer,
-                    conversation_id: Some(id.to_owned()),
-                    turn: u32::try_from(expected / 2 + 1).unwrap_or(u32::MAX),
-                    history_truncated: truncated,
-                })
-            }
-            // Erased while the answer was being made: the erasure wins.
-            Ok(AppendOutcome::Gone) => Err(ConversationError::NotFound),
-            // Only when a lock outlived its lease: the other message was written first.
-            Ok(AppendOutcome::Conflict) => {
-                crate::metrics::conversation_refused("busy");
-                Err(ConversationError::Busy {
-                    retry_after: BUSY_RETRY_AFTER,
-                })
-            }
-            Err(_) => Err(self.unavailable()),
-        }
-    }
-}
-
-/// A question and its answer as two stored turns.
-fn exchange(message: &str, answer: &ChatAnswer, at_ms: u64) -> [Turn; 2] {
-    [
-        Turn {
-            role: Role::User,
-            text: message.to_owned(),
-            at_ms,
-            cached: false,
-            model: String::new(),
-        },
-        Turn {
-            role: Role::Model,
-            text: answer.text.clone(),
-            at_ms,
-            cached: answer.cached,
-            model: answer.model.clone(),
-        },
-    ]
 }
 
 #[cfg(test)]

@@ -282,8 +282,8 @@ mod tests {
         assert!(e.is_retryable());
     }
 
-    use crate::chat::RetryPolicy;
     use crate::providers::completion_from_response;
+    use crate::providers::resilience::RetryPolicy;
     use proptest::prelude::*;
 
     fn retry_policy() -> RetryPolicy {

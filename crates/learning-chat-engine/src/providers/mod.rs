@@ -8,7 +8,10 @@ mod gemini;
 pub mod keys;
 mod offline;
 pub mod openai;
+pub mod resilience;
 pub mod router;
+#[cfg(test)]
+pub(crate) mod script;
 pub mod transport;
 
 pub use gemini::GeminiClient;

@@ -1,145 +1,19 @@
-//! The model router: per agent, a chain of models tried in order, each behind a
-//! circuit breaker, each served by its provider (Gemini with several keys, an OpenAI-compatible
-//! endpoint, or the offline model). The chat service walks the chain; this module owns which
-//! routes exist, their breakers and the providers that serve them.
+//! The model router: per agent, a chain of models tried in order, each behind a circuit
+//! breaker, each served by its provider (Gemini with several keys, an OpenAI-compatible
+//! endpoint, or the offline model). This module owns which routes exist and the providers that
+//! serve them; [`super::resilience`] walks a chain (retries, breakers, fallbacks).
 
 use super::keys::{KeyPool, KeyQuota};
+use super::resilience::Breaker;
 use super::transport::MakeTransport;
 use super::{Completion, CompletionStream, ModelRequest, OpenAiClient, Provider, ProviderError};
 use crate::agents::{Agent, AgentRegistry, ModelSpec, ProviderKind};
 use crate::config::{Secret, Settings};
 use crate::redis_link::RedisLink;
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A model's circuit: closed (calls go), open (skipped until the cool-down ends) or half-open
-/// (one probe call in flight decides).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Circuit {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { since: Instant },
-}
-
-/// Counts a model's consecutive failures and skips it for a cool-down after too many, so a
-/// model that is down costs no latency; one probe after the cool-down closes it again.
-#[derive(Debug)]
-pub struct Breaker {
-    model: String,
-    failures_to_open: u32,
-    cooldown: Duration,
-    circuit: Mutex<Circuit>,
-}
-
-impl Breaker {
-    /// A closed breaker; `failures_to_open = 0` never opens.
-    pub fn new(model: &str, failures_to_open: u32, cooldown: Duration) -> Breaker {
-        crate::metrics::circuit_state(model, 0);
-        Breaker {
-            model: model.to_owned(),
-            failures_to_open,
-            cooldown,
-            circuit: Mutex::new(Circuit::Closed { failures: 0 }),
-        }
-    }
-
-    /// May a call go to this model now? An open circuit past its cool-down lets exactly one
-    /// caller through as the probe (and again if a probe never reports within a cool-down).
-    pub fn admit(&self) -> bool {
-        let now = Instant::now();
-        let mut circuit = self.circuit.lock();
-        let due = match *circuit {
-            Circuit::Closed { .. } => return true,
-            Circuit::Open { until } => now >= until,
-            Circuit::HalfOpen { since } => now >= since + self.cooldown,
-        };
-        if !due {
-            return false;
-        }
-        *circuit = Circuit::HalfOpen { since: now };
-        drop(circuit);
-        crate::metrics::circuit_state(&self.model, 2);
-        tracing::info!(model = %self.model, "circuit half-open: probing the model");
-        true
-    }
-
-    /// True while the model is being skipped (open, or half-open with its probe out).
-    pub fn is_open(&self) -> bool {
-        match *self.circuit.lock() {
-            Circuit::Closed { .. } => false,
-            Circuit::Open { until } => Instant::now() < until,
-            Circuit::HalfOpen { .. } => true,
-        }
-    }
-
-    /// `closed`, `open` or `half_open`, for /ready.
-    pub fn state(&self) -> &'static str {
-        match *self.circuit.lock() {
-            Circuit::Closed { .. } => "closed",
-            Circuit::Open { .. } => "open",
-            Circuit::HalfOpen { .. } => "half_open",
-        }
-    }
-
-    /// Takes one call's result in. Only the model's own failures count (5xx, connection
-    /// errors, timeouts, garbage); quota refusals and rejected requests say nothing of its
-    /// health, and an answer (even a refusal) closes the circuit.
-    pub fn record<T>(&self, result: &Result<T, ProviderError>) {
-        let failed = match result {
-            Ok(_) => false,
-            Err(
-                ProviderError::Unavailable { .. }
-                | ProviderError::Timeout
-                | ProviderError::InvalidResponse(_),
-            ) => true,
-            Err(ProviderError::Blocked { .. } | ProviderError::Empty(_)) => false,
-            Err(ProviderError::RateLimited { .. } | ProviderError::Rejected { .. }) => {
-                let mut circuit = self.circuit.lock();
-                if let Circuit::HalfOpen { .. } = *circuit {
-                    // The probe told nothing: let the next call probe at once.
-                    *circuit = Circuit::Open {
-                        until: Instant::now(),
-                    };
-                }
-                return;
-            }
-        };
-        let mut circuit = self.circuit.lock();
-        let next = match (*circuit, failed) {
-            (_, false) => Circuit::Closed { failures: 0 },
-            (Circuit::Closed { failures }, true)
-                if self.failures_to_open == 0 || failures + 1 < self.failures_to_open =>
-            {
-                Circuit::Closed {
-                    failures: failures + 1,
-                }
-            }
-            (_, true) => Circuit::Open {
-                until: Instant::now() + self.cooldown,
-            },
-        };
-        let opened =
-            matches!(next, Circuit::Open { .. }) && !matches!(*circuit, Circuit::Open { .. });
-        let closed =
-            matches!(next, Circuit::Closed { .. }) && !matches!(*circuit, Circuit::Closed { .. });
-        *circuit = next;
-        drop(circuit);
-        if opened {
-            crate::metrics::circuit_state(&self.model, 1);
-            tracing::warn!(
-                model = %self.model,
-                cooldown_ms = self.cooldown.as_millis() as u64,
-                "circuit open: skipping the model for its cool-down"
-            );
-        } else if closed {
-            crate::metrics::circuit_state(&self.model, 0);
-            tracing::info!(model = %self.model, "circuit closed: the model answers again");
-        }
-    }
-}
 
 /// Who serves a route.
 #[derive(Debug)]
@@ -148,6 +22,9 @@ enum Server {
     Single(Provider),
     /// Gemini through its pool of keys.
     Keys(Arc<KeyPool>),
+    /// A scripted model, for tests.
+    #[cfg(test)]
+    Scripted(Arc<super::script::Script>),
 }
 
 /// One model of a chain: where it is served and its breaker.
@@ -190,6 +67,8 @@ impl Route {
         let result = match &self.server {
             Server::Single(provider) => provider.generate(request, deadline).await,
             Server::Keys(pool) => pool.generate(request, deadline).await,
+            #[cfg(test)]
+            Server::Scripted(script) => script.generate(request, deadline).await,
         };
         self.breaker.record(&result);
         result
@@ -205,6 +84,8 @@ impl Route {
         let result = match &self.server {
             Server::Single(provider) => provider.generate_stream(request, deadline).await,
             Server::Keys(pool) => pool.generate_stream(request, deadline).await,
+            #[cfg(test)]
+            Server::Scripted(script) => script.generate_stream(request, deadline).await,
         };
         self.breaker.record(&result);
         result
@@ -329,64 +210,39 @@ impl ModelRouter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unavailable() -> Result<(), ProviderError> {
-        Err(ProviderError::Unavailable {
-            status: Some(503),
-            message: "overloaded".into(),
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_circuit_opens_after_n_failures_and_closes_after_a_good_probe() {
-        let breaker = Breaker::new("m", 3, Duration::from_secs(10));
-        for _ in 0..2 {
-            assert!(breaker.admit());
-            breaker.record(&unavailable());
+impl ModelRouter {
+    /// Every agent served by the same chain of scripted models (breakers open after 3 failures,
+    /// for 10 s), for the chat flow's tests.
+    pub(crate) fn scripted(
+        agents: &AgentRegistry,
+        chain: &[Arc<super::script::Script>],
+    ) -> ModelRouter {
+        let routes: Vec<Arc<Route>> = chain
+            .iter()
+            .map(|script| {
+                Arc::new(Route {
+                    spec: ModelSpec {
+                        model: script.model().to_owned(),
+                        provider: None,
+                        base_url: None,
+                        api_key_env: None,
+                    },
+                    identity: "scripted".to_owned(),
+                    server: Server::Scripted(script.clone()),
+                    breaker: Breaker::new(script.model(), 3, Duration::from_secs(10)),
+                })
+            })
+            .collect();
+        let chain: Arc<[Arc<Route>]> = Arc::from(routes.clone());
+        ModelRouter {
+            chains: Arc::new(
+                agents
+                    .all()
+                    .map(|a| (a.id().to_owned(), chain.clone()))
+                    .collect(),
+            ),
+            routes: Arc::new(routes),
+            keys: None,
         }
-        // A success in between resets the count.
-        breaker.record(&Ok::<(), ProviderError>(()));
-        for _ in 0..3 {
-            assert!(breaker.admit());
-            breaker.record(&unavailable());
-        }
-        assert_eq!(breaker.state(), "open");
-        assert!(!breaker.admit());
-        tokio::time::advance(Duration::from_secs(10)).await;
-        // One probe, not two.
-        assert!(breaker.admit());
-        assert!(!breaker.admit());
-        assert_eq!(breaker.state(), "half_open");
-        // A failed probe opens it for another cool-down.
-        breaker.record(&unavailable());
-        assert!(!breaker.admit());
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.admit());
-        breaker.record(&Ok::<(), ProviderError>(()));
-        assert_eq!(breaker.state(), "closed");
-        assert!(breaker.admit());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_probe_that_never_reports_is_replaced_after_a_cool_down() {
-        let breaker = Breaker::new("m", 1, Duration::from_secs(10));
-        breaker.record(&unavailable());
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.admit());
-        assert!(!breaker.admit());
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(breaker.admit());
-    }
-
-    #[test]
-    fn quota_refusals_do_not_count_as_failures() {
-        let breaker = Breaker::new("m", 1, Duration::from_secs(10));
-        breaker.record(&Err::<(), _>(ProviderError::RateLimited {
-            retry_after: None,
-            daily: false,
-        }));
-        assert_eq!(breaker.state(), "closed");
     }
 }

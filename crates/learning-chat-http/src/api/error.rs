@@ -169,7 +169,13 @@ impl From<ChatError> for ApiError {
                 "timeout",
                 "the tutor did not answer in time; please retry",
             ),
+            ChatError::Conversation(error) => error.into(),
             ChatError::Provider(error) => from_provider(error),
+            ChatError::StreamInconsistent => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "stream_inconsistent",
+                "the answer changed while it was streaming; please ask again",
+            ),
             ChatError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 ApiError::new(
@@ -185,7 +191,6 @@ impl From<ChatError> for ApiError {
 impl From<ConversationError> for ApiError {
     fn from(error: ConversationError) -> ApiError {
         match error {
-            ConversationError::Chat(error) => error.into(),
             ConversationError::NotFound => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_conversation",

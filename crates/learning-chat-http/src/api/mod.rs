@@ -18,6 +18,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use learning_chat_engine::chat::{Answer, Ask, Caller};
 use learning_chat_engine::providers::Usage;
 use serde::{Deserialize, Serialize};
 use std::time::Instant as StdInstant;
@@ -81,6 +82,24 @@ pub struct ChatResponse {
     /// within `conversation.max_history_tokens` (the first exchange is always kept).
     #[serde(default)]
     pub history_truncated: bool,
+}
+
+impl ChatResponse {
+    /// The body of `answer` by `agent_id`, for a request that began at `started`.
+    pub(crate) fn new(answer: Answer, agent_id: String, started: StdInstant) -> ChatResponse {
+        ChatResponse {
+            response: answer.text,
+            agent_id,
+            cached: answer.cached,
+            model: answer.model,
+            usage: answer.usage,
+            finish_reason: answer.finish_reason.to_owned(),
+            latency_ms: started.elapsed().as_millis() as u64,
+            conversation_id: answer.conversation_id,
+            turn: answer.turn,
+            history_truncated: answer.history_truncated,
+        }
+    }
 }
 
 /// One turn of a conversation.
@@ -263,31 +282,20 @@ pub async fn chat(
         request,
         message,
     } = question(&state, path, body)?;
-    let deadline = Instant::now() + state.settings.request_timeout();
-    let outcome = state
-        .conversations
-        .send(
-            &state.chat,
-            &agent,
-            &message,
-            request.conversation_id.as_deref(),
-            owner(caller.as_ref()),
-            deadline,
-        )
-        .await?;
-    let answer = outcome.answer;
-    let body = ChatResponse {
-        response: answer.text,
-        agent_id,
-        cached: answer.cached,
-        model: answer.model,
-        usage: answer.usage,
-        finish_reason: answer.finish_reason.to_owned(),
-        latency_ms: started.elapsed().as_millis() as u64,
-        conversation_id: outcome.conversation_id,
-        turn: outcome.turn,
-        history_truncated: outcome.history_truncated,
+    let ask = Ask {
+        agent,
+        message,
+        conversation: request.conversation_id,
+        deadline: Instant::now() + state.settings.request_timeout(),
+        caller: asker(caller.as_ref()),
+        wants_stream: false,
     };
+    // The same reply a stream gets, read to its last item.
+    let answer = state.chat.ask(ask).await?.finish().await;
+    if let (Ok(answer), Some(bill)) = (&answer, bill(caller.as_ref())) {
+        bill.charge(answer);
+    }
+    let body = ChatResponse::new(answer?, agent_id, started);
     // Sized up front: axum's `Json` starts at 128 bytes and regrows through every answer.
     let mut bytes = Vec::with_capacity(body.response.len() + 256);
     serde_json::to_writer(&mut bytes, &body).map_err(|e| {
@@ -298,21 +306,14 @@ pub async fn chat(
             "an internal error occurred",
         )
     })?;
-    let mut response = (
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
         bytes,
     )
-        .into_response();
-    // What to charge the caller's key (read by the auth middleware, never sent).
-    response.extensions_mut().insert(crate::auth::AnswerCost {
-        cached: body.cached,
-        prompt_tokens: body.usage.prompt_tokens,
-        output_tokens: body.usage.output_tokens,
-    });
-    Ok(response)
+        .into_response())
 }
 
 /// A conversation with every turn, in order.
@@ -332,7 +333,8 @@ pub async fn get_conversation(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let Path(id) = path?;
-    let conversation = state.conversations.get(&id, owner(caller.as_ref())).await?;
+    let conversations = state.chat.conversations();
+    let conversation = conversations.get(&id, owner(caller.as_ref())).await?;
     Ok(Json(conversation.into()))
 }
 
@@ -354,8 +356,8 @@ pub async fn delete_conversation(
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = path?;
     state
-        .conversations
-        .erase(&state.chat, &id, owner(caller.as_ref()))
+        .chat
+        .erase_conversation(&id, owner(caller.as_ref()))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -364,6 +366,18 @@ pub async fn delete_conversation(
 /// gets 404 for it), none with `auth.mode = "off"`.
 fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> {
     caller.map(|axum::Extension(caller)| &*caller.key_id)
+}
+
+/// The caller as the engine knows it (anonymous with `auth.mode = "off"`).
+pub(crate) fn asker(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Caller {
+    caller.map_or_else(Caller::anonymous, |axum::Extension(caller)| caller.asker())
+}
+
+/// Where the question's cost goes (none with `auth.mode = "off"`).
+pub(crate) fn bill(
+    caller: Option<&axum::Extension<crate::auth::Caller>>,
+) -> Option<&crate::auth::Bill> {
+    caller.and_then(|axum::Extension(caller)| caller.bill.as_ref())
 }
 
 /// List the tutors.

@@ -1,9 +1,8 @@
-//! The state every handler shares: the chat service, conversations, settings and probes.
+//! The state every handler shares: the chat service, settings and probes.
 
 use crate::auth::Auth;
 use learning_chat_engine::chat::ChatService;
 use learning_chat_engine::config::Settings;
-use learning_chat_engine::conversations::Conversations;
 use learning_chat_engine::redis_link::RedisLink;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +25,8 @@ impl std::ops::Deref for AppState {
 
 /// The parts of [`AppState`].
 pub struct AppStateParts {
-    /// The chat service.
+    /// The chat service (and through it, conversations).
     pub chat: ChatService,
-    /// Multi-turn conversations.
-    pub conversations: Conversations,
     /// The effective settings.
     pub settings: Arc<Settings>,
     /// Renders `/metrics`.
@@ -46,10 +43,8 @@ pub struct AppStateParts {
 
 /// What [`AppState::new`] is made of: every part the application assembled.
 pub struct StateParts {
-    /// The chat service.
+    /// The chat service (and through it, conversations).
     pub chat: ChatService,
-    /// Multi-turn conversations.
-    pub conversations: Conversations,
     /// The effective settings.
     pub settings: Settings,
     /// Renders `/metrics`.
@@ -68,7 +63,6 @@ impl AppState {
         AppState {
             inner: Arc::new(AppStateParts {
                 chat: parts.chat,
-                conversations: parts.conversations,
                 metrics: parts.metrics,
                 redis: parts.redis,
                 auth: parts.auth,
@@ -111,7 +105,7 @@ impl AppState {
         );
         learning_chat_engine::metrics::upstream_in_flight(self.chat.admission().in_flight());
         learning_chat_engine::metrics::queue_depth(self.chat.admission().queued());
-        if let Ok(active) = self.conversations.store().active().await {
+        if let Ok(active) = self.chat.conversations().store().active().await {
             learning_chat_engine::metrics::conversations_active(active);
         }
     }

@@ -5,24 +5,26 @@
 //! `{"error": {"code", "message"}}`. Nothing is sent until there is something to say: an error
 //! found before the first piece of text (unknown agent, bad body, overload, quota, a model that
 //! fails before answering) keeps its normal status and JSON body. While the stream is open, a
-//! `: ping` comment goes out every `stream.keepalive_ms` so proxies keep a quiet stream open.
+//! `: ping` comment goes out after `stream.keepalive_ms` without an event, so proxies keep a
+//! quiet stream open (axum's [`Sse`] with [`KeepAlive`]).
 
 use super::AppState;
-use super::{owner, ApiError, ApiJson, ChatRequest, ChatResponse};
-use axum::body::{Body, Bytes};
+use super::{asker, bill, ApiError, ApiJson, ChatRequest, ChatResponse};
+use crate::auth::Bill;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
-use learning_chat_engine::chat::{StreamTap, Tapped};
-use learning_chat_engine::coalesce::fanout::{FanoutReader, Sent};
-use learning_chat_engine::conversations::{ConversationAnswer, ConversationError};
+use futures::StreamExt;
+use learning_chat_engine::chat::{Answer, Ask, ChatError, Live, Piece, Reply};
 use serde::Serialize;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
+use tracing::Instrument;
 
 /// The streams open on this server, bounded by `stream.max_open`.
 #[derive(Debug)]
@@ -126,149 +128,105 @@ pub async fn chat_stream(
         ));
         return Err(error);
     };
-    let deadline = Instant::now() + state.settings.request_timeout();
-    let (tap, readers) = StreamTap::new();
-    let owner = owner(caller.as_ref()).map(str::to_owned);
-    let answer_state = state.clone();
-    let answer_agent = agent;
-    // Owned and boxed: after the headers go out it is polled by the response body, outside
-    // this handler, with the request's flow (fair share) and trace context carried along.
-    let answer: BoxFuture<'static, Result<ConversationAnswer, ConversationError>> = Box::pin(
-        crate::telemetry::in_current_context(learning_chat_engine::admission::FLOW.scope(
-            learning_chat_engine::admission::Flow::current(),
-            async move {
-                let state = answer_state;
-                state
-                    .conversations
-                    .send_streamed(
-                        &state.chat,
-                        &answer_agent,
-                        &message,
-                        request.conversation_id.as_deref(),
-                        owner.as_deref(),
-                        deadline,
-                        Some(&tap),
-                    )
-                    .await
-            },
-        )),
-    );
-    let (cost_tx, cost_rx) = tokio::sync::oneshot::channel();
+    let ask = Ask {
+        agent,
+        message,
+        conversation: request.conversation_id,
+        deadline: Instant::now() + state.settings.request_timeout(),
+        caller: asker(caller.as_ref()),
+        wants_stream: true,
+    };
+    let reply = state.chat.ask(ask).await?;
     let mut driver = Driver {
-        cost: Some(cost_tx),
-        answer: Some(answer),
-        readers,
-        reader: None,
-        joined: false,
-        relayed: false,
-        sent: Sent::new(),
-        ping: None,
         started,
         first_sent: false,
         agent_id,
-        slot: Some(slot),
+        bill: bill(caller.as_ref()).cloned(),
         finished: false,
+        _slot: slot,
     };
     // Nothing goes out before the first piece of text or the outcome, so an early failure
     // keeps its status code.
-    let first = match driver.next().await {
-        Some(Event::Done(Err(error))) => {
-            driver.finished = true;
-            return Err(error.into());
-        }
-        Some(event) => event,
-        None => {
-            driver.finished = true;
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an internal error occurred",
-            ));
-        }
-    };
-    // What to charge the caller's key: known now when the whole answer was (a cached one),
-    // else at the end of the stream (the key middleware waits for it).
-    let cost = match &first {
-        Event::Done(Ok(outcome)) => Some(crate::auth::AnswerCost {
-            cached: outcome.answer.cached,
-            prompt_tokens: outcome.answer.usage.prompt_tokens,
-            output_tokens: outcome.answer.usage.output_tokens,
-        }),
-        _ => None,
-    };
-    let keepalive = state.settings.stream.keepalive_ms;
-    if keepalive > 0 {
-        let every = Duration::from_millis(keepalive);
-        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        driver.ping = Some(ping);
-    }
-    let body = async_stream::stream! {
-        let mut driver = driver;
-        let mut event = Some(first);
-        while let Some(current) = event.take() {
-            let last = matches!(current, Event::Done(_));
-            for frame in driver.frames(current) {
-                crate::metrics::stream_bytes(frame.len());
-                yield Ok::<Bytes, std::convert::Infallible>(frame);
+    let (first, live) = match reply {
+        Reply::Ready(answer) => {
+            // Charged now: the key's hold ends with this handler, as for a JSON answer.
+            if let Some(bill) = driver.bill.take() {
+                bill.charge(&answer);
             }
-            if last {
+            (Piece::Done(Ok(answer)), None)
+        }
+        Reply::Live(mut live) => match live.next().await {
+            Some(Piece::Done(Err(error))) => {
                 driver.finished = true;
+                return Err(error.into());
+            }
+            Some(piece) => (piece, Some(live)),
+            None => {
+                driver.finished = true;
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred",
+                ));
+            }
+        },
+    };
+    // Polled by the response body, outside this handler: the request's trace and Sentry
+    // context go along.
+    let span = tracing::Span::current();
+    let hub = sentry::Hub::current();
+    let events = async_stream::stream! {
+        let mut driver = driver;
+        let mut live = live;
+        let mut piece = Some(first);
+        while let Some(current) = piece.take() {
+            let coalesced = live.as_deref().is_some_and(Live::coalesced);
+            let done = matches!(current, Piece::Done(_));
+            for event in driver.events(current, coalesced) {
+                yield Ok::<Event, Infallible>(event);
+            }
+            if done {
                 break;
             }
-            event = driver.next().await;
+            if let Some(live) = live.as_mut() {
+                let next = live.next().instrument(span.clone());
+                piece = sentry::SentryFutureExt::bind_hub(next, hub.clone()).await;
+            }
         }
-        driver.slot.take();
     };
-    let mut response = Body::from_stream(body).into_response();
-    match cost {
-        Some(cost) => {
-            response.extensions_mut().insert(cost);
-        }
-        None => {
-            response
-                .extensions_mut()
-                .insert(crate::auth::PendingCost(Arc::new(parking_lot::Mutex::new(
-                    Some(cost_rx),
-                ))));
-        }
-    }
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let sse = Sse::new(events);
+    let keepalive = state.settings.stream.keepalive_ms;
+    let mut response = if keepalive > 0 {
+        let every = Duration::from_millis(keepalive);
+        sse.keep_alive(KeepAlive::new().interval(every).text("ping"))
+            .into_response()
+    } else {
+        sse.into_response()
+    };
     // nginx honours this even where the location forgot `proxy_buffering off`.
+    let headers = response.headers_mut();
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    // Every byte sent, keep-alive comments included.
+    Ok(response.map(|body| {
+        Body::from_stream(body.into_data_stream().inspect(|frame| {
+            if let Ok(bytes) = frame {
+                crate::metrics::stream_bytes(bytes.len());
+            }
+        }))
+    }))
 }
 
-enum Event {
-    Delta(String),
-    Ping,
-    Done(Result<ConversationAnswer, ConversationError>),
-}
-
-/// One stream's state: the answer being waited on, the pieces seen and sent.
+/// One stream's state: what was sent, for the metrics and the bill.
 struct Driver {
-    answer: Option<BoxFuture<'static, Result<ConversationAnswer, ConversationError>>>,
-    readers: UnboundedReceiver<Tapped>,
-    reader: Option<FanoutReader>,
-    /// Joined a call another request started (for the time-to-first-token label).
-    joined: bool,
-    /// Pieces came from another server.
-    relayed: bool,
-    sent: Sent,
-    ping: Option<Interval>,
     started: StdInstant,
+    /// Some text went out.
     first_sent: bool,
     agent_id: String,
-    slot: Option<StreamSlot>,
+    /// Charged when the answer is complete; dropped then, so the key is settled.
+    bill: Option<Bill>,
     /// The outcome was sent (or answered before the stream): dropping is no cancellation.
     finished: bool,
-    /// Tells the key middleware what the answer cost, once known.
-    cost: Option<tokio::sync::oneshot::Sender<crate::auth::AnswerCost>>,
+    _slot: StreamSlot,
 }
 
 impl Drop for Driver {
@@ -279,130 +237,50 @@ impl Drop for Driver {
     }
 }
 
-async fn next_piece(reader: &mut Option<FanoutReader>) -> Option<(usize, String)> {
-    match reader {
-        Some(reader) => reader.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_ping(ping: &mut Option<Interval>) {
-    match ping {
-        Some(ping) => {
-            ping.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl Driver {
-    /// The next thing to send; `None` only if the answer was already delivered.
-    async fn next(&mut self) -> Option<Event> {
-        let Driver {
-            answer,
-            readers,
-            reader,
-            joined,
-            relayed,
-            sent,
-            ping,
-            ..
-        } = self;
-        let answer_future = answer.as_mut()?;
-        loop {
-            tokio::select! {
-                biased;
-                Some(tapped) = readers.recv() => {
-                    *joined |= tapped.joined;
-                    *reader = Some(tapped.reader);
+    /// The SSE events of a piece (a ready answer is a `delta` with its text, then `done`).
+    fn events(&mut self, piece: Piece, coalesced: bool) -> Vec<Event> {
+        match piece {
+            Piece::Text(text) => {
+                self.first_text(false, coalesced);
+                vec![delta(text)]
+            }
+            Piece::Done(Ok(answer)) => {
+                self.finished = true;
+                let mut events = Vec::with_capacity(2);
+                // A live reply's pieces make up its answer; a ready one (from the cache) goes
+                // out here as one piece.
+                if !self.first_sent && !answer.text.is_empty() {
+                    self.first_text(answer.cached, coalesced);
+                    events.push(delta(answer.text.clone()));
                 }
-                piece = next_piece(reader) => match piece {
-                    Some((offset, text)) => {
-                        if let Some(new) = sent.accept(offset, &text) {
-                            *relayed |= reader.as_ref().is_some_and(FanoutReader::relayed);
-                            return Some(Event::Delta(new));
-                        }
-                    }
-                    None => *reader = None,
-                },
-                result = answer_future.as_mut() => {
-                    *answer = None;
-                    return Some(Event::Done(result));
+                if let Some(bill) = self.bill.take() {
+                    bill.charge(&answer);
                 }
-                () = next_ping(ping) => return Some(Event::Ping),
+                events.push(self.done(answer));
+                events
+            }
+            Piece::Done(Err(error)) => {
+                self.finished = true;
+                vec![error_event(error)]
             }
         }
     }
 
-    /// The SSE frames of an event (a `done` may be preceded by the text the pieces missed).
-    fn frames(&mut self, event: Event) -> Vec<Bytes> {
-        match event {
-            Event::Ping => vec![Bytes::from_static(b": ping\n\n")],
-            Event::Delta(text) => {
-                self.first_text(false);
-                vec![delta_frame(&text)]
-            }
-            Event::Done(Ok(outcome)) => {
-                let mut frames = Vec::with_capacity(2);
-                let text = &outcome.answer.text;
-                // The final answer fills in what the pieces did not deliver (a cached answer,
-                // another server's answer, pieces trimmed from a long Redis Stream).
-                match text.strip_prefix(self.sent.text()) {
-                    Some(rest) => {
-                        if !rest.is_empty() {
-                            self.first_text(outcome.answer.cached);
-                            frames.push(delta_frame(rest));
-                        }
-                    }
-                    None => {
-                        // The pieces sent belong to an answer that was then asked again and
-                        // came out different: the learner's text cannot be completed.
-                        tracing::warn!("streamed pieces disagree with the final answer");
-                        let error = ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "stream_inconsistent",
-                            "the answer changed while it was streaming; please ask again",
-                        );
-                        frames.push(error_frame(error));
-                        return frames;
-                    }
-                }
-                let answer = outcome.answer;
-                if let Some(cost) = self.cost.take() {
-                    let _ = cost.send(crate::auth::AnswerCost {
-                        cached: answer.cached,
-                        prompt_tokens: answer.usage.prompt_tokens,
-                        output_tokens: answer.usage.output_tokens,
-                    });
-                }
-                let body = ChatResponse {
-                    response: answer.text,
-                    agent_id: std::mem::take(&mut self.agent_id),
-                    cached: answer.cached,
-                    model: answer.model,
-                    usage: answer.usage,
-                    finish_reason: answer.finish_reason.to_owned(),
-                    latency_ms: self.started.elapsed().as_millis() as u64,
-                    conversation_id: outcome.conversation_id,
-                    turn: outcome.turn,
-                    history_truncated: outcome.history_truncated,
-                };
-                frames.push(frame("done", &body));
-                frames
-            }
-            Event::Done(Err(error)) => vec![error_frame(error.into())],
-        }
+    fn done(&mut self, answer: Answer) -> Event {
+        let agent_id = std::mem::take(&mut self.agent_id);
+        event("done", &ChatResponse::new(answer, agent_id, self.started))
     }
 
     /// Records the time to the first text once.
-    fn first_text(&mut self, cached: bool) {
+    fn first_text(&mut self, cached: bool, coalesced: bool) {
         if self.first_sent {
             return;
         }
         self.first_sent = true;
         let source = if cached {
             "cached"
-        } else if self.joined || self.relayed {
+        } else if coalesced {
             "coalesced"
         } else {
             "fresh"
@@ -411,21 +289,17 @@ impl Driver {
     }
 }
 
-fn frame<T: Serialize>(event: &str, data: &T) -> Bytes {
-    // Serialising these plain structs cannot fail; an empty object keeps the frame valid.
+/// An `event: NAME` with `data` as its JSON (one line: JSON escapes line breaks).
+fn event<T: Serialize>(name: &str, data: &T) -> Event {
+    // Serialising these plain structs cannot fail; an empty object keeps the event valid.
     let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
-    Bytes::from(format!("event: {event}\ndata: {json}\n\n"))
+    Event::default().event(name).data(json)
 }
 
-fn delta_frame(text: &str) -> Bytes {
-    frame(
-        "delta",
-        &StreamDelta {
-            text: text.to_owned(),
-        },
-    )
+fn delta(text: String) -> Event {
+    event("delta", &StreamDelta { text })
 }
 
-fn error_frame(error: ApiError) -> Bytes {
-    frame("error", &error.body())
+fn error_event(error: ChatError) -> Event {
+    event("error", &ApiError::from(error).body())
 }

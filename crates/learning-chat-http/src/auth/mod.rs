@@ -16,8 +16,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keys::{ApiKey, KeyLimits, KeyStore};
-use learning_chat_engine::admission::{Flow, FLOW};
-use learning_chat_engine::chat::Prices;
+use learning_chat_engine::admission::Flow;
+use learning_chat_engine::chat::{Answer, Prices};
 use learning_chat_engine::config::{AuthMode, Secret, Settings};
 use learning_chat_engine::redis_link::RedisLink;
 use limits::{Decision, KeyLimiter, Subject};
@@ -42,11 +42,28 @@ pub struct Caller {
     pub name: Arc<str>,
     /// The hashed `X-Learner-Id`, when sent.
     pub learner: Option<Arc<str>>,
+    /// The key's share in the admission queue's fair order.
+    pub weight: u32,
+    /// Where a question's handler puts what its answer cost; `None` for requests that ask
+    /// nothing.
+    pub bill: Option<Bill>,
 }
 
-/// What an answer cost, put in the response's extensions by the chat handler so the auth
-/// middleware can charge the key.
-#[derive(Debug, Clone, Copy)]
+impl Caller {
+    /// The caller as the engine knows it: its conversations' scope and its fair-share flow.
+    pub fn asker(&self) -> learning_chat_engine::chat::Caller {
+        learning_chat_engine::chat::Caller {
+            key_id: Some(self.key_id.clone()),
+            flow: Flow {
+                id: self.key_id.clone(),
+                weight: self.weight,
+            },
+        }
+    }
+}
+
+/// What an answer cost, as the key's limits and metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerCost {
     /// Served from the cache: counts against the request rate only.
     pub cached: bool,
@@ -56,14 +73,66 @@ pub struct AnswerCost {
     pub output_tokens: u32,
 }
 
-/// What a streamed answer will cost, known only when its stream ends: put in the response's
-/// extensions by the stream handler, so the key's hold (its concurrency slot, its token budget)
-/// lasts until then and is charged the real cost. A stream that ends without an answer drops
-/// the sender: nothing is charged beyond the request.
-#[derive(Debug, Clone)]
-pub struct PendingCost(
-    pub Arc<parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<AnswerCost>>>>,
-);
+impl AnswerCost {
+    /// What `answer` cost.
+    pub fn of(answer: &Answer) -> AnswerCost {
+        AnswerCost {
+            cached: answer.cached,
+            prompt_tokens: answer.usage.prompt_tokens,
+            output_tokens: answer.usage.output_tokens,
+        }
+    }
+}
+
+/// A question's bill: its handler writes what the answer cost once it has it, and the key is
+/// charged (metrics, token budget, the end of its hold on the key's limits) when the last
+/// holder lets go: right after the handler for an answer sent whole, at the end of a stream
+/// for a streamed one. A question with no answer is charged nothing beyond the request.
+#[derive(Clone)]
+pub struct Bill(Arc<Tab>);
+
+impl std::fmt::Debug for Bill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Bill").field(&self.0.cost.get()).finish()
+    }
+}
+
+impl Bill {
+    /// Writes what the answer cost (the first write counts).
+    pub fn charge(&self, answer: &Answer) {
+        let _ = self.0.cost.set(AnswerCost::of(answer));
+    }
+}
+
+/// What a [`Bill`] settles.
+struct Tab {
+    auth: Arc<Auth>,
+    label: Arc<str>,
+    held: Option<Held>,
+    cost: std::sync::OnceLock<AnswerCost>,
+}
+
+impl Tab {
+    /// Charges the key and ends the hold, here.
+    async fn settle(mut self) {
+        if let Some(held) = self.held.take() {
+            let tokens = charge(&self.auth, &self.label, self.cost.get().copied());
+            held.finish(tokens).await;
+        }
+    }
+}
+
+impl Drop for Tab {
+    fn drop(&mut self) {
+        // The last holder was a stream: settled in the background when it ends.
+        if let Some(held) = self.held.take() {
+            let tokens = charge(&self.auth, &self.label, self.cost.get().copied());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(crate::telemetry::in_current_context(held.finish(tokens)));
+            }
+        }
+    }
+}
 
 /// Metric labels for key ids, bounded: the first `max` ids seen get their own label.
 struct KeyLabels {
@@ -350,18 +419,17 @@ pub async fn require_key(
         let id = key.id.clone();
         tokio::spawn(async move { store.touch(&id, keys::unix_now()).await });
     }
-    request.extensions_mut().insert(Caller {
+    let mut caller = Caller {
         key_id: key_id.clone(),
         name: Arc::from(key.name.as_str()),
         learner: learner.clone(),
-    });
-    let flow = Flow {
-        id: key_id.clone(),
         weight: key.weight.max(1),
+        bill: None,
     };
     // Only questions cost anything; listing agents needs a key but spends no budget.
     if agent.is_none() {
-        return FLOW.scope(flow, next.run(request)).await;
+        request.extensions_mut().insert(caller);
+        return next.run(request).await;
     }
     let label = auth.labels.label(&key_id);
     let subject = Subject {
@@ -380,30 +448,27 @@ pub async fn require_key(
         rate_limit_headers(response.headers_mut(), &key.limits, &decision);
         return response;
     }
-    let held = Held {
+    let tab = Arc::new(Tab {
         auth: auth.clone(),
-        limits: key.limits,
-        subject,
-        decision,
-        done: false,
-    };
-    let mut response = FLOW.scope(flow, next.run(request)).await;
-    let pending = response
-        .extensions_mut()
-        .remove::<PendingCost>()
-        .and_then(|pending| pending.0.lock().take());
-    if let Some(pending) = pending {
-        rate_limit_headers(response.headers_mut(), &key.limits, &decision);
-        tokio::spawn(crate::telemetry::in_current_context(async move {
-            let tokens = charge(&auth, &label, pending.await.ok());
-            held.finish(tokens).await;
-        }));
-        return response;
-    }
-    let cost = response.extensions().get::<AnswerCost>().copied();
-    let tokens = charge(&auth, &label, cost);
+        label,
+        held: Some(Held {
+            auth: auth.clone(),
+            limits: key.limits,
+            subject,
+            decision,
+            done: false,
+        }),
+        cost: std::sync::OnceLock::new(),
+    });
+    caller.bill = Some(Bill(tab.clone()));
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
     rate_limit_headers(response.headers_mut(), &key.limits, &decision);
-    held.finish(tokens).await;
+    // The last holder settles: here for an answer sent whole (or none); otherwise the stream,
+    // which holds the bill until it ends.
+    if let Some(tab) = Arc::into_inner(tab) {
+        tab.settle().await;
+    }
     response
 }
 

@@ -8,6 +8,7 @@
 use crate::support::processes::RedisProcess;
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestApp};
 use gemini_sim::{SimConfig, SimServer};
+use learning_chat::chat::{Ask, Caller, ChatError};
 use learning_chat::config::Secret;
 use learning_chat::conversations::ConversationError;
 use learning_chat::Settings;
@@ -163,19 +164,24 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let mut settings = offline_settings();
     settings.conversation.ttl_ms = 600_000;
     let state = learning_chat::app::state_from_settings(settings).unwrap();
-    let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
-    let conversations = &state.conversations;
     let math = state.chat.agent("math").unwrap();
-    let first = conversations
-        .send(&state.chat, &math, FIRST, None, None, deadline())
-        .await
-        .unwrap();
+    let send = |message: &str, conversation: Option<&str>| {
+        let ask = Ask {
+            agent: math.clone(),
+            message: message.to_owned(),
+            conversation: conversation.map(str::to_owned),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(30),
+            caller: Caller::anonymous(),
+            wants_stream: false,
+        };
+        let chat = state.chat.clone();
+        async move { chat.ask(ask).await?.finish().await }
+    };
+    let conversations = state.chat.conversations();
+    let first = send(FIRST, None).await.unwrap();
     let id = first.conversation_id.unwrap();
     tokio::time::advance(Duration::from_secs(500)).await;
-    let follow_up = conversations
-        .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
-        .await
-        .unwrap();
+    let follow_up = send(FOLLOW_UP, Some(&id)).await.unwrap();
     assert_eq!(follow_up.turn, 2);
     tokio::time::advance(Duration::from_secs(500)).await;
     assert!(conversations.get(&id, None).await.is_ok(), "used 500 s ago");
@@ -185,10 +191,8 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
         Err(ConversationError::NotFound)
     ));
     assert!(matches!(
-        conversations
-            .send(&state.chat, &math, FOLLOW_UP, Some(&id), None, deadline())
-            .await,
-        Err(ConversationError::NotFound)
+        send(FOLLOW_UP, Some(&id)).await,
+        Err(ChatError::Conversation(ConversationError::NotFound))
     ));
 }
 

@@ -1,0 +1,238 @@
+//! The engine's entry and exit: one [`Ask`] in; one [`Reply`] out, either the [`Answer`] at
+//! once or a [`Live`] call whose pieces end in the answer or an error.
+
+use super::{ChatError, ChatService};
+use crate::admission::Flow;
+use crate::agents::Agent;
+use crate::cache::CachedAnswer;
+use crate::coalesce::subscription::{Subscription, Update};
+use crate::conversations::{Place, Recorded};
+use crate::providers::{Completion, Usage};
+use gemini_wire::FinishReason;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Who asks: whose conversations these are and whose fair share the model call spends.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The API key id that scopes the caller's conversations; `None` with auth off.
+    pub key_id: Option<Arc<str>>,
+    /// The caller's flow in the admission queue's fair order.
+    pub flow: Flow,
+}
+
+impl Caller {
+    /// The caller when auth is off: one anonymous flow, unscoped conversations.
+    pub fn anonymous() -> Caller {
+        Caller {
+            key_id: None,
+            flow: Flow::anonymous(),
+        }
+    }
+}
+
+/// One question, as the edge hands it to the engine.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The tutor, resolved once by the edge.
+    pub agent: Arc<Agent>,
+    /// The learner's message, as sent.
+    pub message: String,
+    /// The conversation it continues (the id the client has); `None` starts a new one.
+    pub conversation: Option<String>,
+    /// When the answer is no longer wanted.
+    pub deadline: Instant,
+    /// Who asks.
+    pub caller: Caller,
+    /// True when the caller reads the answer as the model writes it: the call it starts
+    /// streams from the model, and stops when its last reader goes.
+    pub wants_stream: bool,
+}
+
+/// A complete answer: what the learner reads, what it cost, and where it was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The answer text.
+    pub text: String,
+    /// True when served from the cache without asking the model.
+    pub cached: bool,
+    /// The model that produced it.
+    pub model: String,
+    /// Tokens it cost when produced.
+    pub usage: Usage,
+    /// `STOP` for complete answers, `MAX_TOKENS` for truncated ones (never cached).
+    pub finish_reason: &'static str,
+    /// The conversation it belongs to; `None` when a new one could not be stored.
+    pub conversation_id: Option<String>,
+    /// Which exchange of the conversation this was (1 for its first question).
+    pub turn: u32,
+    /// True when older turns were left out of the history sent to the model.
+    pub history_truncated: bool,
+}
+
+impl Answer {
+    /// A cache hit.
+    pub(super) fn cached(hit: &CachedAnswer) -> Answer {
+        Answer {
+            text: hit.text.clone(),
+            cached: true,
+            model: hit.model.clone(),
+            usage: hit.usage,
+            finish_reason: FinishReason::Stop.as_str(),
+            conversation_id: None,
+            turn: 0,
+            history_truncated: false,
+        }
+    }
+
+    /// A model's answer (this server's call, or another server's).
+    fn fresh(completion: &Completion) -> Answer {
+        Answer {
+            text: completion.text.clone(),
+            cached: false,
+            model: completion.model.clone(),
+            usage: completion.usage,
+            finish_reason: completion.finish_reason.as_str(),
+            conversation_id: None,
+            turn: 0,
+            history_truncated: false,
+        }
+    }
+
+    /// The answer with the place its exchange was recorded at.
+    pub(super) fn recorded(self, recorded: Recorded) -> Answer {
+        Answer {
+            conversation_id: recorded.conversation_id,
+            turn: recorded.turn,
+            history_truncated: recorded.history_truncated,
+            ..self
+        }
+    }
+}
+
+/// The engine's reply to an [`Ask`].
+pub enum Reply {
+    /// The answer, at once (a cache hit): no call, no task, no channel.
+    Ready(Answer),
+    /// The call the answer comes from (boxed: a ready reply stays small).
+    Live(Box<Live>),
+}
+
+impl Reply {
+    /// The complete answer: the last item of the reply.
+    pub async fn finish(self) -> Result<Answer, ChatError> {
+        match self {
+            Reply::Ready(answer) => Ok(answer),
+            Reply::Live(live) => live.finish().await,
+        }
+    }
+}
+
+/// What a [`Live`] reply has next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    /// More of the answer's text; the pieces joined are the answer's text.
+    Text(String),
+    /// The end: the complete answer, or why there is none.
+    Done(Result<Answer, ChatError>),
+}
+
+/// A reply still being written: the answer's pieces so far, then live, then the answer.
+pub struct Live {
+    waiting: Subscription<Arc<Completion>, ChatError>,
+    /// The steps after the call; `None` once taken.
+    rest: Option<Rest>,
+    /// The end, held back while the text the pieces missed goes out first.
+    done: Option<Result<Answer, ChatError>>,
+}
+
+/// What a live reply still has to do with the call's outcome: record the exchange.
+pub(super) struct Rest {
+    chat: ChatService,
+    place: Place,
+    agent: Arc<Agent>,
+    message: String,
+}
+
+impl Rest {
+    pub(super) fn new(chat: ChatService, place: Place, agent: Arc<Agent>, message: String) -> Rest {
+        Rest {
+            chat,
+            place,
+            agent,
+            message,
+        }
+    }
+
+    async fn conclude(
+        self,
+        outcome: Result<Arc<Completion>, ChatError>,
+    ) -> Result<Answer, ChatError> {
+        let answer = Answer::fresh(&*outcome?);
+        let Rest {
+            chat,
+            place,
+            agent,
+            message,
+        } = self;
+        chat.record(place, &agent, &message, answer).await
+    }
+}
+
+impl Live {
+    pub(super) fn new(waiting: Subscription<Arc<Completion>, ChatError>, rest: Rest) -> Live {
+        Live {
+            waiting,
+            rest: Some(rest),
+            done: None,
+        }
+    }
+
+    /// The next piece, or the end; `None` after the end.
+    pub async fn next(&mut self) -> Option<Piece> {
+        if let Some(done) = self.done.take() {
+            return Some(Piece::Done(done));
+        }
+        let outcome = match self.waiting.next().await? {
+            Update::Piece(text) => return Some(Piece::Text(text)),
+            Update::Done(outcome) => outcome,
+        };
+        let answer = match self.rest.take()?.conclude(outcome).await {
+            Ok(answer) => answer,
+            Err(error) => return Some(Piece::Done(Err(error))),
+        };
+        // The answer fills in what the pieces did not deliver (another server's answer, pieces
+        // trimmed from a long Redis Stream, a call that did not stream).
+        match answer.text.strip_prefix(self.waiting.sent()) {
+            Some("") => Some(Piece::Done(Ok(answer))),
+            Some(missing) => {
+                let missing = missing.to_owned();
+                self.done = Some(Ok(answer));
+                Some(Piece::Text(missing))
+            }
+            None => {
+                tracing::warn!("streamed pieces disagree with the final answer");
+                Some(Piece::Done(Err(ChatError::StreamInconsistent)))
+            }
+        }
+    }
+
+    /// The complete answer, without the pieces.
+    pub async fn finish(mut self) -> Result<Answer, ChatError> {
+        if let Some(done) = self.done.take() {
+            return done;
+        }
+        let Some(rest) = self.rest.take() else {
+            // `next` already handed out the end.
+            return Err(ChatError::Internal(
+                "the answer was already taken".to_owned(),
+            ));
+        };
+        rest.conclude(self.waiting.finish().await).await
+    }
+
+    /// True when the call was started by another request (or another server's pieces came).
+    pub fn coalesced(&self) -> bool {
+        self.waiting.joined() || self.waiting.relayed()
+    }
+}

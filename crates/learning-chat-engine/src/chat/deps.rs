@@ -1,0 +1,196 @@
+//! What the chat service is built from, and what it lends to the rest of the server (the
+//! parts `/ready`, `/metrics` and the conversation endpoints read).
+
+use super::{ChatError, ChatService, Inner};
+use crate::admission::{Admission, QuotaLimiter};
+use crate::agents::{Agent, AgentRegistry};
+use crate::cache::{normalise_message, CacheKey, ResponseCache};
+use crate::coalesce::local::LocalCoalescer;
+use crate::coalesce::ClusterCoalescer;
+use crate::conversations::{ConversationError, Conversations};
+use crate::providers::resilience::RetryPolicy;
+use crate::providers::{ModelRouter, ModelTurn, Provider};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Token prices for the estimated-cost metric.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prices {
+    /// USD per 1M input tokens.
+    pub input_per_million: f64,
+    /// USD per 1M output tokens.
+    pub output_per_million: f64,
+}
+
+/// Counts model calls per minute, for the once-a-minute log line and gauge.
+#[derive(Debug, Default)]
+pub struct UpstreamMonitor {
+    this_minute: AtomicU64,
+}
+
+impl UpstreamMonitor {
+    pub(super) fn record(&self) {
+        let now = self.this_minute.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::upstream_current_minute(now);
+    }
+
+    /// Returns the calls counted since the last call and starts a new minute.
+    pub fn take_minute(&self) -> u64 {
+        let count = self.this_minute.swap(0, Ordering::Relaxed);
+        crate::metrics::upstream_current_minute(0);
+        count
+    }
+}
+
+/// Everything the chat service needs, built once at start-up.
+pub struct ChatDeps {
+    /// The tutors.
+    pub agents: AgentRegistry,
+    /// The answer cache.
+    pub cache: ResponseCache,
+    /// The default provider (Gemini or the offline model), for /ready and logs.
+    pub provider: Provider,
+    /// Each agent's chain of models (fallbacks, breakers, keys, providers).
+    pub router: ModelRouter,
+    /// Concurrency and queue bounds.
+    pub admission: Admission,
+    /// Requests/tokens per minute.
+    pub quota: QuotaLimiter,
+    /// Cross-server coalescing, when Redis is configured.
+    pub cluster: Option<ClusterCoalescer>,
+    /// Multi-turn conversations: the first and last step of every question.
+    pub conversations: Conversations,
+    /// Retries of failed model calls.
+    pub retry: RetryPolicy,
+    /// Longest accepted message, in characters.
+    pub max_message_chars: usize,
+    /// For the cost metric.
+    pub prices: Prices,
+    /// How long a refused prompt is answered with its refusal without asking again (0 = never).
+    pub refusal_ttl: Duration,
+    /// How long a lease holder's failure is shown to the servers waiting on the same question.
+    pub failure_share: Duration,
+}
+
+impl ChatDeps {
+    /// A message (already normalised) the model may be asked.
+    pub(super) fn check(&self, message: &str) -> Result<(), ChatError> {
+        if message.is_empty() {
+            return Err(ChatError::EmptyMessage);
+        }
+        let chars = message.chars().count();
+        if chars > self.max_message_chars {
+            return Err(ChatError::MessageTooLong {
+                chars,
+                limit: self.max_message_chars,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ChatService {
+    /// A service over these parts.
+    pub fn new(deps: ChatDeps) -> ChatService {
+        let refusals = (!deps.refusal_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(deps.refusal_ttl)
+                .build()
+        });
+        ChatService {
+            inner: Arc::new(Inner {
+                deps,
+                calls: LocalCoalescer::new(),
+                refusals,
+                monitor: UpstreamMonitor::default(),
+            }),
+        }
+    }
+
+    /// The agent `agent_id`, or [`ChatError::UnknownAgent`]: the one place an agent id is
+    /// checked; callers resolve it once and pass the agent on.
+    pub fn agent(&self, agent_id: &str) -> Result<Arc<Agent>, ChatError> {
+        let agents = &self.inner.deps.agents;
+        agents.get(agent_id).ok_or_else(|| ChatError::UnknownAgent {
+            agent_id: agent_id.to_owned(),
+            known: agents.ids(),
+        })
+    }
+
+    /// Erases a conversation from its store and its answers from the cache.
+    pub async fn erase_conversation(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<(), ConversationError> {
+        let (deps, inner) = (&self.inner.deps, &self.inner);
+        let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
+            inner.key_for(agent, &normalise_message(message), history)
+        };
+        deps.conversations
+            .erase(id, owner, &deps.agents, &deps.cache, key_of)
+            .await
+    }
+
+    /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
+    /// inspect the shared state); `None` for an unknown agent.
+    pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {
+        self.cache_key_with_history(agent_id, message, &[])
+    }
+
+    /// The cache key of `message` after `history` to `agent_id`; `None` for an unknown agent.
+    pub fn cache_key_with_history(
+        &self,
+        agent_id: &str,
+        message: &str,
+        history: &[ModelTurn],
+    ) -> Option<CacheKey> {
+        let agent = self.inner.deps.agents.get(agent_id)?;
+        Some(
+            self.inner
+                .key_for(&agent, &normalise_message(message), history),
+        )
+    }
+
+    /// The agent registry.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.inner.deps.agents
+    }
+
+    /// Multi-turn conversations.
+    pub fn conversations(&self) -> &Conversations {
+        &self.inner.deps.conversations
+    }
+
+    /// The default provider.
+    pub fn provider(&self) -> &Provider {
+        &self.inner.deps.provider
+    }
+
+    /// The model router.
+    pub fn router(&self) -> &ModelRouter {
+        &self.inner.deps.router
+    }
+
+    /// The per-minute model-call counter.
+    pub fn monitor(&self) -> &UpstreamMonitor {
+        &self.inner.monitor
+    }
+
+    /// The quota limiter.
+    pub fn quota(&self) -> &QuotaLimiter {
+        &self.inner.deps.quota
+    }
+
+    /// The admission bounds.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.deps.admission
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.inner.deps.cache
+    }
+}

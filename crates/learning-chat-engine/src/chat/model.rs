@@ -1,0 +1,146 @@
+//! Steps 4 and 5 of the flow: a model slot for the caller's flow, then the agent's chain of
+//! models through [`resilience`], with the quota gate before each call.
+
+use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
+use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
+use crate::agents::Agent;
+use crate::providers::resilience::{self, Answered, Failure, Gate, Pieces};
+use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
+use gemini_wire::{GenerationConfig, ThinkingConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+impl Inner {
+    /// Admission for `flow`, then the agent's chain: one question's trip to the model.
+    pub(super) async fn ask_model(
+        &self,
+        agent: &Agent,
+        request: &ModelRequest,
+        flow: &Flow,
+        deadline: Instant,
+        pieces: Pieces<'_, '_>,
+    ) -> Result<Answered, ChatError> {
+        let deps = &self.deps;
+        let permit = deps
+            .admission
+            .admit_as(flow, deadline)
+            .instrument(crate::trace_span!("admission.wait"))
+            .await
+            .map_err(|shed| {
+                crate::metrics::shed(shed.reason.as_str());
+                ChatError::Shed(shed)
+            })?;
+        crate::metrics::upstream_in_flight(deps.admission.in_flight());
+        let mut slots = Slots {
+            deps,
+            monitor: &self.monitor,
+            permit,
+            deadline,
+        };
+        // Made after the permit's holder, so dropped before it: see its `Drop`.
+        let _gauge = InFlightGauge(&deps.admission);
+        let chain = deps.router.chain(agent);
+        resilience::ask_chain(&chain, request, &deps.retry, deadline, &mut slots, pieces)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Refused(shed) => ChatError::Shed(shed),
+                Failure::Model(error) => ChatError::Provider(error),
+            })
+    }
+}
+
+/// The gate of each model call: a quota slot first; latency and usage learnt after.
+struct Slots<'a> {
+    deps: &'a ChatDeps,
+    monitor: &'a UpstreamMonitor,
+    permit: AdmissionPermit,
+    deadline: Instant,
+}
+
+impl Gate for Slots<'_> {
+    type Refusal = Shed;
+
+    async fn open(&mut self, attempt: u32, request: &ModelRequest) -> Result<(), Shed> {
+        let deps = self.deps;
+        let input_tokens =
+            input_token_estimate(&request.system_prompt, &request.history, &request.message);
+        // A future slot so late that the call cannot finish in time would spend quota on a
+        // 504; refuse it now (503 + Retry-After) instead. Twice the typical call leaves room
+        // for a slower answer; the cap keeps a slow spell from refusing every future slot.
+        // Until calls are seen they are assumed fast (prior 0): a slot free now is granted
+        // by the limiter whatever this margin is.
+        let latency = deps.admission.latency();
+        let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
+        let quota_deadline = self.deadline.checked_sub(margin).unwrap_or(self.deadline);
+        deps.quota
+            .acquire(input_tokens, quota_deadline)
+            .instrument(crate::trace_span!(
+                "quota.wait",
+                model.attempt = i64::from(attempt)
+            ))
+            .await
+            .map_err(|rejected| {
+                crate::metrics::shed(ShedReason::Quota.as_str());
+                Shed {
+                    reason: ShedReason::Quota,
+                    retry_after: rejected.retry_after,
+                }
+            })?;
+        // The quota slot is ours: the next key in fair order may queue for its own.
+        self.permit.end_turn();
+        self.monitor.record();
+        Ok(())
+    }
+
+    fn observe(&mut self, outcome: Result<&Completion, &ProviderError>, took: Duration) {
+        let deps = self.deps;
+        match outcome {
+            Ok(completion) => {
+                deps.admission.record_success(took);
+                crate::metrics::upstream_tokens(
+                    completion.usage.prompt_tokens,
+                    completion.usage.output_tokens,
+                    deps.prices.input_per_million,
+                    deps.prices.output_per_million,
+                );
+            }
+            Err(_) => deps.admission.record_failure(took),
+        }
+    }
+}
+
+/// Keeps the in-flight gauge right however a model call ends.
+struct InFlightGauge<'a>(&'a Admission);
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        // The permit is released after this guard, so one is still counted; subtract it.
+        crate::metrics::upstream_in_flight(self.0.in_flight().saturating_sub(1));
+    }
+}
+
+/// The request for `message` after `history` to `agent` (each model of its chain sets its own
+/// model id).
+pub(super) fn request(agent: &Agent, message: String, history: Arc<[ModelTurn]>) -> ModelRequest {
+    let d = &agent.definition;
+    ModelRequest {
+        model: d.model.clone(),
+        system_prompt: d.system_prompt.clone(),
+        history,
+        message,
+        generation: GenerationConfig {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            top_k: d.top_k,
+            max_output_tokens: d.max_output_tokens,
+            candidate_count: None,
+            stop_sequences: None,
+            thinking_config: d.thinking_budget.map(|budget| ThinkingConfig {
+                thinking_budget: Some(budget),
+                include_thoughts: None,
+            }),
+        },
+    }
+}

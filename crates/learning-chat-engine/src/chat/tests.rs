@@ -1,0 +1,264 @@
+//! The flow on a paused clock, with scripted models: what each step does to a question.
+
+use super::*;
+use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimiter};
+use crate::agents::AgentRegistry;
+use crate::cache::{MemoryCache, ResponseCache};
+use crate::config::Settings;
+use crate::conversations::{ConversationStore, Conversations, MemoryStore};
+use crate::providers::resilience::RetryPolicy;
+use crate::providers::script::Script;
+use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
+use std::time::Duration;
+
+const ANSWER: &str = "Two and two make four.";
+
+fn unavailable() -> ProviderError {
+    ProviderError::Unavailable {
+        status: Some(503),
+        message: "overloaded".to_owned(),
+    }
+}
+
+/// A chat service whose agents are all served by `chain`, in memory.
+fn service(chain: &[Arc<Script>]) -> ChatService {
+    let agents = AgentRegistry::load(None).unwrap();
+    let settings = Settings::default();
+    let router = ModelRouter::scripted(&agents, chain);
+    let conversations = Conversations::new(
+        ConversationStore::Memory(Arc::new(MemoryStore::new(1000, Duration::from_secs(3600)))),
+        settings.conversation.clone(),
+        Duration::from_secs(60),
+    );
+    ChatService::new(ChatDeps {
+        agents,
+        cache: ResponseCache::Memory(MemoryCache::new(1000, Duration::from_secs(3600))),
+        provider: Provider::Offline(Box::new(OfflineModel::new(&settings.offline))),
+        router,
+        admission: Admission::new(
+            ConcurrencyBound {
+                ceiling: 10,
+                floor: 10,
+                rpm: 0,
+                headroom: 1.0,
+            },
+            LatencyEstimate::new(Duration::from_secs(10), Duration::from_secs(15)),
+            10,
+            Duration::from_secs(30),
+        ),
+        quota: QuotaLimiter::new(0, 0, Duration::ZERO),
+        cluster: None,
+        conversations,
+        retry: RetryPolicy {
+            max_retries: 1,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(5),
+        },
+        max_message_chars: 2000,
+        prices: Prices::default(),
+        refusal_ttl: Duration::ZERO,
+        failure_share: Duration::ZERO,
+    })
+}
+
+fn ask(chat: &ChatService, message: &str, within: Duration, wants_stream: bool) -> Ask {
+    Ask {
+        agent: chat.agent("math").unwrap(),
+        message: message.to_owned(),
+        conversation: None,
+        deadline: Instant::now() + within,
+        caller: Caller::anonymous(),
+        wants_stream,
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every piece of a live reply, the end last.
+async fn read_all(reply: Reply) -> Vec<Piece> {
+    let Reply::Live(mut live) = reply else {
+        panic!("a ready reply has no pieces")
+    };
+    let mut pieces = Vec::new();
+    while let Some(piece) = live.next().await {
+        pieces.push(piece);
+    }
+    pieces
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_asks_the_model_once_and_the_next_ask_is_a_ready_hit() {
+    let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let reply = chat.ask(ask(&chat, "What is 2+2?", MINUTE, false)).await;
+    let Ok(Reply::Live(live)) = reply else {
+        panic!("a miss is live")
+    };
+    let fresh = live.finish().await.unwrap();
+    assert_eq!((fresh.text.as_str(), fresh.cached), (ANSWER, false));
+    assert_eq!((fresh.turn, fresh.conversation_id.is_some()), (1, true));
+
+    let again = chat.ask(ask(&chat, "What is 2+2?  ", MINUTE, false)).await;
+    let Ok(Reply::Ready(hit)) = again else {
+        panic!("a hit is ready at once")
+    };
+    assert_eq!(
+        (hit.text.as_str(), hit.cached, hit.model.as_str()),
+        (ANSWER, true, "m")
+    );
+    assert_ne!(
+        hit.conversation_id, fresh.conversation_id,
+        "a new conversation"
+    );
+    assert_eq!(model.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_asks_in_flight_share_one_call() {
+    let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let one = async {
+        chat.ask(ask(&chat, "Why?", MINUTE, false))
+            .await?
+            .finish()
+            .await
+    };
+    let two = async {
+        chat.ask(ask(&chat, "Why?", MINUTE, true))
+            .await?
+            .finish()
+            .await
+    };
+    let (one, two) = tokio::join!(one, two);
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_eq!((one.text.as_str(), two.text.as_str()), (ANSWER, ANSWER));
+    assert!(!one.cached && !two.cached);
+    assert_eq!(model.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_model_is_retried_then_the_fallback_answers_under_its_own_key() {
+    let primary = Script::new("primary", SECOND, &[Err(unavailable())]);
+    let fallback = Script::new("fallback", SECOND, &[Ok(ANSWER)]);
+    let chat = service(&[primary.clone(), fallback.clone()]);
+    let answer = chat.ask(ask(&chat, "Hm?", MINUTE, false)).await;
+    let answer = answer.unwrap().finish().await.unwrap();
+    assert_eq!(
+        (answer.text.as_str(), answer.model.as_str()),
+        (ANSWER, "fallback")
+    );
+    assert_eq!(
+        (primary.calls(), fallback.calls()),
+        (2, 1),
+        "one retry, then the fallback"
+    );
+    // Kept under the fallback's key: the next asker asks the primary again.
+    let again = chat.ask(ask(&chat, "Hm?", MINUTE, false)).await.unwrap();
+    assert!(
+        matches!(again, Reply::Live(_)),
+        "not a hit on the primary's key"
+    );
+    let again = again.finish().await.unwrap();
+    assert_eq!(again.model, "fallback");
+    assert_eq!((primary.calls(), fallback.calls()), (4, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_slower_than_the_deadline_times_out_at_the_deadline() {
+    let model = Script::new("m", Duration::from_secs(10), &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let start = Instant::now();
+    let result = chat.ask(ask(&chat, "Slow?", SECOND, false)).await;
+    let error = result.unwrap().finish().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ChatError::Timeout | ChatError::Provider(ProviderError::Timeout)
+        ),
+        "{error:?}"
+    );
+    assert_eq!(start.elapsed(), SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_the_answer_in_pieces_ending_in_the_answer() {
+    let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let pieces = read_all(chat.ask(ask(&chat, "2+2?", MINUTE, true)).await.unwrap()).await;
+    let Some((Piece::Done(Ok(answer)), texts)) = pieces.split_last() else {
+        panic!("the last piece is the answer: {pieces:?}")
+    };
+    let texts: Vec<&str> = texts
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text.as_str(),
+            Piece::Done(_) => panic!("one end only: {pieces:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["Two ", "and ", "two ", "make ", "four."]);
+    assert_eq!(texts.concat(), answer.text);
+    assert_eq!(answer.text, ANSWER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_json_answer_is_the_last_item_of_the_stream() {
+    let streamed = service(&[Script::new("m", SECOND, &[Ok(ANSWER)])]);
+    let whole = service(&[Script::new("m", SECOND, &[Ok(ANSWER)])]);
+    let pieces = read_all(
+        streamed
+            .ask(ask(&streamed, "2+2?", MINUTE, true))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let Some(Piece::Done(Ok(last))) = pieces.last() else {
+        panic!("the stream ends in the answer: {pieces:?}")
+    };
+    let json = whole.ask(ask(&whole, "2+2?", MINUTE, false)).await;
+    let json = json.unwrap().finish().await.unwrap();
+    let without_id = |answer: &Answer| Answer {
+        conversation_id: None,
+        ..answer.clone()
+    };
+    assert_eq!(without_id(&json), without_id(last));
+    assert!(json.conversation_id.is_some() && last.conversation_id.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follow_up_is_answered_with_its_history_and_recorded() {
+    let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let first = chat.ask(ask(&chat, "2+2?", MINUTE, false)).await;
+    let first = first.unwrap().finish().await.unwrap();
+    let follow_up = Ask {
+        conversation: first.conversation_id.clone(),
+        ..ask(&chat, "And 3+3?", MINUTE, true)
+    };
+    let pieces = read_all(chat.ask(follow_up).await.unwrap()).await;
+    let Some(Piece::Done(Ok(second))) = pieces.last() else {
+        panic!("the stream ends in the answer: {pieces:?}")
+    };
+    assert_eq!(
+        (second.turn, &second.conversation_id),
+        (2, &first.conversation_id)
+    );
+    assert_eq!(
+        model.histories(),
+        [0, 2],
+        "the first exchange went with the follow-up"
+    );
+    let id = first.conversation_id.unwrap();
+    let stored = chat.conversations().get(&id, None).await.unwrap();
+    assert_eq!(stored.turns.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_message_is_refused_before_the_model() {
+    let model = Script::new("m", SECOND, &[Ok(ANSWER)]);
+    let chat = service(std::slice::from_ref(&model));
+    let refused = chat.ask(ask(&chat, " \n ", MINUTE, false)).await;
+    assert!(matches!(refused, Err(ChatError::EmptyMessage)));
+    assert_eq!(model.calls(), 0);
+}

@@ -1,0 +1,257 @@
+//! The conversation step of a question: before the answer, where the message belongs
+//! ([`Conversations::open`]: checked, locked, its history loaded and bounded); after it, its
+//! exchange written ([`Conversations::record`]) before the answer is returned.
+
+use super::{
+    bounded_history, is_valid_id, new_id, now_ms, stored_id, AppendOutcome, ConversationError,
+    ConversationLock, Conversations, Turn, BUSY_RETRY_AFTER,
+};
+use crate::agents::Agent;
+use crate::providers::{input_token_estimate, ModelTurn, Role};
+use std::sync::Arc;
+
+/// Where a message belongs while it is answered: the history sent with it and, for a
+/// follow-up, the conversation's lock (held until its turns are written) and what the write
+/// expects to find.
+pub struct Place {
+    history: Arc<[ModelTurn]>,
+    to: Destination,
+}
+
+enum Destination {
+    /// The first message of a new conversation, under this owner.
+    New(Option<Arc<str>>),
+    /// A follow-up (boxed: it holds the conversation's lock; a first message stays small).
+    FollowUp(Box<FollowUp>),
+}
+
+struct FollowUp {
+    /// The id the client knows.
+    id: String,
+    /// The id it is stored under (see [`stored_id`]).
+    stored: String,
+    _lock: ConversationLock,
+    created_at_ms: u64,
+    /// Turns stored when the message arrived.
+    expected: usize,
+    truncated: bool,
+    history_tokens: u32,
+}
+
+impl Place {
+    /// The earlier turns sent to the model with the message (already bounded).
+    pub fn history(&self) -> &Arc<[ModelTurn]> {
+        &self.history
+    }
+}
+
+/// Where an answer's exchange was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// The conversation's id; `None` when a new conversation could not be stored (Redis down).
+    pub conversation_id: Option<String>,
+    /// Which exchange this was (1 for the first question).
+    pub turn: u32,
+    /// True when older turns were left out of the history sent to the model.
+    pub history_truncated: bool,
+}
+
+/// The answer half of an exchange, as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Said<'a> {
+    /// The answer text.
+    pub text: &'a str,
+    /// Served from the cache.
+    pub cached: bool,
+    /// The model that produced it.
+    pub model: &'a str,
+}
+
+impl Conversations {
+    /// The first step of a question: where `message` (normalised) to `agent` belongs. A new
+    /// conversation without `conversation`; else the follow-up is checked, its conversation
+    /// locked (until the returned place is recorded or dropped) and its history bounded.
+    pub async fn open(
+        &self,
+        agent: &Agent,
+        message: &str,
+        conversation: Option<&str>,
+        owner: Option<&Arc<str>>,
+    ) -> Result<Place, ConversationError> {
+        let Some(id) = conversation else {
+            if message.len() as u64 > self.settings.max_stored_bytes {
+                return Err(self.too_large(message.len() as u64));
+            }
+            return Ok(Place {
+                history: Arc::from([]),
+                to: Destination::New(owner.cloned()),
+            });
+        };
+        if !is_valid_id(id) {
+            return Err(ConversationError::NotFound);
+        }
+        let stored = stored_id(id, owner.map(|o| &**o));
+        if !self.store.is_available() {
+            return Err(self.unavailable());
+        }
+        let lock = self.lock(&stored).await?;
+        let conversation = self
+            .store
+            .load(&stored)
+            .await
+            .map_err(|_| self.unavailable())?
+            .ok_or(ConversationError::NotFound)?;
+        if conversation.agent_id != agent.id() {
+            crate::metrics::conversation_refused("wrong_agent");
+            return Err(ConversationError::WrongAgent {
+                owner: conversation.agent_id,
+            });
+        }
+        if conversation.turns.len() + 2 > self.settings.max_turns as usize {
+            crate::metrics::conversation_refused("turn_limit");
+            return Err(ConversationError::TurnLimit {
+                limit: self.settings.max_turns,
+            });
+        }
+        let bytes = conversation.stored_bytes() + message.len() as u64;
+        if bytes > self.settings.max_stored_bytes {
+            return Err(self.too_large(bytes));
+        }
+        let (history, truncated) = bounded_history(
+            &agent.definition.system_prompt,
+            &conversation.turns,
+            message,
+            self.settings.max_history_tokens,
+        );
+        let history_tokens = input_token_estimate("", &history, "");
+        Ok(Place {
+            history: history.into(),
+            to: Destination::FollowUp(Box::new(FollowUp {
+                id: id.to_owned(),
+                stored,
+                _lock: lock,
+                created_at_ms: conversation.created_at_ms,
+                expected: conversation.turns.len(),
+                truncated,
+                history_tokens,
+            })),
+        })
+    }
+
+    /// The last step of a question: records `message` and its answer in the conversation of
+    /// `place`, before the answer is returned. A new conversation that cannot be stored
+    /// (Redis down) still answers, under no id: the learner keeps chatting in single messages
+    /// rather than losing the service (documented in the API reference).
+    pub async fn record(
+        &self,
+        place: Place,
+        agent_id: &str,
+        message: &str,
+        answer: Said<'_>,
+    ) -> Result<Recorded, ConversationError> {
+        let follow_up = match place.to {
+            Destination::New(owner) => {
+                return Ok(self
+                    .create(owner.as_deref(), agent_id, message, answer)
+                    .await)
+            }
+            Destination::FollowUp(follow_up) => follow_up,
+        };
+        crate::metrics::conversation_history(follow_up.history_tokens, follow_up.truncated);
+        let turns = exchange(message, answer, now_ms());
+        let expected = follow_up.expected;
+        let appended = self
+            .store
+            .append(
+                &follow_up.stored,
+                agent_id,
+                follow_up.created_at_ms,
+                expected,
+                &turns,
+            )
+            .await;
+        match appended {
+            Ok(AppendOutcome::Appended(count)) => {
+                crate::metrics::conversation_turns(count);
+                Ok(Recorded {
+                    conversation_id: Some(follow_up.id),
+                    turn: u32::try_from(expected / 2 + 1).unwrap_or(u32::MAX),
+                    history_truncated: follow_up.truncated,
+                })
+            }
+            // Erased while the answer was being made: the erasure wins.
+            Ok(AppendOutcome::Gone) => Err(ConversationError::NotFound),
+            // Only when a lock outlived its lease: the other message was written first.
+            Ok(AppendOutcome::Conflict) => {
+                crate::metrics::conversation_refused("busy");
+                Err(ConversationError::Busy {
+                    retry_after: BUSY_RETRY_AFTER,
+                })
+            }
+            Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    /// Stores a new conversation of one exchange, when the store can be used.
+    async fn create(
+        &self,
+        owner: Option<&str>,
+        agent_id: &str,
+        message: &str,
+        answer: Said<'_>,
+    ) -> Recorded {
+        let mut conversation_id = None;
+        if self.store.is_available() {
+            let id = new_id();
+            let started = now_ms();
+            let turns = exchange(message, answer, started);
+            match self
+                .store
+                .append(&stored_id(&id, owner), agent_id, started, 0, &turns)
+                .await
+            {
+                Ok(AppendOutcome::Appended(count)) => {
+                    crate::metrics::conversation_created();
+                    crate::metrics::conversation_turns(count);
+                    conversation_id = Some(id);
+                }
+                Ok(_) | Err(_) => crate::metrics::conversation_refused("not_stored"),
+            }
+        } else {
+            crate::metrics::conversation_refused("not_stored");
+        }
+        Recorded {
+            conversation_id,
+            turn: 1,
+            history_truncated: false,
+        }
+    }
+
+    fn too_large(&self, bytes: u64) -> ConversationError {
+        crate::metrics::conversation_refused("too_large");
+        ConversationError::TooLarge {
+            bytes,
+            limit: self.settings.max_stored_bytes,
+        }
+    }
+}
+
+/// A question and its answer as two stored turns.
+fn exchange(message: &str, answer: Said<'_>, at_ms: u64) -> [Turn; 2] {
+    [
+        Turn {
+            role: Role::User,
+            text: message.to_owned(),
+            at_ms,
+            cached: false,
+            model: String::new(),
+        },
+        Turn {
+            role: Role::Model,
+            text: answer.text.to_owned(),
+            at_ms,
+            cached: answer.cached,
+            model: answer.model.to_owned(),
+        },
+    ]
+}
