@@ -5,6 +5,7 @@ use super::redis_quota::{OwnCall, RedisQuota, Reservation, ReserveReply, Reserve
 use super::SlidingWindow;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -160,13 +161,13 @@ impl QuotaLimiter {
     /// counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
         crate::metrics::quota_rpm(rpm);
-        Self::with_local_share(rpm, input_tpm, margin, 1, None)
+        Self::with_local_share(rpm, input_tpm, margin, NonZeroU32::MIN, None)
     }
 
     /// A limiter for one API key and model (issue 16): like [`QuotaLimiter::new`], without
     /// reporting itself as the service's quota.
     pub fn scoped(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
-        Self::with_local_share(rpm, input_tpm, margin, 1, None)
+        Self::with_local_share(rpm, input_tpm, margin, NonZeroU32::MIN, None)
     }
 
     /// A cluster-wide limiter for one API key and model: its own Redis keys under `scope`.
@@ -174,7 +175,7 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        replicas: u32,
+        replicas: NonZeroU32,
         link: crate::redis_link::RedisLink,
         scope: &str,
     ) -> QuotaLimiter {
@@ -189,7 +190,7 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        replicas: u32,
+        replicas: NonZeroU32,
         link: crate::redis_link::RedisLink,
     ) -> QuotaLimiter {
         let window = Duration::from_millis(MINUTE_MS) + margin;
@@ -202,15 +203,15 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        replicas: u32,
+        replicas: NonZeroU32,
         cluster: Option<RedisQuota>,
     ) -> QuotaLimiter {
         let window_ms = MINUTE_MS + margin.as_millis() as u64;
-        let replicas = replicas.max(1);
+        let replicas = u64::from(replicas.get());
         // Clustered, requests are counted by the conservative window instead (see `Cluster`).
         let local_rpm = (rpm > 0 && cluster.is_none()).then_some(u64::from(rpm));
         // A share rounds down but never to zero, or a small quota would stop every server.
-        let local_tpm = (input_tpm > 0).then(|| (input_tpm / u64::from(replicas)).max(1));
+        let local_tpm = (input_tpm > 0).then(|| (input_tpm / replicas).max(1));
         if cluster.is_some() {
             crate::metrics::quota_conservative(false);
         }
@@ -225,7 +226,7 @@ impl QuotaLimiter {
             }),
             cluster: cluster.map(|redis| Cluster {
                 redis,
-                replicas: u64::from(replicas),
+                replicas,
                 state: Mutex::new(ClusterState::default()),
                 republishing: tokio::sync::Mutex::new(()),
             }),

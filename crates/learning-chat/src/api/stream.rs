@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Instant as StdInstant;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -121,9 +121,7 @@ pub async fn chat_stream(
             "too_many_streams",
             "too many answers are streaming on this server; try again shortly",
         );
-        error.retry_after = Some(Duration::from_millis(
-            state.settings.stream.retry_after_ms.max(1),
-        ));
+        error.retry_after = Some(state.settings.stream.retry_after);
         return Err(error);
     };
     let deadline = Instant::now() + state.settings.request_timeout();
@@ -194,9 +192,8 @@ pub async fn chat_stream(
         }),
         _ => None,
     };
-    let keepalive = state.settings.stream.keepalive_ms;
-    if keepalive > 0 {
-        let every = Duration::from_millis(keepalive);
+    let every = state.settings.stream.keepalive;
+    if !every.is_zero() {
         let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         driver.ping = Some(ping);

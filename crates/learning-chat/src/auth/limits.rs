@@ -8,6 +8,7 @@ use super::keys::KeyLimits;
 use crate::redis_link::RedisLink;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MINUTE_MS: u64 = 60_000;
@@ -192,10 +193,10 @@ fn now_ms() -> u64 {
 
 impl KeyLimiter {
     /// A limiter in Redis (when given), otherwise in process.
-    pub fn new(redis: Option<RedisLink>, replicas: u32, lease: Duration) -> KeyLimiter {
+    pub fn new(redis: Option<RedisLink>, replicas: NonZeroU32, lease: Duration) -> KeyLimiter {
         KeyLimiter {
             redis,
-            replicas: replicas.max(1),
+            replicas: replicas.get(),
             lease,
             local: Mutex::new(LocalState::default()),
             acquire: ::redis::Script::new(ACQUIRE_SCRIPT),
@@ -433,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refuse_with_the_limit_named() {
-        let limiter = KeyLimiter::new(None, 1, Duration::from_secs(60));
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60));
         let limits = KeyLimits {
             rpm: 3,
             tokens_per_day: 100,

@@ -346,7 +346,7 @@ impl Conversations {
     /// Waits at most `conversation.busy_wait_ms` for the conversation's lock (this server's,
     /// then the cluster's).
     async fn lock(&self, id: &str) -> Result<ConversationLock, ConversationError> {
-        let until = Instant::now() + Duration::from_millis(self.settings.busy_wait_ms);
+        let until = Instant::now() + self.settings.busy_wait;
         let busy = || {
             crate::metrics::conversation_refused("busy");
             ConversationError::Busy {
@@ -465,7 +465,7 @@ impl Conversations {
                     &system_prompt,
                     &turns[..at],
                     message,
-                    self.settings.max_history_tokens,
+                    self.settings.max_history_tokens.get(),
                 );
                 chat.cache_key_with_history(agent_id, message, &history)
             })
@@ -612,7 +612,7 @@ impl Conversations {
             &agent.definition.system_prompt,
             &conversation.turns,
             message,
-            self.settings.max_history_tokens,
+            self.settings.max_history_tokens.get(),
         );
         let history_tokens = input_token_estimate("", &history, "");
         let answer = chat

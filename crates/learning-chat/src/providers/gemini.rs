@@ -35,7 +35,7 @@ impl GeminiClient {
     pub fn new(settings: &GeminiSettings) -> anyhow::Result<GeminiClient> {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)

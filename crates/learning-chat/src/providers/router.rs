@@ -233,7 +233,7 @@ impl ModelRouter {
                 let quota = KeyQuota {
                     rpm: settings.gemini.key_rpm,
                     input_tpm: settings.gemini.key_input_tpm,
-                    margin: Duration::from_millis(settings.upstream.quota_window_margin_ms),
+                    margin: settings.upstream.quota_window_margin,
                     replicas: settings.redis.replicas,
                     redis,
                 };
@@ -246,7 +246,7 @@ impl ModelRouter {
             _ => None,
         };
         let routing = &settings.routing;
-        let cooldown = Duration::from_millis(routing.breaker_cooldown_ms);
+        let cooldown = routing.breaker_cooldown;
         let mut by_spec: HashMap<ModelSpec, Arc<Route>> = HashMap::new();
         let mut routes = Vec::new();
         let mut chains = HashMap::new();
@@ -274,11 +274,8 @@ impl ModelRouter {
                             Some(var) => Secret::new(std::env::var(var).unwrap_or_default()),
                             None => settings.openai.api_key.clone(),
                         };
-                        let client = OpenAiClient::new(
-                            &base,
-                            key,
-                            Duration::from_millis(settings.gemini.connect_timeout_ms),
-                        )?;
+                        let client =
+                            OpenAiClient::new(&base, key, settings.gemini.connect_timeout)?;
                         let identity = client.identity().to_owned();
                         (Server::Single(Provider::OpenAi(client)), identity)
                     }
