@@ -6,6 +6,8 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
+# The server under test; bench/ab.sh points it at another build to compare two commits.
+SVC_BIN="${SVC_BIN:-$BIN/learning-chat}"
 # Where results go: bench/out/<run>/ (git-ignored); run-all.sh sets one directory for all.
 OUT="${BENCH_OUT:-$ROOT/bench/out/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
@@ -87,7 +89,7 @@ start_sim() {
 start_service() {
     SVC_PORT=$(free_port)
     env GEMINI_API_KEY=bench GEMINI_BASE_URL="$SIM_URL" LEARNING_CHAT_UPSTREAM__RPM=0 "$@" \
-        "$BIN/learning-chat" serve --bind "127.0.0.1:$SVC_PORT" >"$OUT/service-$SVC_PORT.log" 2>&1 &
+        "$SVC_BIN" serve --bind "127.0.0.1:$SVC_PORT" >"$OUT/service-$SVC_PORT.log" 2>&1 &
     SVC_PID=$!
     PIDS+=("$SVC_PID")
     SVC_URL="http://127.0.0.1:$SVC_PORT"

@@ -58,8 +58,13 @@ fi
 echo "== unused dependencies (cargo machete)"
 cargo machete
 
-echo "== module import cycles (docs/architecture.md)"
-./scripts/check-module-cycles.sh
+# The engine speaks no HTTP server: Cargo keeps the crates apart, and this keeps the engine's own
+# dependency tree free of the web stack (docs/architecture.md).
+echo "== the engine crate builds no HTTP stack (cargo tree -p learning-chat-engine -e normal)"
+if cargo tree -p learning-chat-engine -e normal --prefix none | grep -E '^(axum|hyper|hyper-util|tower-http|reqwest) '; then
+  echo "learning-chat-engine depends on the crates above; the HTTP stack belongs in learning-chat-http"
+  exit 1
+fi
 
 echo "== running every test"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"

@@ -2,7 +2,7 @@
 //! (non-streaming, and `stream: true` as SSE `data:` chunks ending in `data: [DONE]`), answered
 //! by the same generator, latency and per-model faults as the Gemini routes, with its own
 //! request quota whose 429 carries `retry-after` and `x-ratelimit-*` headers. The shapes follow
-//! the recorded ones in `crates/learning-chat/tests/fixtures/openai`.
+//! the recorded ones in `crates/learning-chat-engine/tests/fixtures/openai`.
 
 use crate::config::{QuotaConfig, SimConfig};
 use crate::faults::{self, Fault};

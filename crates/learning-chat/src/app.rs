@@ -27,130 +27,131 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
-impl AppState {
-    /// Builds every part of the service from settings (no listener yet).
-    pub fn from_settings(settings: Settings) -> anyhow::Result<AppState> {
-        let metrics = crate::metrics::install();
-        let agents = AgentRegistry::load(settings.agents.path.as_deref())?;
-        let provider = if settings.uses_gemini() {
-            Provider::Gemini(GeminiClient::new(&settings.gemini)?)
-        } else {
-            Provider::Offline(Box::new(OfflineModel::new(&settings.offline)))
-        };
-        let redis = if settings.uses_redis() {
-            Some(RedisLink::new(&settings.redis)?)
-        } else {
-            None
-        };
-        if settings.uses_redis() && !settings.uses_gemini() && !settings.cache.share_offline_answers
-        {
-            tracing::warn!(
-                "no GEMINI_API_KEY: answering from the offline model, and not writing \
-                 those answers to the shared Redis cache (cache.share_offline_answers = false)"
-            );
-        }
-        let ttl = settings.cache.ttl;
-        let cache = match (&redis, settings.cache.enabled) {
-            (_, false) => ResponseCache::Disabled,
-            (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
-            (Some(link), true) => ResponseCache::Tiered {
-                // L1 only absorbs repeats on this server; freshness is Redis's job.
-                memory: MemoryCache::new(settings.cache.capacity, ttl.min(settings.cache.l1_ttl)),
-                redis: RedisCache::new(
-                    link.clone(),
-                    ttl,
-                    // An offline server's answers must not reach the shared cache
-                    // unless the operator wants a fleet of offline servers to share them.
-                    settings.uses_gemini() || settings.cache.share_offline_answers,
-                    settings.redis.max_value_bytes,
-                ),
-            },
-        };
-        let cluster = match (&redis, cache.redis()) {
-            (Some(link), Some(redis_cache)) => Some(
-                ClusterCoalescer::new(link.clone(), redis_cache.clone(), settings.redis.lease)
-                    .with_relay(crate::coalesce::relay::RelayBounds {
-                        max_entries: settings.stream.redis_max_entries.get(),
-                        ttl_ms: u64::try_from(settings.stream.redis_ttl.as_millis())
-                            .unwrap_or(u64::MAX),
-                    }),
-            ),
-            _ => None,
-        };
-        let up = &settings.upstream;
-        let margin = up.quota_window_margin;
-        let quota = match &redis {
-            Some(link) => QuotaLimiter::clustered(
-                up.rpm,
-                up.input_tpm,
-                margin,
-                settings.redis.replicas,
-                link.clone(),
-            ),
-            None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
-        };
-        let router =
-            crate::providers::ModelRouter::build(&agents, &settings, &provider, redis.clone())?;
-        let chat = ChatService::new(ChatDeps {
-            agents,
-            cache,
-            provider,
-            router,
-            admission: Admission::new(
-                ConcurrencyBound {
-                    ceiling: up.max_concurrency,
-                    floor: up.min_concurrency,
-                    rpm: up.rpm,
-                    headroom: up.concurrency_headroom,
-                },
-                // No call can usefully take longer than half the deadline: a request also has
-                // to wait for its slot, and the quota gate needs room to grant future slots.
-                LatencyEstimate::new(up.latency_half_life, settings.request_timeout() / 2),
-                up.max_queue,
-                up.max_queue_wait,
-            ),
-            quota,
-            cluster,
-            retry: RetryPolicy {
-                max_retries: up.max_retries,
-                base_delay: up.retry_base_delay,
-                max_delay: up.retry_max_delay,
-                max_retry_after: up.max_retry_after,
-            },
-            max_message_chars: settings.server.max_message_chars.get(),
-            prices: Prices {
-                input_per_million: settings.telemetry.price_per_million_input_tokens,
-                output_per_million: settings.telemetry.price_per_million_output_tokens,
-            },
-            refusal_ttl: settings.cache.refusal_ttl,
-            failure_share: settings.redis.failure_share,
-        });
-        let conversation_ttl = settings.conversation.ttl;
-        let conversations = Conversations::new(
-            match &redis {
-                Some(link) => {
-                    ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
-                }
-                None => ConversationStore::Memory(Arc::new(MemoryStore::new(
-                    settings.conversation.max_conversations,
-                    conversation_ttl,
-                ))),
-            },
-            settings.conversation.clone(),
-            // Longer than any request may run, so the lock only outlives a server that died.
-            settings.request_timeout() + Duration::from_secs(5),
+/// Builds every part of the service from settings (no listener yet).
+pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
+    let metrics = crate::metrics::install();
+    let transport = crate::client::make_transport();
+    let agents = AgentRegistry::load(settings.agents.path.as_deref())?;
+    let provider = if settings.uses_gemini() {
+        Provider::Gemini(GeminiClient::new(&settings.gemini, &transport)?)
+    } else {
+        Provider::Offline(Box::new(OfflineModel::new(&settings.offline)))
+    };
+    let redis = if settings.uses_redis() {
+        Some(RedisLink::new(&settings.redis)?)
+    } else {
+        None
+    };
+    if settings.uses_redis() && !settings.uses_gemini() && !settings.cache.share_offline_answers {
+        tracing::warn!(
+            "no GEMINI_API_KEY: answering from the offline model, and not writing \
+             those answers to the shared Redis cache (cache.share_offline_answers = false)"
         );
-        let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
-        crate::metrics::queue_limit(settings.upstream.max_queue);
-        Ok(AppState::new(StateParts {
-            chat,
-            conversations,
-            settings,
-            metrics,
-            redis,
-            auth,
-        }))
     }
+    let ttl = settings.cache.ttl;
+    let cache = match (&redis, settings.cache.enabled) {
+        (_, false) => ResponseCache::Disabled,
+        (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
+        (Some(link), true) => ResponseCache::Tiered {
+            // L1 only absorbs repeats on this server; freshness is Redis's job.
+            memory: MemoryCache::new(settings.cache.capacity, ttl.min(settings.cache.l1_ttl)),
+            redis: RedisCache::new(
+                link.clone(),
+                ttl,
+                // An offline server's answers must not reach the shared cache
+                // unless the operator wants a fleet of offline servers to share them.
+                settings.uses_gemini() || settings.cache.share_offline_answers,
+                settings.redis.max_value_bytes,
+            ),
+        },
+    };
+    let cluster = match (&redis, cache.redis()) {
+        (Some(link), Some(redis_cache)) => Some(
+            ClusterCoalescer::new(link.clone(), redis_cache.clone(), settings.redis.lease)
+                .with_relay(crate::coalesce::relay::RelayBounds {
+                    max_entries: settings.stream.redis_max_entries.get(),
+                    ttl_ms: u64::try_from(settings.stream.redis_ttl.as_millis())
+                        .unwrap_or(u64::MAX),
+                }),
+        ),
+        _ => None,
+    };
+    let up = &settings.upstream;
+    let margin = up.quota_window_margin;
+    let quota = match &redis {
+        Some(link) => QuotaLimiter::clustered(
+            up.rpm,
+            up.input_tpm,
+            margin,
+            settings.redis.replicas,
+            link.clone(),
+        ),
+        None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
+    };
+    let router = crate::providers::ModelRouter::build(
+        &agents,
+        &settings,
+        &provider,
+        redis.clone(),
+        &transport,
+    )?;
+    let chat = ChatService::new(ChatDeps {
+        agents,
+        cache,
+        provider,
+        router,
+        admission: Admission::new(
+            ConcurrencyBound {
+                ceiling: up.max_concurrency,
+                floor: up.min_concurrency,
+                rpm: up.rpm,
+                headroom: up.concurrency_headroom,
+            },
+            // No call can usefully take longer than half the deadline: a request also has
+            // to wait for its slot, and the quota gate needs room to grant future slots.
+            LatencyEstimate::new(up.latency_half_life, settings.request_timeout() / 2),
+            up.max_queue,
+            up.max_queue_wait,
+        ),
+        quota,
+        cluster,
+        retry: RetryPolicy {
+            max_retries: up.max_retries,
+            base_delay: up.retry_base_delay,
+            max_delay: up.retry_max_delay,
+            max_retry_after: up.max_retry_after,
+        },
+        max_message_chars: settings.server.max_message_chars.get(),
+        prices: Prices {
+            input_per_million: settings.telemetry.price_per_million_input_tokens,
+            output_per_million: settings.telemetry.price_per_million_output_tokens,
+        },
+        refusal_ttl: settings.cache.refusal_ttl,
+        failure_share: settings.redis.failure_share,
+    });
+    let conversation_ttl = settings.conversation.ttl;
+    let conversations = Conversations::new(
+        match &redis {
+            Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
+            None => ConversationStore::Memory(Arc::new(MemoryStore::new(
+                settings.conversation.max_conversations,
+                conversation_ttl,
+            ))),
+        },
+        settings.conversation.clone(),
+        // Longer than any request may run, so the lock only outlives a server that died.
+        settings.request_timeout() + Duration::from_secs(5),
+    );
+    let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
+    learning_chat_engine::metrics::queue_limit(settings.upstream.max_queue);
+    Ok(AppState::new(StateParts {
+        chat,
+        conversations,
+        settings,
+        metrics,
+        redis,
+        auth,
+    }))
 }
 
 /// The router with every route and middleware.
@@ -242,7 +243,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let bind = settings.server.bind;
         let tls = crate::tls::Tls::from_settings(&settings.server)?;
-        let state = AppState::from_settings(settings)?;
+        let state = state_from_settings(settings)?;
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;

@@ -1,32 +1,20 @@
 //! learning-chat: an AI tutoring chat service in front of Google Gemini, built so that one small
 //! server holds 1000+ concurrent learners and many servers share one Gemini quota.
 //!
-//! The request path lives in [`chat`]; [`app`] assembles the HTTP service around it.
+//! This crate is the binary's library: [`app`] wires the engine ([`learning_chat_engine`]) and
+//! the HTTP edge ([`learning_chat_http`]) from the settings; [`keys_cli`] is `learning-chat keys`.
+//! The modules of both are re-exported under their own names, so tools and tests reach every part
+//! through one crate.
 
-#![cfg_attr(
-    not(test),
-    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
-
-pub mod admission;
-pub mod agents;
-pub mod api;
 pub mod app;
-pub mod auth;
-pub mod cache;
-pub mod chat;
-pub mod coalesce;
-pub mod config;
-pub mod conversations;
-pub mod metrics;
-pub mod plan;
-pub mod providers;
-pub mod redis_link;
-pub mod routes;
-pub mod serve;
-pub mod telemetry;
-pub mod tls;
-pub mod web;
+pub mod keys_cli;
+
+pub use learning_chat_engine::{
+    admission, agents, cache, chat, coalesce, config, conversations, providers, redis_link, trace,
+    trace_span,
+};
+pub use learning_chat_http::{api, auth, client, metrics, routes, serve, telemetry, tls, web};
+pub use learning_chat_plan as plan;
 
 pub use api::AppState;
 pub use app::Application;

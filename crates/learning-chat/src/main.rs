@@ -38,7 +38,7 @@ enum Command {
     Plan(learning_chat::plan::PlanArgs),
     /// Manage API keys in the store the server uses (Redis, or auth.keys_file).
     #[command(subcommand)]
-    Keys(learning_chat::auth::cli::KeysCommand),
+    Keys(learning_chat::keys_cli::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { bind: None }) {
         Command::CheckConfig => check_config(&settings),
         Command::Plan(args) => learning_chat::plan::run(&args),
-        Command::Keys(command) => learning_chat::auth::cli::run(&settings, &command),
+        Command::Keys(command) => learning_chat::keys_cli::run(&settings, &command),
         Command::Serve { bind } => {
             if let Some(bind) = bind {
                 settings.server.bind = bind;

@@ -3,14 +3,14 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use learning_chat::app::{router, AppState};
+use learning_chat::app::router;
 use learning_chat::Settings;
 use serde_json::Value;
 use std::num::NonZero;
 use tower::ServiceExt;
 
 fn app_with(settings: Settings) -> axum::Router {
-    router(AppState::from_settings(settings).unwrap())
+    router(learning_chat::app::state_from_settings(settings).unwrap())
 }
 
 fn app() -> axum::Router {

@@ -10,7 +10,7 @@ use crate::support::{offline_settings, settings_for, spawn_app, start_sim, TestA
 use gemini_sim::{SimConfig, SimServer};
 use learning_chat::config::Secret;
 use learning_chat::conversations::ConversationError;
-use learning_chat::{AppState, Settings};
+use learning_chat::Settings;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::num::NonZero;
@@ -163,7 +163,7 @@ async fn first_turns_and_identical_follow_ups_share_the_cache() {
 async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let mut settings = offline_settings();
     settings.conversation.ttl = Duration::from_secs(600);
-    let state = AppState::from_settings(settings).unwrap();
+    let state = learning_chat::app::state_from_settings(settings).unwrap();
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(30);
     let conversations = &state.conversations;
     let math = state.chat.agent("math").unwrap();

@@ -229,6 +229,7 @@ fn client(sim: &SimServer) -> OpenAiClient {
         &sim.base_url(),
         Secret::new("sk-test"),
         Duration::from_secs(5),
+        &learning_chat::client::make_transport(),
     )
     .unwrap()
 }

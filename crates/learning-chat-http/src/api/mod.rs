@@ -1,0 +1,491 @@
+//! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
+
+mod encoding;
+mod error;
+mod security;
+mod state;
+pub mod stream;
+
+use security::KeyAuth;
+
+pub use encoding::{accepts_a_coding_we_send, RefuseUnacceptableEncodingLayer};
+pub use error::{ApiError, ErrorBody, ErrorObject};
+pub use state::{AppState, AppStateParts, StateParts};
+
+use crate::routes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use learning_chat_engine::providers::Usage;
+use serde::{Deserialize, Serialize};
+use std::time::Instant as StdInstant;
+use tokio::time::Instant;
+use utoipa::{OpenApi, ToSchema};
+
+/// JSON body extractor whose rejections use the service's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// A learner's message to a tutor.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    /// The learner's question (1 to `server.max_message_chars` characters).
+    #[schema(example = "What is 2+2?")]
+    pub message: Option<String>,
+    /// The conversation this message continues (from an earlier answer's `conversation_id`);
+    /// absent to start a new conversation.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+/// The tutor's answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChatResponse {
+    /// The answer text.
+    pub response: String,
+    /// The agent that answered.
+    pub agent_id: String,
+    /// True when served from the cache (no model call).
+    pub cached: bool,
+    /// The model that produced the answer; `offline-simulated/...` when no API key is set.
+    pub model: String,
+    /// Tokens the answer cost when produced.
+    pub usage: Usage,
+    /// `STOP` for complete answers, `MAX_TOKENS` when cut at the length limit.
+    pub finish_reason: String,
+    /// Time spent in the service, in milliseconds.
+    pub latency_ms: u64,
+    /// The conversation to send follow-ups in; `null` when a new conversation could not be
+    /// stored (Redis down): the answer stands alone.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Which exchange of the conversation this was (1 for its first question).
+    #[serde(default)]
+    pub turn: u32,
+    /// True when older turns were left out of the history sent to the model to keep it
+    /// within `conversation.max_history_tokens` (the first exchange is always kept).
+    #[serde(default)]
+    pub history_truncated: bool,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TurnView {
+    /// `user` for the learner's question, `model` for the tutor's answer.
+    pub role: learning_chat_engine::providers::Role,
+    /// What was said.
+    pub text: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// For an answer: served from the cache.
+    pub cached: bool,
+    /// For an answer: the model that produced it (empty for a question).
+    pub model: String,
+}
+
+/// A conversation and its turns, in order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationView {
+    /// The conversation id.
+    pub id: String,
+    /// The agent it belongs to.
+    pub agent_id: String,
+    /// When it began (RFC 3339, UTC).
+    pub created_at: String,
+    /// When it last changed (RFC 3339, UTC).
+    pub updated_at: String,
+    /// Every turn, oldest first; a question and its answer are two turns.
+    pub turns: Vec<TurnView>,
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl From<learning_chat_engine::conversations::Conversation> for ConversationView {
+    fn from(c: learning_chat_engine::conversations::Conversation) -> Self {
+        ConversationView {
+            created_at: rfc3339(c.created_at_ms),
+            updated_at: rfc3339(c.updated_at_ms()),
+            id: c.id,
+            agent_id: c.agent_id,
+            turns: c
+                .turns
+                .into_iter()
+                .map(|t| TurnView {
+                    role: t.role,
+                    text: t.text,
+                    at: rfc3339(t.at_ms),
+                    cached: t.cached,
+                    model: t.model,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One agent in the list.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentSummary {
+    /// URL id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// What the tutor covers.
+    pub description: String,
+    /// The model it uses.
+    pub model: String,
+}
+
+/// The list of agents.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    /// Every agent, sorted by id.
+    pub agents: Vec<AgentSummary>,
+}
+
+/// Liveness and readiness answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthStatus {
+    /// `ok`, `ready`, `draining` or `not_ready`.
+    pub status: String,
+    /// `gemini` or `offline-simulated` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// `disabled`, `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Each model's circuit: `closed`, `open` (skipped) or `half_open` (readiness only). An
+    /// open circuit does not make the server unready: the agent's fallbacks answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuits: Option<std::collections::BTreeMap<String, String>>,
+    /// Gemini API keys configured and in rotation (readiness only, with Gemini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<KeyRotation>,
+}
+
+/// How many Gemini API keys can be used now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyRotation {
+    /// Keys configured.
+    pub total: usize,
+    /// Keys neither refused nor out of their per-day quota.
+    pub in_rotation: usize,
+}
+
+/// Ask a tutor a question, as the first message of a new conversation or, with
+/// `conversation_id`, as a follow-up answered with the conversation's history.
+/// What a chat or stream request asks: the agent, resolved once, and the learner's message.
+pub(crate) struct Question {
+    /// The agent id as given in the path.
+    pub agent_id: String,
+    /// The agent it names.
+    pub agent: std::sync::Arc<learning_chat_engine::agents::Agent>,
+    /// The rest of the body (the conversation id).
+    pub request: ChatRequest,
+    /// The learner's message.
+    pub message: String,
+}
+
+/// Reads a chat or stream request. An unknown agent is reported before body problems: it is the
+/// more useful error. The agent is resolved here once and passed down, so no later step checks
+/// the id again.
+pub(crate) fn question(
+    state: &AppState,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<ApiJson<ChatRequest>, ApiError>,
+) -> Result<Question, ApiError> {
+    let Path(agent_id) = path?;
+    let agent = state.chat.agent(&agent_id)?;
+    let ApiJson(mut request) = body?;
+    let message = request.message.take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_message",
+            "the body must have a `message` field with the learner's question",
+        )
+    })?;
+    Ok(Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = routes::AGENT_CHAT,
+    params(("agent_id" = String, Path, description = "Agent id, e.g. `math`")),
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The answer", body = ChatResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (auth.mode = required)", body = ErrorBody),
+        (status = 403, description = "API key revoked or not allowed for this agent", body = ErrorBody),
+        (status = 404, description = "Unknown agent, or unknown (erased, expired) conversation", body = ErrorBody),
+        (status = 409, description = "The conversation belongs to another agent (`conversation_agent_mismatch`), or another of its messages is still being answered (`conversation_busy`, see Retry-After)", body = ErrorBody),
+        (status = 413, description = "Body or message too large, or the conversation would exceed `conversation.max_stored_bytes` (`conversation_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Missing or empty message, blocked by safety filters, or the conversation is at `conversation.max_turns` (`conversation_turn_limit`)", body = ErrorBody),
+        (status = 429, description = "A per-key or per-learner limit; the code names it; see Retry-After", body = ErrorBody),
+        (status = 502, description = "The model failed", body = ErrorBody),
+        (status = 503, description = "Overloaded or quota used up, or a follow-up while the conversation store (Redis) is down (`conversation_store_unavailable`); see Retry-After", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody),
+    )
+)]
+pub async fn chat(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<ApiJson<ChatRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let started = StdInstant::now();
+    let Question {
+        agent_id,
+        agent,
+        request,
+        message,
+    } = question(&state, path, body)?;
+    let deadline = Instant::now() + state.settings.request_timeout();
+    let outcome = state
+        .conversations
+        .send(
+            &state.chat,
+            &agent,
+            &message,
+            request.conversation_id.as_deref(),
+            owner(caller.as_ref()),
+            deadline,
+        )
+        .await?;
+    let answer = outcome.answer;
+    let body = ChatResponse {
+        response: answer.text,
+        agent_id,
+        cached: answer.cached,
+        model: answer.model,
+        usage: answer.usage,
+        finish_reason: answer.finish_reason.to_owned(),
+        latency_ms: started.elapsed().as_millis() as u64,
+        conversation_id: outcome.conversation_id,
+        turn: outcome.turn,
+        history_truncated: outcome.history_truncated,
+    };
+    // Sized up front: axum's `Json` starts at 128 bytes and regrows through every answer.
+    let mut bytes = Vec::with_capacity(body.response.len() + 256);
+    serde_json::to_writer(&mut bytes, &body).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialise an answer");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred",
+        )
+    })?;
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response();
+    // What to charge the caller's key (read by the auth middleware, never sent).
+    response.extensions_mut().insert(crate::auth::AnswerCost {
+        cached: body.cached,
+        prompt_tokens: body.usage.prompt_tokens,
+        output_tokens: body.usage.output_tokens,
+    });
+    Ok(response)
+}
+
+/// A conversation with every turn, in order.
+#[utoipa::path(
+    get,
+    path = routes::CONVERSATION,
+    params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationView),
+        (status = 404, description = "Unknown, erased or expired", body = ErrorBody),
+        (status = 503, description = "The conversation store (Redis) is down; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let Path(id) = path?;
+    let conversation = state.conversations.get(&id, owner(caller.as_ref())).await?;
+    Ok(Json(conversation.into()))
+}
+
+/// Erases a conversation everywhere (Redis, so every server); later use of its id is 404.
+#[utoipa::path(
+    delete,
+    path = routes::CONVERSATION,
+    params(("conversation_id" = String, Path, description = "From an answer's `conversation_id`")),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 404, description = "Unknown, already erased or expired", body = ErrorBody),
+        (status = 503, description = "The conversation store (Redis) is down; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = path?;
+    state
+        .conversations
+        .erase(&state.chat, &id, owner(caller.as_ref()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The key a conversation belongs to: the caller's key id when keys are required (another key
+/// gets 404 for it), none with `auth.mode = "off"`.
+fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> {
+    caller.map(|axum::Extension(caller)| &*caller.key_id)
+}
+
+/// List the tutors.
+#[utoipa::path(get, path = routes::AGENTS, responses((status = 200, description = "The tutors", body = AgentList)))]
+pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
+    let agents = state
+        .chat
+        .agents()
+        .all()
+        .map(|a| AgentSummary {
+            id: a.definition.id.clone(),
+            name: a.definition.name.clone(),
+            description: a.definition.description.clone(),
+            model: a.definition.model.clone(),
+        })
+        .collect();
+    Json(AgentList { agents })
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = routes::HEALTH, responses((status = 200, description = "The process is up", body = HealthStatus)))]
+pub async fn health() -> Json<HealthStatus> {
+    Json(HealthStatus {
+        status: "ok".to_owned(),
+        provider: None,
+        redis: None,
+        circuits: None,
+        api_keys: None,
+    })
+}
+
+/// Readiness: the service can answer (provider configured, not draining); Redis state as detail.
+#[utoipa::path(
+    get,
+    path = routes::READY,
+    responses(
+        (status = 200, description = "Ready", body = HealthStatus),
+        (status = 503, description = "Draining", body = HealthStatus),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let draining = state.is_draining();
+    let body = HealthStatus {
+        status: if draining { "draining" } else { "ready" }.to_owned(),
+        provider: Some(state.chat.provider().name().to_owned()),
+        redis: Some(state.redis_status().to_owned()),
+        circuits: Some(state.chat.router().circuits()),
+        api_keys: state
+            .chat
+            .router()
+            .key_counts()
+            .map(|(total, in_rotation)| KeyRotation { total, in_rotation }),
+    };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics in text format.
+#[utoipa::path(get, path = routes::METRICS, responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.refresh_gauges().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI description of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "learning-chat",
+        description = "AI tutoring chat: subject tutors answered by Google Gemini."
+    ),
+    paths(
+        chat,
+        stream::chat_stream,
+        get_conversation,
+        delete_conversation,
+        list_agents,
+        health,
+        ready,
+        metrics
+    ),
+    components(schemas(
+        ChatRequest,
+        ChatResponse,
+        stream::StreamDelta,
+        ConversationView,
+        TurnView,
+        learning_chat_engine::providers::Role,
+        AgentList,
+        AgentSummary,
+        HealthStatus,
+        KeyRotation,
+        ErrorBody,
+        ErrorObject,
+        Usage
+    )),
+    modifiers(&KeyAuth)
+)]
+pub struct ApiDoc;
+
+/// Serves the OpenAPI document.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// 404 for unknown paths, in the service's error shape.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// 405 for known paths with another method, in the service's error shape.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,469 @@
+//! API keys, per-key limits and the caller's identity (issue 12).
+//!
+//! With `auth.mode = "required"` every `/api/` request carries a key (`Authorization: Bearer`
+//! or `x-api-key`). The key's peppered hash is looked up in the key store ([`keys::KeyStore`]:
+//! Redis, or a TOML file), with a short in-process cache (`auth.cache_ttl_ms`, default 1 s) so
+//! a new or revoked key takes effect on every server within it. The caller's key id goes into
+//! the request's extensions ([`Caller`]) and into the admission queue's fair order
+//! ([`learning_chat_engine::admission::Flow`]); its limits are enforced by [`limits::KeyLimiter`]. The secret
+//! itself is never logged, labelled or echoed: only the key id is.
+
+pub mod keys;
+pub mod limits;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keys::{ApiKey, KeyLimits, KeyStore};
+use learning_chat_engine::admission::{Flow, FLOW};
+use learning_chat_engine::chat::Prices;
+use learning_chat_engine::config::{AuthMode, Secret, Settings};
+use learning_chat_engine::redis_link::RedisLink;
+use limits::{Decision, KeyLimiter, Subject};
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Header a client may use instead of `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Opaque learner id header (hashed before use) for per-learner limits.
+pub const LEARNER_HEADER: &str = "x-learner-id";
+/// The label used for keys beyond `metrics.max_key_labels`.
+pub const OTHER_KEY_LABEL: &str = "other";
+
+/// Who is calling, put in the request's extensions by the auth middleware.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key id (never the secret); conversations and metrics are keyed by it.
+    pub key_id: Arc<str>,
+    /// The key's name.
+    pub name: Arc<str>,
+    /// The hashed `X-Learner-Id`, when sent.
+    pub learner: Option<Arc<str>>,
+}
+
+/// What an answer cost, put in the response's extensions by the chat handler so the auth
+/// middleware can charge the key.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerCost {
+    /// Served from the cache: counts against the request rate only.
+    pub cached: bool,
+    /// Input tokens of the model call.
+    pub prompt_tokens: u32,
+    /// Output tokens of the model call.
+    pub output_tokens: u32,
+}
+
+/// What a streamed answer will cost, known only when its stream ends: put in the response's
+/// extensions by the stream handler, so the key's hold (its concurrency slot, its token budget)
+/// lasts until then and is charged the real cost. A stream that ends without an answer drops
+/// the sender: nothing is charged beyond the request.
+#[derive(Debug, Clone)]
+pub struct PendingCost(
+    pub Arc<parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<AnswerCost>>>>,
+);
+
+/// Metric labels for key ids, bounded: the first `max` ids seen get their own label.
+struct KeyLabels {
+    max: usize,
+    seen: Mutex<HashSet<Arc<str>>>,
+}
+
+impl KeyLabels {
+    fn label(&self, id: &Arc<str>) -> Arc<str> {
+        let mut seen = self.seen.lock();
+        if seen.contains(id) {
+            return id.clone();
+        }
+        if seen.len() < self.max {
+            seen.insert(id.clone());
+            return id.clone();
+        }
+        Arc::from(OTHER_KEY_LABEL)
+    }
+}
+
+/// Why a request was refused by the key check; the API's error type turns it into the answer
+/// (`impl IntoResponse for Refusal` in `api`), so this module needs nothing of the HTTP edge.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No key sent.
+    Missing,
+    /// No such key.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+    /// The key may not ask this agent.
+    AgentNotAllowed,
+    /// The key store cannot be read and the key is not known from before.
+    Unavailable,
+    /// A per-key or per-learner limit refused the request.
+    Limited {
+        /// The limit that refused.
+        limit: limits::LimitKind,
+        /// When to retry.
+        retry_after: Duration,
+    },
+}
+
+impl Refusal {
+    /// The `reason` label of `learning_chat_auth_failures_total` (none for limits, which
+    /// `learning_chat_key_limited_total` counts).
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::Missing => "missing",
+            Refusal::Unknown => "unknown",
+            Refusal::Revoked => "revoked",
+            Refusal::AgentNotAllowed => "agent_not_allowed",
+            Refusal::Unavailable => "store_unavailable",
+            Refusal::Limited { .. } => return None,
+        })
+    }
+}
+
+type Lookup = Option<Arc<ApiKey>>;
+
+/// The key check and per-key limits of one server.
+pub struct Auth {
+    pepper: Secret,
+    store: KeyStore,
+    /// Hash -> key (or known absence), trusted for `auth.cache_ttl_ms`.
+    cache: moka::future::Cache<String, Lookup>,
+    /// Keys seen valid recently: used while the store (Redis) cannot be read.
+    stale: moka::future::Cache<String, Arc<ApiKey>>,
+    /// Key ids whose last use was written recently (at most one write a minute per server).
+    touched: moka::future::Cache<Arc<str>, ()>,
+    limiter: KeyLimiter,
+    labels: KeyLabels,
+    prices: Prices,
+}
+
+impl Auth {
+    /// The key check for these settings, or `None` with `auth.mode = "off"` (logged loudly).
+    pub fn from_settings(settings: &Settings, redis: Option<RedisLink>) -> Option<Arc<Auth>> {
+        if settings.auth.mode == AuthMode::Off {
+            return None;
+        }
+        let store = store_for(settings, redis.clone());
+        let lease = settings.request_timeout() + Duration::from_secs(5);
+        Some(Arc::new(Auth {
+            pepper: settings.auth.pepper.clone(),
+            store,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.auth.cache_ttl)
+                .build(),
+            stale: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.auth.stale_ttl)
+                .build(),
+            touched: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            limiter: KeyLimiter::new(redis, settings.redis.replicas, lease),
+            labels: KeyLabels {
+                max: settings.metrics.max_key_labels,
+                seen: Mutex::new(HashSet::new()),
+            },
+            prices: Prices {
+                input_per_million: settings.telemetry.price_per_million_input_tokens,
+                output_per_million: settings.telemetry.price_per_million_output_tokens,
+            },
+        }))
+    }
+
+    /// Finds the key whose secret is `secret`.
+    async fn lookup(&self, secret: &str) -> Result<Arc<ApiKey>, Refusal> {
+        let hash = keys::hash_secret(&self.pepper, secret);
+        let store = &self.store;
+        let found = self
+            .cache
+            .try_get_with(hash.clone(), async {
+                store.by_hash(&hash).await.map(|k| k.map(Arc::new))
+            })
+            .await;
+        let key = match found {
+            Ok(Some(key)) => {
+                self.stale.insert(hash.clone(), key.clone()).await;
+                key
+            }
+            Ok(None) => return Err(Refusal::Unknown),
+            Err(error) => match self.stale.get(&hash).await {
+                Some(key) => key,
+                None => {
+                    tracing::warn!(error = %error, "cannot read the key store");
+                    return Err(Refusal::Unavailable);
+                }
+            },
+        };
+        // The store found it by hash; compare again in constant time, so no code path depends
+        // on how much of a wrong hash matched.
+        if !keys::hashes_match(&key.hash, &hash) {
+            return Err(Refusal::Unknown);
+        }
+        if key.revoked_at.is_some() {
+            return Err(Refusal::Revoked);
+        }
+        Ok(key)
+    }
+}
+
+/// Logs the auth mode at start; loudly when keys are off.
+pub fn log_mode(settings: &Settings) {
+    match settings.auth.mode {
+        AuthMode::Off => tracing::warn!(
+            "AUTH IS OFF (auth.mode = \"off\"): anyone who can reach this port can spend the \
+             model budget. Set auth.mode = \"required\" and LEARNING_CHAT_AUTH__PEPPER, and \
+             create keys with `learning-chat keys create`."
+        ),
+        AuthMode::Required => tracing::info!(
+            store = if settings.uses_redis() {
+                "redis"
+            } else {
+                "file"
+            },
+            "API keys required"
+        ),
+    }
+}
+
+/// The key store the settings name: Redis when configured, else `auth.keys_file`.
+pub fn store_for(settings: &Settings, redis: Option<RedisLink>) -> KeyStore {
+    match redis {
+        Some(link) => KeyStore::Redis(link),
+        None => KeyStore::File(settings.auth.keys_file.clone()),
+    }
+}
+
+/// The secret the request carries, if any.
+fn presented_secret(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Counts and logs a refused key, and answers.
+fn refusal_response(refusal: Refusal) -> Response {
+    if let Some(reason) = refusal.reason() {
+        crate::metrics::auth_failure(reason);
+        if !matches!(refusal, Refusal::Unavailable) {
+            tracing::info!(reason, "api key refused");
+        }
+    }
+    refusal.into_response()
+}
+
+/// A granted request's hold on its key's limits; ended (tokens charged, lease released) when
+/// the answer is out, or in the background if the client went away first.
+struct Held {
+    auth: Arc<Auth>,
+    limits: KeyLimits,
+    subject: Subject,
+    decision: Decision,
+    done: bool,
+}
+
+impl Held {
+    async fn finish(mut self, tokens: u64) {
+        self.done = true;
+        self.auth
+            .limiter
+            .finish(&self.limits, &self.subject, &self.decision, tokens)
+            .await;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let auth = self.auth.clone();
+        let (limits, subject, decision) = (self.limits, self.subject.clone(), self.decision);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                auth.limiter.finish(&limits, &subject, &decision, 0).await;
+            });
+        }
+    }
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: &Decision) {
+    if limits.rpm == 0 {
+        return;
+    }
+    let remaining = u64::from(limits.rpm).saturating_sub(decision.rpm_used);
+    let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
+    for (name, value) in [
+        ("ratelimit-limit", u64::from(limits.rpm)),
+        ("ratelimit-remaining", remaining),
+        ("ratelimit-reset", reset.max(1)),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+}
+
+/// The middleware of every `/api/` route with `auth.mode = "required"`.
+pub async fn require_key(
+    State(auth): State<Arc<Auth>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(secret) = presented_secret(request.headers()) else {
+        return refusal_response(Refusal::Missing);
+    };
+    let key = match auth.lookup(secret).await {
+        Ok(key) => key,
+        Err(refusal) => return refusal_response(refusal),
+    };
+    let agent = crate::routes::agent_of(request.uri().path()).map(str::to_owned);
+    if let Some(agent) = &agent {
+        if !key.allows_agent(agent) {
+            return refusal_response(Refusal::AgentNotAllowed);
+        }
+    }
+    let key_id: Arc<str> = Arc::from(key.id.as_str());
+    tracing::debug!(key_id = %key.id, "api key accepted");
+    let learner = request
+        .headers()
+        .get(LEARNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| Arc::<str>::from(keys::hash_learner(&auth.pepper, &key.id, v)));
+    if auth.touched.get(&key_id).await.is_none() {
+        auth.touched.insert(key_id.clone(), ()).await;
+        let store = auth.store.clone();
+        let id = key.id.clone();
+        tokio::spawn(async move { store.touch(&id, keys::unix_now()).await });
+    }
+    request.extensions_mut().insert(Caller {
+        key_id: key_id.clone(),
+        name: Arc::from(key.name.as_str()),
+        learner: learner.clone(),
+    });
+    let flow = Flow {
+        id: key_id.clone(),
+        weight: key.weight.max(1),
+    };
+    // Only questions cost anything; listing agents needs a key but spends no budget.
+    if agent.is_none() {
+        return FLOW.scope(flow, next.run(request)).await;
+    }
+    let label = auth.labels.label(&key_id);
+    let subject = Subject {
+        key_id: key.id.clone(),
+        learner: learner.map(|l| l.to_string()),
+        member: uuid::Uuid::new_v4().to_string(),
+    };
+    let decision = auth.limiter.acquire(&key.limits, &subject).await;
+    if let Some(limit) = decision.refused {
+        crate::metrics::key_limited(&label, limit.code());
+        let mut response = Refusal::Limited {
+            limit,
+            retry_after: decision.retry_after.max(Duration::from_secs(1)),
+        }
+        .into_response();
+        rate_limit_headers(response.headers_mut(), &key.limits, &decision);
+        return response;
+    }
+    let held = Held {
+        auth: auth.clone(),
+        limits: key.limits,
+        subject,
+        decision,
+        done: false,
+    };
+    let mut response = FLOW.scope(flow, next.run(request)).await;
+    let pending = response
+        .extensions_mut()
+        .remove::<PendingCost>()
+        .and_then(|pending| pending.0.lock().take());
+    if let Some(pending) = pending {
+        rate_limit_headers(response.headers_mut(), &key.limits, &decision);
+        tokio::spawn(crate::telemetry::in_current_context(async move {
+            let tokens = charge(&auth, &label, pending.await.ok());
+            held.finish(tokens).await;
+        }));
+        return response;
+    }
+    let cost = response.extensions().get::<AnswerCost>().copied();
+    let tokens = charge(&auth, &label, cost);
+    rate_limit_headers(response.headers_mut(), &key.limits, &decision);
+    held.finish(tokens).await;
+    response
+}
+
+/// Counts an answer against its key's metrics; returns the tokens to charge its budget.
+fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
+    match cost {
+        Some(cost) if !cost.cached => {
+            crate::metrics::key_request(label, "ok");
+            crate::metrics::key_tokens(
+                label,
+                cost.prompt_tokens,
+                cost.output_tokens,
+                auth.prices.input_per_million,
+                auth.prices.output_per_million,
+            );
+            u64::from(cost.prompt_tokens) + u64::from(cost.output_tokens)
+        }
+        Some(_) => {
+            crate::metrics::key_request(label, "cached");
+            0
+        }
+        None => {
+            crate::metrics::key_request(label, "error");
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_comes_from_either_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_secret(&headers), None);
+        headers.insert(API_KEY_HEADER, HeaderValue::from_static("lc_abc"));
+        assert_eq!(presented_secret(&headers), Some("lc_abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer lc_xyz"),
+        );
+        assert_eq!(presented_secret(&headers), Some("lc_xyz"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Zm9v"),
+        );
+        assert_eq!(presented_secret(&headers), None);
+    }
+
+    #[test]
+    fn key_labels_are_bounded() {
+        let labels = KeyLabels {
+            max: 2,
+            seen: Mutex::new(HashSet::new()),
+        };
+        let ids: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+        assert_eq!(&*labels.label(&ids[0]), "a");
+        assert_eq!(&*labels.label(&ids[1]), "b");
+        assert_eq!(&*labels.label(&ids[2]), OTHER_KEY_LABEL);
+        assert_eq!(&*labels.label(&ids[0]), "a");
+    }
+}

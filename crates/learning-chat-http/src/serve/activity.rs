@@ -1,0 +1,265 @@
+//! What each connection is doing, for the watchdog that enforces the read and idle bounds.
+
+use super::ConnectionLimits;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Counts a connection in the open-connections gauge while it lives.
+pub(super) struct OpenConnection;
+
+impl OpenConnection {
+    pub(super) fn new() -> OpenConnection {
+        crate::metrics::http_connections_open(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::http_connections_open(-1.0);
+    }
+}
+
+/// No value yet (for [`Activity::head_started_ms`]).
+const NONE: u64 = u64::MAX;
+
+/// What a connection is doing, as the watchdog needs to know it: requests in flight, when the
+/// last one ended, when the bytes of the next one began. Times in ms since `opened`.
+pub(super) struct Activity {
+    pub(super) opened: Instant,
+    pub(super) in_flight: AtomicUsize,
+    pub(super) requests: AtomicU64,
+    pub(super) idle_since_ms: AtomicU64,
+    pub(super) head_started_ms: AtomicU64,
+    /// HTTP/2: bytes between requests are not the start of a request head.
+    pub(super) multiplexed: AtomicBool,
+    /// Wakes the watchdog when a change may bring its deadline forward.
+    pub(super) changed: Notify,
+}
+
+impl Activity {
+    pub(super) fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(NONE),
+            multiplexed: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    /// Bytes arriving while no request is in flight are the start of the next request's head.
+    pub(super) fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.is_multiplexed() {
+            return;
+        }
+        let started = self.head_started_ms.compare_exchange(
+            NONE,
+            self.now_ms(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if started.is_ok() {
+            self.changed.notify_one();
+        }
+    }
+
+    pub(super) fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.head_started_ms.store(NONE, Ordering::Release);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// When the connection must be closed if nothing changes, and for which bound; no bound
+    /// while a request is in flight (the deadline is then only when to look again).
+    pub(super) fn next_deadline(
+        &self,
+        limits: &ConnectionLimits,
+    ) -> (Instant, Option<&'static str>) {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            // Only a change (the request ending) can start a bound; look again then, or after a
+            // while in case of a missed wake-up.
+            let recheck = limits.header_read.max(limits.keep_alive_idle);
+            return (Instant::now() + recheck, None);
+        }
+        let at = |ms: u64, bound: Duration| self.opened + Duration::from_millis(ms) + bound;
+        let head_started = self.head_started_ms.load(Ordering::Acquire);
+        if head_started != NONE {
+            (at(head_started, limits.header_read), Some("header"))
+        } else if self.requests.load(Ordering::Acquire) == 0 {
+            (at(0, limits.header_read), Some("header"))
+        } else {
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            (at(idle_since, limits.keep_alive_idle), Some("idle"))
+        }
+    }
+
+    /// Completes, with the bound's name, once the connection has passed one of its bounds.
+    pub(super) async fn bound_passed(&self, limits: &ConnectionLimits) -> &'static str {
+        loop {
+            let (deadline, bound) = self.next_deadline(limits);
+            match bound {
+                Some(bound) if deadline <= Instant::now() => return bound,
+                _ => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection, until its response body is done or dropped.
+pub(super) struct InFlight(pub(super) Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .idle_since_ms
+            .store(activity.now_ms(), Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
+    }
+}
+
+/// The socket, reporting what it reads to the connection's [`Activity`].
+pub(super) struct TrackedIo<I> {
+    pub(super) inner: I,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            if buf.filled().len() > before {
+                self.activity.on_read();
+            }
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{is_body_read_timeout, BodyReadTimeout};
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(10),
+            keep_alive_idle: Duration::from_secs(75),
+            max_connections: 1,
+            http2_max_streams: 8,
+        }
+    }
+
+    /// How long from now until the watchdog fires, and for which bound.
+    async fn fires_after(activity: &Activity) -> (Duration, &'static str) {
+        let start = Instant::now();
+        let bound = activity.bound_passed(&limits()).await;
+        (start.elapsed(), bound)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_must_send_a_request_head_within_the_header_bound() {
+        let activity = Activity::new();
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(10), "header")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_the_idle_bound_applies_then_the_header_bound_once_bytes_arrive() {
+        let activity = Arc::new(Activity::new());
+        let in_flight = activity.request_started();
+        // In flight: no bound, however long the answer takes.
+        let bounds = limits();
+        let watchdog = activity.bound_passed(&bounds);
+        assert!(tokio::time::timeout(Duration::from_secs(300), watchdog)
+            .await
+            .is_err());
+        drop(in_flight);
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(75), "idle")
+        );
+        // 5 s into an idle wait the next request begins: the header bound runs from its first bytes.
+        let activity = Arc::new(Activity::new());
+        drop(activity.request_started());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.on_read();
+        assert_eq!(
+            fires_after(&activity).await,
+            (Duration::from_secs(10), "header")
+        );
+    }
+
+    #[test]
+    fn a_body_read_timeout_is_found_through_wrapping_errors() {
+        let wrapped = axum::Error::new(BodyReadTimeout);
+        assert!(is_body_read_timeout(&wrapped));
+        assert!(!is_body_read_timeout(&axum::Error::new(io::Error::other(
+            "reset"
+        ))));
+    }
+}

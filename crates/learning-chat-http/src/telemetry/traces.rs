@@ -1,0 +1,130 @@
+//! Traces: OpenTelemetry spans exported over OTLP/HTTP (protobuf) when `telemetry.otlp_endpoint`
+//! is set, joined to the client's W3C `traceparent`.
+
+use axum::http::HeaderName;
+use learning_chat_engine::config::TelemetrySettings;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Kept for [`shutdown_traces`], which flushes the spans still queued.
+static TRACER_PROVIDER: parking_lot::Mutex<Option<SdkTracerProvider>> =
+    parking_lot::Mutex::new(None);
+
+pub use learning_chat_engine::trace::{trace_content, traces_on};
+
+/// The OTLP/HTTP URL spans are posted to: the configured endpoint with `/v1/traces` appended
+/// unless it already ends so (collectors and vendors document the base URL).
+fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim().trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+/// The tracer provider exporting to `telemetry.otlp_endpoint`; `None` when it is empty.
+pub(super) fn tracer_provider(
+    settings: &TelemetrySettings,
+) -> anyhow::Result<Option<SdkTracerProvider>> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    if settings.otlp_endpoint.trim().is_empty() {
+        return Ok(None);
+    }
+    // The exporter builds its reqwest client in `build`.
+    crate::tls::install_crypto_provider();
+    // Headers (vendor API keys) come from OTEL_EXPORTER_OTLP_HEADERS, read by the exporter, so
+    // they stay out of the config file and `check-config`.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(traces_url(&settings.otlp_endpoint))
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("learning-chat")
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new(
+                "deployment.environment.name",
+                settings.environment.clone(),
+            ),
+        ])
+        .build();
+    // Batched on the SDK's own thread; a client's sampled flag is followed so one trace is
+    // never cut in half between services.
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.trace_sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    Ok(Some(provider))
+}
+
+/// Turns export on with `provider`, once the subscriber carrying its layer is installed.
+pub(super) fn install_tracer_provider(settings: &TelemetrySettings, provider: SdkTracerProvider) {
+    learning_chat_engine::trace::set_traces(true, settings.trace_content);
+    *TRACER_PROVIDER.lock() = Some(provider);
+    tracing::info!(
+        endpoint = %traces_url(&settings.otlp_endpoint),
+        sample_ratio = settings.trace_sample_ratio,
+        "exporting traces over OTLP/HTTP"
+    );
+}
+
+/// Sends the spans still queued and stops the exporter. Call last, after the server drained
+/// (outside the async runtime: the exporter's client blocks).
+pub fn shutdown_traces() {
+    let Some(provider) = TRACER_PROVIDER.lock().take() else {
+        return;
+    };
+    learning_chat_engine::trace::set_traces(false, trace_content());
+    if let Err(e) = provider.shutdown() {
+        eprintln!("warning: flushing traces at shutdown failed: {e}");
+    }
+}
+
+/// The request's trace id (32 hex digits), in its extensions for the Sentry scope.
+#[derive(Clone, Debug)]
+pub struct RequestTraceId(pub String);
+
+/// Reads the W3C `traceparent` (and `tracestate`) of a request.
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The client's trace context, when it sent a valid `traceparent`.
+fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Joins the request span to the client's trace (when there is one) and returns the trace id:
+/// the exported trace's when traces are on, else the client's, else none.
+pub(super) fn link_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) -> Option<TraceId> {
+    let incoming = incoming_trace(headers);
+    if !traces_on() {
+        return incoming.map(|cx| cx.span().span_context().trace_id());
+    }
+    if let Some(parent) = incoming {
+        // Only fails when the span is disabled or already started; it is neither here.
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    (trace_id != TraceId::INVALID).then_some(trace_id)
+}
