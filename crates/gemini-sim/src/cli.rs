@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 pub enum Preset {
     /// Zero latency, no quotas, no faults.
     Default,
-    /// The seed guide's 2.8 s fixed latency per request.
+    /// A fixed 2.8 s per request, like a full model answer.
     Seed,
 }
 

@@ -17,7 +17,7 @@ pub const DEFAULT_MODELS: &[&str] = &[
     "gemini-3-flash-preview",
 ];
 
-/// Latency of the seed guide: 2.8 s per request.
+/// Reference model-call time: 2.8 s per request, the latency the capacity plan assumes.
 pub const SEED_LATENCY_MS: u64 = 2800;
 
 /// Everything the simulator can be told. Every field has a default, so a partial JSON object
@@ -122,7 +122,8 @@ impl SimConfig {
         self.key_quotas.get(key).unwrap_or(&self.quota)
     }
 
-    /// The seed guide's setting: every request takes a fixed 2.8 s; no quotas, no faults.
+    /// `--preset seed`: every request takes a fixed 2.8 s, like a full model answer; no quotas,
+    /// no faults.
     pub fn seed_preset() -> Self {
         SimConfig {
             latency: Latency::Fixed {

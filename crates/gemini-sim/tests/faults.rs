@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use gemini_sim::SimConfig;
-use gemini_wire::sse::SseDecoder;
+use gemini_wire::sse::{SseDecoder, SseItem};
 use gemini_wire::GenerateContentResponse;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -141,7 +141,7 @@ async fn stream_cut_closes_without_finish_reason() {
     let mut events = Vec::new();
     let broke = loop {
         match resp.chunk().await {
-            Ok(Some(bytes)) => events.extend(decoder.push(std::str::from_utf8(&bytes).unwrap())),
+            Ok(Some(bytes)) => events.extend(decoder.push(&bytes).unwrap()),
             Ok(None) => break false,
             Err(_) => break true,
         }
@@ -153,7 +153,10 @@ async fn stream_cut_closes_without_finish_reason() {
     assert!(!events.is_empty(), "some chunks arrive before the cut");
     let mut received = String::new();
     for event in &events {
-        let parsed: GenerateContentResponse = serde_json::from_str(event).unwrap();
+        let SseItem::Event(event) = event else {
+            panic!("a comment in Gemini's stream: {event:?}")
+        };
+        let parsed: GenerateContentResponse = serde_json::from_str(&event.data).unwrap();
         assert!(parsed.finish_reason().is_none());
         received.push_str(&parsed.text());
     }

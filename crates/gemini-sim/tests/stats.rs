@@ -259,7 +259,10 @@ async fn post_config_changes_latency_at_run_time() {
     // 120 tokens / 40 = 3 chunks: 100 + 2 * 50 ms.
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(200), "{took:?}");
-    assert_eq!(gemini_wire::sse::parse_events(&reply.text).len(), 3);
+    assert_eq!(
+        gemini_wire::sse::parse_events(&reply.text).unwrap().len(),
+        3
+    );
 
     // Uniform latency through the library API.
     sim.update_config(|c| {

@@ -6,9 +6,14 @@ mod common;
 use common::*;
 use gemini_sim::answer::count_tokens;
 use gemini_sim::SimConfig;
-use gemini_wire::sse::parse_events;
 use gemini_wire::{FinishReason, GenerateContentRequest, GenerateContentResponse};
 use serde_json::{json, Value};
+
+/// The data of every event of an SSE body.
+fn event_data(body: &str) -> Vec<String> {
+    let events = gemini_wire::sse::parse_events(body).unwrap();
+    events.into_iter().map(|e| e.data).collect()
+}
 
 fn is_response_id(id: &str) -> bool {
     id.len() == 23
@@ -88,7 +93,7 @@ async fn sse_stream_is_framed_like_gemini() {
     assert!(raw_events
         .iter()
         .all(|e| e.starts_with("data: ") && !e.contains('\n')));
-    let events: Vec<GenerateContentResponse> = parse_events(body)
+    let events: Vec<GenerateContentResponse> = event_data(body)
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
         .collect();
@@ -117,9 +122,8 @@ async fn sse_stream_is_framed_like_gemini() {
         serde_json::from_str(&generate(&sim, &request("What is a fraction?")).await.text).unwrap();
     assert_eq!(text, whole.text());
     // Raw key names of the recorded stream.
-    let first: Value = serde_json::from_str(&parse_events(body)[0]).unwrap();
-    let recorded: Value =
-        serde_json::from_str(&parse_events(&fixture("stream_ok.sse"))[0]).unwrap();
+    let first: Value = serde_json::from_str(&event_data(body)[0]).unwrap();
+    let recorded: Value = serde_json::from_str(&event_data(&fixture("stream_ok.sse"))[0]).unwrap();
     let ours = key_paths(&first);
     for path in key_paths(&recorded) {
         if !path.contains("thought") {
@@ -253,7 +257,7 @@ async fn a_filtered_answer_finishes_with_safety_like_the_recording() {
     );
     let body = request("[[unsafe]]").to_string();
     let streamed = post_raw(&client(), &url, Some(KEY), body).await;
-    let events = parse_events(&streamed.text);
+    let events = event_data(&streamed.text);
     assert_eq!(events.len(), 1, "{}", streamed.text);
     let event: GenerateContentResponse = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(event.finish_reason(), Some(&FinishReason::Safety));

@@ -4,6 +4,10 @@
 //! client cannot drift apart silently; both are checked against bodies recorded from the real API
 //! (`shared/gemini-fixtures`). Response types ignore unknown fields: Google adds fields often, and a
 //! client that rejects them breaks on the next model release.
+//!
+//! [`sse`] also holds the server-sent events decoder that every event-stream reader of the
+//! workspace uses (Gemini's, OpenAI-compatible servers', the service's own), here because all of
+//! them already depend on this crate and none needs the server for it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -488,7 +492,8 @@ mod tests {
         assert_eq!(parse_proto_duration("-1s"), None);
         assert_eq!(parse_proto_duration("NaNs"), None);
         assert_eq!(parse_proto_duration("infs"), None);
-        // Values that overflow a Duration clamp instead of panicking (issue 9).
+        // Values that overflow a Duration clamp instead of panicking: the reply comes from the
+        // network and a panic would take down the shared model-call task.
         assert_eq!(parse_proto_duration("1e20s"), Some(MAX_PROTO_DURATION));
         assert_eq!(parse_proto_duration("1e300s"), Some(MAX_PROTO_DURATION));
         assert_eq!(parse_proto_duration("1e-30s"), Some(Duration::ZERO));

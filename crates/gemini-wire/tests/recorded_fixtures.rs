@@ -30,11 +30,11 @@ fn generate_ok_gives_text_stop_and_usage() {
 
 #[test]
 fn stream_events_accumulate_to_the_full_answer() {
-    let events = sse::parse_events(&fixture("stream_ok.sse"));
+    let events = sse::parse_events(fixture("stream_ok.sse")).unwrap();
     assert_eq!(events.len(), 3);
     let chunks: Vec<GenerateContentResponse> = events
         .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
+        .map(|e| serde_json::from_str(&e.data).unwrap())
         .collect();
     let text: String = chunks.iter().map(|c| c.text()).collect();
     let expected: Vec<String> = (1..=30).map(|n| n.to_string()).collect();

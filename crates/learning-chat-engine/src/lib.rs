@@ -12,9 +12,11 @@ pub mod chat;
 pub mod coalesce;
 pub mod config;
 pub mod conversations;
+pub mod lease;
 pub mod metrics;
 pub mod providers;
 pub mod redis_link;
+mod redis_scripts;
 pub mod trace;
 
 pub use config::Settings;

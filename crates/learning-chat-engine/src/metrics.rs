@@ -68,7 +68,7 @@ pub const UPSTREAM_RETRIES: &str = "learning_chat_upstream_retries_total";
 /// Tokens used, by kind (prompt/output).
 pub const UPSTREAM_TOKENS: &str = "learning_chat_upstream_tokens_total";
 
-/// Model calls started in the current minute (the seed's per-minute counter).
+/// Model calls started in the current minute (the count the per-minute log line reports).
 pub const UPSTREAM_CURRENT_MINUTE: &str = "learning_chat_upstream_requests_current_minute";
 
 /// Model calls counted in the quota's sliding window right now.

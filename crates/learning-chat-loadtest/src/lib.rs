@@ -1,5 +1,5 @@
-//! learning-chat-loadtest: the seed guide's locust profile on goose, plus the open-loop and burst
-//! generators the benchmarks in `bench/` need.
+//! learning-chat-loadtest: the reference load profile (1000 users, 50/s, 5-15 s think time) on
+//! goose, plus the open-loop and burst generators the benchmarks in `bench/` need.
 //!
 //! * [`options`] splits our own flags off the command line and leaves goose's flags to goose;
 //! * [`questions`] is the question bank and the question mixes (fixed, unique, Zipf);
@@ -7,7 +7,7 @@
 //! * [`report`] turns a recording (and the simulator's `/stats`) into the final report;
 //! * [`scenario`] is the goose scenario; [`openloop`] and [`burst`] are the other generators;
 //! * [`stream`] is streaming mode (`--stream`, any generator): the stream endpoint's events read
-//!   as they come ([`sse`] decodes them), time to first token and total time recorded.
+//!   as they come (`gemini_wire::sse` decodes them), time to first token and total time recorded.
 
 // Tests may unwrap; request paths may not (workspace lints).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -20,7 +20,6 @@ pub mod recorder;
 pub mod report;
 pub mod scenario;
 pub mod sim;
-pub mod sse;
 pub mod stream;
 
 /// Makes rustls' `ring` provider the process default, before any HTTP client is built.

@@ -1,5 +1,6 @@
-//! `learning-chat-loadtest`: the seed's locust profile on goose (default), or one of the other
-//! generators (`open-loop`, `burst`) when the first argument names it.
+//! `learning-chat-loadtest`: the reference load profile (1000 users, 50/s, 5-15 s think time) on
+//! goose (default), or one of the other generators (`open-loop`, `burst`) when the first argument
+//! names it.
 
 use clap::Parser;
 use learning_chat_loadtest::burst::{self, BurstArgs};

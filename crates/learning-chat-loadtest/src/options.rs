@@ -10,7 +10,7 @@ use std::time::Duration;
 /// How questions are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuestionMode {
-    /// The same question every time (the seed's locustfile: "What is 2+2?").
+    /// The same question every time (default: "What is 2+2?"): the cache's best case.
     Fixed,
     /// A different question every time: nothing is cacheable.
     Unique,
@@ -168,13 +168,13 @@ pub struct LoadOptions {
     pub agents: String,
     /// Question mix (`--questions`, `LOADTEST_QUESTIONS`; default `fixed`).
     pub questions: QuestionMode,
-    /// The fixed question (`--question`, `LOADTEST_QUESTION`; default the seed's).
+    /// The fixed question (`--question`, `LOADTEST_QUESTION`; default [`SEED_QUESTION`]).
     pub question: String,
     /// Replaces the shipped bank (`--question-file`, `LOADTEST_QUESTION_FILE`).
     pub question_file: Option<PathBuf>,
     /// Zipf exponent (`--zipf-exponent`, `LOADTEST_ZIPF_EXPONENT`; default 1.0).
     pub zipf_exponent: f64,
-    /// Think time (`--wait`, `LOADTEST_WAIT`; default the seed's 5-15 s).
+    /// Think time (`--wait`, `LOADTEST_WAIT`; default 5-15 s, a learner reading an answer).
     pub wait: WaitRange,
     /// gemini-sim's base URL, for its upstream counts (`--sim-url`, `LOADTEST_SIM_URL`).
     pub sim_url: Option<String>,
@@ -216,7 +216,7 @@ impl Default for LoadOptions {
     }
 }
 
-/// The seed locustfile's only question.
+/// The reference profile's only question: one short, always-cacheable question.
 pub const SEED_QUESTION: &str = "What is 2+2?";
 
 /// Our flags: name, environment variable, help.
@@ -295,7 +295,7 @@ fn switch_value(name: &str, v: &str) -> Result<bool, String> {
     }
 }
 
-/// goose 0.19 renamed `--hatch-rate` to `--increase-rate`; the old name (the seed's guide, the
+/// goose 0.19 renamed `--hatch-rate` to `--increase-rate`; the old name (locust's habit, the
 /// commands recorded in bench/RESULTS.md) is passed on under the new one.
 fn goose_spelling(arg: &str) -> String {
     match arg.strip_prefix("--hatch-rate") {

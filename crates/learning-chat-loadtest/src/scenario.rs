@@ -1,7 +1,9 @@
-//! The goose mode: the seed's locustfile as a goose scenario, with our question and agent mixes.
+//! The goose mode: the reference load profile as a goose scenario, with our question and agent
+//! mixes.
 //!
-//! Defaults are the seed's profile (`locust --users 1000 --spawn-rate 50`, `between(5, 15)`,
-//! POST /api/v1/agents/math {"message": "What is 2+2?"}); goose's own flags override them.
+//! Defaults are the reference profile that bench/RESULTS.md measures against (the locust run
+//! `locust --users 1000 --spawn-rate 50`, `between(5, 15)`, POST /api/v1/agents/math
+//! {"message": "What is 2+2?"}); goose's own flags override them.
 
 use crate::options::{AgentMix, LoadOptions, TurnRange};
 use crate::questions::{QuestionBank, QuestionPicker};
@@ -23,9 +25,10 @@ use std::time::{Duration, Instant};
 
 /// Default target: a service on this machine (load tests never leave loopback by default).
 pub const DEFAULT_HOST: &str = "http://127.0.0.1:8000";
-/// The seed's `--users 1000`.
+/// The reference profile's 1000 users (locust's `--users 1000`).
 pub const DEFAULT_USERS: usize = 1000;
-/// The seed's `--spawn-rate 50` (goose's `--increase-rate`).
+/// The reference profile's 50 new users a second (locust's `--spawn-rate 50`, goose's
+/// `--increase-rate`).
 pub const DEFAULT_INCREASE_RATE: &str = "50";
 /// locust runs until stopped; a bounded default keeps every run finite.
 pub const DEFAULT_RUN_TIME_S: usize = 90;
@@ -464,7 +467,7 @@ pub fn cached_flag(body: &[u8]) -> bool {
 /// The `--help` text: ours, then goose's.
 pub fn help() -> String {
     format!(
-        "learning-chat-loadtest: the seed's locust profile on goose (1000 users, 50/s, 5-15 s think time,\n\
+        "learning-chat-loadtest: the reference load profile on goose (1000 users, 50/s, 5-15 s think time,\n\
          POST /api/v1/agents/math {{\"message\": \"What is 2+2?\"}} against {DEFAULT_HOST} for {DEFAULT_RUN_TIME_S} s).\n\n\
          Other generators (see `learning-chat-loadtest open-loop --help` / `burst --help`):\n  \
          open-loop   fixed request rate, latency measured from the scheduled send time\n  \

@@ -2,7 +2,7 @@
 //! it arrives, and what the learner saw: the time to the first words, the time to the end, and
 //! how it ended.
 //!
-//! The stream's events (issue 11): `delta` `{"text"}` chunks, then one `done` with the answer's
+//! The stream's events: `delta` `{"text"}` chunks, then one `done` with the answer's
 //! fields (`cached`, ...) or one `error` `{"error": {"code", "message"}}`; `: ping` comments keep
 //! idle streams open. Errors found before the stream starts keep their HTTP status and JSON body.
 //!
@@ -10,7 +10,7 @@
 //! (goose's own reqwest) and the open-loop and burst generators (ours) share it.
 
 use crate::recorder::STATUS_NO_RESPONSE;
-use crate::sse::{EventDecoder, SseItem};
+use gemini_wire::sse::{SseDecoder, SseEvent, SseItem};
 use std::time::{Duration, Instant};
 
 /// Where a completed answer came from, as far as the `done` event tells.
@@ -61,6 +61,9 @@ pub mod codes {
     pub const BAD_ERROR: &str = "bad_error_event";
     /// A 2xx answer that is not `text/event-stream` (e.g. the JSON endpoint).
     pub const NOT_EVENT_STREAM: &str = "not_event_stream";
+    /// Bytes that do not decode as an event stream (not UTF-8, or an event over the decoder's
+    /// size limit).
+    pub const BAD_STREAM: &str = "bad_event_stream";
 }
 
 /// How one stream ended.
@@ -175,7 +178,7 @@ pub enum BodyEnd {
 pub struct StreamTracker {
     sent: Instant,
     status: u16,
-    decoder: EventDecoder,
+    decoder: SseDecoder,
     ttft: Option<Duration>,
     /// The `done`/`error` event and when it came; later bytes change nothing.
     end: Option<(StreamEnd, Duration)>,
@@ -190,7 +193,7 @@ impl StreamTracker {
         StreamTracker {
             sent,
             status,
-            decoder: EventDecoder::new(),
+            decoder: SseDecoder::new(),
             ttft: None,
             end: None,
             deltas: 0,
@@ -211,13 +214,21 @@ impl StreamTracker {
             return;
         }
         let elapsed = at.saturating_duration_since(self.sent);
-        for item in self.decoder.push(chunk) {
-            if self.end.is_some() {
-                break;
-            }
+        self.decoder.feed(chunk);
+        while self.end.is_none() {
+            let item = match self.decoder.next_item() {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    self.end = Some((failed(codes::BAD_STREAM), elapsed));
+                    break;
+                }
+            };
             match item {
                 SseItem::Comment(_) => self.pings += 1,
-                SseItem::Event { name, data } => match name.as_str() {
+                SseItem::Event(SseEvent {
+                    event: name, data, ..
+                }) => match name.as_str() {
                     "delta" => {
                         self.deltas += 1;
                         self.ttft.get_or_insert(elapsed);
@@ -286,7 +297,7 @@ fn done_fields(data: &str) -> Option<StreamEnd> {
     struct Done {
         #[serde(default)]
         cached: bool,
-        /// Not in issue 11's list of fields; read when a service adds it.
+        /// Not in the documented fields of `done`; read when a service adds it.
         #[serde(default)]
         coalesced: bool,
         #[serde(default)]
@@ -482,6 +493,23 @@ mod tests {
         );
         let o = StreamOutcome::http_error(404, b"", Duration::from_millis(1));
         assert!(matches!(&o.end, StreamEnd::Failed { code, .. } if code == "http_404"));
+    }
+
+    #[test]
+    fn bytes_that_are_no_event_stream_end_it() {
+        let sent = Instant::now();
+        let mut t = StreamTracker::new(sent, 200);
+        t.feed(
+            b"event: delta\ndata: {\"text\":\"a\"}\n\nevent: delta\ndata: \xff\n\n",
+            at(sent, 10),
+        );
+        assert!(t.ended());
+        let o = t.finish(BodyEnd::Eof, at(sent, 30));
+        assert_eq!((o.deltas, o.total), (1, Duration::from_millis(10)));
+        assert!(matches!(
+            &o.end,
+            StreamEnd::Failed { code, mid_stream: true } if code == codes::BAD_STREAM
+        ));
     }
 
     #[test]

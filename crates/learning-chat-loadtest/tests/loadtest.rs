@@ -119,7 +119,8 @@ async fn goose_mode_counts_agree_with_the_simulator() {
     assert!(report.latency_ms.p95 <= report.latency_ms.p99);
     assert!(report.latency_ms.p99 <= report.latency_ms.max);
 
-    // The seed's fixed question: one upstream call, every later answer from the cache.
+    // One fixed question (the default profile's): one upstream call, every later answer from
+    // the cache.
     let mut args = strings(&common);
     args.extend(strings(&["--questions", "fixed", "--agents", "math"]));
     let report = loadtest(&args, dir.path(), "fixed").await;

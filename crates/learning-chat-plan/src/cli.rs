@@ -3,7 +3,7 @@
 use crate::render::{count, num};
 use crate::{class_monthly_cost, plan, render, PlanInput, Price, DEFAULT_SERVER_CAPACITY_RPS};
 
-/// `learning-chat plan` flags; defaults are the seed guide's figures.
+/// `learning-chat plan` flags; defaults are the reference situation ([`PlanInput::seed`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PlanArgs {
     /// Learners using the service.

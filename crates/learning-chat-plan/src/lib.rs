@@ -1,13 +1,14 @@
-//! Capacity and cost planning (`learning-chat plan`): the seed guide's back-of-the-envelope
-//! arithmetic (requests per month, cost, model calls per minute against the quota, Little's law for the
-//! calls in flight) as one pure function over a struct, so it is tested; the CLI only formats.
+//! Capacity and cost planning (`learning-chat plan`): the back-of-the-envelope arithmetic of sizing
+//! the service (requests per month, cost, model calls per minute against the quota, Little's law
+//! for the calls in flight) as one pure function over a struct, so it is tested; the CLI only
+//! formats.
 
 use serde::Serialize;
 
 /// How the model is priced.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Price {
-    /// USD per model request (the seed's $0.001).
+    /// USD per model request (default: $0.001, a typical paid-tier price).
     PerRequest(f64),
     /// USD per 1,000 tokens, with the tokens (input + output) of an average request.
     PerThousandTokens {
@@ -38,19 +39,19 @@ pub struct PlanInput {
     pub users: f64,
     /// Questions each learner asks per day.
     pub requests_per_user_per_day: f64,
-    /// Days in a month (the seed uses 30).
+    /// Days in a month (default 30: a billing month).
     pub days_per_month: f64,
     /// Learners active at the busiest moment (defaults to every user).
     pub peak_concurrent_users: f64,
     /// Average think time of an active learner between answer and next question, in seconds
-    /// (the seed's locustfile waits 5-15 s: 10 on average).
+    /// (default 10: the reference load profile waits 5-15 s).
     pub think_time_secs: f64,
     /// Peak requests per minute offered to the service; when set it replaces the estimate from
-    /// peak users and think time (the seed reasons from "1000 RPM").
+    /// peak users and think time (for a load known as a rate, such as "1000 RPM").
     pub peak_rpm: Option<f64>,
-    /// Fraction of questions answered from the cache (0 to 1; the seed hopes for 0.3-0.5).
+    /// Fraction of questions answered from the cache (0 to 1; default 0, the worst case).
     pub cache_hit_ratio: f64,
-    /// Time of one model call in seconds (the seed's 2.8).
+    /// Time of one model call in seconds (default 2.8, a full model answer).
     pub upstream_latency_secs: f64,
     /// The model's requests-per-minute quota per API key; 0 = unlimited.
     pub rpm_quota: f64,
@@ -74,9 +75,11 @@ pub struct PlanInput {
     pub server_capacity_rps: f64,
     /// Model calls one server keeps in flight (`upstream.max_concurrency`).
     pub server_max_upstream_concurrency: f64,
-    /// Fraction of a server's capacity to plan for (headroom for spikes; the seed's HPA: 0.7).
+    /// Fraction of a server's capacity to plan for (headroom for spikes; default 0.7, the HPA's
+    /// CPU target).
     pub target_utilisation: f64,
-    /// A fixed fleet size to evaluate (the seed's 5); otherwise the fleet is what is needed.
+    /// A fixed fleet size to evaluate (an existing fleet's cost and load); otherwise the fleet is
+    /// what is needed.
     pub servers: Option<u32>,
     /// USD per server per month.
     pub server_monthly_cost: f64,
@@ -85,8 +88,8 @@ pub struct PlanInput {
 }
 
 impl PlanInput {
-    /// The seed guide's situation: 1000 users x 10 requests a day at $0.001, 2.8 s calls, a
-    /// 1000 RPM quota.
+    /// The reference situation, the planner's defaults: 1000 users x 10 requests a day at $0.001,
+    /// 2.8 s calls, a 1000 RPM (paid-tier) quota.
     pub fn seed() -> PlanInput {
         PlanInput {
             users: 1000.0,
@@ -153,7 +156,7 @@ pub struct Plan {
     pub per_server_rps: f64,
     /// Model requests per minute per server at the peak.
     pub per_server_upstream_rpm: f64,
-    /// Model calls in flight per server at the peak (what the seed sized its semaphore by).
+    /// Model calls in flight per server at the peak (what `upstream.max_concurrency` must hold).
     pub per_server_upstream_in_flight: f64,
     /// History tokens sent with an average question: the k-th question of a conversation
     /// carries the k - 1 exchanges before it (about `tokens_per_request` each), up to

@@ -321,7 +321,8 @@ impl Application {
     }
 }
 
-/// Logs the model-call count every minute (the seed's quota monitor) and samples gauges.
+/// Logs the model-call count every minute (the quota can be watched from the logs alone) and
+/// samples gauges.
 async fn minute_monitor(state: AppState) {
     let mut every_minute = tokio::time::interval(Duration::from_secs(60));
     every_minute.tick().await;

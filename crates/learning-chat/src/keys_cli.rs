@@ -37,7 +37,7 @@ pub struct CreateArgs {
     /// Requests per minute (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub rpm: u32,
-    /// Model tokens (input + output) per UTC day (0 = no limit).
+    /// Model tokens (input + output) per day (any 24 hours) (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub tokens_per_day: u64,
     /// Requests in progress at once (0 = no limit).
@@ -46,7 +46,7 @@ pub struct CreateArgs {
     /// Requests per minute per learner (`X-Learner-Id`; 0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub learner_rpm: u32,
-    /// Model tokens per UTC day per learner (0 = no limit).
+    /// Model tokens per day (any 24 hours) per learner (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub learner_tokens_per_day: u64,
     /// Share of a contended queue relative to other keys.

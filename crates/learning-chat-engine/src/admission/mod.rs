@@ -1,16 +1,16 @@
 //! Admission control: bounded concurrency with a bounded, time-limited queue, and the model-call
-//! quota. Everything past a bound is refused at once with a retry hint, never piled up.
+//! quota. Everything past a bound is refused at once with a retry hint, never piled up. The
+//! sliding-window limiter behind the quota ([`window`]) also serves the per-key limits.
 
 mod fair;
 mod latency;
 mod quota;
-mod redis_quota;
-mod sliding_window;
+pub mod window;
 
 pub use fair::{FairGate, Flow, Turn, FLOW};
 pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
-pub use sliding_window::SlidingWindow;
+pub use window::SlidingWindow;
 
 use parking_lot::Mutex;
 use std::num::NonZeroUsize;

@@ -179,7 +179,7 @@ mod tests {
         assert_ne!(key("What is 2+2?"), key("what is 2+2?"));
         assert_ne!(key("What is 2+2?"), key("What is 2+3?"));
         assert_ne!(key("if x:\n    y"), key("if x:\ny"));
-        // The first line's indentation is part of the code (issue 9).
+        // The first line's indentation is part of the code: it must change the key.
         assert_ne!(key("    return x"), key("return x"));
         assert_eq!(key("\n\n    return x  \n\n"), key("    return x"));
         let other_agent = CacheKey::new(CacheKeyParts {

@@ -2,35 +2,9 @@
 
 use super::{CacheKey, CachedAnswer};
 use crate::redis_link::{RedisLink, RedisUnavailable};
+use crate::redis_scripts::SCRIPTS;
 use ::redis::AsyncCommands;
-use std::sync::LazyLock;
 use std::time::Duration;
-
-/// A Lua helper shared by every script that reads values other servers wrote: a value of the
-/// wrong type or over the size cap (`max_bytes`) is deleted and counted in `dropped` instead of
-/// being returned, so one bad value can never stall or crash a reader.
-pub(crate) const LUA_READ_CAPPED: &str = r"
-local dropped = 0
-local function read_capped(key, max_bytes)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then return false end
-  if kind ~= 'string' or redis.call('STRLEN', key) > max_bytes then
-    redis.call('DEL', key)
-    dropped = dropped + 1
-    return false
-  end
-  return redis.call('GET', key)
-end
-";
-
-/// KEYS: one value. ARGV: max_bytes. Returns {value or '', dropped}.
-pub(crate) static GET_CAPPED_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(&format!(
-        "{LUA_READ_CAPPED}
-local value = read_capped(KEYS[1], tonumber(ARGV[1]))
-return {{value or '', dropped}}"
-    ))
-});
 
 /// Answers in Redis under `{prefix}:answer:{key}`.
 #[derive(Debug, Clone)]
@@ -74,7 +48,8 @@ impl RedisCache {
         let (raw, dropped): (String, u64) = self
             .link
             .run("cache_get", |mut conn| async move {
-                GET_CAPPED_SCRIPT
+                SCRIPTS
+                    .cache_get
                     .key(script_key)
                     .arg(max)
                     .invoke_async(&mut conn)

@@ -9,12 +9,13 @@
 //!   [`relay`] carries them from the lease holder to the other servers through a Redis Stream.
 //!
 //! The caller (the chat service) supplies what one call does (ask the model, keep the answer) and
-//! this module decides how often it runs. The first server to ask takes a short lease on the question (`SET NX PX`) and renews it while
-//! it works; the others poll, with backoff, for the answer to appear in the Redis cache, for the
-//! holder's shared outcome (a failure or an uncacheable answer), or for the lease to vanish. A
-//! holder that fails publishes what happened before releasing, so the waiters answer with it
-//! instead of each asking the model in turn; a holder that dies stops renewing and delays the
-//! others only until the lease expires.
+//! this module decides how often it runs. The first server to ask takes a short lease on the
+//! question ([`crate::lease`], holder: its server id) and renews it while it works; the others
+//! poll, with backoff, for the answer to appear in the Redis cache, for the holder's shared
+//! outcome (a failure or an uncacheable answer), or for the lease to vanish. A holder that fails
+//! publishes what happened before releasing, so the waiters answer with it instead of each asking
+//! the model in turn; a holder that dies stops renewing and delays the others only until the
+//! lease expires.
 //!
 //! Every look at the shared state is one script: answer, then outcome, then the lease (taken when
 //! free), so a server that wins the lease just after another published still sees the answer,
@@ -32,17 +33,17 @@ pub mod fanout;
 pub mod local;
 pub mod relay;
 
-use crate::cache::redis::LUA_READ_CAPPED;
 use crate::cache::{CacheKey, CachedAnswer, RedisCache};
+use crate::lease::{HeldLease, LeaseOps, RedisLease};
 use crate::providers::{Completion, ProviderError, Usage};
 use crate::redis_link::RedisLink;
+use crate::redis_scripts::SCRIPTS;
 use fanout::Fanout;
 use gemini_wire::FinishReason;
 use relay::{RelayBounds, RelayPublisher, RelayReader};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// First poll interval while waiting for another server's answer; doubles up to the cap.
@@ -50,54 +51,12 @@ const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest poll interval: an answer that lands is seen within this.
 const MAX_POLL: Duration = Duration::from_millis(200);
 
-/// KEYS: answer, outcome, lease, stream. ARGV: holder id, lease ms, max value bytes, `1` when an
-/// earlier look of this wait failed (it may have taken the lease for this holder after all).
-/// Returns {state, value, dropped}: state `answer` or `outcome` (with the value), `holder` (this
-/// server just took the lease; a stream left by an earlier holder is deleted in the same step,
-/// so no waiter replays a dead holder's pieces as the new one's) or `wait`.
-static LOOK_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(&format!(
-        "{LUA_READ_CAPPED}
-local max_bytes = tonumber(ARGV[3])
-local answer = read_capped(KEYS[1], max_bytes)
-if answer then return {{'answer', answer, dropped}} end
-local outcome = read_capped(KEYS[2], max_bytes)
-if outcome then return {{'outcome', outcome, dropped}} end
-local lease_ms = tonumber(ARGV[2])
-local ttl = redis.call('PTTL', KEYS[3])
--- A lease that never expires (or far beyond any lease we set) would hold everyone forever.
-if ttl == -1 or ttl > lease_ms * 4 then
-  redis.call('DEL', KEYS[3])
-  dropped = dropped + 1
-  ttl = -2
-end
-if ARGV[4] == '1' and ttl > 0 and redis.call('GET', KEYS[3]) == ARGV[1] then
-  ttl = -2
-end
-if ttl == -2 then
-  redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
-  redis.call('DEL', KEYS[4])
-  return {{'holder', '', dropped}}
-end
-return {{'wait', '', dropped}}"
-    ))
-});
-
-static RELEASE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0",
-    )
-});
-
-static RENEW_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0",
-    )
-});
+/// The names of the coalescing lease's Redis calls (it is taken by `coalesce_look.lua`).
+const LEASE_OPS: LeaseOps = LeaseOps {
+    acquire: "lease_look",
+    renew: "lease_renew",
+    release: "lease_release",
+};
 
 /// What a lease holder that got no cacheable answer tells the servers waiting on the question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,8 +211,9 @@ impl ClusterCoalescer {
             let holder = holder.clone();
             let look = self
                 .link
-                .run("lease_look", |mut conn| async move {
-                    LOOK_SCRIPT
+                .run(LEASE_OPS.acquire, |mut conn| async move {
+                    SCRIPTS
+                        .coalesce_look
                         .key(&keys[0])
                         .key(&keys[1])
                         .key(&keys[2])
@@ -331,32 +291,13 @@ impl ClusterCoalescer {
     }
 
     fn start_lease(&self, lease_key: String) -> Lease {
-        let link = self.link.clone();
-        let key = lease_key.clone();
-        let every = self.lease / 3;
-        let lease_ms = self.lease.as_millis() as u64;
-        // Renewal keeps a slow but live holder's lease; a dead holder stops renewing.
-        let renewer = tokio::spawn(crate::trace::in_current_context(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let (key, holder) = (key.clone(), link.server_id().to_owned());
-                let _ = link
-                    .run("lease_renew", |mut conn| async move {
-                        RENEW_SCRIPT
-                            .key(key)
-                            .arg(holder)
-                            .arg(lease_ms)
-                            .invoke_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await;
-            }
-        }));
+        let holder = self.link.server_id().to_owned();
+        let lease = RedisLease::new(self.link.clone(), lease_key, holder, self.lease, LEASE_OPS);
         Lease {
             link: self.link.clone(),
             cache: self.cache.clone(),
-            lease_key,
-            renewer: Some(renewer),
+            // Renewal keeps a slow but live holder's lease; a dead holder stops renewing.
+            held: Some(lease.held(true)),
             relay: None,
         }
     }
@@ -366,8 +307,9 @@ impl ClusterCoalescer {
 pub struct Lease {
     link: RedisLink,
     cache: RedisCache,
-    lease_key: String,
-    renewer: Option<JoinHandle<()>>,
+    /// Released once the result is published, or in the background when dropped without
+    /// [`Lease::finish`] (an early error return), so the others need not wait for its expiry.
+    held: Option<HeldLease>,
     /// For a streamed answer: where its pieces go for the other servers.
     relay: Option<(RelayPublisher, String, RelayBounds)>,
 }
@@ -383,12 +325,9 @@ impl Lease {
     /// Publishes what happened and then releases the lease, in the background: the order
     /// matters (waiters must see the result before the lease goes), the latency does not.
     pub fn finish(mut self, key: CacheKey, publish: Publish) {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
-        }
         let link = self.link.clone();
         let cache = self.cache.clone();
-        let lease_key = std::mem::take(&mut self.lease_key);
+        let held = self.held.take();
         let relay = self.relay.take();
         tokio::spawn(crate::trace::in_current_context(async move {
             // The pieces first, then the result, then the end mark that wakes the readers.
@@ -411,22 +350,10 @@ impl Lease {
             if let Some((stream_key, bounds)) = relay {
                 relay::publish_end(&link, stream_key, bounds).await;
             }
-            release(&link, lease_key).await;
-        }));
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        // Dropped without finish (an early error return): release so others need not wait.
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
-            let link = self.link.clone();
-            let lease_key = std::mem::take(&mut self.lease_key);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { release(&link, lease_key).await });
+            if let Some(held) = held {
+                held.release().await;
             }
-        }
+        }));
     }
 }
 
@@ -487,19 +414,6 @@ pub async fn publish_outcome(
                 .arg("PX")
                 .arg(ttl_ms)
                 .query_async::<()>(&mut conn)
-                .await
-        })
-        .await;
-}
-
-async fn release(link: &RedisLink, lease_key: String) {
-    let holder = link.server_id().to_owned();
-    let _ = link
-        .run("lease_release", |mut conn| async move {
-            RELEASE_SCRIPT
-                .key(lease_key)
-                .arg(holder)
-                .invoke_async::<i64>(&mut conn)
                 .await
         })
         .await;

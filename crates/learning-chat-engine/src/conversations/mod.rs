@@ -195,8 +195,6 @@ pub enum ConversationError {
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How long a client is told to wait while the store is down (Redis is re-probed every second).
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// How often a message waiting for another server's lock on its conversation looks again.
-const LOCK_POLL: Duration = Duration::from_millis(25);
 
 /// An answer within a conversation.
 #[derive(Debug, Clone)]
@@ -227,7 +225,8 @@ struct ConversationLock {
     local: Option<tokio::sync::OwnedMutexGuard<()>>,
     locks: Arc<parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     id: String,
-    redis: Option<(RedisStore, String)>,
+    /// Released when dropped.
+    redis: Option<crate::lease::HeldLease>,
 }
 
 impl Drop for ConversationLock {
@@ -240,13 +239,6 @@ impl Drop for ConversationLock {
             .is_some_and(|entry| Arc::strong_count(entry) == 1)
         {
             locks.remove(&self.id);
-        }
-        drop(locks);
-        if let Some((store, token)) = self.redis.take() {
-            let id = std::mem::take(&mut self.id);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { store.unlock(&id, &token).await });
-            }
         }
     }
 }
@@ -368,18 +360,9 @@ impl Conversations {
         let local = tokio::time::timeout_at(until, entry.lock_owned()).await;
         lock.local = Some(local.map_err(|_| busy())?);
         if let ConversationStore::Redis(store) = &self.store {
-            let token = new_id();
-            loop {
-                match store.try_lock(id, &token, self.lock_lease).await {
-                    Ok(true) => break,
-                    Ok(false) if Instant::now() + LOCK_POLL < until => {
-                        tokio::time::sleep(LOCK_POLL).await
-                    }
-                    Ok(false) => return Err(busy()),
-                    Err(_) => return Err(self.unavailable()),
-                }
-            }
-            lock.redis = Some((store.clone(), token));
+            let held = store.lock(id, self.lock_lease, until).await;
+            let held = held.map_err(|_| self.unavailable())?;
+            lock.redis = Some(held.ok_or_else(busy)?);
         }
         Ok(lock)
     }

@@ -7,10 +7,12 @@
 //! server.
 
 use super::{AppendOutcome, Conversation, Turn};
+use crate::lease::{HeldLease, LeaseOps, RedisLease};
 use crate::redis_link::{RedisLink, RedisUnavailable};
+use crate::redis_scripts::SCRIPTS;
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The first element of a conversation's list.
 #[derive(Debug, Serialize, Deserialize)]
@@ -19,69 +21,15 @@ struct Header {
     created_at_ms: u64,
 }
 
-/// KEYS: list. ARGV: ttl_ms. Returns the list (refreshing its TTL), or {'corrupt'} when the key
-/// holds something else (then deleted).
-///
-/// Every script touches the conversation's own key only: the index of active conversations is
-/// a separate key in another Redis Cluster slot, so it is updated by a command of its own.
-static LOAD_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return {} end
-if kind ~= 'list' then
-  redis.call('DEL', KEYS[1])
-  return {'corrupt'}
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return redis.call('LRANGE', KEYS[1], 0, -1)
-",
-    )
-});
+// Every script touches the conversation's own key only: the index of active conversations is a
+// separate key in another Redis Cluster slot, so it is updated by a command of its own.
 
-/// KEYS: list. ARGV: ttl_ms, id, now_ms, expected length (0 = create), header, turns...
-/// Returns the new length, -1 when the list does not have the expected length (another write
-/// came first), -2 when it is gone.
-static APPEND_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-local expected = tonumber(ARGV[4])
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if expected == 0 then
-  if kind ~= 'none' then return -1 end
-  redis.call('RPUSH', KEYS[1], ARGV[5])
-else
-  if kind ~= 'list' then return -2 end
-  if redis.call('LLEN', KEYS[1]) ~= expected then return -1 end
-end
-for i = 6, #ARGV do
-  redis.call('RPUSH', KEYS[1], ARGV[i])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return redis.call('LLEN', KEYS[1])
-",
-    )
-});
-
-/// KEYS: index. ARGV: oldest live score. Returns the live count.
-static ACTIVE_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-return redis.call('ZCARD', KEYS[1])
-",
-    )
-});
-
-/// KEYS: lock. ARGV: token. Deletes the lock only if this holder still owns it.
-static UNLOCK_SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-",
-    )
-});
+/// The names of the conversation lock's Redis calls.
+const LOCK_OPS: LeaseOps = LeaseOps {
+    acquire: "conversation_lock",
+    renew: "conversation_lock",
+    release: "conversation_unlock",
+};
 
 /// The Redis store.
 #[derive(Debug, Clone)]
@@ -125,7 +73,8 @@ impl RedisStore {
         let values: Vec<String> = self
             .link
             .run("conversation_load", |mut conn| async move {
-                let values: Vec<String> = LOAD_SCRIPT
+                let values: Vec<String> = SCRIPTS
+                    .conversation_load
                     .key(key)
                     .arg(ttl)
                     .invoke_async(&mut conn)
@@ -188,7 +137,7 @@ impl RedisStore {
         let length: i64 = self
             .link
             .run("conversation_append", |mut conn| async move {
-                let mut invocation = APPEND_SCRIPT.key(key);
+                let mut invocation = SCRIPTS.conversation_append.key(key);
                 invocation
                     .arg(ttl)
                     .arg(id)
@@ -252,7 +201,8 @@ impl RedisStore {
         let oldest = super::now_ms().saturating_sub(millis(self.ttl));
         self.link
             .run("conversation_active", |mut conn| async move {
-                ACTIVE_SCRIPT
+                SCRIPTS
+                    .conversation_active
                     .key(index)
                     .arg(oldest)
                     .invoke_async(&mut conn)
@@ -261,43 +211,18 @@ impl RedisStore {
             .await
     }
 
-    /// Tries once to take the conversation's lock for `lease`; true when taken.
-    pub async fn try_lock(
+    /// Takes the conversation's lock for `lease`, waiting with backoff while another message
+    /// (on any server) holds it, until `until`; `None` when it was still held then. Released
+    /// when the returned lease is dropped.
+    pub async fn lock(
         &self,
         id: &str,
-        token: &str,
         lease: Duration,
-    ) -> Result<bool, RedisUnavailable> {
-        let key = self.lock_key(id);
-        let lease = millis(lease).max(1);
-        let taken: Option<String> = self
-            .link
-            .run("conversation_lock", |mut conn| async move {
-                ::redis::cmd("SET")
-                    .arg(key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(lease)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(taken.is_some())
-    }
-
-    /// Releases the lock if `token` still holds it.
-    pub async fn unlock(&self, id: &str, token: &str) {
-        let key = self.lock_key(id);
-        let _ = self
-            .link
-            .run("conversation_unlock", |mut conn| async move {
-                UNLOCK_SCRIPT
-                    .key(key)
-                    .arg(token)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
-            .await;
+        until: Instant,
+    ) -> Result<Option<HeldLease>, RedisUnavailable> {
+        let token = super::new_id();
+        RedisLease::new(self.link.clone(), self.lock_key(id), token, lease, LOCK_OPS)
+            .take_until(until)
+            .await
     }
 }

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::config::{GeminiSettings, Secret};
 use futures::StreamExt;
+use gemini_wire::sse::{SseItem, SseStream, StreamError};
 use gemini_wire::{ErrorBody, GenerateContentResponse};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -115,57 +116,33 @@ impl GeminiClient {
             return Err(error_from_status(status, &body));
         }
         let mut assembler = StreamAssembler::new(&request.model);
-        let mut body = response.body;
+        let mut events = SseStream::new(response.body);
         let stream = async_stream::stream! {
-            let mut decoder = gemini_wire::sse::SseDecoder::new();
-            // A chunk may end inside a multi-byte character: its start waits for the rest.
-            let mut pending: Vec<u8> = Vec::new();
-            while let Some(chunk) = body.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
+            while let Some(item) = events.next().await {
+                let event = match item {
+                    Ok(SseItem::Event(event)) => event,
+                    Ok(SseItem::Comment(_)) => continue,
+                    Err(StreamError::Body(e)) => {
                         yield Err(transport_error(e, Some(status), "reading the stream: "));
                         return;
                     }
-                };
-                pending.extend_from_slice(&chunk);
-                let valid = match std::str::from_utf8(&pending) {
-                    Ok(text) => text.len(),
-                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                    Err(e) => {
-                        yield Err(ProviderError::InvalidResponse(format!("stream is not UTF-8: {e}")));
+                    Err(StreamError::Decode(e)) => {
+                        yield Err(ProviderError::InvalidResponse(e.to_string()));
                         return;
                     }
                 };
-                let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
-                pending.drain(..valid);
-                for event in decoder.push(&text) {
-                    let parsed = match serde_json::from_str(&event) {
-                        Ok(parsed) => parsed,
-                        Err(e) => {
-                            yield Err(ProviderError::InvalidResponse(e.to_string()));
-                            return;
-                        }
-                    };
-                    for piece in assembler.event(parsed) {
-                        yield piece;
-                    }
-                    if assembler.is_finished() {
-                        return;
-                    }
-                }
-            }
-            if let Some(event) = decoder.finish() {
-                match serde_json::from_str(&event) {
-                    Ok(parsed) => {
-                        for piece in assembler.event(parsed) {
-                            yield piece;
-                        }
-                    }
+                let parsed = match serde_json::from_str(&event.data) {
+                    Ok(parsed) => parsed,
                     Err(e) => {
                         yield Err(ProviderError::InvalidResponse(e.to_string()));
                         return;
                     }
+                };
+                for piece in assembler.event(parsed) {
+                    yield piece;
+                }
+                if assembler.is_finished() {
+                    return;
                 }
             }
             if let Some(error) = assembler.end() {
@@ -328,7 +305,7 @@ mod tests {
     }
 
     proptest! {
-        // Issue 9: every Gemini reply body, whatever its retryDelay, maps to an error and a retry
+        // Every Gemini reply body, whatever its retryDelay, maps to an error and a retry
         // wait without panicking, and the wait never exceeds the configured maximum.
         #[test]
         fn any_429_maps_to_a_bounded_retry_wait(delay in retry_delay_text(), attempt in 0u32..64) {

@@ -481,8 +481,8 @@ mod tests {
     fn assemble(body: &str) -> Vec<Result<StreamPiece, ProviderError>> {
         let mut assembler = StreamAssembler::new("x");
         let mut out = Vec::new();
-        for event in gemini_wire::sse::parse_events(body) {
-            out.extend(assembler.event(serde_json::from_str(&event).unwrap()));
+        for event in gemini_wire::sse::parse_events(body).unwrap() {
+            out.extend(assembler.event(serde_json::from_str(&event.data).unwrap()));
         }
         out.extend(assembler.end().map(Err));
         out
@@ -529,11 +529,11 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let body = std::fs::read_to_string(path).unwrap_or_default();
-        let events = gemini_wire::sse::parse_events(&body);
+        let events = gemini_wire::sse::parse_events(&body).unwrap();
         let cut: String = events
             .iter()
             .take(2)
-            .map(|e| gemini_wire::sse::frame_event(e))
+            .map(|e| gemini_wire::sse::frame_event(&e.data))
             .collect();
         let pieces = assemble(&cut);
         assert!(matches!(

@@ -9,12 +9,18 @@ use super::transport::{
 use super::{Completion, CompletionStream, ModelRequest, ProviderError, StreamPiece, Usage};
 use crate::config::Secret;
 use futures::StreamExt;
+use gemini_wire::sse::{SseItem, SseStream, StreamError};
 use gemini_wire::FinishReason;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+mod wire;
+
+pub use wire::{
+    ChatChunk, ChatCompletion, Choice, ChoiceMessage, ChunkChoice, ChunkDelta, WireUsage,
+};
 
 /// Longest piece of an unexpected model reply body kept for logs.
 const MAX_LOGGED_BODY: usize = 300;
@@ -34,86 +40,6 @@ impl std::fmt::Debug for OpenAiClient {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
-}
-
-/// A non-streamed answer.
-#[derive(Debug, Deserialize)]
-pub struct ChatCompletion {
-    /// The model that answered, as the endpoint names it.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Candidate answers; the first is used.
-    #[serde(default)]
-    pub choices: Vec<Choice>,
-    /// Token counts.
-    #[serde(default)]
-    pub usage: Option<WireUsage>,
-}
-
-/// One candidate of a non-streamed answer.
-#[derive(Debug, Deserialize)]
-pub struct Choice {
-    /// The answer message.
-    #[serde(default)]
-    pub message: Option<ChoiceMessage>,
-    /// `stop`, `length`, `content_filter`, `tool_calls`.
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
-
-/// The assistant's message.
-#[derive(Debug, Deserialize)]
-pub struct ChoiceMessage {
-    /// The text (null for a refusal).
-    #[serde(default)]
-    pub content: Option<String>,
-    /// A refusal's explanation, when the model refused.
-    #[serde(default)]
-    pub refusal: Option<String>,
-}
-
-/// `usage` of an answer or of the last stream chunk.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct WireUsage {
-    /// Input tokens.
-    #[serde(default)]
-    pub prompt_tokens: u32,
-    /// Output tokens (reasoning included).
-    #[serde(default)]
-    pub completion_tokens: u32,
-}
-
-/// One `data:` chunk of a streamed answer.
-#[derive(Debug, Deserialize)]
-pub struct ChatChunk {
-    /// The model that answers.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Deltas; empty in the usage chunk.
-    #[serde(default)]
-    pub choices: Vec<ChunkChoice>,
-    /// Present (non-null) in the last chunk with `stream_options.include_usage`.
-    #[serde(default)]
-    pub usage: Option<WireUsage>,
-}
-
-/// One choice's delta.
-#[derive(Debug, Deserialize)]
-pub struct ChunkChoice {
-    /// New text.
-    #[serde(default)]
-    pub delta: Option<ChunkDelta>,
-    /// Set on the choice's last chunk.
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
-
-/// The new text of a chunk.
-#[derive(Debug, Deserialize)]
-pub struct ChunkDelta {
-    /// More answer text.
-    #[serde(default)]
-    pub content: Option<String>,
 }
 
 /// OpenAI's finish reasons as Gemini's (the chat service speaks Gemini's).
@@ -456,64 +382,34 @@ fn async_stream_pieces<S>(
 where
     S: futures::Stream<Item = Result<bytes::Bytes, TransportError>> + Send + 'static,
 {
-    futures::stream::unfold(
-        Some((
-            Box::pin(bytes),
-            gemini_wire::sse::SseDecoder::new(),
-            Vec::<u8>::new(),
-            Gathered::default(),
-            std::collections::VecDeque::<StreamPiece>::new(),
-        )),
-        move |state| {
-            let model = model.clone();
-            async move {
-                let (mut bytes, mut decoder, mut pending, mut gathered, mut ready) = state?;
-                loop {
-                    if let Some(piece) = ready.pop_front() {
-                        return Some((Ok(piece), Some((bytes, decoder, pending, gathered, ready))));
-                    }
-                    if gathered.done {
-                        return Some((gathered.finish(&model), None));
-                    }
-                    match bytes.next().await {
-                        Some(Ok(chunk)) => {
-                            pending.extend_from_slice(&chunk);
-                            // Only whole UTF-8 characters go to the decoder; a split one waits.
-                            let valid = match std::str::from_utf8(&pending) {
-                                Ok(_) => pending.len(),
-                                Err(e) => e.valid_up_to(),
-                            };
-                            let text: Vec<u8> = pending.drain(..valid).collect();
-                            let text = String::from_utf8_lossy(&text);
-                            for payload in decoder.push(&text) {
-                                match gathered.take(&payload) {
-                                    Ok(Some(new_text)) => {
-                                        ready.push_back(StreamPiece::Text(new_text))
-                                    }
-                                    Ok(None) => {}
-                                    Err(e) => return Some((Err(e), None)),
-                                }
-                            }
-                        }
-                        Some(Err(e)) => {
-                            return Some((
-                                Err(transport_error(e, Some(200), "stream cut: ")),
-                                None,
-                            ));
-                        }
-                        None => {
-                            if let Some(payload) = decoder.finish() {
-                                if let Err(e) = gathered.take(&payload) {
-                                    return Some((Err(e), None));
-                                }
-                            }
-                            return Some((gathered.finish(&model), None));
-                        }
-                    }
+    async_stream::stream! {
+        let mut events = SseStream::new(bytes);
+        let mut gathered = Gathered::default();
+        while !gathered.done {
+            let event = match events.next().await {
+                None => break,
+                Some(Ok(SseItem::Event(event))) => event,
+                Some(Ok(SseItem::Comment(_))) => continue,
+                Some(Err(StreamError::Body(e))) => {
+                    yield Err(transport_error(e, Some(200), "stream cut: "));
+                    return;
+                }
+                Some(Err(StreamError::Decode(e))) => {
+                    yield Err(ProviderError::InvalidResponse(e.to_string()));
+                    return;
+                }
+            };
+            match gathered.take(&event.data) {
+                Ok(Some(text)) => yield Ok(StreamPiece::Text(text)),
+                Ok(None) => {}
+                Err(e) => {
+                    yield Err(e);
+                    return;
                 }
             }
-        },
-    )
+        }
+        yield gathered.finish(&model);
+    }
 }
 
 #[cfg(test)]
@@ -555,8 +451,9 @@ mod tests {
     fn the_recorded_stream_gathers_text_usage_and_finish() {
         let mut gathered = Gathered::default();
         let mut text = String::new();
-        for payload in gemini_wire::sse::parse_events(&fixture("chat_completion_stream.sse")) {
-            if let Some(t) = gathered.take(&payload).unwrap() {
+        for event in gemini_wire::sse::parse_events(fixture("chat_completion_stream.sse")).unwrap()
+        {
+            if let Some(t) = gathered.take(&event.data).unwrap() {
                 text.push_str(&t);
             }
         }

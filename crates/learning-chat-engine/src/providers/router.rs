@@ -1,4 +1,4 @@
-//! The model router (issue 16): per agent, a chain of models tried in order, each behind a
+//! The model router: per agent, a chain of models tried in order, each behind a
 //! circuit breaker, each served by its provider (Gemini with several keys, an OpenAI-compatible
 //! endpoint, or the offline model). The chat service walks the chain; this module owns which
 //! routes exist, their breakers and the providers that serve them.

@@ -1,5 +1,5 @@
 //! The API key scheme in the OpenAPI document, so `/docs` shows an "Authorize" button and
-//! "Try it out" sends the key (issue 13).
+//! "Try it out" sends the key.
 
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,

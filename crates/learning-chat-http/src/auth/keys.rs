@@ -73,13 +73,13 @@ pub fn unix_now() -> u64 {
 pub struct KeyLimits {
     /// Requests per minute (cached answers included).
     pub rpm: u32,
-    /// Model tokens (input + output) per UTC day; cached answers cost none.
+    /// Model tokens (input + output) per day (any 24 hours); cached answers cost none.
     pub tokens_per_day: u64,
     /// Requests in progress at once.
     pub concurrency: u32,
     /// Requests per minute per learner (`X-Learner-Id`).
     pub learner_rpm: u32,
-    /// Model tokens per UTC day per learner.
+    /// Model tokens per day (any 24 hours) per learner.
     pub learner_tokens_per_day: u64,
 }
 

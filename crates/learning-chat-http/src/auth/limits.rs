@@ -1,92 +1,37 @@
-//! Per-key (and per-learner) limits, cluster-wide: requests per minute, model tokens per UTC
-//! day and requests in progress, decided by one Redis script per request so every server draws
-//! from the same budgets. While Redis is down (or not configured) the same windows are kept in
-//! process; with Redis configured but down each server takes `1 / redis.replicas` of every
-//! limit, the conservative share the model-call quota uses too.
+//! Per-key (and per-learner) limits, cluster-wide: requests per minute, model tokens per day
+//! and requests in progress, as sliding windows of the one limiter the model-call quota uses
+//! ([`WindowLimiter`]), decided by one Redis script per request so every server draws from the
+//! same budgets. A window lets at most its limit through in ANY minute (or day), counted back
+//! from now. While Redis is down (or not configured) the windows are kept in process; with
+//! Redis configured but down each server takes a `1 / redis.replicas` share of what is left,
+//! the limiter's one fallback.
 
 use super::keys::KeyLimits;
+use learning_chat_engine::admission::window::{
+    Change, Options, Ticket, Window, WindowLimiter, WindowOps,
+};
 use learning_chat_engine::redis_link::RedisLink;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
-
-/// KEYS: key rpm, key tokens, key concurrency, learner rpm, learner tokens (hashes {s, n} and
-/// a zset). ARGV: rpm, tokens_per_day, concurrency, learner_rpm, learner_tokens_per_day,
-/// member, lease_ms. Counts only what it grants. Returns {code, requests used this minute,
-/// ms to the minute's end, retry_after_ms}; code 0 granted, else the limit that refused
-/// (1 key rpm, 2 key tokens, 3 key concurrency, 4 learner rpm, 5 learner tokens).
-const ACQUIRE_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function used(key, span)
-  local start = now - (now % span)
-  local s = tonumber(redis.call('HGET', key, 's') or '-1')
-  if s ~= start then return start, 0 end
-  return start, tonumber(redis.call('HGET', key, 'n') or '0')
-end
-local minute_start, rpm_used = used(KEYS[1], 60000)
-local reset = minute_start + 60000 - now
-local rpm = tonumber(ARGV[1])
-if rpm > 0 and rpm_used >= rpm then return {1, rpm_used, reset, reset} end
-local tpd = tonumber(ARGV[2])
-if tpd > 0 then
-  local day_start, tokens = used(KEYS[2], 86400000)
-  if tokens >= tpd then return {2, rpm_used, reset, day_start + 86400000 - now} end
-end
-local conc = tonumber(ARGV[3])
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= conc then return {3, rpm_used, reset, 1000} end
-end
-local lrpm = tonumber(ARGV[4])
-local lrpm_start, lrpm_used = 0, 0
-if lrpm > 0 then
-  lrpm_start, lrpm_used = used(KEYS[4], 60000)
-  if lrpm_used >= lrpm then return {4, rpm_used, reset, lrpm_start + 60000 - now} end
-end
-local ltpd = tonumber(ARGV[5])
-if ltpd > 0 then
-  local lday, ltokens = used(KEYS[5], 86400000)
-  if ltokens >= ltpd then return {5, rpm_used, reset, lday + 86400000 - now} end
-end
-local function count(key, start, n, span)
-  redis.call('HSET', key, 's', start, 'n', n + 1)
-  redis.call('PEXPIRE', key, span * 2)
-end
-count(KEYS[1], minute_start, rpm_used, 60000)
-if lrpm > 0 then count(KEYS[4], lrpm_start, lrpm_used, 60000) end
-if conc > 0 then
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), ARGV[6])
-  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[7]) * 2)
-end
-return {0, rpm_used + 1, reset, 0}
-";
-
-/// KEYS: key tokens, learner tokens (or the same key twice), key concurrency. ARGV: tokens,
-/// member, learner (0/1). Adds the tokens to today's counts and ends the request's lease.
-const RECORD_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local start = now - (now % 86400000)
-local tokens = tonumber(ARGV[1])
-local function add(key)
-  if tonumber(redis.call('HGET', key, 's') or '-1') ~= start then
-    redis.call('HSET', key, 's', start, 'n', 0)
-  end
-  redis.call('HINCRBY', key, 'n', tokens)
-  redis.call('PEXPIRE', key, 172800000)
-end
-if tokens > 0 then
-  add(KEYS[1])
-  if ARGV[3] == '1' then add(KEYS[2]) end
-end
-redis.call('ZREM', KEYS[3], ARGV[2])
-return 1
-";
+/// The hint after a refusal for requests in progress: they usually end within seconds, long
+/// before their lease would.
+const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The names the limits' Redis calls are measured under.
+const OPS: WindowOps = WindowOps {
+    reserve: "key_limit",
+    record: "key_limit",
+    used: "key_limit",
+};
+/// Many keys and day-long windows: nothing is remembered to write back, and Redis is trusted
+/// again as soon as it answers.
+const OPTIONS: Options = Options {
+    remember: false,
+    quota_metrics: false,
+};
 
 /// The limit a request ran into; its error code and metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,17 +49,6 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    fn from_code(code: i64) -> Option<LimitKind> {
-        Some(match code {
-            1 => LimitKind::KeyRpm,
-            2 => LimitKind::KeyTokens,
-            3 => LimitKind::KeyConcurrency,
-            4 => LimitKind::LearnerRpm,
-            5 => LimitKind::LearnerTokens,
-            _ => return None,
-        })
-    }
-
     /// The error code of the 429 answer.
     pub fn code(self) -> &'static str {
         match self {
@@ -143,14 +77,16 @@ impl LimitKind {
 pub struct Decision {
     /// `None` when granted, else the limit that refused.
     pub refused: Option<LimitKind>,
-    /// Requests counted against the key this minute (this one included when granted).
+    /// Requests counted against the key's minute (this one included when granted).
     pub rpm_used: u64,
-    /// Until the key's request window resets.
+    /// Until the oldest request of the key's minute leaves it.
     pub reset: Duration,
     /// When to retry, when refused.
     pub retry_after: Duration,
     /// True when decided in process (Redis down or not configured).
     pub local: bool,
+    /// Where a granted request was recorded, to be settled by [`KeyLimiter::finish`].
+    ticket: Option<Ticket>,
 }
 
 /// Names the Redis state of one request.
@@ -160,203 +96,143 @@ pub struct Subject {
     pub key_id: String,
     /// The hashed learner id, when the client sent one.
     pub learner: Option<String>,
-    /// A unique id of this request (its concurrency lease).
+    /// A unique id of this request (its entries in the windows).
     pub member: String,
-}
-
-/// Window counters kept in process.
-#[derive(Default)]
-struct LocalState {
-    /// (window start ms, count) per counter name.
-    windows: HashMap<String, (u64, u64)>,
-    /// Requests in progress per key id.
-    in_progress: HashMap<String, u32>,
 }
 
 /// The per-key limiter.
 pub struct KeyLimiter {
-    redis: Option<RedisLink>,
-    /// Each server's share of a limit while Redis is down.
-    replicas: u32,
+    limiter: WindowLimiter,
     /// A request's concurrency lease; past it a crashed server's leases expire.
     lease: Duration,
-    local: Mutex<LocalState>,
-    acquire: ::redis::Script,
-    record: ::redis::Script,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl KeyLimiter {
     /// A limiter in Redis (when given), otherwise in process.
     pub fn new(redis: Option<RedisLink>, replicas: NonZeroU32, lease: Duration) -> KeyLimiter {
-        KeyLimiter {
-            redis,
-            replicas: replicas.get(),
-            lease,
-            local: Mutex::new(LocalState::default()),
-            acquire: ::redis::Script::new(ACQUIRE_SCRIPT),
-            record: ::redis::Script::new(RECORD_SCRIPT),
-        }
+        let limiter = match redis {
+            Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
+            None => WindowLimiter::local(OPTIONS),
+        };
+        KeyLimiter { limiter, lease }
     }
 
-    fn redis_keys(link: &RedisLink, subject: &Subject) -> [String; 5] {
-        let learner = subject.learner.as_deref().unwrap_or("-");
-        [
-            link.key("limit", &format!("{}:rpm", subject.key_id)),
-            link.key("limit", &format!("{}:tokens", subject.key_id)),
-            link.key("limit", &format!("{}:inflight", subject.key_id)),
-            link.key(
-                "limit",
-                &format!("{}:learner:{learner}:rpm", subject.key_id),
-            ),
-            link.key(
-                "limit",
-                &format!("{}:learner:{learner}:tokens", subject.key_id),
-            ),
-        ]
+    /// The windows of one request, in the order they are checked (the first that refuses is
+    /// the one named), each with its kind. All live under the key id's hash tag.
+    fn windows(&self, limits: &KeyLimits, subject: &Subject) -> (Vec<Window>, Vec<LimitKind>) {
+        let mut windows = Vec::with_capacity(5);
+        let mut kinds = Vec::with_capacity(5);
+        let mut add = |window: Window, kind: LimitKind| {
+            windows.push(window);
+            kinds.push(kind);
+        };
+        if limits.rpm > 0 {
+            add(
+                Window::counting("rpm", u64::from(limits.rpm), MINUTE_MS, 1),
+                LimitKind::KeyRpm,
+            );
+        }
+        if limits.tokens_per_day > 0 {
+            add(
+                Window::charged("tokens", limits.tokens_per_day, DAY_MS),
+                LimitKind::KeyTokens,
+            );
+        }
+        if limits.concurrency > 0 {
+            let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+            add(
+                Window::counting("inflight", u64::from(limits.concurrency), lease.max(1), 1),
+                LimitKind::KeyConcurrency,
+            );
+        }
+        if let Some(learner) = &subject.learner {
+            if limits.learner_rpm > 0 {
+                add(
+                    Window::counting(
+                        format!("learner:{learner}:rpm"),
+                        u64::from(limits.learner_rpm),
+                        MINUTE_MS,
+                        1,
+                    ),
+                    LimitKind::LearnerRpm,
+                );
+            }
+            if limits.learner_tokens_per_day > 0 {
+                add(
+                    Window::charged(
+                        format!("learner:{learner}:tokens"),
+                        limits.learner_tokens_per_day,
+                        DAY_MS,
+                    ),
+                    LimitKind::LearnerTokens,
+                );
+            }
+        }
+        (windows, kinds)
     }
 
     /// Decides one request; a granted request must be ended with [`KeyLimiter::finish`].
     pub async fn acquire(&self, limits: &KeyLimits, subject: &Subject) -> Decision {
-        let learner_limits = subject.learner.is_some();
-        if let Some(link) = &self.redis {
-            let keys = Self::redis_keys(link, subject);
-            let script = &self.acquire;
-            let mut invocation = script.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
+        let (windows, kinds) = self.windows(limits, subject);
+        let rpm = kinds.iter().position(|k| *k == LimitKind::KeyRpm);
+        let minute = |seen: &[learning_chat_engine::admission::window::Seen]| {
+            rpm.and_then(|i| seen.get(i))
+                .map_or((0, Duration::ZERO), |w| (w.held, w.reset))
+        };
+        if windows.is_empty() {
+            return Decision {
+                refused: None,
+                rpm_used: 0,
+                reset: Duration::ZERO,
+                retry_after: Duration::ZERO,
+                local: false,
+                ticket: None,
+            };
+        }
+        // No waiting: a request that does not fit now is refused with the wait as its hint.
+        let reserved = self
+            .limiter
+            .reserve(&subject.key_id, &subject.member, &windows, Instant::now())
+            .await;
+        match reserved {
+            Ok(granted) => {
+                let (rpm_used, reset) = minute(&granted.windows);
+                Decision {
+                    refused: None,
+                    rpm_used,
+                    reset,
+                    retry_after: Duration::ZERO,
+                    local: granted.ticket.local(),
+                    ticket: Some(granted.ticket),
+                }
             }
-            invocation
-                .arg(limits.rpm)
-                .arg(limits.tokens_per_day)
-                .arg(limits.concurrency)
-                .arg(if learner_limits {
-                    limits.learner_rpm
-                } else {
-                    0
-                })
-                .arg(if learner_limits {
-                    limits.learner_tokens_per_day
-                } else {
-                    0
-                })
-                .arg(&subject.member)
-                .arg(self.lease.as_millis() as u64);
-            let reply: Result<Vec<i64>, _> = link
-                .run("key_limit", |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await;
-            if let Ok(reply) = reply {
-                if let [code, used, reset, retry] = reply[..] {
-                    return Decision {
-                        refused: LimitKind::from_code(code),
-                        rpm_used: used.max(0) as u64,
-                        reset: Duration::from_millis(reset.max(0) as u64),
-                        retry_after: Duration::from_millis(retry.max(0) as u64),
-                        local: false,
-                    };
+            Err(refused) => {
+                let (rpm_used, reset) = minute(&refused.windows);
+                let kind = kinds
+                    .get(refused.window)
+                    .copied()
+                    .unwrap_or(LimitKind::KeyRpm);
+                let retry_after = match kind {
+                    LimitKind::KeyConcurrency => CONCURRENCY_RETRY_AFTER,
+                    _ => refused
+                        .windows
+                        .get(refused.window)
+                        .map_or(refused.wait, |w| w.wait),
+                };
+                Decision {
+                    refused: Some(kind),
+                    rpm_used,
+                    reset,
+                    retry_after,
+                    local: refused.local,
+                    ticket: None,
                 }
             }
         }
-        // Redis configured but unavailable: this server's conservative share of each limit.
-        let share = if self.redis.is_some() {
-            self.replicas
-        } else {
-            1
-        };
-        self.acquire_local(limits, subject, share)
     }
 
-    fn acquire_local(&self, limits: &KeyLimits, subject: &Subject, share: u32) -> Decision {
-        let part = |limit: u64| {
-            if limit == 0 {
-                0
-            } else {
-                (limit / u64::from(share)).max(1)
-            }
-        };
-        let now = now_ms();
-        let minute = now - now % MINUTE_MS;
-        let day = now - now % DAY_MS;
-        let reset = Duration::from_millis(minute + MINUTE_MS - now);
-        let mut state = self.local.lock();
-        let used = |state: &LocalState, name: &str, start: u64| match state.windows.get(name) {
-            Some((s, n)) if *s == start => *n,
-            _ => 0,
-        };
-        let id = &subject.key_id;
-        let learner = subject.learner.as_deref();
-        let rpm_name = format!("{id}:rpm");
-        let rpm_used = used(&state, &rpm_name, minute);
-        let refuse = |kind, retry: u64| Decision {
-            refused: Some(kind),
-            rpm_used,
-            reset,
-            retry_after: Duration::from_millis(retry),
-            local: true,
-        };
-        let rpm = part(u64::from(limits.rpm));
-        if rpm > 0 && rpm_used >= rpm {
-            return refuse(LimitKind::KeyRpm, minute + MINUTE_MS - now);
-        }
-        let tpd = part(limits.tokens_per_day);
-        if tpd > 0 && used(&state, &format!("{id}:tokens"), day) >= tpd {
-            return refuse(LimitKind::KeyTokens, day + DAY_MS - now);
-        }
-        let conc = part(u64::from(limits.concurrency));
-        if conc > 0 && u64::from(state.in_progress.get(id).copied().unwrap_or(0)) >= conc {
-            return refuse(LimitKind::KeyConcurrency, 1000);
-        }
-        let mut learner_rpm = None;
-        if let Some(learner) = learner {
-            let lrpm = part(u64::from(limits.learner_rpm));
-            let name = format!("{id}:learner:{learner}:rpm");
-            if lrpm > 0 {
-                if used(&state, &name, minute) >= lrpm {
-                    return refuse(LimitKind::LearnerRpm, minute + MINUTE_MS - now);
-                }
-                learner_rpm = Some(name);
-            }
-            let ltpd = part(limits.learner_tokens_per_day);
-            if ltpd > 0 && used(&state, &format!("{id}:learner:{learner}:tokens"), day) >= ltpd {
-                return refuse(LimitKind::LearnerTokens, day + DAY_MS - now);
-            }
-        }
-        let count = |state: &mut LocalState, name: String| {
-            let entry = state.windows.entry(name).or_insert((minute, 0));
-            if entry.0 != minute {
-                *entry = (minute, 0);
-            }
-            entry.1 += 1;
-        };
-        count(&mut state, rpm_name);
-        if let Some(name) = learner_rpm {
-            count(&mut state, name);
-        }
-        if conc > 0 {
-            *state.in_progress.entry(id.clone()).or_insert(0) += 1;
-        }
-        // Old windows go, so the map holds only the keys and learners active today.
-        if state.windows.len() > 100_000 {
-            state.windows.retain(|_, (s, _)| *s >= day);
-        }
-        Decision {
-            refused: None,
-            rpm_used: rpm_used + 1,
-            reset,
-            retry_after: Duration::ZERO,
-            local: true,
-        }
-    }
-
-    /// Ends a granted request: adds the model tokens it cost to today's budgets and ends its
-    /// concurrency lease, where it was decided.
+    /// Ends a granted request: charges the model tokens it cost to the day's budgets and ends
+    /// its concurrency lease, where it was decided.
     pub async fn finish(
         &self,
         limits: &KeyLimits,
@@ -364,59 +240,27 @@ impl KeyLimiter {
         decision: &Decision,
         tokens: u64,
     ) {
-        if !decision.local {
-            if let Some(link) = &self.redis {
-                let [_, key_tokens, inflight, _, learner_tokens] = Self::redis_keys(link, subject);
-                let mut invocation = self.record.prepare_invoke();
-                invocation
-                    .key(&key_tokens)
-                    .key(&learner_tokens)
-                    .key(&inflight)
-                    .arg(tokens)
-                    .arg(&subject.member)
-                    .arg(if subject.learner.is_some() { "1" } else { "0" });
-                let recorded: Result<i64, _> = link
-                    .run("key_limit", |mut conn| async move {
-                        invocation.invoke_async(&mut conn).await
-                    })
-                    .await;
-                if recorded.is_ok() {
-                    return;
-                }
-                // The lease in Redis expires on its own; the tokens count here instead.
-                self.record_local(subject, tokens, false);
-                return;
-            }
-        }
-        self.record_local(subject, tokens, limits.concurrency > 0);
-    }
-
-    fn record_local(&self, subject: &Subject, tokens: u64, release: bool) {
-        let now = now_ms();
-        let day = now - now % DAY_MS;
-        let mut state = self.local.lock();
-        let id = &subject.key_id;
-        let mut add = |name: String| {
-            let entry = state.windows.entry(name).or_insert((day, 0));
-            if entry.0 != day {
-                *entry = (day, 0);
-            }
-            entry.1 += tokens;
+        let Some(ticket) = decision.ticket else {
+            return;
         };
-        if tokens > 0 {
-            add(format!("{id}:tokens"));
-            if let Some(learner) = &subject.learner {
-                add(format!("{id}:learner:{learner}:tokens"));
-            }
-        }
-        if release {
-            if let Some(n) = state.in_progress.get_mut(id) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    state.in_progress.remove(id);
+        let (windows, kinds) = self.windows(limits, subject);
+        let changes: Vec<Change> = kinds
+            .iter()
+            .enumerate()
+            .filter_map(|(window, kind)| match kind {
+                LimitKind::KeyTokens | LimitKind::LearnerTokens if tokens > 0 => {
+                    Some(Change::Charge {
+                        window,
+                        units: tokens,
+                    })
                 }
-            }
-        }
+                LimitKind::KeyConcurrency => Some(Change::Release { window }),
+                _ => None,
+            })
+            .collect();
+        self.limiter
+            .settle(&subject.key_id, &subject.member, &windows, ticket, &changes)
+            .await;
     }
 }
 

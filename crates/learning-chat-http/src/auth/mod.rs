@@ -1,4 +1,4 @@
-//! API keys, per-key limits and the caller's identity (issue 12).
+//! API keys, per-key limits and the caller's identity.
 //!
 //! With `auth.mode = "required"` every `/api/` request carries a key (`Authorization: Bearer`
 //! or `x-api-key`). The key's peppered hash is looked up in the key store ([`keys::KeyStore`]:

@@ -1,6 +1,6 @@
-//! The learner's chat page and the API docs in a real browser (issue 13): headless Chromium
-//! driven through chromedriver against the real server on port 0 with gemini-sim, and through a
-//! real nginx at a sub-path. Every phase checks the console (no errors, no failed requests) and
+//! The learner's chat page and the API docs in a real browser: headless Chromium driven through
+//! chromedriver against the real server on port 0 with gemini-sim, and through a real nginx at a
+//! sub-path. Every phase checks the console (no errors, no failed requests) and
 //! Content-Security-Policy violations; axe-core audits the page at desktop and phone sizes.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (./scripts/test.sh installs them).

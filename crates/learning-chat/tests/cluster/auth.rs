@@ -1,6 +1,6 @@
-//! API keys, per-key limits and fair sharing (issue 12), against real processes: redis-server,
-//! gemini-sim, three learning-chat servers with `auth.mode = "required"` and the shipped nginx
-//! config. Keys are made with the real `learning-chat keys` subcommand against the same Redis.
+//! API keys, per-key limits and fair sharing, against real processes: redis-server, gemini-sim,
+//! three learning-chat servers with `auth.mode = "required"` and the shipped nginx config. Keys are
+//! made with the real `learning-chat keys` subcommand against the same Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
 use crate::support::cluster::{Cluster, ClusterConfig};

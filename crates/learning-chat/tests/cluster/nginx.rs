@@ -1,7 +1,7 @@
-//! The seed's multi-server topology with real processes on free loopback ports: redis-server,
-//! gemini-sim, three learning-chat servers and nginx running deploy/nginx/learning-chat.conf.
-//! N servers must behave like one: one cache, one upstream call per distinct question, one quota,
-//! and no request lost when a server stops or Redis dies.
+//! The multi-server topology (nginx in front, one shared Redis) with real processes on free
+//! loopback ports: redis-server, gemini-sim, three learning-chat servers and nginx running
+//! deploy/nginx/learning-chat.conf. N servers must behave like one: one cache, one upstream call
+//! per distinct question, one quota, and no request lost when a server stops or Redis dies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
 use crate::support::cluster::{Cluster, ClusterConfig};
@@ -185,8 +185,8 @@ async fn the_cluster_never_exceeds_the_shared_quota_and_uses_it() {
     );
 }
 
-/// Issue 10: a conversation started through nginx is continued by every server of the cluster,
-/// each answering with the earlier turns as context, and its erasure is seen by all of them.
+/// A conversation started through nginx is continued by every server of the cluster, each answering
+/// with the earlier turns as context, and its erasure is seen by all of them.
 #[tokio::test]
 async fn every_server_behind_nginx_continues_a_conversation_with_its_context() {
     let cluster = Cluster::start(ClusterConfig::default()).await;

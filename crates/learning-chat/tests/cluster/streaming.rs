@@ -1,5 +1,5 @@
-//! Streamed answers across servers (issue 11): several servers behind nginx with one Redis share
-//! one upstream stream through a Redis Stream.
+//! Streamed answers across servers: several servers behind nginx with one Redis share one upstream
+//! stream through a Redis Stream.
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 
 use crate::support::cluster::{Cluster, ClusterConfig};

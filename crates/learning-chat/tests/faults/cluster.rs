@@ -190,10 +190,10 @@ async fn redis_killed_and_restarted_under_three_servers_fails_nothing() {
     );
     // Requests never stopped succeeding (checked above). Every server goes back to the shared
     // state (within the 20 s hang guard above; how soon is the figure printed), and not before
-    // the deliberate hysteresis (issue 9 item 5): `redis.up_after_probes` successful probes in
-    // a row, `redis.probe_interval_ms` apart, so at least (probes - 1) intervals after Redis
-    // listened. Each server is seen up no sooner than it went up, so this lower bound holds
-    // however loaded the machine is.
+    // the deliberate hysteresis (a flapping Redis is not trusted at once):
+    // `redis.up_after_probes` successful probes in a row, `redis.probe_interval_ms` apart, so at
+    // least (probes - 1) intervals after Redis listened. Each server is seen up no sooner than it
+    // went up, so this lower bound holds however loaded the machine is.
     let defaults = learning_chat::config::RedisSettings::default();
     let hysteresis = defaults.probe_interval * (defaults.up_after_probes.get() - 1);
     assert!(

@@ -268,7 +268,7 @@ async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
         unused.is_empty(),
         "exported but on no panel and in no alert: {unused:?}"
     );
-    // The process metrics the seed asks for (CPU, memory) come from metrics-process.
+    // The process metrics the dashboard needs (CPU, memory) come from metrics-process.
     for name in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -305,8 +305,8 @@ fn the_dashboard_shows_the_six_key_metrics_per_server_and_cluster_wide() {
             );
         }
     }
-    // The seed's six: request rate, p50/p95/p99, 4xx/5xx, cache hit rate, quota, CPU/memory;
-    // each both per server ({{instance}}) and for the whole cluster.
+    // The six an operator watches: request rate, p50/p95/p99, 4xx/5xx, cache hit rate, quota,
+    // CPU/memory; each both per server ({{instance}}) and for the whole cluster.
     for title in [
         "Request rate",
         "Response time p50 / p95 / p99 (chat)",

@@ -3,7 +3,8 @@
 //!
 //! Every environment variable handed to the service is checked against what it really reads: the
 //! `LEARNING_CHAT_*` ones by loading them through the service's own `Settings` (which rejects
-//! unknown keys), the others against the documented list of the seed's names.
+//! unknown keys), the others against the documented list of plain names (`GEMINI_API_KEY`,
+//! `REDIS_URL`, ...) kept for deployments that already set them.
 
 use figment::providers::Serialized;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,7 +23,7 @@ use std::process::Command;
 
 use crate::support::{read, repo};
 
-/// The service's Deployment: the seed's name.
+/// The service's Deployment: the name docs/deploy.md and the scrape config use.
 pub const APP: &str = "learning-chat-api";
 /// The Redis Deployment and Service.
 pub const REDIS: &str = "redis";

@@ -1,6 +1,6 @@
-//! The quota gate and the concurrency bound against the real service and gemini-sim (issue 9,
-//! items 1 and 7): a slow answer must not lock the quota gate shut, and the default concurrency
-//! bound must not be the bottleneck when the quota allows more.
+//! The quota gate and the concurrency bound against the real service and gemini-sim: a slow answer
+//! must not lock the quota gate shut, and the default concurrency bound must not be the bottleneck
+//! when the quota allows more.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 

@@ -1,7 +1,7 @@
-//! Multi-turn conversations (issue 10), against gemini-sim over HTTP and real redis-server
-//! processes on free ports: follow-ups are answered with their context, on any server; erasure is
-//! real; concurrent messages never lose a turn; a dead Redis never answers a follow-up without
-//! its history; the history is bounded and so are conversations.
+//! Multi-turn conversations, against gemini-sim over HTTP and real redis-server processes on free
+//! ports: follow-ups are answered with their context, on any server; erasure is real; concurrent
+//! messages never lose a turn; a dead Redis never answers a follow-up without its history; the
+//! history is bounded and so are conversations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 

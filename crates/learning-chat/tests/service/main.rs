@@ -21,6 +21,7 @@ mod routing;
 mod routing_keys;
 mod sentry;
 mod streaming;
+mod streaming_bytes;
 mod tls;
 mod traces;
 mod upstream;

@@ -1,4 +1,5 @@
-//! The capacity planner reproduces the seed guide's own arithmetic, and its CLI prints it.
+//! The capacity planner reproduces the usual hand arithmetic of sizing (monthly cost, each
+//! server's share of the quota, Little's law for calls in flight), and its CLI prints it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
 use learning_chat::plan::{class_monthly_cost, plan, PlanInput, Price};
@@ -35,11 +36,12 @@ fn seed_semaphore_arithmetic_littles_law() {
     // 3.33 calls/s x 2.8 s = 9.33 in flight per server; 46.7 across the fleet.
     assert!(close(result.per_server_upstream_in_flight, 28.0 / 3.0));
     assert!(close(result.upstream_in_flight, 140.0 / 3.0));
-    // One server's semaphore (100) holds all 46.7: the seed's 5 servers were not needed for it.
+    // One server's concurrency bound (100) holds all 46.7: 5 servers are not needed for it.
     assert_eq!(result.servers_for_concurrency, 1);
     assert_eq!(result.servers_needed, 1);
     assert_eq!(result.servers, 5);
-    // 5 servers x $30 + $70 shared: inside the seed's $100-200 + $40-100 estimate.
+    // 5 servers x $30 + $70 shared: inside the usual $100-200 (servers) + $40-100 (Redis, load
+    // balancer) estimate for such a fleet.
     assert!(close(result.monthly_infrastructure_cost, 220.0));
     assert!(close(result.monthly_total_cost, 520.0));
 }
@@ -59,7 +61,7 @@ fn peak_from_active_users_and_the_quota_check() {
     // What is sent is capped by the quota: 1000 RPM.
     assert!(close(result.upstream_rps, 1000.0 / 60.0));
 
-    // With the seed's hoped-for 50% hit ratio the answer is faster and half is upstream.
+    // With a 50% hit ratio the answer is faster and half is upstream.
     let half = plan(&PlanInput {
         cache_hit_ratio: 0.5,
         ..PlanInput::seed()

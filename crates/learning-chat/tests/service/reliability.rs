@@ -1,6 +1,6 @@
-//! Issue 9: one bad event must not become a lasting outage or a wrong answer. Each test drives
-//! the real service (gemini-sim, a scripted upstream, real redis-server processes) through the
-//! event and checks what learners and the upstream see afterwards.
+//! One bad event must not become a lasting outage or a wrong answer. Each test drives the real
+//! service (gemini-sim, a scripted upstream, real redis-server processes) through the event and
+//! checks what learners and the upstream see afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 

@@ -1,7 +1,6 @@
-//! Model routing (issue 16) against the real service on port 0 and gemini-sim: the fallback
-//! chain (503 at 100% on the primary, a per-day 429), the circuit breaker opening and closing,
-//! and an OpenAI-compatible agent (gemini-sim's `/v1/chat/completions`) answering, caching and
-//! streaming.
+//! Model routing against the real service on port 0 and gemini-sim: the fallback chain (503 at 100%
+//! on the primary, a per-day 429), the circuit breaker opening and closing, and an
+//! OpenAI-compatible agent (gemini-sim's `/v1/chat/completions`) answering, caching and streaming.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::support::{settings_for, spawn_app, start_sim, TestApp};

@@ -1,6 +1,6 @@
-//! Several Gemini API keys (issue 16) against the real service and gemini-sim's per-key quotas:
-//! three keys at 60 RPM each carry 170 requests in a minute without one upstream 429, a key out
-//! of its per-day quota leaves the rotation, and so does a key refused with 403.
+//! Several Gemini API keys against the real service and gemini-sim's per-key quotas: three keys at
+//! 60 RPM each carry 170 requests in a minute without one upstream 429, a key out of its per-day
+//! quota leaves the rotation, and so does a key refused with 403.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
 use crate::support::{settings_for, spawn_app, start_sim, TestApp};

@@ -1,5 +1,5 @@
-//! Streamed answers (issue 11): the service on port 0 against gemini-sim's
-//! `streamGenerateContent`, read as a client reads them, event by event.
+//! Streamed answers: the service on port 0 against gemini-sim's `streamGenerateContent`, read as a
+//! client reads them, event by event.
 #![allow(clippy::field_reassign_with_default)] // tests tweak one knob of a default config
 
 use crate::support::sse::{eventually, metrics, paced, stream, stream_request, SseReader};

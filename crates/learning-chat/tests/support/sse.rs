@@ -1,8 +1,11 @@
 //! Reading the service's server-sent events as a client does, for the streaming tests.
 
 use crate::support::{fixed_latency, TestApp};
+use axum::body::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use gemini_sim::SimConfig;
+use gemini_wire::sse::{SseItem, SseStream};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -22,8 +25,7 @@ impl Event {
 
 /// Reads a `text/event-stream` body event by event.
 pub struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
-    buffer: String,
+    events: SseStream<BoxStream<'static, reqwest::Result<Bytes>>>,
 }
 
 impl SseReader {
@@ -34,44 +36,28 @@ impl SseReader {
             "text/event-stream"
         );
         SseReader {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
+            events: SseStream::new(response.bytes_stream().boxed()),
         }
     }
 
     /// The next event, comments included; `None` at the end of the body.
     pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = Event {
-                    event: "message".to_owned(),
-                    data: String::new(),
-                };
-                for line in block.lines() {
-                    if let Some(comment) = line.strip_prefix(':') {
-                        event.event = ":".to_owned();
-                        event.data = comment.trim().to_owned();
-                    } else if let Some(name) = line.strip_prefix("event: ") {
-                        event.event = name.to_owned();
-                    } else if let Some(data) = line.strip_prefix("data: ") {
-                        event.data.push_str(data);
-                    }
-                }
-                return Some(event);
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
-                Some(Err(e)) => panic!("stream broke: {e}"),
-                None => {
-                    assert!(
-                        self.buffer.trim().is_empty(),
-                        "unterminated: {}",
-                        self.buffer
-                    );
-                    return None;
-                }
-            }
+        let item = self.events.next().await;
+        // The decoder hands over an event the body ended inside; the service must finish each.
+        assert!(
+            !self.events.ended_unfinished(),
+            "the body ended inside an event or line (last item: {item:?})"
+        );
+        match item? {
+            Ok(SseItem::Event(e)) => Some(Event {
+                event: e.event,
+                data: e.data,
+            }),
+            Ok(SseItem::Comment(text)) => Some(Event {
+                event: ":".to_owned(),
+                data: text,
+            }),
+            Err(e) => panic!("stream broke: {e}"),
         }
     }
 

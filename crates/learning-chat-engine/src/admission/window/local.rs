@@ -5,7 +5,7 @@
 //!
 //! A caller that cannot go now reserves the earliest time at which it can, and sleeps until then;
 //! reservations are entries in the future, so waiters are served in order without polling.
-//! The Redis limiter runs the same algorithm in a Lua script.
+//! The Redis side runs the same algorithm in `window_reserve.lua`.
 
 use std::collections::VecDeque;
 
@@ -27,6 +27,11 @@ impl SlidingWindow {
             entries: VecDeque::new(),
             total: 0,
         }
+    }
+
+    /// Changes the limit (a key's limits were edited); what is counted stays.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.max(1);
     }
 
     fn prune(&mut self, now_ms: u64) {
@@ -79,7 +84,18 @@ impl SlidingWindow {
         }
     }
 
-    /// Units counted in the window ending at `now_ms` (reservations included).
+    /// Units held at `now_ms`, reservations still to come included.
+    pub fn total(&mut self, now_ms: u64) -> u64 {
+        self.prune(now_ms);
+        self.total
+    }
+
+    /// When the oldest entry leaves the window (`None`: empty).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.entries.front().map(|&(at, _)| at + self.window_ms)
+    }
+
+    /// Units counted in the window ending at `now_ms` (reservations not yet due left out).
     pub fn used(&mut self, now_ms: u64) -> u64 {
         self.prune(now_ms);
         self.entries
