@@ -226,7 +226,7 @@ mod tests {
         let settings = RedisSettings {
             url: Secret::new(redis.url()),
             // Not a test of slow Redis.
-            command_timeout_ms: 5_000,
+            command_timeout: Duration::from_secs(5),
             ..RedisSettings::default()
         };
         let link = RedisLink::new(&settings).unwrap();

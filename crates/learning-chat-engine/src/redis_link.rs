@@ -153,7 +153,7 @@ fn build_target(settings: &RedisSettings) -> anyhow::Result<Target> {
             .collect();
         let client = ClusterClient::builder(nodes)
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(Duration::from_millis(settings.command_timeout_ms.max(100)))
+            .response_timeout(settings.command_timeout.max(Duration::from_millis(100)))
             // A redirect after a resharding or failover costs a retry; the call's own timeout
             // still bounds the whole.
             .retries(3)
@@ -208,10 +208,10 @@ impl RedisLink {
                 failures: AtomicU32::new(0),
                 last_counted_failure: Mutex::new(None),
                 successes: AtomicU32::new(0),
-                down_after_failures: settings.down_after_failures.max(1),
-                up_after_probes: settings.up_after_probes.max(1),
-                probe_interval: Duration::from_millis(settings.probe_interval_ms.max(1)),
-                timeout: Duration::from_millis(settings.command_timeout_ms.max(1)),
+                down_after_failures: settings.down_after_failures.get(),
+                up_after_probes: settings.up_after_probes.get(),
+                probe_interval: settings.probe_interval,
+                timeout: settings.command_timeout,
                 prefix: settings.key_prefix.clone(),
                 server_id: uuid::Uuid::new_v4().to_string(),
             }),

@@ -49,16 +49,13 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
              those answers to the shared Redis cache (cache.share_offline_answers = false)"
         );
     }
-    let ttl = Duration::from_millis(settings.cache.ttl_ms);
+    let ttl = settings.cache.ttl;
     let cache = match (&redis, settings.cache.enabled) {
         (_, false) => ResponseCache::Disabled,
         (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
         (Some(link), true) => ResponseCache::Tiered {
             // L1 only absorbs repeats on this server; freshness is Redis's job.
-            memory: MemoryCache::new(
-                settings.cache.capacity,
-                ttl.min(Duration::from_millis(settings.cache.l1_ttl_ms.max(1))),
-            ),
+            memory: MemoryCache::new(settings.cache.capacity, ttl.min(settings.cache.l1_ttl)),
             redis: RedisCache::new(
                 link.clone(),
                 ttl,
@@ -71,20 +68,17 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
     };
     let cluster = match (&redis, cache.redis()) {
         (Some(link), Some(redis_cache)) => Some(
-            ClusterCoalescer::new(
-                link.clone(),
-                redis_cache.clone(),
-                Duration::from_millis(settings.redis.lease_ms),
-            )
-            .with_relay(crate::coalesce::relay::RelayBounds {
-                max_entries: settings.stream.redis_max_entries,
-                ttl_ms: settings.stream.redis_ttl_ms,
-            }),
+            ClusterCoalescer::new(link.clone(), redis_cache.clone(), settings.redis.lease)
+                .with_relay(crate::coalesce::relay::RelayBounds {
+                    max_entries: settings.stream.redis_max_entries.get(),
+                    ttl_ms: u64::try_from(settings.stream.redis_ttl.as_millis())
+                        .unwrap_or(u64::MAX),
+                }),
         ),
         _ => None,
     };
     let up = &settings.upstream;
-    let margin = Duration::from_millis(up.quota_window_margin_ms);
+    let margin = up.quota_window_margin;
     let quota = match &redis {
         Some(link) => QuotaLimiter::clustered(
             up.rpm,
@@ -102,7 +96,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         redis.clone(),
         &transport,
     )?;
-    let conversation_ttl = Duration::from_millis(settings.conversation.ttl_ms);
+    let conversation_ttl = settings.conversation.ttl;
     let conversations = Conversations::new(
         match &redis {
             Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
@@ -129,29 +123,26 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
             },
             // No call can usefully take longer than half the deadline: a request also has
             // to wait for its slot, and the quota gate needs room to grant future slots.
-            LatencyEstimate::new(
-                Duration::from_millis(up.latency_half_life_ms),
-                settings.request_timeout() / 2,
-            ),
+            LatencyEstimate::new(up.latency_half_life, settings.request_timeout() / 2),
             up.max_queue,
-            Duration::from_millis(up.max_queue_wait_ms),
+            up.max_queue_wait,
         ),
         quota,
         cluster,
         conversations,
         retry: RetryPolicy {
             max_retries: up.max_retries,
-            base_delay: Duration::from_millis(up.retry_base_delay_ms),
-            max_delay: Duration::from_millis(up.retry_max_delay_ms),
-            max_retry_after: Duration::from_millis(up.max_retry_after_ms),
+            base_delay: up.retry_base_delay,
+            max_delay: up.retry_max_delay,
+            max_retry_after: up.max_retry_after,
         },
-        max_message_chars: settings.server.max_message_chars,
+        max_message_chars: settings.server.max_message_chars.get(),
         prices: Prices {
             input_per_million: settings.telemetry.price_per_million_input_tokens,
             output_per_million: settings.telemetry.price_per_million_output_tokens,
         },
-        refusal_ttl: Duration::from_millis(settings.cache.refusal_ttl_ms),
-        failure_share: Duration::from_millis(settings.redis.failure_share_ms),
+        refusal_ttl: settings.cache.refusal_ttl,
+        failure_share: settings.redis.failure_share,
     });
     let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
     learning_chat_engine::metrics::queue_limit(settings.upstream.max_queue);
@@ -287,16 +278,16 @@ impl Application {
             state,
             tls,
         } = self;
-        let grace = Duration::from_millis(state.settings.server.shutdown_grace_ms);
+        let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let limits = crate::serve::ConnectionLimits::from_settings(&state.settings.server);
-        let state_tls_check_ms = state.settings.server.tls_reload_check_ms;
+        let tls_check = state.settings.server.tls_reload_check;
         let app = router(state);
         let tls_reload = tls.clone().map(|tls| {
-            let every = Duration::from_millis(state_tls_check_ms);
+            let every = tls_check;
             tokio::spawn(tls.watch_for_changes(every))
         });
         let server = crate::serve::serve(listener, app, limits, tls, async move {

@@ -13,6 +13,7 @@ pub use quota::{QuotaLimiter, QuotaRejection};
 pub use window::SlidingWindow;
 
 use parking_lot::Mutex;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,7 @@ const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConcurrencyBound {
     /// `upstream.max_concurrency`: never more than this, whatever the quota and latency.
-    pub ceiling: usize,
+    pub ceiling: NonZeroUsize,
     /// `upstream.min_concurrency`: never fewer (capped by the ceiling), so a burst on top of a
     /// low steady rate still finds slots.
     pub floor: usize,
@@ -71,7 +72,7 @@ impl ConcurrencyBound {
     /// The limit for calls taking `latency`: by Little's law the quota keeps `rpm / 60 x latency`
     /// calls in flight, times the headroom for bursts and slower calls, within floor and ceiling.
     pub fn limit(&self, latency: Duration) -> usize {
-        let ceiling = self.ceiling.max(1);
+        let ceiling = self.ceiling.get();
         if self.rpm == 0 {
             return ceiling;
         }
@@ -320,7 +321,7 @@ impl Admission {
 
     /// The configured ceiling of the concurrency limit (`upstream.max_concurrency`).
     pub fn max_concurrency(&self) -> usize {
-        self.bound.ceiling
+        self.bound.ceiling.get()
     }
 }
 
@@ -331,7 +332,7 @@ mod tests {
     /// Admission with a fixed limit (no quota to size it from).
     fn fixed(max_concurrency: usize, max_queue: usize, max_wait: Duration) -> Admission {
         let bound = ConcurrencyBound {
-            ceiling: max_concurrency,
+            ceiling: NonZeroUsize::new(max_concurrency).unwrap(),
             floor: max_concurrency,
             rpm: 0,
             headroom: 1.0,
@@ -378,7 +379,7 @@ mod tests {
 
     fn derived(rpm: u32) -> ConcurrencyBound {
         ConcurrencyBound {
-            ceiling: 1000,
+            ceiling: NonZeroUsize::new(1000).unwrap(),
             floor: 4,
             rpm,
             headroom: 2.0,
@@ -399,7 +400,7 @@ mod tests {
         assert_eq!(derived(60).limit(Duration::from_millis(10)), 4);
         // A floor above the ceiling yields to it.
         let tiny = ConcurrencyBound {
-            ceiling: 2,
+            ceiling: NonZeroUsize::new(2).unwrap(),
             floor: 32,
             rpm: 60,
             headroom: 2.0,

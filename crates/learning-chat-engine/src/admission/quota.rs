@@ -4,6 +4,7 @@
 //! never lets the cluster past the quota.
 
 use super::window::{Options, Window, WindowLimiter, WindowOps};
+use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -59,7 +60,7 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        replicas: u32,
+        replicas: NonZeroU32,
         link: crate::redis_link::RedisLink,
         scope: &str,
     ) -> QuotaLimiter {
@@ -72,7 +73,7 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        replicas: u32,
+        replicas: NonZeroU32,
         link: crate::redis_link::RedisLink,
     ) -> QuotaLimiter {
         crate::metrics::quota_rpm(rpm);
@@ -83,7 +84,7 @@ impl QuotaLimiter {
         rpm: u32,
         input_tpm: u64,
         margin: Duration,
-        cluster: Option<(crate::redis_link::RedisLink, u32)>,
+        cluster: Option<(crate::redis_link::RedisLink, NonZeroU32)>,
         scope: &str,
     ) -> QuotaLimiter {
         let limiter = match cluster {

@@ -9,6 +9,7 @@ use crate::conversations::{ConversationStore, Conversations, MemoryStore};
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::script::Script;
 use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 const ANSWER: &str = "Two and two make four.";
@@ -26,7 +27,10 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
-        ConversationStore::Memory(Arc::new(MemoryStore::new(1000, Duration::from_secs(3600)))),
+        ConversationStore::Memory(Arc::new(MemoryStore::new(
+            NonZeroUsize::new(1000).unwrap(),
+            Duration::from_secs(3600),
+        ))),
         settings.conversation.clone(),
         Duration::from_secs(60),
     );
@@ -37,7 +41,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
         router,
         admission: Admission::new(
             ConcurrencyBound {
-                ceiling: 10,
+                ceiling: NonZeroUsize::new(10).unwrap(),
                 floor: 10,
                 rpm: 0,
                 headroom: 1.0,

@@ -6,6 +6,7 @@
 use super::{AppendOutcome, Conversation, Turn};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -74,11 +75,11 @@ impl Inner {
 
 impl MemoryStore {
     /// A store of at most `capacity` conversations, each living `ttl` after its last use.
-    pub fn new(capacity: u64, ttl: Duration) -> MemoryStore {
+    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             ttl,
-            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+            capacity: capacity.get(),
         }
     }
 
@@ -172,7 +173,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_conversations_expire_and_use_refreshes_them() {
-        let store = MemoryStore::new(10, Duration::from_secs(100));
+        let store = MemoryStore::new(NonZeroUsize::new(10).unwrap(), Duration::from_secs(100));
         store.append("a", "math", 0, 0, &[turn("q")]);
         store.append("b", "math", 0, 0, &[turn("q")]);
         tokio::time::advance(Duration::from_secs(60)).await;
@@ -188,7 +189,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_least_recently_used_conversation_is_evicted_at_capacity() {
-        let store = MemoryStore::new(2, Duration::from_secs(100));
+        let store = MemoryStore::new(NonZeroUsize::new(2).unwrap(), Duration::from_secs(100));
         store.append("a", "math", 0, 0, &[turn("q")]);
         store.append("b", "math", 0, 0, &[turn("q")]);
         assert!(store.load("a").is_some());
@@ -201,7 +202,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn appends_only_extend_the_expected_history() {
-        let store = MemoryStore::new(2, Duration::from_secs(100));
+        let store = MemoryStore::new(NonZeroUsize::new(2).unwrap(), Duration::from_secs(100));
         assert_eq!(
             store.append("a", "math", 0, 2, &[turn("q")]),
             AppendOutcome::Gone

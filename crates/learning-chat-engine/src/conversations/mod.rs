@@ -323,7 +323,7 @@ impl Conversations {
     /// Waits at most `conversation.busy_wait_ms` for the conversation's lock (this server's,
     /// then the cluster's).
     async fn lock(&self, id: &str) -> Result<ConversationLock, ConversationError> {
-        let until = Instant::now() + Duration::from_millis(self.settings.busy_wait_ms);
+        let until = Instant::now() + self.settings.busy_wait;
         let busy = || {
             crate::metrics::conversation_refused("busy");
             ConversationError::Busy {
@@ -438,7 +438,7 @@ impl Conversations {
                     &agent.definition.system_prompt,
                     &turns[..at],
                     message,
-                    self.settings.max_history_tokens,
+                    self.settings.max_history_tokens.get(),
                 );
                 key_of(agent, message, &history)
             })

@@ -121,7 +121,7 @@ impl Conversations {
             &agent.definition.system_prompt,
             &conversation.turns,
             message,
-            self.settings.max_history_tokens,
+            self.settings.max_history_tokens.get(),
         );
         let history_tokens = input_token_estimate("", &history, "");
         Ok(Place {

@@ -12,7 +12,6 @@ use futures::StreamExt;
 use gemini_wire::sse::{SseItem, SseStream, StreamError};
 use gemini_wire::{ErrorBody, GenerateContentResponse};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// Calls `POST {base}/v1beta/models/{model}:generateContent`.
@@ -42,7 +41,7 @@ impl GeminiClient {
         transport: &MakeTransport,
     ) -> anyhow::Result<GeminiClient> {
         let http = transport(TransportOptions {
-            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+            connect_timeout: settings.connect_timeout,
             pool_max_idle_per_host: settings.pool_max_idle_per_host,
         })?;
         let base_url = settings.base_url.trim_end_matches('/').to_owned();
@@ -254,6 +253,7 @@ fn host_of(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(

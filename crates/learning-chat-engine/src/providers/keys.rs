@@ -11,6 +11,7 @@ use crate::redis_link::RedisLink;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +27,7 @@ pub struct KeyQuota {
     /// Added to the 60 s window, as for the global quota.
     pub margin: Duration,
     /// Servers sharing the keys (for the conservative share while Redis is away).
-    pub replicas: u32,
+    pub replicas: NonZeroU32,
     /// The cluster's Redis, when configured: the windows are then cluster-wide.
     pub redis: Option<RedisLink>,
 }

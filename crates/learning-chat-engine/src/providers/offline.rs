@@ -26,7 +26,7 @@ impl OfflineModel {
     pub fn new(settings: &OfflineSettings) -> OfflineModel {
         OfflineModel {
             answer_tokens: settings.answer_tokens,
-            latency: Duration::from_millis(settings.latency_ms),
+            latency: settings.latency,
         }
     }
 

@@ -12,7 +12,6 @@ use crate::config::{Secret, Settings};
 use crate::redis_link::RedisLink;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// Who serves a route.
@@ -116,7 +115,7 @@ impl ModelRouter {
                 let quota = KeyQuota {
                     rpm: settings.gemini.key_rpm,
                     input_tpm: settings.gemini.key_input_tpm,
-                    margin: Duration::from_millis(settings.upstream.quota_window_margin_ms),
+                    margin: settings.upstream.quota_window_margin,
                     replicas: settings.redis.replicas,
                     redis,
                 };
@@ -129,7 +128,7 @@ impl ModelRouter {
             _ => None,
         };
         let routing = &settings.routing;
-        let cooldown = Duration::from_millis(routing.breaker_cooldown_ms);
+        let cooldown = routing.breaker_cooldown;
         let mut by_spec: HashMap<ModelSpec, Arc<Route>> = HashMap::new();
         let mut routes = Vec::new();
         let mut chains = HashMap::new();
@@ -160,7 +159,7 @@ impl ModelRouter {
                         let client = OpenAiClient::new(
                             &base,
                             key,
-                            Duration::from_millis(settings.gemini.connect_timeout_ms),
+                            settings.gemini.connect_timeout,
                             transport,
                         )?;
                         let identity = client.identity().to_owned();
@@ -229,7 +228,7 @@ impl ModelRouter {
                     },
                     identity: "scripted".to_owned(),
                     server: Server::Scripted(script.clone()),
-                    breaker: Breaker::new(script.model(), 3, Duration::from_secs(10)),
+                    breaker: Breaker::new(script.model(), 3, std::time::Duration::from_secs(10)),
                 })
             })
             .collect();

@@ -67,7 +67,7 @@ impl AppState {
                 redis: parts.redis,
                 auth: parts.auth,
                 streams: Arc::new(super::stream::OpenStreams::new(
-                    parts.settings.stream.max_open,
+                    parts.settings.stream.max_open.get(),
                 )),
                 settings: Arc::new(parts.settings),
                 draining: AtomicBool::new(false),

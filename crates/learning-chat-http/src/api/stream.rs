@@ -22,7 +22,7 @@ use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Instant as StdInstant;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -123,9 +123,7 @@ pub async fn chat_stream(
             "too_many_streams",
             "too many answers are streaming on this server; try again shortly",
         );
-        error.retry_after = Some(Duration::from_millis(
-            state.settings.stream.retry_after_ms.max(1),
-        ));
+        error.retry_after = Some(state.settings.stream.retry_after);
         return Err(error);
     };
     let ask = Ask {
@@ -195,9 +193,8 @@ pub async fn chat_stream(
         }
     };
     let sse = Sse::new(events);
-    let keepalive = state.settings.stream.keepalive_ms;
-    let mut response = if keepalive > 0 {
-        let every = Duration::from_millis(keepalive);
+    let every = state.settings.stream.keepalive;
+    let mut response = if !every.is_zero() {
         sse.keep_alive(KeepAlive::new().interval(every).text("ping"))
             .into_response()
     } else {

@@ -11,6 +11,7 @@ use learning_chat_engine::admission::window::{
     Change, Options, Ticket, Window, WindowLimiter, WindowOps,
 };
 use learning_chat_engine::redis_link::RedisLink;
+use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -108,7 +109,7 @@ pub struct KeyLimiter {
 
 impl KeyLimiter {
     /// A limiter in Redis (when given), otherwise in process.
-    pub fn new(redis: Option<RedisLink>, replicas: u32, lease: Duration) -> KeyLimiter {
+    pub fn new(redis: Option<RedisLink>, replicas: NonZeroU32, lease: Duration) -> KeyLimiter {
         let limiter = match redis {
             Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
             None => WindowLimiter::local(OPTIONS),
@@ -277,7 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refuse_with_the_limit_named() {
-        let limiter = KeyLimiter::new(None, 1, Duration::from_secs(60));
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60));
         let limits = KeyLimits {
             rpm: 3,
             tokens_per_day: 100,

@@ -222,11 +222,11 @@ impl Auth {
             store,
             cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_millis(settings.auth.cache_ttl_ms.max(1)))
+                .time_to_live(settings.auth.cache_ttl)
                 .build(),
             stale: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_millis(settings.auth.stale_ttl_ms))
+                .time_to_live(settings.auth.stale_ttl)
                 .build(),
             touched: moka::future::Cache::builder()
                 .max_capacity(100_000)

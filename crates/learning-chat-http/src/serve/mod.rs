@@ -79,11 +79,11 @@ impl ConnectionLimits {
     /// The limits configured in `[server]`.
     pub fn from_settings(server: &ServerSettings) -> ConnectionLimits {
         ConnectionLimits {
-            header_read: Duration::from_millis(server.header_read_timeout_ms),
-            body_read: Duration::from_millis(server.body_read_timeout_ms),
-            keep_alive_idle: Duration::from_millis(server.keep_alive_idle_timeout_ms),
-            max_connections: server.max_connections.max(1),
-            http2_max_streams: server.http2_max_concurrent_streams.max(1),
+            header_read: server.header_read_timeout,
+            body_read: server.body_read_timeout,
+            keep_alive_idle: server.keep_alive_idle_timeout,
+            max_connections: server.max_connections.get(),
+            http2_max_streams: server.http2_max_concurrent_streams.get(),
         }
     }
 }

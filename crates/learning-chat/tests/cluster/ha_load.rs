@@ -9,6 +9,7 @@ use crate::support::redis_ha::LoadReport;
 use crate::support::{fixed_latency, settings_for, start_sim};
 use gemini_sim::{QuotaConfig, SimConfig, SimServer, Stats};
 use learning_chat::Settings;
+use std::num::NonZero;
 use std::time::Duration;
 
 /// The quota of the simulator and of the service; the load asks more distinct questions.
@@ -49,11 +50,11 @@ pub async fn quota_sim() -> SimServer {
 /// One server's settings, the Redis deployment still to be named.
 pub fn server_settings(sim: &SimServer) -> Settings {
     let mut settings = settings_for(sim);
-    settings.redis.replicas = SERVERS as u32;
-    settings.redis.lease_ms = 1_500;
+    settings.redis.replicas = NonZero::new(SERVERS as u32).unwrap();
+    settings.redis.lease = Duration::from_millis(1_500);
     settings.upstream.rpm = RPM;
-    settings.upstream.max_queue_wait_ms = 1_000;
-    settings.server.request_timeout_ms = 10_000;
+    settings.upstream.max_queue_wait = Duration::from_secs(1);
+    settings.server.request_timeout = Duration::from_secs(10);
     settings
 }
 

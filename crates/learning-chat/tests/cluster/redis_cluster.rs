@@ -60,7 +60,10 @@ async fn scripts_run_on_a_cluster_one_call_per_question_and_one_quota() {
     .await;
     // Not a test of slow Redis: on a loaded machine a reply slower than the default 250 ms would
     // count as a failure below, which is about scripts the cluster refuses (CROSSSLOT).
-    let apps = servers_with(&cluster, &sim, |s| s.redis.command_timeout_ms = 2_000).await;
+    let apps = servers_with(&cluster, &sim, |s| {
+        s.redis.command_timeout = Duration::from_secs(2)
+    })
+    .await;
     let asks = (0..60).map(|i| apps[i % SERVERS].ask("science", "How do vaccines work?"));
     for reply in join_all(asks).await {
         assert_eq!(reply.status(), StatusCode::OK);

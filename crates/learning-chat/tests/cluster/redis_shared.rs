@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 fn redis_settings(sim: &SimServer, redis: &RedisProcess) -> learning_chat::Settings {
     let mut settings = settings_for(sim);
     settings.redis.url = Secret::new(redis.url());
-    settings.redis.lease_ms = 1_500;
+    settings.redis.lease = Duration::from_millis(1_500);
     settings
 }
 
@@ -78,7 +78,7 @@ async fn identical_questions_on_three_servers_make_one_upstream_call() {
     let mut settings = redis_settings(&sim, &redis);
     // Not a test of slow Redis (redis_slow.rs is): on a loaded machine a Redis reply slower
     // than the default 250 ms must not decide the count.
-    settings.redis.command_timeout_ms = 2_000;
+    settings.redis.command_timeout = Duration::from_secs(2);
     let mut apps = Vec::new();
     for _ in 0..3 {
         let app = spawn_app(settings.clone()).await;
@@ -105,7 +105,7 @@ async fn the_quota_is_shared_by_all_servers() {
     for _ in 0..2 {
         let mut settings = redis_settings(&sim, &redis);
         settings.upstream.rpm = 4;
-        settings.server.request_timeout_ms = 2_000;
+        settings.server.request_timeout = Duration::from_secs(2);
         let app = spawn_app(settings).await;
         wait_ready_redis(&app, "up").await;
         apps.push(app);
@@ -192,7 +192,7 @@ async fn killing_or_freezing_redis_mid_load_fails_no_request() {
     let redis = RedisProcess::start();
     let sim = start_sim_with_latency(50).await;
     let mut settings = redis_settings(&sim, &redis);
-    settings.redis.command_timeout_ms = 100;
+    settings.redis.command_timeout = Duration::from_millis(100);
     let app = spawn_app(settings).await;
     wait_ready_redis(&app, "up").await;
     let mut failures = Vec::new();

@@ -195,9 +195,7 @@ async fn redis_killed_and_restarted_under_three_servers_fails_nothing() {
     // least (probes - 1) intervals after Redis listened. Each server is seen up no sooner than it
     // went up, so this lower bound holds however loaded the machine is.
     let defaults = learning_chat::config::RedisSettings::default();
-    let hysteresis = Duration::from_millis(
-        u64::from(defaults.up_after_probes.saturating_sub(1)) * defaults.probe_interval_ms,
-    );
+    let hysteresis = defaults.probe_interval * (defaults.up_after_probes.get() - 1);
     assert!(
         reconnected.is_some(),
         "every server back on the shared Redis: {}",

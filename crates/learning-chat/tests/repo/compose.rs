@@ -135,11 +135,11 @@ fn every_compose_variable_is_one_the_service_reads() {
         );
         assert_eq!(port, 6379);
         assert_eq!(
-            settings.redis.replicas as usize,
+            settings.redis.replicas.get() as usize,
             servers.len(),
             "{origin}: redis.replicas is the number of servers"
         );
-        assert!(settings.server.shutdown_grace_ms >= settings.server.request_timeout_ms);
+        assert!(settings.server.shutdown_grace >= settings.server.request_timeout);
         let stop = seconds(
             service
                 .stop_grace_period
@@ -147,7 +147,8 @@ fn every_compose_variable_is_one_the_service_reads() {
                 .expect("stop_grace_period"),
         );
         assert!(
-            stop >= settings.server.shutdown_grace_ms.div_ceil(1000) + DRAIN_MARGIN_SECS,
+            stop >= settings.server.shutdown_grace.as_millis().div_ceil(1000) as u64
+                + DRAIN_MARGIN_SECS,
             "{origin}: compose kills after {stop} s, before the drain ends"
         );
         assert!(

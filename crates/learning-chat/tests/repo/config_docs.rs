@@ -2,31 +2,80 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
 use crate::support::{read, repo_path};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
 use learning_chat::Settings;
+
+/// Every `section.key` the settings print, with its default.
+fn keys_with_defaults() -> Vec<(String, String, toml::Value)> {
+    let settings = toml::Value::try_from(Settings::default()).unwrap();
+    let mut keys = Vec::new();
+    for (section, table) in settings.as_table().unwrap() {
+        for (key, value) in table.as_table().unwrap() {
+            keys.push((section.clone(), key.clone(), value.clone()));
+        }
+    }
+    keys
+}
+
+/// The reference's table row of `section.key`, if it has one.
+fn reference_row<'a>(reference: &'a str, section: &str, name: &str) -> Option<&'a str> {
+    let heading = format!("## `[{section}]`");
+    let start = reference
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/configuration.md lacks the section {heading}"));
+    let body = &reference[start..];
+    let end = body[3..].find("\n## ").map_or(body.len(), |i| i + 3);
+    let row = format!("| `{name}` |");
+    let at = body[..end].find(&row)?;
+    body[at..end].lines().next()
+}
 
 #[test]
 fn every_setting_is_documented_in_the_reference() {
     let reference = read("docs/configuration.md");
-    let settings = toml::Value::try_from(Settings::default()).unwrap();
-    let mut keys = vec!["agents.path".to_owned()];
-    for (section, table) in settings.as_table().unwrap() {
-        for key in table.as_table().unwrap().keys() {
-            keys.push(format!("{section}.{key}"));
-        }
-    }
-    for key in keys {
-        let (section, name) = key.split_once('.').unwrap();
-        let heading = format!("## `[{section}]`");
-        let start = reference
-            .find(&heading)
-            .unwrap_or_else(|| panic!("docs/configuration.md lacks the section {heading}"));
-        let body = &reference[start..];
-        let end = body[3..].find("\n## ").map_or(body.len(), |i| i + 3);
+    let mut keys = vec![("agents".to_owned(), "path".to_owned())];
+    keys.extend(keys_with_defaults().into_iter().map(|(s, k, _)| (s, k)));
+    for (section, name) in keys {
         assert!(
-            body[..end].contains(&format!("| `{name}` |")),
-            "docs/configuration.md does not document {key}"
+            reference_row(&reference, &section, &name).is_some(),
+            "docs/configuration.md does not document {section}.{name}"
         );
     }
+}
+
+#[test]
+fn zero_is_refused_exactly_where_the_reference_says_at_least() {
+    let reference = read("docs/configuration.md");
+    let mut checked = 0;
+    for (section, name, default) in keys_with_defaults() {
+        let zero = match default {
+            toml::Value::Integer(_) => "0",
+            toml::Value::Float(_) => "0.0",
+            _ => continue,
+        };
+        let key = format!("{section}.{name}");
+        let row = reference_row(&reference, &section, &name).unwrap();
+        let figment = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(&format!("[{section}]\n{name} = {zero}\n")));
+        match Settings::from_figment(figment) {
+            Ok(_) => assert!(
+                !row.contains("At least"),
+                "{key} = {zero} is accepted, but the reference says: {row}"
+            ),
+            Err(e) => {
+                let error = e.to_string();
+                assert!(
+                    row.contains("At least"),
+                    "{key} = {zero} is refused ({error}), but its reference row does not say \
+                     \"At least\": {row}"
+                );
+                assert!(error.contains(&key), "the error names {key}: {error}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 40, "only {checked} numeric keys found");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use learning_chat::config::Secret;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::num::NonZero;
 use std::time::Duration;
 
 /// Drives traffic that creates every series: a miss, a hit, a coalesced wait, a queued
@@ -205,9 +206,9 @@ async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
     .await;
     let mut settings = settings_for(&sim);
     settings.redis.url = Secret::new(redis.url());
-    settings.upstream.max_concurrency = 1;
+    settings.upstream.max_concurrency = NonZero::new(1).unwrap();
     settings.upstream.max_queue = 1;
-    settings.upstream.max_queue_wait_ms = 20_000;
+    settings.upstream.max_queue_wait = Duration::from_secs(20);
     settings.upstream.max_retries = 1;
     let app = spawn_app(settings).await;
     drive_key_series(&sim).await;

@@ -54,12 +54,12 @@ fn the_drain_fits_in_the_termination_grace_period() {
         "preStop sleep of {sleep_secs} s"
     );
     // Whole seconds, rounded up: the termination period is counted in seconds.
-    let grace = settings.server.shutdown_grace_ms.div_ceil(1000);
+    let grace = settings.server.shutdown_grace.as_millis().div_ceil(1000) as u64;
     assert!(
-        settings.server.shutdown_grace_ms >= settings.server.request_timeout_ms,
-        "a request accepted just before SIGTERM may run its whole {} ms deadline; grace is {} ms",
-        settings.server.request_timeout_ms,
-        settings.server.shutdown_grace_ms
+        settings.server.shutdown_grace >= settings.server.request_timeout,
+        "a request accepted just before SIGTERM may run its whole {:?} deadline; grace is {:?}",
+        settings.server.request_timeout,
+        settings.server.shutdown_grace
     );
     let termination = pod_spec(manifests.deployment(APP))
         .termination_grace_period_seconds
@@ -116,7 +116,7 @@ fn the_quota_fallback_share_matches_the_usual_pod_count() {
     let manifests = Manifests::load();
     let settings = settings_from_env(&manifests.env_of(manifests.app_container()), "deploy/k8s");
     let (min, max) = hpa_range(&manifests);
-    let replicas = i32::try_from(settings.redis.replicas).unwrap();
+    let replicas = i32::try_from(settings.redis.replicas.get()).unwrap();
     assert!(
         (min..=max).contains(&replicas),
         "redis.replicas {replicas} should be a pod count the HPA can reach ({min}..={max})"

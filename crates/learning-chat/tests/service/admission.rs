@@ -7,6 +7,7 @@
 use crate::support::{fixed_latency, settings_for, spawn_app, start_sim_with_latency};
 use futures::future::join_all;
 use reqwest::StatusCode;
+use std::time::Duration;
 
 /// Item 1: without Redis, one answer taking ~70% of the deadline used to make every later cache
 /// miss a 503 "quota" while the quota sat idle, because the gate refused any slot starting later
@@ -15,7 +16,7 @@ use reqwest::StatusCode;
 async fn a_slow_answer_does_not_lock_the_quota_gate_shut() {
     let sim = start_sim_with_latency(2_800).await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_ms = 4_000;
+    settings.server.request_timeout = Duration::from_secs(4);
     // A quota far above what the test uses: every slot is free now.
     settings.upstream.rpm = 1000;
     let app = spawn_app(settings).await;

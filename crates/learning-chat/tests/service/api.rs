@@ -6,6 +6,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use learning_chat::app::router;
 use learning_chat::Settings;
 use serde_json::Value;
+use std::num::NonZero;
 use tower::ServiceExt;
 
 fn app_with(settings: Settings) -> axum::Router {
@@ -266,7 +267,7 @@ async fn body_without_json_content_type_is_415() {
 #[tokio::test]
 async fn too_long_message_and_too_large_body_are_413() {
     let mut settings = crate::support::offline_settings();
-    settings.server.max_message_chars = 100;
+    settings.server.max_message_chars = NonZero::new(100).unwrap();
     settings.server.max_body_bytes = 1024;
     let long = serde_json::json!({ "message": "x".repeat(101) }).to_string();
     let reply = send(

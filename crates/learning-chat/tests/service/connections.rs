@@ -10,6 +10,7 @@ use crate::support::{
 use futures::future::join_all;
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -147,7 +148,7 @@ async fn metrics_text(app: &TestApp) -> String {
 #[tokio::test]
 async fn a_stalled_body_gets_408_request_timeout_as_json() {
     let mut settings = offline_settings();
-    settings.server.body_read_timeout_ms = 300;
+    settings.server.body_read_timeout = Duration::from_millis(300);
     let app = spawn_app(settings).await;
     let mut stream = connect(&app).await;
     // Headers promise 100 bytes; 12 arrive, then nothing.
@@ -175,7 +176,7 @@ async fn a_stalled_body_gets_408_request_timeout_as_json() {
 #[tokio::test]
 async fn partial_headers_and_silent_connections_are_disconnected() {
     let mut settings = offline_settings();
-    settings.server.header_read_timeout_ms = 300;
+    settings.server.header_read_timeout = Duration::from_millis(300);
     let app = spawn_app(settings).await;
     let mut partial = connect(&app).await;
     send(&mut partial, "GET /health HTTP/1.1\r\nHost: test\r\n").await;
@@ -205,9 +206,9 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_slow_answer_is_not() {
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.server.keep_alive_idle_timeout_ms = 300;
+    settings.server.keep_alive_idle_timeout = Duration::from_millis(300);
     // Far above the guard: only the idle bound can close this connection.
-    settings.server.header_read_timeout_ms = 60_000;
+    settings.server.header_read_timeout = Duration::from_secs(60);
     let app = spawn_app(settings).await;
     let mut stream = connect(&app).await;
     // An answer slower than the idle bound is not cut: the connection is busy, not idle.
@@ -231,7 +232,7 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_slow_answer_is_not() {
 #[tokio::test]
 async fn connections_beyond_the_bound_wait_until_one_closes() {
     let mut settings = offline_settings();
-    settings.server.max_connections = 2;
+    settings.server.max_connections = NonZero::new(2).unwrap();
     let app = spawn_app(settings).await;
     let mut first = connect(&app).await;
     let mut second = connect(&app).await;
@@ -309,7 +310,7 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
     let mut settings = settings_for(&sim);
     // One model call a minute: every other distinct question is shed at once.
     settings.upstream.rpm = 1;
-    settings.server.request_timeout_ms = 2_000;
+    settings.server.request_timeout = Duration::from_secs(2);
     let captured = capture_logs(&settings);
     let app = spawn_app(settings).await;
     let started = Instant::now();

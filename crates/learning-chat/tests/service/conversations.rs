@@ -14,6 +14,7 @@ use learning_chat::conversations::ConversationError;
 use learning_chat::Settings;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 pub const FIRST: &str = "What is a derivative?";
@@ -162,7 +163,7 @@ async fn first_turns_and_identical_follow_ups_share_the_cache() {
 #[tokio::test(start_paused = true)]
 async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let mut settings = offline_settings();
-    settings.conversation.ttl_ms = 600_000;
+    settings.conversation.ttl = Duration::from_secs(600);
     let state = learning_chat::app::state_from_settings(settings).unwrap();
     let math = state.chat.agent("math").unwrap();
     let send = |message: &str, conversation: Option<&str>| {
@@ -201,7 +202,7 @@ async fn the_history_sent_is_bounded_and_the_answer_says_so() {
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = settings_for(&sim);
     // Below the system prompt alone: only the first exchange (always kept) goes with a message.
-    settings.conversation.max_history_tokens = 1;
+    settings.conversation.max_history_tokens = NonZero::new(1).unwrap();
     let app = spawn_app(settings).await;
     let id = start(&app, "math", FIRST).await;
     let (_, second, _) = send(&app, "math", "What about the chain rule?", Some(&id)).await;

@@ -157,7 +157,7 @@ async fn a_message_that_cannot_wait_gets_409_busy_and_loses_nothing() {
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.conversation.busy_wait_ms = 0;
+    settings.conversation.busy_wait = Duration::ZERO;
     let app = spawn_app(settings).await;
     let id = start(&app, "math", FIRST).await;
     let results = join_all((0..4).map(|n| {
@@ -231,7 +231,7 @@ async fn a_redis_conversation_expires_after_its_ttl() {
     let redis = RedisProcess::start();
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = redis_settings(&sim, &redis);
-    settings.conversation.ttl_ms = 1_000;
+    settings.conversation.ttl = Duration::from_secs(1);
     let app = spawn_app(settings).await;
     wait_redis(&app, "up").await;
     let id = start(&app, "math", FIRST).await;

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::num::NonZero;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -177,7 +178,7 @@ async fn many_streams_on_one_connection_are_each_answered_and_identical_question
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.server.http2_max_concurrent_streams = 256;
+    settings.server.http2_max_concurrent_streams = NonZero::new(256).unwrap();
     let app = spawn_app(settings).await;
     let (sender, _driver) = h2c(&app).await;
 
@@ -218,8 +219,8 @@ async fn an_h2_connection_is_closed_by_the_idle_bound_but_not_by_the_header_boun
     let mut settings = offline_settings();
     // Pings every 100 ms arrive between streams: under HTTP/1.1 rules they would start a
     // request head and the connection would be cut at the header bound.
-    settings.server.header_read_timeout_ms = 300;
-    settings.server.keep_alive_idle_timeout_ms = 8_000;
+    settings.server.header_read_timeout = Duration::from_millis(300);
+    settings.server.keep_alive_idle_timeout = Duration::from_secs(8);
     let app = spawn_app(settings).await;
     let (sender, driver) = h2c(&app).await;
     let (status, _, _) = send(&sender, get_request("/health")).await;

@@ -8,6 +8,7 @@ use crate::support::{fixed_latency, settings_for, spawn_app, start_sim};
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -149,9 +150,9 @@ async fn requests_refused_for_a_full_queue_are_counted_as_shed() {
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.upstream.max_concurrency = 1;
+    settings.upstream.max_concurrency = NonZero::new(1).unwrap();
     settings.upstream.max_queue = 1;
-    settings.upstream.max_queue_wait_ms = 20_000;
+    settings.upstream.max_queue_wait = Duration::from_secs(20);
     let app = spawn_app(settings).await;
     let base = app.url("");
     let before = scrape_app(&app).await;
@@ -239,7 +240,7 @@ async fn requests_refused_by_the_quota_are_counted_as_shed() {
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 2;
     // The next free slot is a minute away, past this deadline: refused at once.
-    settings.server.request_timeout_ms = 5_000;
+    settings.server.request_timeout = Duration::from_secs(5);
     let app = spawn_app(settings).await;
     let before = scrape_app(&app).await;
     for i in 0..2 {

@@ -26,7 +26,7 @@ async fn ping(link: &RedisLink) -> bool {
 /// Calls that each start after the previous one failed: Redis stays up until the
 /// `down_after_failures`-th, which marks it down.
 async fn fail_in_a_row_until_down(link: &RedisLink) {
-    let down_after = RedisSettings::default().down_after_failures;
+    let down_after = RedisSettings::default().down_after_failures.get();
     for failure in 1..down_after {
         assert!(!ping(link).await);
         assert!(link.is_up(), "marked down after only {failure} failure(s)");
@@ -56,7 +56,7 @@ async fn one_timeout_does_not_mark_redis_down_but_a_few_in_a_row_do() {
     redis.thaw();
 
     // Back, but only trusted after `up_after_probes` successful probes in a row.
-    for probe in 1..defaults.up_after_probes {
+    for probe in 1..defaults.up_after_probes.get() {
         assert!(link.probe().await, "Redis answers probe {probe}");
         assert!(!link.is_up(), "trusted again after only {probe} probe(s)");
     }
@@ -73,7 +73,7 @@ async fn calls_stalled_together_by_one_slow_spell_count_as_one_failure() {
     // A busy server: many calls in flight when Redis stalls. They all time out, but for one
     // reason: one failure, not one per call (each takes its own fallback all the same).
     redis.freeze();
-    let calls = (defaults.down_after_failures * 4) as usize;
+    let calls = (defaults.down_after_failures.get() * 4) as usize;
     let results = futures::future::join_all((0..calls).map(|_| ping(&link))).await;
     assert!(results.iter().all(|ok| !ok), "a frozen Redis must time out");
     assert!(
@@ -96,7 +96,7 @@ async fn a_failed_probe_restarts_the_count_before_redis_is_trusted_again() {
     let defaults = RedisSettings::default();
     assert!(link.probe().await);
     redis.kill();
-    for _ in 0..defaults.down_after_failures {
+    for _ in 0..defaults.down_after_failures.get() {
         assert!(!ping(&link).await);
     }
     assert!(!link.is_up());
@@ -114,14 +114,14 @@ async fn a_failed_probe_restarts_the_count_before_redis_is_trusted_again() {
         reconnected,
         "the link never reconnected to the restarted Redis"
     );
-    for _ in 2..defaults.up_after_probes {
+    for _ in 2..defaults.up_after_probes.get() {
         assert!(link.probe().await);
     }
     assert!(!link.is_up(), "one probe short of trusted");
     redis.freeze();
     assert!(!link.probe().await, "a frozen Redis fails the probe");
     redis.thaw();
-    for probe in 1..defaults.up_after_probes {
+    for probe in 1..defaults.up_after_probes.get() {
         assert!(link.probe().await);
         assert!(
             !link.is_up(),

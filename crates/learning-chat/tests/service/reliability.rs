@@ -102,7 +102,7 @@ async fn a_later_asker_with_time_left_does_not_inherit_the_first_askers_timeout(
     })
     .await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_ms = 3_000;
+    settings.server.request_timeout = Duration::from_secs(3);
     let app = spawn_app(settings).await;
     let first = app.spawn_ask("science", "Why is the sky blue?");
     // The first asker's call is with the model (at its 4 s latency: a loaded machine could
@@ -139,7 +139,7 @@ async fn a_refused_prompt_is_remembered_instead_of_resent() {
     assert_eq!(sim.stats().requests, 1);
 
     let mut settings = settings_for(&sim);
-    settings.cache.refusal_ttl_ms = 0;
+    settings.cache.refusal_ttl = Duration::ZERO;
     let forgetful = spawn_app(settings).await;
     for _ in 0..2 {
         let reply = forgetful.ask("math", "[[block]] again").await;
@@ -170,10 +170,10 @@ fn redis_settings(sim_url: &str, redis: &RedisProcess) -> learning_chat::Setting
     let mut settings = offline_settings();
     settings.gemini.api_key = Secret::new("test-key");
     settings.gemini.base_url = sim_url.to_owned();
-    settings.upstream.retry_base_delay_ms = 20;
-    settings.upstream.retry_max_delay_ms = 100;
+    settings.upstream.retry_base_delay = Duration::from_millis(20);
+    settings.upstream.retry_max_delay = Duration::from_millis(100);
     settings.redis.url = Secret::new(redis.url());
-    settings.redis.lease_ms = 1_500;
+    settings.redis.lease = Duration::from_millis(1_500);
     settings
 }
 
@@ -271,7 +271,7 @@ async fn corrupt_oversized_or_immortal_values_in_redis_are_dropped_not_waited_on
     let redis = RedisProcess::start();
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = redis_settings(&sim.base_url(), &redis);
-    settings.server.request_timeout_ms = 5_000;
+    settings.server.request_timeout = Duration::from_secs(5);
     settings.redis.max_value_bytes = 4096;
     let app = spawn_app(settings).await;
     wait_redis_up(&app).await;

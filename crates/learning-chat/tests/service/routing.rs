@@ -133,7 +133,7 @@ async fn the_circuit_opens_after_n_failures_and_closes_after_the_probe() {
     settings.routing.breaker_failures = 3;
     // Long enough that the steps below, while it is open, cannot outlast it on a loaded
     // machine (300 ms could pass before them); the wait for it below is a lower bound.
-    settings.routing.breaker_cooldown_ms = COOLDOWN_MS;
+    settings.routing.breaker_cooldown = Duration::from_millis(COOLDOWN_MS);
     let app = spawn_app(settings).await;
 
     for question in ["What is 1 + 1?", "What is 2 + 2?", "What is 3 + 3?"] {

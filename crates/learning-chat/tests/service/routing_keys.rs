@@ -8,6 +8,7 @@ use futures::StreamExt;
 use gemini_sim::{QuotaConfig, SimConfig, SimServer};
 use learning_chat::config::{Secret, Settings};
 use std::collections::BTreeMap;
+use std::num::NonZero;
 
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|k| (*k).to_owned()).collect()
@@ -182,7 +183,7 @@ async fn two_servers_share_each_keys_quota_through_redis() {
         let mut settings = settings_with_keys(&sim, &names);
         settings.gemini.key_rpm = 30;
         settings.redis.url = Secret::new(redis.url());
-        settings.redis.replicas = 2;
+        settings.redis.replicas = NonZero::new(2).unwrap();
         settings
     };
     let (one, two) = (spawn_app(server()).await, spawn_app(server()).await);

@@ -101,7 +101,7 @@ async fn sentry_gets_5xx_errors_with_the_request_id_but_no_secrets_and_no_sheds(
     settings.telemetry.environment = "obs-test".to_owned();
     settings.upstream.max_retries = 1;
     settings.upstream.rpm = 2;
-    settings.server.request_timeout_ms = 5_000;
+    settings.server.request_timeout = Duration::from_secs(5);
     let _guard = telemetry::init_sentry(&settings)
         .unwrap()
         .expect("Sentry starts with a DSN");

@@ -6,6 +6,8 @@ use crate::support::sse::{eventually, metrics, paced, stream, stream_request, Ss
 use crate::support::{offline_settings, settings_for, spawn_app, start_sim};
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::num::NonZero;
+use std::time::Duration;
 
 #[tokio::test]
 async fn streamed_pieces_in_order_make_the_non_streamed_answer_and_the_cache_streams_it() {
@@ -73,7 +75,7 @@ async fn streamed_pieces_in_order_make_the_non_streamed_answer_and_the_cache_str
 #[tokio::test]
 async fn the_offline_model_streams_word_by_word_and_the_answer_continues_the_conversation() {
     let mut settings = offline_settings();
-    settings.offline.latency_ms = 200;
+    settings.offline.latency = Duration::from_millis(200);
     let app = spawn_app(settings).await;
     let (deltas, done) = stream(&app, "science", "Why is the sky blue?")
         .await
@@ -223,8 +225,8 @@ async fn a_disconnect_keeps_the_upstream_stream_for_the_others_and_the_answer_is
 async fn errors_before_the_stream_keep_their_status_and_json_body() {
     let sim = start_sim(paced(2_000, 50)).await;
     let mut settings = settings_for(&sim);
-    settings.stream.max_open = 1;
-    settings.stream.keepalive_ms = 50;
+    settings.stream.max_open = NonZero::new(1).unwrap();
+    settings.stream.keepalive = Duration::from_millis(50);
     let app = spawn_app(settings).await;
     let unknown = stream_request(&app, "astrology", serde_json::json!({"message": "hi"})).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
@@ -281,7 +283,7 @@ async fn errors_before_the_stream_keep_their_status_and_json_body() {
 async fn an_overloaded_server_answers_503_before_any_stream() {
     let sim = start_sim(paced(3_000, 0)).await;
     let mut settings = settings_for(&sim);
-    settings.upstream.max_concurrency = 1;
+    settings.upstream.max_concurrency = NonZero::new(1).unwrap();
     settings.upstream.max_queue = 0;
     let app = spawn_app(settings).await;
     let _busy = tokio::spawn({

@@ -158,7 +158,7 @@ async fn a_changed_certificate_file_is_served_to_new_connections_and_open_ones_k
     let dir = tempfile::tempdir().expect("temp dir");
     let first = write_certificate(dir.path());
     let mut settings = tls_settings(dir.path());
-    settings.server.tls_reload_check_ms = 50;
+    settings.server.tls_reload_check = Duration::from_millis(50);
     let app = spawn_app(settings).await;
     let port = app.addr.port();
     let open = tls_connect(port, std::slice::from_ref(&first), &[b"h2"]).await;

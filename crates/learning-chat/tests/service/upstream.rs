@@ -12,6 +12,7 @@ use futures::future::join_all;
 use gemini_sim::SimConfig;
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 /// Retries the app scheduled since `before` (each is counted before its wait).
@@ -86,9 +87,9 @@ async fn when_the_shared_call_fails_every_waiter_gets_the_error() {
 async fn past_the_semaphore_and_queue_requests_get_503_and_upstream_never_sees_more() {
     let sim = start_sim_with_latency(600).await;
     let mut settings = settings_for(&sim);
-    settings.upstream.max_concurrency = 5;
+    settings.upstream.max_concurrency = NonZero::new(5).unwrap();
     settings.upstream.max_queue = 10;
-    settings.upstream.max_queue_wait_ms = 10_000;
+    settings.upstream.max_queue_wait = Duration::from_secs(10);
     let app = spawn_app(settings).await;
     let replies = join_all((0..40).map(|i| app.ask("math", format!("Question number {i}")))).await;
     let mut ok = 0;
@@ -118,9 +119,9 @@ async fn past_the_semaphore_and_queue_requests_get_503_and_upstream_never_sees_m
 async fn a_queued_question_waits_at_most_the_queue_limit() {
     let sim = start_sim_with_latency(3_000).await;
     let mut settings = settings_for(&sim);
-    settings.upstream.max_concurrency = 1;
+    settings.upstream.max_concurrency = NonZero::new(1).unwrap();
     settings.upstream.max_queue = 5;
-    settings.upstream.max_queue_wait_ms = 300;
+    settings.upstream.max_queue_wait = Duration::from_millis(300);
     let app = spawn_app(settings).await;
     let (first, second) = tokio::join!(app.ask("math", "slow one"), async {
         // Queued behind the slow one only once it holds the one slot (the guard bounds a hang).
@@ -148,7 +149,7 @@ async fn a_queued_question_waits_at_most_the_queue_limit() {
 async fn a_slow_upstream_gives_504_at_the_deadline() {
     let sim = start_sim_with_latency(10_000).await;
     let mut settings = settings_for(&sim);
-    settings.server.request_timeout_ms = 1_000;
+    settings.server.request_timeout = Duration::from_secs(1);
     let app = spawn_app(settings).await;
     let started = Instant::now();
     let reply = app.ask("math", "Take your time").await;
@@ -211,7 +212,7 @@ async fn a_blocked_prompt_or_filtered_answer_is_422_with_the_reason_and_not_cach
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = settings_for(&sim);
     // Remembered refusals are their own test (reliability.rs); here every ask goes upstream.
-    settings.cache.refusal_ttl_ms = 0;
+    settings.cache.refusal_ttl = Duration::ZERO;
     let app = spawn_app(settings).await;
     // The prompt blocked (promptFeedback), then the answer filtered (finishReason SAFETY).
     for (message, reason) in [
@@ -280,7 +281,7 @@ async fn the_local_quota_spaces_requests_instead_of_collecting_429s() {
     let sim = start_sim(config).await;
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 3;
-    settings.server.request_timeout_ms = 2_000;
+    settings.server.request_timeout = Duration::from_secs(2);
     let app = spawn_app(settings).await;
     let replies = join_all((0..5).map(|i| app.ask("math", format!("quota question {i}")))).await;
     let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status()).collect();
@@ -365,7 +366,7 @@ async fn a_429_whose_delay_passes_the_deadline_is_a_503_with_that_retry_after() 
     let sim = start_sim(config).await;
     let mut settings = settings_for(&sim);
     settings.upstream.rpm = 0;
-    settings.server.request_timeout_ms = 3_000;
+    settings.server.request_timeout = Duration::from_secs(3);
     let app = spawn_app(settings).await;
     assert_eq!(app.ask("math", "first").await.status(), StatusCode::OK);
     let before = scrape_app(&app).await;

@@ -102,8 +102,8 @@ impl TestApp {
 pub fn offline_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
-    settings.offline.latency_ms = 0;
-    settings.server.shutdown_grace_ms = 5_000;
+    settings.offline.latency = Duration::ZERO;
+    settings.server.shutdown_grace = Duration::from_secs(5);
     settings
 }
 
@@ -112,8 +112,8 @@ pub fn settings_for(sim: &SimServer) -> Settings {
     let mut settings = offline_settings();
     settings.gemini.api_key = Secret::new("test-key");
     settings.gemini.base_url = sim.base_url();
-    settings.upstream.retry_base_delay_ms = 20;
-    settings.upstream.retry_max_delay_ms = 100;
+    settings.upstream.retry_base_delay = Duration::from_millis(20);
+    settings.upstream.retry_max_delay = Duration::from_millis(100);
     settings
 }
 

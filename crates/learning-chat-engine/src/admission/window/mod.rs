@@ -36,6 +36,7 @@ use redis::{Ask, Outcome, RedisWindows};
 use scope::{recorded, OwnCall, Scope};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -197,13 +198,13 @@ impl WindowLimiter {
         link: RedisLink,
         kind: &'static str,
         ops: WindowOps,
-        replicas: u32,
+        replicas: NonZeroU32,
         options: Options,
     ) -> WindowLimiter {
         WindowLimiter {
             cluster: Some(Cluster {
                 redis: RedisWindows::new(link, kind, ops),
-                replicas: u64::from(replicas.max(1)),
+                replicas: u64::from(replicas.get()),
                 republishing: tokio::sync::Mutex::new(()),
             }),
             ..WindowLimiter::local(options)

@@ -116,7 +116,7 @@ mod with_redis {
         let settings = RedisSettings {
             url: Secret::new(redis.url()),
             // Not a test of slow Redis.
-            command_timeout_ms: 5_000,
+            command_timeout: Duration::from_secs(5),
             ..RedisSettings::default()
         };
         RedisLink::new(&settings).unwrap()
@@ -125,7 +125,13 @@ mod with_redis {
     async fn server(redis: &RedisProcess, options: Options) -> (RedisLink, WindowLimiter) {
         let link = link(redis);
         assert!(link.probe().await);
-        let limiter = WindowLimiter::clustered(link.clone(), "limit", OPS, 2, options);
+        let limiter = WindowLimiter::clustered(
+            link.clone(),
+            "limit",
+            OPS,
+            NonZeroU32::new(2).unwrap(),
+            options,
+        );
         (link, limiter)
     }
 
