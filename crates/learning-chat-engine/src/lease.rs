@@ -90,7 +90,7 @@ impl RedisLease {
             .await?;
         if repaired > 0 {
             tracing::warn!("deleted a lease that could never expire");
-            crate::metrics::redis_corrupt("lease_or_value", repaired);
+            crate::redis_link::metrics::redis_corrupt("lease_or_value", repaired);
         }
         Ok(taken == 1)
     }

@@ -16,6 +16,8 @@
 //! (`redis.cluster_nodes`; redis-rs follows MOVED/ASK and refreshes the slot map). Keys that one
 //! script touches together carry the same hash tag (see [`RedisLink::key`]), so they share a slot.
 
+pub mod metrics;
+
 use crate::config::RedisSettings;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
@@ -196,7 +198,7 @@ impl RedisLink {
     /// A link to the configured Redis. Nothing is connected yet: call [`RedisLink::start`].
     pub fn new(settings: &RedisSettings) -> anyhow::Result<RedisLink> {
         let target = build_target(settings)?;
-        crate::metrics::redis_up(false);
+        crate::redis_link::metrics::redis_up(false);
         Ok(RedisLink {
             inner: Arc::new(Inner {
                 target,
@@ -388,8 +390,8 @@ impl RedisLink {
             self.inner.was_ever_up.store(true, Ordering::Release);
         }
         if was != up {
-            crate::metrics::redis_up(up);
-            crate::metrics::redis_state_change(up);
+            crate::redis_link::metrics::redis_up(up);
+            crate::redis_link::metrics::redis_state_change(up);
             if up {
                 tracing::info!("redis reachable: using the shared cache, coalescing and quota");
             } else {
@@ -461,11 +463,11 @@ impl RedisLink {
         Fut: Future<Output = ::redis::RedisResult<T>>,
     {
         if !self.is_up() {
-            crate::metrics::redis_fallback(operation);
+            crate::redis_link::metrics::redis_fallback(operation);
             return Err(RedisUnavailable("marked down".to_owned()));
         }
         let Some(conn) = self.inner.current.read().as_ref().map(|c| c.conn.clone()) else {
-            crate::metrics::redis_fallback(operation);
+            crate::redis_link::metrics::redis_fallback(operation);
             return Err(RedisUnavailable("not connected".to_owned()));
         };
         let started = Instant::now();
@@ -484,7 +486,7 @@ impl RedisLink {
             span.record("otel.status_code", "ERROR");
         }
         drop(span);
-        crate::metrics::redis_command(operation, started.elapsed());
+        crate::redis_link::metrics::redis_command(operation, started.elapsed());
         let failure = match result {
             Ok(Ok(value)) => {
                 self.inner.failures.store(0, Ordering::Release);
@@ -493,7 +495,7 @@ impl RedisLink {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("{operation} timed out after {:?}", self.inner.timeout),
         };
-        crate::metrics::redis_failure(operation);
+        crate::redis_link::metrics::redis_failure(operation);
         if matches!(self.inner.target, Target::Sentinel { .. })
             && !self.inner.stale.swap(true, Ordering::AcqRel)
         {
@@ -505,7 +507,7 @@ impl RedisLink {
             self.inner.successes.store(0, Ordering::Release);
             self.mark(false, &failure);
         }
-        crate::metrics::redis_fallback(operation);
+        crate::redis_link::metrics::redis_fallback(operation);
         Err(RedisUnavailable(failure))
     }
 }

@@ -5,11 +5,12 @@
 //! Labels are low-cardinality by construction (route templates, status classes), never raw paths.
 
 use crate::routes;
-use learning_chat_engine::metrics::{
-    API_KEYS_OUT, CONVERSATIONS_CREATED, CONVERSATIONS_ERASED, CONVERSATIONS_EVICTED,
+use learning_chat_engine::coalesce::metrics::STREAM_CANCELLATIONS;
+use learning_chat_engine::conversations::metrics::{
+    CONVERSATIONS_CREATED, CONVERSATIONS_ERASED, CONVERSATIONS_EVICTED,
     CONVERSATION_HISTORY_TOKENS, CONVERSATION_TRUNCATIONS, CONVERSATION_TURNS,
-    STREAM_CANCELLATIONS,
 };
+use learning_chat_engine::providers::metrics::API_KEYS_OUT;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Gauge, Histogram, SharedString, Unit,

@@ -145,7 +145,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         failure_share: settings.redis.failure_share,
     });
     let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
-    learning_chat_engine::metrics::queue_limit(settings.upstream.max_queue);
+    learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
     Ok(AppState::new(StateParts {
         chat,
         settings,

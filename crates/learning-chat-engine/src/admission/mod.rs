@@ -2,6 +2,7 @@
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up. The
 //! sliding-window limiter behind the quota ([`window`]) also serves the per-key limits.
 
+pub mod metrics;
 mod fair;
 mod latency;
 mod quota;
@@ -150,7 +151,7 @@ struct QueueSlot<'a>(&'a AtomicUsize);
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::queue_depth(self.0.load(Ordering::Acquire));
+        crate::admission::metrics::queue_depth(self.0.load(Ordering::Acquire));
     }
 }
 
@@ -166,8 +167,8 @@ impl Admission {
         // for a while is harmless under the ceiling, too few would queue the first burst.
         let estimate = latency.estimate(latency.cap());
         let limit = bound.limit(estimate);
-        crate::metrics::upstream_limit(limit);
-        crate::metrics::upstream_latency_estimate(estimate);
+        crate::admission::metrics::upstream_limit(limit);
+        crate::admission::metrics::upstream_latency_estimate(estimate);
         Admission {
             slots: Arc::new(Slots {
                 semaphore: Semaphore::new(limit),
@@ -216,7 +217,7 @@ impl Admission {
             });
         }
         let _slot = QueueSlot(&self.queued);
-        crate::metrics::queue_depth(self.queued.load(Ordering::Acquire));
+        crate::admission::metrics::queue_depth(self.queued.load(Ordering::Acquire));
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
         let turn = match turn {
@@ -224,14 +225,14 @@ impl Admission {
             None => self.fair.turn(flow, until).await,
         };
         let Some(turn) = turn else {
-            crate::metrics::queue_wait(started.elapsed());
+            crate::admission::metrics::queue_wait(started.elapsed());
             return Err(Shed {
                 reason: ShedReason::QueueTimeout,
                 retry_after: QUEUE_RETRY_AFTER,
             });
         };
         let acquired = tokio::time::timeout_at(until, self.slots.semaphore.acquire()).await;
-        crate::metrics::queue_wait(started.elapsed());
+        crate::admission::metrics::queue_wait(started.elapsed());
         match acquired {
             Ok(Ok(permit)) => Ok(self.hold(permit, Some(turn))),
             // Closed never happens (we never close it); treat it like a timeout rather than panic.
@@ -276,7 +277,7 @@ impl Admission {
     /// Sets the limit to what the bound derives from the latency estimate now.
     fn resize(&self) {
         let estimate = self.latency.estimate(self.latency.cap());
-        crate::metrics::upstream_latency_estimate(estimate);
+        crate::admission::metrics::upstream_latency_estimate(estimate);
         let target = self.bound.limit(estimate);
         if self.slots.limit.load(Ordering::Acquire) == target {
             return;
@@ -301,7 +302,7 @@ impl Admission {
             slots.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
         slots.limit.store(target, Ordering::Release);
-        crate::metrics::upstream_limit(target);
+        crate::admission::metrics::upstream_limit(target);
     }
 
     /// Model calls in flight now.

@@ -45,7 +45,7 @@ impl QuotaLimiter {
     /// A limiter for `rpm` requests and `input_tpm` input tokens per minute (0 = unlimited),
     /// counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
-        crate::metrics::quota_rpm(rpm);
+        crate::admission::metrics::quota_rpm(rpm);
         Self::build(rpm, input_tpm, margin, None, "quota")
     }
 
@@ -76,7 +76,7 @@ impl QuotaLimiter {
         replicas: NonZeroU32,
         link: crate::redis_link::RedisLink,
     ) -> QuotaLimiter {
-        crate::metrics::quota_rpm(rpm);
+        crate::admission::metrics::quota_rpm(rpm);
         Self::build(rpm, input_tpm, margin, Some((link, replicas)), "quota")
     }
 
@@ -89,7 +89,7 @@ impl QuotaLimiter {
     ) -> QuotaLimiter {
         let limiter = match cluster {
             Some((link, replicas)) => {
-                crate::metrics::quota_conservative(false);
+                crate::admission::metrics::quota_conservative(false);
                 WindowLimiter::clustered(link, "quota", OPS, replicas, OPTIONS)
             }
             None => WindowLimiter::local(OPTIONS),
@@ -152,7 +152,7 @@ impl QuotaLimiter {
             })?;
         let now = Instant::now();
         if granted.at > now {
-            crate::metrics::quota_wait(granted.at - now);
+            crate::admission::metrics::quota_wait(granted.at - now);
             tokio::time::sleep_until(granted.at).await;
         }
         Ok(())

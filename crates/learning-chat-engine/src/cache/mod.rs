@@ -2,6 +2,7 @@
 //! Redis. The chat service only sees [`ResponseCache`]; [`ResponseCache::keep`] is the one place
 //! that writes answers to both tiers.
 
+pub mod metrics;
 mod key;
 mod memory;
 pub(crate) mod redis;
@@ -28,7 +29,7 @@ pub struct CachedAnswer {
 }
 
 /// The cache tiers, defined with the metrics that label lookups by them.
-pub use crate::metrics::CacheTier;
+pub use metrics::CacheTier;
 
 /// How a kept answer reaches the shared (Redis) tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +66,18 @@ impl ResponseCache {
             ResponseCache::Disabled => None,
             ResponseCache::Memory(memory) => {
                 let found = memory.get(key).await;
-                crate::metrics::cache_lookup(CacheTier::Memory, found.is_some());
+                crate::cache::metrics::cache_lookup(CacheTier::Memory, found.is_some());
                 found.map(|a| (a, CacheTier::Memory))
             }
             ResponseCache::Tiered { memory, redis } => {
                 if let Some(found) = memory.get(key).await {
-                    crate::metrics::cache_lookup(CacheTier::Memory, true);
+                    crate::cache::metrics::cache_lookup(CacheTier::Memory, true);
                     return Some((found, CacheTier::Memory));
                 }
-                crate::metrics::cache_lookup(CacheTier::Memory, false);
+                crate::cache::metrics::cache_lookup(CacheTier::Memory, false);
                 // Redis down is a miss: the question goes to the model instead of failing.
                 let found = redis.get(key).await.ok().flatten().map(Arc::new);
-                crate::metrics::cache_lookup(CacheTier::Redis, found.is_some());
+                crate::cache::metrics::cache_lookup(CacheTier::Redis, found.is_some());
                 let found = found?;
                 memory.insert(*key, found.clone()).await;
                 Some((found, CacheTier::Redis))
@@ -104,7 +105,7 @@ impl ResponseCache {
         let answer = Arc::new(answer);
         if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
             memory.insert(key, answer.clone()).await;
-            crate::metrics::cache_entries(memory.entry_count());
+            crate::cache::metrics::cache_entries(memory.entry_count());
         }
         match (share, self.redis()) {
             (Share::ByLease, _) => Some(Arc::unwrap_or_clone(answer)),

@@ -58,7 +58,7 @@ impl RedisCache {
             .await?;
         if dropped > 0 {
             tracing::warn!("deleted an oversized or mistyped cache entry in redis");
-            crate::metrics::redis_corrupt("answer", dropped);
+            crate::redis_link::metrics::redis_corrupt("answer", dropped);
         }
         if raw.is_empty() {
             return Ok(None);
@@ -74,7 +74,7 @@ impl RedisCache {
 
     /// Deletes a value that could not be read, so no reader trips over it again.
     pub(crate) async fn delete_corrupt(&self, redis_key: String, kind: &'static str) {
-        crate::metrics::redis_corrupt(kind, 1);
+        crate::redis_link::metrics::redis_corrupt(kind, 1);
         let _ = self
             .link
             .run("corrupt_delete", |mut conn| async move {

@@ -121,7 +121,7 @@ impl Inner {
     /// The refusal the model gave this prompt recently, if any.
     pub(super) async fn remembered_refusal(&self, key: &CacheKey) -> Option<ChatError> {
         let refusal = self.refusals.as_ref()?.get(key).await?;
-        crate::metrics::refusal_remembered();
+        crate::chat::metrics::refusal_remembered();
         Some(ChatError::Provider(refusal))
     }
 }

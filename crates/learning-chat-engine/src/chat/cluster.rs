@@ -51,7 +51,7 @@ impl Inner {
             // Another server asked and got no cacheable answer: the same answer for us,
             // without a call of our own.
             LeaseOutcome::Shared(outcome) => {
-                crate::metrics::shared_outcome(outcome.kind());
+                crate::coalesce::metrics::shared_outcome(outcome.kind());
                 let result = outcome.into_result();
                 Cluster::Settled(result.map(Arc::new).map_err(ChatError::Provider))
             }

@@ -32,13 +32,13 @@ pub struct UpstreamMonitor {
 impl UpstreamMonitor {
     pub(super) fn record(&self) {
         let now = self.this_minute.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::upstream_current_minute(now);
+        crate::chat::metrics::upstream_current_minute(now);
     }
 
     /// Returns the calls counted since the last call and starts a new minute.
     pub fn take_minute(&self) -> u64 {
         let count = self.this_minute.swap(0, Ordering::Relaxed);
-        crate::metrics::upstream_current_minute(0);
+        crate::chat::metrics::upstream_current_minute(0);
         count
     }
 }

@@ -29,10 +29,10 @@ impl Inner {
             .instrument(crate::trace_span!("admission.wait"))
             .await
             .map_err(|shed| {
-                crate::metrics::shed(shed.reason.as_str());
+                crate::admission::metrics::shed(shed.reason.as_str());
                 ChatError::Shed(shed)
             })?;
-        crate::metrics::upstream_in_flight(deps.admission.in_flight());
+        crate::admission::metrics::upstream_in_flight(deps.admission.in_flight());
         let mut slots = Slots {
             deps,
             monitor: &self.monitor,
@@ -82,7 +82,7 @@ impl Gate for Slots<'_> {
             ))
             .await
             .map_err(|rejected| {
-                crate::metrics::shed(ShedReason::Quota.as_str());
+                crate::admission::metrics::shed(ShedReason::Quota.as_str());
                 Shed {
                     reason: ShedReason::Quota,
                     retry_after: rejected.retry_after,
@@ -99,7 +99,7 @@ impl Gate for Slots<'_> {
         match outcome {
             Ok(completion) => {
                 deps.admission.record_success(took);
-                crate::metrics::upstream_tokens(
+                crate::providers::metrics::upstream_tokens(
                     completion.usage.prompt_tokens,
                     completion.usage.output_tokens,
                     deps.prices.input_per_million,
@@ -117,7 +117,7 @@ struct InFlightGauge<'a>(&'a Admission);
 impl Drop for InFlightGauge<'_> {
     fn drop(&mut self) {
         // The permit is released after this guard, so one is still counted; subtract it.
-        crate::metrics::upstream_in_flight(self.0.in_flight().saturating_sub(1));
+        crate::admission::metrics::upstream_in_flight(self.0.in_flight().saturating_sub(1));
     }
 }
 

@@ -140,7 +140,7 @@ where
     ) -> Joined<T, E> {
         let mut in_flight = self.calls.in_flight.lock();
         if let Some(existing) = in_flight.get_mut(&key) {
-            crate::metrics::coalesced("local");
+            crate::coalesce::metrics::coalesced("local");
             existing.subscribers += 1;
             return Joined {
                 shared: existing.shared.clone(),
@@ -253,7 +253,7 @@ impl<T, E> Drop for Interest<T, E> {
         if let Some(entry) = cancelled {
             entry.abort.abort();
             entry.fanout.close();
-            crate::metrics::stream_cancelled("upstream");
+            crate::coalesce::metrics::stream_cancelled("upstream");
         }
     }
 }

@@ -31,6 +31,7 @@
 //! Redis catches up and take the lease for this server, so the next look takes back a lease
 //! already held under this server's id instead of waiting for it to expire.
 
+pub mod metrics;
 pub mod fanout;
 pub mod local;
 pub mod relay;
@@ -242,7 +243,7 @@ impl ClusterCoalescer {
             };
             if dropped > 0 {
                 tracing::warn!("deleted a corrupt, oversized or never-expiring coalescing value");
-                crate::metrics::redis_corrupt("lease_or_value", dropped);
+                crate::redis_link::metrics::redis_corrupt("lease_or_value", dropped);
             }
             match state.as_str() {
                 "holder" => {
@@ -277,7 +278,7 @@ impl ClusterCoalescer {
                 _ => {}
             }
             if !counted_wait {
-                crate::metrics::coalesced("cluster");
+                crate::coalesce::metrics::coalesced("cluster");
                 counted_wait = true;
             }
             if Instant::now() + poll >= deadline {

@@ -108,7 +108,7 @@ where
                     && Instant::now() < self.deadline =>
             {
                 self.reasks += 1;
-                crate::metrics::coalesced_retry();
+                crate::coalesce::metrics::coalesced_retry();
                 self.wait();
                 None
             }

@@ -113,7 +113,7 @@ impl MemoryStore {
                     break;
                 };
                 inner.entries.remove(&oldest);
-                crate::metrics::conversation_evicted();
+                crate::conversations::metrics::conversation_evicted();
             }
             let seq = inner.next_seq;
             inner.next_seq += 1;

@@ -9,6 +9,7 @@
 //! its answer are written before the answer is returned; a write that fails is an error the
 //! client sees.
 
+pub mod metrics;
 mod memory;
 mod redis;
 mod step;
@@ -325,7 +326,7 @@ impl Conversations {
     async fn lock(&self, id: &str) -> Result<ConversationLock, ConversationError> {
         let until = Instant::now() + self.settings.busy_wait;
         let busy = || {
-            crate::metrics::conversation_refused("busy");
+            crate::conversations::metrics::conversation_refused("busy");
             ConversationError::Busy {
                 retry_after: BUSY_RETRY_AFTER,
             }
@@ -353,7 +354,7 @@ impl Conversations {
     }
 
     fn unavailable(&self) -> ConversationError {
-        crate::metrics::conversation_refused("store_unavailable");
+        crate::conversations::metrics::conversation_refused("store_unavailable");
         ConversationError::StoreUnavailable {
             retry_after: STORE_RETRY_AFTER,
         }
@@ -413,7 +414,7 @@ impl Conversations {
         }
         match self.store.erase(id).await {
             Ok(true) => {
-                crate::metrics::conversation_erased();
+                crate::conversations::metrics::conversation_erased();
                 Ok(())
             }
             Ok(false) => Err(ConversationError::NotFound),

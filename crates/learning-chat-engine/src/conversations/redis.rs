@@ -104,7 +104,7 @@ impl RedisStore {
             })),
             _ => {
                 // Unreadable: nobody can continue it, so it goes rather than failing every use.
-                crate::metrics::redis_corrupt("conversation", 1);
+                crate::redis_link::metrics::redis_corrupt("conversation", 1);
                 let _ = self.erase(id).await;
                 Ok(None)
             }

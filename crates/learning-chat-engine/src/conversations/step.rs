@@ -102,13 +102,13 @@ impl Conversations {
             .map_err(|_| self.unavailable())?
             .ok_or(ConversationError::NotFound)?;
         if conversation.agent_id != agent.id() {
-            crate::metrics::conversation_refused("wrong_agent");
+            crate::conversations::metrics::conversation_refused("wrong_agent");
             return Err(ConversationError::WrongAgent {
                 owner: conversation.agent_id,
             });
         }
         if conversation.turns.len() + 2 > self.settings.max_turns as usize {
-            crate::metrics::conversation_refused("turn_limit");
+            crate::conversations::metrics::conversation_refused("turn_limit");
             return Err(ConversationError::TurnLimit {
                 limit: self.settings.max_turns,
             });
@@ -157,7 +157,7 @@ impl Conversations {
             }
             Destination::FollowUp(follow_up) => follow_up,
         };
-        crate::metrics::conversation_history(follow_up.history_tokens, follow_up.truncated);
+        crate::conversations::metrics::conversation_history(follow_up.history_tokens, follow_up.truncated);
         let turns = exchange(message, answer, now_ms());
         let expected = follow_up.expected;
         let appended = self
@@ -172,7 +172,7 @@ impl Conversations {
             .await;
         match appended {
             Ok(AppendOutcome::Appended(count)) => {
-                crate::metrics::conversation_turns(count);
+                crate::conversations::metrics::conversation_turns(count);
                 Ok(Recorded {
                     conversation_id: Some(follow_up.id),
                     turn: u32::try_from(expected / 2 + 1).unwrap_or(u32::MAX),
@@ -183,7 +183,7 @@ impl Conversations {
             Ok(AppendOutcome::Gone) => Err(ConversationError::NotFound),
             // Only when a lock outlived its lease: the other message was written first.
             Ok(AppendOutcome::Conflict) => {
-                crate::metrics::conversation_refused("busy");
+                crate::conversations::metrics::conversation_refused("busy");
                 Err(ConversationError::Busy {
                     retry_after: BUSY_RETRY_AFTER,
                 })
@@ -211,14 +211,14 @@ impl Conversations {
                 .await
             {
                 Ok(AppendOutcome::Appended(count)) => {
-                    crate::metrics::conversation_created();
-                    crate::metrics::conversation_turns(count);
+                    crate::conversations::metrics::conversation_created();
+                    crate::conversations::metrics::conversation_turns(count);
                     conversation_id = Some(id);
                 }
-                Ok(_) | Err(_) => crate::metrics::conversation_refused("not_stored"),
+                Ok(_) | Err(_) => crate::conversations::metrics::conversation_refused("not_stored"),
             }
         } else {
-            crate::metrics::conversation_refused("not_stored");
+            crate::conversations::metrics::conversation_refused("not_stored");
         }
         Recorded {
             conversation_id,
@@ -228,7 +228,7 @@ impl Conversations {
     }
 
     fn too_large(&self, bytes: u64) -> ConversationError {
-        crate::metrics::conversation_refused("too_large");
+        crate::conversations::metrics::conversation_refused("too_large");
         ConversationError::TooLarge {
             bytes,
             limit: self.settings.max_stored_bytes,

@@ -167,7 +167,7 @@ impl KeyPool {
                 state: Mutex::new(KeyState::default()),
             })
             .collect();
-        crate::metrics::api_keys_in_rotation(keys.len());
+        crate::providers::metrics::api_keys_in_rotation(keys.len());
         KeyPool {
             keys,
             next: AtomicUsize::new(0),
@@ -229,7 +229,7 @@ impl KeyPool {
     }
 
     fn report_rotation(&self) {
-        crate::metrics::api_keys_in_rotation(self.counts().1);
+        crate::providers::metrics::api_keys_in_rotation(self.counts().1);
     }
 
     /// Picks a key for `model`: one with room now, taken round-robin; else the one whose slot
@@ -320,7 +320,7 @@ impl KeyPool {
                     key = %key.masked,
                     "Gemini API key refused ({error}); taken out of rotation"
                 );
-                crate::metrics::api_key_out("refused");
+                crate::providers::metrics::api_key_out("refused");
                 self.report_rotation();
             }
             return true;
@@ -343,7 +343,7 @@ impl KeyPool {
                     "Gemini API key used up its per-day quota; out of rotation for this model \
                      until midnight Pacific time"
                 );
-                crate::metrics::api_key_out("daily_quota");
+                crate::providers::metrics::api_key_out("daily_quota");
                 self.report_rotation();
             }
             return true;

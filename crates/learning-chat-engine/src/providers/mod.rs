@@ -4,6 +4,7 @@
 //! Each model service is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
 //! model of each agent's fallback chain.
 
+pub mod metrics;
 mod gemini;
 pub mod keys;
 mod offline;

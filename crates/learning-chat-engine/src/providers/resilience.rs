@@ -104,7 +104,7 @@ pub async fn ask_chain<G: Gate>(
         // The last model is always tried: skipping it would fail the request outright, so
         // a single-model agent behaves as without a breaker (its circuit only reported).
         if has_next && !route.admit() {
-            crate::metrics::model_fallback(route.model());
+            crate::providers::metrics::model_fallback(route.model());
             continue;
         }
         let request = ModelRequest {
@@ -122,7 +122,7 @@ pub async fn ask_chain<G: Gate>(
             .await
         {
             Ok(completion) => {
-                crate::metrics::model_answer(route.model(), index > 0);
+                crate::providers::metrics::model_answer(route.model(), index > 0);
                 let fallback = (index > 0).then(|| route.clone());
                 return Ok(Answered {
                     completion,
@@ -136,7 +136,7 @@ pub async fn ask_chain<G: Gate>(
                     kind = error.kind(),
                     "model gave up; asking the next model of the chain: {error}"
                 );
-                crate::metrics::model_fallback(route.model());
+                crate::providers::metrics::model_fallback(route.model());
                 last = Some(error);
             }
             Err(failure) => return Err(failure),
@@ -176,7 +176,7 @@ impl Attempts<'_> {
                 .await
                 .map_err(|error| error.with_retry_after_at_most(self.retry.max_retry_after));
             let outcome = result.as_ref().map_or_else(ProviderError::kind, |_| "ok");
-            crate::metrics::upstream_request(outcome, began.elapsed());
+            crate::providers::metrics::upstream_request(outcome, began.elapsed());
             gate.observe(result.as_ref(), began.elapsed());
             let error = match result {
                 Ok(completion) => return Ok(completion),
@@ -196,7 +196,7 @@ impl Attempts<'_> {
                 delay_ms = delay.as_millis() as u64,
                 "model call failed; retrying: {error}"
             );
-            crate::metrics::upstream_retry(error.kind());
+            crate::providers::metrics::upstream_retry(error.kind());
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -307,7 +307,7 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker; `failures_to_open = 0` never opens.
     pub fn new(model: &str, failures_to_open: u32, cooldown: Duration) -> Breaker {
-        crate::metrics::circuit_state(model, 0);
+        crate::providers::metrics::circuit_state(model, 0);
         Breaker {
             model: model.to_owned(),
             failures_to_open,
@@ -331,7 +331,7 @@ impl Breaker {
         }
         *circuit = Circuit::HalfOpen { since: now };
         drop(circuit);
-        crate::metrics::circuit_state(&self.model, 2);
+        crate::providers::metrics::circuit_state(&self.model, 2);
         tracing::info!(model = %self.model, "circuit half-open: probing the model");
         true
     }
@@ -398,14 +398,14 @@ impl Breaker {
         *circuit = next;
         drop(circuit);
         if opened {
-            crate::metrics::circuit_state(&self.model, 1);
+            crate::providers::metrics::circuit_state(&self.model, 1);
             tracing::warn!(
                 model = %self.model,
                 cooldown_ms = self.cooldown.as_millis() as u64,
                 "circuit open: skipping the model for its cool-down"
             );
         } else if closed {
-            crate::metrics::circuit_state(&self.model, 0);
+            crate::providers::metrics::circuit_state(&self.model, 0);
             tracing::info!(model = %self.model, "circuit closed: the model answers again");
         }
     }

@@ -172,7 +172,7 @@ impl ModelRouter {
                     server,
                     breaker: Breaker::new(&spec.model, routing.breaker_failures, cooldown),
                 });
-                crate::metrics::model_fallback_init(&spec.model);
+                crate::providers::metrics::model_fallback_init(&spec.model);
                 by_spec.insert(spec.clone(), route.clone());
                 routes.push(route.clone());
                 chain.push(route);

@@ -99,14 +99,14 @@ impl AppState {
     pub async fn refresh_gauges(&self) {
         self.process_metrics.collect();
         self.chat.cache().run_pending_tasks().await;
-        learning_chat_engine::metrics::cache_entries(self.chat.cache().memory_entries());
-        learning_chat_engine::metrics::quota_window_used(
+        learning_chat_engine::cache::metrics::cache_entries(self.chat.cache().memory_entries());
+        learning_chat_engine::admission::metrics::quota_window_used(
             self.chat.quota().requests_in_window().await,
         );
-        learning_chat_engine::metrics::upstream_in_flight(self.chat.admission().in_flight());
-        learning_chat_engine::metrics::queue_depth(self.chat.admission().queued());
+        learning_chat_engine::admission::metrics::upstream_in_flight(self.chat.admission().in_flight());
+        learning_chat_engine::admission::metrics::queue_depth(self.chat.admission().queued());
         if let Ok(active) = self.chat.conversations().store().active().await {
-            learning_chat_engine::metrics::conversations_active(active);
+            learning_chat_engine::conversations::metrics::conversations_active(active);
         }
     }
 }

@@ -229,7 +229,7 @@ struct Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         if !self.finished {
-            learning_chat_engine::metrics::stream_cancelled("client");
+            learning_chat_engine::coalesce::metrics::stream_cancelled("client");
         }
     }
 }

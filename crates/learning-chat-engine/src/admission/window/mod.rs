@@ -435,7 +435,7 @@ impl WindowLimiter {
                 scope.unpublished = true;
             }
             if self.options.quota_metrics {
-                crate::metrics::quota_local_decision();
+                crate::admission::metrics::quota_local_decision();
             }
         }
         Ok(Granted {

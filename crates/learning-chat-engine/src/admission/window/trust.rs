@@ -13,7 +13,7 @@ impl WindowLimiter {
             return;
         }
         let others: u64 = scope.others.iter().map(|&(_, units)| units).sum();
-        crate::metrics::quota_conservative(true);
+        crate::admission::metrics::quota_conservative(true);
         tracing::info!(
             own_calls = scope.own.len(),
             other_calls = others,
@@ -41,7 +41,7 @@ impl WindowLimiter {
         if everyone_back || window_passed {
             scope.local = None;
             if self.options.quota_metrics {
-                crate::metrics::quota_conservative(false);
+                crate::admission::metrics::quota_conservative(false);
                 tracing::info!(
                     everyone_back,
                     "quota: Redis trusted again for the cluster quota"
@@ -95,7 +95,7 @@ impl WindowLimiter {
         match written {
             Ok(added) => {
                 if self.options.quota_metrics {
-                    crate::metrics::quota_republished(added.first().copied().unwrap_or(0));
+                    crate::admission::metrics::quota_republished(added.first().copied().unwrap_or(0));
                 }
                 scope.ever_synced = true;
                 if let Some(local) = scope.local.as_mut() {

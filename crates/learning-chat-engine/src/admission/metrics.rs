@@ -1,0 +1,151 @@
+//! Metrics of admission: model-call concurrency, the queue and the quota: each declared once (name, help, labels), next to the code it
+//! measures; `crate::metrics::describe` gathers the help texts for the exporter.
+
+use metrics::{counter, gauge, histogram, describe_counter, describe_gauge, describe_histogram, Unit};
+use std::time::Duration;
+
+/// Model calls in flight now.
+pub const UPSTREAM_IN_FLIGHT: &str = "learning_chat_upstream_in_flight";
+
+/// The model-call concurrency limit in force (derived from quota and latency, under the ceiling).
+pub const UPSTREAM_LIMIT: &str = "learning_chat_upstream_concurrency_limit";
+
+/// The recent typical model-call latency the concurrency limit is derived from.
+pub const UPSTREAM_LATENCY_ESTIMATE: &str = "learning_chat_upstream_latency_estimate_seconds";
+
+/// Questions waiting for a model slot.
+pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
+
+/// Time spent waiting for a model slot.
+pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
+
+/// Requests refused with 503 before reaching the model, by reason.
+pub const SHED: &str = "learning_chat_requests_shed_total";
+
+/// Model calls counted in the quota's sliding window right now.
+pub const QUOTA_WINDOW_USED: &str = "learning_chat_quota_window_requests";
+
+/// The configured requests-per-minute quota (0 = unlimited).
+pub const QUOTA_RPM: &str = "learning_chat_quota_rpm";
+
+/// Time spent waiting for a quota slot.
+pub const QUOTA_WAIT: &str = "learning_chat_quota_wait_seconds";
+
+/// The configured limit on questions waiting for a model slot.
+pub const QUEUE_LIMIT: &str = "learning_chat_queue_limit";
+
+/// Quota decisions taken by this server alone (Redis unavailable), on its share of what is left.
+pub const QUOTA_LOCAL_DECISIONS: &str = "learning_chat_quota_local_decisions_total";
+
+/// 1 while the quota is in its conservative mode (Redis down, or back but not yet trusted).
+pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
+
+/// This server's own calls written back into a Redis quota window that lacked them.
+pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
+
+/// Sets the concurrency limit in force.
+pub fn upstream_limit(limit: usize) {
+    gauge!(UPSTREAM_LIMIT).set(limit as f64);
+}
+
+/// Sets the latency estimate the concurrency limit is derived from.
+pub fn upstream_latency_estimate(estimate: Duration) {
+    gauge!(UPSTREAM_LATENCY_ESTIMATE).set(estimate.as_secs_f64());
+}
+
+/// Sets the model calls in flight.
+pub fn upstream_in_flight(in_flight: usize) {
+    gauge!(UPSTREAM_IN_FLIGHT).set(in_flight as f64);
+}
+
+/// Sets the queue depth.
+pub fn queue_depth(depth: usize) {
+    gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+/// Sets the configured queue limit.
+pub fn queue_limit(limit: usize) {
+    gauge!(QUEUE_LIMIT).set(limit as f64);
+}
+
+/// Records a wait for a model slot.
+pub fn queue_wait(waited: Duration) {
+    histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
+}
+
+/// Records a refused request.
+pub fn shed(reason: &'static str) {
+    counter!(SHED, "reason" => reason).increment(1);
+}
+
+/// Sets the quota gauges.
+pub fn quota_rpm(rpm: u32) {
+    gauge!(QUOTA_RPM).set(f64::from(rpm));
+}
+
+/// Sets the requests counted in the quota window.
+pub fn quota_window_used(used: u64) {
+    gauge!(QUOTA_WINDOW_USED).set(used as f64);
+}
+
+/// Records a wait for a quota slot.
+pub fn quota_wait(waited: Duration) {
+    histogram!(QUOTA_WAIT).record(waited.as_secs_f64());
+}
+
+/// Records one quota decision taken locally.
+pub fn quota_local_decision() {
+    counter!(QUOTA_LOCAL_DECISIONS).increment(1);
+}
+
+/// Sets whether the quota is in its conservative mode.
+pub fn quota_conservative(on: bool) {
+    gauge!(QUOTA_CONSERVATIVE).set(if on { 1.0 } else { 0.0 });
+}
+
+/// Records own calls written back into the Redis quota window.
+pub fn quota_republished(count: u64) {
+    counter!(QUOTA_REPUBLISHED).increment(count);
+}
+
+/// Describes these metrics (their help text) to the installed recorder.
+pub(crate) fn describe() {
+    describe_gauge!(UPSTREAM_IN_FLIGHT, "Model calls in flight.");
+    describe_gauge!(UPSTREAM_LIMIT, "Model-call concurrency limit in force.");
+    describe_gauge!(
+        UPSTREAM_LATENCY_ESTIMATE,
+        Unit::Seconds,
+        "Recent typical model-call latency (sizes the concurrency limit)."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
+    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
+    describe_counter!(
+        SHED,
+        "Requests refused with 503 before the model, by reason."
+    );
+    describe_gauge!(
+        QUOTA_WINDOW_USED,
+        "Model calls in the quota's sliding window."
+    );
+    describe_gauge!(
+        QUOTA_RPM,
+        "Configured requests-per-minute quota (0 = unlimited)."
+    );
+    describe_histogram!(QUOTA_WAIT, Unit::Seconds, "Wait for a quota slot.");
+    describe_gauge!(
+        QUEUE_LIMIT,
+        "Configured limit on questions waiting for a model slot."
+    );
+    describe_counter!(
+        QUOTA_LOCAL_DECISIONS,
+        "Quota decisions taken locally because Redis was unavailable."
+    );
+    describe_gauge!(
+        QUOTA_CONSERVATIVE,
+        "1 while the quota counts conservatively after Redis trouble."
+    );
+    describe_counter!(
+        QUOTA_REPUBLISHED,
+        "Own calls written back into the Redis quota window."
+    );
+}
