@@ -17,12 +17,12 @@
 //! A miss is [`Reply::Live`]: the answer's pieces as the model writes them, then the answer
 //! or an error. A JSON caller only takes that last item ([`Reply::finish`]).
 
-pub mod metrics;
 mod answer;
 mod cached;
 mod cluster;
 mod deps;
 mod error;
+pub mod metrics;
 mod model;
 #[cfg(test)]
 mod tests;

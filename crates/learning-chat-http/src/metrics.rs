@@ -4,6 +4,7 @@
 //!
 //! Labels are low-cardinality by construction (route templates, status classes), never raw paths.
 
+use crate::api::stream::metrics::{STREAMS_REFUSED, STREAM_BYTES};
 use crate::routes;
 use learning_chat_engine::coalesce::metrics::STREAM_CANCELLATIONS;
 use learning_chat_engine::conversations::metrics::{
@@ -28,55 +29,8 @@ pub const HTTP_DURATION: &str = "learning_chat_http_request_duration_seconds";
 /// HTTP requests being served now.
 pub const HTTP_IN_FLIGHT: &str = "learning_chat_http_requests_in_flight";
 
-/// Client connections open now.
-pub const HTTP_CONNECTIONS_OPEN: &str = "learning_chat_http_connections_open";
-
-/// The configured bound on open client connections (`server.max_connections`).
-pub const HTTP_CONNECTIONS_LIMIT: &str = "learning_chat_http_connections_limit";
-
-/// Client connections accepted.
-pub const HTTP_CONNECTIONS: &str = "learning_chat_http_connections_total";
-
-/// Times the accept loop waited because `server.max_connections` were open.
-pub const HTTP_CONNECTION_LIMIT_WAITS: &str = "learning_chat_http_connection_limit_waits_total";
-
-/// Connections closed or requests answered 408 by a read bound, by phase (header/body/idle).
-pub const HTTP_CONNECTION_TIMEOUTS: &str = "learning_chat_http_connection_timeouts_total";
-
 /// Always 1; its `version` label tells which build each instance runs.
 pub const BUILD_INFO: &str = "learning_chat_build_info";
-
-/// Chat requests by API key id (bounded by `metrics.max_key_labels`, the rest as `other`) and
-/// outcome (`ok`, `cached`, `error`).
-pub const KEY_REQUESTS: &str = "learning_chat_key_requests_total";
-
-/// Model tokens charged to an API key, by key id and kind (prompt/output).
-pub const KEY_TOKENS: &str = "learning_chat_key_tokens_total";
-
-/// Estimated model cost charged to an API key, in micro-USD, by key id.
-pub const KEY_COST: &str = "learning_chat_key_cost_microusd_total";
-
-/// Requests refused 429 by a per-key or per-learner limit, by key id and limit.
-pub const KEY_LIMITED: &str = "learning_chat_key_limited_total";
-
-/// Requests refused 401/403 by the key check, by reason.
-pub const AUTH_FAILURES: &str = "learning_chat_auth_failures_total";
-
-/// Time from a streaming request's arrival to its first answer text sent, by source (`cached`,
-/// `coalesced`: joined a call already in flight here or on another server, `fresh`).
-pub const STREAM_TTFT: &str = "learning_chat_stream_time_to_first_token_seconds";
-
-/// Streams open now (`POST /api/v1/agents/{agent_id}/stream` responses being sent).
-pub const STREAMS_OPEN: &str = "learning_chat_streams_open";
-
-/// The configured bound on open streams per server (`stream.max_open`).
-pub const STREAMS_LIMIT: &str = "learning_chat_streams_limit";
-
-/// Streams refused 503 at `stream.max_open`.
-pub const STREAMS_REFUSED: &str = "learning_chat_streams_refused_total";
-
-/// Bytes of server-sent events written to clients.
-pub const STREAM_BYTES: &str = "learning_chat_stream_bytes_total";
 
 /// Process CPU time (user + system), exported by `metrics-process` at each scrape.
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -177,29 +131,6 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Counts a chat request of key label `key` with `outcome`.
-pub fn key_request(key: &str, outcome: &'static str) {
-    counter!(KEY_REQUESTS, "key" => key.to_owned(), "outcome" => outcome).increment(1);
-}
-
-/// Charges model tokens and their estimated cost to key label `key`.
-pub fn key_tokens(key: &str, prompt: u32, output: u32, price_in_per_m: f64, price_out_per_m: f64) {
-    counter!(KEY_TOKENS, "key" => key.to_owned(), "kind" => "prompt").increment(prompt.into());
-    counter!(KEY_TOKENS, "key" => key.to_owned(), "kind" => "output").increment(output.into());
-    let micro_usd = f64::from(prompt) * price_in_per_m + f64::from(output) * price_out_per_m;
-    counter!(KEY_COST, "key" => key.to_owned()).increment(micro_usd.round() as u64);
-}
-
-/// Counts a 429 of key label `key` by `limit`.
-pub fn key_limited(key: &str, limit: &'static str) {
-    counter!(KEY_LIMITED, "key" => key.to_owned(), "limit" => limit).increment(1);
-}
-
-/// Counts a request refused by the key check.
-pub fn auth_failure(reason: &'static str) {
-    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Tracks HTTP requests in flight (+1 on entry, -1 on exit).
@@ -373,103 +304,15 @@ impl Drop for HttpRequestTimer {
     }
 }
 
-/// Tracks open client connections (+1 on accept, -1 on close).
-pub fn http_connections_open(delta: f64) {
-    gauge!(HTTP_CONNECTIONS_OPEN).increment(delta);
-}
-
-/// Sets the configured bound on open client connections, and makes every connection series
-/// exist from the start (at 0), so rates and alerts see them before the first event.
-pub fn http_connections_limit(limit: usize) {
-    gauge!(HTTP_CONNECTIONS_LIMIT).set(limit as f64);
-    gauge!(HTTP_CONNECTIONS_OPEN).increment(0.0);
-    counter!(HTTP_CONNECTIONS).increment(0);
-    counter!(HTTP_CONNECTION_LIMIT_WAITS).increment(0);
-    for phase in ["header", "body", "idle"] {
-        counter!(HTTP_CONNECTION_TIMEOUTS, "phase" => phase).increment(0);
-    }
-}
-
-/// Counts an accepted client connection.
-pub fn http_connection_accepted() {
-    counter!(HTTP_CONNECTIONS).increment(1);
-}
-
-/// Counts an accept delayed by the connection bound.
-pub fn http_connection_limit_wait() {
-    counter!(HTTP_CONNECTION_LIMIT_WAITS).increment(1);
-}
-
-/// Counts a read bound firing; `phase` is `header`, `body` or `idle`.
-pub fn http_connection_timeout(phase: &'static str) {
-    counter!(HTTP_CONNECTION_TIMEOUTS, "phase" => phase).increment(1);
-}
-
-/// Records a stream's time to its first answer text, by source (`cached`/`coalesced`/`fresh`).
-pub fn stream_ttft(source: &'static str, elapsed: Duration) {
-    histogram!(STREAM_TTFT, "source" => source).record(elapsed.as_secs_f64());
-}
-
-/// Sets the number of open streams.
-pub fn streams_open(open: usize) {
-    gauge!(STREAMS_OPEN).set(open as f64);
-}
-
-/// Sets the bound on open streams.
-pub fn streams_limit(limit: usize) {
-    gauge!(STREAMS_LIMIT).set(limit as f64);
-}
-
-/// Counts a stream refused at the open-stream bound.
-pub fn stream_refused() {
-    counter!(STREAMS_REFUSED).increment(1);
-}
-
-/// Counts server-sent event bytes written.
-pub fn stream_bytes(bytes: usize) {
-    counter!(STREAM_BYTES).increment(bytes as u64);
-}
-
 fn describe_http() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
-    describe_histogram!(
-        STREAM_TTFT,
-        Unit::Seconds,
-        "Time to the first answer text of a stream, by source."
-    );
-    describe_gauge!(STREAMS_OPEN, "Streams open now.");
-    describe_gauge!(STREAMS_LIMIT, "Bound on open streams per server.");
-    describe_counter!(
-        STREAMS_REFUSED,
-        "Streams refused 503 at the open-stream bound."
-    );
-    describe_counter!(STREAM_BYTES, "Server-sent event bytes written.");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration.");
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served now.");
-    describe_gauge!(HTTP_CONNECTIONS_OPEN, "Client connections open now.");
-    describe_gauge!(
-        HTTP_CONNECTIONS_LIMIT,
-        "Configured bound on open client connections."
-    );
-    describe_counter!(HTTP_CONNECTIONS, "Client connections accepted.");
-    describe_counter!(
-        HTTP_CONNECTION_LIMIT_WAITS,
-        "Accepts delayed because the connection bound was reached."
-    );
-    describe_counter!(
-        HTTP_CONNECTION_TIMEOUTS,
-        "Connections closed or requests answered 408 by a read bound, by phase."
-    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label names the running build."
     );
-    describe_counter!(KEY_REQUESTS, "Chat requests by API key and outcome.");
-    describe_counter!(KEY_TOKENS, "Model tokens charged to an API key, by kind.");
-    describe_counter!(KEY_COST, "Estimated model cost per API key in micro-USD.");
-    describe_counter!(KEY_LIMITED, "429s by API key and the limit hit.");
-    describe_counter!(
-        AUTH_FAILURES,
-        "Requests refused by the key check, by reason."
-    );
+    crate::auth::metrics::describe();
+    crate::serve::metrics::describe();
+    crate::api::stream::metrics::describe();
 }

@@ -1,7 +1,9 @@
 //! Metrics of admission: model-call concurrency, the queue and the quota: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, histogram, describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use std::time::Duration;
 
 /// Model calls in flight now.

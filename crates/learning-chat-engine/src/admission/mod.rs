@@ -2,9 +2,9 @@
 //! quota. Everything past a bound is refused at once with a retry hint, never piled up. The
 //! sliding-window limiter behind the quota ([`window`]) also serves the per-key limits.
 
-pub mod metrics;
 mod fair;
 mod latency;
+pub mod metrics;
 mod quota;
 pub mod window;
 

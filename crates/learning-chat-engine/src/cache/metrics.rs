@@ -1,7 +1,7 @@
 //! Metrics of the answer cache: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, describe_counter, describe_gauge, Counter};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Counter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 

@@ -2,9 +2,9 @@
 //! Redis. The chat service only sees [`ResponseCache`]; [`ResponseCache::keep`] is the one place
 //! that writes answers to both tiers.
 
-pub mod metrics;
 mod key;
 mod memory;
+pub mod metrics;
 pub(crate) mod redis;
 
 pub use self::redis::RedisCache;

@@ -1,7 +1,7 @@
 //! Metrics of the chat flow: the per-minute model-call counter and remembered refusals: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, describe_counter, describe_gauge};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 
 /// Model calls started in the current minute (the count the per-minute log line reports).
 pub const UPSTREAM_CURRENT_MINUTE: &str = "learning_chat_upstream_requests_current_minute";

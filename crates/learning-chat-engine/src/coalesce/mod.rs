@@ -31,9 +31,9 @@
 //! Redis catches up and take the lease for this server, so the next look takes back a lease
 //! already held under this server's id instead of waiting for it to expire.
 
-pub mod metrics;
 pub mod fanout;
 pub mod local;
+pub mod metrics;
 pub mod relay;
 pub mod subscription;
 

@@ -1,7 +1,7 @@
 //! Metrics of conversations: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, histogram, describe_counter, describe_gauge, describe_histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 /// Conversations alive now (used within `conversation.ttl_ms`; cluster-wide with Redis).
 pub const CONVERSATIONS_ACTIVE: &str = "learning_chat_conversations_active";

@@ -9,8 +9,8 @@
 //! its answer are written before the answer is returned; a write that fails is an error the
 //! client sees.
 
-pub mod metrics;
 mod memory;
+pub mod metrics;
 mod redis;
 mod step;
 

@@ -157,7 +157,10 @@ impl Conversations {
             }
             Destination::FollowUp(follow_up) => follow_up,
         };
-        crate::conversations::metrics::conversation_history(follow_up.history_tokens, follow_up.truncated);
+        crate::conversations::metrics::conversation_history(
+            follow_up.history_tokens,
+            follow_up.truncated,
+        );
         let turns = exchange(message, answer, now_ms());
         let expected = follow_up.expected;
         let appended = self

@@ -1,7 +1,9 @@
 //! Metrics of the model calls: attempts, retries, tokens, fallbacks, circuits, Gemini keys: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, histogram, describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use std::time::Duration;
 
 /// Answers from the model by the model that answered and its place in the agent's chain

@@ -4,9 +4,9 @@
 //! Each model service is a [`Provider`]; the [`ModelRouter`] decides at start-up which serves each
 //! model of each agent's fallback chain.
 
-pub mod metrics;
 mod gemini;
 pub mod keys;
+pub mod metrics;
 mod offline;
 pub mod openai;
 pub mod resilience;

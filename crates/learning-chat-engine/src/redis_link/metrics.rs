@@ -1,7 +1,9 @@
 //! Metrics of the Redis link: health, latency, fallbacks and repaired values: each declared once (name, help, labels), next to the code it
 //! measures; `crate::metrics::describe` gathers the help texts for the exporter.
 
-use metrics::{counter, gauge, histogram, describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use std::time::Duration;
 
 /// 1 when Redis is reachable, 0 when the service runs on its local fallbacks.

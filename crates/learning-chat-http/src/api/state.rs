@@ -103,7 +103,9 @@ impl AppState {
         learning_chat_engine::admission::metrics::quota_window_used(
             self.chat.quota().requests_in_window().await,
         );
-        learning_chat_engine::admission::metrics::upstream_in_flight(self.chat.admission().in_flight());
+        learning_chat_engine::admission::metrics::upstream_in_flight(
+            self.chat.admission().in_flight(),
+        );
         learning_chat_engine::admission::metrics::queue_depth(self.chat.admission().queued());
         if let Ok(active) = self.chat.conversations().store().active().await {
             learning_chat_engine::conversations::metrics::conversations_active(active);

@@ -8,6 +8,8 @@
 //! `: ping` comment goes out after `stream.keepalive_ms` without an event, so proxies keep a
 //! quiet stream open (axum's [`Sse`] with [`KeepAlive`]).
 
+pub mod metrics;
+
 use super::AppState;
 use super::{asker, bill, ApiError, ApiJson, ChatRequest, ChatResponse};
 use crate::auth::Bill;
@@ -36,8 +38,8 @@ pub struct OpenStreams {
 impl OpenStreams {
     /// No stream open yet; at most `max` at once.
     pub fn new(max: usize) -> OpenStreams {
-        crate::metrics::streams_limit(max);
-        crate::metrics::streams_open(0);
+        crate::api::stream::metrics::streams_limit(max);
+        crate::api::stream::metrics::streams_open(0);
         OpenStreams {
             open: AtomicUsize::new(0),
             max,
@@ -56,7 +58,7 @@ impl OpenStreams {
                 (open < self.max).then_some(open + 1)
             });
         let open = taken.ok()? + 1;
-        crate::metrics::streams_open(open);
+        crate::api::stream::metrics::streams_open(open);
         Some(StreamSlot(self.clone()))
     }
 }
@@ -67,7 +69,7 @@ struct StreamSlot(Arc<OpenStreams>);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let open = self.0.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-        crate::metrics::streams_open(open);
+        crate::api::stream::metrics::streams_open(open);
     }
 }
 
@@ -117,7 +119,7 @@ pub async fn chat_stream(
         message,
     } = super::question(&state, path, body)?;
     let Some(slot) = state.streams.try_open() else {
-        crate::metrics::stream_refused();
+        crate::api::stream::metrics::stream_refused();
         let mut error = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_streams",
@@ -207,7 +209,7 @@ pub async fn chat_stream(
     Ok(response.map(|body| {
         Body::from_stream(body.into_data_stream().inspect(|frame| {
             if let Ok(bytes) = frame {
-                crate::metrics::stream_bytes(bytes.len());
+                crate::api::stream::metrics::stream_bytes(bytes.len());
             }
         }))
     }))
@@ -282,7 +284,7 @@ impl Driver {
         } else {
             "fresh"
         };
-        crate::metrics::stream_ttft(source, self.started.elapsed());
+        crate::api::stream::metrics::stream_ttft(source, self.started.elapsed());
     }
 }
 

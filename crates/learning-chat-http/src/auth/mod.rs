@@ -10,6 +10,7 @@
 
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -327,7 +328,7 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
 /// Counts and logs a refused key, and answers.
 fn refusal_response(refusal: Refusal) -> Response {
     if let Some(reason) = refusal.reason() {
-        crate::metrics::auth_failure(reason);
+        crate::auth::metrics::auth_failure(reason);
         if !matches!(refusal, Refusal::Unavailable) {
             tracing::info!(reason, "api key refused");
         }
@@ -439,7 +440,7 @@ pub async fn require_key(
     };
     let decision = auth.limiter.acquire(&key.limits, &subject).await;
     if let Some(limit) = decision.refused {
-        crate::metrics::key_limited(&label, limit.code());
+        crate::auth::metrics::key_limited(&label, limit.code());
         let mut response = Refusal::Limited {
             limit,
             retry_after: decision.retry_after.max(Duration::from_secs(1)),
@@ -476,8 +477,8 @@ pub async fn require_key(
 fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
     match cost {
         Some(cost) if !cost.cached => {
-            crate::metrics::key_request(label, "ok");
-            crate::metrics::key_tokens(
+            crate::auth::metrics::key_request(label, "ok");
+            crate::auth::metrics::key_tokens(
                 label,
                 cost.prompt_tokens,
                 cost.output_tokens,
@@ -487,11 +488,11 @@ fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
             u64::from(cost.prompt_tokens) + u64::from(cost.output_tokens)
         }
         Some(_) => {
-            crate::metrics::key_request(label, "cached");
+            crate::auth::metrics::key_request(label, "cached");
             0
         }
         None => {
-            crate::metrics::key_request(label, "error");
+            crate::auth::metrics::key_request(label, "error");
             0
         }
     }

@@ -16,14 +16,14 @@ pub(super) struct OpenConnection;
 
 impl OpenConnection {
     pub(super) fn new() -> OpenConnection {
-        crate::metrics::http_connections_open(1.0);
+        crate::serve::metrics::http_connections_open(1.0);
         OpenConnection
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        crate::metrics::http_connections_open(-1.0);
+        crate::serve::metrics::http_connections_open(-1.0);
     }
 }
 

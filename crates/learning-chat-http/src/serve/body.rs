@@ -41,7 +41,7 @@ impl http_body::Body for DeadlineBody {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.as_mut().poll(cx).is_ready() {
             this.expired = true;
-            crate::metrics::http_connection_timeout("body");
+            crate::serve::metrics::http_connection_timeout("body");
             return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
         }
         Poll::Pending

@@ -54,6 +54,7 @@ use tower::ServiceExt;
 
 mod activity;
 mod body;
+pub mod metrics;
 
 use activity::{Activity, OpenConnection, TrackedIo};
 use body::{DeadlineBody, ResponseBody};
@@ -151,14 +152,14 @@ pub async fn serve(
     let (drain_tx, drain_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    crate::metrics::http_connections_limit(limits.max_connections);
+    crate::serve::metrics::http_connections_limit(limits.max_connections);
     let mut last_limit_line: Option<std::time::Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                crate::metrics::http_connection_limit_wait();
+                crate::serve::metrics::http_connection_limit_wait();
                 // At most one line a second: at the bound this runs once per closed connection.
                 let quiet = match last_limit_line {
                     None => true,
@@ -196,7 +197,7 @@ pub async fn serve(
                 }
             },
         };
-        crate::metrics::http_connection_accepted();
+        crate::serve::metrics::http_connection_accepted();
         tokio::spawn(serve_connection(
             stream,
             permit,
@@ -257,7 +258,7 @@ async fn serve_connection(
                 return;
             }
             Err(_) => {
-                crate::metrics::http_connection_timeout("header");
+                crate::serve::metrics::http_connection_timeout("header");
                 tracing::debug!("TLS handshake not completed within the header bound");
                 return;
             }
@@ -312,7 +313,7 @@ where
                 connection.as_mut().graceful_shutdown();
             }
             phase = activity.bound_passed(&limits), if close_by.is_none() => {
-                crate::metrics::http_connection_timeout(phase);
+                crate::serve::metrics::http_connection_timeout(phase);
                 tracing::debug!(phase, "client connection closed by its read bound");
                 if !activity.is_multiplexed() {
                     return;

@@ -95,7 +95,9 @@ impl WindowLimiter {
         match written {
             Ok(added) => {
                 if self.options.quota_metrics {
-                    crate::admission::metrics::quota_republished(added.first().copied().unwrap_or(0));
+                    crate::admission::metrics::quota_republished(
+                        added.first().copied().unwrap_or(0),
+                    );
                 }
                 scope.ever_synced = true;
                 if let Some(local) = scope.local.as_mut() {
