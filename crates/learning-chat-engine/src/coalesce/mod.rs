@@ -387,12 +387,6 @@ impl<'a> PieceSink<'a> {
         }
         self.bytes += text.len();
     }
-
-    /// True once any text went out: from then on a retry or another model would send the
-    /// learner a second beginning.
-    pub fn started(&self) -> bool {
-        self.bytes > 0
-    }
 }
 
 /// Stores `outcome` for `key` for `ttl`, so servers asking the same question answer with it.
