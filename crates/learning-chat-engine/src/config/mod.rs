@@ -14,6 +14,7 @@ mod agents;
 mod auth;
 mod cache;
 mod conversation;
+mod database;
 pub mod duration;
 mod gemini;
 mod metrics;
@@ -32,6 +33,7 @@ pub use agents::AgentSettings;
 pub use auth::{AuthMode, AuthSettings};
 pub use cache::CacheSettings;
 pub use conversation::ConversationSettings;
+pub use database::{DatabaseSettings, DatabaseUrl};
 pub use gemini::GeminiSettings;
 pub use metrics::MetricsSettings;
 pub use offline::OfflineSettings;
@@ -130,6 +132,8 @@ pub struct Settings {
     pub routing: RoutingSettings,
     /// The default OpenAI-compatible endpoint for agents or models with `provider = "openai"`.
     pub openai: OpenAiSettings,
+    /// The records database: what must last (keys, conversations, usage, audit log).
+    pub database: DatabaseSettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -324,6 +328,7 @@ impl Settings {
         self.auth.validate()?;
         self.stream.validate()?;
         self.routing.validate()?;
+        self.database.validate()?;
         self.openai.validate()
     }
 
