@@ -27,7 +27,7 @@ log "== 11. API keys on the cache-hit path"
 start_sim --preset seed
 AUTH_ENV=(LEARNING_CHAT_AUTH__MODE=required
           LEARNING_CHAT_AUTH__PEPPER=bench-pepper-0123456789abcdef
-          LEARNING_CHAT_AUTH__KEYS_FILE="$OUT/api-keys.toml")
+          LEARNING_CHAT_DATABASE__URL="sqlite://$OUT/records.db")
 secret=$(env "${AUTH_ENV[@]}" "$BIN/learning-chat" keys create --name bench \
     | awk '/^secret:/ {print $2}')
 [ -n "$secret" ] || { log "keys create printed no secret"; exit 1; }

@@ -144,7 +144,8 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         refusal_ttl: settings.cache.refusal_ttl,
         failure_share: settings.redis.failure_share,
     });
-    let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
+    let records = records_from_settings(&settings)?;
+    let auth = crate::auth::Auth::from_settings(&settings, records, redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
     Ok(AppState::new(StateParts {
         chat,
@@ -153,6 +154,22 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         redis,
         auth,
     }))
+}
+
+/// A handle on the records database (no I/O yet: it connects on first use, so a server starts
+/// while PostgreSQL is down), or `None` with `database.url = "none"`.
+pub fn records_from_settings(
+    settings: &Settings,
+) -> anyhow::Result<Option<learning_chat_records::Records>> {
+    let Some(url) = settings.database.url() else {
+        return Ok(None);
+    };
+    let options = learning_chat_records::ConnectOptions {
+        url: url.to_owned(),
+        max_connections: settings.database.max_connections.get(),
+        acquire_timeout: settings.database.acquire_timeout,
+    };
+    Ok(Some(learning_chat_records::Records::lazy(&options)?))
 }
 
 /// The router with every route and middleware.
@@ -237,6 +254,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     tls: Option<crate::tls::Tls>,
+    /// Keeps the API keys current once running (loaded once by `build`).
+    key_refresher: Option<crate::auth::key_set::KeyRefresher>,
 }
 
 impl Application {
@@ -245,6 +264,10 @@ impl Application {
         let bind = settings.server.bind;
         let tls = crate::tls::Tls::from_settings(&settings.server)?;
         let state = state_from_settings(settings)?;
+        let key_refresher = match &state.auth {
+            Some(auth) => Some(load_keys(auth, &state.settings).await),
+            None => None,
+        };
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
@@ -252,6 +275,7 @@ impl Application {
             listener,
             state,
             tls,
+            key_refresher,
         })
     }
 
@@ -277,7 +301,15 @@ impl Application {
             listener,
             state,
             tls,
+            key_refresher,
         } = self;
+        let auth_tasks = match (&state.auth, key_refresher) {
+            (Some(auth), Some(refresher)) => Some((
+                auth.start(refresher),
+                state.settings.database.acquire_timeout,
+            )),
+            _ => None,
+        };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
@@ -318,8 +350,31 @@ impl Application {
         if let Some(probe) = redis_probe {
             probe.abort();
         }
+        // After the drain: the last answers' usage is in the ledger's final write.
+        if let Some((tasks, acquire_timeout)) = auth_tasks {
+            tasks.stop(acquire_timeout * 2).await;
+        }
         result
     }
+}
+
+/// Loads every API key before the listener serves, waiting at most a few connection attempts:
+/// with the database down the server still starts, answering 503 `auth_unavailable` to keyed
+/// requests until the refresher's first successful read.
+async fn load_keys(
+    auth: &crate::auth::Auth,
+    settings: &Settings,
+) -> crate::auth::key_set::KeyRefresher {
+    let (refresher, result) = auth.load().await;
+    match result {
+        Ok(()) => tracing::info!(keys = auth.keys_held(), "API keys loaded"),
+        Err(error) => tracing::warn!(
+            %error,
+            database = %settings.database.url.masked(),
+            "cannot read API keys from the records database yet; keyed requests get 503 auth_unavailable until it answers"
+        ),
+    }
+    refresher
 }
 
 /// Logs the model-call count every minute (the quota can be watched from the logs alone) and

@@ -293,14 +293,14 @@ async fn the_page_and_the_docs_work_at_a_sub_path_behind_nginx() {
 async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_key() {
     const PEPPER: &str = "browser-test-pepper-0123456789";
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys_file = dir.path().join("keys.toml");
+    let database = learning_chat_testkit::process::sqlite_url(dir.path());
     let created = Command::new(env!("CARGO_BIN_EXE_learning-chat"))
         .args(["keys", "create", "--name", "browser-test"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LEARNING_CHAT_AUTH__MODE", "required")
         .env("LEARNING_CHAT_AUTH__PEPPER", PEPPER)
-        .env("LEARNING_CHAT_AUTH__KEYS_FILE", &keys_file)
+        .env("LEARNING_CHAT_DATABASE__URL", &database)
         .output()
         .expect("learning-chat keys create runs");
     let out = String::from_utf8_lossy(&created.stdout).into_owned();
@@ -313,7 +313,7 @@ async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_ke
     let mut settings = support::offline_settings();
     settings.auth.mode = learning_chat::config::AuthMode::Required;
     settings.auth.pepper = learning_chat::config::Secret::new(PEPPER);
-    settings.auth.keys_file = keys_file;
+    settings.database.url = learning_chat::config::DatabaseUrl::new(database);
     let app = spawn_app(settings).await;
     let browser = Browser::start(1280, 900).await;
 

@@ -38,6 +38,8 @@ pub struct TestApp {
     pub handle: JoinHandle<anyhow::Result<()>>,
     /// The service's state, for tests that inspect it (e.g. the cache key of a question).
     pub state: learning_chat::AppState,
+    /// The records database's directory when the test did not name a database.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -117,8 +119,68 @@ pub fn settings_for(sim: &SimServer) -> Settings {
     settings
 }
 
-/// Builds the service from `settings` and runs it in this process until stopped.
-pub async fn spawn_app(settings: Settings) -> TestApp {
+/// Requires keys (with `pepper`) from a records database of the test's own, in the returned
+/// temp dir (keep it alive while the app runs); add keys with [`add_key`].
+pub fn require_keys(settings: &mut Settings, pepper: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    settings.auth.mode = learning_chat::config::AuthMode::Required;
+    settings.auth.pepper = Secret::new(pepper);
+    settings.database.url = learning_chat::config::DatabaseUrl::new(
+        learning_chat_testkit::process::sqlite_url(dir.path()),
+    );
+    dir
+}
+
+/// Stores a new key in `settings`' records database (as `learning-chat keys create` does);
+/// `edit` sets its fields. Returns its secret.
+pub async fn add_key(
+    settings: &Settings,
+    edit: impl FnOnce(&mut learning_chat::auth::keys::ApiKey),
+) -> String {
+    use learning_chat::auth::keys;
+    let records =
+        learning_chat::records::Records::connect(&learning_chat::records::ConnectOptions {
+            url: settings
+                .database
+                .url()
+                .expect("a records database")
+                .to_owned(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("the records database opens");
+    let secret = keys::generate_secret();
+    let mut key = keys::ApiKey {
+        id: keys::generate_id(),
+        name: "test key".into(),
+        hash: keys::hash_secret(&settings.auth.pepper, &secret),
+        agents: Vec::new(),
+        limits: keys::KeyLimits::default(),
+        weight: 1,
+        require_learner: false,
+        created_at: keys::unix_now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    edit(&mut key);
+    assert!(records.create_key(&key, "test").await.expect("key stored"));
+    records.close().await;
+    secret
+}
+
+/// Builds the service from `settings` and runs it in this process until stopped. A test that
+/// leaves `database.url` at its default gets a records database of its own in a temp dir
+/// (never `./learning-chat.db`).
+pub async fn spawn_app(mut settings: Settings) -> TestApp {
+    let default_url = Settings::default().database.url;
+    let scratch = (settings.database.url == default_url).then(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        settings.database.url = learning_chat::config::DatabaseUrl::new(
+            learning_chat_testkit::process::sqlite_url(dir.path()),
+        );
+        dir
+    });
     let app = Application::build(settings).await.expect("service builds");
     let addr = app.local_addr();
     let state = app.state().clone();
@@ -136,5 +198,6 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
         stop: Some(stop),
         handle,
         state,
+        _scratch: scratch,
     }
 }
