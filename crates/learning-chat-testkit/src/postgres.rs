@@ -138,11 +138,11 @@ impl PostgresProcess {
     /// until the port is free.
     pub fn kill(&self) {
         let pid_file = self.dir.path().join("data").join("postmaster.pid");
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
+        let pid = std::fs::read_to_string(&pid_file)
             .ok()
-            .and_then(|s| s.lines().next().map(str::to_owned))
-        {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()));
+        if let Some(pid) = &pid {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
         }
         // The backends die with their postmaster; the port frees once they are gone.
         for _ in 0..100 {
@@ -154,6 +154,27 @@ impl PostgresProcess {
         // A killed postmaster leaves its pid file; pg_ctl start refuses while its backends
         // still run, so wait for them too.
         std::thread::sleep(Duration::from_millis(500));
+        // It may linger as a zombie until whoever adopted it reaps it, and pg_ctl start takes
+        // a zombie for a running postmaster: once it is dead (gone or a zombie), the pid file
+        // and the socket's lock file are stale and go.
+        if let Some(pid) = pid {
+            for _ in 0..100 {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+                let dead = state.as_deref().is_none_or(|stat| {
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                });
+                if dead {
+                    let socket = self.dir.path().join(format!(".s.PGSQL.{}", self.port));
+                    let _ = std::fs::remove_file(&pid_file);
+                    let _ =
+                        std::fs::remove_file(socket.with_extension(format!("{}.lock", self.port)));
+                    let _ = std::fs::remove_file(&socket);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`.

@@ -11,6 +11,7 @@ mod connections;
 mod conversations;
 mod conversations_redis;
 mod h2c;
+mod keys;
 mod logs;
 mod metrics;
 mod metrics_upstream;
