@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Rows folded into their key's learner `''` because the ledger held `database.ledger_max_rows`
 /// distinct rows (the per-learner split is lost for those counts; the totals are not).
 pub const LEDGER_FOLDED: &str = "learning_chat_ledger_folded_total";
-/// Distinct (day, key, learner) rows waiting to be written.
+/// Distinct (day, key, learner) rows waiting to be written, as of the last flush.
 pub const LEDGER_PENDING: &str = "learning_chat_ledger_pending_rows";
 /// Ledger batches that could not be written (kept and retried).
 pub const LEDGER_FLUSH_FAILURES: &str = "learning_chat_ledger_flush_failures_total";
@@ -233,7 +233,6 @@ impl Ledger {
         let learner = learner.unwrap_or(&self.nobody);
         let mut pending = self.pending.lock();
         self.add(&mut pending, (day, key_id.clone(), learner.clone()), usage);
-        gauge!(LEDGER_PENDING).set(pending.len() as f64);
     }
 
     /// Adds to a row; a new row past the bound is folded into its key's learner `''` (rows of
@@ -261,6 +260,8 @@ impl Ledger {
     /// the rows written. Not cancel-safe: await it to the end (a dropped flush loses its batch).
     pub async fn flush(&self, records: &Records) -> Result<usize, RecordsError> {
         let batch = std::mem::take(&mut *self.pending.lock());
+        // Set here, not per request: a gauge update is a registry lookup.
+        gauge!(LEDGER_PENDING).set(batch.len() as f64);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -281,7 +282,6 @@ impl Ledger {
                 for (key, usage) in batch {
                     self.add(&mut pending, key, usage);
                 }
-                gauge!(LEDGER_PENDING).set(pending.len() as f64);
                 Err(error)
             }
         }
