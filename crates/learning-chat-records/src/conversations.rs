@@ -203,10 +203,11 @@ impl Records {
         })
     }
 
-    /// How many conversations are stored.
+    /// How many conversations are stored (an erased token conversation's empty marker is not
+    /// one).
     pub async fn conversation_count(&self) -> Result<u64, RecordsError> {
         on_pool!(self, pool => {
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM conversations")
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM conversations WHERE turn_count > 0")
                 .fetch_one(pool)
                 .await?;
             Ok(u64::try_from(n).unwrap_or(0))

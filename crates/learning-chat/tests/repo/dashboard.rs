@@ -122,6 +122,15 @@ async fn drive_every_series(
         .await
         .unwrap();
     assert_eq!(follow_up.status(), StatusCode::OK);
+    // A refused message: the conversation belongs to another agent.
+    let elsewhere = app
+        .client
+        .post(app.url("/api/v1/agents/science"))
+        .json(&serde_json::json!({ "message": "Why?", "conversation_id": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::CONFLICT);
     let erased = app
         .client
         .delete(app.url(&format!("/api/v1/conversations/{id}")))
@@ -149,7 +158,7 @@ async fn drive_every_series(
 async fn drive_key_series(sim: &gemini_sim::SimServer) {
     use learning_chat::auth::keys::KeyLimits;
     let mut settings = settings_for(sim);
-    let _records = crate::support::require_keys(&mut settings, "observability-pepper-0123");
+    crate::support::require_keys(&mut settings, "observability-pepper-0123");
     let secret = crate::support::add_key(&settings, |key| {
         key.name = "dashboard".into();
         // A day's budget spent by the first answer: the second is refused.

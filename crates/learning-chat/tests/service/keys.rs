@@ -28,7 +28,7 @@ async fn ask(
 #[tokio::test]
 async fn a_key_that_requires_a_learner_refuses_requests_without_one() {
     let mut settings = offline_settings();
-    let _records = require_keys(&mut settings, "learner-pepper-0123456789");
+    require_keys(&mut settings, "learner-pepper-0123456789");
     let strict = add_key(&settings, |key| {
         key.require_learner = true;
         key.limits.learner_rpm = 1;

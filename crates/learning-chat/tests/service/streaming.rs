@@ -313,7 +313,7 @@ async fn a_streamed_answer_is_charged_to_its_key_when_the_stream_ends() {
     use learning_chat::auth::keys::KeyLimits;
     let sim = start_sim(paced(0, 20)).await;
     let mut settings = settings_for(&sim);
-    let _records = crate::support::require_keys(&mut settings, "streaming-pepper-0123456");
+    crate::support::require_keys(&mut settings, "streaming-pepper-0123456");
     let secret = crate::support::add_key(&settings, |key| {
         key.name = "streamer".into();
         // A day's budget spent by the first streamed answer.

@@ -38,8 +38,6 @@ pub struct TestApp {
     pub handle: JoinHandle<anyhow::Result<()>>,
     /// The service's state, for tests that inspect it (e.g. the cache key of a question).
     pub state: learning_chat::AppState,
-    /// The records database's directory when the test did not name a database.
-    _scratch: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -106,7 +104,19 @@ pub fn offline_settings() -> Settings {
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.offline.latency = Duration::ZERO;
     settings.server.shutdown_grace = Duration::from_secs(5);
+    settings.database.url = fresh_records_url();
     settings
+}
+
+/// A records database of this test alone: a new SQLite file under cargo's temp dir for
+/// integration tests (never the default `./learning-chat.db`, which every test would share).
+pub fn fresh_records_url() -> learning_chat::config::DatabaseUrl {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("records-{}-{n}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    learning_chat::config::DatabaseUrl::new(format!("sqlite://{}", path.display()))
 }
 
 /// Settings pointing at a simulator with a test API key.
@@ -119,16 +129,11 @@ pub fn settings_for(sim: &SimServer) -> Settings {
     settings
 }
 
-/// Requires keys (with `pepper`) from a records database of the test's own, in the returned
-/// temp dir (keep it alive while the app runs); add keys with [`add_key`].
-pub fn require_keys(settings: &mut Settings, pepper: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Requires keys (with `pepper`) from the settings' records database (a fresh one from
+/// [`offline_settings`]); add keys with [`add_key`].
+pub fn require_keys(settings: &mut Settings, pepper: &str) {
     settings.auth.mode = learning_chat::config::AuthMode::Required;
     settings.auth.pepper = Secret::new(pepper);
-    settings.database.url = learning_chat::config::DatabaseUrl::new(
-        learning_chat_testkit::process::sqlite_url(dir.path()),
-    );
-    dir
 }
 
 /// Stores a new key in `settings`' records database (as `learning-chat keys create` does);
@@ -169,18 +174,8 @@ pub async fn add_key(
     secret
 }
 
-/// Builds the service from `settings` and runs it in this process until stopped. A test that
-/// leaves `database.url` at its default gets a records database of its own in a temp dir
-/// (never `./learning-chat.db`).
-pub async fn spawn_app(mut settings: Settings) -> TestApp {
-    let default_url = Settings::default().database.url;
-    let scratch = (settings.database.url == default_url).then(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        settings.database.url = learning_chat::config::DatabaseUrl::new(
-            learning_chat_testkit::process::sqlite_url(dir.path()),
-        );
-        dir
-    });
+/// Builds the service from `settings` and runs it in this process until stopped.
+pub async fn spawn_app(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("service builds");
     let addr = app.local_addr();
     let state = app.state().clone();
@@ -198,6 +193,5 @@ pub async fn spawn_app(mut settings: Settings) -> TestApp {
         stop: Some(stop),
         handle,
         state,
-        _scratch: scratch,
     }
 }
