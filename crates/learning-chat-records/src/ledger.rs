@@ -278,8 +278,11 @@ impl Ledger {
             Ok(()) => Ok(rows.len()),
             Err(error) => {
                 counter!(LEDGER_FLUSH_FAILURES).increment(1);
+                // The batch goes back as it was (it fit the bound); what came in since is
+                // added to it under the bound.
                 let mut pending = self.pending.lock();
-                for (key, usage) in batch {
+                let since = std::mem::replace(&mut *pending, batch);
+                for (key, usage) in since {
                     self.add(&mut pending, key, usage);
                 }
                 Err(error)
@@ -354,6 +357,10 @@ mod tests {
         let down = Records::lazy(&options).unwrap();
         assert!(ledger.flush(&down).await.is_err());
         assert_eq!(ledger.pending_rows(), 3);
+        // Usage while the database is down joins the kept batch, still within the bound.
+        let late: Arc<str> = Arc::from("late");
+        ledger.record(&key, Some(&late), usage(1, 0, 1, 0));
+        assert_eq!(ledger.pending_rows(), 3);
         let dir = tempfile::tempdir().unwrap();
         let up = Records::connect(&crate::testing::options(format!(
             "sqlite://{}",
@@ -363,7 +370,7 @@ mod tests {
         .unwrap();
         assert_eq!(ledger.flush(&up).await.unwrap(), 3);
         let days = up.key_usage("key_1", "1970-01-01").await.unwrap();
-        assert_eq!(days[0].usage.requests, 5);
+        assert_eq!(days[0].usage.requests, 6);
         assert_eq!(days[0].learners, 2);
     }
 }
