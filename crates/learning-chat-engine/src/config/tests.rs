@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 29] = [
+const DURATIONS: [(&str, Field); 32] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -21,6 +21,15 @@ const DURATIONS: [(&str, Field); 29] = [
         s.server.keep_alive_idle_timeout
     }),
     ("server.tls_reload_check_ms", |s| s.server.tls_reload_check),
+    ("server.send_stall_timeout_ms", |s| {
+        s.server.send_stall_timeout
+    }),
+    ("server.http2_keep_alive_interval_ms", |s| {
+        s.server.http2_keep_alive_interval
+    }),
+    ("server.http2_keep_alive_timeout_ms", |s| {
+        s.server.http2_keep_alive_timeout
+    }),
     ("gemini.connect_timeout_ms", |s| s.gemini.connect_timeout),
     ("upstream.latency_half_life_ms", |s| {
         s.upstream.latency_half_life
@@ -59,10 +68,11 @@ const DURATIONS: [(&str, Field); 29] = [
 ];
 
 /// Every count that must be positive.
-const POSITIVE_COUNTS: [&str; 11] = [
+const POSITIVE_COUNTS: [&str; 12] = [
     "server.max_message_chars",
     "server.max_connections",
     "server.http2_max_concurrent_streams",
+    "server.max_stalled_streams_per_connection",
     "upstream.max_concurrency",
     "stream.max_open",
     "stream.redis_max_entries",
@@ -320,6 +330,8 @@ fn zero_is_refused_where_a_positive_value_is_needed_naming_the_key() {
             ("server.header_read_timeout_ms", "\"0s\""),
             ("server.body_read_timeout_ms", "0"),
             ("server.keep_alive_idle_timeout_ms", "0"),
+            ("server.send_stall_timeout_ms", "0"),
+            ("server.http2_keep_alive_timeout_ms", "0"),
             ("upstream.latency_half_life_ms", "0"),
             ("cache.ttl_ms", "0"),
             ("cache.l1_ttl_ms", "0"),
@@ -347,6 +359,7 @@ fn zero_is_refused_where_a_positive_value_is_needed_naming_the_key() {
             ("routing.breaker_failures", "0".to_owned()),
             ("routing.breaker_cooldown_ms", "0".to_owned()),
             ("stream.keepalive_ms", "0".to_owned()),
+            ("server.http2_keep_alive_interval_ms", "0".to_owned()),
             ("conversation.busy_wait_ms", "0".to_owned()),
             ("upstream.max_queue", "0".to_owned()),
         ]);

@@ -20,6 +20,7 @@ mod reliability;
 mod routing;
 mod routing_keys;
 mod sentry;
+mod stalled_clients;
 mod streaming;
 mod streaming_bytes;
 mod tls;
