@@ -119,7 +119,7 @@ pub struct Settings {
     pub conversation: ConversationSettings,
     /// API keys, per-key limits and fair sharing.
     pub auth: AuthSettings,
-    /// Bounds on the metrics themselves.
+    /// Where Prometheus metrics are served, and bounds on the metrics themselves.
     pub metrics: MetricsSettings,
     /// Deprecated keys found while loading, one start-up warning each (never serialized).
     #[serde(skip)]
@@ -320,6 +320,7 @@ impl Settings {
         self.cache.validate()?;
         self.redis.validate()?;
         self.telemetry.validate()?;
+        self.metrics.validate()?;
         self.conversation.validate()?;
         self.auth.validate()?;
         self.stream.validate()?;

@@ -384,3 +384,24 @@ fn unknown_keys_and_bad_values_are_rejected() {
         Ok(())
     });
 }
+
+#[test]
+fn the_metrics_listener_is_an_address_or_off() {
+    Jail::expect_with(|jail| {
+        let s = load(jail, "").unwrap();
+        assert_eq!(
+            s.metrics.listener().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(!s.metrics.on_service_port);
+        for off in ["off", "OFF", ""] {
+            let s = load(jail, &format!("[metrics]\nbind = \"{off}\"\n")).unwrap();
+            assert_eq!(s.metrics.listener().unwrap(), None, "{off:?}");
+        }
+        let err = load(jail, "[metrics]\nbind = \"localhost:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+        Ok(())
+    });
+}

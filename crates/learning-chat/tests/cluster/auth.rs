@@ -233,7 +233,7 @@ async fn a_key_made_on_the_cli_works_on_every_server_at_once_and_revocation_reac
     for server in &cluster.servers {
         let metrics = cluster
             .http
-            .get(format!("http://127.0.0.1:{}/metrics", server.port))
+            .get(format!("{}/metrics", server.metrics_base()))
             .send()
             .await
             .unwrap()

@@ -278,3 +278,44 @@ fn the_image_name_is_the_documented_build_tag_everywhere() {
         assert_eq!(server.1.image, image);
     }
 }
+
+#[test]
+fn prometheus_scrapes_each_compose_servers_metrics_listener_which_is_published_nowhere() {
+    let compose = compose();
+    let servers = compose_servers(&compose);
+    let config: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    let targets: BTreeSet<String> = config["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .expect("static targets")
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let mut expected = BTreeSet::new();
+    for (name, service) in &servers {
+        let settings = settings_from_env(&service.environment, &format!("compose service {name}"));
+        assert!(!settings.metrics.on_service_port, "{name}");
+        let metrics = settings
+            .metrics
+            .listener()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: no metrics listener"));
+        assert!(
+            metrics.ip().is_unspecified(),
+            "{name}: metrics.bind {metrics} is unreachable from the compose network"
+        );
+        expected.insert(format!("{name}:{}", metrics.port()));
+        assert!(
+            service
+                .ports
+                .iter()
+                .all(|p| !p.contains(&metrics.port().to_string())),
+            "{name} publishes its metrics port: {:?}",
+            service.ports
+        );
+    }
+    assert_eq!(
+        targets, expected,
+        "prometheus.yml targets vs compose servers"
+    );
+}

@@ -1,6 +1,6 @@
 //! docs/deploy.md and the TLS ingress example tell the truth about the files.
 
-use super::manifests::{typed, Manifests, APP};
+use super::manifests::{resolve_port, settings_from_env, typed, Manifests, APP};
 use crate::support::read;
 
 #[test]
@@ -61,5 +61,81 @@ fn the_tls_ingress_example_routes_to_the_service_port_and_names_its_certificate(
                 "{port:?} vs {ports:?}"
             );
         }
+    }
+}
+
+#[test]
+fn neither_the_ingress_example_nor_nginx_exposes_metrics() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let origin = "deploy/k8s/examples/ingress-tls.yaml";
+    let yaml: yaml_serde::Value = yaml_serde::from_str(&read(origin)).unwrap();
+    let ingress: Ingress = typed(&serde_json::to_value(&yaml).unwrap(), origin);
+    let manifests = Manifests::load();
+    let container = manifests.app_container();
+    let settings = settings_from_env(&manifests.env_of(container), "deploy/k8s");
+    let metrics_port = settings
+        .metrics
+        .listener()
+        .unwrap()
+        .map(|addr| i32::from(addr.port()));
+    let service_port = i32::from(settings.server.bind.port());
+    assert!(
+        !settings.metrics.on_service_port,
+        "with metrics.on_service_port the Ingress would publish /metrics"
+    );
+    let service = manifests.service(APP);
+    let ports = service.spec.as_ref().unwrap().ports.clone().unwrap();
+    let spec = ingress.spec.as_ref().expect("spec");
+    let backends = spec
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|rule| rule.http.iter().flat_map(|http| http.paths.iter()))
+        .map(|path| path.backend.clone())
+        .chain(spec.default_backend.clone());
+    let mut seen = 0;
+    for backend in backends {
+        seen += 1;
+        let backend = backend.service.expect("a service backend");
+        assert_eq!(backend.name, APP);
+        let port = backend.port.expect("a service port");
+        let service_port_entry = ports
+            .iter()
+            .find(|p| {
+                port.name
+                    .as_deref()
+                    .is_some_and(|n| p.name.as_deref() == Some(n))
+                    || port.number == Some(p.port)
+            })
+            .unwrap_or_else(|| panic!("{origin}: {port:?} is no port of Service {APP}"));
+        let target = service_port_entry
+            .target_port
+            .clone()
+            .unwrap_or(IntOrString::Int(service_port_entry.port));
+        let reaches = resolve_port(container, &target);
+        assert_eq!(
+            reaches,
+            Some(service_port),
+            "{origin} routes to container port {reaches:?}, not the service port"
+        );
+        assert_ne!(
+            reaches, metrics_port,
+            "{origin} exposes the metrics listener"
+        );
+    }
+    assert!(seen > 0, "{origin} has no backend");
+
+    // nginx answers /metrics itself, should a server ever serve it on its service port.
+    for conf in [
+        "deploy/nginx/learning-chat.conf",
+        "deploy/nginx/learning-chat-tls.conf",
+    ] {
+        let text = read(conf);
+        let at = text
+            .find("location = /metrics {")
+            .unwrap_or_else(|| panic!("{conf} has no `location = /metrics` block"));
+        let block = &text[at..at + text[at..].find('}').unwrap()];
+        assert!(block.contains("return 404;"), "{conf}: {block}");
     }
 }

@@ -292,13 +292,34 @@ fn probes_and_the_scrape_annotations_use_the_served_paths_and_port() {
     let get = |k: &str| annotations.get(k).map(String::as_str);
     assert_eq!(get("prometheus.io/scrape"), Some("true"));
     assert_eq!(get("prometheus.io/path"), Some("/metrics"));
-    assert_eq!(
-        get("prometheus.io/port"),
-        Some(listen_port.to_string().as_str())
-    );
+    // Scraped on the metrics listener, which listens beyond the pod's loopback, on its own
+    // named port; the service port does not serve /metrics.
     assert!(
         settings.telemetry.metrics_enabled,
-        "the pods are scraped: keep /metrics on"
+        "the pods are scraped: keep metrics on"
+    );
+    let metrics = settings
+        .metrics
+        .listener()
+        .unwrap()
+        .expect("metrics.bind is set for the pods");
+    assert!(
+        metrics.ip().is_unspecified(),
+        "metrics.bind {metrics} is unreachable from Prometheus outside the pod"
+    );
+    assert_ne!(i32::from(metrics.port()), listen_port);
+    assert_eq!(
+        get("prometheus.io/port"),
+        Some(metrics.port().to_string().as_str())
+    );
+    assert_eq!(
+        resolve_port(container, &IntOrString::String("metrics".into())),
+        Some(i32::from(metrics.port())),
+        "a containerPort named metrics"
+    );
+    assert!(
+        !settings.metrics.on_service_port,
+        "/metrics stays off the service port"
     );
 }
 

@@ -13,6 +13,7 @@ mod conversations_redis;
 mod h2c;
 mod logs;
 mod metrics;
+mod metrics_listener;
 mod metrics_upstream;
 mod plan;
 mod redis_link;

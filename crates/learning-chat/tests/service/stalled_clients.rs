@@ -75,10 +75,6 @@ async fn open_stalled(
     .expect("response headers")
 }
 
-fn metrics_base(server: &Proc) -> String {
-    format!("http://127.0.0.1:{}", server.port)
-}
-
 fn value(scrape: &prom::Scrape, name: &str) -> f64 {
     scrape
         .samples
@@ -154,7 +150,7 @@ async fn a_peer_that_never_opens_its_window_cannot_keep_other_learners_from_a_st
     drop(held);
     let scrape = prom::scrape_until(
         &client,
-        &metrics_base(&server),
+        &server.metrics_base(),
         GUARD,
         "no stream open",
         |s| value(s, "learning_chat_streams_open") == 0.0,
@@ -206,7 +202,7 @@ async fn stalled_peers_holding_every_connection_do_not_keep_health_from_answerin
             "a stalled connection is still open"
         );
     }
-    let scrape = prom::scrape(&client, &metrics_base(&server)).await;
+    let scrape = prom::scrape(&client, &server.metrics_base()).await;
     assert!(value(&scrape, "learning_chat_http_stalled_responses_total") >= 12.0);
     assert!(
         value(
