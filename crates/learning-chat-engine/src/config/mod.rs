@@ -19,6 +19,7 @@ mod gemini;
 mod metrics;
 mod offline;
 mod openai;
+pub mod placeholders;
 mod redis;
 mod routing;
 mod server;
@@ -323,6 +324,7 @@ impl Settings {
         self.metrics.validate()?;
         self.conversation.validate()?;
         self.auth.validate()?;
+        self.refuse_shipped_placeholders()?;
         self.stream.validate()?;
         self.routing.validate()?;
         self.openai.validate()

@@ -405,3 +405,34 @@ fn the_metrics_listener_is_an_address_or_off() {
         Ok(())
     });
 }
+
+#[test]
+fn a_pepper_shipped_in_the_repository_is_refused_naming_the_key() {
+    Jail::expect_with(|jail| {
+        for pepper in super::placeholders::SHIPPED_PLACEHOLDERS
+            .iter()
+            .map(|p| (*p).to_owned())
+            .chain(["REPLACE_WITH_YOUR_OWN_PEPPER_PLEASE".to_owned()])
+        {
+            for mode in ["off", "required"] {
+                jail.set_env("LEARNING_CHAT_AUTH__MODE", mode);
+                jail.set_env("LEARNING_CHAT_AUTH__PEPPER", &pepper);
+                let err = load(jail, "").unwrap_err().to_string();
+                assert!(
+                    err.contains("auth.pepper") && err.contains("LEARNING_CHAT_AUTH__PEPPER"),
+                    "{pepper} ({mode}): {err}"
+                );
+                assert!(
+                    !err.contains(&pepper),
+                    "the value itself is never printed: {err}"
+                );
+            }
+        }
+        jail.set_env(
+            "LEARNING_CHAT_AUTH__PEPPER",
+            "9f86d081884c7d659a2feaa0c55ad015",
+        );
+        load(jail, "").unwrap();
+        Ok(())
+    });
+}

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use learning_chat::config::placeholders::{is_shipped_placeholder, SHIPPED_PLACEHOLDERS};
 use learning_chat::Settings;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -147,8 +148,20 @@ impl Manifests {
         &spec.containers[0]
     }
 
-    /// The environment the service's container starts with, every reference resolved.
+    /// The environment the service's container starts with once the operator has replaced the
+    /// Secret's placeholders (as docs/deploy.md says to), every reference resolved.
     pub fn env_of(&self, container: &Container) -> BTreeMap<String, String> {
+        let mut env = self.env_as_shipped(container);
+        for value in env.values_mut() {
+            if is_shipped_placeholder(value) {
+                *value = operator_secret(value);
+            }
+        }
+        env
+    }
+
+    /// The environment exactly as the manifests ship it, placeholders and all.
+    pub fn env_as_shipped(&self, container: &Container) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for from in container.env_from.iter().flatten() {
             assert!(
@@ -213,6 +226,23 @@ impl Manifests {
         }
         env
     }
+}
+
+/// What an operator puts where the repository ships a placeholder: a value of the same shape
+/// (a URL keeps its form, with the placeholder part replaced) that is nobody else's.
+pub fn operator_secret(placeholder: &str) -> String {
+    let own = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let mut value = placeholder.to_owned();
+    while let Some(start) = value.find("REPLACE_WITH_") {
+        let end = value[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(value.len(), |n| start + n);
+        value.replace_range(start..end, own);
+    }
+    for shipped in SHIPPED_PLACEHOLDERS {
+        value = value.replace(shipped, own);
+    }
+    value
 }
 
 pub fn yaml_files(dir: &Path) -> BTreeSet<String> {
