@@ -80,6 +80,7 @@ impl ChatService {
                 &message,
                 conversation.as_deref(),
                 caller.key_id.as_ref(),
+                &deps.cache,
             )
             .await?;
         deps.check(&message)?;
@@ -87,8 +88,8 @@ impl ChatService {
         // 1. key
         let key = self.inner.key_for(&agent, &message, &history);
         // 2. lookup
-        if let Some(hit) = self.lookup(&agent, &key, &message, &history).await {
-            let answer = Answer::cached(&hit);
+        if let Some((hit, found_under)) = self.lookup(&agent, &key, &message, &history).await {
+            let answer = Answer::cached(&hit, found_under);
             return Ok(Reply::Ready(
                 self.record(place, &agent, &message, answer).await?,
             ));
@@ -111,7 +112,7 @@ impl ChatService {
                         .await
                 }
             });
-        let rest = answer::Rest::new(self.clone(), place, agent, message.into_owned());
+        let rest = answer::Rest::new(self.clone(), key, place, agent, message.into_owned());
         Ok(Reply::Live(Box::new(Live::new(waiting, rest))))
     }
 
@@ -127,10 +128,12 @@ impl ChatService {
             text: &answer.text,
             cached: answer.cached,
             model: &answer.model,
+            kept_under: answer.kept_under,
         };
-        let conversations = &self.inner.deps.conversations;
-        let recorded = conversations
-            .record(place, agent.id(), message, said)
+        let deps = &self.inner.deps;
+        let recorded = deps
+            .conversations
+            .record(place, agent.id(), message, said, &deps.cache)
             .await?;
         Ok(answer.recorded(recorded))
     }

@@ -26,6 +26,10 @@ pub struct CachedAnswer {
     pub usage: Usage,
     /// When it was produced (Unix seconds).
     pub created_at_unix: u64,
+    /// The question it answers (normalised): a conversation token's follow-up reads its first
+    /// exchange from here, so a one-shot question stores nothing else.
+    #[serde(default)]
+    pub question: String,
 }
 
 /// The cache tiers, defined with the metrics that label lookups by them.

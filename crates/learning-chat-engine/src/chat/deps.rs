@@ -119,7 +119,17 @@ impl ChatService {
         })
     }
 
-    /// Erases a conversation from its store and its answers from the cache.
+    /// A conversation as stored (or, for a token never continued, its first exchange).
+    pub async fn conversation(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<crate::conversations::Conversation, ConversationError> {
+        let deps = &self.inner.deps;
+        deps.conversations.get(id, owner, &deps.cache).await
+    }
+
+    /// Erases a conversation from its store and the answers it caused from the cache.
     pub async fn erase_conversation(
         &self,
         id: &str,

@@ -62,6 +62,11 @@ const DURATIONS: [(&str, Field); 32] = [
     ("stream.keepalive_ms", |s| s.stream.keepalive),
     ("stream.retry_after_ms", |s| s.stream.retry_after),
     ("stream.redis_ttl_ms", |s| s.stream.redis_ttl),
+    ("database.acquire_timeout_ms", |s| {
+        s.database.acquire_timeout
+    }),
+    ("database.key_refresh_ms", |s| s.database.key_refresh),
+    ("database.ledger_flush_ms", |s| s.database.ledger_flush),
     ("routing.breaker_cooldown_ms", |s| {
         s.routing.breaker_cooldown
     }),
@@ -81,6 +86,7 @@ const POSITIVE_COUNTS: [&str; 12] = [
     "redis.up_after_probes",
     "conversation.max_conversations",
     "conversation.max_history_tokens",
+    "database.max_connections",
 ];
 
 /// A TOML file setting `section.key = value` for each entry, one table per section.
