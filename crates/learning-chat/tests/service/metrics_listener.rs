@@ -17,7 +17,9 @@ fn client() -> reqwest::Client {
 #[tokio::test]
 async fn the_real_binary_serves_metrics_on_the_metrics_listener_and_404_on_the_service_port() {
     let (mut command, port) = server_command();
-    command.env("LEARNING_CHAT_OFFLINE__LATENCY_MS", "0");
+    command
+        .env("LEARNING_CHAT_OFFLINE__LATENCY_MS", "0")
+        .env("LEARNING_CHAT_DATABASE__URL", "none");
     let server = spawn_server(command, port);
     let client = client();
     let service = format!("http://127.0.0.1:{port}");

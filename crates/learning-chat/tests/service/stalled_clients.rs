@@ -27,6 +27,8 @@ fn start_server(env: &[(&str, &str)]) -> Proc {
     let (mut command, port) = server_command();
     command
         .env("LEARNING_CHAT_OFFLINE__LATENCY_MS", "0")
+        // Nothing here is stored: no records file shared with other tests.
+        .env("LEARNING_CHAT_DATABASE__URL", "none")
         .env("LEARNING_CHAT_SERVER__SEND_STALL_TIMEOUT_MS", STALL_MS)
         .envs(env.iter().copied());
     spawn_server(command, port)
