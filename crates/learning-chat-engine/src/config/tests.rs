@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 32] = [
+const DURATIONS: [(&str, Field); 35] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -73,7 +73,7 @@ const DURATIONS: [(&str, Field); 32] = [
 ];
 
 /// Every count that must be positive.
-const POSITIVE_COUNTS: [&str; 12] = [
+const POSITIVE_COUNTS: [&str; 13] = [
     "server.max_message_chars",
     "server.max_connections",
     "server.http2_max_concurrent_streams",
@@ -437,6 +437,21 @@ fn a_pepper_shipped_in_the_repository_is_refused_naming_the_key() {
         jail.set_env(
             "LEARNING_CHAT_AUTH__PEPPER",
             "9f86d081884c7d659a2feaa0c55ad015",
+        );
+        load(jail, "").unwrap();
+        // The database password shipped in deploy/k8s/secret.yaml, inside its URL.
+        jail.set_env(
+            "LEARNING_CHAT_DATABASE__URL",
+            "postgres://learning_chat:REPLACE_WITH_A_DATABASE_PASSWORD@postgres:5432/learning_chat",
+        );
+        let err = load(jail, "").unwrap_err().to_string();
+        assert!(
+            err.contains("database.url") && !err.contains("REPLACE_WITH"),
+            "{err}"
+        );
+        jail.set_env(
+            "LEARNING_CHAT_DATABASE__URL",
+            "postgres://learning_chat:d2c1b4a0e9f8c7b6@postgres:5432/learning_chat",
         );
         load(jail, "").unwrap();
         Ok(())

@@ -139,3 +139,70 @@ fn neither_the_ingress_example_nor_nginx_exposes_metrics() {
         assert!(block.contains("return 404;"), "{conf}: {block}");
     }
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_security_doc_covers_every_hardening_item_and_names_tests_that_exist() {
+    let doc = read("docs/security.md");
+    assert!(
+        read("README.md").contains("docs/security.md"),
+        "README.md links docs/security.md"
+    );
+    for needle in [
+        "## Threat model",
+        "## Reporting a vulnerability",
+        "metrics.bind",
+        "pepper",
+    ] {
+        assert!(
+            doc.contains(needle),
+            "docs/security.md should cover {needle}"
+        );
+    }
+    let items = &doc[doc
+        .find("## Hardening items (issue 23)")
+        .expect("a hardening section")..];
+    for n in 1..=10 {
+        assert!(
+            items.contains(&format!("\n### {n}. ")),
+            "docs/security.md has no subsection for item {n}"
+        );
+    }
+    // Each test it names is a real test function.
+    let mut sources = Vec::new();
+    rust_sources(&crate::support::repo().join("crates"), &mut sources);
+    let code: String = sources
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    let mut named = 0;
+    for (i, part) in items.split('`').enumerate() {
+        let name = part.rsplit("::").next().unwrap_or(part);
+        // Test names are sentences; settings keys and metric names are not.
+        let looks_like_a_test = i % 2 == 1
+            && name.matches('_').count() >= 6
+            && !name.starts_with("learning_chat_")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if looks_like_a_test {
+            named += 1;
+            assert!(
+                code.contains(&format!("fn {name}(")),
+                "docs/security.md names the test {name}, which does not exist"
+            );
+        }
+    }
+    assert!(named >= 10, "only {named} tests named");
+}

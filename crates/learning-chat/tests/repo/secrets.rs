@@ -37,22 +37,26 @@ fn is_text(path: &Path) -> bool {
 }
 
 /// The value written right after `at` in `line` (`: value`, `= value`, `="value"`, ...), if it
-/// is a literal: substitutions (`$(...)`, `${...}`, `$VAR`) and empty values are none.
+/// is a literal: substitutions (`$(...)`, `${...}`, `$VAR`), templates (`<password>`) and empty
+/// values are none.
 fn value_after(line: &str, at: usize) -> Option<String> {
     let rest = line[at..].trim_start_matches(['"', '\'']).trim_start();
     let rest = rest.strip_prefix([':', '='])?.trim_start();
     let value = match rest.chars().next()? {
-        quote @ ('"' | '\'') => rest[1..].split(quote).next()?,
-        _ => rest.split(|c: char| c.is_whitespace() || c == ',').next()?,
+        quote @ ('"' | '\'' | '`') => rest[1..].split(quote).next()?,
+        _ => rest
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '`')
+            .next()?,
     };
     let value = value.trim();
-    (!value.is_empty() && !value.starts_with('$') && !value.starts_with('<'))
-        .then(|| value.to_owned())
+    // `<password>` and the like are templates, not values.
+    (!value.is_empty() && !value.contains('$') && !value.contains('<')).then(|| value.to_owned())
 }
 
-/// Every literal pepper the shipped files set: `LEARNING_CHAT_AUTH__PEPPER` in YAML, shell and
-/// Markdown, and `pepper = "..."` in TOML.
-fn shipped_peppers() -> BTreeSet<(String, String)> {
+/// Every literal value the shipped files give one of `names`: as a variable in YAML, shell and
+/// Markdown (`NAME: value`, `NAME=value`), or as a key in TOML (`name = "value"`, lower case).
+/// Substitutions (`$VAR`, `$(...)`, `${...}`) are no literal and not returned.
+fn shipped_values(names: &[&str]) -> BTreeSet<(String, String)> {
     let mut files = Vec::new();
     for dir in ["deploy", "docs", "config", "bench", "README.md"] {
         files_under(dir, &mut files);
@@ -61,23 +65,33 @@ fn shipped_peppers() -> BTreeSet<(String, String)> {
     for file in files {
         for (n, line) in read(&file).lines().enumerate() {
             let origin = format!("{file}:{}", n + 1);
-            let mut from = 0;
-            while let Some(i) = line[from..].find("LEARNING_CHAT_AUTH__PEPPER") {
-                let at = from + i + "LEARNING_CHAT_AUTH__PEPPER".len();
-                if let Some(value) = value_after(line, at) {
-                    found.insert((origin.clone(), value));
+            for name in names {
+                let mut from = 0;
+                while let Some(i) = line[from..].find(name) {
+                    let at = from + i + name.len();
+                    // `${NAME:?message}` reads the variable, it sets nothing.
+                    let read_here =
+                        line[..from + i].ends_with('$') || line[..from + i].ends_with("${");
+                    if let Some(value) = value_after(line, at).filter(|_| !read_here) {
+                        found.insert((origin.clone(), value));
+                    }
+                    from = at;
                 }
-                from = at;
-            }
-            let toml = line.trim_start();
-            if let Some(rest) = toml.strip_prefix("pepper") {
-                if let Some(value) = value_after(rest, 0) {
-                    found.insert((origin.clone(), value));
+                let toml_key = name.rsplit("__").next().unwrap_or(name).to_lowercase();
+                if let Some(rest) = line.trim_start().strip_prefix(&toml_key) {
+                    if let Some(value) = value_after(rest, 0) {
+                        found.insert((origin.clone(), value));
+                    }
                 }
             }
         }
     }
     found
+}
+
+/// Every literal pepper the shipped files set.
+fn shipped_peppers() -> BTreeSet<(String, String)> {
+    shipped_values(&["LEARNING_CHAT_AUTH__PEPPER"])
 }
 
 /// Settings with this pepper (keys required), as the service would load them.
@@ -113,6 +127,55 @@ fn every_pepper_written_in_the_repository_is_refused_naming_the_key() {
     );
     assert_eq!(value_after("X=$(openssl rand -hex 32)", 1), None);
     with_pepper("d2c1b4a0e9f8c7b6a5d4c3b2a1f0e9d8").expect("an operator's own pepper starts");
+}
+
+/// Settings with this records database URL, as the service would load them.
+fn with_database_url(url: &str) -> Result<Settings, String> {
+    let figment = Settings::figment(None).merge(Serialized::default("database.url", url));
+    Settings::from_figment(figment).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_database_password_written_in_the_repository_is_refused_naming_the_key() {
+    let urls = shipped_values(&["LEARNING_CHAT_DATABASE__URL"]);
+    let passwords = shipped_values(&["POSTGRES_PASSWORD"]);
+    assert!(
+        passwords
+            .iter()
+            .any(|(origin, _)| origin.starts_with("deploy/k8s/secret.yaml")),
+        "the scan missed deploy/k8s/secret.yaml's database password: {passwords:?}"
+    );
+    let candidates = urls
+        .into_iter()
+        .chain(passwords.into_iter().map(|(origin, password)| {
+            (
+                origin,
+                format!("postgres://learning_chat:{password}@postgres:5432/learning_chat"),
+            )
+        }));
+    let mut checked = 0;
+    for (origin, url) in candidates {
+        // Only URLs that carry a password (`user:password@`) hold a secret.
+        let carries_password = url.starts_with("postgres")
+            && url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(credentials, _)| credentials.contains(':'));
+        if !carries_password {
+            continue;
+        }
+        checked += 1;
+        let error = with_database_url(&url)
+            .err()
+            .unwrap_or_else(|| panic!("{origin}: the service starts with the shipped {url}"));
+        assert!(
+            error.contains("database.url") && error.contains("LEARNING_CHAT_DATABASE__URL"),
+            "{origin}: {error}"
+        );
+    }
+    assert!(checked >= 2, "the URL and the password of secret.yaml");
+    with_database_url("postgres://learning_chat:5d41402abc4b2a76b9719d911017c592@postgres:5432/lc")
+        .expect("an operator's own password starts");
 }
 
 #[test]
