@@ -488,7 +488,7 @@ impl Conversations {
         if !self.tokens.can_start(claims, now_ms()) {
             return None;
         }
-        let (hit, _) = cache.get(&claims.key).await?;
+        let hit = cache.read_back(&claims.key).await?;
         if token::answer_digest(&hit.text) != claims.answer_digest || hit.question.is_empty() {
             return None;
         }

@@ -269,7 +269,7 @@ impl Conversations {
         // A hit was read from there just now; a fresh answer is checked (a fallback's is kept
         // under its own key, a truncated one not at all).
         if !answer.cached {
-            let (kept, _) = cache.get(&key).await?;
+            let kept = cache.read_back(&key).await?;
             if kept.text != answer.text {
                 return None;
             }

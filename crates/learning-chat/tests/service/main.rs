@@ -9,6 +9,7 @@ mod admission;
 mod api;
 mod connections;
 mod conversations;
+mod conversations_records;
 mod conversations_redis;
 mod h2c;
 mod logs;
