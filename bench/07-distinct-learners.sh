@@ -13,15 +13,17 @@ build_release
 USERS=${USERS:-1000}
 RUN_TIME=${RUN_TIME:-60}
 
-# gauge NAME: one unlabelled gauge of the running service.
+# gauge NAME: one unlabelled gauge of the running service, from its metrics listener.
 gauge() {
-    curl -sf "$SVC_URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'
+    curl -sf "$METRICS_URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'
 }
 
 run_case() { # NAME ENV=VALUE...
     local name=$1
     shift
-    start_service "$@"
+    METRICS_PORT=$(free_port)
+    METRICS_URL="http://127.0.0.1:$METRICS_PORT"
+    start_service LEARNING_CHAT_METRICS__BIND="127.0.0.1:$METRICS_PORT" "$@"
     curl -sf -X POST "$SIM_URL/stats/reset" >/dev/null
     log "+ ($*) learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions unique --sim-url $SIM_URL"
     # goose stops itself after RUN_TIME; the timeout is only a hang guard.

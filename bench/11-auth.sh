@@ -25,8 +25,11 @@ measure() { # NAME SCRIPT
 
 log "== 11. API keys on the cache-hit path"
 start_sim --preset seed
+# A fresh pepper per run: a fixed one written here would be a shipped secret, which the service
+# refuses (config/placeholders.rs).
+PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 AUTH_ENV=(LEARNING_CHAT_AUTH__MODE=required
-          LEARNING_CHAT_AUTH__PEPPER=bench-pepper-0123456789abcdef
+          LEARNING_CHAT_AUTH__PEPPER="$PEPPER"
           LEARNING_CHAT_DATABASE__URL="sqlite://$OUT/records.db")
 secret=$(env "${AUTH_ENV[@]}" "$BIN/learning-chat" keys create --name bench \
     | awk '/^secret:/ {print $2}')

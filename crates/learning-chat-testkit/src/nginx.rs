@@ -115,7 +115,7 @@ pub fn run(dir: &Path, http: &str, port: u16) -> Proc {
         wait_for_port(port, Duration::from_secs(10)),
         "nginx did not listen"
     );
-    Proc { child, port }
+    Proc::new(child, port)
 }
 
 /// nginx with deploy/nginx/learning-chat.conf in front of `servers`.

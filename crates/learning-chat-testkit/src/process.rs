@@ -11,9 +11,31 @@ pub struct Proc {
     pub child: Child,
     /// The loopback port it serves.
     pub port: u16,
+    /// The port of its metrics listener, for a learning-chat server ([`server_command`]).
+    pub metrics_port: Option<u16>,
 }
 
 impl Proc {
+    /// A process serving `port` (and no metrics listener of its own).
+    pub fn new(child: Child, port: u16) -> Proc {
+        Proc {
+            child,
+            port,
+            metrics_port: None,
+        }
+    }
+
+    /// The learning-chat server's metrics listener port (`metrics.bind`).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+            .expect("a learning-chat server started with server_command")
+    }
+
+    /// `http://127.0.0.1:<metrics port>`, the base `prom::scrape` takes.
+    pub fn metrics_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port())
+    }
+
     /// Sends `signal` (e.g. "-KILL") with kill(1).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -107,9 +129,12 @@ pub fn sqlite_url(dir: &std::path::Path) -> String {
     format!("sqlite://{}", dir.join("records.db").display())
 }
 
-/// `learning-chat serve` on a free port with an empty environment (only `PATH`, the bind address
-/// and `RUST_LOG=warn`) and its output discarded; the caller adds settings with `.env(...)` and
-/// starts it with [`spawn_server`].
+/// The variable [`server_command`] sets to the metrics listener's address.
+pub const METRICS_BIND_ENV: &str = "LEARNING_CHAT_METRICS__BIND";
+
+/// `learning-chat serve` on a free port, its metrics listener on another, with an empty
+/// environment (only `PATH`, the two addresses and `RUST_LOG=warn`) and its output discarded;
+/// the caller adds settings with `.env(...)` and starts it with [`spawn_server`].
 ///
 /// Each server gets a records database of its own (a SQLite file in a scratch directory
 /// removed with its [`Proc`]), so no test writes `./learning-chat.db` or sees another's keys.
@@ -117,12 +142,14 @@ pub fn sqlite_url(dir: &std::path::Path) -> String {
 /// [`sqlite_url`] in a shared temp dir, or a PostgreSQL URL).
 pub fn server_command() -> (Command, u16) {
     let port = free_port();
+    let metrics_port = free_port();
     let mut command = Command::new(workspace_binary("learning-chat", "learning-chat"));
     command
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LEARNING_CHAT_BIND", format!("127.0.0.1:{port}"))
+        .env(METRICS_BIND_ENV, format!("127.0.0.1:{metrics_port}"))
         .env(
             "LEARNING_CHAT_DATABASE__URL",
             sqlite_url(&scratch_dir(port)),
@@ -135,12 +162,21 @@ pub fn server_command() -> (Command, u16) {
 
 /// Starts a [`server_command`] and waits until it listens.
 pub fn spawn_server(mut command: Command, port: u16) -> Proc {
+    // The metrics port as the command sets it (a caller may have turned the listener off).
+    let metrics_port = command
+        .get_envs()
+        .find(|(name, _)| *name == METRICS_BIND_ENV)
+        .and_then(|(_, value)| value?.to_str()?.rsplit_once(':')?.1.parse().ok());
     let child = command.spawn().expect("learning-chat starts");
     assert!(
         wait_for_port(port, Duration::from_secs(30)),
         "learning-chat did not listen"
     );
-    Proc { child, port }
+    Proc {
+        child,
+        port,
+        metrics_port,
+    }
 }
 
 /// Whether the tests run as root (nginx then needs `user root;` to read the test's files).

@@ -42,5 +42,5 @@ pub fn spawn_sim_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
         wait_for_port(port, Duration::from_secs(20)),
         "gemini-sim did not listen"
     );
-    Proc { child, port }
+    Proc::new(child, port)
 }

@@ -257,7 +257,8 @@ pub fn router(state: AppState) -> Router {
         .route(routes::HEALTH, get(api::health))
         .route(routes::READY, get(api::ready))
         .route(routes::OPENAPI, get(api::openapi));
-    if settings.telemetry.metrics_enabled {
+    // Off the public port unless asked for: the series name API keys and their usage.
+    if settings.telemetry.metrics_enabled && settings.metrics.on_service_port {
         routes = routes.route(routes::METRICS, get(api::metrics));
     }
     if settings.server.web_ui {
@@ -312,9 +313,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-/// The service bound to its listener, ready to run.
+/// The router of the metrics listener (`metrics.bind`): `GET /metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(routes::METRICS, get(api::metrics))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
+}
+
+/// The service bound to its listeners, ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// The metrics listener, apart from the service port (`metrics.bind`), unless it is off.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     tls: Option<crate::tls::Tls>,
     /// Keeps the API keys current once running (loaded once by `build`).
@@ -326,6 +338,11 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let bind = settings.server.bind;
         let tls = crate::tls::Tls::from_settings(&settings.server)?;
+        let metrics_bind = if settings.telemetry.metrics_enabled {
+            settings.metrics.listener()?
+        } else {
+            None
+        };
         let state = state_from_settings(settings)?;
         prepare_records(&state).await;
         let key_refresher = match &state.auth {
@@ -335,12 +352,26 @@ impl Application {
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+        let metrics_listener = match metrics_bind {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (metrics.bind) for metrics: {e}")
+            })?),
+            None => None,
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             state,
             tls,
             key_refresher,
         })
+    }
+
+    /// The address the metrics listener actually bound, if it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound.
@@ -363,6 +394,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            metrics_listener,
             state,
             tls,
             key_refresher,
@@ -374,6 +406,16 @@ impl Application {
             )),
             _ => None,
         };
+        // Scraped until the process exits, through the drain too; Prometheus on the pod network
+        // or loopback is its only client, so axum's plain server is enough here.
+        let metrics_server = metrics_listener.map(|listener| {
+            let router = metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("the metrics listener stopped: {e}");
+                }
+            })
+        });
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
@@ -408,6 +450,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         if let Some(reload) = tls_reload {
             reload.abort();
         }

@@ -137,7 +137,10 @@ fn serve(settings: Settings) -> ExitCode {
         }
         learning_chat::auth::log_mode(&settings);
         let application = Application::build(settings).await?;
-        tracing::info!(addr = %application.local_addr(), provider = application.state().chat.provider().name(), "learning-chat listening");
+        let metrics = application
+            .metrics_addr()
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        tracing::info!(addr = %application.local_addr(), %metrics, provider = application.state().chat.provider().name(), "learning-chat listening");
         application.run_until_stopped(app::shutdown_signal()).await
     });
     // Last, after the drain: the spans of the final requests are queued by now.

@@ -20,6 +20,7 @@ mod gemini;
 mod metrics;
 mod offline;
 mod openai;
+pub mod placeholders;
 mod redis;
 mod routing;
 mod server;
@@ -121,7 +122,7 @@ pub struct Settings {
     pub conversation: ConversationSettings,
     /// API keys, per-key limits and fair sharing.
     pub auth: AuthSettings,
-    /// Bounds on the metrics themselves.
+    /// Where Prometheus metrics are served, and bounds on the metrics themselves.
     pub metrics: MetricsSettings,
     /// Deprecated keys found while loading, one start-up warning each (never serialized).
     #[serde(skip)]
@@ -319,8 +320,10 @@ impl Settings {
         self.cache.validate()?;
         self.redis.validate()?;
         self.telemetry.validate()?;
+        self.metrics.validate()?;
         self.conversation.validate()?;
         self.auth.validate(&self.database)?;
+        self.refuse_shipped_placeholders()?;
         self.stream.validate()?;
         self.routing.validate()?;
         self.database.validate()?;

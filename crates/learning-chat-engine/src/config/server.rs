@@ -48,6 +48,21 @@ pub struct ServerSettings {
     pub max_connections: NonZeroUsize,
     /// Streams one HTTP/2 connection may have open at once.
     pub http2_max_concurrent_streams: NonZeroU32,
+    /// Longest a response may wait for the client to take its data (`send_stall_timeout_ms`):
+    /// an HTTP/2 peer that never opens its flow-control window, or an HTTP/1 socket nobody
+    /// reads. Past it the response is dropped, which frees what it holds (a stream slot).
+    #[serde(rename = "send_stall_timeout_ms", with = "super::duration")]
+    pub send_stall_timeout: Duration,
+    /// Stalled responses after which an HTTP/2 connection is closed (GOAWAY); an HTTP/1
+    /// connection, which can carry nothing else meanwhile, is closed at its first.
+    pub max_stalled_streams_per_connection: NonZeroU32,
+    /// Interval of HTTP/2 keep-alive pings (`http2_keep_alive_interval_ms`); zero sends none.
+    #[serde(rename = "http2_keep_alive_interval_ms", with = "super::duration")]
+    pub http2_keep_alive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered before the connection is closed
+    /// (`http2_keep_alive_timeout_ms`).
+    #[serde(rename = "http2_keep_alive_timeout_ms", with = "super::duration")]
+    pub http2_keep_alive_timeout: Duration,
     /// PEM certificate chain; with `tls_key` the port speaks TLS (ALPN `h2`, `http/1.1`).
     pub tls_cert: String,
     /// PEM private key of `tls_cert`.
@@ -80,6 +95,13 @@ impl Default for ServerSettings {
             max_connections: const { NonZero::new(10_000).unwrap() },
             // Above h2load's and nginx's usual stream counts per connection (100-256).
             http2_max_concurrent_streams: const { NonZero::new(256).unwrap() },
+            // A reading client takes data within milliseconds; only a peer that stopped reading
+            // (or never opened its window) waits this long, as long as a header may take.
+            send_stall_timeout: Duration::from_secs(10),
+            // One stall can be a client's bad moment; a second on one connection is a pattern.
+            max_stalled_streams_per_connection: const { NonZero::new(2).unwrap() },
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_reload_check: Duration::from_secs(10),
@@ -97,6 +119,11 @@ impl ServerSettings {
         super::positive(
             "server.keep_alive_idle_timeout_ms",
             self.keep_alive_idle_timeout,
+        )?;
+        super::positive("server.send_stall_timeout_ms", self.send_stall_timeout)?;
+        super::positive(
+            "server.http2_keep_alive_timeout_ms",
+            self.http2_keep_alive_timeout,
         )?;
         if self.max_body_bytes < 64 {
             return invalid("server.max_body_bytes must be at least 64");

@@ -22,7 +22,8 @@ pub struct TelemetrySettings {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Serve `/metrics` on the main listener.
+    /// Serve Prometheus metrics at all: on `metrics.bind`, and on the service port with
+    /// `metrics.on_service_port`.
     pub metrics_enabled: bool,
     /// Price per 1M input tokens in USD, for the estimated-cost metric.
     pub price_per_million_input_tokens: f64,

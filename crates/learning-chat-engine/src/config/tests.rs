@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 30] = [
+const DURATIONS: [(&str, Field); 33] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -21,6 +21,15 @@ const DURATIONS: [(&str, Field); 30] = [
         s.server.keep_alive_idle_timeout
     }),
     ("server.tls_reload_check_ms", |s| s.server.tls_reload_check),
+    ("server.send_stall_timeout_ms", |s| {
+        s.server.send_stall_timeout
+    }),
+    ("server.http2_keep_alive_interval_ms", |s| {
+        s.server.http2_keep_alive_interval
+    }),
+    ("server.http2_keep_alive_timeout_ms", |s| {
+        s.server.http2_keep_alive_timeout
+    }),
     ("gemini.connect_timeout_ms", |s| s.gemini.connect_timeout),
     ("upstream.latency_half_life_ms", |s| {
         s.upstream.latency_half_life
@@ -62,10 +71,11 @@ const DURATIONS: [(&str, Field); 30] = [
 ];
 
 /// Every count that must be positive.
-const POSITIVE_COUNTS: [&str; 14] = [
+const POSITIVE_COUNTS: [&str; 15] = [
     "server.max_message_chars",
     "server.max_connections",
     "server.http2_max_concurrent_streams",
+    "server.max_stalled_streams_per_connection",
     "upstream.max_concurrency",
     "stream.max_open",
     "stream.redis_max_entries",
@@ -368,6 +378,8 @@ fn zero_is_refused_where_a_positive_value_is_needed_naming_the_key() {
             ("server.header_read_timeout_ms", "\"0s\""),
             ("server.body_read_timeout_ms", "0"),
             ("server.keep_alive_idle_timeout_ms", "0"),
+            ("server.send_stall_timeout_ms", "0"),
+            ("server.http2_keep_alive_timeout_ms", "0"),
             ("upstream.latency_half_life_ms", "0"),
             ("cache.ttl_ms", "0"),
             ("cache.l1_ttl_ms", "0"),
@@ -394,6 +406,7 @@ fn zero_is_refused_where_a_positive_value_is_needed_naming_the_key() {
             ("routing.breaker_failures", "0".to_owned()),
             ("routing.breaker_cooldown_ms", "0".to_owned()),
             ("stream.keepalive_ms", "0".to_owned()),
+            ("server.http2_keep_alive_interval_ms", "0".to_owned()),
             ("conversation.busy_wait_ms", "0".to_owned()),
             ("upstream.max_queue", "0".to_owned()),
         ]);
@@ -415,6 +428,73 @@ fn unknown_keys_and_bad_values_are_rejected() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_concurrency"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_metrics_listener_is_an_address_or_off() {
+    Jail::expect_with(|jail| {
+        let s = load(jail, "").unwrap();
+        assert_eq!(
+            s.metrics.listener().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(!s.metrics.on_service_port);
+        for off in ["off", "OFF", ""] {
+            let s = load(jail, &format!("[metrics]\nbind = \"{off}\"\n")).unwrap();
+            assert_eq!(s.metrics.listener().unwrap(), None, "{off:?}");
+        }
+        let err = load(jail, "[metrics]\nbind = \"localhost:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_pepper_shipped_in_the_repository_is_refused_naming_the_key() {
+    Jail::expect_with(|jail| {
+        for pepper in super::placeholders::SHIPPED_PLACEHOLDERS
+            .iter()
+            .map(|p| (*p).to_owned())
+            .chain(["REPLACE_WITH_YOUR_OWN_PEPPER_PLEASE".to_owned()])
+        {
+            for mode in ["off", "required"] {
+                jail.set_env("LEARNING_CHAT_AUTH__MODE", mode);
+                jail.set_env("LEARNING_CHAT_AUTH__PEPPER", &pepper);
+                let err = load(jail, "").unwrap_err().to_string();
+                assert!(
+                    err.contains("auth.pepper") && err.contains("LEARNING_CHAT_AUTH__PEPPER"),
+                    "{pepper} ({mode}): {err}"
+                );
+                assert!(
+                    !err.contains(&pepper),
+                    "the value itself is never printed: {err}"
+                );
+            }
+        }
+        jail.set_env(
+            "LEARNING_CHAT_AUTH__PEPPER",
+            "9f86d081884c7d659a2feaa0c55ad015",
+        );
+        load(jail, "").unwrap();
+        // The database password shipped in deploy/k8s/secret.yaml, inside its URL.
+        jail.set_env(
+            "LEARNING_CHAT_DATABASE__URL",
+            "postgres://learning_chat:REPLACE_WITH_A_DATABASE_PASSWORD@postgres:5432/learning_chat",
+        );
+        let err = load(jail, "").unwrap_err().to_string();
+        assert!(
+            err.contains("database.url") && !err.contains("REPLACE_WITH"),
+            "{err}"
+        );
+        jail.set_env(
+            "LEARNING_CHAT_DATABASE__URL",
+            "postgres://learning_chat:d2c1b4a0e9f8c7b6@postgres:5432/learning_chat",
+        );
+        load(jail, "").unwrap();
         Ok(())
     });
 }

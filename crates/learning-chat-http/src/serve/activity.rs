@@ -1,6 +1,8 @@
-//! What each connection is doing, for the watchdog that enforces the read and idle bounds.
+//! What each connection is doing, for the watchdog that enforces the read, idle and send bounds.
 
 use super::ConnectionLimits;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +44,11 @@ pub(super) struct Activity {
     pub(super) multiplexed: AtomicBool,
     /// Wakes the watchdog when a change may bring its deadline forward.
     pub(super) changed: Notify,
+    /// The responses being sent, by id, for the stall watch.
+    outgoing: Mutex<HashMap<u64, Arc<Outgoing>>>,
+    next_response: AtomicU64,
+    /// Wakes the stall watch when a response is tracked on a connection that had none.
+    tracked: Notify,
 }
 
 impl Activity {
@@ -54,6 +61,9 @@ impl Activity {
             head_started_ms: AtomicU64::new(NONE),
             multiplexed: AtomicBool::new(false),
             changed: Notify::new(),
+            outgoing: Mutex::new(HashMap::new()),
+            next_response: AtomicU64::new(0),
+            tracked: Notify::new(),
         }
     }
 
@@ -128,6 +138,129 @@ impl Activity {
             }
         }
     }
+
+    /// Tracks a response body until [`Activity::untrack`]; it starts out waiting for hyper to
+    /// take its first frame.
+    pub(super) fn track(
+        &self,
+        body: axum::body::Body,
+        in_flight: InFlight,
+    ) -> (u64, Arc<Outgoing>) {
+        let outgoing = Arc::new(Outgoing {
+            waiting_since_ms: AtomicU64::new(self.now_ms()),
+            slot: Mutex::new(Slot::Live(Held {
+                body,
+                _in_flight: in_flight,
+            })),
+        });
+        let id = self.next_response.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut tracked = self.outgoing.lock();
+            tracked.insert(id, outgoing.clone());
+            tracked.len() == 1
+        };
+        if first {
+            self.tracked.notify_one();
+        }
+        (id, outgoing)
+    }
+
+    pub(super) fn untrack(&self, id: u64) {
+        self.outgoing.lock().remove(&id);
+    }
+
+    /// Completes once responses have waited `limit` for the client to take their data: drops
+    /// their bodies (freeing what they hold) and returns how many. A response stalling is
+    /// seen between `limit` and 1.5 × `limit` after it began to wait.
+    pub(super) async fn drop_stalled_responses(&self, limit: Duration) -> usize {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(NONE - 1);
+        loop {
+            let now = self.now_ms();
+            let mut stalled = Vec::new();
+            let mut earliest: Option<u64> = None;
+            let tracking = {
+                let tracked = self.outgoing.lock();
+                for outgoing in tracked.values() {
+                    let since = outgoing.waiting_since_ms.load(Ordering::Acquire);
+                    if since == NONE {
+                        continue;
+                    }
+                    if now.saturating_sub(since) >= limit_ms {
+                        if let Some(held) = outgoing.stall() {
+                            stalled.push(held);
+                        }
+                    } else {
+                        let at = since.saturating_add(limit_ms);
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    }
+                }
+                !tracked.is_empty()
+            };
+            // Dropped outside the lock: a body's drop can run a stream's cleanup.
+            if !stalled.is_empty() {
+                return stalled.len();
+            }
+            if !tracking {
+                self.tracked.notified().await;
+                continue;
+            }
+            // A response may begin to wait at any time without telling: look again within
+            // half the bound even when none waits now.
+            let wait = earliest.map_or(limit_ms / 2, |at| {
+                at.saturating_sub(now).min(limit_ms / 2).max(1)
+            });
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+        }
+    }
+}
+
+/// A response on its way to the client, as the stall watch sees it.
+pub(super) struct Outgoing {
+    /// When (ms since the connection opened) the body last handed hyper data, or was made, and
+    /// has not been asked for more since; [`NONE`] while hyper waits for the body instead.
+    waiting_since_ms: AtomicU64,
+    /// The body, until it ends or stalls.
+    pub(super) slot: Mutex<Slot>,
+}
+
+impl Outgoing {
+    pub(super) fn start_waiting(&self, activity: &Activity) {
+        self.waiting_since_ms
+            .store(activity.now_ms(), Ordering::Release);
+    }
+
+    pub(super) fn stop_waiting(&self) {
+        self.waiting_since_ms.store(NONE, Ordering::Release);
+    }
+
+    /// Marks the response stalled and hands back what it held, once.
+    fn stall(&self) -> Option<Held> {
+        let mut slot = self.slot.lock();
+        if !matches!(*slot, Slot::Live(_)) {
+            return None;
+        }
+        self.stop_waiting();
+        match std::mem::replace(&mut *slot, Slot::Stalled) {
+            Slot::Live(held) => Some(held),
+            Slot::Done | Slot::Stalled => None,
+        }
+    }
+}
+
+/// Where a response body is.
+pub(super) enum Slot {
+    /// Being sent.
+    Live(Held),
+    /// Sent (or failed) and released.
+    Done,
+    /// Dropped because the client took no data within the bound.
+    Stalled,
+}
+
+/// A live response body and its request's in-flight mark.
+pub(super) struct Held {
+    pub(super) body: axum::body::Body,
+    _in_flight: InFlight,
 }
 
 /// A request in flight on a connection, until its response body is done or dropped.
@@ -209,6 +342,10 @@ mod tests {
             keep_alive_idle: Duration::from_secs(75),
             max_connections: 1,
             http2_max_streams: 8,
+            send_stall: Duration::from_secs(10),
+            max_stalled_streams: 2,
+            http2_keep_alive_interval: None,
+            http2_keep_alive_timeout: Duration::from_secs(20),
         }
     }
 
@@ -252,6 +389,28 @@ mod tests {
             fires_after(&activity).await,
             (Duration::from_secs(10), "header")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_stalls_only_while_the_client_owes_a_read() {
+        let activity = Arc::new(Activity::new());
+        let (_, waits_for_its_body) =
+            activity.track(axum::body::Body::empty(), activity.request_started());
+        // hyper polled it and got Pending: the body owes data, not the client.
+        waits_for_its_body.stop_waiting();
+        let (_, owed) = activity.track(axum::body::Body::from("x"), activity.request_started());
+        let start = Instant::now();
+        let limit = Duration::from_secs(10);
+        assert_eq!(activity.drop_stalled_responses(limit).await, 1);
+        let seen_after = start.elapsed();
+        assert!(
+            seen_after >= limit && seen_after <= limit * 3 / 2,
+            "{seen_after:?}"
+        );
+        assert!(matches!(*owed.slot.lock(), Slot::Stalled));
+        assert!(matches!(*waits_for_its_body.slot.lock(), Slot::Live(_)));
+        // The stalled one's request is no longer in flight; the other still is.
+        assert_eq!(activity.in_flight.load(Ordering::Acquire), 1);
     }
 
     #[test]

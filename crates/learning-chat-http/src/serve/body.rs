@@ -1,13 +1,14 @@
 //! Request and response bodies of a served connection: the body read bound, and the response
 //! that keeps its request counted in flight until it is sent.
 
-use super::activity::InFlight;
+use super::activity::{Activity, InFlight, Outgoing, Slot};
 use super::{BodyReadTimeout, BoxError};
 use axum::body::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
@@ -56,10 +57,47 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// A response body that keeps its request counted in flight until it is sent or dropped.
+/// The error a response body yields once it was dropped for stalling: hyper then resets the
+/// HTTP/2 stream (or closes the HTTP/1 connection) instead of ending the body as if complete.
+#[derive(Debug)]
+pub struct ResponseStalled;
+
+impl std::fmt::Display for ResponseStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client took no data within the send stall bound")
+    }
+}
+
+impl std::error::Error for ResponseStalled {}
+
+/// A response body that keeps its request counted in flight until it is sent or dropped, and
+/// tells the connection's watchdog when it waits for the client ([`Outgoing`]).
 pub(super) struct ResponseBody {
-    pub(super) inner: axum::body::Body,
-    pub(super) _in_flight: InFlight,
+    outgoing: Arc<Outgoing>,
+    activity: Arc<Activity>,
+    id: u64,
+}
+
+impl ResponseBody {
+    /// Tracks `body` on its connection until it is sent, dropped, or dropped for stalling.
+    pub(super) fn new(
+        activity: &Arc<Activity>,
+        body: axum::body::Body,
+        in_flight: InFlight,
+    ) -> ResponseBody {
+        let (id, outgoing) = activity.track(body, in_flight);
+        ResponseBody {
+            outgoing,
+            activity: activity.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.activity.untrack(self.id);
+    }
 }
 
 impl http_body::Body for ResponseBody {
@@ -67,17 +105,47 @@ impl http_body::Body for ResponseBody {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let outgoing = &self.outgoing;
+        let mut slot = outgoing.slot.lock();
+        let current = match &mut *slot {
+            Slot::Live(current) => current,
+            Slot::Done => return Poll::Ready(None),
+            Slot::Stalled => return Poll::Ready(Some(Err(axum::Error::new(ResponseStalled)))),
+        };
+        let polled = Pin::new(&mut current.body).poll_frame(cx);
+        match &polled {
+            // hyper waits for the body: nothing is owed to the client.
+            Poll::Pending => outgoing.stop_waiting(),
+            // hyper holds data until the client takes it, and asks again only then.
+            Poll::Ready(Some(Ok(_))) => outgoing.start_waiting(&self.activity),
+            // Over: what the body held goes now, not when hyper drops it.
+            Poll::Ready(_) => {
+                outgoing.stop_waiting();
+                let done = std::mem::replace(&mut *slot, Slot::Done);
+                drop(slot);
+                drop(done);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &*self.outgoing.slot.lock() {
+            Slot::Live(current) => current.body.is_end_stream(),
+            Slot::Done => true,
+            // Not complete: hyper must poll it to see the error.
+            Slot::Stalled => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &*self.outgoing.slot.lock() {
+            Slot::Live(current) => current.body.size_hint(),
+            Slot::Done => SizeHint::with_exact(0),
+            Slot::Stalled => SizeHint::default(),
+        }
     }
 }

@@ -31,12 +31,22 @@
 //! open, and bytes between streams (pings, window updates) do not start the header bound. A
 //! connection passing the idle bound gets a GOAWAY rather than a bare close, so a client never
 //! opens a stream on a connection already being closed.
+//!
+//! Sending is bounded too. A client must take what it asked for: an HTTP/2 peer that announces
+//! a zero flow-control window and never opens it gets every stream's headers and no byte of a
+//! body, and until now each such stream held its response (a `stream.max_open` slot, a
+//! connection) for as long as the peer liked. Each response body records when it last handed
+//! data to hyper without being asked for more ([`activity::Outgoing`]); one that has waited
+//! `server.send_stall_timeout_ms` is dropped by the watchdog, which frees whatever it held.
+//! An HTTP/1 connection with a stalled response is closed at once (it can carry nothing else);
+//! an HTTP/2 connection after `server.max_stalled_streams_per_connection` stalls gets a GOAWAY
+//! and is closed. HTTP/2 keep-alive pings close a connection whose peer stopped answering.
 
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use learning_chat_engine::config::ServerSettings;
 use std::convert::Infallible;
@@ -74,6 +84,14 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Streams one HTTP/2 connection may have open at once.
     pub http2_max_streams: u32,
+    /// Longest a response may wait for the client to take its data.
+    pub send_stall: Duration,
+    /// Stalled responses after which an HTTP/2 connection is closed.
+    pub max_stalled_streams: u32,
+    /// Interval of HTTP/2 keep-alive pings; `None` sends none.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a keep-alive ping may go unanswered.
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -85,6 +103,11 @@ impl ConnectionLimits {
             keep_alive_idle: server.keep_alive_idle_timeout,
             max_connections: server.max_connections.get(),
             http2_max_streams: server.http2_max_concurrent_streams.get(),
+            send_stall: server.send_stall_timeout,
+            max_stalled_streams: server.max_stalled_streams_per_connection.get(),
+            http2_keep_alive_interval: (!server.http2_keep_alive_interval.is_zero())
+                .then_some(server.http2_keep_alive_interval),
+            http2_keep_alive_timeout: server.http2_keep_alive_timeout,
         }
     }
 }
@@ -127,7 +150,11 @@ impl Protocols {
         sniffed.http1().header_read_timeout(None).keep_alive(true);
         sniffed
             .http2()
-            .max_concurrent_streams(limits.http2_max_streams);
+            .max_concurrent_streams(limits.http2_max_streams)
+            // Pings need hyper's timer; a peer that stops answering them is closed.
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.http2_keep_alive_interval)
+            .keep_alive_timeout(limits.http2_keep_alive_timeout);
         Protocols {
             http1: sniffed.clone().http1_only(),
             http2: sniffed.clone().http2_only(),
@@ -299,6 +326,8 @@ where
     let mut told_to_finish = false;
     // Set once an HTTP/2 connection got its GOAWAY for a bound: closed at this time at the latest.
     let mut close_by: Option<Instant> = None;
+    let mut stalls: u32 = 0;
+    let mut closing_for_stalls = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -323,6 +352,29 @@ where
                     connection.as_mut().graceful_shutdown();
                 }
                 close_by = Some(Instant::now() + limits.header_read);
+            }
+            stalled = activity.drop_stalled_responses(limits.send_stall) => {
+                let multiplexed = activity.is_multiplexed();
+                crate::serve::metrics::http_stalled_responses(multiplexed, stalled);
+                stalls = stalls.saturating_add(u32::try_from(stalled).unwrap_or(u32::MAX));
+                if !multiplexed {
+                    // The stalled response blocks the connection: nothing else can use it.
+                    crate::serve::metrics::http_stalled_connection_closed();
+                    tracing::debug!("client connection closed: it did not read its response");
+                    return;
+                }
+                if stalls >= limits.max_stalled_streams && !closing_for_stalls {
+                    crate::serve::metrics::http_stalled_connection_closed();
+                    tracing::debug!(stalls, "HTTP/2 connection closed: its peer takes no data");
+                    closing_for_stalls = true;
+                    if !told_to_finish {
+                        told_to_finish = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    // Streams still flowing get one more stall bound to finish.
+                    let at = Instant::now() + limits.send_stall;
+                    close_by = Some(close_by.map_or(at, |by| by.min(at)));
+                }
             }
             () = sleep_until_some(close_by) => return,
         }
@@ -365,6 +417,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         });
         let router = self.router.clone();
         let draining = self.draining.clone();
+        let activity = self.activity.clone();
         Box::pin(async move {
             let mut response = match router.oneshot(request).await {
                 Ok(response) => response,
@@ -381,10 +434,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(response.map(|body| ResponseBody {
-                inner: body,
-                _in_flight: in_flight,
-            }))
+            Ok(response.map(|body| ResponseBody::new(&activity, body, in_flight)))
         })
     }
 }

@@ -283,7 +283,7 @@ async fn a_key_made_on_the_cli_works_on_every_server_and_revocation_reaches_all_
     for server in &cluster.servers {
         let metrics = cluster
             .http
-            .get(format!("http://127.0.0.1:{}/metrics", server.port))
+            .get(format!("{}/metrics", server.metrics_base()))
             .send()
             .await
             .unwrap()

@@ -219,7 +219,7 @@ async fn unknown_keys_are_refused_without_reading_any_store_and_logged_once_a_se
     );
     let http = http();
     assert_eq!(ask(&http, &server, &known, "control").await, StatusCode::OK);
-    let before = scrape(&http, &base(&server)).await;
+    let before = scrape(&http, &server.metrics_base()).await;
     let gets_before = redis_calls(&redis, "get");
     let started = Instant::now();
     let statuses = join_all((0..300).map(|n| {
@@ -242,7 +242,7 @@ async fn unknown_keys_are_refused_without_reading_any_store_and_logged_once_a_se
         statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
         "{statuses:?}"
     );
-    let after = scrape(&http, &base(&server)).await;
+    let after = scrape(&http, &server.metrics_base()).await;
     // No read of the key table, and no Redis lookup, for any of them.
     assert_eq!(
         delta(&before, &after, "learning_chat_auth_key_reads_total", &[]),

@@ -42,7 +42,7 @@ async fn requests_spread_over_all_servers_and_each_distinct_question_costs_one_c
         "exactly one upstream call per distinct question"
     );
     for server in &cluster.servers {
-        let served = cluster.chat_requests_served(server.port).await;
+        let served = cluster.chat_requests_served(server.metrics_port()).await;
         assert!(served > 0.0, "server {} got no requests", server.port);
     }
 }
@@ -70,7 +70,7 @@ async fn a_hundred_identical_new_questions_across_servers_make_one_upstream_call
     assert_eq!(cluster.sim_stats().await.requests, 1);
     let mut busy_servers = 0;
     for server in &cluster.servers {
-        if cluster.chat_requests_served(server.port).await > 0.0 {
+        if cluster.chat_requests_served(server.metrics_port()).await > 0.0 {
             busy_servers += 1;
         }
     }

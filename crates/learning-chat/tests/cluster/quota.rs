@@ -96,10 +96,18 @@ async fn redis_killed_restarted_empty_and_a_server_killed_never_push_the_upstrea
     let mut republished = 0.0;
     for server in &cluster.servers[1..] {
         local_decisions += cluster
-            .metric_sum(server.port, "learning_chat_quota_local_decisions_total", "")
+            .metric_sum(
+                server.metrics_port(),
+                "learning_chat_quota_local_decisions_total",
+                "",
+            )
             .await;
         republished += cluster
-            .metric_sum(server.port, "learning_chat_quota_republished_total", "")
+            .metric_sum(
+                server.metrics_port(),
+                "learning_chat_quota_republished_total",
+                "",
+            )
             .await;
     }
     eprintln!("surviving servers: {local_decisions} local quota decisions, {republished} calls re-published");

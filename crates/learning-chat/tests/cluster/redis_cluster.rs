@@ -92,7 +92,7 @@ async fn scripts_run_on_a_cluster_one_call_per_question_and_one_quota() {
     // Nothing went to a fallback: a CROSSSLOT script would have failed over to local mode.
     let metrics = apps[0]
         .client
-        .get(apps[0].url("/metrics"))
+        .get(apps[0].metrics_url())
         .send()
         .await
         .unwrap()

@@ -217,7 +217,7 @@ async fn killing_or_freezing_redis_mid_load_fails_no_request() {
     assert!(failures.is_empty(), "{failures:?}");
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .unwrap()

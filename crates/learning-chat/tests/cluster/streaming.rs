@@ -73,7 +73,7 @@ async fn three_servers_behind_nginx_share_one_upstream_stream_for_300_identical_
     for server in &cluster.servers {
         let text = cluster
             .http
-            .get(format!("http://127.0.0.1:{}/metrics", server.port))
+            .get(format!("{}/metrics", server.metrics_base()))
             .send()
             .await
             .unwrap()

@@ -20,7 +20,15 @@ fn compose_has_the_seeds_option_1_topology() {
     let names: BTreeSet<&str> = compose.services.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["nginx", "app1", "app2", "app3", "redis", "gemini-sim"])
+        BTreeSet::from([
+            "nginx",
+            "app1",
+            "app2",
+            "app3",
+            "redis",
+            "postgres",
+            "gemini-sim"
+        ])
     );
     let servers: Vec<&str> = compose_servers(&compose)
         .iter()
@@ -239,11 +247,13 @@ fn docker_compose_config_accepts_the_file() {
         .arg("-f")
         .arg(&file)
         .args(["config", "--quiet"])
-        // The file requires the pepper from the shell (it is never in the image or the file).
+        // The file requires the pepper and the database password from the shell (they are never
+        // in the image or the file).
         .env(
             "LEARNING_CHAT_AUTH__PEPPER",
             "0123456789abcdef0123456789abcdef",
         )
+        .env("POSTGRES_PASSWORD", "fedcba9876543210fedcba9876543210")
         .output()
         .unwrap();
     assert!(
@@ -276,5 +286,89 @@ fn the_image_name_is_the_documented_build_tag_everywhere() {
     let compose = compose();
     for server in compose_servers(&compose) {
         assert_eq!(server.1.image, image);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_each_compose_servers_metrics_listener_which_is_published_nowhere() {
+    let compose = compose();
+    let servers = compose_servers(&compose);
+    let config: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    let targets: BTreeSet<String> = config["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .expect("static targets")
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let mut expected = BTreeSet::new();
+    for (name, service) in &servers {
+        let settings = settings_from_env(&service.environment, &format!("compose service {name}"));
+        assert!(!settings.metrics.on_service_port, "{name}");
+        let metrics = settings
+            .metrics
+            .listener()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: no metrics listener"));
+        assert!(
+            metrics.ip().is_unspecified(),
+            "{name}: metrics.bind {metrics} is unreachable from the compose network"
+        );
+        expected.insert(format!("{name}:{}", metrics.port()));
+        assert!(
+            service
+                .ports
+                .iter()
+                .all(|p| !p.contains(&metrics.port().to_string())),
+            "{name} publishes its metrics port: {:?}",
+            service.ports
+        );
+    }
+    assert_eq!(
+        targets, expected,
+        "prometheus.yml targets vs compose servers"
+    );
+}
+
+#[test]
+fn compose_keeps_the_records_in_postgres_on_a_named_volume_with_the_password_from_the_shell() {
+    let compose = compose();
+    let postgres = &compose.services["postgres"];
+    assert!(
+        postgres.image.starts_with("postgres:16"),
+        "{}",
+        postgres.image
+    );
+    let data = postgres
+        .volumes
+        .iter()
+        .find(|v| v.ends_with(":/var/lib/postgresql/data"))
+        .expect("the data directory on a volume");
+    let volume = data.split(':').next().unwrap();
+    assert!(
+        compose.volumes.contains_key(volume),
+        "{volume} is a named volume (declared under volumes:), so `down` keeps it"
+    );
+    assert!(postgres.ports.is_empty(), "PostgreSQL is published nowhere");
+    let healthcheck = postgres.healthcheck.as_ref().expect("a health check");
+    assert!(healthcheck.test.iter().any(|a| a == "pg_isready"));
+    // The password is interpolated from the shell or .env, never written here.
+    let password = &postgres.environment["POSTGRES_PASSWORD"];
+    assert!(
+        password.starts_with("${POSTGRES_PASSWORD:?"),
+        "POSTGRES_PASSWORD: {password}"
+    );
+    let user = &postgres.environment["POSTGRES_USER"];
+    let database = &postgres.environment["POSTGRES_DB"];
+    for (name, service) in compose_servers(&compose) {
+        let origin = format!("compose service {name}");
+        assert_eq!(service.depends_on["postgres"].condition, "service_healthy");
+        let settings = settings_from_env(&service.environment, &origin);
+        let url = settings.database.url().expect("a records database");
+        assert_eq!(
+            url,
+            format!("postgres://{user}:{password}@postgres:5432/{database}"),
+            "{origin}"
+        );
     }
 }

@@ -21,7 +21,7 @@ async fn drive_every_series(
     sim: &gemini_sim::SimServer,
     redis: &RedisProcess,
 ) -> Scrape {
-    let base = app.url("");
+    let base = app.metrics_base();
     let send = |message: &'static str| {
         let client = app.client.clone();
         let url = app.url("/api/v1/agents/math");

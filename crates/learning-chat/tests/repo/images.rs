@@ -219,6 +219,9 @@ pub fn documented_tag(path: &str) -> String {
 pub struct Compose {
     pub name: String,
     pub services: BTreeMap<String, ComposeService>,
+    /// Named volumes (their options unused here).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Option<yaml_serde::Value>>,
 }
 
 #[derive(Deserialize)]

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use super::manifests::{
-    check_config_accepts, pod_labels, pod_spec, pod_template, resolve_port, selected_by, selects,
-    settings_from_env, typed, yaml_files, Manifests, APP,
+    check_config_accepts, pod_labels, pod_spec, pod_template, pods_selected_by, resolve_port,
+    selected_by, selects, settings_from_env, typed, yaml_files, Manifests, APP,
 };
 use crate::support::{read, repo};
 
@@ -28,6 +28,7 @@ fn every_manifest_is_a_kubernetes_1_30_object_with_no_unknown_field() {
         .collect();
     for kind in [
         "Deployment",
+        "StatefulSet",
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
@@ -126,13 +127,13 @@ fn service_hpa_and_pdb_point_at_the_deployment_and_its_port() {
     }
     for service in &manifests.services {
         let name = service.metadata.name.clone().unwrap();
-        let targets = selected_by(&manifests, service);
+        let targets = pods_selected_by(&manifests, service);
         assert_eq!(
             targets.len(),
             1,
-            "Service {name} must select the pods of exactly one Deployment"
+            "Service {name} must select the pods of exactly one Deployment or StatefulSet"
         );
-        let containers = &pod_spec(targets[0]).containers;
+        let containers = &targets[0].1.spec.as_ref().expect("a pod spec").containers;
         for port in service.spec.as_ref().unwrap().ports.iter().flatten() {
             let target = port
                 .target_port
@@ -143,7 +144,7 @@ fn service_hpa_and_pdb_point_at_the_deployment_and_its_port() {
                     .iter()
                     .any(|c| resolve_port(c, &target).is_some()),
                 "Service {name}: targetPort {target:?} is no containerPort of {}",
-                targets[0].metadata.name.clone().unwrap()
+                targets[0].0
             );
         }
     }
@@ -292,13 +293,34 @@ fn probes_and_the_scrape_annotations_use_the_served_paths_and_port() {
     let get = |k: &str| annotations.get(k).map(String::as_str);
     assert_eq!(get("prometheus.io/scrape"), Some("true"));
     assert_eq!(get("prometheus.io/path"), Some("/metrics"));
-    assert_eq!(
-        get("prometheus.io/port"),
-        Some(listen_port.to_string().as_str())
-    );
+    // Scraped on the metrics listener, which listens beyond the pod's loopback, on its own
+    // named port; the service port does not serve /metrics.
     assert!(
         settings.telemetry.metrics_enabled,
-        "the pods are scraped: keep /metrics on"
+        "the pods are scraped: keep metrics on"
+    );
+    let metrics = settings
+        .metrics
+        .listener()
+        .unwrap()
+        .expect("metrics.bind is set for the pods");
+    assert!(
+        metrics.ip().is_unspecified(),
+        "metrics.bind {metrics} is unreachable from Prometheus outside the pod"
+    );
+    assert_ne!(i32::from(metrics.port()), listen_port);
+    assert_eq!(
+        get("prometheus.io/port"),
+        Some(metrics.port().to_string().as_str())
+    );
+    assert_eq!(
+        resolve_port(container, &IntOrString::String("metrics".into())),
+        Some(i32::from(metrics.port())),
+        "a containerPort named metrics"
+    );
+    assert!(
+        !settings.metrics.on_service_port,
+        "/metrics stays off the service port"
     );
 }
 
@@ -321,6 +343,13 @@ fn every_k8s_variable_is_one_the_service_reads_and_every_reference_resolves() {
                     "the Secret's GEMINI_API_KEY reaches the pods"
                 );
                 assert!(settings.uses_redis(), "the pods share Redis");
+                assert!(
+                    settings
+                        .database
+                        .url()
+                        .is_some_and(|u| u.starts_with("postgres://")),
+                    "the pods share the records database in PostgreSQL"
+                );
             }
         }
     }

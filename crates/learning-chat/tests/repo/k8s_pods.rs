@@ -4,8 +4,8 @@
 use super::images::{dockerfile, host_port, runtime_stage};
 use super::k8s::hpa_range;
 use super::manifests::{
-    pod_spec, resolve_port, selected_by, settings_from_env, Manifests, APP, DRAIN_MARGIN_SECS,
-    REDIS,
+    pod_spec, pods_selected_by, resolve_port, selected_by, settings_from_env, Manifests, APP,
+    DRAIN_MARGIN_SECS, POSTGRES, REDIS,
 };
 
 #[test]
@@ -126,9 +126,10 @@ fn the_quota_fallback_share_matches_the_usual_pod_count() {
 #[test]
 fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
     let manifests = Manifests::load();
-    for deployment in &manifests.deployments {
-        let name = deployment.metadata.name.clone().unwrap();
-        let spec = pod_spec(deployment);
+    let templates = manifests.pod_templates();
+    assert!(templates.iter().any(|(name, _)| name == POSTGRES));
+    for (name, template) in templates {
+        let spec = template.spec.as_ref().expect("a pod spec");
         let pod = spec.security_context.clone().unwrap_or_default();
         assert_eq!(
             spec.automount_service_account_token,
@@ -182,5 +183,97 @@ fn pods_run_as_non_root_on_a_read_only_root_filesystem() {
         pod_user,
         Some(image_user),
         "runAsUser should be the Dockerfile's USER"
+    );
+}
+
+#[test]
+fn the_records_database_is_a_postgres_statefulset_with_its_own_volume_that_the_pods_reach() {
+    let manifests = Manifests::load();
+    let set = manifests.stateful_set(POSTGRES);
+    let spec = set.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1), "one PostgreSQL: no split brain");
+    let service = manifests.service(&spec.service_name.clone().expect("serviceName"));
+    let service_spec = service.spec.as_ref().unwrap();
+    assert_eq!(
+        service_spec.cluster_ip.as_deref(),
+        Some("None"),
+        "the StatefulSet's Service is headless"
+    );
+    let pods = pods_selected_by(&manifests, service);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].0, POSTGRES);
+
+    // Its data on a claim of its own, mounted where PGDATA points.
+    let claims = spec.volume_claim_templates.clone().unwrap_or_default();
+    assert_eq!(claims.len(), 1, "one volumeClaimTemplate");
+    let claim = claims[0].metadata.name.clone().unwrap();
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    assert!(
+        container
+            .image
+            .as_deref()
+            .unwrap()
+            .starts_with("postgres:16"),
+        "the official postgres:16 image"
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == claim)
+        .unwrap_or_else(|| panic!("the claim {claim} is not mounted"));
+    let env = manifests.env_of(container);
+    let pgdata = env.get("PGDATA").expect("PGDATA");
+    assert!(
+        pgdata.starts_with(&format!("{}/", mount.mount_path)),
+        "PGDATA {pgdata} must be a directory on the volume ({}), below its root",
+        mount.mount_path
+    );
+    // The password only from the Secret, never a literal.
+    let password = container
+        .env
+        .iter()
+        .flatten()
+        .find(|v| v.name == "POSTGRES_PASSWORD")
+        .expect("POSTGRES_PASSWORD");
+    assert!(
+        password.value.is_none()
+            && password
+                .value_from
+                .as_ref()
+                .is_some_and(|f| f.secret_key_ref.is_some()),
+        "POSTGRES_PASSWORD comes from a Secret"
+    );
+
+    // The service's pods reach it: host, port, user, database and password agree.
+    let app_env = manifests.env_of(manifests.app_container());
+    let url = app_env
+        .get("LEARNING_CHAT_DATABASE__URL")
+        .expect("LEARNING_CHAT_DATABASE__URL reaches the pods");
+    let settings = settings_from_env(&app_env, "deploy/k8s");
+    assert_eq!(settings.database.url(), Some(url.as_str()));
+    let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
+    let (credentials, location) = rest.split_once('@').expect("user:password@host");
+    let (user, url_password) = credentials.split_once(':').expect("user:password");
+    let (address, database) = location.split_once('/').expect("host:port/database");
+    let (host, port) = address.split_once(':').expect("host:port");
+    assert_eq!(host, service.metadata.name.as_deref().unwrap());
+    let port: i32 = port.parse().unwrap();
+    let service_port = service_spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == port)
+        .unwrap_or_else(|| panic!("the Service {host} has no port {port}"));
+    assert_eq!(
+        resolve_port(container, service_port.target_port.as_ref().unwrap()),
+        Some(5432)
+    );
+    assert_eq!(env.get("POSTGRES_USER").map(String::as_str), Some(user));
+    assert_eq!(env.get("POSTGRES_DB").map(String::as_str), Some(database));
+    assert_eq!(
+        env.get("POSTGRES_PASSWORD").map(String::as_str),
+        Some(url_password),
+        "the URL's password is the one PostgreSQL is initialised with"
     );
 }

@@ -17,3 +17,4 @@ mod k8s;
 mod k8s_pods;
 mod manifests;
 mod promql;
+mod secrets;

@@ -7,12 +7,13 @@
 //! `REDIS_URL`, ...) kept for deployments that already set them.
 
 use figment::providers::Serialized;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodTemplateSpec, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use learning_chat::config::placeholders::{is_shipped_placeholder, SHIPPED_PLACEHOLDERS};
 use learning_chat::Settings;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ use crate::support::{read, repo};
 pub const APP: &str = "learning-chat-api";
 /// The Redis Deployment and Service.
 pub const REDIS: &str = "redis";
+/// The PostgreSQL StatefulSet and its headless Service.
+pub const POSTGRES: &str = "postgres";
 /// Variables the service reads besides `LEARNING_CHAT_<SECTION>__<KEY>` (docs/configuration.md).
 pub const SEED_NAMES: &[&str] = &[
     "GEMINI_API_KEY",
@@ -52,6 +55,7 @@ pub struct Manifests {
     /// File name -> the (kind, name) of each object in it.
     pub objects: BTreeMap<String, Vec<(String, String)>>,
     pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
     pub services: Vec<Service>,
     pub hpas: Vec<HorizontalPodAutoscaler>,
     pub pdbs: Vec<PodDisruptionBudget>,
@@ -95,6 +99,7 @@ impl Manifests {
             .to_owned();
         match kind.as_str() {
             "Deployment" => self.deployments.push(typed(&doc, &origin)),
+            "StatefulSet" => self.stateful_sets.push(typed(&doc, &origin)),
             "Service" => self.services.push(typed(&doc, &origin)),
             "HorizontalPodAutoscaler" => self.hpas.push(typed(&doc, &origin)),
             "PodDisruptionBudget" => self.pdbs.push(typed(&doc, &origin)),
@@ -113,6 +118,28 @@ impl Manifests {
             .iter()
             .find(|d| d.metadata.name.as_deref() == Some(name))
             .unwrap_or_else(|| panic!("no Deployment named {name} in deploy/k8s"))
+    }
+
+    pub fn stateful_set(&self, name: &str) -> &StatefulSet {
+        self.stateful_sets
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no StatefulSet named {name} in deploy/k8s"))
+    }
+
+    /// Every workload's name and pod template: the Deployments' and the StatefulSets'.
+    pub fn pod_templates(&self) -> Vec<(String, &PodTemplateSpec)> {
+        let deployments = self
+            .deployments
+            .iter()
+            .map(|d| (d.metadata.name.clone().unwrap_or_default(), pod_template(d)));
+        let stateful_sets = self.stateful_sets.iter().map(|s| {
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                &s.spec.as_ref().expect("a StatefulSet spec").template,
+            )
+        });
+        deployments.chain(stateful_sets).collect()
     }
 
     pub fn service(&self, name: &str) -> &Service {
@@ -147,8 +174,20 @@ impl Manifests {
         &spec.containers[0]
     }
 
-    /// The environment the service's container starts with, every reference resolved.
+    /// The environment the service's container starts with once the operator has replaced the
+    /// Secret's placeholders (as docs/deploy.md says to), every reference resolved.
     pub fn env_of(&self, container: &Container) -> BTreeMap<String, String> {
+        let mut env = self.env_as_shipped(container);
+        for value in env.values_mut() {
+            if is_shipped_placeholder(value) {
+                *value = operator_secret(value);
+            }
+        }
+        env
+    }
+
+    /// The environment exactly as the manifests ship it, placeholders and all.
+    pub fn env_as_shipped(&self, container: &Container) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for from in container.env_from.iter().flatten() {
             assert!(
@@ -213,6 +252,23 @@ impl Manifests {
         }
         env
     }
+}
+
+/// What an operator puts where the repository ships a placeholder: a value of the same shape
+/// (a URL keeps its form, with the placeholder part replaced) that is nobody else's.
+pub fn operator_secret(placeholder: &str) -> String {
+    let own = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let mut value = placeholder.to_owned();
+    while let Some(start) = value.find("REPLACE_WITH_") {
+        let end = value[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(value.len(), |n| start + n);
+        value.replace_range(start..end, own);
+    }
+    for shipped in SHIPPED_PLACEHOLDERS {
+        value = value.replace(shipped, own);
+    }
+    value
 }
 
 pub fn yaml_files(dir: &Path) -> BTreeSet<String> {
@@ -321,6 +377,30 @@ pub fn resolve_port(container: &Container, port: &IntOrString) -> Option<i32> {
 }
 
 /// Deployments whose pods a Service selects.
+/// The workloads (Deployments and StatefulSets) whose pods `service` selects, by name.
+pub fn pods_selected_by<'a>(
+    manifests: &'a Manifests,
+    service: &Service,
+) -> Vec<(String, &'a PodTemplateSpec)> {
+    let selector = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    manifests
+        .pod_templates()
+        .into_iter()
+        .filter(|(_, template)| {
+            let labels = template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
 pub fn selected_by<'a>(manifests: &'a Manifests, service: &Service) -> Vec<&'a Deployment> {
     let selector = service
         .spec

@@ -136,7 +136,7 @@ fn metric_value(scrape: &str, series: &str) -> f64 {
 
 async fn metrics_text(app: &TestApp) -> String {
     app.client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .expect("metrics")

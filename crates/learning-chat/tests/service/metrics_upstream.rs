@@ -154,7 +154,7 @@ async fn requests_refused_for_a_full_queue_are_counted_as_shed() {
     settings.upstream.max_queue = 1;
     settings.upstream.max_queue_wait = Duration::from_secs(20);
     let app = spawn_app(settings).await;
-    let base = app.url("");
+    let base = app.metrics_base();
     let before = scrape_app(&app).await;
     // One call holds the only slot, one waits in the queue; a third finds the queue full.
     let holder = tokio::spawn({

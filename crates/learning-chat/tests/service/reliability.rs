@@ -311,7 +311,7 @@ async fn corrupt_oversized_or_immortal_values_in_redis_are_dropped_not_waited_on
     assert_eq!(sim.stats().requests, 3);
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .unwrap()

@@ -165,7 +165,7 @@ async fn the_circuit_opens_after_n_failures_and_closes_after_the_probe() {
 
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .unwrap()

@@ -110,7 +110,7 @@ async fn a_key_out_of_its_per_day_quota_leaves_the_rotation() {
     assert_eq!(key_rotation(&app).await, (2, 1));
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .unwrap()

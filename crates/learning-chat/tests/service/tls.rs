@@ -189,12 +189,13 @@ async fn sighup_reloads_the_certificate_of_the_real_binary_without_dropping_conn
     let dir = tempfile::tempdir().expect("temp dir");
     let first = write_certificate(dir.path());
     let port = free_port();
-    let mut server = Proc {
-        child: Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+    let mut server = Proc::new(
+        Command::new(env!("CARGO_BIN_EXE_learning-chat"))
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LEARNING_CHAT_BIND", format!("127.0.0.1:{port}"))
+            .env("LEARNING_CHAT_METRICS__BIND", "off")
             .env("LEARNING_CHAT_SERVER__TLS_CERT", dir.path().join("tls.crt"))
             .env("LEARNING_CHAT_SERVER__TLS_KEY", dir.path().join("tls.key"))
             // SIGHUP only: the file check is off.
@@ -205,7 +206,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary_without_dropping_conn
             .spawn()
             .expect("learning-chat starts"),
         port,
-    };
+    );
     assert!(wait_for_port(port, GUARD), "learning-chat did not listen");
     let open = tls_connect(port, std::slice::from_ref(&first), &[b"h2"]).await;
     let (sender, driver) = h2_handshake(open).await;
@@ -273,7 +274,7 @@ async fn nginx_terminates_tls_with_http2_and_reuses_its_upstream_connections() {
     .expect("curl task");
     assert_eq!((status, version.as_str()), (200, "2"));
 
-    // At most one upstream connection per concurrent request (plus this /metrics one): with
+    // At most one upstream connection per concurrent request (plus one to spare): with
     // no keep-alive it would be one per request, 2 * REQUESTS + 1.
     let upstream = metric(&app, "learning_chat_http_connections_total").await;
     assert!(

@@ -31,6 +31,8 @@ pub mod processes {
 pub struct TestApp {
     /// Where it listens (127.0.0.1, port chosen by the OS).
     pub addr: SocketAddr,
+    /// Where its metrics listener listens (`metrics.bind`), unless that is off.
+    pub metrics_addr: Option<SocketAddr>,
     /// A client with a 60 s timeout, for requests the helpers below do not cover.
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -44,6 +46,18 @@ impl TestApp {
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://metrics_addr/metrics`: the metrics listener's page.
+    pub fn metrics_url(&self) -> String {
+        let addr = self.metrics_addr.expect("the metrics listener is on");
+        format!("http://{addr}/metrics")
+    }
+
+    /// `http://metrics_addr`, the base the testkit's `prom::scrape` takes.
+    pub fn metrics_base(&self) -> String {
+        let addr = self.metrics_addr.expect("the metrics listener is on");
+        format!("http://{addr}")
     }
 
     /// POST /api/v1/agents/{agent} with {"message": message}.
@@ -98,10 +112,11 @@ impl TestApp {
     }
 }
 
-/// Settings for tests: port 0, the offline model, fast and small.
+/// Settings for tests: port 0 (metrics too), the offline model, fast and small.
 pub fn offline_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.bind = "127.0.0.1:0".to_owned();
     settings.offline.latency = Duration::ZERO;
     settings.server.shutdown_grace = Duration::from_secs(5);
     settings.database.url = fresh_records_url();
@@ -178,6 +193,7 @@ pub async fn add_key(
 pub async fn spawn_app(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("service builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -189,6 +205,7 @@ pub async fn spawn_app(settings: Settings) -> TestApp {
         .unwrap();
     TestApp {
         addr,
+        metrics_addr,
         client,
         stop: Some(stop),
         handle,

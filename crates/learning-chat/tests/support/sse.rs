@@ -119,7 +119,7 @@ pub fn paced(first_ms: u64, delay_ms: u64) -> SimConfig {
 
 pub async fn metrics(app: &TestApp) -> String {
     app.client
-        .get(app.url("/metrics"))
+        .get(app.metrics_url())
         .send()
         .await
         .unwrap()
