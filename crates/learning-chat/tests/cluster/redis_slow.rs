@@ -56,7 +56,7 @@ async fn identical_questions_while_redis_is_frozen_briefly_make_one_call_once_it
     // asked the model right after that one slow reply.
     let until = Instant::now() + Duration::from_secs(60);
     for server in &cluster.servers {
-        while lease_look_failures(&cluster, server.port).await < 1.0 {
+        while lease_look_failures(&cluster, server.metrics_port()).await < 1.0 {
             assert!(
                 Instant::now() < until,
                 "server {} never timed out on a lease look",

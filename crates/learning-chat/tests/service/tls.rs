@@ -196,6 +196,8 @@ async fn sighup_reloads_the_certificate_of_the_real_binary_without_dropping_conn
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LEARNING_CHAT_BIND", format!("127.0.0.1:{port}"))
             .env("LEARNING_CHAT_METRICS__BIND", "off")
+            // Nothing here is stored: not the default ./learning-chat.db.
+            .env("LEARNING_CHAT_DATABASE__URL", "none")
             .env("LEARNING_CHAT_SERVER__TLS_CERT", dir.path().join("tls.crt"))
             .env("LEARNING_CHAT_SERVER__TLS_KEY", dir.path().join("tls.key"))
             // SIGHUP only: the file check is off.
