@@ -30,7 +30,7 @@ start_sim --preset seed
 PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 AUTH_ENV=(LEARNING_CHAT_AUTH__MODE=required
           LEARNING_CHAT_AUTH__PEPPER="$PEPPER"
-          LEARNING_CHAT_AUTH__KEYS_FILE="$OUT/api-keys.toml")
+          LEARNING_CHAT_DATABASE__URL="sqlite://$OUT/records.db")
 secret=$(env "${AUTH_ENV[@]}" "$BIN/learning-chat" keys create --name bench \
     | awk '/^secret:/ {print $2}')
 [ -n "$secret" ] || { log "keys create printed no secret"; exit 1; }

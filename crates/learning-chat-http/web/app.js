@@ -5,6 +5,9 @@
 
   var KEY_STORAGE = 'learning-chat.api-key';
   var CONVERSATION_STORAGE = 'learning-chat.conversation';
+  // A random id for this browser, kept across visits: sent as X-Learner-Id so per-learner limits
+  // apply (and keys that require a learner id accept the page). Opaque; the server hashes it.
+  var LEARNER_STORAGE = 'learning-chat.learner-id';
   // Beyond this many overload retries in a row the learner decides (the Send button).
   var MAX_RETRIES = 8;
 
@@ -46,8 +49,33 @@
     return s ? s.getItem(KEY_STORAGE) : null;
   }
 
+  function randomId() {
+    if (window.crypto && window.crypto.randomUUID) { return window.crypto.randomUUID(); }
+    var bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) {
+      return ('0' + b.toString(16)).slice(-2);
+    }).join('');
+  }
+
+  // Without local storage (private mode, blocked): one id for as long as the page is open.
+  var pageLearnerId = null;
+
+  function learnerId() {
+    var s = null;
+    try { s = window.localStorage; } catch (e) { s = null; }
+    var id = null;
+    try { id = s ? s.getItem(LEARNER_STORAGE) : null; } catch (e) { id = null; }
+    if (!id) {
+      id = pageLearnerId || randomId();
+      try { if (s) { s.setItem(LEARNER_STORAGE, id); } } catch (e) { /* kept for the page */ }
+    }
+    pageLearnerId = id;
+    return id;
+  }
+
   function headers(extra) {
-    var h = { 'Accept': 'application/json' };
+    var h = { 'Accept': 'application/json', 'X-Learner-Id': learnerId() };
     var key = apiKey();
     if (key) { h['Authorization'] = 'Bearer ' + key; }
     Object.keys(extra || {}).forEach(function (k) { h[k] = extra[k]; });

@@ -100,17 +100,46 @@ pub struct Records {
 }
 
 fn migrations(backend: Backend) -> Migrator {
-    let sql = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_records.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_records.sql"),
+    let steps: [(i64, &str, &'static str); 2] = match backend {
+        Backend::Sqlite => [
+            (
+                1,
+                "records",
+                include_str!("../migrations/sqlite/0001_records.sql"),
+            ),
+            (
+                2,
+                "keys_ledger",
+                include_str!("../migrations/sqlite/0002_keys_ledger.sql"),
+            ),
+        ],
+        Backend::Postgres => [
+            (
+                1,
+                "records",
+                include_str!("../migrations/postgres/0001_records.sql"),
+            ),
+            (
+                2,
+                "keys_ledger",
+                include_str!("../migrations/postgres/0002_keys_ledger.sql"),
+            ),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "records".into(),
-        MigrationType::Simple,
-        sqlx::SqlStr::from_static(sql),
-        false,
-    )])
+    Migrator::with_migrations(
+        steps
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.into(),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 impl Records {

@@ -60,6 +60,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let _scratch = Scratch(scratch_dir(self.port));
         // SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves them
         // running, holding the port); SIGKILL whatever is still there after a moment.
         let _ = Command::new("kill")
@@ -109,9 +110,36 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
 /// The variable [`server_command`] sets to the metrics listener's address.
 pub const METRICS_BIND_ENV: &str = "LEARNING_CHAT_METRICS__BIND";
 
+/// A server's own scratch directory (its records database): named by this test process and the
+/// server's port, removed when the server's [`Proc`] is dropped.
+fn scratch_dir(port: u16) -> PathBuf {
+    std::env::temp_dir()
+        .join("learning-chat-testkit")
+        .join(format!("{}-{port}", std::process::id()))
+}
+
+/// Removes a directory when dropped (after the process holding it has stopped).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `sqlite://` URL of a records database file in `dir`.
+pub fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("records.db").display())
+}
+
 /// `learning-chat serve` on a free port, its metrics listener on another, with an empty
-/// environment (only `PATH`, the two addresses and `RUST_LOG=warn`) and its output discarded;
-/// the caller adds settings with `.env(...)` and starts it with [`spawn_server`].
+/// environment (only `PATH`, the two addresses, a records database and `RUST_LOG=warn`) and its output discarded; the caller adds settings with `.env(...)` and
+/// starts it with [`spawn_server`].
+///
+/// Each server gets a records database of its own (a SQLite file in a scratch directory
+/// removed with its [`Proc`]), so no test writes `./learning-chat.db` or sees another's keys.
+/// Servers that must share keys set `LEARNING_CHAT_DATABASE__URL` themselves (one
+/// [`sqlite_url`] in a shared temp dir, or a PostgreSQL URL).
 pub fn server_command() -> (Command, u16) {
     let port = free_port();
     let metrics_port = free_port();
@@ -122,6 +150,10 @@ pub fn server_command() -> (Command, u16) {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LEARNING_CHAT_BIND", format!("127.0.0.1:{port}"))
         .env(METRICS_BIND_ENV, format!("127.0.0.1:{metrics_port}"))
+        .env(
+            "LEARNING_CHAT_DATABASE__URL",
+            sqlite_url(&scratch_dir(port)),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());

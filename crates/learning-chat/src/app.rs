@@ -163,7 +163,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         refusal_ttl: settings.cache.refusal_ttl,
         failure_share: settings.redis.failure_share,
     });
-    let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
+    let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
     Ok(AppState::new(StateParts {
         chat,
@@ -329,6 +329,8 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     tls: Option<crate::tls::Tls>,
+    /// Keeps the API keys current once running (loaded once by `build`).
+    key_refresher: Option<crate::auth::key_set::KeyRefresher>,
 }
 
 impl Application {
@@ -343,6 +345,10 @@ impl Application {
         };
         let state = state_from_settings(settings)?;
         prepare_records(&state).await;
+        let key_refresher = match &state.auth {
+            Some(auth) => Some(load_keys(auth, &state.settings).await),
+            None => None,
+        };
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
@@ -357,6 +363,7 @@ impl Application {
             metrics_listener,
             state,
             tls,
+            key_refresher,
         })
     }
 
@@ -390,6 +397,7 @@ impl Application {
             metrics_listener,
             state,
             tls,
+            key_refresher,
         } = self;
         // Scraped until the process exits, through the drain too; Prometheus on the pod network
         // or loopback is its only client, so axum's plain server is enough here.
@@ -401,6 +409,13 @@ impl Application {
                 }
             })
         });
+        let auth_tasks = match (&state.auth, key_refresher) {
+            (Some(auth), Some(refresher)) => Some((
+                auth.start(refresher),
+                state.settings.database.acquire_timeout,
+            )),
+            _ => None,
+        };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());
@@ -444,8 +459,31 @@ impl Application {
         if let Some(probe) = redis_probe {
             probe.abort();
         }
+        // After the drain: the last answers' usage is in the ledger's final write.
+        if let Some((tasks, acquire_timeout)) = auth_tasks {
+            tasks.stop(acquire_timeout * 2).await;
+        }
         result
     }
+}
+
+/// Loads every API key before the listener serves, waiting at most a few connection attempts:
+/// with the database down the server still starts, answering 503 `auth_unavailable` to keyed
+/// requests until the refresher's first successful read.
+async fn load_keys(
+    auth: &crate::auth::Auth,
+    settings: &Settings,
+) -> crate::auth::key_set::KeyRefresher {
+    let (refresher, result) = auth.load().await;
+    match result {
+        Ok(()) => tracing::info!(keys = auth.keys_held(), "API keys loaded"),
+        Err(error) => tracing::warn!(
+            %error,
+            database = %settings.database.url.masked(),
+            "cannot read API keys from the records database yet; keyed requests get 503 auth_unavailable until it answers"
+        ),
+    }
+    refresher
 }
 
 /// Logs the model-call count every minute (the quota can be watched from the logs alone) and

@@ -1,10 +1,14 @@
-//! `learning-chat keys create|list|revoke|show`: key management against the store the server
-//! uses (same config file and environment: Redis when configured, else `auth.keys_file`).
+//! `learning-chat keys create|list|show|revoke|audit|usage`: key management against the records
+//! database the servers use (same config file and environment: `database.url`, `auth.pepper`).
+//! Every create and revoke is written to the audit log with it, as actor `cli`.
 
-use crate::auth::keys::{self, ApiKey, KeyLimits, KeyStore};
+use crate::auth::keys::{self, ApiKey, KeyLimits};
 use crate::config::Settings;
-use crate::redis_link::RedisLink;
+use learning_chat_records::{ConnectOptions, Records};
 use std::process::ExitCode;
+
+/// The actor the audit log names for this command.
+const ACTOR: &str = "cli";
 
 /// The `keys` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -13,7 +17,7 @@ pub enum KeysCommand {
     Create(CreateArgs),
     /// List keys, one per line starting with the id.
     List,
-    /// Revoke a key; every server refuses it within `auth.cache_ttl_ms`.
+    /// Revoke a key; every server refuses it within about `database.key_refresh_ms`.
     Revoke {
         /// The key id (`key_...`).
         id: String,
@@ -22,6 +26,20 @@ pub enum KeysCommand {
     Show {
         /// The key id (`key_...`).
         id: String,
+    },
+    /// The newest entries of the audit log (key created, revoked, migrated, ...), newest first.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// A key's usage per UTC day from the ledger: requests, cached requests, tokens, learners.
+    Usage {
+        /// The key id (`key_...`).
+        id: String,
+        /// Days back from today (today included).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
     },
 }
 
@@ -52,10 +70,21 @@ pub struct CreateArgs {
     /// Share of a contended queue relative to other keys.
     #[arg(long, default_value_t = 1)]
     pub weight: u32,
+    /// Refuse requests without `X-Learner-Id` (400 `learner_id_required`), so the per-learner
+    /// limits always apply.
+    #[arg(long)]
+    pub require_learner: bool,
 }
 
 /// Runs one `keys` subcommand.
 pub fn run(settings: &Settings, command: &KeysCommand) -> ExitCode {
+    block_on(execute(settings, command))
+}
+
+/// Runs a command's future on a runtime of its own; errors print and exit 1.
+pub(crate) fn block_on(
+    command: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,7 +95,7 @@ pub fn run(settings: &Settings, command: &KeysCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(settings, command)) {
+    match runtime.block_on(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -75,27 +104,64 @@ pub fn run(settings: &Settings, command: &KeysCommand) -> ExitCode {
     }
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<KeyStore> {
-    let redis = if settings.uses_redis() {
-        let link = RedisLink::new(&settings.redis)?;
-        if !link.probe().await {
-            anyhow::bail!("redis is configured but not reachable; the key store lives there");
-        }
-        Some(link)
-    } else {
-        None
+async fn create(
+    settings: &Settings,
+    records: &Records,
+    args: &CreateArgs,
+) -> anyhow::Result<ExitCode> {
+    let secret = keys::generate_secret();
+    let key = ApiKey {
+        id: keys::generate_id(),
+        name: args.name.clone(),
+        hash: keys::hash_secret(&settings.auth.pepper, &secret),
+        agents: args.agents.clone(),
+        limits: KeyLimits {
+            rpm: args.rpm,
+            tokens_per_day: args.tokens_per_day,
+            concurrency: args.concurrency,
+            learner_rpm: args.learner_rpm,
+            learner_tokens_per_day: args.learner_tokens_per_day,
+        },
+        weight: args.weight.max(1),
+        require_learner: args.require_learner,
+        created_at: keys::unix_now(),
+        last_used_at: None,
+        revoked_at: None,
     };
-    Ok(crate::auth::store_for(settings, redis))
-}
-
-fn describe(store: &KeyStore) -> String {
-    match store {
-        KeyStore::Redis(_) => "redis".to_owned(),
-        KeyStore::File(path) => format!("file {}", path.display()),
+    if !records.create_key(&key, ACTOR).await? {
+        anyhow::bail!("a key with this id or secret exists already; run the command again");
     }
+    println!("id: {}", key.id);
+    println!("secret: {secret}");
+    eprintln!(
+        "key stored in the records database ({}); every server accepts it within about {} ms; \
+         the secret is shown this once only",
+        settings.database.url.masked(),
+        settings.database.key_refresh.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-fn line(key: &ApiKey) -> String {
+/// The records database of these settings, migrated.
+pub(crate) async fn open_records(settings: &Settings) -> anyhow::Result<Records> {
+    let Some(url) = settings.database.url() else {
+        anyhow::bail!(
+            "API keys live in the records database, and database.url is none: set it to the \
+             servers' database (LEARNING_CHAT_DATABASE__URL)"
+        );
+    };
+    let records = Records::connect(&ConnectOptions {
+        url: url.to_owned(),
+        max_connections: 1,
+        acquire_timeout: settings.database.acquire_timeout,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e} ({})", settings.database.url.masked()))?;
+    Ok(records)
+}
+
+/// One key as one tab-separated line, starting with its id.
+pub(crate) fn line(key: &ApiKey) -> String {
     let l = &key.limits;
     let agents = if key.agents.is_empty() {
         "*".to_owned()
@@ -108,7 +174,7 @@ fn line(key: &ApiKey) -> String {
         "active"
     };
     format!(
-        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\tcreated={created}\tlast_used={used}",
+        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\trequire_learner={req}\tcreated={created}\tlast_used={used}",
         id = key.id,
         name = key.name,
         rpm = l.rpm,
@@ -117,6 +183,7 @@ fn line(key: &ApiKey) -> String {
         lrpm = l.learner_rpm,
         ltpd = l.learner_tokens_per_day,
         weight = key.weight,
+        req = key.require_learner,
         created = time(Some(key.created_at)),
         used = time(key.last_used_at),
     )
@@ -132,70 +199,84 @@ fn time(unix: Option<u64>) -> String {
     }
 }
 
+fn time_ms(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0)),
+    )
+    .to_string()
+}
+
 async fn execute(settings: &Settings, command: &KeysCommand) -> anyhow::Result<ExitCode> {
-    let store = open_store(settings).await?;
+    // Before touching the database: a key made with the wrong pepper would never work.
+    if matches!(command, KeysCommand::Create(_)) && settings.auth.pepper.expose().len() < 16 {
+        anyhow::bail!(
+            "auth.pepper (LEARNING_CHAT_AUTH__PEPPER) must be set, at least 16 characters, \
+             and the same as the servers'"
+        );
+    }
+    let records = open_records(settings).await?;
+    let missing = |id: &str| {
+        eprintln!("error: no key {id}");
+        Ok(ExitCode::from(3))
+    };
     match command {
-        KeysCommand::Create(args) => {
-            if settings.auth.pepper.expose().len() < 16 {
-                anyhow::bail!(
-                    "auth.pepper (LEARNING_CHAT_AUTH__PEPPER) must be set, at least 16 characters, \
-                     and the same as the servers'"
-                );
-            }
-            let secret = keys::generate_secret();
-            let key = ApiKey {
-                id: keys::generate_id(),
-                name: args.name.clone(),
-                hash: keys::hash_secret(&settings.auth.pepper, &secret),
-                agents: args.agents.clone(),
-                limits: KeyLimits {
-                    rpm: args.rpm,
-                    tokens_per_day: args.tokens_per_day,
-                    concurrency: args.concurrency,
-                    learner_rpm: args.learner_rpm,
-                    learner_tokens_per_day: args.learner_tokens_per_day,
-                },
-                weight: args.weight.max(1),
-                created_at: keys::unix_now(),
-                last_used_at: None,
-                revoked_at: None,
-            };
-            store.insert(&key).await?;
-            println!("id: {}", key.id);
-            println!("secret: {secret}");
-            eprintln!(
-                "key stored in the {} key store; the secret is shown this once only",
-                describe(&store)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        KeysCommand::Create(args) => create(settings, &records, args).await,
         KeysCommand::List => {
-            for mut key in store.list().await? {
-                key.last_used_at = store.last_used(&key.id).await.or(key.last_used_at);
+            for key in records.keys().await? {
                 println!("{}", line(&key));
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Revoke { id } => match store.revoke(id).await? {
+        KeysCommand::Revoke { id } => match records.revoke_key(id, ACTOR).await? {
             Some(key) => {
                 println!("{}", line(&key));
                 Ok(ExitCode::SUCCESS)
             }
-            None => {
-                eprintln!("error: no key {id}");
-                Ok(ExitCode::from(3))
-            }
+            None => missing(id),
         },
-        KeysCommand::Show { id } => match store.get(id).await? {
-            Some(mut key) => {
-                key.last_used_at = store.last_used(&key.id).await.or(key.last_used_at);
+        KeysCommand::Show { id } => match records.key(id).await? {
+            Some(key) => {
                 println!("{}", line(&key));
                 Ok(ExitCode::SUCCESS)
             }
-            None => {
-                eprintln!("error: no key {id}");
-                Ok(ExitCode::from(3))
-            }
+            None => missing(id),
         },
+        KeysCommand::Audit { limit } => {
+            for entry in records.audit_log(*limit).await? {
+                println!(
+                    "{at}\t{actor}\t{action}\t{subject}\t{detail}",
+                    at = time_ms(entry.at_ms),
+                    actor = entry.actor,
+                    action = entry.action,
+                    subject = entry.subject,
+                    detail = entry.detail,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Usage { id, days } => {
+            if records.key(id).await?.is_none() {
+                return missing(id);
+            }
+            let today = learning_chat_records::ledger::today();
+            let from = learning_chat_records::ledger::day_string(
+                today - i64::from(days.saturating_sub(1)),
+            );
+            println!("day\trequests\tcached\tinput_tokens\toutput_tokens\tlearners");
+            for day in records.key_usage(id, &from).await? {
+                let u = day.usage;
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    day.day,
+                    u.requests,
+                    u.cached_requests,
+                    u.input_tokens,
+                    u.output_tokens,
+                    day.learners
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -36,9 +36,12 @@ enum Command {
     CheckConfig,
     /// Capacity and cost planner: model calls per minute vs quota, servers, concurrency, monthly cost.
     Plan(learning_chat::plan::PlanArgs),
-    /// Manage API keys in the store the server uses (Redis, or auth.keys_file).
+    /// Manage API keys in the records database the servers use (database.url).
     #[command(subcommand)]
     Keys(learning_chat::keys_cli::KeysCommand),
+    /// Move API keys from the old key stores (Redis, a keys file) into the records database,
+    /// once; keys already there are skipped.
+    MigrateKeys(learning_chat::migrate_keys::MigrateKeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&settings),
         Command::Plan(args) => learning_chat::plan::run(&args),
         Command::Keys(command) => learning_chat::keys_cli::run(&settings, &command),
+        Command::MigrateKeys(args) => learning_chat::migrate_keys::run(&settings, &args),
         Command::Serve { bind } => {
             if let Some(bind) = bind {
                 settings.server.bind = bind;

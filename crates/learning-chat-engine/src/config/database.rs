@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
-use std::num::{NonZero, NonZeroU32};
+use std::num::{NonZero, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 /// The records database: a SQLite file by default, PostgreSQL for clusters.
@@ -27,6 +27,10 @@ pub struct DatabaseSettings {
     /// server loses at most this much usage.
     #[serde(rename = "ledger_flush_ms", with = "super::duration")]
     pub ledger_flush: Duration,
+    /// Most distinct (day, key, learner) usage rows one server holds between flushes (or while
+    /// the database is down): past it, further learners' usage is added to their key's
+    /// learner `''`, so memory stays bounded and no count is lost.
+    pub ledger_max_rows: NonZeroUsize,
 }
 
 /// The database URL: Debug and Serialize mask the password of a `postgres://` URL, so
@@ -82,6 +86,7 @@ impl Default for DatabaseSettings {
             acquire_timeout: Duration::from_secs(2),
             key_refresh: Duration::from_secs(1),
             ledger_flush: Duration::from_secs(1),
+            ledger_max_rows: const { NonZero::new(10_000).unwrap() },
         }
     }
 }

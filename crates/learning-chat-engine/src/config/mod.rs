@@ -246,7 +246,7 @@ impl Settings {
                 && figment.find_value(key).is_ok()
         };
         let s = self;
-        let renamed: [(&str, &str, &mut Option<u64>, &mut Duration); 8] = [
+        let renamed: [(&str, &str, &mut Option<u64>, &mut Duration); 7] = [
             (
                 "server.request_timeout_secs",
                 "server.request_timeout_ms",
@@ -289,12 +289,6 @@ impl Settings {
                 &mut s.conversation.deprecated_ttl_secs,
                 &mut s.conversation.ttl,
             ),
-            (
-                "auth.stale_ttl_secs",
-                "auth.stale_ttl_ms",
-                &mut s.auth.deprecated_stale_ttl_secs,
-                &mut s.auth.stale_ttl,
-            ),
         ];
         let mut deprecations = Vec::new();
         for (old, new, seconds, duration) in renamed {
@@ -313,6 +307,7 @@ impl Settings {
                 env_name(new)
             ));
         }
+        deprecations.extend(s.auth.deprecations());
         s.deprecations = deprecations;
         Ok(())
     }
@@ -327,7 +322,7 @@ impl Settings {
         self.telemetry.validate()?;
         self.metrics.validate()?;
         self.conversation.validate()?;
-        self.auth.validate()?;
+        self.auth.validate(&self.database)?;
         self.refuse_shipped_placeholders()?;
         self.stream.validate()?;
         self.routing.validate()?;

@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 35] = [
+const DURATIONS: [(&str, Field); 33] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -57,8 +57,6 @@ const DURATIONS: [(&str, Field); 35] = [
     ("offline.latency_ms", |s| s.offline.latency),
     ("conversation.ttl_ms", |s| s.conversation.ttl),
     ("conversation.busy_wait_ms", |s| s.conversation.busy_wait),
-    ("auth.cache_ttl_ms", |s| s.auth.cache_ttl),
-    ("auth.stale_ttl_ms", |s| s.auth.stale_ttl),
     ("stream.keepalive_ms", |s| s.stream.keepalive),
     ("stream.retry_after_ms", |s| s.stream.retry_after),
     ("stream.redis_ttl_ms", |s| s.stream.redis_ttl),
@@ -73,7 +71,7 @@ const DURATIONS: [(&str, Field); 35] = [
 ];
 
 /// Every count that must be positive.
-const POSITIVE_COUNTS: [&str; 13] = [
+const POSITIVE_COUNTS: [&str; 15] = [
     "server.max_message_chars",
     "server.max_connections",
     "server.http2_max_concurrent_streams",
@@ -87,6 +85,8 @@ const POSITIVE_COUNTS: [&str; 13] = [
     "conversation.max_conversations",
     "conversation.max_history_tokens",
     "database.max_connections",
+    "database.ledger_max_rows",
+    "auth.max_keys",
 ];
 
 /// A TOML file setting `section.key = value` for each entry, one table per section.
@@ -207,7 +207,6 @@ fn deprecated_seconds_keys_still_work_with_a_warning() {
         assert_eq!(s.cache.l1_ttl, Duration::from_secs(3));
         assert_eq!(s.cache.refusal_ttl, Duration::ZERO);
         assert_eq!(s.conversation.ttl, Duration::from_secs(5));
-        assert_eq!(s.auth.stale_ttl, Duration::from_secs(4));
         assert_eq!(s.deprecations.len(), 8, "{:?}", s.deprecations);
         assert!(
             s.deprecations[0].contains("server.request_timeout_secs is deprecated")
@@ -232,9 +231,52 @@ fn deprecated_seconds_keys_still_work_with_a_warning() {
         // Without the file: only the deprecated variable is warned about.
         let s = Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
         assert_eq!(s.deprecations.len(), 1, "{:?}", s.deprecations);
-        assert!(s.deprecations[0].starts_with("auth.stale_ttl_secs"));
+        assert!(
+            s.deprecations[0].starts_with("auth.stale_ttl_secs is deprecated and ignored"),
+            "{:?}",
+            s.deprecations
+        );
         assert_eq!(s.server.request_timeout, Duration::from_millis(8_000));
         assert!(Settings::default().deprecations.is_empty());
+        Ok(())
+    });
+}
+
+#[test]
+fn the_old_key_store_settings_are_ignored_with_a_warning_and_keys_need_the_database() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "old.toml",
+            "[auth]\nkeys_file = \"old-keys.toml\"\ncache_ttl_ms = 1000\nstale_ttl_ms = 600000\n",
+        )?;
+        let s = Settings::from_figment(Settings::figment(Some(Path::new("old.toml"))))
+            .map_err(|e| e.to_string())?;
+        assert_eq!(s.deprecations.len(), 3, "{:?}", s.deprecations);
+        assert!(s.deprecations[0].contains("migrate-keys --from-file"));
+        assert!(s.deprecations[1].starts_with("auth.cache_ttl_ms is deprecated and ignored"));
+        // migrate-keys still finds the file; check-config does not print the old keys.
+        assert_eq!(
+            s.auth.keys_file.as_deref(),
+            Some(Path::new("old-keys.toml"))
+        );
+        let printed = s.to_masked_toml();
+        assert!(
+            !printed.contains("keys_file") && !printed.contains("stale_ttl"),
+            "{printed}"
+        );
+
+        jail.set_env("LEARNING_CHAT_AUTH__MODE", "required");
+        jail.set_env("LEARNING_CHAT_AUTH__PEPPER", "pepper-0123456789abcdef");
+        jail.set_env("LEARNING_CHAT_DATABASE__URL", "none");
+        let err = Settings::from_figment(Settings::figment(None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.mode") && err.contains("database.url"),
+            "{err}"
+        );
+        jail.set_env("LEARNING_CHAT_DATABASE__URL", "sqlite://records.db");
+        Settings::from_figment(Settings::figment(None)).map_err(|e| e.to_string())?;
         Ok(())
     });
 }
@@ -344,7 +386,6 @@ fn zero_is_refused_where_a_positive_value_is_needed_naming_the_key() {
             ("redis.command_timeout_ms", "0"),
             ("redis.probe_interval_ms", "0"),
             ("conversation.ttl_ms", "0"),
-            ("auth.cache_ttl_ms", "0"),
             ("stream.redis_ttl_ms", "0"),
             ("routing.breaker_cooldown_ms", "0"),
         ] {

@@ -351,6 +351,11 @@ impl From<&Refusal> for ApiError {
                 "agent_not_allowed",
                 "the API key may not ask this agent",
             ),
+            Refusal::LearnerRequired => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "learner_id_required",
+                "this API key requires an `X-Learner-Id` header naming the learner (any stable, opaque id)",
+            ),
             Refusal::Unavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -377,7 +382,7 @@ impl IntoResponse for Refusal {
             Refusal::AgentNotAllowed => {
                 Some(r#"Bearer realm="learning-chat", error="insufficient_scope""#)
             }
-            Refusal::Unavailable | Refusal::Limited { .. } => None,
+            Refusal::LearnerRequired | Refusal::Unavailable | Refusal::Limited { .. } => None,
         };
         let mut response = ApiError::from(&self).into_response();
         if let Some(challenge) = challenge {

@@ -1,7 +1,8 @@
 //! Metrics of API keys: requests, tokens and cost per key, limits and refusals: each declared once, next to the code it measures;
 //! `crate::metrics::install` describes them with the rest.
 
-use metrics::{counter, describe_counter};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use std::time::Duration;
 
 /// Chat requests by API key id (bounded by `metrics.max_key_labels`, the rest as `other`) and
 /// outcome (`ok`, `cached`, `error`).
@@ -18,6 +19,40 @@ pub const KEY_LIMITED: &str = "learning_chat_key_limited_total";
 
 /// Requests refused 401/403 by the key check, by reason.
 pub const AUTH_FAILURES: &str = "learning_chat_auth_failures_total";
+
+/// API keys this server holds in memory.
+pub const AUTH_KEYS: &str = "learning_chat_auth_keys";
+
+/// Keys in the database this server did not load because it holds `auth.max_keys` already.
+pub const AUTH_KEYS_SKIPPED: &str = "learning_chat_auth_keys_skipped_total";
+
+/// Reads of the key table by this server, by kind (`full`: the whole table, `changes`: a poll).
+/// Requests never read it: this moves with `database.key_refresh_ms`, not with traffic.
+pub const AUTH_KEY_READS: &str = "learning_chat_auth_key_reads_total";
+
+/// Seconds since this server's key set last matched the database (0 while refreshes succeed):
+/// how long revocations may have gone unseen during a database outage or partition.
+pub const AUTH_KEYS_AGE: &str = "learning_chat_auth_keys_age_seconds";
+
+/// Sets the number of keys held.
+pub fn keys_held(count: usize) {
+    gauge!(AUTH_KEYS).set(count as f64);
+}
+
+/// Counts keys not loaded for want of room.
+pub fn keys_skipped(count: u64) {
+    counter!(AUTH_KEYS_SKIPPED).increment(count);
+}
+
+/// Counts one read of the key table.
+pub fn key_read(kind: &'static str) {
+    counter!(AUTH_KEY_READS, "kind" => kind).increment(1);
+}
+
+/// Sets how long ago the key set last matched the database.
+pub fn keys_age(age: Duration) {
+    gauge!(AUTH_KEYS_AGE).set(age.as_secs_f64());
+}
 
 /// Counts a chat request of key label `key` with `outcome`.
 pub fn key_request(key: &str, outcome: &'static str) {
@@ -52,4 +87,18 @@ pub(crate) fn describe() {
         AUTH_FAILURES,
         "Requests refused by the key check, by reason."
     );
+    describe_gauge!(AUTH_KEYS, "API keys this server holds in memory.");
+    describe_counter!(
+        AUTH_KEYS_SKIPPED,
+        "API keys not loaded because this server holds auth.max_keys already."
+    );
+    describe_counter!(
+        AUTH_KEY_READS,
+        "Reads of the key table by this server (full loads and change polls)."
+    );
+    describe_gauge!(
+        AUTH_KEYS_AGE,
+        "Seconds since this server's key set last matched the records database."
+    );
+    learning_chat_records::ledger::describe();
 }

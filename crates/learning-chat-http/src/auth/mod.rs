@@ -1,31 +1,40 @@
 //! API keys, per-key limits and the caller's identity.
 //!
 //! With `auth.mode = "required"` every `/api/` request carries a key (`Authorization: Bearer`
-//! or `x-api-key`). The key's peppered hash is looked up in the key store ([`keys::KeyStore`]:
-//! Redis, or a TOML file), with a short in-process cache (`auth.cache_ttl_ms`, default 1 s) so
-//! a new or revoked key takes effect on every server within it. The caller's key id goes into
+//! or `x-api-key`). The key's peppered hash is looked up in this server's copy of every key
+//! ([`key_set::KeySet`], no I/O), kept current from the records database every
+//! `database.key_refresh_ms` whether or not Redis is up; a new or revoked key takes effect on
+//! every server within about that. Usage is added to the ledger ([`Ledger`]) where the [`Bill`]
+//! is settled, and written in batches. The caller's key id goes into
 //! the request's extensions ([`Caller`]) and into the admission queue's fair order
 //! ([`learning_chat_engine::admission::Flow`]); its limits are enforced by [`limits::KeyLimiter`]. The secret
 //! itself is never logged, labelled or echoed: only the key id is.
 
+pub mod key_set;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod refusals;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use keys::{ApiKey, KeyLimits, KeyStore};
+use key_set::{Found, KeyRefresher, KeySet};
+use keys::KeyLimits;
 use learning_chat_engine::admission::Flow;
 use learning_chat_engine::chat::{Answer, Prices};
 use learning_chat_engine::config::{AuthMode, Secret, Settings};
 use learning_chat_engine::redis_link::RedisLink;
+use learning_chat_records::ledger::{Ledger, Usage};
+use learning_chat_records::Records;
 use limits::{Decision, KeyLimiter, Subject};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Header a client may use instead of `Authorization: Bearer`.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -109,6 +118,8 @@ impl Bill {
 struct Tab {
     auth: Arc<Auth>,
     label: Arc<str>,
+    key_id: Arc<str>,
+    learner: Option<Arc<str>>,
     held: Option<Held>,
     cost: std::sync::OnceLock<AnswerCost>,
 }
@@ -117,9 +128,30 @@ impl Tab {
     /// Charges the key and ends the hold, here.
     async fn settle(mut self) {
         if let Some(held) = self.held.take() {
-            let tokens = charge(&self.auth, &self.label, self.cost.get().copied());
+            let tokens = self.charge();
             held.finish(tokens).await;
         }
+    }
+
+    /// Counts the answer in the key's metrics and the ledger; returns the tokens to charge its
+    /// budget.
+    fn charge(&self) -> u64 {
+        let cost = self.cost.get().copied();
+        self.auth.ledger.record(
+            &self.key_id,
+            self.learner.as_ref(),
+            Usage {
+                requests: 1,
+                cached_requests: u64::from(cost.is_some_and(|c| c.cached)),
+                input_tokens: cost
+                    .filter(|c| !c.cached)
+                    .map_or(0, |c| c.prompt_tokens.into()),
+                output_tokens: cost
+                    .filter(|c| !c.cached)
+                    .map_or(0, |c| c.output_tokens.into()),
+            },
+        );
+        charge(&self.auth, &self.label, cost)
     }
 }
 
@@ -127,7 +159,7 @@ impl Drop for Tab {
     fn drop(&mut self) {
         // The last holder was a stream: settled in the background when it ends.
         if let Some(held) = self.held.take() {
-            let tokens = charge(&self.auth, &self.label, self.cost.get().copied());
+            let tokens = self.charge();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(crate::telemetry::in_current_context(held.finish(tokens)));
             }
@@ -167,7 +199,9 @@ pub enum Refusal {
     Revoked,
     /// The key may not ask this agent.
     AgentNotAllowed,
-    /// The key store cannot be read and the key is not known from before.
+    /// The key requires `X-Learner-Id` and the request has none.
+    LearnerRequired,
+    /// The keys have not been loaded yet (the records database has been down since start).
     Unavailable,
     /// A per-key or per-learner limit refused the request.
     Limited {
@@ -187,24 +221,25 @@ impl Refusal {
             Refusal::Unknown => "unknown",
             Refusal::Revoked => "revoked",
             Refusal::AgentNotAllowed => "agent_not_allowed",
+            Refusal::LearnerRequired => "learner_required",
             Refusal::Unavailable => "store_unavailable",
             Refusal::Limited { .. } => return None,
         })
     }
 }
 
-type Lookup = Option<Arc<ApiKey>>;
-
 /// The key check and per-key limits of one server.
 pub struct Auth {
     pepper: Secret,
-    store: KeyStore,
-    /// Hash -> key (or known absence), trusted for `auth.cache_ttl_ms`.
-    cache: moka::future::Cache<String, Lookup>,
-    /// Keys seen valid recently: used while the store (Redis) cannot be read.
-    stale: moka::future::Cache<String, Arc<ApiKey>>,
-    /// Key ids whose last use was written recently (at most one write a minute per server).
-    touched: moka::future::Cache<Arc<str>, ()>,
+    /// Every key, by hash.
+    keys: Arc<KeySet>,
+    /// Where the keys live and the ledger goes.
+    records: Records,
+    /// This server's usage not yet written.
+    ledger: Ledger,
+    refusals: refusals::RefusalLog,
+    key_refresh: Duration,
+    ledger_flush: Duration,
     limiter: KeyLimiter,
     labels: KeyLabels,
     prices: Prices,
@@ -212,27 +247,27 @@ pub struct Auth {
 
 impl Auth {
     /// The key check for these settings, or `None` with `auth.mode = "off"` (logged loudly).
-    pub fn from_settings(settings: &Settings, redis: Option<RedisLink>) -> Option<Arc<Auth>> {
+    /// Nothing is read yet: [`Auth::load`] and [`Auth::start`] do.
+    pub fn from_settings(
+        settings: &Settings,
+        records: Option<Records>,
+        redis: Option<RedisLink>,
+    ) -> anyhow::Result<Option<Arc<Auth>>> {
         if settings.auth.mode == AuthMode::Off {
-            return None;
+            return Ok(None);
         }
-        let store = store_for(settings, redis.clone());
+        let Some(records) = records else {
+            anyhow::bail!("auth.mode = \"required\" needs the records database (database.url)");
+        };
         let lease = settings.request_timeout() + Duration::from_secs(5);
-        Some(Arc::new(Auth {
+        Ok(Some(Arc::new(Auth {
             pepper: settings.auth.pepper.clone(),
-            store,
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(settings.auth.cache_ttl)
-                .build(),
-            stale: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(settings.auth.stale_ttl)
-                .build(),
-            touched: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
+            keys: Arc::new(KeySet::new(settings.auth.max_keys.get())),
+            records,
+            ledger: Ledger::new(settings.database.ledger_max_rows.get()),
+            refusals: refusals::RefusalLog::default(),
+            key_refresh: settings.database.key_refresh,
+            ledger_flush: settings.database.ledger_flush,
             limiter: KeyLimiter::new(redis, settings.redis.replicas, lease),
             labels: KeyLabels {
                 max: settings.metrics.max_key_labels,
@@ -242,42 +277,130 @@ impl Auth {
                 input_per_million: settings.telemetry.price_per_million_input_tokens,
                 output_per_million: settings.telemetry.price_per_million_output_tokens,
             },
-        }))
+        })))
     }
 
-    /// Finds the key whose secret is `secret`.
-    async fn lookup(&self, secret: &str) -> Result<Arc<ApiKey>, Refusal> {
-        let hash = keys::hash_secret(&self.pepper, secret);
-        let store = &self.store;
-        let found = self
-            .cache
-            .try_get_with(hash.clone(), async {
-                store.by_hash(&hash).await.map(|k| k.map(Arc::new))
-            })
-            .await;
-        let key = match found {
-            Ok(Some(key)) => {
-                self.stale.insert(hash.clone(), key.clone()).await;
-                key
-            }
-            Ok(None) => return Err(Refusal::Unknown),
-            Err(error) => match self.stale.get(&hash).await {
-                Some(key) => key,
-                None => {
-                    tracing::warn!(error = %error, "cannot read the key store");
-                    return Err(Refusal::Unavailable);
+    /// How many keys this server holds.
+    pub fn keys_held(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Loads every key now (at start, before the listener serves): until a load succeeds every
+    /// request with a key gets 503 `auth_unavailable`. Returns the refresher that keeps the
+    /// set current, for [`Auth::start`].
+    pub async fn load(
+        &self,
+    ) -> (
+        KeyRefresher,
+        Result<(), learning_chat_records::RecordsError>,
+    ) {
+        let mut refresher = KeyRefresher::new(self.keys.clone(), self.records.clone());
+        let result = refresher.refresh().await;
+        (refresher, result)
+    }
+
+    /// Starts the background work: the key refresher (every `database.key_refresh_ms`) and
+    /// the ledger writer (every `database.ledger_flush_ms`). Stop them with
+    /// [`AuthTasks::stop`], which writes the ledger one last time.
+    pub fn start(self: &Arc<Self>, mut refresher: KeyRefresher) -> AuthTasks {
+        let (stop, stopped) = watch::channel(false);
+        let auth = self.clone();
+        let mut until = stopped.clone();
+        let keys = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(auth.key_refresh);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = until.changed() => break,
                 }
-            },
+                match refresher.refresh().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!(
+                            keys = auth.keys.len(),
+                            "API keys read from the records database again"
+                        );
+                    }
+                    Ok(()) => {}
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, keys = auth.keys.len(), "cannot read API keys from the records database; keeping the keys held (revocations seen so far hold, new keys wait)");
+                    }
+                    Err(_) => {}
+                }
+                auth.refusals.flush_if_due();
+            }
+        });
+        let auth = self.clone();
+        let mut until = stopped;
+        let ledger = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(auth.ledger_flush);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                let stopping = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = until.changed() => true,
+                };
+                // Awaited to the end, never cancelled: a dropped flush would lose its batch.
+                match auth.ledger.flush(&auth.records).await {
+                    Ok(_) => failing = false,
+                    Err(error) if !failing || stopping => {
+                        failing = true;
+                        tracing::warn!(%error, pending_rows = auth.ledger.pending_rows(), "cannot write the usage ledger; keeping the counts and retrying");
+                    }
+                    Err(_) => {}
+                }
+                if stopping {
+                    break;
+                }
+            }
+        });
+        AuthTasks { stop, keys, ledger }
+    }
+
+    /// Writes the ledger now (tests, shutdown).
+    pub async fn flush_ledger(&self) -> Result<usize, learning_chat_records::RecordsError> {
+        self.ledger.flush(&self.records).await
+    }
+
+    /// Finds the key whose secret is `secret`: a hash and a map lookup, no I/O.
+    fn lookup(&self, secret: &str) -> Result<Arc<key_set::HeldKey>, Refusal> {
+        let hash = keys::hash_secret(&self.pepper, secret);
+        let held = match self.keys.find(&hash) {
+            Found::Key(held) => held,
+            Found::Unknown => return Err(Refusal::Unknown),
+            Found::NotLoaded => return Err(Refusal::Unavailable),
         };
-        // The store found it by hash; compare again in constant time, so no code path depends
+        // The map found it by hash; compare again in constant time, so no code path depends
         // on how much of a wrong hash matched.
-        if !keys::hashes_match(&key.hash, &hash) {
+        if !keys::hashes_match(&held.key.hash, &hash) {
             return Err(Refusal::Unknown);
         }
-        if key.revoked_at.is_some() {
+        if held.key.revoked_at.is_some() {
             return Err(Refusal::Revoked);
         }
-        Ok(key)
+        Ok(held)
+    }
+}
+
+/// The background work of [`Auth::start`].
+pub struct AuthTasks {
+    stop: watch::Sender<bool>,
+    keys: JoinHandle<()>,
+    ledger: JoinHandle<()>,
+}
+
+impl AuthTasks {
+    /// Stops the refresher and writes the ledger a last time (at most `within`).
+    pub async fn stop(self, within: Duration) {
+        let _ = self.stop.send(true);
+        self.keys.abort();
+        if tokio::time::timeout(within, self.ledger).await.is_err() {
+            tracing::warn!("the usage ledger's last write did not finish in time");
+        }
     }
 }
 
@@ -290,21 +413,9 @@ pub fn log_mode(settings: &Settings) {
              create keys with `learning-chat keys create`."
         ),
         AuthMode::Required => tracing::info!(
-            store = if settings.uses_redis() {
-                "redis"
-            } else {
-                "file"
-            },
-            "API keys required"
+            database = %settings.database.url.masked(),
+            "API keys required (kept in the records database, held in memory)"
         ),
-    }
-}
-
-/// The key store the settings name: Redis when configured, else `auth.keys_file`.
-pub fn store_for(settings: &Settings, redis: Option<RedisLink>) -> KeyStore {
-    match redis {
-        Some(link) => KeyStore::Redis(link),
-        None => KeyStore::File(settings.auth.keys_file.clone()),
     }
 }
 
@@ -325,13 +436,11 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Counts and logs a refused key, and answers.
-fn refusal_response(refusal: Refusal) -> Response {
+/// Counts and logs (at most a line a second) a refused key, and answers.
+fn refusal_response(auth: &Auth, refusal: Refusal) -> Response {
     if let Some(reason) = refusal.reason() {
         crate::auth::metrics::auth_failure(reason);
-        if !matches!(refusal, Refusal::Unavailable) {
-            tracing::info!(reason, "api key refused");
-        }
+        auth.refusals.record(reason);
     }
     refusal.into_response()
 }
@@ -393,19 +502,20 @@ pub async fn require_key(
     next: Next,
 ) -> Response {
     let Some(secret) = presented_secret(request.headers()) else {
-        return refusal_response(Refusal::Missing);
+        return refusal_response(&auth, Refusal::Missing);
     };
-    let key = match auth.lookup(secret).await {
-        Ok(key) => key,
-        Err(refusal) => return refusal_response(refusal),
+    let held = match auth.lookup(secret) {
+        Ok(held) => held,
+        Err(refusal) => return refusal_response(&auth, refusal),
     };
+    let key = &held.key;
     let agent = crate::routes::agent_of(request.uri().path()).map(str::to_owned);
     if let Some(agent) = &agent {
         if !key.allows_agent(agent) {
-            return refusal_response(Refusal::AgentNotAllowed);
+            return refusal_response(&auth, Refusal::AgentNotAllowed);
         }
     }
-    let key_id: Arc<str> = Arc::from(key.id.as_str());
+    let key_id = held.id.clone();
     tracing::debug!(key_id = %key.id, "api key accepted");
     let learner = request
         .headers()
@@ -414,15 +524,13 @@ pub async fn require_key(
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(|v| Arc::<str>::from(keys::hash_learner(&auth.pepper, &key.id, v)));
-    if auth.touched.get(&key_id).await.is_none() {
-        auth.touched.insert(key_id.clone(), ()).await;
-        let store = auth.store.clone();
-        let id = key.id.clone();
-        tokio::spawn(async move { store.touch(&id, keys::unix_now()).await });
+    if key.require_learner && learner.is_none() {
+        return refusal_response(&auth, Refusal::LearnerRequired);
     }
+    auth.keys.mark_used(&held);
     let mut caller = Caller {
         key_id: key_id.clone(),
-        name: Arc::from(key.name.as_str()),
+        name: held.name.clone(),
         learner: learner.clone(),
         weight: key.weight.max(1),
         bill: None,
@@ -436,7 +544,7 @@ pub async fn require_key(
     let label = auth.labels.label(&key_id);
     let subject = Subject {
         key_id: key.id.clone(),
-        learner: learner.map(|l| l.to_string()),
+        learner: learner.as_deref().map(str::to_owned),
         member: uuid::Uuid::new_v4().to_string(),
     };
     let decision = auth.limiter.acquire(&key.limits, &subject).await;
@@ -453,6 +561,8 @@ pub async fn require_key(
     let tab = Arc::new(Tab {
         auth: auth.clone(),
         label,
+        key_id,
+        learner,
         held: Some(Held {
             auth: auth.clone(),
             limits: key.limits,

@@ -293,14 +293,21 @@ async fn the_page_and_the_docs_work_at_a_sub_path_behind_nginx() {
 async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_key() {
     const PEPPER: &str = "browser-test-pepper-0123456789";
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys_file = dir.path().join("keys.toml");
+    let database = learning_chat_testkit::process::sqlite_url(dir.path());
     let created = Command::new(env!("CARGO_BIN_EXE_learning-chat"))
-        .args(["keys", "create", "--name", "browser-test"])
+        // The page must name its learner: a key that requires it refuses requests without one.
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "browser-test",
+            "--require-learner",
+        ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LEARNING_CHAT_AUTH__MODE", "required")
         .env("LEARNING_CHAT_AUTH__PEPPER", PEPPER)
-        .env("LEARNING_CHAT_AUTH__KEYS_FILE", &keys_file)
+        .env("LEARNING_CHAT_DATABASE__URL", &database)
         .output()
         .expect("learning-chat keys create runs");
     let out = String::from_utf8_lossy(&created.stdout).into_owned();
@@ -313,7 +320,7 @@ async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_ke
     let mut settings = support::offline_settings();
     settings.auth.mode = learning_chat::config::AuthMode::Required;
     settings.auth.pepper = learning_chat::config::Secret::new(PEPPER);
-    settings.auth.keys_file = keys_file;
+    settings.database.url = learning_chat::config::DatabaseUrl::new(database);
     let app = spawn_app(settings).await;
     let browser = Browser::start(1280, 900).await;
 
@@ -361,6 +368,27 @@ async fn an_offline_server_with_keys_required_shows_the_banner_and_asks_for_a_ke
             == Value::Bool(true)
     );
     browser.assert_clean("asking with a key", &[]).await;
+    // The learner id is random, kept in local storage, and the same after a reload.
+    let learner = browser
+        .js("return localStorage.getItem('learning-chat.learner-id');")
+        .await;
+    let learner = learner.as_str().unwrap_or_default().to_owned();
+    assert!(learner.len() >= 32, "a random learner id: {learner:?}");
+    browser.goto(&app.url("/")).await;
+    browser
+        .wait_for(
+            "the tutors after a reload",
+            "document.querySelector('#tutor option[value=\"math\"]')",
+        )
+        .await;
+    let again = browser
+        .js("return localStorage.getItem('learning-chat.learner-id');")
+        .await;
+    assert_eq!(
+        again.as_str(),
+        Some(learner.as_str()),
+        "a stable learner id"
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ async fn per_key_request_and_token_budgets_hold_across_servers() {
         ..ClusterConfig::default()
     })
     .await;
-    let (_, limited) = create_key(&cluster, &["--name", "rpm", "--rpm", "10"]);
+    let (_, limited) = create_key(&cluster, &["--name", "rpm", "--rpm", "10"]).await;
     away_from_minute_end(Duration::from_secs(15)).await;
     // 24 distinct questions spread over the three servers: exactly 10 answered.
     let mut ok = 0;
@@ -51,7 +51,8 @@ async fn per_key_request_and_token_budgets_hold_across_servers() {
 
     // A daily token budget: answered until the budget is spent, then refused everywhere.
     let before = cluster.sim_stats().await;
-    let (_, budgeted) = create_key(&cluster, &["--name", "tokens", "--tokens-per-day", "1500"]);
+    let (_, budgeted) =
+        create_key(&cluster, &["--name", "tokens", "--tokens-per-day", "1500"]).await;
     let mut spent = 0u64;
     let mut answered = 0u64;
     let mut refused_at = None;
@@ -87,7 +88,7 @@ async fn per_key_request_and_token_budgets_hold_across_servers() {
     let after = cluster.sim_stats().await;
     assert_eq!(after.requests - before.requests, answered);
     // A cached answer is still served (it costs no tokens, only a request).
-    let (_, fresh) = create_key(&cluster, &["--name", "cache", "--tokens-per-day", "1"]);
+    let (_, fresh) = create_key(&cluster, &["--name", "cache", "--tokens-per-day", "1"]).await;
     let first = ask(
         &cluster,
         server_url(&cluster, 0, "science"),
@@ -110,7 +111,7 @@ async fn per_key_request_and_token_budgets_hold_across_servers() {
     assert_eq!(second.body["cached"], true);
 
     // Per learner: one learner's limit does not stop another learner of the same key.
-    let (_, class) = create_key(&cluster, &["--name", "learners", "--learner-rpm", "2"]);
+    let (_, class) = create_key(&cluster, &["--name", "learners", "--learner-rpm", "2"]).await;
     let as_learner = |who: &'static str, i: usize| {
         let cluster = &cluster;
         let class = class.clone();
@@ -163,8 +164,8 @@ async fn a_key_offering_ten_times_the_load_of_another_does_not_starve_it() {
         ..ClusterConfig::default()
     })
     .await;
-    let (_, a) = create_key(&cluster, &["--name", "noisy class"]);
-    let (_, b) = create_key(&cluster, &["--name", "quiet class"]);
+    let (_, a) = create_key(&cluster, &["--name", "noisy class"]).await;
+    let (_, b) = create_key(&cluster, &["--name", "quiet class"]).await;
     let url = server_url(&cluster, 0, "math");
     // Key A: 200 distinct questions at once; key B: 20, arriving once A's are queued.
     let noisy = join_all((0..200).map(|i| {

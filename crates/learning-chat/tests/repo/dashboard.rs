@@ -156,31 +156,18 @@ async fn drive_every_series(
 /// A second app in this process (same metrics recorder) with keys required: a key's answer,
 /// its 429 and a refused request, so the per-key series exist.
 async fn drive_key_series(sim: &gemini_sim::SimServer) {
-    use learning_chat::auth::keys::{self, ApiKey, KeyLimits, KeyStore};
-    let dir = tempfile::tempdir().unwrap();
+    use learning_chat::auth::keys::KeyLimits;
     let mut settings = settings_for(sim);
-    settings.auth.mode = learning_chat::config::AuthMode::Required;
-    settings.auth.pepper = Secret::new("observability-pepper-0123");
-    settings.auth.keys_file = dir.path().join("keys.toml");
-    let secret = keys::generate_secret();
-    KeyStore::File(settings.auth.keys_file.clone())
-        .insert(&ApiKey {
-            id: keys::generate_id(),
-            name: "dashboard".into(),
-            hash: keys::hash_secret(&settings.auth.pepper, &secret),
-            agents: Vec::new(),
-            // A day's budget spent by the first answer: the second is refused.
-            limits: KeyLimits {
-                tokens_per_day: 1,
-                ..KeyLimits::default()
-            },
-            weight: 1,
-            created_at: keys::unix_now(),
-            last_used_at: None,
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
+    crate::support::require_keys(&mut settings, "observability-pepper-0123");
+    let secret = crate::support::add_key(&settings, |key| {
+        key.name = "dashboard".into();
+        // A day's budget spent by the first answer: the second is refused.
+        key.limits = KeyLimits {
+            tokens_per_day: 1,
+            ..KeyLimits::default()
+        };
+    })
+    .await;
     let app = spawn_app(settings).await;
     let url = app.url("/api/v1/agents/math");
     let mut statuses = Vec::new();

@@ -12,6 +12,7 @@ mod conversations;
 mod conversations_records;
 mod conversations_redis;
 mod h2c;
+mod keys;
 mod logs;
 mod metrics;
 mod metrics_listener;

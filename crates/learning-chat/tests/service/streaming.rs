@@ -310,33 +310,19 @@ async fn an_overloaded_server_answers_503_before_any_stream() {
 
 #[tokio::test]
 async fn a_streamed_answer_is_charged_to_its_key_when_the_stream_ends() {
-    use learning_chat::auth::keys::{self, ApiKey, KeyLimits, KeyStore};
-    use learning_chat::config::Secret;
+    use learning_chat::auth::keys::KeyLimits;
     let sim = start_sim(paced(0, 20)).await;
-    let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sim);
-    settings.auth.mode = learning_chat::config::AuthMode::Required;
-    settings.auth.pepper = Secret::new("streaming-pepper-0123456");
-    settings.auth.keys_file = dir.path().join("keys.toml");
-    let secret = keys::generate_secret();
-    KeyStore::File(settings.auth.keys_file.clone())
-        .insert(&ApiKey {
-            id: keys::generate_id(),
-            name: "streamer".into(),
-            hash: keys::hash_secret(&settings.auth.pepper, &secret),
-            agents: Vec::new(),
-            // A day's budget spent by the first streamed answer.
-            limits: KeyLimits {
-                tokens_per_day: 1,
-                ..KeyLimits::default()
-            },
-            weight: 1,
-            created_at: keys::unix_now(),
-            last_used_at: None,
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
+    crate::support::require_keys(&mut settings, "streaming-pepper-0123456");
+    let secret = crate::support::add_key(&settings, |key| {
+        key.name = "streamer".into();
+        // A day's budget spent by the first streamed answer.
+        key.limits = KeyLimits {
+            tokens_per_day: 1,
+            ..KeyLimits::default()
+        };
+    })
+    .await;
     let app = spawn_app(settings).await;
     let ask = |message: String| {
         app.client

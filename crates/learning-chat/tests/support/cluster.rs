@@ -48,6 +48,9 @@ pub struct Cluster {
     pub sim: Proc,
     pub redis: RedisProcess,
     pub http: reqwest::Client,
+    /// The records database the three servers share (a SQLite file in the cluster's
+    /// directory unless `server_env` names another): where `learning-chat keys` writes.
+    pub database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +60,14 @@ impl Cluster {
         let redis = RedisProcess::start();
         let sim = spawn_sim_process(&config.sim_args);
         let sim_port = sim.port;
+        let database_url = config
+            .server_env
+            .iter()
+            .find(|(k, _)| k == "LEARNING_CHAT_DATABASE__URL")
+            .map_or_else(
+                || learning_chat_testkit::process::sqlite_url(dir.path()),
+                |(_, v)| v.clone(),
+            );
         let mut servers = Vec::new();
         for n in 0..3 {
             let (mut command, port) = server_command();
@@ -77,6 +88,7 @@ impl Cluster {
                     (config.request_timeout_secs * 1000).to_string(),
                 )
                 .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "10000")
+                .env("LEARNING_CHAT_DATABASE__URL", &database_url)
                 .envs(config.server_env.iter().map(|(k, v)| (k, v)));
             servers.push(spawn_server(command, port));
         }
@@ -92,6 +104,7 @@ impl Cluster {
             sim,
             redis,
             http,
+            database_url,
             _dir: dir,
         };
         for server in &cluster.servers {

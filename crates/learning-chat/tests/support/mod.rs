@@ -144,6 +144,51 @@ pub fn settings_for(sim: &SimServer) -> Settings {
     settings
 }
 
+/// Requires keys (with `pepper`) from the settings' records database (a fresh one from
+/// [`offline_settings`]); add keys with [`add_key`].
+pub fn require_keys(settings: &mut Settings, pepper: &str) {
+    settings.auth.mode = learning_chat::config::AuthMode::Required;
+    settings.auth.pepper = Secret::new(pepper);
+}
+
+/// Stores a new key in `settings`' records database (as `learning-chat keys create` does);
+/// `edit` sets its fields. Returns its secret.
+pub async fn add_key(
+    settings: &Settings,
+    edit: impl FnOnce(&mut learning_chat::auth::keys::ApiKey),
+) -> String {
+    use learning_chat::auth::keys;
+    let records =
+        learning_chat::records::Records::connect(&learning_chat::records::ConnectOptions {
+            url: settings
+                .database
+                .url()
+                .expect("a records database")
+                .to_owned(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("the records database opens");
+    let secret = keys::generate_secret();
+    let mut key = keys::ApiKey {
+        id: keys::generate_id(),
+        name: "test key".into(),
+        hash: keys::hash_secret(&settings.auth.pepper, &secret),
+        agents: Vec::new(),
+        limits: keys::KeyLimits::default(),
+        weight: 1,
+        require_learner: false,
+        created_at: keys::unix_now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    edit(&mut key);
+    assert!(records.create_key(&key, "test").await.expect("key stored"));
+    records.close().await;
+    secret
+}
+
 /// Builds the service from `settings` and runs it in this process until stopped.
 pub async fn spawn_app(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("service builds");
