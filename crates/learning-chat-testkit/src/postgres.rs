@@ -113,15 +113,26 @@ impl PostgresProcess {
             self.dir.path().display()
         );
         let log = self.dir.path().join("postgres.log");
-        let status = as_server_user(&self.bin, "pg_ctl")
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-o", &options, "-l"])
-            .arg(&log)
-            .args(["-w", "-t", "60", "start"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl start");
+        let start = || {
+            as_server_user(&self.bin, "pg_ctl")
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-o", &options, "-l"])
+                .arg(&log)
+                .args(["-w", "-t", "60", "start"])
+                .stdout(Stdio::null())
+                .status()
+                .expect("pg_ctl start")
+        };
+        // After a kill the old postmaster's port can take a moment to be free again.
+        let mut status = start();
+        for _ in 0..5 {
+            if status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            status = start();
+        }
         assert!(
             status.success(),
             "PostgreSQL did not start: {}",
@@ -134,47 +145,36 @@ impl PostgresProcess {
         );
     }
 
-    /// Kills the server (SIGKILL of the postmaster: an outage, not a clean stop), then waits
-    /// until the port is free.
+    /// Kills the server (SIGKILL of the postmaster and its backends: an outage, not a clean
+    /// stop), then waits until every one of them is gone, so [`PostgresProcess::restart`] finds
+    /// no live owner of the data directory.
     pub fn kill(&self) {
         let pid_file = self.dir.path().join("data").join("postmaster.pid");
-        let pid = std::fs::read_to_string(&pid_file)
+        let Some(pid) = std::fs::read_to_string(&pid_file)
             .ok()
-            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()));
-        if let Some(pid) = &pid {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-        // The backends die with their postmaster; the port frees once they are gone.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        else {
+            return;
+        };
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        let alive = |pid: &str| {
+            Path::new("/proc").join(pid).exists()
+                || Command::new("pgrep")
+                    .args(["-P", pid])
+                    .output()
+                    .is_ok_and(|o| !o.stdout.is_empty())
+        };
+        for _ in 0..200 {
+            if !alive(&pid) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+            std::thread::sleep(Duration::from_millis(50));
         }
-        // A killed postmaster leaves its pid file; pg_ctl start refuses while its backends
-        // still run, so wait for them too.
-        std::thread::sleep(Duration::from_millis(500));
-        // It may linger as a zombie until whoever adopted it reaps it, and pg_ctl start takes
-        // a zombie for a running postmaster: once it is dead (gone or a zombie), the pid file
-        // and the socket's lock file are stale and go.
-        if let Some(pid) = pid {
-            for _ in 0..100 {
-                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-                let dead = state.as_deref().is_none_or(|stat| {
-                    stat.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-                });
-                if dead {
-                    let socket = self.dir.path().join(format!(".s.PGSQL.{}", self.port));
-                    let _ = std::fs::remove_file(&pid_file);
-                    let _ =
-                        std::fs::remove_file(socket.with_extension(format!("{}.lock", self.port)));
-                    let _ = std::fs::remove_file(&socket);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        // Everything that held the directory is dead: the stale pid file would only make the
+        // next start wait for (and sometimes refuse on) a process that no longer exists.
+        let _ = std::fs::remove_file(&pid_file);
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/<database>`.

@@ -107,6 +107,9 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     path
 }
 
+/// The variable [`server_command`] sets to the metrics listener's address.
+pub const METRICS_BIND_ENV: &str = "LEARNING_CHAT_METRICS__BIND";
+
 /// A server's own scratch directory (its records database): named by this test process and the
 /// server's port, removed when the server's [`Proc`] is dropped.
 fn scratch_dir(port: u16) -> PathBuf {
@@ -129,12 +132,9 @@ pub fn sqlite_url(dir: &std::path::Path) -> String {
     format!("sqlite://{}", dir.join("records.db").display())
 }
 
-/// The variable [`server_command`] sets to the metrics listener's address.
-pub const METRICS_BIND_ENV: &str = "LEARNING_CHAT_METRICS__BIND";
-
 /// `learning-chat serve` on a free port, its metrics listener on another, with an empty
-/// environment (only `PATH`, the two addresses and `RUST_LOG=warn`) and its output discarded;
-/// the caller adds settings with `.env(...)` and starts it with [`spawn_server`].
+/// environment (only `PATH`, the two addresses, a records database and `RUST_LOG=warn`) and its output discarded; the caller adds settings with `.env(...)` and
+/// starts it with [`spawn_server`].
 ///
 /// Each server gets a records database of its own (a SQLite file in a scratch directory
 /// removed with its [`Proc`]), so no test writes `./learning-chat.db` or sees another's keys.

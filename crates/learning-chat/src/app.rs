@@ -399,13 +399,6 @@ impl Application {
             tls,
             key_refresher,
         } = self;
-        let auth_tasks = match (&state.auth, key_refresher) {
-            (Some(auth), Some(refresher)) => Some((
-                auth.start(refresher),
-                state.settings.database.acquire_timeout,
-            )),
-            _ => None,
-        };
         // Scraped until the process exits, through the drain too; Prometheus on the pod network
         // or loopback is its only client, so axum's plain server is enough here.
         let metrics_server = metrics_listener.map(|listener| {
@@ -416,6 +409,13 @@ impl Application {
                 }
             })
         });
+        let auth_tasks = match (&state.auth, key_refresher) {
+            (Some(auth), Some(refresher)) => Some((
+                auth.start(refresher),
+                state.settings.database.acquire_timeout,
+            )),
+            _ => None,
+        };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let redis_probe = state.redis.as_ref().map(|link| link.start());

@@ -16,4 +16,5 @@ mod redis_cluster;
 mod redis_sentinel;
 mod redis_shared;
 mod redis_slow;
+mod state_model;
 mod streaming;

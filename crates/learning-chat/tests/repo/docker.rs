@@ -179,9 +179,9 @@ async fn the_health_checks_pass_against_a_serving_process_only() {
     );
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.bind = "off".to_owned();
     // Not the default ./learning-chat.db, which every run would share.
     settings.database.url = crate::support::fresh_records_url();
-    settings.metrics.bind = "off".to_owned();
     let port_in_image = Settings::default().server.bind.port();
     let app = Application::build(settings).await.unwrap();
     let port = app.local_addr().port();

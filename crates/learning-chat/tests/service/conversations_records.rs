@@ -234,3 +234,61 @@ async fn with_postgresql_down_follow_ups_get_503_and_nothing_stored_is_lost() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn reading_and_erasing_conversations_count_against_the_keys_request_limit() {
+    let sim = start_sim(SimConfig::default()).await;
+    let mut settings = settings_for(&sim);
+    crate::support::require_keys(&mut settings, "a-pepper-of-this-test-only-0123");
+    let secret = crate::support::add_key(&settings, |key| key.limits.rpm = 3).await;
+    let app = spawn_app(settings).await;
+    let ask = app
+        .client
+        .post(app.url("/api/v1/agents/math"))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({ "message": FIRST }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ask.status(), StatusCode::OK);
+    let id = ask.json::<serde_json::Value>().await.unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = app.url(&format!("/api/v1/conversations/{id}"));
+    let read = app
+        .client
+        .get(&url)
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.headers()["ratelimit-remaining"], "1");
+    let erase = app
+        .client
+        .delete(&url)
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erase.status(), StatusCode::NO_CONTENT);
+    // The fourth request of the minute, whatever it is: refused, so an ask/erase loop is bounded.
+    let again = app
+        .client
+        .delete(&url)
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    let read = app
+        .client
+        .get(&url)
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await.unwrap();
+}
