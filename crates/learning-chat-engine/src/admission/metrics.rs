@@ -18,6 +18,9 @@ pub const UPSTREAM_LATENCY_ESTIMATE: &str = "learning_chat_upstream_latency_esti
 /// Questions waiting for a model slot.
 pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
 
+/// Queued questions refused because a key holding fewer queue places took their place.
+pub const QUEUE_DISPLACED: &str = "learning_chat_queue_displaced_total";
+
 /// Time spent waiting for a model slot.
 pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
 
@@ -68,6 +71,11 @@ pub fn queue_depth(depth: usize) {
 /// Sets the configured queue limit.
 pub fn queue_limit(limit: usize) {
     gauge!(QUEUE_LIMIT).set(limit as f64);
+}
+
+/// Records a queued question displaced by another key's newcomer.
+pub fn queue_displaced() {
+    counter!(QUEUE_DISPLACED).increment(1);
 }
 
 /// Records a wait for a model slot.
@@ -121,6 +129,10 @@ pub(crate) fn describe() {
     );
     describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
     describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
+    describe_counter!(
+        QUEUE_DISPLACED,
+        "Queued questions refused because a key holding fewer queue places took their place."
+    );
     describe_counter!(
         SHED,
         "Requests refused with 503 before the model, by reason."

@@ -10,6 +10,7 @@
 //! (`LEARNING_CHAT_UPSTREAM__MAX_CONCURRENCY=50`); the older plain names (`GEMINI_API_KEY`,
 //! `GEMINI_BASE_URL`, `REDIS_URL`, `REDIS_HOST`, `REDIS_PORT`, `SENTRY_DSN`) keep working.
 
+mod admission;
 mod agents;
 mod auth;
 mod cache;
@@ -28,6 +29,7 @@ mod telemetry;
 mod tests;
 mod upstream;
 
+pub use admission::AdmissionSettings;
 pub use agents::AgentSettings;
 pub use auth::{AuthMode, AuthSettings};
 pub use cache::CacheSettings;
@@ -119,6 +121,8 @@ pub struct Settings {
     pub conversation: ConversationSettings,
     /// API keys, per-key limits and fair sharing.
     pub auth: AuthSettings,
+    /// How keys share the server.
+    pub admission: AdmissionSettings,
     /// Bounds on the metrics themselves.
     pub metrics: MetricsSettings,
     /// Deprecated keys found while loading, one start-up warning each (never serialized).

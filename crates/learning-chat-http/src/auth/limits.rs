@@ -105,16 +105,29 @@ pub struct KeyLimiter {
     limiter: WindowLimiter,
     /// A request's concurrency lease; past it a crashed server's leases expire.
     lease: Duration,
+    /// Requests in progress for a key whose record sets none (`admission.default_key_concurrency`,
+    /// 0 = no limit): a flood from one key is refused before it crowds out the others.
+    default_concurrency: u32,
 }
 
 impl KeyLimiter {
-    /// A limiter in Redis (when given), otherwise in process.
-    pub fn new(redis: Option<RedisLink>, replicas: NonZeroU32, lease: Duration) -> KeyLimiter {
+    /// A limiter in Redis (when given), otherwise in process; a key whose record sets no
+    /// concurrency gets `default_concurrency` (0 = none).
+    pub fn new(
+        redis: Option<RedisLink>,
+        replicas: NonZeroU32,
+        lease: Duration,
+        default_concurrency: u32,
+    ) -> KeyLimiter {
         let limiter = match redis {
             Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
             None => WindowLimiter::local(OPTIONS),
         };
-        KeyLimiter { limiter, lease }
+        KeyLimiter {
+            limiter,
+            lease,
+            default_concurrency,
+        }
     }
 
     /// The windows of one request, in the order they are checked (the first that refuses is
@@ -138,10 +151,14 @@ impl KeyLimiter {
                 LimitKind::KeyTokens,
             );
         }
-        if limits.concurrency > 0 {
+        let concurrency = match limits.concurrency {
+            0 => self.default_concurrency,
+            set => set,
+        };
+        if concurrency > 0 {
             let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
             add(
-                Window::counting("inflight", u64::from(limits.concurrency), lease.max(1), 1),
+                Window::counting("inflight", u64::from(concurrency), lease.max(1), 1),
                 LimitKind::KeyConcurrency,
             );
         }
@@ -278,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refuse_with_the_limit_named() {
-        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60));
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 0);
         let limits = KeyLimits {
             rpm: 3,
             tokens_per_day: 100,
@@ -298,5 +315,39 @@ mod tests {
         let d = limiter.acquire(&limits, &subject(None, "5")).await;
         assert_eq!(d.refused, Some(LimitKind::KeyTokens));
         assert!(d.retry_after > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_key_without_a_concurrency_gets_the_default_and_its_own_wins() {
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 2);
+        let none = KeyLimits::default();
+        let held: Vec<_> = (0..2).map(|i| subject(None, &format!("d{i}"))).collect();
+        for s in &held {
+            assert_eq!(limiter.acquire(&none, s).await.refused, None);
+        }
+        let third = limiter.acquire(&none, &subject(None, "d2")).await;
+        assert_eq!(third.refused, Some(LimitKind::KeyConcurrency));
+        // A key whose record sets its own concurrency is not bound by the default.
+        let own = KeyLimits {
+            concurrency: 3,
+            ..KeyLimits::default()
+        };
+        let other = |member: &str| Subject {
+            key_id: "key_other".into(),
+            learner: None,
+            member: member.into(),
+        };
+        for i in 0..3 {
+            let granted = limiter.acquire(&own, &other(&format!("o{i}"))).await;
+            assert_eq!(granted.refused, None);
+        }
+        // Without a default, a key without limits is never refused.
+        let unlimited = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 0);
+        for i in 0..100 {
+            let granted = unlimited
+                .acquire(&none, &subject(None, &format!("u{i}")))
+                .await;
+            assert_eq!(granted.refused, None);
+        }
     }
 }

@@ -10,6 +10,7 @@ mod api;
 mod connections;
 mod conversations;
 mod conversations_redis;
+mod fair_queue;
 mod h2c;
 mod logs;
 mod metrics;

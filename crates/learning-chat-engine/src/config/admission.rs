@@ -1,0 +1,23 @@
+//! `[admission]`: how keys share the server: the default cap on a key's requests in progress.
+//! (The queue's bounds are `[upstream]`'s; its fair share per key needs no setting.)
+
+use serde::{Deserialize, Serialize};
+
+/// How keys share the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// Requests in progress at once for a key whose record sets no `concurrency` (0 = no
+    /// limit), so a flood from one key is refused (429) before it crowds out the others.
+    pub default_key_concurrency: u32,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        AdmissionSettings {
+            // Above the seed's load from one key with every answer a miss (about 100 questions
+            // a second x 2.8 s = 280 in progress), far below what floods the queue.
+            default_key_concurrency: 500,
+        }
+    }
+}
