@@ -143,6 +143,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         },
         refusal_ttl: settings.cache.refusal_ttl,
         failure_share: settings.redis.failure_share,
+        cache_scope: settings.cache.scope,
     });
     let auth = crate::auth::Auth::from_settings(&settings, redis.clone());
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);

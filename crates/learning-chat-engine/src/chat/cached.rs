@@ -21,6 +21,7 @@ impl ChatService {
         key: &CacheKey,
         message: &str,
         history: &[ModelTurn],
+        scope: Option<&str>,
     ) -> Option<Arc<CachedAnswer>> {
         let deps = &self.inner.deps;
         let lookup = crate::trace_span!(
@@ -41,7 +42,7 @@ impl ChatService {
             let chain = deps.router.chain(agent);
             if chain.first().is_some_and(|primary| primary.is_open()) {
                 if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
-                    let key = route_key(agent, route, message, history);
+                    let key = route_key(agent, route, message, history, scope);
                     found = deps.cache.get(&key).instrument(lookup.clone()).await;
                 }
             }
@@ -62,6 +63,7 @@ impl Inner {
         key: CacheKey,
         agent: &Agent,
         request: &ModelRequest,
+        scope: Option<&str>,
         lease: Option<Lease>,
         answered: Result<Answered, ChatError>,
     ) -> Result<Arc<Completion>, ChatError> {
@@ -75,7 +77,7 @@ impl Inner {
                 fallback: Some(route),
             }) => {
                 if completion.finish_reason == FinishReason::Stop {
-                    let key = route_key(agent, route, &request.message, &request.history);
+                    let key = route_key(agent, route, &request.message, &request.history, scope);
                     cache.keep(key, to_cache(completion), Share::Now).await;
                 }
                 Publish::Outcome(SharedOutcome::uncached(completion), shared_for)

@@ -7,6 +7,7 @@ use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, ResponseCache};
 use crate::coalesce::local::LocalCoalescer;
 use crate::coalesce::ClusterCoalescer;
+use crate::config::CacheScope;
 use crate::conversations::{ConversationError, Conversations};
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{ModelRouter, ModelTurn, Provider};
@@ -71,6 +72,8 @@ pub struct ChatDeps {
     pub refusal_ttl: Duration,
     /// How long a lease holder's failure is shown to the servers waiting on the same question.
     pub failure_share: Duration,
+    /// Who shares cached answers (and calls in flight): everyone, or each key its own.
+    pub cache_scope: CacheScope,
 }
 
 impl ChatDeps {
@@ -126,16 +129,23 @@ impl ChatService {
         owner: Option<&str>,
     ) -> Result<(), ConversationError> {
         let (deps, inner) = (&self.inner.deps, &self.inner);
+        let owner_id = owner.map(Arc::<str>::from);
+        let scope = inner.scope(owner_id.as_ref());
         let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
-            inner.key_for(agent, &normalise_message(message), history)
+            inner.key_for(
+                agent,
+                &normalise_message(message),
+                history,
+                scope.as_deref(),
+            )
         };
         deps.conversations
             .erase(id, owner, &deps.agents, &deps.cache, key_of)
             .await
     }
 
-    /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
-    /// inspect the shared state); `None` for an unknown agent.
+    /// The cache key the service uses for `message` to `agent_id` in the shared cache (for
+    /// tests and tools that inspect the shared state); `None` for an unknown agent.
     pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {
         self.cache_key_with_history(agent_id, message, &[])
     }
@@ -150,7 +160,7 @@ impl ChatService {
         let agent = self.inner.deps.agents.get(agent_id)?;
         Some(
             self.inner
-                .key_for(&agent, &normalise_message(message), history),
+                .key_for(&agent, &normalise_message(message), history, None),
         )
     }
 

@@ -63,6 +63,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
         prices: Prices::default(),
         refusal_ttl: Duration::ZERO,
         failure_share: Duration::ZERO,
+        cache_scope: crate::config::CacheScope::Shared,
     })
 }
 

@@ -329,6 +329,7 @@ mod tests {
             model: "m",
             message,
             history: &[],
+            scope: None,
         })
     }
 

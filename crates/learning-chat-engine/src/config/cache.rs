@@ -4,12 +4,26 @@ use super::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Who shares cached answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// Every caller: an answer paid for once serves everyone (the point of the service).
+    #[default]
+    Shared,
+    /// Each API key its own: one key's learners never learn what another key's asked, at the
+    /// price of a model call per key for the same question.
+    Key,
+}
+
 /// The response cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// Turn caching off entirely (every question goes to the model; coalescing still applies).
     pub enabled: bool,
+    /// `shared` (every caller) or `key` (each API key its own answers, coalescing included).
+    pub scope: CacheScope,
     /// How long an answer is served from cache (`ttl_ms`).
     #[serde(rename = "ttl_ms", with = "super::duration")]
     pub ttl: Duration,
@@ -41,6 +55,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             enabled: true,
+            scope: CacheScope::Shared,
             ttl: Duration::from_secs(3600),
             capacity: 1000,
             l1_ttl: Duration::from_secs(60),

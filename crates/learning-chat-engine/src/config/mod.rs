@@ -32,7 +32,7 @@ mod upstream;
 pub use admission::AdmissionSettings;
 pub use agents::AgentSettings;
 pub use auth::{AuthMode, AuthSettings};
-pub use cache::CacheSettings;
+pub use cache::{CacheScope, CacheSettings};
 pub use conversation::ConversationSettings;
 pub use gemini::GeminiSettings;
 pub use metrics::MetricsSettings;

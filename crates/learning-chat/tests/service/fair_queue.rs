@@ -12,11 +12,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PEPPER: &str = "fair-queue-test-pepper-0123456789";
+pub const PEPPER: &str = "fair-queue-test-pepper-0123456789";
 
 /// Creates a key with the real `learning-chat keys create` in the key store the settings name;
 /// returns its secret.
-fn create_key(keys_file: &Path, name: &str) -> String {
+pub fn create_key(keys_file: &Path, name: &str) -> String {
     let created = Command::new(env!("CARGO_BIN_EXE_learning-chat"))
         .args(["keys", "create", "--name", name])
         .env_clear()
@@ -33,7 +33,11 @@ fn create_key(keys_file: &Path, name: &str) -> String {
         .unwrap_or_else(|| panic!("no secret in {out:?} {created:?}"))
 }
 
-async fn ask_as(app: &TestApp, secret: &str, message: String) -> (StatusCode, serde_json::Value) {
+pub async fn ask_as(
+    app: &TestApp,
+    secret: &str,
+    message: String,
+) -> (StatusCode, serde_json::Value) {
     let reply = app
         .client
         .post(app.url("/api/v1/agents/math"))

@@ -7,6 +7,7 @@ pub mod support;
 
 mod admission;
 mod api;
+mod cache_scope;
 mod connections;
 mod conversations;
 mod conversations_redis;
