@@ -9,7 +9,9 @@ use crate::cache::{MemoryCache, RedisCache, ResponseCache};
 use crate::chat::{ChatDeps, ChatService, Prices};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
-use crate::conversations::{ConversationStore, Conversations, MemoryStore, RedisStore};
+use crate::conversations::{
+    ConversationStore, Conversations, MemoryBounds, MemoryStore, RedisStore,
+};
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{GeminiClient, OfflineModel, Provider};
 use crate::redis_link::RedisLink;
@@ -101,8 +103,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         match &redis {
             Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
             None => ConversationStore::Memory(Arc::new(MemoryStore::new(
-                settings.conversation.max_conversations,
-                conversation_ttl,
+                MemoryBounds::from_settings(&settings.conversation),
             ))),
         },
         settings.conversation.clone(),

@@ -48,6 +48,23 @@ pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
 /// This server's own calls written back into a Redis quota window that lacked them.
 pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
 
+/// Bytes the per-key limit windows hold in this process (Redis down or not configured).
+pub const LIMIT_WINDOWS_BYTES: &str = "learning_chat_limit_windows_bytes";
+
+/// Times the per-key limit windows went over their byte budget and the least recently used were
+/// forgotten.
+pub const LIMIT_WINDOWS_FORGOTTEN: &str = "learning_chat_limit_windows_forgotten_total";
+
+/// Sets the bytes the per-key limit windows hold in this process.
+pub fn limit_windows_bytes(bytes: usize) {
+    gauge!(LIMIT_WINDOWS_BYTES).set(bytes as f64);
+}
+
+/// Records one round of forgetting the least recently used limit windows.
+pub fn limit_windows_forgotten() {
+    counter!(LIMIT_WINDOWS_FORGOTTEN).increment(1);
+}
+
 /// Sets the concurrency limit in force.
 pub fn upstream_limit(limit: usize) {
     gauge!(UPSTREAM_LIMIT).set(limit as f64);
@@ -157,6 +174,15 @@ pub(crate) fn describe() {
     describe_gauge!(
         QUOTA_CONSERVATIVE,
         "1 while the quota counts conservatively after Redis trouble."
+    );
+    describe_gauge!(
+        LIMIT_WINDOWS_BYTES,
+        Unit::Bytes,
+        "Bytes the per-key limit windows hold in this process (admission.limit_windows_max_bytes)."
+    );
+    describe_counter!(
+        LIMIT_WINDOWS_FORGOTTEN,
+        "Rounds in which the least recently used per-key limit windows were forgotten to stay within their byte budget."
     );
     describe_counter!(
         QUOTA_REPUBLISHED,

@@ -5,7 +5,7 @@ use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimite
 use crate::agents::AgentRegistry;
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::config::Settings;
-use crate::conversations::{ConversationStore, Conversations, MemoryStore};
+use crate::conversations::{ConversationStore, Conversations, MemoryBounds, MemoryStore};
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::script::Script;
 use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
@@ -27,10 +27,10 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
-        ConversationStore::Memory(Arc::new(MemoryStore::new(
-            NonZeroUsize::new(1000).unwrap(),
-            Duration::from_secs(3600),
-        ))),
+        ConversationStore::Memory(Arc::new(MemoryStore::new(MemoryBounds {
+            ttl: Duration::from_secs(3600),
+            ..MemoryBounds::from_settings(&settings.conversation)
+        }))),
         settings.conversation.clone(),
         Duration::from_secs(60),
     );

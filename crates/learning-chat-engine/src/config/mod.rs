@@ -326,6 +326,7 @@ impl Settings {
         self.telemetry.validate()?;
         self.conversation.validate()?;
         self.auth.validate()?;
+        self.admission.validate()?;
         self.stream.validate()?;
         self.routing.validate()?;
         self.openai.validate()

@@ -14,7 +14,7 @@ pub mod metrics;
 mod redis;
 mod step;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemoryBounds, MemoryStore};
 pub use self::redis::RedisStore;
 pub use self::step::{Place, Recorded, Said};
 

@@ -10,6 +10,7 @@ use super::keys::KeyLimits;
 use learning_chat_engine::admission::window::{
     Change, Options, Ticket, Window, WindowLimiter, WindowOps,
 };
+use learning_chat_engine::config::AdmissionSettings;
 use learning_chat_engine::redis_link::RedisLink;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -112,21 +113,23 @@ pub struct KeyLimiter {
 
 impl KeyLimiter {
     /// A limiter in Redis (when given), otherwise in process; a key whose record sets no
-    /// concurrency gets `default_concurrency` (0 = none).
+    /// concurrency gets `admission.default_key_concurrency`, and the windows kept in process
+    /// stay within `admission.limit_windows_max_bytes`.
     pub fn new(
         redis: Option<RedisLink>,
         replicas: NonZeroU32,
         lease: Duration,
-        default_concurrency: u32,
+        admission: &AdmissionSettings,
     ) -> KeyLimiter {
         let limiter = match redis {
             Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
             None => WindowLimiter::local(OPTIONS),
         };
+        let max_bytes = usize::try_from(admission.limit_windows_max_bytes).unwrap_or(usize::MAX);
         KeyLimiter {
-            limiter,
+            limiter: limiter.with_max_bytes(max_bytes),
             lease,
-            default_concurrency,
+            default_concurrency: admission.default_key_concurrency,
         }
     }
 
@@ -285,6 +288,13 @@ impl KeyLimiter {
 mod tests {
     use super::*;
 
+    fn no_default() -> AdmissionSettings {
+        AdmissionSettings {
+            default_key_concurrency: 0,
+            ..AdmissionSettings::default()
+        }
+    }
+
     fn subject(learner: Option<&str>, member: &str) -> Subject {
         Subject {
             key_id: "key_test".into(),
@@ -295,7 +305,12 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refuse_with_the_limit_named() {
-        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 0);
+        let limiter = KeyLimiter::new(
+            None,
+            NonZeroU32::MIN,
+            Duration::from_secs(60),
+            &no_default(),
+        );
         let limits = KeyLimits {
             rpm: 3,
             tokens_per_day: 100,
@@ -318,15 +333,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn learner_windows_stay_within_their_byte_budget_whatever_ids_are_sent() {
+        let budget = AdmissionSettings {
+            limit_windows_max_bytes: 256 * 1024,
+            ..AdmissionSettings::default()
+        };
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), &budget);
+        let limits = KeyLimits {
+            learner_rpm: 10,
+            learner_tokens_per_day: 1_000_000,
+            ..KeyLimits::default()
+        };
+        // A new learner id with every request: two day-long windows each, never idle.
+        let mut peak = 0;
+        for i in 0..20_000 {
+            let learner = format!("{i:032x}");
+            let s = subject(Some(&learner), &format!("m{i}"));
+            let decision = limiter.acquire(&limits, &s).await;
+            assert_eq!(decision.refused, None);
+            limiter.finish(&limits, &s, &decision, 100).await;
+            peak = peak.max(limiter.limiter.local_bytes());
+        }
+        assert!(peak <= 256 * 1024, "peak {peak} bytes");
+        assert!(peak > 128 * 1024, "the budget was used: {peak} bytes");
+        // A learner seen just now is still limited: the recent windows are the ones kept.
+        let recent = format!("{:032x}", 19_999);
+        for n in 0..9 {
+            let s = subject(Some(&recent), &format!("again{n}"));
+            assert_eq!(limiter.acquire(&limits, &s).await.refused, None, "{n}");
+        }
+        let s = subject(Some(&recent), "over");
+        assert_eq!(
+            limiter.acquire(&limits, &s).await.refused,
+            Some(LimitKind::LearnerRpm)
+        );
+    }
+
+    #[tokio::test]
     async fn a_key_without_a_concurrency_gets_the_default_and_its_own_wins() {
-        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 2);
+        let two = AdmissionSettings {
+            default_key_concurrency: 2,
+            ..AdmissionSettings::default()
+        };
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), &two);
         let none = KeyLimits::default();
         let held: Vec<_> = (0..2).map(|i| subject(None, &format!("d{i}"))).collect();
-        for s in &held {
-            assert_eq!(limiter.acquire(&none, s).await.refused, None);
-        }
+        let first = limiter.acquire(&none, &held[0]).await;
+        assert_eq!(first.refused, None);
+        assert_eq!(limiter.acquire(&none, &held[1]).await.refused, None);
         let third = limiter.acquire(&none, &subject(None, "d2")).await;
         assert_eq!(third.refused, Some(LimitKind::KeyConcurrency));
+        // Ending one makes room again.
+        limiter.finish(&none, &held[0], &first, 0).await;
+        let fourth = limiter.acquire(&none, &subject(None, "d3")).await;
+        assert_eq!(fourth.refused, None);
         // A key whose record sets its own concurrency is not bound by the default.
         let own = KeyLimits {
             concurrency: 3,
@@ -342,7 +402,12 @@ mod tests {
             assert_eq!(granted.refused, None);
         }
         // Without a default, a key without limits is never refused.
-        let unlimited = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), 0);
+        let unlimited = KeyLimiter::new(
+            None,
+            NonZeroU32::MIN,
+            Duration::from_secs(60),
+            &no_default(),
+        );
         for i in 0..100 {
             let granted = unlimited
                 .acquire(&none, &subject(None, &format!("u{i}")))

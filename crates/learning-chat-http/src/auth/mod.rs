@@ -233,12 +233,7 @@ impl Auth {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
-            limiter: KeyLimiter::new(
-                redis,
-                settings.redis.replicas,
-                lease,
-                settings.admission.default_key_concurrency,
-            ),
+            limiter: KeyLimiter::new(redis, settings.redis.replicas, lease, &settings.admission),
             labels: KeyLabels {
                 max: settings.metrics.max_key_labels,
                 seen: Mutex::new(HashSet::new()),
