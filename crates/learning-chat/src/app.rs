@@ -52,12 +52,13 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         );
     }
     let ttl = settings.cache.ttl;
+    let (capacity, max_bytes) = (settings.cache.capacity, settings.cache.max_bytes);
     let cache = match (&redis, settings.cache.enabled) {
         (_, false) => ResponseCache::Disabled,
-        (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
+        (None, true) => ResponseCache::Memory(MemoryCache::new(capacity, max_bytes, ttl)),
         (Some(link), true) => ResponseCache::Tiered {
             // L1 only absorbs repeats on this server; freshness is Redis's job.
-            memory: MemoryCache::new(settings.cache.capacity, ttl.min(settings.cache.l1_ttl)),
+            memory: MemoryCache::new(capacity, max_bytes, ttl.min(settings.cache.l1_ttl)),
             redis: RedisCache::new(
                 link.clone(),
                 ttl,
@@ -143,6 +144,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
             output_per_million: settings.telemetry.price_per_million_output_tokens,
         },
         refusal_ttl: settings.cache.refusal_ttl,
+        refusal_max_bytes: settings.cache.refusal_max_bytes,
         failure_share: settings.redis.failure_share,
         cache_scope: settings.cache.scope,
     });

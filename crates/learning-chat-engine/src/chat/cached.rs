@@ -101,6 +101,7 @@ impl Inner {
             Err(ChatError::Provider(error)) if error.is_refusal() => {
                 if let Some(refusals) = &self.refusals {
                     refusals.insert(key, error.clone()).await;
+                    crate::chat::metrics::refusals_bytes(refusals.weighted_size());
                 }
                 let ttl = deps.refusal_ttl.max(shared_for);
                 Publish::Outcome(SharedOutcome::Failed(error.clone()), ttl)

@@ -36,7 +36,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
     );
     ChatService::new(ChatDeps {
         agents,
-        cache: ResponseCache::Memory(MemoryCache::new(1000, Duration::from_secs(3600))),
+        cache: ResponseCache::Memory(MemoryCache::new(1000, 1 << 24, Duration::from_secs(3600))),
         provider: Provider::Offline(Box::new(OfflineModel::new(&settings.offline))),
         router,
         admission: Admission::new(
@@ -62,6 +62,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
         max_message_chars: 2000,
         prices: Prices::default(),
         refusal_ttl: Duration::ZERO,
+        refusal_max_bytes: 1 << 20,
         failure_share: Duration::ZERO,
         cache_scope: crate::config::CacheScope::Shared,
     })

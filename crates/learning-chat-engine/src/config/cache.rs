@@ -29,6 +29,10 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// Most answers kept in process memory; may be 0 only with caching off.
     pub capacity: u64,
+    /// Most bytes the answers kept in process memory take (text and bookkeeping).
+    pub max_bytes: u64,
+    /// Most bytes the remembered refusals take (`refusal_ttl_ms`).
+    pub refusal_max_bytes: u64,
     /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL
     /// (`l1_ttl_ms`).
     #[serde(rename = "l1_ttl_ms", with = "super::duration")]
@@ -58,6 +62,8 @@ impl Default for CacheSettings {
             scope: CacheScope::Shared,
             ttl: Duration::from_secs(3600),
             capacity: 1000,
+            max_bytes: 8 * 1024 * 1024,
+            refusal_max_bytes: 1024 * 1024,
             l1_ttl: Duration::from_secs(60),
             refusal_ttl: Duration::from_secs(60),
             share_offline_answers: false,
@@ -76,6 +82,16 @@ impl CacheSettings {
         }
         if self.capacity == 0 {
             return invalid("cache.capacity must be at least 1 (or set cache.enabled = false)");
+        }
+        if self.max_bytes < 64 * 1024 {
+            return invalid(
+                "cache.max_bytes must be at least 65536 (or set cache.enabled = false)",
+            );
+        }
+        if self.refusal_max_bytes < 64 * 1024 {
+            return invalid(
+                "cache.refusal_max_bytes must be at least 65536 (or set cache.refusal_ttl_ms = 0)",
+            );
         }
         if self.ttl.is_zero() {
             return invalid("cache.ttl_ms must be at least 1 ms (or set cache.enabled = false)");
