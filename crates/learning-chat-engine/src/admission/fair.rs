@@ -138,7 +138,7 @@ impl GateState {
         self.queue
             .iter()
             .rev()
-            .find(|(_, waiter)| waiter.flow == *most)
+            .find(|(_, waiter)| waiter.flow == *most && self.places.contains_key(&waiter.place))
             .map(|(key, _)| *key)
     }
 }
@@ -263,7 +263,7 @@ impl FairGate {
 
     /// Waits, in the queue place `place`, for the turn in `flow`'s fair order until `until`.
     pub async fn turn(&self, place: &Place, flow: &Flow, until: Instant) -> Waited {
-        let receiver = {
+        let waiting = {
             let mut state = self.state.lock();
             if !state.places.contains_key(&place.id) {
                 return Waited::Displaced;
@@ -291,12 +291,17 @@ impl FairGate {
                     sender,
                 },
             );
-            receiver
+            (receiver, (tag, arrival))
         };
+        let (receiver, entry) = waiting;
         match tokio::time::timeout_at(until, receiver).await {
             Ok(Ok(turn)) => Waited::Turn(turn),
             Ok(Err(_)) => Waited::Displaced,
-            Err(_) => Waited::TimedOut,
+            Err(_) => {
+                // Gone from the queue at once, so no newcomer displaces a request that left.
+                self.state.lock().queue.remove(&entry);
+                Waited::TimedOut
+            }
         }
     }
 
