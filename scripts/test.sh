@@ -12,6 +12,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # tests/browser/ drives headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The records database's tests run their own PostgreSQL (initdb + pg_ctl on a free port).
+command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 # tests/repo/k8s.rs builds deploy/k8s with `kubectl kustomize`.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -81,6 +81,7 @@ impl ChatService {
                 &message,
                 conversation.as_deref(),
                 caller.key_id.as_ref(),
+                &deps.cache,
             )
             .await?;
         deps.check(&message)?;
@@ -94,8 +95,8 @@ impl ChatService {
         let found = self
             .lookup(&agent, &key, &message, &history, scope.as_deref())
             .await;
-        if let Some(hit) = found {
-            let answer = Answer::cached(&hit);
+        if let Some((hit, found_under)) = found {
+            let answer = Answer::cached(&hit, found_under);
             return Ok(Reply::Ready(
                 self.record(place, &agent, &message, answer).await?,
             ));
@@ -122,7 +123,7 @@ impl ChatService {
                     inner.call(key, &agent, &request, asker, fanout).await
                 }
             });
-        let rest = answer::Rest::new(self.clone(), place, agent, message.into_owned());
+        let rest = answer::Rest::new(self.clone(), key, place, agent, message.into_owned());
         Ok(Reply::Live(Box::new(Live::new(waiting, rest))))
     }
 
@@ -138,10 +139,12 @@ impl ChatService {
             text: &answer.text,
             cached: answer.cached,
             model: &answer.model,
+            kept_under: answer.kept_under,
         };
-        let conversations = &self.inner.deps.conversations;
-        let recorded = conversations
-            .record(place, agent.id(), message, said)
+        let deps = &self.inner.deps;
+        let recorded = deps
+            .conversations
+            .record(place, agent.id(), message, said, &deps.cache)
             .await?;
         Ok(answer.recorded(recorded))
     }

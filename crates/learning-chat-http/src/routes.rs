@@ -28,6 +28,13 @@ pub fn agent_of(path: &str) -> Option<&str> {
     (!agent.is_empty()).then_some(agent)
 }
 
+/// True for a conversation's path (`/api/v1/conversations/{conversation_id}`): reading and
+/// erasing conversations count against a key's request limits like questions do.
+pub fn is_conversation(path: &str) -> bool {
+    path.strip_prefix("/api/v1/conversations/")
+        .is_some_and(|id| !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod net;
 pub mod nginx;
+pub mod postgres;
 pub mod process;
 pub mod prom;
 pub mod redis;

@@ -10,7 +10,7 @@ use crate::chat::{ChatDeps, ChatService, Prices};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::conversations::{
-    ConversationStore, Conversations, MemoryBounds, MemoryStore, RedisStore,
+    ConversationStore, Conversations, MemoryBounds, MemoryStore, RedisStore, TokenSigner,
 };
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{GeminiClient, OfflineModel, Provider};
@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use learning_chat_records::{ConnectOptions, Records};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,17 +100,33 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         redis.clone(),
         &transport,
     )?;
+    // Connects on first use: a PostgreSQL that is down at start is retried by
+    // `Application::build` while the server already answers what does not need it.
+    let records = match settings.database.url() {
+        Some(url) => Some(Records::lazy(&ConnectOptions {
+            url: url.to_owned(),
+            max_connections: settings.database.max_connections.get(),
+            acquire_timeout: settings.database.acquire_timeout,
+        })?),
+        None => None,
+    };
     let conversation_ttl = settings.conversation.ttl;
     let conversations = Conversations::new(
-        match &redis {
-            Some(link) => ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl)),
-            None => ConversationStore::Memory(Arc::new(MemoryStore::new(
+        match (&records, &redis) {
+            (Some(records), _) => ConversationStore::Records(records.clone()),
+            (None, Some(link)) => {
+                ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
+            }
+            (None, None) => ConversationStore::Memory(Arc::new(MemoryStore::new(
                 MemoryBounds::from_settings(&settings.conversation),
             ))),
         },
         settings.conversation.clone(),
         // Longer than any request may run, so the lock only outlives a server that died.
         settings.request_timeout() + Duration::from_secs(5),
+        // A token starts its conversation only while its answer is cached, and never after a
+        // stored conversation of it would have expired (it could start it again).
+        TokenSigner::new(settings.cache.ttl.min(conversation_ttl)),
     );
     let chat = ChatService::new(ChatDeps {
         agents,
@@ -156,7 +173,68 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         metrics,
         redis,
         auth,
+        records,
     }))
+}
+
+/// The name of the conversation-token key in the records database.
+const TOKEN_SECRET: &str = "conversation-token";
+
+/// Applies the records database's migrations and sets the conversation-token key every server
+/// shares, before the listener serves. A database that cannot be reached now (PostgreSQL down)
+/// does not stop the start: migrations are retried in the background, and tokens are signed
+/// with this process's own key (valid on this server only) until the next restart.
+async fn prepare_records(state: &AppState) {
+    let tokens = state.chat.conversations().tokens().clone();
+    let settings = &state.settings;
+    if !settings.conversation.token_secret.is_empty() {
+        tokens.set_secret(settings.conversation.token_secret.expose());
+    }
+    let Some(records) = state.records.clone() else {
+        // Without a database every server of a cluster shares the key through the pepper (or
+        // `conversation.token_secret`); with neither, the key is this process's.
+        if !settings.auth.pepper.is_empty() {
+            tokens.set_secret(&format!(
+                "conversation-token\0{}",
+                settings.auth.pepper.expose()
+            ));
+        }
+        return;
+    };
+    let ready = async {
+        records.migrate().await?;
+        records
+            .shared_secret(TOKEN_SECRET, TokenSigner::random_secret)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), ready).await {
+        // A configured `conversation.token_secret` was set first and stays.
+        Ok(Ok(secret)) => {
+            tokens.set_secret(&secret);
+        }
+        Ok(Err(error)) => retry_records_later(records, error.to_string()),
+        Err(_) => retry_records_later(records, "no answer within 10 s".into()),
+    }
+}
+
+fn retry_records_later(records: Records, error: String) {
+    tracing::error!(
+        %error,
+        "records database unreachable at start: conversations and keys wait for it; \
+         conversation tokens are valid on this server only until it restarts"
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            match records.migrate().await {
+                Ok(()) => {
+                    tracing::info!("records database reachable: migrations applied");
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "records database still unreachable"),
+            }
+        }
+    });
 }
 
 /// The router with every route and middleware.
@@ -249,6 +327,7 @@ impl Application {
         let bind = settings.server.bind;
         let tls = crate::tls::Tls::from_settings(&settings.server)?;
         let state = state_from_settings(settings)?;
+        prepare_records(&state).await;
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;

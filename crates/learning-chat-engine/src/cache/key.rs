@@ -71,6 +71,16 @@ impl CacheKey {
         CacheKey(hasher.finalize().into())
     }
 
+    /// The digest's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key from its bytes (as carried by a conversation token).
+    pub fn from_bytes(bytes: [u8; 32]) -> CacheKey {
+        CacheKey(bytes)
+    }
+
     /// The hex digest.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

@@ -17,7 +17,10 @@ const ENTRY_OVERHEAD: u64 = 256;
 
 /// The bytes an answer holds in the cache.
 fn answer_bytes(answer: &CachedAnswer) -> u64 {
-    ENTRY_OVERHEAD + answer.text.len() as u64 + answer.model.len() as u64
+    ENTRY_OVERHEAD
+        + answer.text.len() as u64
+        + answer.model.len() as u64
+        + answer.question.len() as u64
 }
 
 /// Answers in process memory.
@@ -107,6 +110,7 @@ mod tests {
             model: "m".into(),
             usage: Usage::default(),
             created_at_unix: 0,
+            question: "q".into(),
         })
     }
 
@@ -140,7 +144,7 @@ mod tests {
         }
         cache.run_pending_tasks().await;
         assert!(cache.entry_count() <= 10, "{}", cache.entry_count());
-        assert_eq!(cache.bytes(), cache.entry_count() * (ENTRY_OVERHEAD + 11));
+        assert_eq!(cache.bytes(), cache.entry_count() * (ENTRY_OVERHEAD + 12));
         // Replacing and removing take their bytes back.
         cache.insert(key(99), answer(10)).await;
         for i in 0..100 {

@@ -26,6 +26,10 @@ pub struct CachedAnswer {
     pub usage: Usage,
     /// When it was produced (Unix seconds).
     pub created_at_unix: u64,
+    /// The question it answers (normalised): a conversation token's follow-up reads its first
+    /// exchange from here, so a one-shot question stores nothing else.
+    #[serde(default)]
+    pub question: String,
 }
 
 /// The cache tiers, defined with the metrics that label lookups by them.
@@ -62,22 +66,37 @@ pub enum ResponseCache {
 impl ResponseCache {
     /// The cached answer for `key`, with the tier that had it.
     pub async fn get(&self, key: &CacheKey) -> Option<(Arc<CachedAnswer>, CacheTier)> {
+        self.fetch(key, true).await
+    }
+
+    /// The cached answer for `key`, not counted as a lookup: a conversation reading back an
+    /// answer it was given (its token's first exchange), not a question asked.
+    pub async fn read_back(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
+        self.fetch(key, false).await.map(|(answer, _)| answer)
+    }
+
+    async fn fetch(&self, key: &CacheKey, count: bool) -> Option<(Arc<CachedAnswer>, CacheTier)> {
+        let lookup = |tier, hit| {
+            if count {
+                crate::cache::metrics::cache_lookup(tier, hit);
+            }
+        };
         match self {
             ResponseCache::Disabled => None,
             ResponseCache::Memory(memory) => {
                 let found = memory.get(key).await;
-                crate::cache::metrics::cache_lookup(CacheTier::Memory, found.is_some());
+                lookup(CacheTier::Memory, found.is_some());
                 found.map(|a| (a, CacheTier::Memory))
             }
             ResponseCache::Tiered { memory, redis } => {
                 if let Some(found) = memory.get(key).await {
-                    crate::cache::metrics::cache_lookup(CacheTier::Memory, true);
+                    lookup(CacheTier::Memory, true);
                     return Some((found, CacheTier::Memory));
                 }
-                crate::cache::metrics::cache_lookup(CacheTier::Memory, false);
+                lookup(CacheTier::Memory, false);
                 // Redis down is a miss: the question goes to the model instead of failing.
                 let found = redis.get(key).await.ok().flatten().map(Arc::new);
-                crate::cache::metrics::cache_lookup(CacheTier::Redis, found.is_some());
+                lookup(CacheTier::Redis, found.is_some());
                 let found = found?;
                 memory.insert(*key, found.clone()).await;
                 Some((found, CacheTier::Redis))

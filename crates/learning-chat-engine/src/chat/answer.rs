@@ -4,7 +4,7 @@
 use super::{ChatError, ChatService};
 use crate::admission::Flow;
 use crate::agents::Agent;
-use crate::cache::CachedAnswer;
+use crate::cache::{CacheKey, CachedAnswer};
 use crate::coalesce::subscription::{Subscription, Update};
 use crate::conversations::{Place, Recorded};
 use crate::providers::{Completion, Usage};
@@ -68,12 +68,16 @@ pub struct Answer {
     pub turn: u32,
     /// True when older turns were left out of the history sent to the model.
     pub history_truncated: bool,
+    /// The cache key the answer can be read back under, when it may be in the cache: a
+    /// one-shot answer's conversation token points there instead of storing anything.
+    pub(crate) kept_under: Option<CacheKey>,
 }
 
 impl Answer {
     /// A cache hit.
-    pub(super) fn cached(hit: &CachedAnswer) -> Answer {
+    pub(super) fn cached(hit: &CachedAnswer, key: CacheKey) -> Answer {
         Answer {
+            kept_under: Some(key),
             text: hit.text.clone(),
             cached: true,
             model: hit.model.clone(),
@@ -86,8 +90,10 @@ impl Answer {
     }
 
     /// A model's answer (this server's call, or another server's).
-    fn fresh(completion: &Completion) -> Answer {
+    fn fresh(completion: &Completion, key: CacheKey) -> Answer {
         Answer {
+            // Kept only when complete; whether it is there is checked before a token is made.
+            kept_under: (completion.finish_reason == FinishReason::Stop).then_some(key),
             text: completion.text.clone(),
             cached: false,
             model: completion.model.clone(),
@@ -149,15 +155,23 @@ pub struct Live {
 /// What a live reply still has to do with the call's outcome: record the exchange.
 pub(super) struct Rest {
     chat: ChatService,
+    key: CacheKey,
     place: Place,
     agent: Arc<Agent>,
     message: String,
 }
 
 impl Rest {
-    pub(super) fn new(chat: ChatService, place: Place, agent: Arc<Agent>, message: String) -> Rest {
+    pub(super) fn new(
+        chat: ChatService,
+        key: CacheKey,
+        place: Place,
+        agent: Arc<Agent>,
+        message: String,
+    ) -> Rest {
         Rest {
             chat,
+            key,
             place,
             agent,
             message,
@@ -168,13 +182,14 @@ impl Rest {
         self,
         outcome: Result<Arc<Completion>, ChatError>,
     ) -> Result<Answer, ChatError> {
-        let answer = Answer::fresh(&*outcome?);
         let Rest {
             chat,
+            key,
             place,
             agent,
             message,
         } = self;
+        let answer = Answer::fresh(&*outcome?, key);
         chat.record(place, &agent, &message, answer).await
     }
 }

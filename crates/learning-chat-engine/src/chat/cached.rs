@@ -22,7 +22,7 @@ impl ChatService {
         message: &str,
         history: &[ModelTurn],
         scope: Option<&str>,
-    ) -> Option<Arc<CachedAnswer>> {
+    ) -> Option<(Arc<CachedAnswer>, CacheKey)> {
         let deps = &self.inner.deps;
         let lookup = crate::trace_span!(
             "cache.lookup",
@@ -35,7 +35,12 @@ impl ChatService {
             lookup.record("cache.key", tracing::field::display(key));
             lookup.record("chat.message", message);
         }
-        let mut found = deps.cache.get(key).instrument(lookup.clone()).await;
+        let mut found = deps
+            .cache
+            .get(key)
+            .instrument(lookup.clone())
+            .await
+            .map(|(hit, tier)| (hit, tier, *key));
         if found.is_none() {
             // While the primary is skipped, the model that would answer is the first fallback
             // with a closed circuit: its cached answer is the one to serve.
@@ -43,15 +48,20 @@ impl ChatService {
             if chain.first().is_some_and(|primary| primary.is_open()) {
                 if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
                     let key = route_key(agent, route, message, history, scope);
-                    found = deps.cache.get(&key).instrument(lookup.clone()).await;
+                    found = deps
+                        .cache
+                        .get(&key)
+                        .instrument(lookup.clone())
+                        .await
+                        .map(|(hit, tier)| (hit, tier, key));
                 }
             }
         }
         lookup.record("cache.hit", found.is_some());
-        if let Some((_, tier)) = &found {
+        if let Some((_, tier, _)) = &found {
             lookup.record("cache.tier", tier.as_str());
         }
-        found.map(|(hit, _)| hit)
+        found.map(|(hit, _, key)| (hit, key))
     }
 }
 
@@ -78,7 +88,9 @@ impl Inner {
             }) => {
                 if completion.finish_reason == FinishReason::Stop {
                     let key = route_key(agent, route, &request.message, &request.history, scope);
-                    cache.keep(key, to_cache(completion), Share::Now).await;
+                    cache
+                        .keep(key, to_cache(completion, &request.message), Share::Now)
+                        .await;
                 }
                 Publish::Outcome(SharedOutcome::uncached(completion), shared_for)
             }
@@ -90,7 +102,10 @@ impl Inner {
                 } else {
                     Share::Now
                 };
-                match cache.keep(key, to_cache(completion), share).await {
+                match cache
+                    .keep(key, to_cache(completion, &request.message), share)
+                    .await
+                {
                     Some(answer) => Publish::Answer(answer),
                     None => Publish::Nothing,
                 }
@@ -130,8 +145,9 @@ impl Inner {
 }
 
 /// A complete answer as the cache keeps it.
-fn to_cache(completion: &Completion) -> CachedAnswer {
+fn to_cache(completion: &Completion, question: &str) -> CachedAnswer {
     CachedAnswer {
+        question: question.to_owned(),
         text: completion.text.clone(),
         model: completion.model.clone(),
         usage: completion.usage,

@@ -135,7 +135,17 @@ impl ChatService {
         })
     }
 
-    /// Erases a conversation from its store and its answers from the cache.
+    /// A conversation as stored (or, for a token never continued, its first exchange).
+    pub async fn conversation(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<crate::conversations::Conversation, ConversationError> {
+        let deps = &self.inner.deps;
+        deps.conversations.get(id, owner, &deps.cache).await
+    }
+
+    /// Erases a conversation from its store and the answers it caused from the cache.
     pub async fn erase_conversation(
         &self,
         id: &str,
@@ -227,11 +237,12 @@ impl ChatService {
             crate::chat::metrics::refusals_bytes(refusals.weighted_size());
         }
         crate::coalesce::metrics::coalesce_bytes(inner.calls.held().1);
-        if let crate::conversations::ConversationStore::Memory(store) =
-            inner.deps.conversations.store()
-        {
-            crate::conversations::metrics::conversations_memory_bytes(store.bytes());
-        }
+        // Zero when conversations live elsewhere (records database, Redis).
+        let conversations = match inner.deps.conversations.store() {
+            crate::conversations::ConversationStore::Memory(store) => store.bytes(),
+            _ => 0,
+        };
+        crate::conversations::metrics::conversations_memory_bytes(conversations);
     }
 
     /// Calls in flight on this server and the bytes they hold.

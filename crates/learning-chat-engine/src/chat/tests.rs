@@ -33,6 +33,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
         }))),
         settings.conversation.clone(),
         Duration::from_secs(60),
+        crate::conversations::TokenSigner::new(Duration::from_secs(3600)),
     );
     ChatService::new(ChatDeps {
         agents,
@@ -256,7 +257,7 @@ async fn a_follow_up_is_answered_with_its_history_and_recorded() {
         "the first exchange went with the follow-up"
     );
     let id = first.conversation_id.unwrap();
-    let stored = chat.conversations().get(&id, None).await.unwrap();
+    let stored = chat.conversation(&id, None).await.unwrap();
     assert_eq!(stored.turns.len(), 4);
 }
 

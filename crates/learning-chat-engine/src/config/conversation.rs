@@ -1,6 +1,6 @@
 //! `[conversation]`: multi-turn conversations: storage, lifetime and bounds.
 
-use super::{invalid, ConfigError};
+use super::{invalid, ConfigError, Secret};
 use serde::{Deserialize, Serialize};
 use std::num::{NonZero, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -34,6 +34,10 @@ pub struct ConversationSettings {
     /// (`busy_wait_ms`) before it is refused with 409 `conversation_busy` and `Retry-After`.
     #[serde(rename = "busy_wait_ms", with = "super::duration")]
     pub busy_wait: Duration,
+    /// Key of the signed ids of one-shot answers (`LEARNING_CHAT_CONVERSATION__TOKEN_SECRET`);
+    /// empty: the records database keeps one for every server, else one is derived from
+    /// `auth.pepper`, else each process makes its own.
+    pub token_secret: Secret,
     /// Deprecated: `ttl_secs` in seconds, read as `ttl_ms` (warned about at start-up).
     #[serde(rename = "ttl_secs", skip_serializing)]
     pub deprecated_ttl_secs: Option<u64>,
@@ -50,6 +54,7 @@ impl Default for ConversationSettings {
             max_turns: 200,
             max_stored_bytes: 512 * 1024,
             busy_wait: Duration::from_secs(10),
+            token_secret: Secret::default(),
             deprecated_ttl_secs: None,
         }
     }

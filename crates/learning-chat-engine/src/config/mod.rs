@@ -15,6 +15,7 @@ mod agents;
 mod auth;
 mod cache;
 mod conversation;
+mod database;
 pub mod duration;
 mod gemini;
 mod metrics;
@@ -34,6 +35,7 @@ pub use agents::AgentSettings;
 pub use auth::{AuthMode, AuthSettings};
 pub use cache::{CacheScope, CacheSettings};
 pub use conversation::ConversationSettings;
+pub use database::{DatabaseSettings, DatabaseUrl};
 pub use gemini::GeminiSettings;
 pub use metrics::MetricsSettings;
 pub use offline::OfflineSettings;
@@ -134,6 +136,8 @@ pub struct Settings {
     pub routing: RoutingSettings,
     /// The default OpenAI-compatible endpoint for agents or models with `provider = "openai"`.
     pub openai: OpenAiSettings,
+    /// The records database: what must last (keys, conversations, usage, audit log).
+    pub database: DatabaseSettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -329,6 +333,7 @@ impl Settings {
         self.admission.validate()?;
         self.stream.validate()?;
         self.routing.validate()?;
+        self.database.validate()?;
         self.openai.validate()
     }
 

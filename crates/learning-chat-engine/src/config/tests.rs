@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 29] = [
+const DURATIONS: [(&str, Field); 32] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -53,13 +53,18 @@ const DURATIONS: [(&str, Field); 29] = [
     ("stream.keepalive_ms", |s| s.stream.keepalive),
     ("stream.retry_after_ms", |s| s.stream.retry_after),
     ("stream.redis_ttl_ms", |s| s.stream.redis_ttl),
+    ("database.acquire_timeout_ms", |s| {
+        s.database.acquire_timeout
+    }),
+    ("database.key_refresh_ms", |s| s.database.key_refresh),
+    ("database.ledger_flush_ms", |s| s.database.ledger_flush),
     ("routing.breaker_cooldown_ms", |s| {
         s.routing.breaker_cooldown
     }),
 ];
 
 /// Every count that must be positive.
-const POSITIVE_COUNTS: [&str; 11] = [
+const POSITIVE_COUNTS: [&str; 12] = [
     "server.max_message_chars",
     "server.max_connections",
     "server.http2_max_concurrent_streams",
@@ -71,6 +76,7 @@ const POSITIVE_COUNTS: [&str; 11] = [
     "redis.up_after_probes",
     "conversation.max_conversations",
     "conversation.max_history_tokens",
+    "database.max_connections",
 ];
 
 /// A TOML file setting `section.key = value` for each entry, one table per section.

@@ -9,6 +9,9 @@ pub const CONVERSATIONS_ACTIVE: &str = "learning_chat_conversations_active";
 /// Conversations started (stored).
 pub const CONVERSATIONS_CREATED: &str = "learning_chat_conversations_created_total";
 
+/// One-shot answers given a conversation token instead of a stored conversation.
+pub const CONVERSATION_TOKENS: &str = "learning_chat_conversation_tokens_issued_total";
+
 /// Conversations erased by `DELETE /api/v1/conversations/{id}`.
 pub const CONVERSATIONS_ERASED: &str = "learning_chat_conversations_erased_total";
 
@@ -30,6 +33,11 @@ pub const CONVERSATION_TRUNCATIONS: &str = "learning_chat_conversation_history_t
 
 /// Conversation messages refused or not stored, by reason.
 pub const CONVERSATION_REFUSALS: &str = "learning_chat_conversation_refusals_total";
+
+/// Counts a one-shot answer's token (nothing stored).
+pub fn conversation_token_issued() {
+    counter!(CONVERSATION_TOKENS).increment(1);
+}
 
 /// Sets the conversations alive now.
 pub fn conversations_active(count: u64) {
@@ -81,7 +89,14 @@ pub(crate) fn describe() {
         CONVERSATIONS_ACTIVE,
         "Conversations used within the TTL (cluster-wide with Redis)."
     );
-    describe_counter!(CONVERSATIONS_CREATED, "Conversations started.");
+    describe_counter!(
+        CONVERSATIONS_CREATED,
+        "Conversations stored (a follow-up to a token, or a first answer that could not be cached)."
+    );
+    describe_counter!(
+        CONVERSATION_TOKENS,
+        "One-shot answers given a signed conversation token: nothing stored until a follow-up."
+    );
     describe_counter!(CONVERSATIONS_ERASED, "Conversations erased on request.");
     describe_counter!(
         CONVERSATIONS_EVICTED,

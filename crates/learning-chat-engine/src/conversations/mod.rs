@@ -1,8 +1,10 @@
 //! Multi-turn conversations: a learner's follow-ups are answered with the earlier turns as
 //! context, on any server.
 //!
-//! A conversation is stored in Redis when it is configured (so every server continues every
-//! conversation) and in process memory otherwise. Its history is sent to the model as Gemini
+//! A one-shot question stores nothing: its answer's id is a signed token pointing at the
+//! answer in the cache ([`token`]); the conversation is stored when the learner follows up. A
+//! stored conversation lives in the records database (SQLite or PostgreSQL), else in Redis when
+//! it is configured (so every server continues every conversation), else in process memory. Its history is sent to the model as Gemini
 //! `contents` (roles `user` / `model`), bounded to `conversation.max_history_tokens`, and is part
 //! of the cache key, so first turns and identical follow-ups still share answers. Two messages of
 //! one conversation never run at once: the second waits (bounded) for the first. Each question and
@@ -13,16 +15,19 @@ mod memory;
 pub mod metrics;
 mod redis;
 mod step;
+pub mod token;
 
 pub use self::memory::{MemoryBounds, MemoryStore};
 pub use self::redis::RedisStore;
 pub use self::step::{Place, Recorded, Said};
+pub use self::token::TokenSigner;
 
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{CacheKey, ResponseCache};
 use crate::config::ConversationSettings;
 use crate::providers::{input_token_estimate, ModelTurn, Role};
-use crate::redis_link::RedisUnavailable;
+use learning_chat_records::conversations::{Append, ConversationRecord, NewTurns, TurnRecord};
+use learning_chat_records::Records;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand::Rng;
@@ -88,26 +93,88 @@ pub enum AppendOutcome {
 /// Where conversations live.
 #[derive(Debug, Clone)]
 pub enum ConversationStore {
-    /// In this process (no Redis configured).
+    /// In this process (neither a records database nor Redis configured).
     Memory(Arc<MemoryStore>),
-    /// In Redis, shared by every server.
+    /// In Redis, shared by every server (no records database configured).
     Redis(RedisStore),
+    /// In the records database: kept until erased, shared by every server using it.
+    Records(Records),
+}
+
+/// The store could not be reached (Redis or the database down); nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the conversation store is unavailable")]
+pub struct StoreDown;
+
+impl From<crate::redis_link::RedisUnavailable> for StoreDown {
+    fn from(_: crate::redis_link::RedisUnavailable) -> StoreDown {
+        StoreDown
+    }
+}
+
+impl From<learning_chat_records::RecordsError> for StoreDown {
+    fn from(error: learning_chat_records::RecordsError) -> StoreDown {
+        tracing::warn!(%error, "conversation store");
+        StoreDown
+    }
+}
+
+fn from_record(record: ConversationRecord) -> Conversation {
+    Conversation {
+        id: record.id,
+        agent_id: record.agent_id,
+        created_at_ms: u64::try_from(record.created_at_ms).unwrap_or(0),
+        turns: record
+            .turns
+            .into_iter()
+            .map(|t| Turn {
+                role: if t.role == Role::Model.as_str() {
+                    Role::Model
+                } else {
+                    Role::User
+                },
+                text: t.text,
+                at_ms: u64::try_from(t.at_ms).unwrap_or(0),
+                cached: t.cached,
+                model: t.model,
+            })
+            .collect(),
+    }
+}
+
+fn to_record(turn: &Turn) -> TurnRecord {
+    TurnRecord {
+        role: turn.role.as_str().to_owned(),
+        text: turn.text.clone(),
+        at_ms: i64::try_from(turn.at_ms).unwrap_or(i64::MAX),
+        cached: turn.cached,
+        model: turn.model.clone(),
+    }
+}
+
+/// The owner part of a stored id (`{owner}~{id}`), as the database keeps it.
+fn owner_of(stored: &str) -> Option<&str> {
+    stored.split_once('~').map(|(owner, _)| owner)
 }
 
 impl ConversationStore {
-    /// False while the store cannot be used (Redis down).
+    /// False while the store is known to be unusable (Redis down); the database is only
+    /// known to be down when a statement fails.
     pub fn is_available(&self) -> bool {
         match self {
-            ConversationStore::Memory(_) => true,
+            ConversationStore::Memory(_) | ConversationStore::Records(_) => true,
             ConversationStore::Redis(store) => store.link().is_up(),
         }
     }
 
     /// The conversation; `None` when unknown, erased or expired.
-    pub async fn load(&self, id: &str) -> Result<Option<Conversation>, RedisUnavailable> {
+    pub async fn load(&self, id: &str) -> Result<Option<Conversation>, StoreDown> {
         match self {
             ConversationStore::Memory(store) => Ok(store.load(id)),
-            ConversationStore::Redis(store) => store.load(id).await,
+            ConversationStore::Redis(store) => Ok(store.load(id).await?),
+            ConversationStore::Records(records) => {
+                Ok(records.load_conversation(id).await?.map(from_record))
+            }
         }
     }
 
@@ -119,32 +186,50 @@ impl ConversationStore {
         created_at_ms: u64,
         expected: usize,
         turns: &[Turn],
-    ) -> Result<AppendOutcome, RedisUnavailable> {
+    ) -> Result<AppendOutcome, StoreDown> {
         match self {
             ConversationStore::Memory(store) => {
                 Ok(store.append(id, agent_id, created_at_ms, expected, turns))
             }
-            ConversationStore::Redis(store) => {
-                store
-                    .append(id, agent_id, created_at_ms, expected, turns)
-                    .await
+            ConversationStore::Redis(store) => Ok(store
+                .append(id, agent_id, created_at_ms, expected, turns)
+                .await?),
+            ConversationStore::Records(records) => {
+                let turns: Vec<TurnRecord> = turns.iter().map(to_record).collect();
+                let appended = records
+                    .append_turns(NewTurns {
+                        id,
+                        owner: owner_of(id),
+                        agent_id,
+                        created_at_ms: i64::try_from(created_at_ms).unwrap_or(i64::MAX),
+                        expected,
+                        turns: &turns,
+                    })
+                    .await?;
+                Ok(match appended {
+                    Append::Appended(count) => AppendOutcome::Appended(count),
+                    Append::Conflict => AppendOutcome::Conflict,
+                    Append::Gone => AppendOutcome::Gone,
+                })
             }
         }
     }
 
     /// Erases the conversation; false when there was none.
-    pub async fn erase(&self, id: &str) -> Result<bool, RedisUnavailable> {
+    pub async fn erase(&self, id: &str) -> Result<bool, StoreDown> {
         match self {
             ConversationStore::Memory(store) => Ok(store.erase(id)),
-            ConversationStore::Redis(store) => store.erase(id).await,
+            ConversationStore::Redis(store) => Ok(store.erase(id).await?),
+            ConversationStore::Records(records) => Ok(records.erase_conversation(id).await?),
         }
     }
 
-    /// Conversations alive now (cluster-wide with Redis).
-    pub async fn active(&self) -> Result<u64, RedisUnavailable> {
+    /// Conversations stored now (cluster-wide with Redis or a shared database).
+    pub async fn active(&self) -> Result<u64, StoreDown> {
         match self {
             ConversationStore::Memory(store) => Ok(store.active()),
-            ConversationStore::Redis(store) => store.active().await,
+            ConversationStore::Redis(store) => Ok(store.active().await?),
+            ConversationStore::Records(records) => Ok(records.conversation_count().await?),
         }
     }
 }
@@ -200,6 +285,8 @@ const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct Conversations {
     store: ConversationStore,
     settings: ConversationSettings,
+    /// Signs the ids of one-shot answers (nothing stored for them).
+    tokens: TokenSigner,
     /// Lease of a Redis lock: longer than any request may take, so it only outlives its holder
     /// when that server dies.
     lock_lease: Duration,
@@ -252,12 +339,20 @@ pub fn new_id() -> String {
     hex::encode(bytes)
 }
 
-/// True for a string that can be a conversation id (anything else cannot exist).
+/// True for a string that can be a stored conversation's id (anything else cannot exist).
 pub fn is_valid_id(id: &str) -> bool {
     id.len() == 32
         && id
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// What a conversation id the client sent names.
+pub(crate) enum Named {
+    /// A stored conversation: its stored id.
+    Stored(String),
+    /// A one-shot answer's token: the stored id it continues under, and its claims.
+    Token(String, token::Claims),
 }
 
 /// The history sent with `message`: the first exchange always, then as many of the most recent
@@ -307,10 +402,12 @@ impl Conversations {
         store: ConversationStore,
         settings: ConversationSettings,
         lock_lease: Duration,
+        tokens: TokenSigner,
     ) -> Conversations {
         Conversations {
             store,
             settings,
+            tokens,
             lock_lease,
             local_locks: Arc::default(),
         }
@@ -360,30 +457,100 @@ impl Conversations {
         }
     }
 
-    /// The conversation (for GET); its lifetime is refreshed.
+    /// The token signer (shared with the start-up code that sets its key).
+    pub fn tokens(&self) -> &TokenSigner {
+        &self.tokens
+    }
+
+    /// What `id` names for the caller `owner`; `None` when it cannot name anything of theirs
+    /// (malformed, forged, another key's token).
+    pub(crate) fn named(&self, id: &str, owner: Option<&str>) -> Option<Named> {
+        if is_valid_id(id) {
+            return Some(Named::Stored(stored_id(id, owner)));
+        }
+        if !token::looks_like_token(id) {
+            return None;
+        }
+        let claims = self.tokens.verify(id)?;
+        if claims.owner != owner.unwrap_or("") {
+            return None;
+        }
+        Some(Named::Token(stored_id(&claims.stored_id(), owner), claims))
+    }
+
+    /// The first exchange of a token's conversation, read back from the answer cache; `None`
+    /// once the answer is gone from it (or replaced by another).
+    pub(crate) async fn first_exchange(
+        &self,
+        claims: &token::Claims,
+        cache: &ResponseCache,
+    ) -> Option<[Turn; 2]> {
+        if !self.tokens.can_start(claims, now_ms()) {
+            return None;
+        }
+        let hit = cache.read_back(&claims.key).await?;
+        if token::answer_digest(&hit.text) != claims.answer_digest || hit.question.is_empty() {
+            return None;
+        }
+        let [question, mut answer] = step::exchange(
+            &hit.question,
+            Said {
+                text: &hit.text,
+                cached: true,
+                model: &hit.model,
+                kept_under: None,
+            },
+            claims.at_ms,
+        );
+        // Shared by whoever asked the same question: never evicted by an erasure.
+        answer.cached = true;
+        Some([question, answer])
+    }
+
+    /// The conversation (for GET). A token's conversation that was never continued is its
+    /// first exchange, while that answer is in the cache.
     pub async fn get(
         &self,
         id: &str,
         owner: Option<&str>,
+        cache: &ResponseCache,
     ) -> Result<Conversation, ConversationError> {
-        if !is_valid_id(id) {
-            return Err(ConversationError::NotFound);
-        }
-        let mut conversation = self
+        let named = self.named(id, owner).ok_or(ConversationError::NotFound)?;
+        let stored = match &named {
+            Named::Stored(stored) | Named::Token(stored, _) => stored,
+        };
+        let found = self
             .store
-            .load(&stored_id(id, owner))
+            .load(stored)
             .await
-            .map_err(|_| self.unavailable())?
-            .ok_or(ConversationError::NotFound)?;
+            .map_err(|_| self.unavailable())?;
+        let mut conversation = match (found, named) {
+            (Some(conversation), _) if conversation.turns.is_empty() => {
+                return Err(ConversationError::NotFound)
+            }
+            (Some(conversation), _) => conversation,
+            (None, Named::Stored(_)) => return Err(ConversationError::NotFound),
+            (None, Named::Token(_, claims)) => Conversation {
+                id: String::new(),
+                turns: self
+                    .first_exchange(&claims, cache)
+                    .await
+                    .ok_or(ConversationError::NotFound)?
+                    .to_vec(),
+                agent_id: claims.agent_id,
+                created_at_ms: claims.at_ms,
+            },
+        };
         id.clone_into(&mut conversation.id);
         Ok(conversation)
     }
 
-    /// Erases the conversation from the store (Redis: for every server), and the answers made
-    /// from it from `cache`: this server's memory and Redis. (Another server's short-lived
-    /// in-process tier keeps them until `cache.l1_ttl_ms` passes; their keys are hashes of the
-    /// whole conversation, so nobody without it can reach them.) `key_of` gives the cache key of
-    /// a message after its history.
+    /// Erases the conversation from the store (the database or Redis: for every server), and
+    /// from `cache` the answers this conversation caused (made by the model for it). Answers it
+    /// was served from the cache — a first question's above all — are shared with every other
+    /// caller who asked the same and are never evicted: erasing cannot be used to force paid
+    /// model calls on others. A token's conversation that was never continued has nothing
+    /// stored: erasing it succeeds and changes nothing.
     pub async fn erase(
         &self,
         id: &str,
@@ -392,19 +559,24 @@ impl Conversations {
         cache: &ResponseCache,
         key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
     ) -> Result<(), ConversationError> {
-        if !is_valid_id(id) {
-            return Err(ConversationError::NotFound);
-        }
-        let stored = stored_id(id, owner);
+        let named = self.named(id, owner).ok_or(ConversationError::NotFound)?;
+        let (stored, is_token) = match named {
+            Named::Stored(stored) => (stored, false),
+            Named::Token(stored, _) => (stored, true),
+        };
         let id = stored.as_str();
         // A message being answered finishes first; one arriving later finds nothing.
         let _lock = self.lock(id).await?;
-        let conversation = self
-            .store
-            .load(id)
-            .await
-            .map_err(|_| self.unavailable())?
-            .ok_or(ConversationError::NotFound)?;
+        let found = self.store.load(id).await.map_err(|_| self.unavailable())?;
+        let conversation = match found {
+            Some(conversation) if !conversation.turns.is_empty() => conversation,
+            // Erased already.
+            Some(_) => return Err(ConversationError::NotFound),
+            // A token never continued: nothing stored, nothing to erase (its answer is shared);
+            // the tombstone keeps the token from starting the conversation afterwards.
+            None if is_token => return self.tombstone(id, "").await,
+            None => return Err(ConversationError::NotFound),
+        };
         let keys = match agents.get(&conversation.agent_id) {
             Some(agent) => self.answer_keys(&agent, &conversation, key_of),
             None => Vec::new(),
@@ -415,6 +587,9 @@ impl Conversations {
         match self.store.erase(id).await {
             Ok(true) => {
                 crate::conversations::metrics::conversation_erased();
+                if is_token {
+                    self.tombstone(id, &conversation.agent_id).await?;
+                }
                 Ok(())
             }
             Ok(false) => Err(ConversationError::NotFound),
@@ -422,8 +597,18 @@ impl Conversations {
         }
     }
 
-    /// The cache keys the conversation's answers were stored under: each question with the
-    /// history that was sent with it (recomputed with today's bounds and agent settings).
+    /// Marks a token's conversation erased: an empty conversation under its stored id, so the
+    /// token (still valid, its answer maybe still cached) cannot start it again. No text is kept.
+    async fn tombstone(&self, stored: &str, agent_id: &str) -> Result<(), ConversationError> {
+        match self.store.append(stored, agent_id, now_ms(), 0, &[]).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    /// The cache keys of the answers the model made for this conversation: each such question
+    /// with the history that was sent with it (recomputed with today's bounds and agent
+    /// settings). Answers served from the cache are left out: others share them.
     fn answer_keys(
         &self,
         agent: &Agent,
@@ -433,6 +618,7 @@ impl Conversations {
         let turns = &conversation.turns;
         (0..turns.len())
             .step_by(2)
+            .filter(|&at| turns.get(at + 1).is_some_and(|answer| !answer.cached))
             .map(|at| {
                 let message = &turns[at].text;
                 let (history, _) = bounded_history(

@@ -79,7 +79,8 @@ impl RedisStore {
                     .arg(ttl)
                     .invoke_async(&mut conn)
                     .await?;
-                if !values.is_empty() && values[0] != "corrupt" {
+                // A tombstone (the header alone) is not a live conversation.
+                if values.len() > 1 && values[0] != "corrupt" {
                     ::redis::cmd("ZADD")
                         .arg(index)
                         .arg(now)
@@ -125,6 +126,7 @@ impl RedisStore {
             created_at_ms,
         })
         .map_err(|e| RedisUnavailable(e.to_string()))?;
+        let tombstone = turns.is_empty();
         let turns: Vec<String> = turns
             .iter()
             .map(serde_json::to_string)
@@ -148,7 +150,8 @@ impl RedisStore {
                     invocation.arg(turn);
                 }
                 let length: i64 = invocation.invoke_async(&mut conn).await?;
-                if length >= 0 {
+                // An erased token conversation's tombstone (no turns) is not a conversation.
+                if length >= 0 && !tombstone {
                     let mut index_update = ::redis::pipe();
                     index_update
                         .cmd("ZADD")

@@ -3,10 +3,11 @@
 //! exchange written ([`Conversations::record`]) before the answer is returned.
 
 use super::{
-    bounded_history, is_valid_id, new_id, now_ms, stored_id, AppendOutcome, ConversationError,
-    ConversationLock, Conversations, Turn, BUSY_RETRY_AFTER,
+    bounded_history, new_id, now_ms, stored_id, AppendOutcome, ConversationError, ConversationLock,
+    Conversations, Named, Turn, BUSY_RETRY_AFTER,
 };
 use crate::agents::Agent;
+use crate::cache::{CacheKey, ResponseCache};
 use crate::providers::{input_token_estimate, ModelTurn, Role};
 use std::sync::Arc;
 
@@ -34,6 +35,9 @@ struct FollowUp {
     created_at_ms: u64,
     /// Turns stored when the message arrived.
     expected: usize,
+    /// A token's first exchange, read back from the cache: stored with this exchange, since
+    /// the conversation was never stored before.
+    first: Option<[Turn; 2]>,
     truncated: bool,
     history_tokens: u32,
 }
@@ -45,10 +49,12 @@ impl Place {
     }
 }
 
-/// Where an answer's exchange was recorded.
+/// Where an answer's exchange was recorded (or, for a one-shot answer, the token that
+/// names it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recorded {
-    /// The conversation's id; `None` when a new conversation could not be stored (Redis down).
+    /// The conversation's id (a token for a one-shot answer); `None` when a new conversation
+    /// could be neither signed nor stored (its answer not cached and the store down).
     pub conversation_id: Option<String>,
     /// Which exchange this was (1 for the first question).
     pub turn: u32,
@@ -65,6 +71,8 @@ pub struct Said<'a> {
     pub cached: bool,
     /// The model that produced it.
     pub model: &'a str,
+    /// The cache key it may be read back under (see `Answer::kept_under`).
+    pub kept_under: Option<CacheKey>,
 }
 
 impl Conversations {
@@ -77,6 +85,7 @@ impl Conversations {
         message: &str,
         conversation: Option<&str>,
         owner: Option<&Arc<str>>,
+        cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
         let Some(id) = conversation else {
             if message.len() as u64 > self.settings.max_stored_bytes {
@@ -87,20 +96,43 @@ impl Conversations {
                 to: Destination::New(owner.cloned()),
             });
         };
-        if !is_valid_id(id) {
-            return Err(ConversationError::NotFound);
-        }
-        let stored = stored_id(id, owner.map(|o| &**o));
+        let named = self
+            .named(id, owner.map(|o| &**o))
+            .ok_or(ConversationError::NotFound)?;
+        let stored = match &named {
+            Named::Stored(stored) | Named::Token(stored, _) => stored.clone(),
+        };
         if !self.store.is_available() {
             return Err(self.unavailable());
         }
         let lock = self.lock(&stored).await?;
-        let conversation = self
+        let found = self
             .store
             .load(&stored)
             .await
-            .map_err(|_| self.unavailable())?
-            .ok_or(ConversationError::NotFound)?;
+            .map_err(|_| self.unavailable())?;
+        let (conversation, first) = match (found, named) {
+            // An erased token conversation's tombstone.
+            (Some(conversation), _) if conversation.turns.is_empty() => {
+                return Err(ConversationError::NotFound)
+            }
+            (Some(conversation), _) => (conversation, None),
+            (None, Named::Stored(_)) => return Err(ConversationError::NotFound),
+            // Continued for the first time: its first exchange comes from the cache.
+            (None, Named::Token(_, claims)) => {
+                let first = self
+                    .first_exchange(&claims, cache)
+                    .await
+                    .ok_or(ConversationError::NotFound)?;
+                let conversation = super::Conversation {
+                    id: stored.clone(),
+                    agent_id: claims.agent_id,
+                    created_at_ms: claims.at_ms,
+                    turns: first.to_vec(),
+                };
+                (conversation, Some(first))
+            }
+        };
         if conversation.agent_id != agent.id() {
             crate::conversations::metrics::conversation_refused("wrong_agent");
             return Err(ConversationError::WrongAgent {
@@ -131,7 +163,12 @@ impl Conversations {
                 stored,
                 _lock: lock,
                 created_at_ms: conversation.created_at_ms,
-                expected: conversation.turns.len(),
+                expected: if first.is_some() {
+                    0
+                } else {
+                    conversation.turns.len()
+                },
+                first,
                 truncated,
                 history_tokens,
             })),
@@ -139,21 +176,35 @@ impl Conversations {
     }
 
     /// The last step of a question: records `message` and its answer in the conversation of
-    /// `place`, before the answer is returned. A new conversation that cannot be stored
-    /// (Redis down) still answers, under no id: the learner keeps chatting in single messages
-    /// rather than losing the service (documented in the API reference).
+    /// `place`, before the answer is returned. A first question whose answer is in the cache
+    /// stores nothing: its id is a token naming that answer. One whose answer is not cached
+    /// is stored; when that cannot be done (the store down) it still answers, under no id: the
+    /// learner keeps chatting in single messages rather than losing the service (documented in
+    /// the API reference).
     pub async fn record(
         &self,
         place: Place,
         agent_id: &str,
         message: &str,
         answer: Said<'_>,
+        cache: &ResponseCache,
     ) -> Result<Recorded, ConversationError> {
         let follow_up = match place.to {
             Destination::New(owner) => {
+                if let Some(token) = self
+                    .token_for(owner.as_deref(), agent_id, answer, cache)
+                    .await
+                {
+                    crate::conversations::metrics::conversation_token_issued();
+                    return Ok(Recorded {
+                        conversation_id: Some(token),
+                        turn: 1,
+                        history_truncated: false,
+                    });
+                }
                 return Ok(self
                     .create(owner.as_deref(), agent_id, message, answer)
-                    .await)
+                    .await);
             }
             Destination::FollowUp(follow_up) => follow_up,
         };
@@ -161,8 +212,15 @@ impl Conversations {
             follow_up.history_tokens,
             follow_up.truncated,
         );
-        let turns = exchange(message, answer, now_ms());
+        let exchange = exchange(message, answer, now_ms());
         let expected = follow_up.expected;
+        let turns: Vec<Turn> = follow_up
+            .first
+            .iter()
+            .flatten()
+            .chain(exchange.iter())
+            .cloned()
+            .collect();
         let appended = self
             .store
             .append(
@@ -175,10 +233,13 @@ impl Conversations {
             .await;
         match appended {
             Ok(AppendOutcome::Appended(count)) => {
+                if follow_up.first.is_some() {
+                    crate::conversations::metrics::conversation_created();
+                }
                 crate::conversations::metrics::conversation_turns(count);
                 Ok(Recorded {
                     conversation_id: Some(follow_up.id),
-                    turn: u32::try_from(expected / 2 + 1).unwrap_or(u32::MAX),
+                    turn: u32::try_from(count / 2).unwrap_or(u32::MAX),
                     history_truncated: follow_up.truncated,
                 })
             }
@@ -193,6 +254,28 @@ impl Conversations {
             }
             Err(_) => Err(self.unavailable()),
         }
+    }
+
+    /// A token for a one-shot answer that is in the cache under the key it names; `None` when
+    /// it is not there (not cacheable, or kept elsewhere), so the conversation must be stored.
+    async fn token_for(
+        &self,
+        owner: Option<&str>,
+        agent_id: &str,
+        answer: Said<'_>,
+        cache: &ResponseCache,
+    ) -> Option<String> {
+        let key = answer.kept_under?;
+        // A hit was read from there just now; a fresh answer is checked (a fallback's is kept
+        // under its own key, a truncated one not at all).
+        if !answer.cached {
+            let kept = cache.read_back(&key).await?;
+            if kept.text != answer.text {
+                return None;
+            }
+        }
+        self.tokens
+            .sign(&key, agent_id, owner.unwrap_or(""), answer.text, now_ms())
     }
 
     /// Stores a new conversation of one exchange, when the store can be used.
@@ -240,7 +323,7 @@ impl Conversations {
 }
 
 /// A question and its answer as two stored turns.
-fn exchange(message: &str, answer: Said<'_>, at_ms: u64) -> [Turn; 2] {
+pub(super) fn exchange(message: &str, answer: Said<'_>, at_ms: u64) -> [Turn; 2] {
     [
         Turn {
             role: Role::User,

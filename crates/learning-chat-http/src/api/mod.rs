@@ -333,8 +333,7 @@ pub async fn get_conversation(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let Path(id) = path?;
-    let conversations = state.chat.conversations();
-    let conversation = conversations.get(&id, owner(caller.as_ref())).await?;
+    let conversation = state.chat.conversation(&id, owner(caller.as_ref())).await?;
     Ok(Json(conversation.into()))
 }
 

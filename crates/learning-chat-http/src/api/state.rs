@@ -35,6 +35,8 @@ pub struct AppStateParts {
     pub redis: Option<RedisLink>,
     /// The key check and per-key limits; `None` with `auth.mode = "off"`.
     pub auth: Option<Arc<Auth>>,
+    /// The records database; `None` with `database.url = "none"`.
+    pub records: Option<learning_chat_records::Records>,
     /// Streams open now, bounded by `stream.max_open`.
     pub streams: Arc<super::stream::OpenStreams>,
     draining: AtomicBool,
@@ -53,6 +55,8 @@ pub struct StateParts {
     pub redis: Option<RedisLink>,
     /// The key check; `None` with `auth.mode = "off"`.
     pub auth: Option<Arc<Auth>>,
+    /// The records database; `None` with `database.url = "none"`.
+    pub records: Option<learning_chat_records::Records>,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
                 metrics: parts.metrics,
                 redis: parts.redis,
                 auth: parts.auth,
+                records: parts.records,
                 streams: Arc::new(super::stream::OpenStreams::new(
                     parts.settings.stream.max_open.get(),
                 )),

@@ -427,8 +427,9 @@ pub async fn require_key(
         weight: key.weight.max(1),
         bill: None,
     };
-    // Only questions cost anything; listing agents needs a key but spends no budget.
-    if agent.is_none() {
+    // Questions and conversation reads/erasures count against the key's limits (an erasure
+    // loop must not run unbounded); listing agents needs a key but spends no budget.
+    if agent.is_none() && !crate::routes::is_conversation(request.uri().path()) {
         request.extensions_mut().insert(caller);
         return next.run(request).await;
     }

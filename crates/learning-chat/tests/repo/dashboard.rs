@@ -122,6 +122,15 @@ async fn drive_every_series(
         .await
         .unwrap();
     assert_eq!(follow_up.status(), StatusCode::OK);
+    // A refused message: the conversation belongs to another agent.
+    let elsewhere = app
+        .client
+        .post(app.url("/api/v1/agents/science"))
+        .json(&serde_json::json!({ "message": "Why?", "conversation_id": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::CONFLICT);
     let erased = app
         .client
         .delete(app.url(&format!("/api/v1/conversations/{id}")))

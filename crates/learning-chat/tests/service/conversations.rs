@@ -23,7 +23,15 @@ pub const FOLLOW_UP: &str = "Can you show me an example?";
 pub fn redis_settings(sim: &SimServer, redis: &RedisProcess) -> Settings {
     let mut settings = settings_for(sim);
     settings.redis.url = Secret::new(redis.url());
+    // The Redis store (no records database); every server signs one-shot ids with one key.
+    settings.database.url = learning_chat::config::DatabaseUrl::new("none");
+    settings.conversation.token_secret = Secret::new("token-secret-of-these-tests");
     settings
+}
+
+/// Where a conversation whose id is a one-shot token is stored once continued.
+pub fn stored_id(id: &str) -> String {
+    learning_chat::conversations::token::stored_id_of(id).unwrap_or_else(|| id.to_owned())
 }
 
 pub async fn wait_redis(app: &TestApp, want: &str) {
@@ -107,7 +115,7 @@ async fn a_follow_up_is_answered_with_its_conversation() {
     let sim = start_sim(SimConfig::default()).await;
     let app = spawn_app(settings_for(&sim)).await;
     let id = start(&app, "math", FIRST).await;
-    assert_eq!(id.len(), 32, "128 bits in hex: {id}");
+    assert!(id.starts_with("t1"), "a signed one-shot token: {id}");
 
     let (status, follow_up, _) = send(&app, "math", FOLLOW_UP, Some(&id)).await;
     assert_eq!(status, StatusCode::OK, "{follow_up}");
@@ -164,6 +172,10 @@ async fn first_turns_and_identical_follow_ups_share_the_cache() {
 async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
     let mut settings = offline_settings();
     settings.conversation.ttl = Duration::from_secs(600);
+    // The memory store (no database, no Redis), and a first answer that is not cached, so the
+    // conversation is stored from its first exchange (a cached one would get a token).
+    settings.database.url = learning_chat::config::DatabaseUrl::new("none");
+    settings.cache.enabled = false;
     let state = learning_chat::app::state_from_settings(settings).unwrap();
     let math = state.chat.agent("math").unwrap();
     let send = |message: &str, conversation: Option<&str>| {
@@ -178,17 +190,19 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
         let chat = state.chat.clone();
         async move { chat.ask(ask).await?.finish().await }
     };
-    let conversations = state.chat.conversations();
     let first = send(FIRST, None).await.unwrap();
     let id = first.conversation_id.unwrap();
     tokio::time::advance(Duration::from_secs(500)).await;
     let follow_up = send(FOLLOW_UP, Some(&id)).await.unwrap();
     assert_eq!(follow_up.turn, 2);
     tokio::time::advance(Duration::from_secs(500)).await;
-    assert!(conversations.get(&id, None).await.is_ok(), "used 500 s ago");
+    assert!(
+        state.chat.conversation(&id, None).await.is_ok(),
+        "used 500 s ago"
+    );
     tokio::time::advance(Duration::from_secs(601)).await;
     assert!(matches!(
-        conversations.get(&id, None).await,
+        state.chat.conversation(&id, None).await,
         Err(ConversationError::NotFound)
     ));
     assert!(matches!(

@@ -10,6 +10,7 @@ mod api;
 mod cache_scope;
 mod connections;
 mod conversations;
+mod conversations_records;
 mod conversations_redis;
 mod fair_queue;
 mod h2c;

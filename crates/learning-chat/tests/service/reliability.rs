@@ -358,6 +358,7 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
         model: "m".into(),
         usage: Usage::default(),
         created_at_unix: 0,
+        question: String::new(),
     };
     cache.set(&key, &answer).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -104,7 +104,19 @@ pub fn offline_settings() -> Settings {
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.offline.latency = Duration::ZERO;
     settings.server.shutdown_grace = Duration::from_secs(5);
+    settings.database.url = fresh_records_url();
     settings
+}
+
+/// A records database of this test alone: a new SQLite file under cargo's temp dir for
+/// integration tests (never the default `./learning-chat.db`, which every test would share).
+pub fn fresh_records_url() -> learning_chat::config::DatabaseUrl {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("records-{}-{n}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    learning_chat::config::DatabaseUrl::new(format!("sqlite://{}", path.display()))
 }
 
 /// Settings pointing at a simulator with a test API key.

@@ -1,0 +1,340 @@
+//! Conversation tokens: the id of a conversation that was never continued.
+//!
+//! A one-shot question stores nothing. Its answer's `conversation_id` is a signed,
+//! self-describing token — the agent, the cache key the answer lives under, a digest of the
+//! answer, the owner (the API key), the time and a random nonce — verified when the learner
+//! follows up, which then stores the first exchange (read back from the answer cache) and the new
+//! one. The token is the conversation's id for its whole life: the stored conversation is found
+//! under its nonce.
+//!
+//! Layout before base64url: version (1) | nonce (16) | at ms (8) | answer digest (8) | cache key
+//! (32) | agent length (1) | agent | owner length (1) | owner | HMAC-SHA256 of all that (first 16).
+
+use crate::cache::CacheKey;
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, OnceLock};
+use subtle::ConstantTimeEq;
+
+const VERSION: u8 = 1;
+const MAC_BYTES: usize = 16;
+/// Every token starts with it: a token is told from a stored id (32 hex digits) at a glance.
+const PREFIX: &str = "t1";
+/// Longest agent id or owner a token carries (one length byte each).
+const MAX_FIELD: usize = 255;
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Random: the conversation's identity (two learners asking the same question at the same
+    /// millisecond get two conversations).
+    pub nonce: [u8; 16],
+    /// When the first answer was given, in Unix milliseconds.
+    pub at_ms: u64,
+    /// The first 8 bytes of SHA-256 of the answer text: a follow-up finds the answer the learner
+    /// saw, or nothing (the cache entry was replaced).
+    pub answer_digest: [u8; 8],
+    /// Where the answer lives in the cache.
+    pub key: CacheKey,
+    /// The agent asked.
+    pub agent_id: String,
+    /// The API key that asked (empty without keys).
+    pub owner: String,
+}
+
+impl Claims {
+    /// The id the conversation is stored under once continued (32 hex digits).
+    pub fn stored_id(&self) -> String {
+        hex::encode(self.nonce)
+    }
+}
+
+/// The first 8 bytes of SHA-256 of an answer's text.
+pub fn answer_digest(text: &str) -> [u8; 8] {
+    let hash = Sha256::digest(text.as_bytes());
+    let mut digest = [0u8; 8];
+    digest.copy_from_slice(&hash[..8]);
+    digest
+}
+
+/// Signs and verifies tokens with one key, shared by every server of a deployment (kept in the
+/// records database, or `conversation.token_secret`). Set once: until then (no database
+/// reachable at start), a random key of this process.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: Arc<OnceLock<[u8; 32]>>,
+    /// How long after its answer a token may still start a conversation: no longer than the
+    /// answer stays cached, after which the cache could hold a newer answer to the question.
+    lifetime_ms: u64,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSigner(..)")
+    }
+}
+
+impl TokenSigner {
+    /// A signer whose key is set later ([`TokenSigner::set_secret`]) or made at first use;
+    /// its tokens start conversations for `lifetime` after their answer.
+    pub fn new(lifetime: std::time::Duration) -> TokenSigner {
+        TokenSigner {
+            key: Arc::default(),
+            lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// True while a token of `claims` may still start its conversation (at `now_ms`).
+    pub fn can_start(&self, claims: &Claims, now_ms: u64) -> bool {
+        now_ms <= claims.at_ms.saturating_add(self.lifetime_ms)
+    }
+
+    /// Sets the key from a secret (hashed to 32 bytes); false when a key was already in use.
+    pub fn set_secret(&self, secret: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        self.key.set(key).is_ok()
+    }
+
+    /// A new random secret for the records database to keep.
+    pub fn random_secret() -> String {
+        let mut bytes = [0u8; 32];
+        UnwrapErr(SysRng).fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    }
+
+    fn key(&self) -> &[u8; 32] {
+        self.key.get_or_init(|| {
+            let mut bytes = [0u8; 32];
+            UnwrapErr(SysRng).fill_bytes(&mut bytes);
+            bytes
+        })
+    }
+
+    fn mac(&self, payload: &[u8]) -> [u8; MAC_BYTES] {
+        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(self.key()) {
+            Ok(mac) => mac,
+            // HMAC takes keys of any length; a 32-byte key cannot be refused.
+            Err(_) => return [0; MAC_BYTES],
+        };
+        mac.update(payload);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; MAC_BYTES];
+        out.copy_from_slice(&full[..MAC_BYTES]);
+        out
+    }
+
+    /// A token for a new one-shot answer; `None` when the agent id or owner is too long to carry.
+    pub fn sign(
+        &self,
+        key: &CacheKey,
+        agent_id: &str,
+        owner: &str,
+        answer_text: &str,
+        at_ms: u64,
+    ) -> Option<String> {
+        if agent_id.len() > MAX_FIELD || owner.len() > MAX_FIELD {
+            return None;
+        }
+        let mut nonce = [0u8; 16];
+        // The thread's CSPRNG (seeded from the OS): no system call per one-shot answer.
+        rand::rng().fill_bytes(&mut nonce);
+        let claims = Claims {
+            nonce,
+            at_ms,
+            answer_digest: answer_digest(answer_text),
+            key: *key,
+            agent_id: agent_id.to_owned(),
+            owner: owner.to_owned(),
+        };
+        Some(self.encode(&claims))
+    }
+
+    fn encode(&self, claims: &Claims) -> String {
+        let mut bytes = Vec::with_capacity(
+            1 + 16 + 8 + 8 + 32 + 2 + claims.agent_id.len() + claims.owner.len() + MAC_BYTES,
+        );
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&claims.nonce);
+        bytes.extend_from_slice(&claims.at_ms.to_be_bytes());
+        bytes.extend_from_slice(&claims.answer_digest);
+        bytes.extend_from_slice(claims.key.as_bytes());
+        for field in [&claims.agent_id, &claims.owner] {
+            // Checked by `sign`: at most MAX_FIELD bytes.
+            bytes.push(u8::try_from(field.len()).unwrap_or(u8::MAX));
+            bytes.extend_from_slice(field.as_bytes());
+        }
+        let mac = self.mac(&bytes);
+        bytes.extend_from_slice(&mac);
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    }
+
+    /// The claims of a token this deployment signed; `None` for anything else (malformed,
+    /// forged, another deployment's, a stored id).
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let body = token.strip_prefix(PREFIX)?;
+        // The longest token: fixed fields, two full-length fields, the MAC.
+        if body.len() > 4 * (1 + 16 + 8 + 8 + 32 + 2 + 2 * MAX_FIELD + MAC_BYTES) / 3 + 4 {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()?;
+        let (payload, mac) = bytes.split_at_checked(bytes.len().checked_sub(MAC_BYTES)?)?;
+        if !bool::from(self.mac(payload).ct_eq(mac)) {
+            return None;
+        }
+        let mut rest = payload;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        if take(1)? != [VERSION] {
+            return None;
+        }
+        let nonce: [u8; 16] = take(16)?.try_into().ok()?;
+        let at_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let answer_digest: [u8; 8] = take(8)?.try_into().ok()?;
+        let key: [u8; 32] = take(32)?.try_into().ok()?;
+        let agent_len = usize::from(*take(1)?.first()?);
+        let agent_id = String::from_utf8(take(agent_len)?.to_vec()).ok()?;
+        let owner_len = usize::from(*take(1)?.first()?);
+        let owner = String::from_utf8(take(owner_len)?.to_vec()).ok()?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Claims {
+            nonce,
+            at_ms,
+            answer_digest,
+            key: CacheKey::from_bytes(key),
+            agent_id,
+            owner,
+        })
+    }
+}
+
+/// The id a token's conversation is stored under once continued, read without verifying the
+/// token (for operators and tests looking at a store; the service always verifies).
+pub fn stored_id_of(token: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.strip_prefix(PREFIX)?)
+        .ok()?;
+    bytes.get(1..17).map(hex::encode)
+}
+
+/// True for a string shaped like a token (not verified).
+pub fn looks_like_token(id: &str) -> bool {
+    id.len() > PREFIX.len()
+        && id.starts_with(PREFIX)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheKeyParts;
+    use proptest::prelude::*;
+
+    fn key() -> CacheKey {
+        CacheKey::new(CacheKeyParts {
+            provider: "p",
+            agent_id: "math",
+            prompt_version: "v",
+            model: "m",
+            message: "what is 2+2?",
+            history: &[],
+            scope: None,
+        })
+    }
+
+    fn signer(secret: &str) -> TokenSigner {
+        let signer = TokenSigner::new(std::time::Duration::from_secs(3600));
+        assert!(signer.set_secret(secret));
+        signer
+    }
+
+    #[test]
+    fn a_token_round_trips_and_is_an_url_segment() {
+        let signer = signer("one");
+        let token = signer.sign(&key(), "math", "key_1", "4", 42).unwrap();
+        assert!(looks_like_token(&token), "{token}");
+        assert!(token.len() < 200, "{}", token.len());
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!(claims.key, key());
+        assert_eq!(
+            (claims.agent_id.as_str(), claims.owner.as_str()),
+            ("math", "key_1")
+        );
+        assert_eq!(claims.at_ms, 42);
+        assert_eq!(claims.answer_digest, answer_digest("4"));
+        assert_eq!(claims.stored_id().len(), 32);
+        assert!(signer.can_start(&claims, 42 + 3_600_000));
+        assert!(!signer.can_start(&claims, 42 + 3_600_001));
+        // Same question, same moment: two conversations.
+        let other = signer.sign(&key(), "math", "key_1", "4", 42).unwrap();
+        assert_ne!(signer.verify(&other).unwrap().nonce, claims.nonce);
+    }
+
+    #[test]
+    fn another_deployments_or_a_tampered_token_is_refused() {
+        let token = signer("one").sign(&key(), "math", "", "4", 1).unwrap();
+        assert_eq!(signer("two").verify(&token), None);
+        let signer = signer("one");
+        assert!(signer.verify(&token).is_some());
+        // Flip each character in turn: never accepted.
+        for at in PREFIX.len()..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            assert_eq!(signer.verify(&tampered), None, "accepted a change at {at}");
+        }
+        assert_eq!(signer.verify("0123456789abcdef0123456789abcdef"), None);
+    }
+
+    #[test]
+    fn the_key_is_set_once() {
+        let signer = TokenSigner::new(std::time::Duration::from_secs(3600));
+        let before = signer.sign(&key(), "math", "", "4", 1).unwrap();
+        // In use already (a random key): a later secret cannot change it under live tokens.
+        assert!(!signer.set_secret("late"));
+        assert!(signer.verify(&before).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_is_refused_without_panicking(input in ".{0,400}") {
+            let signer = signer("one");
+            prop_assert_eq!(signer.verify(&input), None);
+            prop_assert_eq!(signer.verify(&format!("{PREFIX}{input}")), None);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_the_prefix_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let signer = signer("one");
+            let token = format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes));
+            prop_assert_eq!(signer.verify(&token), None);
+        }
+
+        #[test]
+        fn every_signed_claim_comes_back(agent in "[a-z_]{0,255}", owner in "[a-z0-9_]{0,255}", text in ".{0,200}", at in any::<u64>()) {
+            let signer = signer("one");
+            let token = signer.sign(&key(), &agent, &owner, &text, at).unwrap();
+            prop_assert!(looks_like_token(&token));
+            let claims = signer.verify(&token).unwrap();
+            prop_assert_eq!(claims.agent_id, agent);
+            prop_assert_eq!(claims.owner, owner);
+            prop_assert_eq!(claims.at_ms, at);
+            prop_assert_eq!(claims.answer_digest, answer_digest(&text));
+        }
+    }
+}

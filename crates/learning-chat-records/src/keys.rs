@@ -1,0 +1,1 @@
+//! API keys: the source of truth (servers keep every key in memory and poll for changes).

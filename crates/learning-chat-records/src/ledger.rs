@@ -1,0 +1,1 @@
+//! The usage ledger: requests and tokens per key and per learner per UTC day.
