@@ -37,6 +37,7 @@ use crate::cache::{normalise_message, CacheKey, CacheKeyParts};
 use crate::coalesce::fanout::Fanout;
 use crate::coalesce::local::LocalCoalescer;
 use crate::coalesce::PieceSink;
+use crate::config::CacheScope;
 use crate::conversations::{Place, Said};
 use crate::providers::{Completion, ModelRequest, ModelTurn, ProviderError, Route};
 use cluster::Cluster;
@@ -86,9 +87,15 @@ impl ChatService {
         deps.check(&message)?;
         let history = place.history().clone();
         // 1. key
-        let key = self.inner.key_for(&agent, &message, &history);
+        let scope = self.inner.scope(caller.key_id.as_ref());
+        let key = self
+            .inner
+            .key_for(&agent, &message, &history, scope.as_deref());
         // 2. lookup
-        if let Some((hit, found_under)) = self.lookup(&agent, &key, &message, &history).await {
+        let found = self
+            .lookup(&agent, &key, &message, &history, scope.as_deref())
+            .await;
+        if let Some((hit, found_under)) = found {
             let answer = Answer::cached(&hit, found_under);
             return Ok(Reply::Ready(
                 self.record(place, &agent, &message, answer).await?,
@@ -106,10 +113,14 @@ impl ChatService {
                 // Built only by the asker that starts a call: the others join it.
                 let request = model::request(&called, asked.clone(), history.clone());
                 let (inner, agent, flow) = (inner.clone(), called.clone(), caller.flow.clone());
+                let scope = scope.clone();
                 async move {
-                    inner
-                        .call(key, &agent, &request, &flow, deadline, fanout)
-                        .await
+                    let asker = Asker {
+                        flow: &flow,
+                        scope: scope.as_deref(),
+                        deadline,
+                    };
+                    inner.call(key, &agent, &request, asker, fanout).await
                 }
             });
         let rest = answer::Rest::new(self.clone(), key, place, agent, message.into_owned());
@@ -139,7 +150,24 @@ impl ChatService {
     }
 }
 
+/// Who a call is for: whose fair share it spends, whose answers it may share, and until when.
+#[derive(Clone, Copy)]
+struct Asker<'a> {
+    flow: &'a Flow,
+    /// The cache scope (the key id with `cache.scope = "key"`).
+    scope: Option<&'a str>,
+    deadline: Instant,
+}
+
 impl Inner {
+    /// The cache scope of a caller: its key id with `cache.scope = "key"`, else none (shared).
+    fn scope(&self, key_id: Option<&Arc<str>>) -> Option<Arc<str>> {
+        match self.deps.cache_scope {
+            CacheScope::Shared => None,
+            CacheScope::Key => key_id.cloned(),
+        }
+    }
+
     /// One call for the question `key`, as the coalescer runs it: the cluster lease (or another
     /// server's result), then admission and the model, then what is worth keeping.
     async fn call(
@@ -147,10 +175,14 @@ impl Inner {
         key: CacheKey,
         agent: &Agent,
         request: &ModelRequest,
-        flow: &Flow,
-        deadline: Instant,
+        asker: Asker<'_>,
         fanout: Option<Arc<Fanout>>,
     ) -> Result<Arc<Completion>, ChatError> {
+        let Asker {
+            flow,
+            scope,
+            deadline,
+        } = asker;
         let lease = match self.cluster(&key, deadline, fanout.as_ref()).await {
             Cluster::Ask(lease) => lease,
             Cluster::Settled(result) => return result,
@@ -161,13 +193,19 @@ impl Inner {
             .as_mut()
             .map(|push| push as &mut (dyn FnMut(&str) + Send));
         let answered = self.ask_model(agent, request, flow, deadline, pieces).await;
-        self.keep(key, agent, request, lease, answered).await
+        self.keep(key, agent, request, scope, lease, answered).await
     }
 
-    /// The key of the agent's primary model's answer.
-    fn key_for(&self, agent: &Agent, message: &str, history: &[ModelTurn]) -> CacheKey {
+    /// The key of the agent's primary model's answer, in the cache `scope`.
+    fn key_for(
+        &self,
+        agent: &Agent,
+        message: &str,
+        history: &[ModelTurn],
+        scope: Option<&str>,
+    ) -> CacheKey {
         match self.deps.router.chain(agent).first() {
-            Some(primary) => route_key(agent, primary, message, history),
+            Some(primary) => route_key(agent, primary, message, history, scope),
             None => CacheKey::new(CacheKeyParts {
                 provider: self.deps.provider.identity(),
                 agent_id: agent.id(),
@@ -175,13 +213,20 @@ impl Inner {
                 model: &agent.definition.model,
                 message,
                 history,
+                scope,
             }),
         }
     }
 }
 
-/// The cache key of an answer to `message` after `history` by `route`.
-fn route_key(agent: &Agent, route: &Route, message: &str, history: &[ModelTurn]) -> CacheKey {
+/// The cache key of an answer to `message` after `history` by `route`, in the cache `scope`.
+fn route_key(
+    agent: &Agent,
+    route: &Route,
+    message: &str,
+    history: &[ModelTurn],
+    scope: Option<&str>,
+) -> CacheKey {
     CacheKey::new(CacheKeyParts {
         provider: route.identity(),
         agent_id: agent.id(),
@@ -189,5 +234,6 @@ fn route_key(agent: &Agent, route: &Route, message: &str, history: &[ModelTurn])
         model: route.model(),
         message,
         history,
+        scope,
     })
 }

@@ -10,7 +10,7 @@ use crate::chat::{ChatDeps, ChatService, Prices};
 use crate::coalesce::ClusterCoalescer;
 use crate::config::Settings;
 use crate::conversations::{
-    ConversationStore, Conversations, MemoryStore, RedisStore, TokenSigner,
+    ConversationStore, Conversations, MemoryBounds, MemoryStore, RedisStore, TokenSigner,
 };
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{GeminiClient, OfflineModel, Provider};
@@ -53,12 +53,13 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         );
     }
     let ttl = settings.cache.ttl;
+    let (capacity, max_bytes) = (settings.cache.capacity, settings.cache.max_bytes);
     let cache = match (&redis, settings.cache.enabled) {
         (_, false) => ResponseCache::Disabled,
-        (None, true) => ResponseCache::Memory(MemoryCache::new(settings.cache.capacity, ttl)),
+        (None, true) => ResponseCache::Memory(MemoryCache::new(capacity, max_bytes, ttl)),
         (Some(link), true) => ResponseCache::Tiered {
             // L1 only absorbs repeats on this server; freshness is Redis's job.
-            memory: MemoryCache::new(settings.cache.capacity, ttl.min(settings.cache.l1_ttl)),
+            memory: MemoryCache::new(capacity, max_bytes, ttl.min(settings.cache.l1_ttl)),
             redis: RedisCache::new(
                 link.clone(),
                 ttl,
@@ -117,8 +118,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
                 ConversationStore::Redis(RedisStore::new(link.clone(), conversation_ttl))
             }
             (None, None) => ConversationStore::Memory(Arc::new(MemoryStore::new(
-                settings.conversation.max_conversations,
-                conversation_ttl,
+                MemoryBounds::from_settings(&settings.conversation),
             ))),
         },
         settings.conversation.clone(),
@@ -161,7 +161,9 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
             output_per_million: settings.telemetry.price_per_million_output_tokens,
         },
         refusal_ttl: settings.cache.refusal_ttl,
+        refusal_max_bytes: settings.cache.refusal_max_bytes,
         failure_share: settings.redis.failure_share,
+        cache_scope: settings.cache.scope,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);

@@ -1,10 +1,19 @@
-//! Fair turns at the admission queue: when requests queue for a model slot (and the quota slot
-//! behind it), the next turn goes to the flow (API key) with the smallest virtual finish tag,
-//! so each key gets its weighted share however many requests another key piles up
-//! (self-clocked fair queuing; one flow degenerates to FIFO, which is today's order).
+//! Fair turns at the admission queue, and each flow's share of the queue's places.
 //!
-//! Only one request holds the turn at a time: it waits for a concurrency slot and reserves its
-//! quota slot, then passes the turn on. Uncontended, taking the turn is one uncontended lock.
+//! Turns: when requests queue for a model slot (and the quota slot behind it), the next turn
+//! goes to the flow (API key) with the smallest virtual finish tag, so each key gets its
+//! weighted share however many requests another key piles up (self-clocked fair queuing; one
+//! flow degenerates to FIFO). Only one request holds the turn at a time: it waits for a
+//! concurrency slot and reserves its quota slot, then passes the turn on. Uncontended, taking
+//! the turn is one uncontended lock.
+//!
+//! Places: the queue holds at most `max_queue` requests, but one flow may use all of them only
+//! while nobody else needs one. When the queue is full, a newcomer whose flow holds fewer
+//! places (per unit of weight) than the flow holding the most displaces that flow's newest
+//! waiting request, which is refused at once (503, as if the queue had been full when it
+//! came). So a flood from one key is refused before another key's question is, and the queue
+//! still serves a lone key in full. Every map here holds only flows with requests queued now,
+//! so its size is bounded by the queue's.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -36,22 +45,115 @@ impl Flow {
     }
 }
 
-#[derive(Default)]
+/// A request waiting for the turn.
+struct Waiter {
+    flow: Arc<str>,
+    /// Its queue place, released when it is displaced.
+    place: u64,
+    sender: oneshot::Sender<Turn>,
+}
+
+/// A flow's places in the queue.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    places: usize,
+    weight: u32,
+}
+
 struct GateState {
     busy: bool,
     /// The tag of the last request given the turn.
     virtual_time: u64,
-    /// Last finish tag per flow with requests queued or recently served.
+    /// Last finish tag per flow with requests queued.
     finish: HashMap<Arc<str>, u64>,
     /// Waiters by (finish tag, arrival); entries of waiters that gave up are skipped on pop.
-    queue: BTreeMap<(u64, u64), oneshot::Sender<Turn>>,
+    queue: BTreeMap<(u64, u64), Waiter>,
     arrivals: u64,
+    /// Most places taken at once.
+    max_queue: usize,
+    /// Places taken now (waiting for the turn, or holding it and waiting for a slot).
+    taken: usize,
+    /// Places per flow with any.
+    shares: HashMap<Arc<str>, Share>,
+    /// The flow of each place taken, by place id.
+    places: HashMap<u64, Arc<str>>,
+    next_place: u64,
 }
 
-/// The turnstile in front of the admission queue.
-#[derive(Default, Clone)]
+impl GateState {
+    fn new(max_queue: usize) -> GateState {
+        GateState {
+            busy: false,
+            virtual_time: 0,
+            finish: HashMap::new(),
+            queue: BTreeMap::new(),
+            arrivals: 0,
+            max_queue,
+            taken: 0,
+            shares: HashMap::new(),
+            places: HashMap::new(),
+            next_place: 0,
+        }
+    }
+
+    /// Gives place `id` back; false when it was already given back (displaced).
+    fn release(&mut self, id: u64) -> bool {
+        let Some(flow) = self.places.remove(&id) else {
+            return false;
+        };
+        self.taken -= 1;
+        if let Some(share) = self.shares.get_mut(&flow) {
+            share.places -= 1;
+            if share.places == 0 {
+                // Its last request left the queue: its tag no longer matters (a returning flow
+                // starts at the virtual time, as a new one does).
+                self.shares.remove(&flow);
+                self.finish.remove(&flow);
+            }
+        }
+        true
+    }
+
+    /// The newest waiting request of the flow holding the most places per unit of weight,
+    /// when `flow` (holding fewer even with one more) may take its place.
+    fn victim(&self, flow: &Flow) -> Option<(u64, u64)> {
+        let mine = self.shares.get(&flow.id).map_or(0, |s| s.places);
+        let weight = u64::from(flow.weight.max(1));
+        let (most, share) = self
+            .shares
+            .iter()
+            .filter(|(id, _)| **id != flow.id)
+            .max_by(|(_, a), (_, b)| {
+                // a.places / a.weight against b.places / b.weight, without division.
+                (a.places as u128 * u128::from(b.weight.max(1)))
+                    .cmp(&(b.places as u128 * u128::from(a.weight.max(1))))
+            })?;
+        // Displace only when it evens the shares out: (mine + 1) / weight < places / its weight.
+        let evens = (mine as u128 + 1) * u128::from(share.weight.max(1))
+            < share.places as u128 * u128::from(weight);
+        if !evens {
+            return None;
+        }
+        // A flow's tags grow with its arrivals: its newest waiter is its last in tag order.
+        self.queue
+            .iter()
+            .rev()
+            .find(|(_, waiter)| waiter.flow == *most && self.places.contains_key(&waiter.place))
+            .map(|(key, _)| *key)
+    }
+}
+
+/// The turnstile in front of the admission queue, and the queue's places.
+#[derive(Clone)]
 pub struct FairGate {
     state: Arc<Mutex<GateState>>,
+}
+
+impl Default for FairGate {
+    /// A gate with an unbounded queue.
+    fn default() -> Self {
+        FairGate::new(usize::MAX)
+    }
 }
 
 impl std::fmt::Debug for FairGate {
@@ -75,7 +177,45 @@ impl Drop for Turn {
     }
 }
 
+/// A place in the queue, given back when dropped.
+#[derive(Debug)]
+pub struct Place {
+    gate: FairGate,
+    id: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut state = self.gate.state.lock();
+        if state.release(self.id) {
+            crate::admission::metrics::queue_depth(state.taken);
+        }
+    }
+}
+
+/// How a wait for the turn ended.
+#[derive(Debug)]
+pub enum Waited {
+    /// The turn.
+    Turn(Turn),
+    /// Another flow with fewer places took this request's place.
+    Displaced,
+    /// The time ran out.
+    TimedOut,
+}
+
+/// Why no place was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
 impl FairGate {
+    /// A gate whose queue holds at most `max_queue` requests.
+    pub fn new(max_queue: usize) -> FairGate {
+        FairGate {
+            state: Arc::new(Mutex::new(GateState::new(max_queue))),
+        }
+    }
+
     /// The turn at once, when nobody holds or waits for it.
     pub fn try_turn(&self) -> Option<Turn> {
         let mut state = self.state.lock();
@@ -86,13 +226,51 @@ impl FairGate {
         Some(self.turn_token())
     }
 
-    /// Waits for the turn in `flow`'s fair order until `until`; `None` when the time ran out.
-    pub async fn turn(&self, flow: &Flow, until: Instant) -> Option<Turn> {
-        let receiver = {
+    /// A place in the queue for `flow`: a free one, or the newest waiting request's of the
+    /// flow holding the most places when `flow` holds fewer (that request is refused).
+    pub fn enqueue(&self, flow: &Flow) -> Result<Place, QueueFull> {
+        let mut state = self.state.lock();
+        if state.taken >= state.max_queue {
+            let victim = state.victim(flow).ok_or(QueueFull)?;
+            if let Some(waiter) = state.queue.remove(&victim) {
+                state.release(waiter.place);
+                crate::admission::metrics::queue_displaced();
+                // Dropping its sender wakes it: displaced.
+                drop(waiter);
+            }
+        }
+        let id = state.next_place;
+        state.next_place += 1;
+        state.taken += 1;
+        state.places.insert(id, flow.id.clone());
+        state
+            .shares
+            .entry(flow.id.clone())
+            .and_modify(|s| {
+                s.places += 1;
+                s.weight = flow.weight;
+            })
+            .or_insert(Share {
+                places: 1,
+                weight: flow.weight,
+            });
+        crate::admission::metrics::queue_depth(state.taken);
+        Ok(Place {
+            gate: self.clone(),
+            id,
+        })
+    }
+
+    /// Waits, in the queue place `place`, for the turn in `flow`'s fair order until `until`.
+    pub async fn turn(&self, place: &Place, flow: &Flow, until: Instant) -> Waited {
+        let waiting = {
             let mut state = self.state.lock();
+            if !state.places.contains_key(&place.id) {
+                return Waited::Displaced;
+            }
             if !state.busy && state.queue.is_empty() {
                 state.busy = true;
-                return Some(self.turn_token());
+                return Waited::Turn(self.turn_token());
             }
             let start = state
                 .finish
@@ -105,10 +283,26 @@ impl FairGate {
             state.arrivals += 1;
             let arrival = state.arrivals;
             let (sender, receiver) = oneshot::channel();
-            state.queue.insert((tag, arrival), sender);
-            receiver
+            state.queue.insert(
+                (tag, arrival),
+                Waiter {
+                    flow: flow.id.clone(),
+                    place: place.id,
+                    sender,
+                },
+            );
+            (receiver, (tag, arrival))
         };
-        tokio::time::timeout_at(until, receiver).await.ok()?.ok()
+        let (receiver, entry) = waiting;
+        match tokio::time::timeout_at(until, receiver).await {
+            Ok(Ok(turn)) => Waited::Turn(turn),
+            Ok(Err(_)) => Waited::Displaced,
+            Err(_) => {
+                // Gone from the queue at once, so no newcomer displaces a request that left.
+                self.state.lock().queue.remove(&entry);
+                Waited::TimedOut
+            }
+        }
     }
 
     fn turn_token(&self) -> Turn {
@@ -121,9 +315,9 @@ impl FairGate {
     /// Hands the turn to the waiter with the smallest tag still waiting, or frees it.
     fn pass(&self) {
         let mut state = self.state.lock();
-        while let Some(((tag, _), sender)) = state.queue.pop_first() {
+        while let Some(((tag, _), waiter)) = state.queue.pop_first() {
             state.virtual_time = tag;
-            match sender.send(self.turn_token()) {
+            match waiter.sender.send(self.turn_token()) {
                 Ok(()) => return,
                 // That waiter gave up; disarm the returned token (we hold the lock) and go on.
                 Err(mut unused) => unused.armed = false,
@@ -138,6 +332,18 @@ impl FairGate {
     /// Requests waiting for the turn (including ones that gave up but are not yet skipped).
     pub fn waiting(&self) -> usize {
         self.state.lock().queue.len()
+    }
+
+    /// Queue places taken now.
+    pub fn queued(&self) -> usize {
+        self.state.lock().taken
+    }
+
+    /// Entries in the gate's maps now; each belongs to a request in the queue, so the gate
+    /// holds no more than the queue's bound (every one is freed when the queue drains).
+    pub fn entries(&self) -> usize {
+        let state = self.state.lock();
+        state.shares.len() + state.finish.len() + state.places.len() + state.queue.len()
     }
 }
 
@@ -167,7 +373,10 @@ mod tests {
                 let tx = tx.clone();
                 let f = flow(name, weight);
                 tasks.push(tokio::spawn(async move {
-                    let turn = gate.turn(&f, until).await.unwrap();
+                    let place = gate.enqueue(&f).unwrap();
+                    let Waited::Turn(turn) = gate.turn(&place, &f, until).await else {
+                        panic!("no turn");
+                    };
                     tx.send(name).unwrap();
                     drop(turn);
                 }));
@@ -202,8 +411,88 @@ mod tests {
         let gate = FairGate::default();
         let held = gate.try_turn().unwrap();
         let soon = Instant::now() + Duration::from_millis(10);
-        assert!(gate.turn(&flow("A", 1), soon).await.is_none());
+        let a = flow("A", 1);
+        let place = gate.enqueue(&a).unwrap();
+        assert!(matches!(
+            gate.turn(&place, &a, soon).await,
+            Waited::TimedOut
+        ));
+        drop(place);
         drop(held);
         assert!(gate.try_turn().is_some());
+        assert_eq!(gate.entries(), 0);
+    }
+
+    /// Queues requests of `flows` (name, weight, count) in order behind a held turn, on a
+    /// gate of `max_queue` places; returns how many of each got a place and kept it.
+    async fn places(max_queue: usize, flows: &[(&str, u32, usize)]) -> Vec<(String, usize)> {
+        let gate = FairGate::new(max_queue);
+        let held = gate.try_turn().unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut waiting = Vec::new();
+        for &(name, weight, n) in flows {
+            for _ in 0..n {
+                let f = flow(name, weight);
+                let Ok(place) = gate.enqueue(&f) else {
+                    continue;
+                };
+                let g = gate.clone();
+                waiting.push((
+                    name.to_owned(),
+                    tokio::spawn(async move {
+                        let waited = g.turn(&place, &f, until).await;
+                        !matches!(waited, Waited::Displaced)
+                    }),
+                ));
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(gate.queued() <= max_queue);
+        drop(held);
+        let mut kept: Vec<(String, usize)> = Vec::new();
+        for (name, task) in waiting {
+            if task.await.unwrap() {
+                match kept.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, count)) => *count += 1,
+                    None => kept.push((name, 1)),
+                }
+            }
+        }
+        assert_eq!(gate.queued(), 0);
+        assert_eq!(
+            gate.entries(),
+            0,
+            "the gate's maps are empty once the queue is"
+        );
+        kept
+    }
+
+    #[tokio::test]
+    async fn a_flood_from_one_key_is_displaced_before_another_key_is_refused() {
+        // A fills the queue, then B's one request takes the place of A's newest.
+        let kept = places(20, &[("A", 1, 40), ("B", 1, 1)]).await;
+        assert_eq!(kept, [("A".to_owned(), 19), ("B".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_lone_key_may_use_the_whole_queue() {
+        let kept = places(20, &[("A", 1, 40)]).await;
+        assert_eq!(kept, [("A".to_owned(), 20)]);
+    }
+
+    #[tokio::test]
+    async fn two_floods_end_with_even_shares_and_weights_count() {
+        let kept = places(20, &[("A", 1, 40), ("B", 1, 40)]).await;
+        assert_eq!(kept, [("A".to_owned(), 10), ("B".to_owned(), 10)]);
+        // B weighs 3: its share is three times A's.
+        let kept = places(20, &[("A", 1, 40), ("B", 3, 40)]).await;
+        assert_eq!(kept, [("A".to_owned(), 5), ("B".to_owned(), 15)]);
+    }
+
+    #[tokio::test]
+    async fn equal_shares_do_not_churn() {
+        // One place each: B's second request would only swap who holds more.
+        let kept = places(2, &[("A", 1, 1), ("B", 1, 2)]).await;
+        assert_eq!(kept, [("A".to_owned(), 1), ("B".to_owned(), 1)]);
     }
 }

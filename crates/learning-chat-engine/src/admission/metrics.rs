@@ -18,6 +18,9 @@ pub const UPSTREAM_LATENCY_ESTIMATE: &str = "learning_chat_upstream_latency_esti
 /// Questions waiting for a model slot.
 pub const QUEUE_DEPTH: &str = "learning_chat_queue_depth";
 
+/// Queued questions refused because a key holding fewer queue places took their place.
+pub const QUEUE_DISPLACED: &str = "learning_chat_queue_displaced_total";
+
 /// Time spent waiting for a model slot.
 pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
 
@@ -45,6 +48,23 @@ pub const QUOTA_CONSERVATIVE: &str = "learning_chat_quota_conservative";
 /// This server's own calls written back into a Redis quota window that lacked them.
 pub const QUOTA_REPUBLISHED: &str = "learning_chat_quota_republished_total";
 
+/// Bytes the per-key limit windows hold in this process (Redis down or not configured).
+pub const LIMIT_WINDOWS_BYTES: &str = "learning_chat_limit_windows_bytes";
+
+/// Times the per-key limit windows went over their byte budget and the least recently used were
+/// forgotten.
+pub const LIMIT_WINDOWS_FORGOTTEN: &str = "learning_chat_limit_windows_forgotten_total";
+
+/// Sets the bytes the per-key limit windows hold in this process.
+pub fn limit_windows_bytes(bytes: usize) {
+    gauge!(LIMIT_WINDOWS_BYTES).set(bytes as f64);
+}
+
+/// Records one round of forgetting the least recently used limit windows.
+pub fn limit_windows_forgotten() {
+    counter!(LIMIT_WINDOWS_FORGOTTEN).increment(1);
+}
+
 /// Sets the concurrency limit in force.
 pub fn upstream_limit(limit: usize) {
     gauge!(UPSTREAM_LIMIT).set(limit as f64);
@@ -68,6 +88,11 @@ pub fn queue_depth(depth: usize) {
 /// Sets the configured queue limit.
 pub fn queue_limit(limit: usize) {
     gauge!(QUEUE_LIMIT).set(limit as f64);
+}
+
+/// Records a queued question displaced by another key's newcomer.
+pub fn queue_displaced() {
+    counter!(QUEUE_DISPLACED).increment(1);
 }
 
 /// Records a wait for a model slot.
@@ -122,6 +147,10 @@ pub(crate) fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Questions waiting for a model slot.");
     describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Wait for a model slot.");
     describe_counter!(
+        QUEUE_DISPLACED,
+        "Queued questions refused because a key holding fewer queue places took their place."
+    );
+    describe_counter!(
         SHED,
         "Requests refused with 503 before the model, by reason."
     );
@@ -145,6 +174,15 @@ pub(crate) fn describe() {
     describe_gauge!(
         QUOTA_CONSERVATIVE,
         "1 while the quota counts conservatively after Redis trouble."
+    );
+    describe_gauge!(
+        LIMIT_WINDOWS_BYTES,
+        Unit::Bytes,
+        "Bytes the per-key limit windows hold in this process (admission.limit_windows_max_bytes)."
+    );
+    describe_counter!(
+        LIMIT_WINDOWS_FORGOTTEN,
+        "Rounds in which the least recently used per-key limit windows were forgotten to stay within their byte budget."
     );
     describe_counter!(
         QUOTA_REPUBLISHED,

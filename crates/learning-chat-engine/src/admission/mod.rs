@@ -8,7 +8,7 @@ pub mod metrics;
 mod quota;
 pub mod window;
 
-pub use fair::{FairGate, Flow, Turn};
+pub use fair::{FairGate, Flow, Place, QueueFull, Turn, Waited};
 pub use latency::LatencyEstimate;
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use window::SlidingWindow;
@@ -84,7 +84,8 @@ impl ConcurrencyBound {
 }
 
 /// At most the current concurrency limit of model calls at once, at most `max_queue` waiting,
-/// each for at most `max_wait`. The limit follows the latency estimate (see
+/// each for at most `max_wait`; a key holding more of the queue than another yields its newest
+/// place to that key's newcomer (see [`fair`]). The limit follows the latency estimate (see
 /// [`ConcurrencyBound`]); it is re-derived at each admission and each recorded call.
 #[derive(Debug)]
 pub struct Admission {
@@ -93,10 +94,9 @@ pub struct Admission {
     latency: LatencyEstimate,
     /// Serialises resizes, so two of them never interleave their permit arithmetic.
     resizing: Mutex<()>,
-    max_queue: usize,
     max_wait: Duration,
-    queued: AtomicUsize,
-    /// Whose request waits next: keys share the queue fairly when it is contended.
+    /// Whose request waits next, and the queue's places: keys share the queue fairly when it
+    /// is contended.
     fair: FairGate,
 }
 
@@ -145,16 +145,6 @@ impl Drop for AdmissionPermit {
     }
 }
 
-/// Decrements the queue depth however the wait ends (slot, timeout or cancellation).
-struct QueueSlot<'a>(&'a AtomicUsize);
-
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        crate::admission::metrics::queue_depth(self.0.load(Ordering::Acquire));
-    }
-}
-
 impl Admission {
     /// Admission within `bound`, sized from `latency`, with the given queue bounds.
     pub fn new(
@@ -179,10 +169,8 @@ impl Admission {
             bound,
             latency,
             resizing: Mutex::new(()),
-            max_queue,
             max_wait,
-            queued: AtomicUsize::new(0),
-            fair: FairGate::default(),
+            fair: FairGate::new(max_queue),
         }
     }
 
@@ -204,32 +192,36 @@ impl Admission {
                 return Ok(self.hold(permit, turn));
             }
         }
-        // Reserve a queue place first, so the bound holds even under a burst of arrivals.
-        let reserved = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.max_queue).then_some(q + 1)
-            });
-        if reserved.is_err() {
+        // Take a queue place first, so the bound holds even under a burst of arrivals.
+        let Ok(place) = self.fair.enqueue(flow) else {
             return Err(Shed {
                 reason: ShedReason::QueueFull,
                 retry_after: QUEUE_RETRY_AFTER,
             });
-        }
-        let _slot = QueueSlot(&self.queued);
-        crate::admission::metrics::queue_depth(self.queued.load(Ordering::Acquire));
+        };
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
-        let turn = match turn {
-            Some(turn) => Some(turn),
-            None => self.fair.turn(flow, until).await,
+        let waited = match turn {
+            Some(turn) => Waited::Turn(turn),
+            None => self.fair.turn(&place, flow, until).await,
         };
-        let Some(turn) = turn else {
-            crate::admission::metrics::queue_wait(started.elapsed());
-            return Err(Shed {
-                reason: ShedReason::QueueTimeout,
-                retry_after: QUEUE_RETRY_AFTER,
-            });
+        let turn = match waited {
+            Waited::Turn(turn) => turn,
+            // Another key's newcomer took the place: refused as if the queue had been full.
+            Waited::Displaced => {
+                crate::admission::metrics::queue_wait(started.elapsed());
+                return Err(Shed {
+                    reason: ShedReason::QueueFull,
+                    retry_after: QUEUE_RETRY_AFTER,
+                });
+            }
+            Waited::TimedOut => {
+                crate::admission::metrics::queue_wait(started.elapsed());
+                return Err(Shed {
+                    reason: ShedReason::QueueTimeout,
+                    retry_after: QUEUE_RETRY_AFTER,
+                });
+            }
         };
         let acquired = tokio::time::timeout_at(until, self.slots.semaphore.acquire()).await;
         crate::admission::metrics::queue_wait(started.elapsed());
@@ -312,7 +304,12 @@ impl Admission {
 
     /// Questions waiting for a slot now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.fair.queued()
+    }
+
+    /// Entries of the fair gate's per-key maps now (bounded by the queue).
+    pub fn fair_entries(&self) -> usize {
+        self.fair.entries()
     }
 
     /// The concurrency limit in force now.

@@ -22,6 +22,9 @@ pub struct CacheKeyParts<'a> {
     /// The earlier turns sent with the message, exactly as the model sees them (empty for a
     /// single message or a conversation's first turn, which then keeps the single-message key).
     pub history: &'a [ModelTurn],
+    /// Whose answers these are with `cache.scope = "key"`: the caller's key id, so keys never
+    /// share answers; `None` for the shared cache (which then keeps the key it always had).
+    pub scope: Option<&'a str>,
 }
 
 /// A hashed cache key (SHA-256). Kept as bytes, since most are only looked up in memory;
@@ -39,6 +42,7 @@ impl CacheKey {
             model,
             message,
             history,
+            scope,
         } = parts;
         let mut hasher = Sha256::new();
         // Length-prefixed so ("ab","c") and ("a","bc") cannot collide.
@@ -58,6 +62,11 @@ impl CacheKey {
                 hash_part(turn.role.as_str());
                 hash_part(&turn.text);
             }
+        }
+        // Last, and only when scoped: the shared cache's keys stay what they always were.
+        if let Some(scope) = scope {
+            hash_part("scope");
+            hash_part(scope);
         }
         CacheKey(hasher.finalize().into())
     }
@@ -119,6 +128,7 @@ mod tests {
             model: "m",
             message: &normalise_message(message),
             history: &[],
+            scope: None,
         })
     }
 
@@ -199,6 +209,7 @@ mod tests {
             model: "m",
             message: "What is 2+2?",
             history: &[],
+            scope: None,
         });
         assert_ne!(key("What is 2+2?"), other_agent);
         let other_provider = CacheKey::new(CacheKeyParts {
@@ -208,6 +219,7 @@ mod tests {
             model: "m",
             message: "What is 2+2?",
             history: &[],
+            scope: None,
         });
         assert_ne!(key("What is 2+2?"), other_provider);
     }
@@ -227,6 +239,7 @@ mod tests {
                 model: "m",
                 message: "Why?",
                 history,
+                scope: None,
             })
         };
         let a = [turn(Role::User, "What is 2+2?"), turn(Role::Model, "4")];
@@ -237,5 +250,24 @@ mod tests {
         // Roles are hashed too: the same words said by the other side are another conversation.
         let swapped = [turn(Role::Model, "What is 2+2?"), turn(Role::User, "4")];
         assert_ne!(follow_up(&a), follow_up(&swapped));
+    }
+
+    #[test]
+    fn a_scoped_key_is_the_keys_own_and_the_shared_one_is_unchanged() {
+        let scoped = |scope| {
+            CacheKey::new(CacheKeyParts {
+                provider: "gemini@generativelanguage.googleapis.com",
+                agent_id: "math",
+                prompt_version: "v",
+                model: "m",
+                message: "What is 2+2?",
+                history: &[],
+                scope,
+            })
+        };
+        assert_eq!(scoped(None), key("What is 2+2?"));
+        assert_ne!(scoped(Some("key_a")), scoped(None));
+        assert_ne!(scoped(Some("key_a")), scoped(Some("key_b")));
+        assert_eq!(scoped(Some("key_a")), scoped(Some("key_a")));
     }
 }

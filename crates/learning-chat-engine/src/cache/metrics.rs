@@ -11,6 +11,9 @@ pub const CACHE_LOOKUPS: &str = "learning_chat_cache_lookups_total";
 /// Answers held in the in-process cache.
 pub const CACHE_ENTRIES: &str = "learning_chat_cache_entries";
 
+/// Bytes the answers in the in-process cache take.
+pub const CACHE_BYTES: &str = "learning_chat_cache_bytes";
+
 /// Which tier answered a lookup; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheTier {
@@ -71,8 +74,18 @@ pub fn cache_entries(entries: u64) {
     gauge!(CACHE_ENTRIES, "tier" => "memory").set(entries as f64);
 }
 
+/// Sets the bytes the in-process cache holds.
+pub fn cache_bytes(bytes: u64) {
+    gauge!(CACHE_BYTES, "tier" => "memory").set(bytes as f64);
+}
+
 /// Describes these metrics (their help text) to the installed recorder.
 pub(crate) fn describe() {
     describe_counter!(CACHE_LOOKUPS, "Response cache lookups by tier and result.");
     describe_gauge!(CACHE_ENTRIES, "Answers held in the in-process cache.");
+    describe_gauge!(
+        CACHE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes the answers in the in-process cache take (cache.max_bytes)."
+    );
 }

@@ -125,6 +125,7 @@ impl ResponseCache {
         if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
             memory.insert(key, answer.clone()).await;
             crate::cache::metrics::cache_entries(memory.entry_count());
+            crate::cache::metrics::cache_bytes(memory.bytes());
         }
         match (share, self.redis()) {
             (Share::ByLease, _) => Some(Arc::unwrap_or_clone(answer)),
@@ -167,6 +168,15 @@ impl ResponseCache {
     pub async fn run_pending_tasks(&self) {
         if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {
             memory.run_pending_tasks().await;
+            crate::cache::metrics::cache_bytes(memory.bytes());
+        }
+    }
+
+    /// Bytes the answers held in process memory take.
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            ResponseCache::Disabled => 0,
+            ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } => memory.bytes(),
         }
     }
 

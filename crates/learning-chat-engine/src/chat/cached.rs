@@ -21,6 +21,7 @@ impl ChatService {
         key: &CacheKey,
         message: &str,
         history: &[ModelTurn],
+        scope: Option<&str>,
     ) -> Option<(Arc<CachedAnswer>, CacheKey)> {
         let deps = &self.inner.deps;
         let lookup = crate::trace_span!(
@@ -46,7 +47,7 @@ impl ChatService {
             let chain = deps.router.chain(agent);
             if chain.first().is_some_and(|primary| primary.is_open()) {
                 if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
-                    let key = route_key(agent, route, message, history);
+                    let key = route_key(agent, route, message, history, scope);
                     found = deps
                         .cache
                         .get(&key)
@@ -72,6 +73,7 @@ impl Inner {
         key: CacheKey,
         agent: &Agent,
         request: &ModelRequest,
+        scope: Option<&str>,
         lease: Option<Lease>,
         answered: Result<Answered, ChatError>,
     ) -> Result<Arc<Completion>, ChatError> {
@@ -85,7 +87,7 @@ impl Inner {
                 fallback: Some(route),
             }) => {
                 if completion.finish_reason == FinishReason::Stop {
-                    let key = route_key(agent, route, &request.message, &request.history);
+                    let key = route_key(agent, route, &request.message, &request.history, scope);
                     cache
                         .keep(key, to_cache(completion, &request.message), Share::Now)
                         .await;
@@ -114,6 +116,7 @@ impl Inner {
             Err(ChatError::Provider(error)) if error.is_refusal() => {
                 if let Some(refusals) = &self.refusals {
                     refusals.insert(key, error.clone()).await;
+                    crate::chat::metrics::refusals_bytes(refusals.weighted_size());
                 }
                 let ttl = deps.refusal_ttl.max(shared_for);
                 Publish::Outcome(SharedOutcome::Failed(error.clone()), ttl)

@@ -7,9 +7,10 @@ use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, ResponseCache};
 use crate::coalesce::local::LocalCoalescer;
 use crate::coalesce::ClusterCoalescer;
+use crate::config::CacheScope;
 use crate::conversations::{ConversationError, Conversations};
 use crate::providers::resilience::RetryPolicy;
-use crate::providers::{ModelRouter, ModelTurn, Provider};
+use crate::providers::{ModelRouter, ModelTurn, Provider, ProviderError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +70,12 @@ pub struct ChatDeps {
     pub prices: Prices,
     /// How long a refused prompt is answered with its refusal without asking again (0 = never).
     pub refusal_ttl: Duration,
+    /// Most bytes the remembered refusals take.
+    pub refusal_max_bytes: u64,
     /// How long a lease holder's failure is shown to the servers waiting on the same question.
     pub failure_share: Duration,
+    /// Who shares cached answers (and calls in flight): everyone, or each key its own.
+    pub cache_scope: CacheScope,
 }
 
 impl ChatDeps {
@@ -90,15 +95,26 @@ impl ChatDeps {
     }
 }
 
+/// The bytes a remembered refusal takes: the error, its text, the key and moka's bookkeeping.
+fn refusal_bytes(refusal: &ProviderError) -> u32 {
+    let text = refusal.to_string().len();
+    u32::try_from(std::mem::size_of::<ProviderError>() + text + 256).unwrap_or(u32::MAX)
+}
+
+/// The memo of refused prompts: each kept `ttl`, all of them within `max_bytes`.
+fn refusal_memo(ttl: Duration, max_bytes: u64) -> moka::future::Cache<CacheKey, ProviderError> {
+    moka::future::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_, refusal: &ProviderError| refusal_bytes(refusal))
+        .time_to_live(ttl)
+        .build()
+}
+
 impl ChatService {
     /// A service over these parts.
     pub fn new(deps: ChatDeps) -> ChatService {
-        let refusals = (!deps.refusal_ttl.is_zero()).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(deps.refusal_ttl)
-                .build()
-        });
+        let refusals = (!deps.refusal_ttl.is_zero())
+            .then(|| refusal_memo(deps.refusal_ttl, deps.refusal_max_bytes));
         ChatService {
             inner: Arc::new(Inner {
                 deps,
@@ -136,16 +152,23 @@ impl ChatService {
         owner: Option<&str>,
     ) -> Result<(), ConversationError> {
         let (deps, inner) = (&self.inner.deps, &self.inner);
+        let owner_id = owner.map(Arc::<str>::from);
+        let scope = inner.scope(owner_id.as_ref());
         let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
-            inner.key_for(agent, &normalise_message(message), history)
+            inner.key_for(
+                agent,
+                &normalise_message(message),
+                history,
+                scope.as_deref(),
+            )
         };
         deps.conversations
             .erase(id, owner, &deps.agents, &deps.cache, key_of)
             .await
     }
 
-    /// The cache key the service uses for `message` to `agent_id` (for tests and tools that
-    /// inspect the shared state); `None` for an unknown agent.
+    /// The cache key the service uses for `message` to `agent_id` in the shared cache (for
+    /// tests and tools that inspect the shared state); `None` for an unknown agent.
     pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {
         self.cache_key_with_history(agent_id, message, &[])
     }
@@ -160,7 +183,7 @@ impl ChatService {
         let agent = self.inner.deps.agents.get(agent_id)?;
         Some(
             self.inner
-                .key_for(&agent, &normalise_message(message), history),
+                .key_for(&agent, &normalise_message(message), history, None),
         )
     }
 
@@ -202,5 +225,64 @@ impl ChatService {
     /// The response cache.
     pub fn cache(&self) -> &ResponseCache {
         &self.inner.deps.cache
+    }
+
+    /// Sets the gauges of the bytes the service's in-process stores hold (called before a
+    /// metrics scrape): answers, remembered refusals, calls in flight, conversations.
+    pub async fn refresh_memory_gauges(&self) {
+        let inner = &self.inner;
+        inner.deps.cache.run_pending_tasks().await;
+        if let Some(refusals) = &inner.refusals {
+            refusals.run_pending_tasks().await;
+            crate::chat::metrics::refusals_bytes(refusals.weighted_size());
+        }
+        crate::coalesce::metrics::coalesce_bytes(inner.calls.held().1);
+        // Zero when conversations live elsewhere (records database, Redis).
+        let conversations = match inner.deps.conversations.store() {
+            crate::conversations::ConversationStore::Memory(store) => store.bytes(),
+            _ => 0,
+        };
+        crate::conversations::metrics::conversations_memory_bytes(conversations);
+    }
+
+    /// Calls in flight on this server and the bytes they hold.
+    pub fn calls_held(&self) -> (usize, usize) {
+        self.inner.calls.held()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheKeyParts;
+
+    #[tokio::test]
+    async fn remembered_refusals_stay_within_their_byte_budget() {
+        const BUDGET: u64 = 256 * 1024;
+        let memo = refusal_memo(Duration::from_secs(60), BUDGET);
+        for i in 0..5_000 {
+            let message = format!("prompt {i}");
+            let key = CacheKey::new(CacheKeyParts {
+                provider: "p",
+                agent_id: "math",
+                prompt_version: "v",
+                model: "m",
+                message: &message,
+                history: &[],
+                scope: None,
+            });
+            let refusal = ProviderError::Blocked {
+                reason: "PROHIBITED_CONTENT ".repeat(20),
+            };
+            memo.insert(key, refusal).await;
+        }
+        memo.run_pending_tasks().await;
+        assert!(memo.weighted_size() <= BUDGET, "{}", memo.weighted_size());
+        assert!(
+            memo.weighted_size() > BUDGET / 2,
+            "{}",
+            memo.weighted_size()
+        );
+        assert!(memo.entry_count() < 5_000);
     }
 }

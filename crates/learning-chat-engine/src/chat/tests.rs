@@ -5,7 +5,7 @@ use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimite
 use crate::agents::AgentRegistry;
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::config::Settings;
-use crate::conversations::{ConversationStore, Conversations, MemoryStore};
+use crate::conversations::{ConversationStore, Conversations, MemoryBounds, MemoryStore};
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::script::Script;
 use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
@@ -27,17 +27,17 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
-        ConversationStore::Memory(Arc::new(MemoryStore::new(
-            NonZeroUsize::new(1000).unwrap(),
-            Duration::from_secs(3600),
-        ))),
+        ConversationStore::Memory(Arc::new(MemoryStore::new(MemoryBounds {
+            ttl: Duration::from_secs(3600),
+            ..MemoryBounds::from_settings(&settings.conversation)
+        }))),
         settings.conversation.clone(),
         Duration::from_secs(60),
         crate::conversations::TokenSigner::new(Duration::from_secs(3600)),
     );
     ChatService::new(ChatDeps {
         agents,
-        cache: ResponseCache::Memory(MemoryCache::new(1000, Duration::from_secs(3600))),
+        cache: ResponseCache::Memory(MemoryCache::new(1000, 1 << 24, Duration::from_secs(3600))),
         provider: Provider::Offline(Box::new(OfflineModel::new(&settings.offline))),
         router,
         admission: Admission::new(
@@ -63,7 +63,9 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
         max_message_chars: 2000,
         prices: Prices::default(),
         refusal_ttl: Duration::ZERO,
+        refusal_max_bytes: 1 << 20,
         failure_share: Duration::ZERO,
+        cache_scope: crate::config::CacheScope::Shared,
     })
 }
 

@@ -70,6 +70,16 @@ impl Fanout {
         }
     }
 
+    /// Bytes of text held now.
+    pub fn len(&self) -> usize {
+        self.progress.borrow().0
+    }
+
+    /// True while no text arrived.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Marks that pieces now come from another server.
     pub fn mark_relayed(&self) {
         self.relayed.store(true, Ordering::Relaxed);

@@ -100,6 +100,20 @@ where
         Self::default()
     }
 
+    /// Calls in flight, and the bytes they hold: each call's entry and the text streamed into
+    /// its fan-out so far. Bounded by construction: one entry per distinct question in flight
+    /// (at most the requests in progress), each holding at most one answer's text.
+    pub fn held(&self) -> (usize, usize) {
+        let in_flight = self.calls.in_flight.lock();
+        let entry =
+            std::mem::size_of::<(CacheKey, InFlight<T, E>)>() + std::mem::size_of::<Fanout>();
+        let bytes = in_flight
+            .values()
+            .map(|call| entry + call.fanout.len())
+            .sum();
+        (in_flight.len(), bytes)
+    }
+
     /// The result of the call for `key`, as [`LocalCoalescer::subscribe`] without pieces.
     pub async fn ask<F, Fut>(&self, key: CacheKey, deadline: Instant, start: F) -> Result<T, E>
     where
@@ -329,6 +343,7 @@ mod tests {
             model: "m",
             message,
             history: &[],
+            scope: None,
         })
     }
 
@@ -374,6 +389,38 @@ mod tests {
         let again = calls.ask(key("2+2"), deadline, answering(&starts, Ok(7), second));
         assert_eq!(again.await, Ok(7));
         assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bytes_held_are_the_text_streamed_so_far_and_go_with_the_call() {
+        let calls = Coalescer::new();
+        let deadline = in_secs(10);
+        let piece = "x".repeat(1000);
+        let waits: Vec<_> = (0..10)
+            .map(|i| {
+                let piece = piece.clone();
+                calls.subscribe(key(&format!("q{i}")), deadline, true, move |fanout| {
+                    let piece = piece.clone();
+                    async move {
+                        if let Some(fanout) = fanout {
+                            fanout.push_at(0, &piece);
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Ok(1)
+                    }
+                })
+            })
+            .collect();
+        let finished = tokio::spawn(futures::future::join_all(
+            waits.into_iter().map(|w| w.finish()),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (in_flight, bytes) = calls.held();
+        assert_eq!(in_flight, 10);
+        assert!(bytes >= 10 * 1000, "{bytes}");
+        assert!(bytes <= 10 * (1000 + 4096), "{bytes}");
+        finished.await.unwrap();
+        assert_eq!(calls.held(), (0, 0));
     }
 
     #[tokio::test]

@@ -4,17 +4,35 @@ use super::{invalid, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Who shares cached answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// Every caller: an answer paid for once serves everyone (the point of the service).
+    #[default]
+    Shared,
+    /// Each API key its own: one key's learners never learn what another key's asked, at the
+    /// price of a model call per key for the same question.
+    Key,
+}
+
 /// The response cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// Turn caching off entirely (every question goes to the model; coalescing still applies).
     pub enabled: bool,
+    /// `shared` (every caller) or `key` (each API key its own answers, coalescing included).
+    pub scope: CacheScope,
     /// How long an answer is served from cache (`ttl_ms`).
     #[serde(rename = "ttl_ms", with = "super::duration")]
     pub ttl: Duration,
     /// Most answers kept in process memory; may be 0 only with caching off.
     pub capacity: u64,
+    /// Most bytes the answers kept in process memory take (text and bookkeeping).
+    pub max_bytes: u64,
+    /// Most bytes the remembered refusals take (`refusal_ttl_ms`).
+    pub refusal_max_bytes: u64,
     /// With Redis enabled, the in-process cache is a short-lived first tier: its TTL
     /// (`l1_ttl_ms`).
     #[serde(rename = "l1_ttl_ms", with = "super::duration")]
@@ -41,8 +59,11 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             enabled: true,
+            scope: CacheScope::Shared,
             ttl: Duration::from_secs(3600),
             capacity: 1000,
+            max_bytes: 8 * 1024 * 1024,
+            refusal_max_bytes: 1024 * 1024,
             l1_ttl: Duration::from_secs(60),
             refusal_ttl: Duration::from_secs(60),
             share_offline_answers: false,
@@ -61,6 +82,16 @@ impl CacheSettings {
         }
         if self.capacity == 0 {
             return invalid("cache.capacity must be at least 1 (or set cache.enabled = false)");
+        }
+        if self.max_bytes < 64 * 1024 {
+            return invalid(
+                "cache.max_bytes must be at least 65536 (or set cache.enabled = false)",
+            );
+        }
+        if self.refusal_max_bytes < 64 * 1024 {
+            return invalid(
+                "cache.refusal_max_bytes must be at least 65536 (or set cache.refusal_ttl_ms = 0)",
+            );
         }
         if self.ttl.is_zero() {
             return invalid("cache.ttl_ms must be at least 1 ms (or set cache.enabled = false)");

@@ -13,8 +13,14 @@ pub struct ConversationSettings {
     #[serde(rename = "ttl_ms", with = "super::duration")]
     pub ttl: Duration,
     /// Most conversations kept in process memory when Redis is not configured; beyond it the
-    /// least recently used one is evicted.
+    /// least recently used one of the key holding the most is evicted.
     pub max_conversations: NonZeroUsize,
+    /// Most bytes the conversations kept in process memory hold (text and bookkeeping); beyond
+    /// it the least recently used one of the key holding the most bytes is evicted.
+    pub max_memory_bytes: u64,
+    /// Most conversations one API key keeps open in process memory; its new one evicts its own
+    /// least recently used, never another key's.
+    pub max_open_per_key: NonZeroUsize,
     /// Most tokens of history (system prompt, earlier turns and the new message) sent to the
     /// model; older turns beyond it are left out, the first exchange is always kept.
     pub max_history_tokens: NonZeroU32,
@@ -42,6 +48,8 @@ impl Default for ConversationSettings {
         ConversationSettings {
             ttl: Duration::from_secs(86_400),
             max_conversations: const { NonZero::new(100_000).unwrap() },
+            max_memory_bytes: 8 * 1024 * 1024,
+            max_open_per_key: const { NonZero::new(2_000).unwrap() },
             max_history_tokens: const { NonZero::new(8_000).unwrap() },
             max_turns: 200,
             max_stored_bytes: 512 * 1024,
@@ -56,6 +64,11 @@ impl ConversationSettings {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         super::positive("conversation.ttl_ms", self.ttl)?;
+        if self.max_memory_bytes < self.max_stored_bytes {
+            return invalid(
+                "conversation.max_memory_bytes must be at least conversation.max_stored_bytes",
+            );
+        }
         if self.max_turns < 2 {
             return invalid(
                 "conversation.max_turns must be at least 2 (a question and its answer)",

@@ -10,6 +10,7 @@
 //! (`LEARNING_CHAT_UPSTREAM__MAX_CONCURRENCY=50`); the older plain names (`GEMINI_API_KEY`,
 //! `GEMINI_BASE_URL`, `REDIS_URL`, `REDIS_HOST`, `REDIS_PORT`, `SENTRY_DSN`) keep working.
 
+mod admission;
 mod agents;
 mod auth;
 mod cache;
@@ -30,9 +31,10 @@ mod telemetry;
 mod tests;
 mod upstream;
 
+pub use admission::AdmissionSettings;
 pub use agents::AgentSettings;
 pub use auth::{AuthMode, AuthSettings};
-pub use cache::CacheSettings;
+pub use cache::{CacheScope, CacheSettings};
 pub use conversation::ConversationSettings;
 pub use database::{DatabaseSettings, DatabaseUrl};
 pub use gemini::GeminiSettings;
@@ -122,6 +124,8 @@ pub struct Settings {
     pub conversation: ConversationSettings,
     /// API keys, per-key limits and fair sharing.
     pub auth: AuthSettings,
+    /// How keys share the server.
+    pub admission: AdmissionSettings,
     /// Where Prometheus metrics are served, and bounds on the metrics themselves.
     pub metrics: MetricsSettings,
     /// Deprecated keys found while loading, one start-up warning each (never serialized).
@@ -323,6 +327,7 @@ impl Settings {
         self.metrics.validate()?;
         self.conversation.validate()?;
         self.auth.validate(&self.database)?;
+        self.admission.validate()?;
         self.refuse_shipped_placeholders()?;
         self.stream.validate()?;
         self.routing.validate()?;

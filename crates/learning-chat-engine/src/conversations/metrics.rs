@@ -15,8 +15,12 @@ pub const CONVERSATION_TOKENS: &str = "learning_chat_conversation_tokens_issued_
 /// Conversations erased by `DELETE /api/v1/conversations/{id}`.
 pub const CONVERSATIONS_ERASED: &str = "learning_chat_conversations_erased_total";
 
-/// Conversations evicted from process memory at `conversation.max_conversations`.
+/// Conversations evicted from process memory (`conversation.max_conversations`,
+/// `max_memory_bytes` or `max_open_per_key`).
 pub const CONVERSATIONS_EVICTED: &str = "learning_chat_conversations_evicted_total";
+
+/// Bytes the conversations kept in process memory hold (no Redis).
+pub const CONVERSATIONS_MEMORY_BYTES: &str = "learning_chat_conversations_memory_bytes";
 
 /// Turns a conversation holds after each exchange is written.
 pub const CONVERSATION_TURNS: &str = "learning_chat_conversation_turns";
@@ -55,6 +59,11 @@ pub fn conversation_evicted() {
     counter!(CONVERSATIONS_EVICTED).increment(1);
 }
 
+/// Sets the bytes the in-process conversations hold.
+pub fn conversations_memory_bytes(bytes: usize) {
+    gauge!(CONVERSATIONS_MEMORY_BYTES).set(bytes as f64);
+}
+
 /// Records the turns a conversation holds after an exchange.
 pub fn conversation_turns(turns: usize) {
     histogram!(CONVERSATION_TURNS).record(turns as f64);
@@ -91,7 +100,12 @@ pub(crate) fn describe() {
     describe_counter!(CONVERSATIONS_ERASED, "Conversations erased on request.");
     describe_counter!(
         CONVERSATIONS_EVICTED,
-        "Conversations evicted from memory at conversation.max_conversations."
+        "Conversations evicted from memory (conversation.max_conversations, max_memory_bytes or max_open_per_key)."
+    );
+    describe_gauge!(
+        CONVERSATIONS_MEMORY_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes the conversations kept in process memory hold (conversation.max_memory_bytes)."
     );
     describe_histogram!(
         CONVERSATION_TURNS,

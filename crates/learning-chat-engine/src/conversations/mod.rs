@@ -17,7 +17,7 @@ mod redis;
 mod step;
 pub mod token;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemoryBounds, MemoryStore};
 pub use self::redis::RedisStore;
 pub use self::step::{Place, Recorded, Said};
 pub use self::token::TokenSigner;

@@ -253,6 +253,7 @@ mod tests {
             model: "m",
             message: "what is 2+2?",
             history: &[],
+            scope: None,
         })
     }
 

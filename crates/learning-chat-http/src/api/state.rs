@@ -103,7 +103,7 @@ impl AppState {
     /// Updates the gauges that are sampled rather than tracked (called before each scrape).
     pub async fn refresh_gauges(&self) {
         self.process_metrics.collect();
-        self.chat.cache().run_pending_tasks().await;
+        self.chat.refresh_memory_gauges().await;
         learning_chat_engine::cache::metrics::cache_entries(self.chat.cache().memory_entries());
         learning_chat_engine::admission::metrics::quota_window_used(
             self.chat.quota().requests_in_window().await,

@@ -10,6 +10,7 @@ use super::keys::KeyLimits;
 use learning_chat_engine::admission::window::{
     Change, Options, Ticket, Window, WindowLimiter, WindowOps,
 };
+use learning_chat_engine::config::AdmissionSettings;
 use learning_chat_engine::redis_link::RedisLink;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -105,16 +106,31 @@ pub struct KeyLimiter {
     limiter: WindowLimiter,
     /// A request's concurrency lease; past it a crashed server's leases expire.
     lease: Duration,
+    /// Requests in progress for a key whose record sets none (`admission.default_key_concurrency`,
+    /// 0 = no limit): a flood from one key is refused before it crowds out the others.
+    default_concurrency: u32,
 }
 
 impl KeyLimiter {
-    /// A limiter in Redis (when given), otherwise in process.
-    pub fn new(redis: Option<RedisLink>, replicas: NonZeroU32, lease: Duration) -> KeyLimiter {
+    /// A limiter in Redis (when given), otherwise in process; a key whose record sets no
+    /// concurrency gets `admission.default_key_concurrency`, and the windows kept in process
+    /// stay within `admission.limit_windows_max_bytes`.
+    pub fn new(
+        redis: Option<RedisLink>,
+        replicas: NonZeroU32,
+        lease: Duration,
+        admission: &AdmissionSettings,
+    ) -> KeyLimiter {
         let limiter = match redis {
             Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
             None => WindowLimiter::local(OPTIONS),
         };
-        KeyLimiter { limiter, lease }
+        let max_bytes = usize::try_from(admission.limit_windows_max_bytes).unwrap_or(usize::MAX);
+        KeyLimiter {
+            limiter: limiter.with_max_bytes(max_bytes),
+            lease,
+            default_concurrency: admission.default_key_concurrency,
+        }
     }
 
     /// The windows of one request, in the order they are checked (the first that refuses is
@@ -138,10 +154,14 @@ impl KeyLimiter {
                 LimitKind::KeyTokens,
             );
         }
-        if limits.concurrency > 0 {
+        let concurrency = match limits.concurrency {
+            0 => self.default_concurrency,
+            set => set,
+        };
+        if concurrency > 0 {
             let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
             add(
-                Window::counting("inflight", u64::from(limits.concurrency), lease.max(1), 1),
+                Window::counting("inflight", u64::from(concurrency), lease.max(1), 1),
                 LimitKind::KeyConcurrency,
             );
         }
@@ -268,6 +288,13 @@ impl KeyLimiter {
 mod tests {
     use super::*;
 
+    fn no_default() -> AdmissionSettings {
+        AdmissionSettings {
+            default_key_concurrency: 0,
+            ..AdmissionSettings::default()
+        }
+    }
+
     fn subject(learner: Option<&str>, member: &str) -> Subject {
         Subject {
             key_id: "key_test".into(),
@@ -278,7 +305,12 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refuse_with_the_limit_named() {
-        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60));
+        let limiter = KeyLimiter::new(
+            None,
+            NonZeroU32::MIN,
+            Duration::from_secs(60),
+            &no_default(),
+        );
         let limits = KeyLimits {
             rpm: 3,
             tokens_per_day: 100,
@@ -298,5 +330,89 @@ mod tests {
         let d = limiter.acquire(&limits, &subject(None, "5")).await;
         assert_eq!(d.refused, Some(LimitKind::KeyTokens));
         assert!(d.retry_after > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn learner_windows_stay_within_their_byte_budget_whatever_ids_are_sent() {
+        let budget = AdmissionSettings {
+            limit_windows_max_bytes: 256 * 1024,
+            ..AdmissionSettings::default()
+        };
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), &budget);
+        let limits = KeyLimits {
+            learner_rpm: 10,
+            learner_tokens_per_day: 1_000_000,
+            ..KeyLimits::default()
+        };
+        // A new learner id with every request: two day-long windows each, never idle.
+        let mut peak = 0;
+        for i in 0..20_000 {
+            let learner = format!("{i:032x}");
+            let s = subject(Some(&learner), &format!("m{i}"));
+            let decision = limiter.acquire(&limits, &s).await;
+            assert_eq!(decision.refused, None);
+            limiter.finish(&limits, &s, &decision, 100).await;
+            peak = peak.max(limiter.limiter.local_bytes());
+        }
+        assert!(peak <= 256 * 1024, "peak {peak} bytes");
+        assert!(peak > 128 * 1024, "the budget was used: {peak} bytes");
+        // A learner seen just now is still limited: the recent windows are the ones kept.
+        let recent = format!("{:032x}", 19_999);
+        for n in 0..9 {
+            let s = subject(Some(&recent), &format!("again{n}"));
+            assert_eq!(limiter.acquire(&limits, &s).await.refused, None, "{n}");
+        }
+        let s = subject(Some(&recent), "over");
+        assert_eq!(
+            limiter.acquire(&limits, &s).await.refused,
+            Some(LimitKind::LearnerRpm)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_without_a_concurrency_gets_the_default_and_its_own_wins() {
+        let two = AdmissionSettings {
+            default_key_concurrency: 2,
+            ..AdmissionSettings::default()
+        };
+        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), &two);
+        let none = KeyLimits::default();
+        let held: Vec<_> = (0..2).map(|i| subject(None, &format!("d{i}"))).collect();
+        let first = limiter.acquire(&none, &held[0]).await;
+        assert_eq!(first.refused, None);
+        assert_eq!(limiter.acquire(&none, &held[1]).await.refused, None);
+        let third = limiter.acquire(&none, &subject(None, "d2")).await;
+        assert_eq!(third.refused, Some(LimitKind::KeyConcurrency));
+        // Ending one makes room again.
+        limiter.finish(&none, &held[0], &first, 0).await;
+        let fourth = limiter.acquire(&none, &subject(None, "d3")).await;
+        assert_eq!(fourth.refused, None);
+        // A key whose record sets its own concurrency is not bound by the default.
+        let own = KeyLimits {
+            concurrency: 3,
+            ..KeyLimits::default()
+        };
+        let other = |member: &str| Subject {
+            key_id: "key_other".into(),
+            learner: None,
+            member: member.into(),
+        };
+        for i in 0..3 {
+            let granted = limiter.acquire(&own, &other(&format!("o{i}"))).await;
+            assert_eq!(granted.refused, None);
+        }
+        // Without a default, a key without limits is never refused.
+        let unlimited = KeyLimiter::new(
+            None,
+            NonZeroU32::MIN,
+            Duration::from_secs(60),
+            &no_default(),
+        );
+        for i in 0..100 {
+            let granted = unlimited
+                .acquire(&none, &subject(None, &format!("u{i}")))
+                .await;
+            assert_eq!(granted.refused, None);
+        }
     }
 }

@@ -268,7 +268,7 @@ impl Auth {
             refusals: refusals::RefusalLog::default(),
             key_refresh: settings.database.key_refresh,
             ledger_flush: settings.database.ledger_flush,
-            limiter: KeyLimiter::new(redis, settings.redis.replicas, lease),
+            limiter: KeyLimiter::new(redis, settings.redis.replicas, lease, &settings.admission),
             labels: KeyLabels {
                 max: settings.metrics.max_key_labels,
                 seen: Mutex::new(HashSet::new()),

@@ -7,10 +7,12 @@ pub mod support;
 
 mod admission;
 mod api;
+mod cache_scope;
 mod connections;
 mod conversations;
 mod conversations_records;
 mod conversations_redis;
+mod fair_queue;
 mod h2c;
 mod keys;
 mod logs;

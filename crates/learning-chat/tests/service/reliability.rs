@@ -350,6 +350,7 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
         model: "m",
         message: "published between our miss and our lease",
         history: &[],
+        scope: None,
     });
     // Another server published (and released its lease) after this server's cache lookup.
     let answer = CachedAnswer {

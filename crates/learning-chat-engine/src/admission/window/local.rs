@@ -6,8 +6,16 @@
 //! A caller that cannot go now reserves the earliest time at which it can, and sleeps until then;
 //! reservations are entries in the future, so waiters are served in order without polling.
 //! The Redis side runs the same algorithm in `window_reserve.lua`.
+//!
+//! A window holds at most [`MAX_ENTRIES`] entries, so its memory is bounded whatever its span
+//! (a day of token charges) and rate: past that, entries are merged into buckets of
+//! `span / (MAX_ENTRIES / 2)`, each counted from its bucket's end. A merged unit is held at most
+//! one bucket longer than it was, never shorter, so the limit still holds.
 
 use std::collections::VecDeque;
+
+/// Most entries one window keeps before merging them into buckets.
+pub const MAX_ENTRIES: usize = 1024;
 
 /// Entries of (time in ms, units), sorted by time.
 #[derive(Debug, Clone)]
@@ -69,9 +77,42 @@ impl SlidingWindow {
         let position = self.entries.partition_point(|&(t, _)| t <= at_ms);
         self.entries.insert(position, (at_ms, units));
         self.total += units;
+        if self.entries.len() > MAX_ENTRIES {
+            self.coarsen();
+        }
     }
 
-    /// Takes back `units` recorded at `at_ms` (a reservation not used after all).
+    /// The width of the buckets entries are merged into.
+    fn bucket_ms(&self) -> u64 {
+        (self.window_ms / (MAX_ENTRIES as u64 / 2)).max(1)
+    }
+
+    /// Merges the entries into buckets, each counted from its bucket's end (later, never
+    /// earlier, than its entries); the total is unchanged.
+    fn coarsen(&mut self) {
+        let width = self.bucket_ms();
+        let mut merged: VecDeque<(u64, u64)> = VecDeque::with_capacity(MAX_ENTRIES / 2 + 1);
+        for &(at, units) in &self.entries {
+            let end = at.div_ceil(width).saturating_mul(width);
+            match merged.back_mut() {
+                Some((t, u)) if *t == end => *u += units,
+                _ => merged.push_back((end, units)),
+            }
+        }
+        // Reservations far ahead can still leave too many buckets: fold the oldest into the
+        // next (later) one.
+        while merged.len() > MAX_ENTRIES {
+            if let Some((_, units)) = merged.pop_front() {
+                if let Some((_, next)) = merged.front_mut() {
+                    *next += units;
+                }
+            }
+        }
+        self.entries = merged;
+    }
+
+    /// Takes back `units` recorded at `at_ms` (a reservation not used after all, a request
+    /// that ended); from its bucket when the entries were merged.
     pub fn remove(&mut self, units: u64, at_ms: u64) {
         let units = units.min(self.limit);
         if let Some(i) = self
@@ -81,7 +122,33 @@ impl SlidingWindow {
         {
             self.entries.remove(i);
             self.total -= units;
+            return;
         }
+        let width = self.bucket_ms();
+        let end = at_ms.div_ceil(width).saturating_mul(width);
+        if let Some(i) = self
+            .entries
+            .iter()
+            .position(|&(t, u)| t == end && u >= units)
+        {
+            if let Some(entry) = self.entries.get_mut(i) {
+                entry.1 -= units;
+                if entry.1 == 0 {
+                    self.entries.remove(i);
+                }
+            }
+            self.total -= units;
+        }
+    }
+
+    /// Heap bytes its entries take.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u64, u64)>()
+    }
+
+    /// When its newest entry counts from (`None`: empty).
+    pub fn newest(&self) -> Option<u64> {
+        self.entries.back().map(|&(at, _)| at)
     }
 
     /// Units held at `now_ms`, reservations still to come included.
@@ -153,5 +220,38 @@ mod tests {
         assert_eq!(w.earliest(100, 20_000), 70_000);
         assert_eq!(w.used(20_000), 90);
         assert_eq!(w.used(65_000), 20);
+    }
+
+    #[test]
+    fn a_day_of_charges_is_bounded_in_memory_and_never_undercounted() {
+        const DAY: u64 = 86_400_000;
+        let mut w = SlidingWindow::new(u64::MAX / 2, DAY);
+        // A charge every 86 ms for a day: a million entries unmerged.
+        let mut recorded = 0u64;
+        let mut peak = 0;
+        for i in 0..1_000_000u64 {
+            w.record(7, i * 86);
+            recorded += 7;
+            peak = peak.max(w.heap_bytes());
+        }
+        assert!(w.entries.len() <= MAX_ENTRIES, "{}", w.entries.len());
+        assert!(peak <= 2 * MAX_ENTRIES * 16, "{peak} bytes");
+        // Everything recorded is still counted at the end of the day...
+        assert_eq!(w.total(DAY - 1), recorded);
+        // ...and leaves at most one bucket (a day / 512, under 3 minutes) late.
+        let bucket = DAY / (MAX_ENTRIES as u64 / 2);
+        assert!(w.total(DAY + DAY / 2) > 0);
+        assert_eq!(w.total(2 * DAY + bucket), 0);
+    }
+
+    #[test]
+    fn a_merged_entry_can_still_be_taken_back() {
+        let mut w = SlidingWindow::new(10_000, 60_000);
+        for i in 0..(MAX_ENTRIES as u64 + 1) {
+            w.record(1, i);
+        }
+        let before = w.total(2_000);
+        w.remove(1, 500);
+        assert_eq!(w.total(2_000), before - 1);
     }
 }

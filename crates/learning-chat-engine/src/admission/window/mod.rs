@@ -21,6 +21,7 @@
 //!   windows until every replica has done so or a whole window passed. A limiter that does not
 //!   remember (per-key budgets: many scopes, day-long windows) trusts Redis again at once.
 
+mod budget;
 mod local;
 mod redis;
 mod scope;
@@ -31,11 +32,11 @@ pub use local::SlidingWindow;
 pub use redis::{Seen, WindowOps};
 
 use crate::redis_link::RedisLink;
+use budget::Scopes;
 use parking_lot::Mutex;
 use redis::{Ask, Outcome, RedisWindows};
 use scope::{recorded, OwnCall, Scope};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -175,7 +176,9 @@ pub struct WindowLimiter {
     cluster: Option<Cluster>,
     options: Options,
     origin: Instant,
-    scopes: Mutex<HashMap<String, Scope>>,
+    scopes: Mutex<Scopes>,
+    /// Most bytes the local windows may hold (`None`: unbounded; see [`budget`]).
+    max_bytes: Option<usize>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -189,8 +192,20 @@ impl WindowLimiter {
             cluster: None,
             options,
             origin: Instant::now(),
-            scopes: Mutex::new(HashMap::new()),
+            scopes: Mutex::new(Scopes::default()),
+            max_bytes: None,
         }
+    }
+
+    /// This limiter with its local windows bounded to `max_bytes` (see [`budget`]).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> WindowLimiter {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Bytes its local windows hold now.
+    pub fn local_bytes(&self) -> usize {
+        self.scopes.lock().bytes()
     }
 
     /// A limiter in Redis under `{prefix}:{kind}:{<scope>}:*` for `replicas` servers.
@@ -330,7 +345,7 @@ impl WindowLimiter {
             };
             if !remember {
                 // Redis answers: it decides again at once (nothing to write back).
-                scopes.remove(scope_name);
+                scopes.drop_scope(scope_name);
             }
             match reply.outcome {
                 Outcome::Granted => {
@@ -411,9 +426,29 @@ impl WindowLimiter {
         let deadline_ms = self.deadline_ms(deadline);
         let mut scopes = self.scopes.lock();
         if !self.options.remember && scopes.len() > MAX_SCOPES {
-            scopes.retain(|_, scope| !scope.is_idle(now));
+            scopes.drop_idle(now);
         }
-        let scope = scopes.entry(scope_name.to_owned()).or_default();
+        let decided = self.decide_locally(
+            scopes.entry(scope_name.to_owned()).or_default(),
+            member,
+            windows,
+            now,
+            deadline_ms,
+        );
+        scopes.account(scope_name);
+        self.keep_within_budget(&mut scopes, now);
+        decided
+    }
+
+    /// Decides one call in `scope`'s local windows.
+    fn decide_locally(
+        &self,
+        scope: &mut Scope,
+        member: &str,
+        windows: &[Window],
+        now: u64,
+        deadline_ms: u64,
+    ) -> Result<Granted, Refused> {
         let weight = self.cluster.as_ref().map_or(1, |c| c.replicas);
         if scope.enter_local(weight) && self.cluster.is_some() {
             self.entered_local(scope);

@@ -5,6 +5,16 @@
 use super::{SlidingWindow, Window};
 use std::collections::{HashMap, VecDeque};
 
+/// What a local window costs besides its entries: the window, its name's `String` and the
+/// map's slot.
+const WINDOW_OVERHEAD: usize =
+    std::mem::size_of::<SlidingWindow>() + std::mem::size_of::<String>() * 2 + 16;
+
+/// The bytes a local window named `name` holds.
+fn window_bytes(name: &str, window: &SlidingWindow) -> usize {
+    WINDOW_OVERHEAD + name.len() + window.heap_bytes()
+}
+
 /// One of this server's calls, kept to be written back into a Redis that lost it.
 #[derive(Debug, Clone)]
 pub(super) struct OwnCall {
@@ -49,6 +59,10 @@ pub(super) struct Scope {
     pub unpublished: bool,
     /// This server has written its calls into Redis at least once.
     pub ever_synced: bool,
+    /// Bytes its local windows hold (kept up to date by the methods that change them).
+    pub bytes: usize,
+    /// `bytes` as the limiter last counted it (see `Scopes::account`).
+    pub accounted: usize,
 }
 
 fn longest(windows: &[Window]) -> u64 {
@@ -67,10 +81,16 @@ impl Scope {
         }
     }
 
-    /// True when nothing is kept that would change a decision (the scope can go).
+    /// True when nothing is kept that would change a decision (the scope can go). Drops the
+    /// local windows that count nothing now.
     pub fn is_idle(&mut self, now: u64) -> bool {
         if let Some(local) = &mut self.local {
             local.windows.retain(|_, w| w.total(now) > 0);
+            self.bytes = local
+                .windows
+                .iter()
+                .map(|(name, w)| window_bytes(name, w))
+                .sum();
         }
         self.own.is_empty()
             && !self.unpublished
@@ -101,7 +121,11 @@ impl Scope {
         now: u64,
     ) -> Option<&mut SlidingWindow> {
         let Scope {
-            own, others, local, ..
+            own,
+            others,
+            local,
+            bytes,
+            ..
         } = self;
         let local = local.as_mut()?;
         let window = local
@@ -121,6 +145,7 @@ impl Scope {
                         window.record(units, at);
                     }
                 }
+                *bytes += window_bytes(&spec.name, &window);
                 window
             });
         window.set_limit(spec.limit);
@@ -151,14 +176,57 @@ impl Scope {
             if spec.record == 0 {
                 continue;
             }
-            if let Some(window) = self.local_window(i, spec, now) {
+            self.change(i, spec, now, |window| {
                 if add {
                     window.record(spec.record * weight, at);
                 } else {
                     window.remove(spec.record * weight, at);
                 }
-            }
+            });
         }
+    }
+
+    /// Applies `change` to the local window of `spec` (made if need be), keeping `bytes` true.
+    pub fn change(
+        &mut self,
+        index: usize,
+        spec: &Window,
+        now: u64,
+        change: impl FnOnce(&mut SlidingWindow),
+    ) {
+        let Some(window) = self.local_window(index, spec, now) else {
+            return;
+        };
+        let before = window.heap_bytes();
+        change(window);
+        let after = window.heap_bytes();
+        self.bytes = (self.bytes + after).saturating_sub(before);
+    }
+
+    /// Forgets the local windows whose newest entry is older than `before` (local ms); returns
+    /// the bytes freed.
+    pub fn forget_older(&mut self, before: u64) -> usize {
+        let Some(local) = &mut self.local else {
+            return 0;
+        };
+        let mut freed = 0;
+        local.windows.retain(|name, w| {
+            let keep = w.newest().is_some_and(|at| at >= before);
+            if !keep {
+                freed += window_bytes(name, w);
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        freed
+    }
+
+    /// When each local window's newest entry counts from.
+    pub fn newest_entries(&self) -> impl Iterator<Item = u64> + '_ {
+        self.local
+            .iter()
+            .flat_map(|l| l.windows.values())
+            .map(|w| w.newest().unwrap_or(0))
     }
 
     /// Takes in what a granted reservation showed of the others' calls in the first window.

@@ -57,25 +57,25 @@ impl WindowLimiter {
         for change in changes {
             match *change {
                 Change::Charge { window, units } => {
-                    if let Some(w) = windows
-                        .get(window)
-                        .and_then(|spec| scope.local_window(window, spec, now))
-                    {
-                        w.record(units.saturating_mul(weight), now);
+                    if let Some(spec) = windows.get(window) {
+                        scope.change(window, spec, now, |w| {
+                            w.record(units.saturating_mul(weight), now);
+                        });
                     }
                 }
                 // A lease taken in Redis expires there on its own.
                 Change::Release { window } if ticket.local => {
-                    if let Some((spec, w)) = windows
-                        .get(window)
-                        .and_then(|spec| Some((spec, scope.local_window(window, spec, now)?)))
-                    {
-                        w.remove(spec.record * weight, ticket.at_ms);
+                    if let Some(spec) = windows.get(window) {
+                        scope.change(window, spec, now, |w| {
+                            w.remove(spec.record * weight, ticket.at_ms);
+                        });
                     }
                 }
                 Change::Release { .. } => {}
             }
         }
+        scopes.account(scope_name);
+        self.keep_within_budget(&mut scopes, now);
     }
 
     /// Units `window` of `scope` counts now: cluster-wide when Redis answers, else this

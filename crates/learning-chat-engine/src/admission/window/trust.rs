@@ -40,6 +40,7 @@ impl WindowLimiter {
         let window_passed = local.until.is_some_and(|until| now >= until);
         if everyone_back || window_passed {
             scope.local = None;
+            scope.bytes = 0;
             if self.options.quota_metrics {
                 crate::admission::metrics::quota_conservative(false);
                 tracing::info!(
