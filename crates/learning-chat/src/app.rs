@@ -488,21 +488,27 @@ async fn load_keys(
     refresher
 }
 
-/// Logs the model-call count every minute (the quota can be watched from the logs alone) and
-/// samples gauges.
+/// Logs the model-call count every minute (the quota can be watched from the logs alone), and
+/// drains the metrics recorder every `metrics.upkeep_interval_ms`: it buffers every histogram
+/// sample until then, which at full speed is megabytes a second.
 async fn minute_monitor(state: AppState) {
     let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    let mut upkeep = tokio::time::interval(state.settings.metrics.upkeep_interval);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every_minute.tick().await;
     loop {
-        every_minute.tick().await;
-        let count = state.chat.monitor().take_minute();
-        tracing::info!(
-            upstream_requests = count,
-            quota_rpm = state.chat.quota().rpm(),
-            "Gemini API requests in last minute: {count}"
-        );
-        state.metrics.run_upkeep();
-        crate::telemetry::flush_shed_log();
+        tokio::select! {
+            _ = upkeep.tick() => state.metrics.run_upkeep(),
+            _ = every_minute.tick() => {
+                let count = state.chat.monitor().take_minute();
+                tracing::info!(
+                    upstream_requests = count,
+                    quota_rpm = state.chat.quota().rpm(),
+                    "Gemini API requests in last minute: {count}"
+                );
+                crate::telemetry::flush_shed_log();
+            }
+        }
     }
 }
 

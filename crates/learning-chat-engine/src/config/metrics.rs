@@ -3,6 +3,7 @@
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Where metrics are served, and bounds on the metrics themselves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,6 +16,10 @@ pub struct MetricsSettings {
     pub bind: String,
     /// Also serve `GET /metrics` on the service port (the old behaviour; it is public there).
     pub on_service_port: bool,
+    /// How often the recorder folds the histogram samples it buffered into their buckets
+    /// (`upkeep_interval_ms`): the buffer grows with every request until then.
+    #[serde(rename = "upkeep_interval_ms", with = "super::duration")]
+    pub upkeep_interval: Duration,
 }
 
 impl Default for MetricsSettings {
@@ -23,6 +28,7 @@ impl Default for MetricsSettings {
             max_key_labels: 50,
             bind: "127.0.0.1:9464".to_owned(),
             on_service_port: false,
+            upkeep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -43,6 +49,7 @@ impl MetricsSettings {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::positive("metrics.upkeep_interval_ms", self.upkeep_interval)?;
         self.listener().map(|_| ())
     }
 }
