@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 33] = [
+const DURATIONS: [(&str, Field); 34] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -65,6 +65,7 @@ const DURATIONS: [(&str, Field); 33] = [
     }),
     ("database.key_refresh_ms", |s| s.database.key_refresh),
     ("database.ledger_flush_ms", |s| s.database.ledger_flush),
+    ("metrics.upkeep_interval_ms", |s| s.metrics.upkeep_interval),
     ("routing.breaker_cooldown_ms", |s| {
         s.routing.breaker_cooldown
     }),
