@@ -519,6 +519,15 @@ async fn migrate_keys_moves_old_redis_and_file_keys_once_and_they_keep_working()
         "{out}"
     );
 
+    // Read before any server uses the key: a server's ledger moves `last_used` to today.
+    let show = keys_cli_on(&database, &["show", "key_0000000000a1"]);
+    assert!(
+        show.contains("learner_rpm=3")
+            && show.contains("weight=2")
+            && show.contains("last_used=2023-"),
+        "{show}"
+    );
+
     // A server on the database accepts the moved secrets (same pepper), with their settings.
     let server = start_server(&database, &[], None);
     let http = http();
@@ -542,13 +551,6 @@ async fn migrate_keys_moves_old_redis_and_file_keys_once_and_they_keep_working()
         other_agent.status(),
         StatusCode::FORBIDDEN,
         "the agents list moved too"
-    );
-    let show = keys_cli_on(&database, &["show", "key_0000000000a1"]);
-    assert!(
-        show.contains("learner_rpm=3")
-            && show.contains("weight=2")
-            && show.contains("last_used=2023-"),
-        "{show}"
     );
     let audit = keys_cli_on(&database, &["audit"]);
     assert_eq!(
