@@ -126,7 +126,7 @@ impl RedisLease {
         let renewer = renew.then(|| {
             let lease = self.clone();
             let every = Duration::from_millis(self.ttl_ms / 3).max(Duration::from_millis(1));
-            tokio::spawn(crate::trace::in_current_context(async move {
+            tokio::spawn(crate::trace::in_background_of_current(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     let _ = lease.renew().await;

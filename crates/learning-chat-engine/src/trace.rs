@@ -50,3 +50,20 @@ macro_rules! trace_span {
 pub fn in_current_context<F: Future>(future: F) -> impl Future<Output = F::Output> {
     future.in_current_span().bind_hub(Hub::current())
 }
+
+/// Wraps a future about to be `tokio::spawn`ed as work its request does not wait for (a cache
+/// write, a lease's publication and release). With traces on it runs in a root span of its own
+/// that *follows from* the request's span: a child would hold the request's span open until
+/// the work ends, so the request's exported duration would include it, and a server stopped
+/// before it ends would never export the request at all. With traces off it keeps the
+/// request's span, so its log lines still carry the request id.
+pub fn in_background_of_current<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    let span = if traces_on() {
+        let span = tracing::info_span!(parent: None, "background");
+        span.follows_from(&tracing::Span::current());
+        span
+    } else {
+        tracing::Span::current()
+    };
+    future.instrument(span).bind_hub(Hub::current())
+}

@@ -132,7 +132,7 @@ impl ResponseCache {
             // Off the request path; Redis may also be down now and back by the time it runs.
             (Share::Now, Some(redis)) => {
                 let redis = redis.clone();
-                tokio::spawn(crate::trace::in_current_context(async move {
+                tokio::spawn(crate::trace::in_background_of_current(async move {
                     let _ = redis.set(&key, &answer).await;
                 }));
                 None

@@ -333,7 +333,7 @@ impl Lease {
         let cache = self.cache.clone();
         let held = self.held.take();
         let relay = self.relay.take();
-        tokio::spawn(crate::trace::in_current_context(async move {
+        tokio::spawn(crate::trace::in_background_of_current(async move {
             // The pieces first, then the result, then the end mark that wakes the readers.
             let relay = match relay {
                 Some((publisher, stream_key, bounds)) => {

@@ -423,3 +423,102 @@ async fn trace_content_puts_the_message_and_key_on_the_lookup() {
         "never the API key"
     );
 }
+
+/// Work a request leaves in the background (publishing its answer to the servers waiting on
+/// the lease, then releasing the lease) runs in a trace of its own that follows from the
+/// request: were it a child, it would hold the request's span open, and a server stopped
+/// before that work ended would never export the request. Here Redis is frozen while the model
+/// answers, so the publication hangs for the whole command timeout, and the server is stopped
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_exported_when_its_background_work_outlives_the_server() {
+    let redis = RedisProcess::start();
+    let sim = crate::support::start_sim(SimConfig {
+        latency: crate::support::fixed_latency(1_000),
+        ..SimConfig::default()
+    })
+    .await;
+    let upstream = start_flaky_upstream(sim.base_url()).await;
+    let receiver = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("service.log");
+    let (mut command, port) = server_command();
+    let log = std::fs::File::create(&log_path).unwrap();
+    command
+        .env("GEMINI_API_KEY", "trace-test-key")
+        .env("GEMINI_BASE_URL", format!("http://{upstream}"))
+        .env("REDIS_URL", redis.url())
+        .env("LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS", "20000")
+        .env("LEARNING_CHAT_UPSTREAM__RETRY_BASE_DELAY_MS", "20")
+        .env("LEARNING_CHAT_UPSTREAM__RETRY_MAX_DELAY_MS", "100")
+        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "5000")
+        .env(
+            "LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://{}", receiver.addr),
+        )
+        .stdout(Stdio::from(log));
+    let mut service = spawn_server(command, port);
+    let http = learning_chat_testkit::http::client_builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    let guard = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: serde_json::Value = http.get(&ready).send().await.unwrap().json().await.unwrap();
+        if state["redis"] == "up" {
+            break;
+        }
+        assert!(std::time::Instant::now() < guard, "never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/api/v1/agents/math");
+    let asked = tokio::spawn({
+        let http = http.clone();
+        async move {
+            http.post(&url)
+                .header(
+                    "traceparent",
+                    format!("00-{CLIENT_TRACE_ID}-{CLIENT_PARENT_ID}-01"),
+                )
+                .json(&serde_json::json!({ "message": "What is a prime number?" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    // The lease is taken before the model is asked; once the simulator has the question,
+    // everything left that needs Redis is the background publication.
+    while sim.stats().requests == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redis.freeze();
+    assert_eq!(asked.await.unwrap(), StatusCode::OK);
+    service.signal("-TERM");
+    let status = service.wait_exit(Duration::from_secs(60));
+    redis.thaw();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let spans = receiver.spans.lock().unwrap().clone();
+    let client_trace = (0..16)
+        .map(|i| u8::from_str_radix(&CLIENT_TRACE_ID[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    let trace = Trace::of(&spans, &client_trace);
+    let request = trace.one("POST /api/v1/agents/{agent_id}");
+    assert_eq!(int_attr(request, "http.response.status_code"), Some(200));
+    // The request's own steps are in its trace; the answer's model call among them.
+    assert_eq!(
+        trace.named("coalesce.wait").len(),
+        1,
+        "{:#?}",
+        trace.names()
+    );
+    assert!(
+        !trace.named("model.call").is_empty(),
+        "{:#?}",
+        trace.names()
+    );
+}
