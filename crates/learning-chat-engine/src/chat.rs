@@ -27,7 +27,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use answer::{Answer, Ask, Caller, Live, Piece, Reply};
+pub use answer::{Answer, AnswerText, Ask, Caller, Live, Piece, Reply};
 pub use deps::{ChatDeps, Prices, UpstreamMonitor};
 pub use error::ChatError;
 
@@ -140,6 +140,7 @@ impl ChatService {
             cached: answer.cached,
             model: &answer.model,
             kept_under: answer.kept_under,
+            digest: answer.digest,
         };
         let deps = &self.inner.deps;
         let recorded = deps

@@ -106,6 +106,7 @@ mod tests {
 
     fn answer(len: usize) -> Arc<CachedAnswer> {
         Arc::new(CachedAnswer {
+            digest: Default::default(),
             text: "x".repeat(len),
             model: "m".into(),
             usage: Usage::default(),

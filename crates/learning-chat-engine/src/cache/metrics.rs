@@ -51,6 +51,11 @@ static CACHE_LOOKUP_HANDLES: [[OnceLock<Counter>; 2]; 2] = [
 
 static RECORDER_READY: AtomicBool = AtomicBool::new(false);
 
+/// True once the process's recorder is installed: a hot metric may then keep its handle.
+pub(crate) fn recorder_ready() -> bool {
+    RECORDER_READY.load(Ordering::Acquire)
+}
+
 /// Tells the engine the process's metrics recorder is installed: from now on its hot counters
 /// keep their handles.
 pub fn recorder_installed() {

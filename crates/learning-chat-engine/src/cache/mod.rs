@@ -30,6 +30,19 @@ pub struct CachedAnswer {
     /// exchange from here, so a one-shot question stores nothing else.
     #[serde(default)]
     pub question: String,
+    /// The digest of `text` a conversation token carries, worked out at the first hit that
+    /// signs one, not at every hit (the text is kilobytes of SHA-256).
+    #[serde(skip)]
+    pub digest: std::sync::OnceLock<[u8; 8]>,
+}
+
+impl CachedAnswer {
+    /// The first 8 bytes of SHA-256 of the text (see [`crate::conversations::answer_digest`]).
+    pub fn digest(&self) -> [u8; 8] {
+        *self
+            .digest
+            .get_or_init(|| crate::conversations::answer_digest(&self.text))
+    }
 }
 
 /// The cache tiers, defined with the metrics that label lookups by them.

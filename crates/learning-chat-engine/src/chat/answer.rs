@@ -53,7 +53,7 @@ pub struct Ask {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     /// The answer text.
-    pub text: String,
+    pub text: AnswerText,
     /// True when served from the cache without asking the model.
     pub cached: bool,
     /// The model that produced it.
@@ -71,14 +71,17 @@ pub struct Answer {
     /// The cache key the answer can be read back under, when it may be in the cache: a
     /// one-shot answer's conversation token points there instead of storing anything.
     pub(crate) kept_under: Option<CacheKey>,
+    /// The digest of `text` (see [`CachedAnswer::digest`]), when known without hashing it.
+    pub(crate) digest: Option<[u8; 8]>,
 }
 
 impl Answer {
     /// A cache hit.
-    pub(super) fn cached(hit: &CachedAnswer, key: CacheKey) -> Answer {
+    pub(super) fn cached(hit: &Arc<CachedAnswer>, key: CacheKey) -> Answer {
         Answer {
             kept_under: Some(key),
-            text: hit.text.clone(),
+            digest: Some(hit.digest()),
+            text: AnswerText::Cached(hit.clone()),
             cached: true,
             model: hit.model.clone(),
             usage: hit.usage,
@@ -94,7 +97,8 @@ impl Answer {
         Answer {
             // Kept only when complete; whether it is there is checked before a token is made.
             kept_under: (completion.finish_reason == FinishReason::Stop).then_some(key),
-            text: completion.text.clone(),
+            digest: None,
+            text: AnswerText::Owned(completion.text.clone()),
             cached: false,
             model: completion.model.clone(),
             usage: completion.usage,
@@ -113,6 +117,88 @@ impl Answer {
             history_truncated: recorded.history_truncated,
             ..self
         }
+    }
+}
+
+/// An answer's text: a cache hit's is the cached entry's own (no copy of kilobytes per hit),
+/// any other is owned. Reads as a `str`; serialises as a string.
+#[derive(Debug, Clone)]
+pub enum AnswerText {
+    /// Made for this answer.
+    Owned(String),
+    /// The text of this cached answer.
+    Cached(Arc<CachedAnswer>),
+}
+
+impl std::ops::Deref for AnswerText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            AnswerText::Owned(text) => text,
+            AnswerText::Cached(hit) => &hit.text,
+        }
+    }
+}
+
+impl AnswerText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self
+    }
+}
+
+impl PartialEq for AnswerText {
+    fn eq(&self, other: &AnswerText) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<str> for AnswerText {
+    fn eq(&self, other: &str) -> bool {
+        &**self == other
+    }
+}
+
+impl PartialEq<&str> for AnswerText {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl PartialEq<String> for AnswerText {
+    fn eq(&self, other: &String) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<AnswerText> for String {
+    fn eq(&self, other: &AnswerText) -> bool {
+        **self == **other
+    }
+}
+
+impl From<String> for AnswerText {
+    fn from(text: String) -> AnswerText {
+        AnswerText::Owned(text)
+    }
+}
+
+impl std::fmt::Display for AnswerText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl serde::Serialize for AnswerText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AnswerText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(AnswerText::Owned)
     }
 }
 

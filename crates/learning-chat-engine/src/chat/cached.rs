@@ -147,6 +147,7 @@ impl Inner {
 /// A complete answer as the cache keeps it.
 fn to_cache(completion: &Completion, question: &str) -> CachedAnswer {
     CachedAnswer {
+        digest: Default::default(),
         question: question.to_owned(),
         text: completion.text.clone(),
         model: completion.model.clone(),

@@ -36,7 +36,15 @@ pub const CONVERSATION_REFUSALS: &str = "learning_chat_conversation_refusals_tot
 
 /// Counts a one-shot answer's token (nothing stored).
 pub fn conversation_token_issued() {
-    counter!(CONVERSATION_TOKENS).increment(1);
+    // Every one-shot answer counts here: the handle is kept once the recorder is installed.
+    static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    if crate::cache::metrics::recorder_ready() {
+        HANDLE
+            .get_or_init(|| counter!(CONVERSATION_TOKENS))
+            .increment(1);
+    } else {
+        counter!(CONVERSATION_TOKENS).increment(1);
+    }
 }
 
 /// Sets the conversations alive now.

@@ -20,7 +20,7 @@ pub mod token;
 pub use self::memory::{MemoryBounds, MemoryStore};
 pub use self::redis::RedisStore;
 pub use self::step::{Place, Recorded, Said};
-pub use self::token::TokenSigner;
+pub use self::token::{answer_digest, TokenSigner};
 
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{CacheKey, ResponseCache};
@@ -489,7 +489,7 @@ impl Conversations {
             return None;
         }
         let hit = cache.read_back(&claims.key).await?;
-        if token::answer_digest(&hit.text) != claims.answer_digest || hit.question.is_empty() {
+        if hit.digest() != claims.answer_digest || hit.question.is_empty() {
             return None;
         }
         let [question, mut answer] = step::exchange(
@@ -499,6 +499,7 @@ impl Conversations {
                 cached: true,
                 model: &hit.model,
                 kept_under: None,
+                digest: None,
             },
             claims.at_ms,
         );

@@ -73,6 +73,8 @@ pub struct Said<'a> {
     pub model: &'a str,
     /// The cache key it may be read back under (see `Answer::kept_under`).
     pub kept_under: Option<CacheKey>,
+    /// The digest of `text`, when known (a cache hit's), so signing a token does not hash it.
+    pub digest: Option<[u8; 8]>,
 }
 
 impl Conversations {
@@ -91,8 +93,11 @@ impl Conversations {
             if message.len() as u64 > self.settings.max_stored_bytes {
                 return Err(self.too_large(message.len() as u64));
             }
+            // One empty history for every new conversation: no allocation per question.
+            static NO_HISTORY: std::sync::LazyLock<Arc<[ModelTurn]>> =
+                std::sync::LazyLock::new(|| Arc::from([]));
             return Ok(Place {
-                history: Arc::from([]),
+                history: NO_HISTORY.clone(),
                 to: Destination::New(owner.cloned()),
             });
         };
@@ -274,8 +279,15 @@ impl Conversations {
                 return None;
             }
         }
-        self.tokens
-            .sign(&key, agent_id, owner.unwrap_or(""), answer.text, now_ms())
+        self.tokens.sign(
+            &key,
+            agent_id,
+            owner.unwrap_or(""),
+            answer
+                .digest
+                .unwrap_or_else(|| super::token::answer_digest(answer.text)),
+            now_ms(),
+        )
     }
 
     /// Stores a new conversation of one exchange, when the store can be used.

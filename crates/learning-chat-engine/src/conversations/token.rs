@@ -12,7 +12,7 @@
 
 use crate::cache::CacheKey;
 use base64::Engine;
-use hmac::{KeyInit, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand::Rng;
@@ -26,6 +26,8 @@ const MAC_BYTES: usize = 16;
 const PREFIX: &str = "t1";
 /// Longest agent id or owner a token carries (one length byte each).
 const MAX_FIELD: usize = 255;
+/// The longest token's bytes before base64: fixed fields, two full-length fields, the MAC.
+const MAX_TOKEN_BYTES: usize = 1 + 16 + 8 + 8 + 32 + 2 + 2 * MAX_FIELD + MAC_BYTES;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +63,22 @@ pub fn answer_digest(text: &str) -> [u8; 8] {
     digest
 }
 
+/// HMAC-SHA256 keyed with `key`.
+fn keyed(key: &[u8; 32]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length (up to a block, padded): a 32-byte key fits.
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <Hmac<Sha256> as KeyInit>::new(&block.into())
+}
+
 /// Signs and verifies tokens with one key, shared by every server of a deployment (kept in the
 /// records database, or `conversation.token_secret`). Set once: until then (no database
 /// reachable at start), a random key of this process.
 #[derive(Clone)]
 pub struct TokenSigner {
-    key: Arc<OnceLock<[u8; 32]>>,
+    /// HMAC-SHA256 keyed once: each use clones the keyed state instead of hashing the key
+    /// pads again.
+    key: Arc<OnceLock<Hmac<Sha256>>>,
     /// How long after its answer a token may still start a conversation: no longer than the
     /// answer stays cached, after which the cache could hold a newer answer to the question.
     lifetime_ms: u64,
@@ -96,7 +108,7 @@ impl TokenSigner {
     /// Sets the key from a secret (hashed to 32 bytes); false when a key was already in use.
     pub fn set_secret(&self, secret: &str) -> bool {
         let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        self.key.set(key).is_ok()
+        self.key.set(keyed(&key)).is_ok()
     }
 
     /// A new random secret for the records database to keep.
@@ -106,20 +118,16 @@ impl TokenSigner {
         hex::encode(bytes)
     }
 
-    fn key(&self) -> &[u8; 32] {
+    fn keyed(&self) -> &Hmac<Sha256> {
         self.key.get_or_init(|| {
             let mut bytes = [0u8; 32];
             UnwrapErr(SysRng).fill_bytes(&mut bytes);
-            bytes
+            keyed(&bytes)
         })
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_BYTES] {
-        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(self.key()) {
-            Ok(mac) => mac,
-            // HMAC takes keys of any length; a 32-byte key cannot be refused.
-            Err(_) => return [0; MAC_BYTES],
-        };
+        let mut mac = self.keyed().clone();
         mac.update(payload);
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; MAC_BYTES];
@@ -127,13 +135,16 @@ impl TokenSigner {
         out
     }
 
-    /// A token for a new one-shot answer; `None` when the agent id or owner is too long to carry.
+    /// A token for the answer whose text has `answer_digest` (see [`answer_digest`]), kept
+    /// under `key`, given by `agent_id` to the API key `owner` (empty without keys) at
+    /// `at_ms`; `None` when a field is too long to carry. Built in one buffer on the stack and
+    /// one string: it is made for every one-shot answer, cache hits included.
     pub fn sign(
         &self,
         key: &CacheKey,
         agent_id: &str,
         owner: &str,
-        answer_text: &str,
+        answer_digest: [u8; 8],
         at_ms: u64,
     ) -> Option<String> {
         if agent_id.len() > MAX_FIELD || owner.len() > MAX_FIELD {
@@ -142,37 +153,29 @@ impl TokenSigner {
         let mut nonce = [0u8; 16];
         // The thread's CSPRNG (seeded from the OS): no system call per one-shot answer.
         rand::rng().fill_bytes(&mut nonce);
-        let claims = Claims {
-            nonce,
-            at_ms,
-            answer_digest: answer_digest(answer_text),
-            key: *key,
-            agent_id: agent_id.to_owned(),
-            owner: owner.to_owned(),
+        let mut buffer = [0u8; MAX_TOKEN_BYTES];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            buffer[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
         };
-        Some(self.encode(&claims))
-    }
-
-    fn encode(&self, claims: &Claims) -> String {
-        let mut bytes = Vec::with_capacity(
-            1 + 16 + 8 + 8 + 32 + 2 + claims.agent_id.len() + claims.owner.len() + MAC_BYTES,
-        );
-        bytes.push(VERSION);
-        bytes.extend_from_slice(&claims.nonce);
-        bytes.extend_from_slice(&claims.at_ms.to_be_bytes());
-        bytes.extend_from_slice(&claims.answer_digest);
-        bytes.extend_from_slice(claims.key.as_bytes());
-        for field in [&claims.agent_id, &claims.owner] {
-            // Checked by `sign`: at most MAX_FIELD bytes.
-            bytes.push(u8::try_from(field.len()).unwrap_or(u8::MAX));
-            bytes.extend_from_slice(field.as_bytes());
+        put(&[VERSION]);
+        put(&nonce);
+        put(&at_ms.to_be_bytes());
+        put(&answer_digest);
+        put(key.as_bytes());
+        for field in [agent_id, owner] {
+            // Checked above: at most MAX_FIELD bytes.
+            put(&[u8::try_from(field.len()).unwrap_or(u8::MAX)]);
+            put(field.as_bytes());
         }
-        let mac = self.mac(&bytes);
-        bytes.extend_from_slice(&mac);
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        )
+        let mac = self.mac(&buffer[..len]);
+        buffer[len..len + MAC_BYTES].copy_from_slice(&mac);
+        len += MAC_BYTES;
+        let mut token = String::with_capacity(PREFIX.len() + len.div_ceil(3) * 4);
+        token.push_str(PREFIX);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&buffer[..len], &mut token);
+        Some(token)
     }
 
     /// The claims of a token this deployment signed; `None` for anything else (malformed,
@@ -180,7 +183,7 @@ impl TokenSigner {
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let body = token.strip_prefix(PREFIX)?;
         // The longest token: fixed fields, two full-length fields, the MAC.
-        if body.len() > 4 * (1 + 16 + 8 + 8 + 32 + 2 + 2 * MAX_FIELD + MAC_BYTES) / 3 + 4 {
+        if body.len() > 4 * MAX_TOKEN_BYTES / 3 + 4 {
             return None;
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -264,9 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn the_padded_key_is_the_same_hmac_as_the_key_itself() {
+        // Servers of the previous release keyed HMAC with the 32 bytes as they are: tokens
+        // signed by either must verify on the other during a rolling upgrade.
+        let key = [7u8; 32];
+        let mut padded = keyed(&key);
+        let mut plain = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+        padded.update(b"payload");
+        plain.update(b"payload");
+        assert_eq!(
+            padded.finalize().into_bytes(),
+            plain.finalize().into_bytes()
+        );
+    }
+
+    #[test]
     fn a_token_round_trips_and_is_an_url_segment() {
         let signer = signer("one");
-        let token = signer.sign(&key(), "math", "key_1", "4", 42).unwrap();
+        let token = signer
+            .sign(&key(), "math", "key_1", answer_digest("4"), 42)
+            .unwrap();
         assert!(looks_like_token(&token), "{token}");
         assert!(token.len() < 200, "{}", token.len());
         let claims = signer.verify(&token).unwrap();
@@ -281,13 +301,17 @@ mod tests {
         assert!(signer.can_start(&claims, 42 + 3_600_000));
         assert!(!signer.can_start(&claims, 42 + 3_600_001));
         // Same question, same moment: two conversations.
-        let other = signer.sign(&key(), "math", "key_1", "4", 42).unwrap();
+        let other = signer
+            .sign(&key(), "math", "key_1", answer_digest("4"), 42)
+            .unwrap();
         assert_ne!(signer.verify(&other).unwrap().nonce, claims.nonce);
     }
 
     #[test]
     fn another_deployments_or_a_tampered_token_is_refused() {
-        let token = signer("one").sign(&key(), "math", "", "4", 1).unwrap();
+        let token = signer("one")
+            .sign(&key(), "math", "", answer_digest("4"), 1)
+            .unwrap();
         assert_eq!(signer("two").verify(&token), None);
         let signer = signer("one");
         assert!(signer.verify(&token).is_some());
@@ -304,7 +328,9 @@ mod tests {
     #[test]
     fn the_key_is_set_once() {
         let signer = TokenSigner::new(std::time::Duration::from_secs(3600));
-        let before = signer.sign(&key(), "math", "", "4", 1).unwrap();
+        let before = signer
+            .sign(&key(), "math", "", answer_digest("4"), 1)
+            .unwrap();
         // In use already (a random key): a later secret cannot change it under live tokens.
         assert!(!signer.set_secret("late"));
         assert!(signer.verify(&before).is_some());
@@ -328,7 +354,7 @@ mod tests {
         #[test]
         fn every_signed_claim_comes_back(agent in "[a-z_]{0,255}", owner in "[a-z0-9_]{0,255}", text in ".{0,200}", at in any::<u64>()) {
             let signer = signer("one");
-            let token = signer.sign(&key(), &agent, &owner, &text, at).unwrap();
+            let token = signer.sign(&key(), &agent, &owner, answer_digest(&text), at).unwrap();
             prop_assert!(looks_like_token(&token));
             let claims = signer.verify(&token).unwrap();
             prop_assert_eq!(claims.agent_id, agent);

@@ -58,7 +58,8 @@ pub struct ChatRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatResponse {
     /// The answer text.
-    pub response: String,
+    #[schema(value_type = String)]
+    pub response: learning_chat_engine::chat::AnswerText,
     /// The agent that answered.
     pub agent_id: String,
     /// True when served from the cache (no model call).

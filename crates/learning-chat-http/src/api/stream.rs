@@ -251,7 +251,7 @@ impl Driver {
                 // out here as one piece.
                 if !self.first_sent && !answer.text.is_empty() {
                     self.first_text(answer.cached, coalesced);
-                    events.push(delta(answer.text.clone()));
+                    events.push(delta(answer.text.to_string()));
                 }
                 if let Some(bill) = self.bill.take() {
                     bill.charge(&answer);

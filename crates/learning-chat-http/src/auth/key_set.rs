@@ -9,12 +9,13 @@
 //! shows how old the set is).
 
 use super::keys::{unix_now, ApiKey};
+use super::metrics::KeyRequests;
 use learning_chat_records::keys::KeyPoll;
 use learning_chat_records::{Records, RecordsError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often the whole table is read again (the polls in between read only changes).
@@ -33,6 +34,11 @@ pub struct HeldKey {
     pub name: Arc<str>,
     /// Unix seconds of the last use this server queued for writing.
     touched: AtomicU64,
+    /// Requests of this key in progress on this server (`admission.default_key_concurrency`
+    /// bounds it for keys that set no `concurrency` of their own).
+    in_flight: AtomicU32,
+    /// Its request counters, resolved at its first request.
+    requests: OnceLock<Arc<KeyRequests>>,
 }
 
 impl HeldKey {
@@ -41,8 +47,37 @@ impl HeldKey {
             id: Arc::from(key.id.as_str()),
             name: Arc::from(key.name.as_str()),
             touched: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            requests: OnceLock::new(),
             key,
         }
+    }
+
+    /// Its request counters, made with `label` at the first request.
+    pub fn requests(&self, label: impl FnOnce(&Arc<str>) -> Arc<str>) -> &Arc<KeyRequests> {
+        self.requests
+            .get_or_init(|| Arc::new(KeyRequests::new(label(&self.id))))
+    }
+
+    /// Counts a request in progress on this server, unless `max` are already: the guard ends
+    /// it. `None` when the key is at `max`.
+    pub fn enter(self: &Arc<Self>, max: u32) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(self.clone()))
+    }
+}
+
+/// A request of a key in progress on this server; ends when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<HeldKey>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

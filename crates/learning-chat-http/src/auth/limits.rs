@@ -1,5 +1,5 @@
 //! Per-key (and per-learner) limits, cluster-wide: requests per minute, model tokens per day
-//! and requests in progress, as sliding windows of the one limiter the model-call quota uses
+//! and requests in progress (the key's own `concurrency`), as sliding windows of the one limiter the model-call quota uses
 //! ([`WindowLimiter`]), decided by one Redis script per request so every server draws from the
 //! same budgets. A window lets at most its limit through in ANY minute (or day), counted back
 //! from now. While Redis is down (or not configured) the windows are kept in process; with
@@ -101,20 +101,17 @@ pub struct Subject {
     pub member: String,
 }
 
-/// The per-key limiter.
+/// The per-key limiter. A key without limits of its own never reaches it (the per-server
+/// `admission.default_key_concurrency` is a counter on the held key, see `auth::InFlight`).
 pub struct KeyLimiter {
     limiter: WindowLimiter,
     /// A request's concurrency lease; past it a crashed server's leases expire.
     lease: Duration,
-    /// Requests in progress for a key whose record sets none (`admission.default_key_concurrency`,
-    /// 0 = no limit): a flood from one key is refused before it crowds out the others.
-    default_concurrency: u32,
 }
 
 impl KeyLimiter {
-    /// A limiter in Redis (when given), otherwise in process; a key whose record sets no
-    /// concurrency gets `admission.default_key_concurrency`, and the windows kept in process
-    /// stay within `admission.limit_windows_max_bytes`.
+    /// A limiter in Redis (when given), otherwise in process; the windows kept in process stay
+    /// within `admission.limit_windows_max_bytes`.
     pub fn new(
         redis: Option<RedisLink>,
         replicas: NonZeroU32,
@@ -129,8 +126,27 @@ impl KeyLimiter {
         KeyLimiter {
             limiter: limiter.with_max_bytes(max_bytes),
             lease,
-            default_concurrency: admission.default_key_concurrency,
         }
+    }
+
+    /// True when a request of a key with `limits` has windows to check: a key without limits
+    /// costs no limiter work (no allocation, no Redis round trip).
+    pub fn applies(limits: &KeyLimits, subject_has_learner: bool) -> bool {
+        limits.rpm > 0
+            || limits.tokens_per_day > 0
+            || limits.concurrency > 0
+            || (subject_has_learner
+                && (limits.learner_rpm > 0 || limits.learner_tokens_per_day > 0))
+    }
+
+    /// True when ending a granted request that cost `tokens` changes a window: a token budget
+    /// to charge or a concurrency lease to end. A cached answer under rpm limits alone does
+    /// not, so it costs one round trip (the grant), not two.
+    pub fn needs_settling(limits: &KeyLimits, has_learner: bool, tokens: u64) -> bool {
+        limits.concurrency > 0
+            || (tokens > 0
+                && (limits.tokens_per_day > 0
+                    || (has_learner && limits.learner_tokens_per_day > 0)))
     }
 
     /// The windows of one request, in the order they are checked (the first that refuses is
@@ -154,10 +170,7 @@ impl KeyLimiter {
                 LimitKind::KeyTokens,
             );
         }
-        let concurrency = match limits.concurrency {
-            0 => self.default_concurrency,
-            set => set,
-        };
+        let concurrency = limits.concurrency;
         if concurrency > 0 {
             let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
             add(
@@ -263,6 +276,9 @@ impl KeyLimiter {
         let Some(ticket) = decision.ticket else {
             return;
         };
+        if !Self::needs_settling(limits, subject.learner.is_some(), tokens) {
+            return;
+        }
         let (windows, kinds) = self.windows(limits, subject);
         let changes: Vec<Change> = kinds
             .iter()
@@ -289,10 +305,7 @@ mod tests {
     use super::*;
 
     fn no_default() -> AdmissionSettings {
-        AdmissionSettings {
-            default_key_concurrency: 0,
-            ..AdmissionSettings::default()
-        }
+        AdmissionSettings::default()
     }
 
     fn subject(learner: Option<&str>, member: &str) -> Subject {
@@ -367,52 +380,5 @@ mod tests {
             limiter.acquire(&limits, &s).await.refused,
             Some(LimitKind::LearnerRpm)
         );
-    }
-
-    #[tokio::test]
-    async fn a_key_without_a_concurrency_gets_the_default_and_its_own_wins() {
-        let two = AdmissionSettings {
-            default_key_concurrency: 2,
-            ..AdmissionSettings::default()
-        };
-        let limiter = KeyLimiter::new(None, NonZeroU32::MIN, Duration::from_secs(60), &two);
-        let none = KeyLimits::default();
-        let held: Vec<_> = (0..2).map(|i| subject(None, &format!("d{i}"))).collect();
-        let first = limiter.acquire(&none, &held[0]).await;
-        assert_eq!(first.refused, None);
-        assert_eq!(limiter.acquire(&none, &held[1]).await.refused, None);
-        let third = limiter.acquire(&none, &subject(None, "d2")).await;
-        assert_eq!(third.refused, Some(LimitKind::KeyConcurrency));
-        // Ending one makes room again.
-        limiter.finish(&none, &held[0], &first, 0).await;
-        let fourth = limiter.acquire(&none, &subject(None, "d3")).await;
-        assert_eq!(fourth.refused, None);
-        // A key whose record sets its own concurrency is not bound by the default.
-        let own = KeyLimits {
-            concurrency: 3,
-            ..KeyLimits::default()
-        };
-        let other = |member: &str| Subject {
-            key_id: "key_other".into(),
-            learner: None,
-            member: member.into(),
-        };
-        for i in 0..3 {
-            let granted = limiter.acquire(&own, &other(&format!("o{i}"))).await;
-            assert_eq!(granted.refused, None);
-        }
-        // Without a default, a key without limits is never refused.
-        let unlimited = KeyLimiter::new(
-            None,
-            NonZeroU32::MIN,
-            Duration::from_secs(60),
-            &no_default(),
-        );
-        for i in 0..100 {
-            let granted = unlimited
-                .acquire(&none, &subject(None, &format!("u{i}")))
-                .await;
-            assert_eq!(granted.refused, None);
-        }
     }
 }

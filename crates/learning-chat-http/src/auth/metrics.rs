@@ -54,9 +54,43 @@ pub fn keys_age(age: Duration) {
     gauge!(AUTH_KEYS_AGE).set(age.as_secs_f64());
 }
 
-/// Counts a chat request of key label `key` with `outcome`.
-pub fn key_request(key: &str, outcome: &'static str) {
-    counter!(KEY_REQUESTS, "key" => key.to_owned(), "outcome" => outcome).increment(1);
+/// A key's request counters, resolved once per key: counting a request is then an atomic add,
+/// not a registry look-up with its label strings.
+#[derive(Debug)]
+pub struct KeyRequests {
+    /// The key's metric label (its id, or `other` past `metrics.max_key_labels`).
+    pub label: std::sync::Arc<str>,
+    ok: metrics::Counter,
+    cached: metrics::Counter,
+    error: metrics::Counter,
+}
+
+impl KeyRequests {
+    /// The counters of key label `label`.
+    pub fn new(label: std::sync::Arc<str>) -> KeyRequests {
+        let of = |outcome: &'static str| counter!(KEY_REQUESTS, "key" => label.to_string(), "outcome" => outcome);
+        KeyRequests {
+            ok: of("ok"),
+            cached: of("cached"),
+            error: of("error"),
+            label,
+        }
+    }
+
+    /// Counts a request answered by the model.
+    pub fn ok(&self) {
+        self.ok.increment(1);
+    }
+
+    /// Counts a request answered from the cache.
+    pub fn cached(&self) {
+        self.cached.increment(1);
+    }
+
+    /// Counts a request without an answer.
+    pub fn error(&self) {
+        self.error.increment(1);
+    }
 }
 
 /// Charges model tokens and their estimated cost to key label `key`.

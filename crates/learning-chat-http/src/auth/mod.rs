@@ -28,7 +28,7 @@ use learning_chat_engine::config::{AuthMode, Secret, Settings};
 use learning_chat_engine::redis_link::RedisLink;
 use learning_chat_records::ledger::{Ledger, Usage};
 use learning_chat_records::Records;
-use limits::{Decision, KeyLimiter, Subject};
+use limits::{Decision, KeyLimiter, LimitKind, Subject};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -114,25 +114,20 @@ impl Bill {
     }
 }
 
-/// What a [`Bill`] settles.
+/// What a [`Bill`] settles. Settled once, when the last holder drops it.
 struct Tab {
     auth: Arc<Auth>,
-    label: Arc<str>,
+    requests: Arc<metrics::KeyRequests>,
     key_id: Arc<str>,
     learner: Option<Arc<str>>,
+    /// The hold on the key's own limits, when it has any.
     held: Option<Held>,
+    /// The request's place under `admission.default_key_concurrency`, when that applies.
+    _in_flight: Option<key_set::InFlight>,
     cost: std::sync::OnceLock<AnswerCost>,
 }
 
 impl Tab {
-    /// Charges the key and ends the hold, here.
-    async fn settle(mut self) {
-        if let Some(held) = self.held.take() {
-            let tokens = self.charge();
-            held.finish(tokens).await;
-        }
-    }
-
     /// Counts the answer in the key's metrics and the ledger; returns the tokens to charge its
     /// budget.
     fn charge(&self) -> u64 {
@@ -151,18 +146,18 @@ impl Tab {
                     .map_or(0, |c| c.output_tokens.into()),
             },
         );
-        charge(&self.auth, &self.label, cost)
+        charge(&self.auth, &self.requests, cost)
     }
 }
 
 impl Drop for Tab {
     fn drop(&mut self) {
-        // The last holder was a stream: settled in the background when it ends.
+        // The last holder is gone: the handler of an answer sent whole, or the stream at its
+        // end. What the limits need settling (tokens, a concurrency lease) goes in the
+        // background: the answer does not wait for it.
+        let tokens = self.charge();
         if let Some(held) = self.held.take() {
-            let tokens = self.charge();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(crate::telemetry::in_current_context(held.finish(tokens)));
-            }
+            held.finish(tokens);
         }
     }
 }
@@ -241,6 +236,9 @@ pub struct Auth {
     key_refresh: Duration,
     ledger_flush: Duration,
     limiter: KeyLimiter,
+    /// `admission.default_key_concurrency`: requests in progress on this server for a key
+    /// that sets no `concurrency` of its own (0 = no limit).
+    default_concurrency: u32,
     labels: KeyLabels,
     prices: Prices,
 }
@@ -269,6 +267,7 @@ impl Auth {
             key_refresh: settings.database.key_refresh,
             ledger_flush: settings.database.ledger_flush,
             limiter: KeyLimiter::new(redis, settings.redis.replicas, lease, &settings.admission),
+            default_concurrency: settings.admission.default_key_concurrency,
             labels: KeyLabels {
                 max: settings.metrics.max_key_labels,
                 seen: Mutex::new(HashSet::new()),
@@ -445,8 +444,8 @@ fn refusal_response(auth: &Auth, refusal: Refusal) -> Response {
     refusal.into_response()
 }
 
-/// A granted request's hold on its key's limits; ended (tokens charged, lease released) when
-/// the answer is out, or in the background if the client went away first.
+/// A granted request's hold on its key's own limits; ended (tokens charged, lease released)
+/// when the answer is out, or when the client went away first.
 struct Held {
     auth: Arc<Auth>,
     limits: KeyLimits,
@@ -456,34 +455,41 @@ struct Held {
 }
 
 impl Held {
-    async fn finish(mut self, tokens: u64) {
+    /// Settles the hold in the background when a window changes (see
+    /// [`KeyLimiter::needs_settling`]); otherwise there is nothing to do.
+    fn finish(mut self, tokens: u64) {
         self.done = true;
-        self.auth
-            .limiter
-            .finish(&self.limits, &self.subject, &self.decision, tokens)
-            .await;
+        self.settle(tokens);
     }
-}
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.done {
+    fn settle(&self, tokens: u64) {
+        if !KeyLimiter::needs_settling(&self.limits, self.subject.learner.is_some(), tokens) {
             return;
         }
         let auth = self.auth.clone();
         let (limits, subject, decision) = (self.limits, self.subject.clone(), self.decision);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                auth.limiter.finish(&limits, &subject, &decision, 0).await;
-            });
+            runtime.spawn(crate::telemetry::in_current_context(async move {
+                auth.limiter
+                    .finish(&limits, &subject, &decision, tokens)
+                    .await;
+            }));
         }
     }
 }
 
-fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: &Decision) {
-    if limits.rpm == 0 {
-        return;
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.done {
+            self.settle(0);
+        }
     }
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: Option<&Decision>) {
+    let Some(decision) = decision.filter(|_| limits.rpm > 0) else {
+        return;
+    };
     let remaining = u64::from(limits.rpm).saturating_sub(decision.rpm_used);
     let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
     for (name, value) in [
@@ -541,56 +547,81 @@ pub async fn require_key(
         request.extensions_mut().insert(caller);
         return next.run(request).await;
     }
-    let label = auth.labels.label(&key_id);
-    let subject = Subject {
-        key_id: key.id.clone(),
-        learner: learner.as_deref().map(str::to_owned),
-        member: uuid::Uuid::new_v4().to_string(),
+    let requests = held.requests(|id| auth.labels.label(id)).clone();
+    // Keys without a `concurrency` of their own: a per-server count on the held key, no
+    // limiter work at all.
+    let in_flight = match (key.limits.concurrency, auth.default_concurrency) {
+        (0, max) if max > 0 => match held.enter(max) {
+            Some(in_flight) => Some(in_flight),
+            None => {
+                crate::auth::metrics::key_limited(
+                    &requests.label,
+                    LimitKind::KeyConcurrency.code(),
+                );
+                return Refusal::Limited {
+                    limit: LimitKind::KeyConcurrency,
+                    retry_after: Duration::from_secs(1),
+                }
+                .into_response();
+            }
+        },
+        _ => None,
     };
-    let decision = auth.limiter.acquire(&key.limits, &subject).await;
-    if let Some(limit) = decision.refused {
-        crate::auth::metrics::key_limited(&label, limit.code());
-        let mut response = Refusal::Limited {
-            limit,
-            retry_after: decision.retry_after.max(Duration::from_secs(1)),
+    // The key's own limits, when it has any: one limiter decision (one Redis script call).
+    let mut decision = None;
+    let mut hold = None;
+    if KeyLimiter::applies(&key.limits, learner.is_some()) {
+        let subject = Subject {
+            key_id: key.id.clone(),
+            learner: learner.as_deref().map(str::to_owned),
+            member: uuid::Uuid::new_v4().to_string(),
+        };
+        let decided = auth.limiter.acquire(&key.limits, &subject).await;
+        if let Some(limit) = decided.refused {
+            crate::auth::metrics::key_limited(&requests.label, limit.code());
+            let mut response = Refusal::Limited {
+                limit,
+                retry_after: decided.retry_after.max(Duration::from_secs(1)),
+            }
+            .into_response();
+            rate_limit_headers(response.headers_mut(), &key.limits, Some(&decided));
+            return response;
         }
-        .into_response();
-        rate_limit_headers(response.headers_mut(), &key.limits, &decision);
-        return response;
-    }
-    let tab = Arc::new(Tab {
-        auth: auth.clone(),
-        label,
-        key_id,
-        learner,
-        held: Some(Held {
+        decision = Some(decided);
+        hold = Some(Held {
             auth: auth.clone(),
             limits: key.limits,
             subject,
-            decision,
+            decision: decided,
             done: false,
-        }),
+        });
+    }
+    let tab = Arc::new(Tab {
+        auth: auth.clone(),
+        requests,
+        key_id,
+        learner,
+        held: hold,
+        _in_flight: in_flight,
         cost: std::sync::OnceLock::new(),
     });
-    caller.bill = Some(Bill(tab.clone()));
+    caller.bill = Some(Bill(tab));
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
-    rate_limit_headers(response.headers_mut(), &key.limits, &decision);
-    // The last holder settles: here for an answer sent whole (or none); otherwise the stream,
-    // which holds the bill until it ends.
-    if let Some(tab) = Arc::into_inner(tab) {
-        tab.settle().await;
-    }
+    rate_limit_headers(response.headers_mut(), &key.limits, decision.as_ref());
+    // The request's bill is settled when its last holder lets go: here, as the handler's
+    // extensions were dropped with the request, for an answer sent whole; at its end for a
+    // stream, which holds it.
     response
 }
 
 /// Counts an answer against its key's metrics; returns the tokens to charge its budget.
-fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
+fn charge(auth: &Auth, requests: &metrics::KeyRequests, cost: Option<AnswerCost>) -> u64 {
     match cost {
         Some(cost) if !cost.cached => {
-            crate::auth::metrics::key_request(label, "ok");
+            requests.ok();
             crate::auth::metrics::key_tokens(
-                label,
+                &requests.label,
                 cost.prompt_tokens,
                 cost.output_tokens,
                 auth.prices.input_per_million,
@@ -599,11 +630,11 @@ fn charge(auth: &Auth, label: &Arc<str>, cost: Option<AnswerCost>) -> u64 {
             u64::from(cost.prompt_tokens) + u64::from(cost.output_tokens)
         }
         Some(_) => {
-            crate::auth::metrics::key_request(label, "cached");
+            requests.cached();
             0
         }
         None => {
-            crate::auth::metrics::key_request(label, "error");
+            requests.error();
             0
         }
     }

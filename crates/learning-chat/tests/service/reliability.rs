@@ -354,6 +354,7 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
     });
     // Another server published (and released its lease) after this server's cache lookup.
     let answer = CachedAnswer {
+        digest: Default::default(),
         text: "4".into(),
         model: "m".into(),
         usage: Usage::default(),
