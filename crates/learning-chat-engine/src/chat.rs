@@ -55,7 +55,7 @@ struct Inner {
     /// The calls in flight on this server, one per question.
     calls: LocalCoalescer<Arc<Completion>, ChatError>,
     /// Prompts the model refused recently: asking again would cost a call for the same refusal.
-    refusals: Option<moka::future::Cache<CacheKey, ProviderError>>,
+    refusals: Option<moka::sync::Cache<CacheKey, ProviderError>>,
     monitor: UpstreamMonitor,
 }
 

@@ -6,7 +6,9 @@
 //! taken back by moka's eviction listener for every removal), for the gauge.
 
 use super::{CacheKey, CachedAnswer};
-use moka::future::Cache;
+// The synchronous cache: a hit is a map read, and its future (kept by every request that looks
+// up an answer) stays small; moka's async get carried ~800 bytes of state for nothing to await.
+use moka::sync::Cache;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,24 +57,24 @@ impl MemoryCache {
 
     /// The answer for `key`, if present and fresh.
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
-        self.inner.get(key).await
+        self.inner.get(key)
     }
 
     /// Stores an answer.
     pub async fn insert(&self, key: CacheKey, answer: Arc<CachedAnswer>) {
         self.bytes
             .fetch_add(answer_bytes(&answer), Ordering::AcqRel);
-        self.inner.insert(key, answer).await;
+        self.inner.insert(key, answer);
     }
 
     /// Drops an answer.
     pub async fn remove(&self, key: &CacheKey) {
-        self.inner.invalidate(key).await;
+        self.inner.invalidate(key);
     }
 
     /// Applies moka's pending bookkeeping (expiry, eviction) so the counts below are current.
     pub async fn run_pending_tasks(&self) {
-        self.inner.run_pending_tasks().await;
+        self.inner.run_pending_tasks();
     }
 
     /// Approximate number of entries (moka counts lazily).

@@ -108,10 +108,11 @@ impl ResponseCache {
                 }
                 lookup(CacheTier::Memory, false);
                 // Redis down is a miss: the question goes to the model instead of failing.
-                let found = redis.get(key).await.ok().flatten().map(Arc::new);
+                // Boxed: a Redis call's future is large, and a hit in memory never makes one.
+                let found = Box::pin(redis.get(key)).await.ok().flatten().map(Arc::new);
                 lookup(CacheTier::Redis, found.is_some());
                 let found = found?;
-                memory.insert(*key, found.clone()).await;
+                Box::pin(memory.insert(*key, found.clone())).await;
                 Some((found, CacheTier::Redis))
             }
         }

@@ -115,7 +115,7 @@ impl Inner {
             }
             Err(ChatError::Provider(error)) if error.is_refusal() => {
                 if let Some(refusals) = &self.refusals {
-                    refusals.insert(key, error.clone()).await;
+                    refusals.insert(key, error.clone());
                     crate::chat::metrics::refusals_bytes(refusals.weighted_size());
                 }
                 let ttl = deps.refusal_ttl.max(shared_for);
@@ -138,7 +138,7 @@ impl Inner {
 
     /// The refusal the model gave this prompt recently, if any.
     pub(super) async fn remembered_refusal(&self, key: &CacheKey) -> Option<ChatError> {
-        let refusal = self.refusals.as_ref()?.get(key).await?;
+        let refusal = self.refusals.as_ref()?.get(key)?;
         crate::chat::metrics::refusal_remembered();
         Some(ChatError::Provider(refusal))
     }

@@ -102,8 +102,8 @@ fn refusal_bytes(refusal: &ProviderError) -> u32 {
 }
 
 /// The memo of refused prompts: each kept `ttl`, all of them within `max_bytes`.
-fn refusal_memo(ttl: Duration, max_bytes: u64) -> moka::future::Cache<CacheKey, ProviderError> {
-    moka::future::Cache::builder()
+fn refusal_memo(ttl: Duration, max_bytes: u64) -> moka::sync::Cache<CacheKey, ProviderError> {
+    moka::sync::Cache::builder()
         .max_capacity(max_bytes)
         .weigher(|_, refusal: &ProviderError| refusal_bytes(refusal))
         .time_to_live(ttl)
@@ -233,7 +233,7 @@ impl ChatService {
         let inner = &self.inner;
         inner.deps.cache.run_pending_tasks().await;
         if let Some(refusals) = &inner.refusals {
-            refusals.run_pending_tasks().await;
+            refusals.run_pending_tasks();
             crate::chat::metrics::refusals_bytes(refusals.weighted_size());
         }
         crate::coalesce::metrics::coalesce_bytes(inner.calls.held().1);
@@ -274,9 +274,9 @@ mod tests {
             let refusal = ProviderError::Blocked {
                 reason: "PROHIBITED_CONTENT ".repeat(20),
             };
-            memo.insert(key, refusal).await;
+            memo.insert(key, refusal);
         }
-        memo.run_pending_tasks().await;
+        memo.run_pending_tasks();
         assert!(memo.weighted_size() <= BUDGET, "{}", memo.weighted_size());
         assert!(
             memo.weighted_size() > BUDGET / 2,

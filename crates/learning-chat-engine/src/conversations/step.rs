@@ -101,6 +101,20 @@ impl Conversations {
                 to: Destination::New(owner.cloned()),
             });
         };
+        // Boxed: the follow-up's store reads make a future of kilobytes, which every new
+        // question (cache hits included) would otherwise carry and move around.
+        Box::pin(self.open_follow_up(agent, message, id, owner, cache)).await
+    }
+
+    /// [`Conversations::open`] of a follow-up in conversation `id`.
+    async fn open_follow_up(
+        &self,
+        agent: &Agent,
+        message: &str,
+        id: &str,
+        owner: Option<&Arc<str>>,
+        cache: &ResponseCache,
+    ) -> Result<Place, ConversationError> {
         let named = self
             .named(id, owner.map(|o| &**o))
             .ok_or(ConversationError::NotFound)?;
@@ -207,9 +221,10 @@ impl Conversations {
                         history_truncated: false,
                     });
                 }
-                return Ok(self
-                    .create(owner.as_deref(), agent_id, message, answer)
-                    .await);
+                // Boxed, like the follow-up below: rare on the hot path, and large.
+                return Ok(
+                    Box::pin(self.create(owner.as_deref(), agent_id, message, answer)).await,
+                );
             }
             Destination::FollowUp(follow_up) => follow_up,
         };
@@ -226,16 +241,14 @@ impl Conversations {
             .chain(exchange.iter())
             .cloned()
             .collect();
-        let appended = self
-            .store
-            .append(
-                &follow_up.stored,
-                agent_id,
-                follow_up.created_at_ms,
-                expected,
-                &turns,
-            )
-            .await;
+        let appended = Box::pin(self.store.append(
+            &follow_up.stored,
+            agent_id,
+            follow_up.created_at_ms,
+            expected,
+            &turns,
+        ))
+        .await;
         match appended {
             Ok(AppendOutcome::Appended(count)) => {
                 if follow_up.first.is_some() {
@@ -274,7 +287,7 @@ impl Conversations {
         // A hit was read from there just now; a fresh answer is checked (a fallback's is kept
         // under its own key, a truncated one not at all).
         if !answer.cached {
-            let kept = cache.read_back(&key).await?;
+            let kept = Box::pin(cache.read_back(&key)).await?;
             if kept.text != answer.text {
                 return None;
             }
