@@ -60,7 +60,7 @@ pub fn in_current_context<F: Future>(future: F) -> impl Future<Output = F::Outpu
 pub fn in_background_of_current<F: Future>(future: F) -> impl Future<Output = F::Output> {
     let span = if traces_on() {
         let span = tracing::info_span!(parent: None, "background");
-        span.follows_from(&tracing::Span::current());
+        span.follows_from(tracing::Span::current());
         span
     } else {
         tracing::Span::current()

@@ -37,11 +37,20 @@ pub fn generate_id() -> String {
 
 /// The stored form of a secret: hex SHA-256 of the pepper and the secret.
 pub fn hash_secret(pepper: &Secret, secret: &str) -> String {
+    let mut hex = [0u8; 64];
+    hash_secret_into(pepper, secret, &mut hex).to_owned()
+}
+
+/// [`hash_secret`] written into `out`, without allocating (every keyed request hashes its
+/// key): the 64 hex digits, as a `str` borrowed from `out`.
+pub fn hash_secret_into<'a>(pepper: &Secret, secret: &str, out: &'a mut [u8; 64]) -> &'a str {
     let mut hasher = Sha256::new();
     hasher.update(pepper.expose().as_bytes());
     hasher.update([0u8]);
     hasher.update(secret.as_bytes());
-    hex::encode(hasher.finalize())
+    // 32 bytes always fill 64 hex digits, which are ASCII.
+    let _ = hex::encode_to_slice(hasher.finalize(), out);
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// An opaque learner id hashed for use in Redis keys (never stored in the clear).
@@ -81,6 +90,16 @@ mod tests {
         assert!(a[3..]
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn the_stored_form_is_hex_sha256_of_pepper_nul_secret() {
+        // Keys already in the database were hashed this way: the form must not change.
+        let expected = hex::encode(Sha256::digest(b"pepper-0123456789\0lc_secret"));
+        assert_eq!(
+            hash_secret(&Secret::new("pepper-0123456789"), "lc_secret"),
+            expected
+        );
     }
 
     #[test]

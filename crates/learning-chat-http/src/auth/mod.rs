@@ -367,15 +367,16 @@ impl Auth {
 
     /// Finds the key whose secret is `secret`: a hash and a map lookup, no I/O.
     fn lookup(&self, secret: &str) -> Result<Arc<key_set::HeldKey>, Refusal> {
-        let hash = keys::hash_secret(&self.pepper, secret);
-        let held = match self.keys.find(&hash) {
+        let mut hex = [0u8; 64];
+        let hash = keys::hash_secret_into(&self.pepper, secret, &mut hex);
+        let held = match self.keys.find(hash) {
             Found::Key(held) => held,
             Found::Unknown => return Err(Refusal::Unknown),
             Found::NotLoaded => return Err(Refusal::Unavailable),
         };
         // The map found it by hash; compare again in constant time, so no code path depends
         // on how much of a wrong hash matched.
-        if !keys::hashes_match(&held.key.hash, &hash) {
+        if !keys::hashes_match(&held.key.hash, hash) {
             return Err(Refusal::Unknown);
         }
         if held.key.revoked_at.is_some() {

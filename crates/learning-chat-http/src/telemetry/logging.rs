@@ -6,7 +6,7 @@ use super::traces::{install_tracer_provider, tracer_provider};
 use learning_chat_engine::config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
 use std::io::IsTerminal;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -41,7 +41,11 @@ where
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("learning-chat"))
-            .with_filter(Targets::new().with_target("learning_chat", tracing::Level::INFO))
+            .with_filter(
+                Targets::new()
+                    .with_target("learning_chat", tracing::Level::INFO)
+                    .and(super::traces::SampledRequests),
+            )
     });
     let registry = tracing_subscriber::registry().with(otel);
     // Only with a DSN: warnings and errors become breadcrumbs of the request's Sentry event.

@@ -2,7 +2,7 @@
 //! request carries, the error line of a failed request and the HTTP metrics.
 
 use super::shed_log::SHED_LOG;
-use super::traces::{link_trace, traces_on, RequestTraceId};
+use super::traces::{incoming_trace, link_trace, request_span, sampled, RequestTraceId};
 use super::{ErrorKind, PROBE_ROUTES};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
@@ -15,6 +15,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// [`REQUEST_ID_HEADER`] as a header name, made once.
 const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The name of the request's span (the root of its trace).
+pub(super) const REQUEST_SPAN: &str = "request";
 
 /// Longest incoming request id kept; longer ones are replaced (they end up in every log line).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -51,7 +54,10 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     // A guard, so a request dropped mid-way (client gone) is still counted and leaves the
     // in-flight gauge.
     let timer = crate::metrics::HttpRequestTimer::start(route, request.method().as_str());
-    let span = tracing::info_span!(
+    let incoming = incoming_trace(request.headers());
+    let sampled = sampled(incoming.as_ref());
+    let span = request_span(sampled, || {
+        tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or("-"),
         method = %request.method(),
@@ -62,14 +68,15 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
         otel.status_code = tracing::field::Empty,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
-    );
-    if traces_on() {
+        )
+    });
+    if sampled {
         // Before `link_trace` starts the span: its name cannot change afterwards.
         span.record("otel.name", format!("{} {route}", request.method()));
         span.record("otel.kind", "server");
         span.record("http.route", route);
     }
-    if let Some(trace_id) = link_trace(&span, request.headers()) {
+    if let Some(trace_id) = link_trace(&span, incoming, sampled) {
         let trace_id = trace_id.to_string();
         span.record("trace_id", trace_id.as_str());
         request.extensions_mut().insert(RequestTraceId(trace_id));
@@ -80,7 +87,7 @@ pub async fn observe_request(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     timer.finish(status.as_u16());
-    if traces_on() {
+    if sampled {
         // As i64: the OpenTelemetry layer records unsigned integers as text.
         span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {

@@ -9,6 +9,70 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// `telemetry.trace_sample_ratio`, as `f64` bits: the share of requests without a client
+/// trace whose spans are built for export.
+static SAMPLE_RATIO_BITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Set around the creation of a request's span: whether the traces layer takes it.
+    static SAMPLING_REQUEST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What the traces layer takes: a sampled request's span, and the spans and events made
+/// inside one (a span disabled for this filter is skipped when looking for the current one,
+/// so inside an unsampled request there is none). Sampling is decided before the request's
+/// span exists, so an unsampled request builds no OpenTelemetry span at all, where the SDK's
+/// sampler would decide only after building it.
+pub(super) struct SampledRequests;
+
+impl<S> tracing_subscriber::layer::Filter<S> for SampledRequests
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if meta.is_span() && meta.name() == super::request::REQUEST_SPAN {
+            return SAMPLING_REQUEST.with(std::cell::Cell::get);
+        }
+        cx.lookup_current().is_some()
+    }
+
+    fn callsite_enabled(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Decided per span, never per call site.
+        tracing::subscriber::Interest::sometimes()
+    }
+}
+
+/// Makes a request's span with `make`, taken by the traces layer when `sampled`.
+pub(super) fn request_span(sampled: bool, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    SAMPLING_REQUEST.with(|flag| flag.set(sampled));
+    let span = make();
+    SAMPLING_REQUEST.with(|flag| flag.set(false));
+    span
+}
+
+/// Whether a request's spans are exported: a client's trace is followed (its sampled flag),
+/// any other request is sampled at `telemetry.trace_sample_ratio`. False while traces are off.
+pub(super) fn sampled(incoming: Option<&opentelemetry::Context>) -> bool {
+    if !traces_on() {
+        return false;
+    }
+    match incoming {
+        Some(cx) => cx.span().span_context().is_sampled(),
+        None => {
+            let ratio =
+                f64::from_bits(SAMPLE_RATIO_BITS.load(std::sync::atomic::Ordering::Relaxed));
+            ratio >= 1.0 || rand::random::<f64>() < ratio
+        }
+    }
+}
+
 /// Kept for [`shutdown_traces`], which flushes the spans still queued.
 static TRACER_PROVIDER: parking_lot::Mutex<Option<SdkTracerProvider>> =
     parking_lot::Mutex::new(None);
@@ -53,13 +117,12 @@ pub(super) fn tracer_provider(
             ),
         ])
         .build();
-    // Batched on the SDK's own thread; a client's sampled flag is followed so one trace is
-    // never cut in half between services.
+    // Batched on the SDK's own thread. Sampling is decided before a request's span is made
+    // ([`sampled`], [`SampledRequests`]): every span that reaches the SDK is one to export, and
+    // a client's sampled flag is followed so one trace is never cut in half between services.
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.trace_sample_ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
         .build();
     Ok(Some(provider))
@@ -67,6 +130,10 @@ pub(super) fn tracer_provider(
 
 /// Turns export on with `provider`, once the subscriber carrying its layer is installed.
 pub(super) fn install_tracer_provider(settings: &TelemetrySettings, provider: SdkTracerProvider) {
+    SAMPLE_RATIO_BITS.store(
+        settings.trace_sample_ratio.to_bits(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     learning_chat_engine::trace::set_traces(true, settings.trace_content);
     *TRACER_PROVIDER.lock() = Some(provider);
     tracing::info!(
@@ -106,7 +173,7 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// The client's trace context, when it sent a valid `traceparent`.
-fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
+pub(super) fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
     if !headers.contains_key("traceparent") {
         return None;
     }
@@ -116,9 +183,12 @@ fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Cont
 
 /// Joins the request span to the client's trace (when there is one) and returns the trace id:
 /// the exported trace's when traces are on, else the client's, else none.
-pub(super) fn link_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) -> Option<TraceId> {
-    let incoming = incoming_trace(headers);
-    if !traces_on() {
+pub(super) fn link_trace(
+    span: &tracing::Span,
+    incoming: Option<opentelemetry::Context>,
+    sampled: bool,
+) -> Option<TraceId> {
+    if !sampled {
         return incoming.map(|cx| cx.span().span_context().trace_id());
     }
     if let Some(parent) = incoming {

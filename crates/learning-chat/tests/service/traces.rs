@@ -107,9 +107,11 @@ fn start_service(
     receiver: &Receiver,
     trace_content: bool,
     log: &std::path::Path,
+    extra: &[(&str, &str)],
 ) -> Proc {
     let log = std::fs::File::create(log).unwrap();
     let (mut command, port) = server_command();
+    command.envs(extra.iter().copied());
     command
         .env("GEMINI_API_KEY", "trace-test-key")
         .env("GEMINI_BASE_URL", format!("http://{upstream}"))
@@ -252,7 +254,7 @@ async fn run_two_asks(message: &str, trace_content: bool) -> (Vec<Span>, String)
     let receiver = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("service.log");
-    let mut service = start_service(upstream, &redis, &receiver, trace_content, &log_path);
+    let mut service = start_service(upstream, &redis, &receiver, trace_content, &log_path, &[]);
     let http = learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -442,22 +444,15 @@ async fn a_request_is_exported_when_its_background_work_outlives_the_server() {
     let receiver = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("service.log");
-    let (mut command, port) = server_command();
-    let log = std::fs::File::create(&log_path).unwrap();
-    command
-        .env("GEMINI_API_KEY", "trace-test-key")
-        .env("GEMINI_BASE_URL", format!("http://{upstream}"))
-        .env("REDIS_URL", redis.url())
-        .env("LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS", "20000")
-        .env("LEARNING_CHAT_UPSTREAM__RETRY_BASE_DELAY_MS", "20")
-        .env("LEARNING_CHAT_UPSTREAM__RETRY_MAX_DELAY_MS", "100")
-        .env("LEARNING_CHAT_SERVER__SHUTDOWN_GRACE_MS", "5000")
-        .env(
-            "LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT",
-            format!("http://{}", receiver.addr),
-        )
-        .stdout(Stdio::from(log));
-    let mut service = spawn_server(command, port);
+    let mut service = start_service(
+        upstream,
+        &redis,
+        &receiver,
+        false,
+        &log_path,
+        &[("LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS", "20000")],
+    );
+    let port = service.port;
     let http = learning_chat_testkit::http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -521,4 +516,91 @@ async fn a_request_is_exported_when_its_background_work_outlives_the_server() {
         "{:#?}",
         trace.names()
     );
+}
+
+/// Sampling is decided before a request's spans are made: at `trace_sample_ratio = 0` a request
+/// of its own exports nothing, a client's sampled trace is followed whatever the ratio, and a
+/// client's unsampled one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_ratio_and_the_clients_flag() {
+    let redis = RedisProcess::start();
+    let sim = crate::support::start_sim(SimConfig {
+        latency: crate::support::fixed_latency(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let receiver = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream: SocketAddr = sim
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut service = start_service(
+        upstream,
+        &redis,
+        &receiver,
+        false,
+        &dir.path().join("service.log"),
+        &[("LEARNING_CHAT_TELEMETRY__TRACE_SAMPLE_RATIO", "0")],
+    );
+    let http = learning_chat_testkit::http::client();
+    let url = format!("http://127.0.0.1:{}/api/v1/agents/math", service.port);
+    let ask = |traceparent: Option<String>, message: &'static str| {
+        let mut request = http
+            .post(&url)
+            .json(&serde_json::json!({ "message": message }));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    let unsampled_parent = "a3ce929d0e0e47364bf92f3577b34da6";
+    assert_eq!(ask(None, "What is 2+2?").await, StatusCode::OK);
+    assert_eq!(
+        ask(
+            Some(format!("00-{CLIENT_TRACE_ID}-{CLIENT_PARENT_ID}-01")),
+            "What is 3+3?"
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        ask(
+            Some(format!("00-{unsampled_parent}-{CLIENT_PARENT_ID}-00")),
+            "What is 4+4?"
+        )
+        .await,
+        StatusCode::OK
+    );
+    service.signal("-TERM");
+    let status = service.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let spans = receiver.spans.lock().unwrap().clone();
+    let followed = (0..16)
+        .map(|i| u8::from_str_radix(&CLIENT_TRACE_ID[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    let trace = Trace::of(&spans, &followed);
+    trace.one("POST /api/v1/agents/{agent_id}");
+    assert!(
+        !trace.named("cache.lookup").is_empty(),
+        "{:#?}",
+        trace.names()
+    );
+    // Everything exported belongs to the followed trace, or to the background work that
+    // follows from it (traces of their own, linked to it): the other two requests built none.
+    let linked: Vec<&Vec<u8>> = spans
+        .iter()
+        .filter(|s| s.links.iter().any(|link| link.trace_id == followed))
+        .map(|s| &s.trace_id)
+        .collect();
+    let others: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id != followed && !linked.contains(&&s.trace_id))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(others.is_empty(), "spans of unsampled requests: {others:?}");
 }
