@@ -5,11 +5,14 @@
 mod fair;
 mod latency;
 pub mod metrics;
+mod model_quotas;
+pub mod pacific;
 mod quota;
 pub mod window;
 
 pub use fair::{FairGate, Flow, Place, QueueFull, Turn, Waited};
 pub use latency::LatencyEstimate;
+pub use model_quotas::{ModelQuotas, QuotaStatus};
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use window::SlidingWindow;
 
@@ -28,6 +31,9 @@ pub enum ShedReason {
     QueueFull,
     /// No slot freed up within the queue wait limit.
     QueueTimeout,
+    /// The queue moves too slowly for the request to be admitted before its deadline (or the
+    /// queue wait limit): refused on arrival, told how long the queue would have taken.
+    QueueWait,
     /// The model-call quota has no slot before the request's deadline.
     Quota,
 }
@@ -38,6 +44,7 @@ impl ShedReason {
         match self {
             ShedReason::QueueFull => "queue_full",
             ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::QueueWait => "queue_wait",
             ShedReason::Quota => "quota",
         }
     }
@@ -201,6 +208,20 @@ impl Admission {
         };
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
+        if turn.is_none() {
+            // Admitted later than the deadline less a typical call, the answer would come too
+            // late anyway: refuse now, with the queue's own estimate as the retry hint.
+            let call = self.latency.estimate(Duration::ZERO);
+            let latest = until.min(deadline.checked_sub(call).unwrap_or(deadline));
+            if let Some(wait) = self.fair.estimated_wait(flow) {
+                if started + wait > latest {
+                    return Err(Shed {
+                        reason: ShedReason::QueueWait,
+                        retry_after: wait.max(QUEUE_RETRY_AFTER),
+                    });
+                }
+            }
+        }
         let waited = match turn {
             Some(turn) => Waited::Turn(turn),
             None => self.fair.turn(&place, flow, until).await,
@@ -373,6 +394,45 @@ mod tests {
         assert_eq!(admission.in_flight(), 1);
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_queue_cannot_admit_before_its_deadline_is_refused_at_once() {
+        const S: Duration = Duration::from_secs(1);
+        // One slot, each call holding it 1 s: the queue admits one request a second.
+        let admission = Arc::new(fixed(1, 100, 120 * S));
+        let far = Instant::now() + 120 * S;
+        let callers: Vec<_> = (0..40)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    let permit = admission.admit(far).await;
+                    tokio::time::sleep(S).await;
+                    drop(permit);
+                })
+            })
+            .collect();
+        tokio::time::sleep(9 * S + S / 2).await;
+        let waiting = admission.queued();
+        assert!((28..=32).contains(&waiting), "{waiting}");
+        // 30 s to go with ~31 ahead at one a second: no chance, said at once, with the wait.
+        let start = Instant::now();
+        let refused = admission.admit(Instant::now() + 30 * S).await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(refused.reason, ShedReason::QueueWait);
+        let expected = (waiting + 1) as f64;
+        let told = refused.retry_after.as_secs_f64();
+        assert!(
+            (told - expected).abs() <= 1.5,
+            "{told} s for {waiting} ahead"
+        );
+        // With time enough, the same place waits its turn.
+        let patient = admission.admit(Instant::now() + 60 * S).await;
+        assert!(patient.is_ok());
+        drop(patient);
+        for caller in callers {
+            caller.await.unwrap();
+        }
     }
 
     fn derived(rpm: u32) -> ConcurrencyBound {

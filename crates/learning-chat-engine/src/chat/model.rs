@@ -4,7 +4,7 @@
 use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
 use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
 use crate::agents::Agent;
-use crate::providers::resilience::{self, Answered, Failure, Gate, Pieces};
+use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
 use gemini_wire::{GenerationConfig, ThinkingConfig};
 use std::sync::Arc;
@@ -38,25 +38,38 @@ impl Inner {
             monitor: &self.monitor,
             permit,
             deadline,
+            earliest_refusal: None,
         };
         // Made after the permit's holder, so dropped before it: see its `Drop`.
         let _gauge = InFlightGauge(&deps.admission);
         let chain = deps.router.chain(agent);
-        resilience::ask_chain(&chain, request, &deps.retry, deadline, &mut slots, pieces)
+        let policy = ChainPolicy {
+            retry: &deps.retry,
+            spill_over: agent.definition.spill_over,
+        };
+        resilience::ask_chain(&chain, request, policy, deadline, &mut slots, pieces)
             .await
             .map_err(|failure| match failure {
-                Failure::Refused(shed) => ChatError::Shed(shed),
+                Failure::Refused(shed) => {
+                    // Counted once per question, however many models of its chain refused it.
+                    crate::admission::metrics::shed(shed.reason.as_str());
+                    ChatError::Shed(shed)
+                }
                 Failure::Model(error) => ChatError::Provider(error),
             })
     }
 }
 
-/// The gate of each model call: a quota slot first; latency and usage learnt after.
+/// The gate of each model call: a quota slot of the model first; latency and usage learnt
+/// after.
 struct Slots<'a> {
     deps: &'a ChatDeps,
     monitor: &'a UpstreamMonitor,
     permit: AdmissionPermit,
     deadline: Instant,
+    /// The soonest retry hint of the models refused so far: when the whole chain is refused,
+    /// the learner may come back as soon as any of them has room.
+    earliest_refusal: Option<Duration>,
 }
 
 impl Gate for Slots<'_> {
@@ -74,20 +87,25 @@ impl Gate for Slots<'_> {
         let latency = deps.admission.latency();
         let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
         let quota_deadline = self.deadline.checked_sub(margin).unwrap_or(self.deadline);
-        deps.quota
+        let acquired = deps
+            .quotas
+            .of(&request.model)
             .acquire(input_tokens, quota_deadline)
             .instrument(crate::trace_span!(
                 "quota.wait",
                 model.attempt = i64::from(attempt)
             ))
-            .await
-            .map_err(|rejected| {
-                crate::admission::metrics::shed(ShedReason::Quota.as_str());
-                Shed {
-                    reason: ShedReason::Quota,
-                    retry_after: rejected.retry_after,
-                }
-            })?;
+            .await;
+        if let Err(rejected) = acquired {
+            let retry_after = self
+                .earliest_refusal
+                .map_or(rejected.retry_after, |r| r.min(rejected.retry_after));
+            self.earliest_refusal = Some(retry_after);
+            return Err(Shed {
+                reason: ShedReason::Quota,
+                retry_after,
+            });
+        }
         // The quota slot is ours: the next key in fair order may queue for its own.
         self.permit.end_turn();
         self.monitor.record();

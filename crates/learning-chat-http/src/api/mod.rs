@@ -2,6 +2,7 @@
 
 mod encoding;
 mod error;
+mod quotas;
 mod security;
 mod state;
 pub mod stream;
@@ -197,6 +198,9 @@ pub struct HealthStatus {
     /// Gemini API keys configured and in rotation (readiness only, with Gemini).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyRotation>,
+    /// Each model's quota window and remaining budget (readiness only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<std::collections::BTreeMap<String, quotas::ModelQuotaView>>,
 }
 
 /// How many Gemini API keys can be used now.
@@ -405,6 +409,7 @@ pub async fn health() -> Json<HealthStatus> {
         redis: None,
         circuits: None,
         api_keys: None,
+        quotas: None,
     })
 }
 
@@ -429,6 +434,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             .router()
             .key_counts()
             .map(|(total, in_rotation)| KeyRotation { total, in_rotation }),
+        quotas: Some(quotas::model_quotas(&state.chat).await),
     };
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
@@ -480,6 +486,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         AgentSummary,
         HealthStatus,
         KeyRotation,
+        quotas::ModelQuotaView,
         ErrorBody,
         ErrorObject,
         Usage
