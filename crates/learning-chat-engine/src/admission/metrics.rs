@@ -99,6 +99,11 @@ pub fn model_quota_used(model: &str, status: &super::QuotaStatus) {
     }
 }
 
+/// Exports the spill-over counter of `model` at 0, so dashboards see it before the first one.
+pub fn spill_over_init(model: &str) {
+    counter!(SPILL_OVER, "model" => model.to_owned()).increment(0);
+}
+
 /// Records a question spilled over from `model` to the next of its chain.
 pub fn spill_over(model: &str) {
     counter!(SPILL_OVER, "model" => model.to_owned()).increment(1);

@@ -76,6 +76,7 @@ impl ModelQuotas {
         super::metrics::quota_rpm(quotas.total_rpm());
         for (model, limiter) in &quotas.by_model {
             super::metrics::model_quota_limits(model, limiter.rpm(), limiter.rpd());
+            super::metrics::spill_over_init(model);
         }
         quotas
     }
