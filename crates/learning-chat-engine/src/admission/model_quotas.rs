@@ -81,11 +81,6 @@ impl ModelQuotas {
         quotas
     }
 
-    /// One model with its quota, in this process: for tests and tools.
-    pub fn single(model: &str, quota: ModelQuota) -> ModelQuotas {
-        Self::new([(model.to_owned(), quota)], quota, Duration::ZERO, None)
-    }
-
     /// The limiter of `model`.
     pub fn of(&self, model: &str) -> &QuotaLimiter {
         self.by_model.get(model).unwrap_or(&self.unknown)
@@ -132,15 +127,6 @@ impl ModelQuotas {
         }
         super::metrics::quota_window_used(in_window);
         all
-    }
-
-    /// Requests in every model's current window together (the once-a-minute log line).
-    pub async fn requests_in_window(&self) -> u64 {
-        let mut total = 0;
-        for limiter in self.by_model.values() {
-            total += limiter.requests_in_window().await;
-        }
-        total
     }
 }
 

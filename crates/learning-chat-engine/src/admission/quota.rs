@@ -44,7 +44,7 @@ pub struct QuotaLimiter {
     /// Requests per Pacific day (0 = unlimited).
     rpd: u32,
     window_ms: u64,
-    /// The Redis hash tag of its keys: `quota`, or one per API key and model.
+    /// The Redis hash tag of its keys: `model:<id>` per model, or one per API key and model.
     scope: String,
     limiter: WindowLimiter,
     /// Until when its last refusal said no slot is free: a hint for spill-over's cache lookup.
@@ -52,20 +52,20 @@ pub struct QuotaLimiter {
 }
 
 impl QuotaLimiter {
-    /// A limiter for `rpm` requests and `input_tpm` input tokens per minute (0 = unlimited),
-    /// counting each minute `margin` longer than 60 s.
+    /// A limiter in this process for `rpm` requests and `input_tpm` input tokens per minute
+    /// (0 = unlimited), counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
-        crate::admission::metrics::quota_rpm(rpm);
         Self::build(rpm, input_tpm, margin, None, "quota")
     }
 
-    /// A limiter for one API key and model: like [`QuotaLimiter::new`], without reporting
-    /// itself as the service's quota.
+    /// A limiter for one model (or one API key and model) in this process: like
+    /// [`QuotaLimiter::new`].
     pub fn scoped(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
         Self::build(rpm, input_tpm, margin, None, "quota")
     }
 
-    /// A cluster-wide limiter for one API key and model: its own Redis keys under `scope`.
+    /// A cluster-wide limiter for one model (or one API key and model): its own Redis keys
+    /// under `scope`.
     pub fn clustered_scoped(
         rpm: u32,
         input_tpm: u64,
@@ -75,19 +75,6 @@ impl QuotaLimiter {
         scope: &str,
     ) -> QuotaLimiter {
         Self::build(rpm, input_tpm, margin, Some((link, replicas)), scope)
-    }
-
-    /// A cluster-wide limiter in Redis for `replicas` servers. While Redis is down, or back but
-    /// not yet trusted, each server takes a `1 / replicas` share of what the cluster had left.
-    pub fn clustered(
-        rpm: u32,
-        input_tpm: u64,
-        margin: Duration,
-        replicas: NonZeroU32,
-        link: crate::redis_link::RedisLink,
-    ) -> QuotaLimiter {
-        crate::admission::metrics::quota_rpm(rpm);
-        Self::build(rpm, input_tpm, margin, Some((link, replicas)), "quota")
     }
 
     fn build(
