@@ -15,7 +15,8 @@ RPM=${RPM:-1000}
 
 log "== 14. quota refusals: $USERS users, 3-6 questions each, 2-5 s think, quota $RPM RPM, simulator 2.8 s"
 start_sim --preset seed --rpm "$RPM"
-start_service LEARNING_CHAT_UPSTREAM__RPM="$RPM"
+METRICS_PORT=$(free_port)
+start_service LEARNING_CHAT_UPSTREAM__RPM="$RPM" LEARNING_CHAT_METRICS__BIND="127.0.0.1:$METRICS_PORT"
 name=14-quota-refusals
 log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions zipf --agents all --conversation 3-6 --wait 2-5"
 loadtest --host "$SVC_URL" --users "$USERS" --increase-rate 50 --run-time "${RUN_TIME}s" \
@@ -23,7 +24,7 @@ loadtest --host "$SVC_URL" --users "$USERS" --increase-rate 50 --run-time "${RUN
     --summary-json "$OUT/$name.json" --report-file "$OUT/$name-goose.html" \
     >"$OUT/$name.txt" 2>"$OUT/$name.progress"
 sed -n '/=== learning-chat load test report/,$p' "$OUT/$name.txt"
-metrics=$(curl -sf "$SVC_URL/metrics")
+metrics=$(curl -sf "http://127.0.0.1:$METRICS_PORT/metrics")
 shed() {
     printf '%s\n' "$metrics" | awk -v r="reason=\"$1\"" \
         '$1 ~ /^learning_chat_requests_shed_total/ && index($1, r) { s += $2 } END { print s + 0 }'

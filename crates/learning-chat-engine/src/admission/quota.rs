@@ -105,9 +105,15 @@ impl QuotaLimiter {
     /// True while its last refusal's wait has not passed: questions are being refused for
     /// want of a slot (a hint from this server's own refusals, never a decision).
     pub fn refusing(&self) -> bool {
-        self.refusing_until
-            .lock()
-            .is_some_and(|until| Instant::now() < until)
+        self.refusing_until().is_some()
+    }
+
+    /// The first time a slot may be free, as this server's last refusal said, while that time
+    /// is still to come. Slots are reserved in order, so a question that must start before it
+    /// would be refused too.
+    pub fn refusing_until(&self) -> Option<Instant> {
+        let until = (*self.refusing_until.lock())?;
+        (Instant::now() < until).then_some(until)
     }
 
     /// This limiter with a budget of `rpd` requests per Pacific day as well (0 = unlimited).

@@ -23,6 +23,10 @@ impl Inner {
         pieces: Pieces<'_, '_>,
     ) -> Result<Answered, ChatError> {
         let deps = &self.deps;
+        if let Some(shed) = self.quota_refuses(agent, deadline) {
+            crate::admission::metrics::shed(shed.reason.as_str());
+            return Err(ChatError::Shed(shed));
+        }
         let permit = deps
             .admission
             .admit_as(flow, deadline)
@@ -60,6 +64,46 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// A refusal, before queueing, of a question no model it may use has a quota slot for
+    /// before its latest start, as this server's last refusals of those models said: it would
+    /// wait its turn in the queue only to be refused there.
+    fn quota_refuses(&self, agent: &Agent, deadline: Instant) -> Option<Shed> {
+        let deps = &self.deps;
+        let chain = deps.router.chain(agent);
+        let usable = if agent.definition.spill_over {
+            chain.len()
+        } else {
+            1
+        };
+        let latest = quota_deadline(&deps.admission, deadline);
+        let mut earliest: Option<Instant> = None;
+        for route in chain.iter().take(usable) {
+            let until = deps.quotas.of(route.model()).refusing_until()?;
+            if until <= latest {
+                return None;
+            }
+            earliest = Some(earliest.map_or(until, |e| e.min(until)));
+        }
+        let retry_after = earliest?.saturating_duration_since(Instant::now());
+        Some(Shed {
+            reason: ShedReason::Quota,
+            retry_after,
+        })
+    }
+}
+
+/// The latest start of a model call that can still end before `deadline`: a future slot so
+/// late that the call cannot finish in time would spend quota on a 504, so it is refused (503
+/// + Retry-After) instead. Twice the typical call leaves room for a slower answer; the cap
+/// keeps a slow spell from refusing every future slot. Until calls are seen they are assumed
+/// fast (prior 0): a slot free now is granted by the limiter whatever this margin is.
+fn quota_deadline(admission: &Admission, deadline: Instant) -> Instant {
+    let latency = admission.latency();
+    let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
+    deadline.checked_sub(margin).unwrap_or(deadline)
+}
+
 /// The gate of each model call: a quota slot of the model first; latency and usage learnt
 /// after.
 struct Slots<'a> {
@@ -79,14 +123,7 @@ impl Gate for Slots<'_> {
         let deps = self.deps;
         let input_tokens =
             input_token_estimate(&request.system_prompt, &request.history, &request.message);
-        // A future slot so late that the call cannot finish in time would spend quota on a
-        // 504; refuse it now (503 + Retry-After) instead. Twice the typical call leaves room
-        // for a slower answer; the cap keeps a slow spell from refusing every future slot.
-        // Until calls are seen they are assumed fast (prior 0): a slot free now is granted
-        // by the limiter whatever this margin is.
-        let latency = deps.admission.latency();
-        let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
-        let quota_deadline = self.deadline.checked_sub(margin).unwrap_or(self.deadline);
+        let quota_deadline = quota_deadline(&deps.admission, self.deadline);
         let acquired = deps
             .quotas
             .of(&request.model)
