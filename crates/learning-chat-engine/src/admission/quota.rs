@@ -180,8 +180,21 @@ impl QuotaLimiter {
         input_tokens: u32,
         deadline: Instant,
     ) -> Result<(), QuotaRejection> {
+        let at = self.reserve(input_tokens, deadline).await?;
+        Self::wait_for(at).await;
+        Ok(())
+    }
+
+    /// Reserves a slot for one request of `input_tokens` (as [`QuotaLimiter::acquire`] does)
+    /// and returns when it starts, without waiting for it: a caller that holds its place in a
+    /// queue lets the next one reserve meanwhile.
+    pub async fn reserve(
+        &self,
+        input_tokens: u32,
+        deadline: Instant,
+    ) -> Result<Instant, QuotaRejection> {
         if self.rpm == 0 && self.input_tpm == 0 && self.rpd == 0 {
-            return Ok(());
+            return Ok(Instant::now());
         }
         let member = uuid::Uuid::new_v4().simple().to_string();
         let day = super::pacific::today();
@@ -207,12 +220,16 @@ impl QuotaLimiter {
             .inspect_err(|rejected| {
                 *self.refusing_until.lock() = Some(Instant::now() + rejected.retry_after);
             })?;
+        Ok(granted.at)
+    }
+
+    /// Waits for a reserved slot that starts `at`.
+    pub async fn wait_for(at: Instant) {
         let now = Instant::now();
-        if granted.at > now {
-            crate::admission::metrics::quota_wait(granted.at - now);
-            tokio::time::sleep_until(granted.at).await;
+        if at > now {
+            crate::admission::metrics::quota_wait(at - now);
+            tokio::time::sleep_until(at).await;
         }
-        Ok(())
     }
 
     /// Requests counted in the current window: cluster-wide when Redis answers, else this

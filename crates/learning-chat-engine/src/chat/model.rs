@@ -2,7 +2,7 @@
 //! models through [`resilience`], with the quota gate before each call.
 
 use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
-use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
+use crate::admission::{Admission, AdmissionPermit, Flow, QuotaLimiter, Shed, ShedReason};
 use crate::agents::Agent;
 use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
@@ -124,27 +124,31 @@ impl Gate for Slots<'_> {
         let input_tokens =
             input_token_estimate(&request.system_prompt, &request.history, &request.message);
         let quota_deadline = quota_deadline(&deps.admission, self.deadline);
-        let acquired = deps
+        let span = crate::trace_span!("quota.wait", model.attempt = i64::from(attempt));
+        let reserved = deps
             .quotas
             .of(&request.model)
-            .acquire(input_tokens, quota_deadline)
-            .instrument(crate::trace_span!(
-                "quota.wait",
-                model.attempt = i64::from(attempt)
-            ))
+            .reserve(input_tokens, quota_deadline)
+            .instrument(span.clone())
             .await;
-        if let Err(rejected) = acquired {
-            let retry_after = self
-                .earliest_refusal
-                .map_or(rejected.retry_after, |r| r.min(rejected.retry_after));
-            self.earliest_refusal = Some(retry_after);
-            return Err(Shed {
-                reason: ShedReason::Quota,
-                retry_after,
-            });
-        }
-        // The quota slot is ours: the next key in fair order may queue for its own.
+        let at = match reserved {
+            Ok(at) => at,
+            Err(rejected) => {
+                let retry_after = self
+                    .earliest_refusal
+                    .map_or(rejected.retry_after, |r| r.min(rejected.retry_after));
+                self.earliest_refusal = Some(retry_after);
+                return Err(Shed {
+                    reason: ShedReason::Quota,
+                    retry_after,
+                });
+            }
+        };
+        // The quota slot is ours: the next question in fair order may reserve its own while
+        // this one waits for its slot, so the queue moves at the pace of reservations and a
+        // question the quota cannot serve in time hears so at once.
         self.permit.end_turn();
+        QuotaLimiter::wait_for(at).instrument(span).await;
         self.monitor.record();
         Ok(())
     }
