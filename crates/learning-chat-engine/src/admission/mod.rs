@@ -137,6 +137,8 @@ pub struct AdmissionPermit {
     slots: Arc<Slots>,
     /// The fair-queue turn, held until the caller has also reserved its quota slot.
     turn: Option<Turn>,
+    /// False while the slot is lent back (see [`Admission::wait_without_slot`]).
+    held: bool,
 }
 
 impl AdmissionPermit {
@@ -148,7 +150,9 @@ impl AdmissionPermit {
 
 impl Drop for AdmissionPermit {
     fn drop(&mut self) {
-        self.slots.release();
+        if self.held {
+            self.slots.release();
+        }
     }
 }
 
@@ -267,6 +271,38 @@ impl Admission {
         AdmissionPermit {
             slots: self.slots.clone(),
             turn,
+            held: true,
+        }
+    }
+
+    /// Waits until `at` (a reserved quota slot) without holding `permit`'s model slot, then
+    /// takes a slot again, waiting for one at most until `deadline`. A question waiting for its
+    /// quota slot makes no call: holding a slot meanwhile would keep the queue behind it from
+    /// reserving theirs, and make them wait out their deadlines instead of hearing at once.
+    pub async fn wait_without_slot(
+        &self,
+        permit: &mut AdmissionPermit,
+        at: Instant,
+        deadline: Instant,
+    ) -> Result<(), Shed> {
+        if at <= Instant::now() || !permit.held {
+            tokio::time::sleep_until(at).await;
+            return Ok(());
+        }
+        permit.held = false;
+        self.slots.release();
+        tokio::time::sleep_until(at).await;
+        match tokio::time::timeout_at(deadline, self.slots.semaphore.acquire()).await {
+            Ok(Ok(slot)) => {
+                slot.forget();
+                self.slots.in_flight.fetch_add(1, Ordering::AcqRel);
+                permit.held = true;
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => Err(Shed {
+                reason: ShedReason::QueueTimeout,
+                retry_after: QUEUE_RETRY_AFTER,
+            }),
         }
     }
 

@@ -2,7 +2,7 @@
 //! models through [`resilience`], with the quota gate before each call.
 
 use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
-use crate::admission::{Admission, AdmissionPermit, Flow, QuotaLimiter, Shed, ShedReason};
+use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
 use crate::agents::Agent;
 use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
@@ -148,7 +148,13 @@ impl Gate for Slots<'_> {
         // this one waits for its slot, so the queue moves at the pace of reservations and a
         // question the quota cannot serve in time hears so at once.
         self.permit.end_turn();
-        QuotaLimiter::wait_for(at).instrument(span).await;
+        if at > Instant::now() {
+            crate::admission::metrics::quota_wait(at - Instant::now());
+        }
+        deps.admission
+            .wait_without_slot(&mut self.permit, at, self.deadline)
+            .instrument(span)
+            .await?;
         self.monitor.record();
         Ok(())
     }
