@@ -94,10 +94,10 @@ impl Inner {
 }
 
 /// The latest start of a model call that can still end before `deadline`: a future slot so
-/// late that the call cannot finish in time would spend quota on a 504, so it is refused (503
-/// + Retry-After) instead. Twice the typical call leaves room for a slower answer; the cap
-/// keeps a slow spell from refusing every future slot. Until calls are seen they are assumed
-/// fast (prior 0): a slot free now is granted by the limiter whatever this margin is.
+/// late that the call cannot finish in time would spend quota on a 504, so it is refused with
+/// 503 and Retry-After instead. Twice the typical call leaves room for a slower answer; the
+/// cap keeps a slow spell from refusing every future slot. Until calls are seen they are
+/// assumed fast (prior 0): a slot free now is granted by the limiter whatever this margin is.
 fn quota_deadline(admission: &Admission, deadline: Instant) -> Instant {
     let latency = admission.latency();
     let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
