@@ -471,6 +471,40 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_question_waiting_for_its_quota_slot_lends_its_model_slot() {
+        const S: Duration = Duration::from_secs(1);
+        let admission = Arc::new(fixed(1, 10, 60 * S));
+        let deadline = Instant::now() + 60 * S;
+        let mut waiting = admission.admit(deadline).await.unwrap();
+        let lent = {
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                let slot_at = Instant::now() + 10 * S;
+                admission
+                    .wait_without_slot(&mut waiting, slot_at, deadline)
+                    .await
+                    .unwrap();
+                assert_eq!(admission.in_flight(), 1, "its slot is back in hand");
+                waiting
+            })
+        };
+        tokio::time::advance(S).await;
+        // The only slot is free while the first question waits: another may call meanwhile.
+        let other = admission.admit(Instant::now()).await.unwrap();
+        tokio::time::advance(20 * S).await;
+        assert!(!lent.is_finished(), "it waits for the slot the other holds");
+        drop(other);
+        let waiting = lent.await.unwrap();
+        drop(waiting);
+        assert_eq!(
+            admission.in_flight(),
+            0,
+            "the slot is released once, not twice"
+        );
+        assert!(admission.admit(Instant::now()).await.is_ok());
+    }
+
     fn derived(rpm: u32) -> ConcurrencyBound {
         ConcurrencyBound {
             ceiling: NonZeroUsize::new(1000).unwrap(),
