@@ -112,6 +112,11 @@ impl QuotaLimiter {
     /// is still to come. Slots are reserved in order, so a question that must start before it
     /// would be refused too.
     pub fn refusing_until(&self) -> Option<Instant> {
+        // Calls decided while Redis was away are written back by the next reservation: a hint
+        // that skips reserving would keep them from the cluster's count.
+        if self.limiter.has_unpublished(&self.scope) {
+            return None;
+        }
         let until = (*self.refusing_until.lock())?;
         (Instant::now() < until).then_some(until)
     }
