@@ -27,6 +27,11 @@ pub struct AgentDefinition {
     /// `provider`) or a table `{ model, provider, base_url, api_key_env }`.
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// When the primary's quota has no room for a question before its deadline, the next model
+    /// of the chain with room answers at once (default `true`); `false` for subjects where the
+    /// smaller model is not good enough: the question is refused (503) instead.
+    #[serde(default = "spill_over_default")]
+    pub spill_over: bool,
     /// `gemini` (the default) or `openai` (any Chat Completions endpoint) for the agent's models.
     #[serde(default)]
     pub provider: Option<ProviderKind>,
@@ -54,6 +59,10 @@ pub struct AgentDefinition {
     /// Thinking budget for thinking models (0 = off where allowed).
     #[serde(default)]
     pub thinking_budget: Option<i32>,
+}
+
+fn spill_over_default() -> bool {
+    true
 }
 
 /// Which wire format serves a model.
@@ -291,6 +300,8 @@ fn prompt_version(definition: &AgentDefinition) -> String {
         // The answering model and its provider enter every cache key themselves, so a change
         // of fallbacks or endpoint needs no new prompt version.
         models: _,
+        // Which model answers is in the key already; whether another may is not a prompt.
+        spill_over: _,
         provider: _,
         base_url: _,
         api_key_env: _,

@@ -24,6 +24,10 @@ pub struct Recorder {
 
 struct Inner {
     latency_us: Histogram<u64>,
+    /// Latency of the 2xx responses alone, and of everything else: a refusal that comes at
+    /// once and one that comes after a long wait look alike in the overall percentiles.
+    ok_latency_us: Histogram<u64>,
+    failed_latency_us: Histogram<u64>,
     by_status: BTreeMap<u16, u64>,
     ok: u64,
     cached: u64,
@@ -132,6 +136,10 @@ pub struct Snapshot {
     pub by_status: BTreeMap<u16, u64>,
     /// Latency distribution in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Latency of the 2xx responses, in microseconds.
+    pub ok_latency_us: Histogram<u64>,
+    /// Latency of the other responses (refusals, errors, no response), in microseconds.
+    pub failed_latency_us: Histogram<u64>,
     /// Streaming mode's figures, when requests were streamed.
     pub stream: Option<StreamCounts>,
 }
@@ -157,6 +165,13 @@ impl Default for Recorder {
 impl Inner {
     fn count(&mut self, outcome: Outcome, ok: bool) {
         self.latency_us.saturating_record(micros(outcome.latency));
+        if ok {
+            self.ok_latency_us
+                .saturating_record(micros(outcome.latency));
+        } else {
+            self.failed_latency_us
+                .saturating_record(micros(outcome.latency));
+        }
         *self.by_status.entry(outcome.status).or_default() += 1;
         if ok {
             self.ok += 1;
@@ -175,6 +190,8 @@ impl Recorder {
             started: Instant::now(),
             users: AtomicU64::new(0),
             inner: Mutex::new(Inner {
+                ok_latency_us: latency_us.clone(),
+                failed_latency_us: latency_us.clone(),
                 latency_us,
                 by_status: BTreeMap::new(),
                 ok: 0,
@@ -245,6 +262,8 @@ impl Recorder {
             cached: inner.cached,
             by_status: inner.by_status.clone(),
             latency_us: inner.latency_us.clone(),
+            ok_latency_us: inner.ok_latency_us.clone(),
+            failed_latency_us: inner.failed_latency_us.clone(),
             stream: inner.stream.clone(),
         }
     }

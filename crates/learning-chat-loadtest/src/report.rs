@@ -140,6 +140,12 @@ pub struct Report {
     pub failures_by_status: BTreeMap<String, u64>,
     /// Latency of every finished request, failures included (as locust and goose count).
     pub latency_ms: Latency,
+    /// Latency of the 2xx responses alone.
+    #[serde(default)]
+    pub ok_latency_ms: Latency,
+    /// Latency of the failures alone (how soon a refusal comes back).
+    #[serde(default)]
+    pub failed_latency_ms: Latency,
     /// 2xx responses with `"cached": true`.
     pub cached: u64,
     /// `cached / ok`.
@@ -177,6 +183,8 @@ impl Report {
             failures: snapshot.failures(),
             failures_by_status,
             latency_ms: Latency::from_histogram(&snapshot.latency_us),
+            ok_latency_ms: Latency::from_histogram(&snapshot.ok_latency_us),
+            failed_latency_ms: Latency::from_histogram(&snapshot.failed_latency_us),
             cached: snapshot.cached,
             cache_hit_ratio: if snapshot.ok == 0 {
                 0.0
@@ -232,6 +240,14 @@ impl Report {
             let _ = writeln!(out, "failures:      {}", parts.join(", "));
         }
         let _ = writeln!(out, "latency (ms):  {}", percentiles(l));
+        if self.failures > 0 && self.ok > 0 {
+            let _ = writeln!(out, "  ok (ms):     {}", percentiles(&self.ok_latency_ms));
+            let _ = writeln!(
+                out,
+                "  failed (ms): {}",
+                percentiles(&self.failed_latency_ms)
+            );
+        }
         let _ = writeln!(
             out,
             "cache hits:    {} of {} ok ({:.1}%)",

@@ -1,7 +1,9 @@
 //! `learning-chat plan`: its flags, and the table or JSON it prints.
 
 use crate::render::{count, num};
-use crate::{class_monthly_cost, plan, render, PlanInput, Price, DEFAULT_SERVER_CAPACITY_RPS};
+use crate::{
+    class_monthly_cost, plan, render, ChainModel, PlanInput, Price, DEFAULT_SERVER_CAPACITY_RPS,
+};
 
 /// `learning-chat plan` flags; defaults are the reference situation ([`PlanInput::seed`]).
 #[derive(Clone, Debug, clap::Args)]
@@ -79,6 +81,12 @@ pub struct PlanArgs {
     /// USD per month shared by a fleet of 2+ servers (Redis, load balancer).
     #[arg(long, default_value_t = 70.0)]
     pub shared_monthly_cost: f64,
+    /// One model of the agents' chain, primary first, as `MODEL=RPM` or `MODEL=RPM:USD` (its
+    /// quota per key, 0 = unlimited, and its price per request; default --price-per-request).
+    /// Repeat it for the chain; it replaces --rpm-quota and --fallback-share: questions spill
+    /// over to the next model when one's quota is used up.
+    #[arg(long = "model", value_parser = parse_chain_model)]
+    pub models: Vec<ChainModel>,
     /// Print the inputs and the plan as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -129,8 +137,40 @@ impl PlanArgs {
             servers: self.servers,
             server_monthly_cost: self.server_monthly_cost,
             shared_monthly_cost: self.shared_monthly_cost,
+            chain: self.models.clone(),
         }
     }
+}
+
+/// Reads `MODEL=RPM` or `MODEL=RPM:USD_PER_REQUEST` (a `--model` flag).
+pub fn parse_chain_model(text: &str) -> Result<ChainModel, String> {
+    let (model, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected MODEL=RPM or MODEL=RPM:USD"))?;
+    let (rpm, price) = match rest.split_once(':') {
+        Some((rpm, usd)) => (rpm, Some(usd)),
+        None => (rest, None),
+    };
+    let rpm_quota: f64 = rpm
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {rpm:?} is not a number of requests per minute"))?;
+    let price = price
+        .map(|usd| {
+            usd.trim()
+                .parse::<f64>()
+                .map(Price::PerRequest)
+                .map_err(|_| format!("{text:?}: {usd:?} is not a price in USD"))
+        })
+        .transpose()?;
+    if model.trim().is_empty() {
+        return Err(format!("{text:?}: the model id is empty"));
+    }
+    Ok(ChainModel {
+        model: model.trim().to_owned(),
+        rpm_quota,
+        price,
+    })
 }
 
 /// Runs `learning-chat plan`: the table (or JSON) on stdout; exit 2 on invalid input.

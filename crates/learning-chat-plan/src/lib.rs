@@ -32,6 +32,39 @@ impl Price {
     }
 }
 
+/// One model of the agents' chain: its own quota and price. Questions spill over from a model
+/// whose quota is used up to the next one with room, so at the peak each model takes what the
+/// earlier ones left, up to its quota.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChainModel {
+    /// The model id.
+    pub model: String,
+    /// Its requests-per-minute quota per API key; 0 = unlimited.
+    pub rpm_quota: f64,
+    /// Its price (default: the input's `price`).
+    pub price: Option<Price>,
+}
+
+/// What the plan gives one model of the chain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelPlan {
+    /// The model id.
+    pub model: String,
+    /// Its quota over every key (0 = unlimited).
+    pub rpm_quota: f64,
+    /// Model calls per minute it answers at the peak.
+    pub peak_rpm: f64,
+    /// Its share of the model calls (the peak's split).
+    pub share: f64,
+    /// Model calls per month it answers (the peak's split of the month's calls: an upper bound
+    /// on what the later models answer, as quieter hours leave the earlier ones room).
+    pub requests_per_month: f64,
+    /// USD per call, history included.
+    pub price_per_request: f64,
+    /// USD per month.
+    pub monthly_cost: f64,
+}
+
 /// What the planner is told.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlanInput {
@@ -85,6 +118,11 @@ pub struct PlanInput {
     pub server_monthly_cost: f64,
     /// USD per month for what a fleet of more than one server shares (Redis, load balancer).
     pub shared_monthly_cost: f64,
+    /// The agents' chain with each model's own quota (`[models]`), primary first; empty: one
+    /// model with `rpm_quota` and `price` (and `fallback_share` for a fallback). When given,
+    /// it replaces those three: the quota is the chain's together and each model's share is
+    /// what spill-over leaves it.
+    pub chain: Vec<ChainModel>,
 }
 
 impl PlanInput {
@@ -113,6 +151,7 @@ impl PlanInput {
             servers: None,
             server_monthly_cost: 30.0,
             shared_monthly_cost: 70.0,
+            chain: Vec::new(),
         }
     }
 }
@@ -178,6 +217,8 @@ pub struct Plan {
     pub monthly_infrastructure_cost: f64,
     /// Both.
     pub monthly_total_cost: f64,
+    /// Each model of the chain (empty without one): its quota, calls and cost.
+    pub per_model: Vec<ModelPlan>,
 }
 
 /// An input the arithmetic cannot use.
@@ -207,7 +248,13 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         }
     };
     let upstream_rpm_needed = peak_rps * 60.0 * miss;
-    let rpm_quota = input.rpm_quota * input.api_keys;
+    let rpm_quota = if input.chain.is_empty() {
+        input.rpm_quota * input.api_keys
+    } else if input.chain.iter().any(|m| m.rpm_quota == 0.0) {
+        0.0
+    } else {
+        input.chain.iter().map(|m| m.rpm_quota).sum::<f64>() * input.api_keys
+    };
     let unlimited = rpm_quota == 0.0;
     // A tiny tolerance so 1000.0000001 "needed" against 1000 still fits (floating point).
     let quota_fits = unlimited || upstream_rpm_needed <= rpm_quota * (1.0 + 1e-9);
@@ -251,12 +298,37 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         } => usd * (tokens_per_request + history_tokens_per_request) / 1000.0,
     };
     let price_per_request = price_of(input.price);
-    let fallback_price_per_request = price_of(input.fallback_price.unwrap_or(input.price));
+    let per_model = chain_split(
+        input,
+        upstream_rps * 60.0,
+        upstream_requests_per_month,
+        &price_of,
+    );
+    let (fallback_share, fallback_price_per_request) = match per_model.split_first() {
+        None => (
+            input.fallback_share,
+            price_of(input.fallback_price.unwrap_or(input.price)),
+        ),
+        Some((primary, rest)) => {
+            let share: f64 = rest.iter().map(|m| m.share).sum();
+            let cost: f64 = rest.iter().map(|m| m.share * m.price_per_request).sum();
+            let price = if share > 0.0 {
+                cost / share
+            } else {
+                rest.first()
+                    .map_or(primary.price_per_request, |m| m.price_per_request)
+            };
+            (share, price)
+        }
+    };
+    let price_per_request = per_model
+        .first()
+        .map_or(price_per_request, |m| m.price_per_request);
     // A failed primary call (503, overloaded) is not billed: a fallback answer costs only its
     // own call.
-    let blended_price_per_request = (1.0 - input.fallback_share) * price_per_request
-        + input.fallback_share * fallback_price_per_request;
-    let fallback_requests_per_month = upstream_requests_per_month * input.fallback_share;
+    let blended_price_per_request =
+        (1.0 - fallback_share) * price_per_request + fallback_share * fallback_price_per_request;
+    let fallback_requests_per_month = upstream_requests_per_month * fallback_share;
     let monthly_upstream_cost = upstream_requests_per_month * blended_price_per_request;
     let monthly_infrastructure_cost = n * input.server_monthly_cost
         + if servers > 1 {
@@ -291,7 +363,53 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         monthly_upstream_cost,
         monthly_infrastructure_cost,
         monthly_total_cost: monthly_upstream_cost + monthly_infrastructure_cost,
+        per_model,
     })
+}
+
+/// Splits `sent_rpm` model calls a minute over the chain as spill-over does (each model takes
+/// what the earlier ones left, up to its quota), and the month's calls in the same proportion.
+fn chain_split(
+    input: &PlanInput,
+    sent_rpm: f64,
+    requests_per_month: f64,
+    price_of: &dyn Fn(Price) -> f64,
+) -> Vec<ModelPlan> {
+    let mut left = sent_rpm;
+    let count = input.chain.len();
+    input
+        .chain
+        .iter()
+        .enumerate()
+        .map(|(i, model)| {
+            let quota = model.rpm_quota * input.api_keys;
+            // The last model takes the rest: within the quota, `left` is within its share.
+            let takes = if quota == 0.0 || i + 1 == count {
+                left
+            } else {
+                left.min(quota)
+            };
+            left -= takes;
+            let share = if sent_rpm > 0.0 {
+                takes / sent_rpm
+            } else if i == 0 {
+                1.0
+            } else {
+                0.0
+            };
+            let price_per_request = price_of(model.price.unwrap_or(input.price));
+            let requests = requests_per_month * share;
+            ModelPlan {
+                model: model.model.clone(),
+                rpm_quota: quota,
+                peak_rpm: takes,
+                share,
+                requests_per_month: requests,
+                price_per_request,
+                monthly_cost: requests * price_per_request,
+            }
+        })
+        .collect()
 }
 
 /// The average history tokens sent per question, over the questions of one conversation.
@@ -363,6 +481,19 @@ fn validate(input: &PlanInput) -> Result<(), PlanError> {
             input.api_keys
         )));
     }
+    for model in &input.chain {
+        let price = model.price.map_or(0.0, |p| p.per_request());
+        if !(model.rpm_quota.is_finite()
+            && model.rpm_quota >= 0.0
+            && price.is_finite()
+            && price >= 0.0)
+        {
+            return Err(PlanError(format!(
+                "model {}: its RPM quota and price must be numbers >= 0",
+                model.model
+            )));
+        }
+    }
     if !(0.0..=1.0).contains(&input.fallback_share) {
         return Err(PlanError(format!(
             "fallback share must be between 0 and 1, not {}",
@@ -403,5 +534,5 @@ pub fn class_monthly_cost(input: &PlanInput, tokens_per_day: f64, tokens_per_req
 mod cli;
 mod render;
 
-pub use cli::{run, PlanArgs};
+pub use cli::{parse_chain_model, run, PlanArgs};
 pub use render::render;

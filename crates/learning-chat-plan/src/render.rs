@@ -38,7 +38,17 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
         ),
     };
     row("peak requests/s", num(plan.peak_rps), peak_note);
-    let quota_name = if input.api_keys > 1.0 {
+    let quota_name = if !input.chain.is_empty() {
+        format!(
+            "{} RPM quota of the chain ({})",
+            count(plan.effective_rpm_quota),
+            plan.per_model
+                .iter()
+                .map(|m| format!("{} {}", m.model, count(m.rpm_quota)))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        )
+    } else if input.api_keys > 1.0 {
         format!(
             "{} RPM quota ({} keys x {})",
             count(plan.effective_rpm_quota),
@@ -126,7 +136,9 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
             num(input.turns_per_conversation)
         ),
     };
-    let fallback_note = if input.fallback_share > 0.0 {
+    let fallback_note = if !plan.per_model.is_empty() {
+        String::new()
+    } else if input.fallback_share > 0.0 {
         format!(
             "; {:.0}% answered by the fallback at {} ({} blended)",
             input.fallback_share * 100.0,
@@ -144,6 +156,24 @@ pub fn render(input: &PlanInput, plan: &Plan) -> String {
             usd_precise(plan.price_per_request)
         ),
     );
+    for model in &plan.per_model {
+        row(
+            &format!("  {}", model.model),
+            usd(model.monthly_cost),
+            format!(
+                "{} calls a month ({:.0}%), {} RPM at peak of its {}, {} per request",
+                count(model.requests_per_month),
+                model.share * 100.0,
+                num(model.peak_rpm),
+                if model.rpm_quota == 0.0 {
+                    "unlimited quota".to_owned()
+                } else {
+                    format!("{} RPM quota", count(model.rpm_quota))
+                },
+                usd_precise(model.price_per_request)
+            ),
+        );
+    }
     row(
         "monthly infrastructure cost",
         usd(plan.monthly_infrastructure_cost),

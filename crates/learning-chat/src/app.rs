@@ -1,6 +1,6 @@
 //! Router and middleware assembly, the application's lifecycle and graceful shutdown.
 
-use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimiter};
+use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, ModelQuotas};
 use crate::agents::AgentRegistry;
 /// The state every handler shares (defined with the handlers, built here).
 pub use crate::api::AppState;
@@ -83,16 +83,21 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
     };
     let up = &settings.upstream;
     let margin = up.quota_window_margin;
-    let quota = match &redis {
-        Some(link) => QuotaLimiter::clustered(
-            up.rpm,
-            up.input_tpm,
-            margin,
-            settings.redis.replicas,
-            link.clone(),
-        ),
-        None => QuotaLimiter::new(up.rpm, up.input_tpm, margin),
-    };
+    // Every model any chain may call, each with its own budget as the provider counts it.
+    let models: std::collections::BTreeSet<&str> = agents
+        .all()
+        .flat_map(|agent| agent.chain.iter().map(|spec| spec.model.as_str()))
+        .collect();
+    let quotas = ModelQuotas::new(
+        models
+            .into_iter()
+            .map(|model| (model.to_owned(), settings.model_quota(model))),
+        settings.model_quota(""),
+        margin,
+        redis
+            .as_ref()
+            .map(|link| (link.clone(), settings.redis.replicas)),
+    );
     let router = crate::providers::ModelRouter::build(
         &agents,
         &settings,
@@ -137,7 +142,8 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
             ConcurrencyBound {
                 ceiling: up.max_concurrency,
                 floor: up.min_concurrency,
-                rpm: up.rpm,
+                // Every model's quota together: spill-over keeps all of them busy.
+                rpm: quotas.total_rpm(),
                 headroom: up.concurrency_headroom,
             },
             // No call can usefully take longer than half the deadline: a request also has
@@ -146,7 +152,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
             up.max_queue,
             up.max_queue_wait,
         ),
-        quota,
+        quotas,
         cluster,
         conversations,
         retry: RetryPolicy {
@@ -503,7 +509,7 @@ async fn minute_monitor(state: AppState) {
                 let count = state.chat.monitor().take_minute();
                 tracing::info!(
                     upstream_requests = count,
-                    quota_rpm = state.chat.quota().rpm(),
+                    quota_rpm = state.chat.quotas().total_rpm(),
                     "Gemini API requests in last minute: {count}"
                 );
                 crate::telemetry::flush_shed_log();

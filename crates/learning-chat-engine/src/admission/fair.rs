@@ -14,15 +14,26 @@
 //! came). So a flood from one key is refused before another key's question is, and the queue
 //! still serves a lone key in full. Every map here holds only flows with requests queued now,
 //! so its size is bounded by the queue's.
+//!
+//! Pace: how long each turn is held while others wait for it (the wait for a model slot and the
+//! quota slot behind it) is the time one admission takes while requests queue, so a recent mean of it over a request's
+//! place in the fair order estimates its wait ([`FairGate::estimated_wait`]): a request that
+//! cannot be admitted before its deadline is refused at once instead of waiting it out.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Virtual time one request of weight 1 costs; a weight-w flow advances by this / w.
 const UNIT: u64 = 1_000_000;
+/// Each turn's hold moves the mean hold by this fraction of the difference: the last dozen or
+/// so turns rule, so the estimate follows a change of pace within seconds.
+const HOLD_SMOOTHING: f64 = 1.0 / 8.0;
+/// Turns seen before the mean hold is trusted for refusing.
+const HOLD_SAMPLES_NEEDED: u64 = 8;
 
 /// Who a request is queued for: a key id (or `anonymous` when auth is off) and its weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +89,12 @@ struct GateState {
     /// The flow of each place taken, by place id.
     places: HashMap<u64, Arc<str>>,
     next_place: u64,
+    /// When the turn now held was given.
+    granted_at: Option<Instant>,
+    /// The recent mean time a turn is held (seconds): the time one admission takes.
+    mean_hold: f64,
+    /// Turns whose hold was measured.
+    holds: u64,
 }
 
 impl GateState {
@@ -93,7 +110,48 @@ impl GateState {
             shares: HashMap::new(),
             places: HashMap::new(),
             next_place: 0,
+            granted_at: None,
+            mean_hold: 0.0,
+            holds: 0,
         }
+    }
+
+    /// Notes that the turn was given now.
+    fn grant(&mut self) {
+        self.granted_at = Some(Instant::now());
+    }
+
+    /// Notes that the turn given at `granted_at` was passed on now.
+    fn measure_hold(&mut self) {
+        let Some(at) = self.granted_at.take() else {
+            return;
+        };
+        let held = at.elapsed().as_secs_f64();
+        self.mean_hold = if self.holds == 0 {
+            held
+        } else {
+            self.mean_hold + (held - self.mean_hold) * HOLD_SMOOTHING
+        };
+        self.holds += 1;
+    }
+
+    /// Requests served before a new request of `flow` in the fair order (itself excluded),
+    /// counting the one holding the turn: the flow's own queued requests, and of each other
+    /// flow as many as it is owed by weight while `flow`'s requests wait.
+    fn ahead(&self, flow: &Flow) -> usize {
+        let mine = self.shares.get(&flow.id).map_or(0, |s| s.places);
+        let weight = f64::from(flow.weight.max(1));
+        let others: usize = self
+            .shares
+            .iter()
+            .filter(|(id, _)| **id != flow.id)
+            .map(|(_, share)| {
+                let owed = (mine as f64 * f64::from(share.weight.max(1)) / weight).ceil();
+                share.places.min(owed as usize)
+            })
+            .sum();
+        // `mine` counts the new request's own place once it holds one.
+        mine.saturating_sub(1) + others
     }
 
     /// Gives place `id` back; false when it was already given back (displaced).
@@ -223,6 +281,7 @@ impl FairGate {
             return None;
         }
         state.busy = true;
+        state.grant();
         Some(self.turn_token())
     }
 
@@ -270,6 +329,7 @@ impl FairGate {
             }
             if !state.busy && state.queue.is_empty() {
                 state.busy = true;
+                state.grant();
                 return Waited::Turn(self.turn_token());
             }
             let start = state
@@ -315,10 +375,20 @@ impl FairGate {
     /// Hands the turn to the waiter with the smallest tag still waiting, or frees it.
     fn pass(&self) {
         let mut state = self.state.lock();
+        // Only a turn that others waited for tells the queue's pace: an uncontended one says
+        // how fast a lone request goes.
+        if state.queue.is_empty() {
+            state.granted_at = None;
+        } else {
+            state.measure_hold();
+        }
         while let Some(((tag, _), waiter)) = state.queue.pop_first() {
             state.virtual_time = tag;
             match waiter.sender.send(self.turn_token()) {
-                Ok(()) => return,
+                Ok(()) => {
+                    state.grant();
+                    return;
+                }
                 // That waiter gave up; disarm the returned token (we hold the lock) and go on.
                 Err(mut unused) => unused.armed = false,
             }
@@ -327,6 +397,20 @@ impl FairGate {
         // Nobody waits: every flow is idle, so their history no longer matters.
         state.finish.clear();
         state.virtual_time = 0;
+    }
+
+    /// How long a request of `flow` that holds a queue place will wait for its admission: its
+    /// place in the fair order (the turn's holder included) times the recent mean hold of a
+    /// turn. `None` until enough turns were seen to tell.
+    pub fn estimated_wait(&self, flow: &Flow) -> Option<Duration> {
+        let state = self.state.lock();
+        if state.holds < HOLD_SAMPLES_NEEDED {
+            return None;
+        }
+        let position = state.ahead(flow) + 1;
+        Some(Duration::from_secs_f64(
+            (position as f64 * state.mean_hold).clamp(0.0, 1e9),
+        ))
     }
 
     /// Requests waiting for the turn (including ones that gave up but are not yet skipped).
@@ -350,7 +434,6 @@ impl FairGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn flow(id: &str, weight: u32) -> Flow {
         Flow {

@@ -55,6 +55,60 @@ pub const LIMIT_WINDOWS_BYTES: &str = "learning_chat_limit_windows_bytes";
 /// forgotten.
 pub const LIMIT_WINDOWS_FORGOTTEN: &str = "learning_chat_limit_windows_forgotten_total";
 
+/// Each model's configured quota, by `model` and `window` (`minute`: requests per minute,
+/// `day`: requests per Pacific day; 0 = unlimited).
+pub const MODEL_QUOTA_LIMIT: &str = "learning_chat_model_quota_limit";
+
+/// Requests counted in each model's quota window now, by `model` and `window`.
+pub const MODEL_QUOTA_USED: &str = "learning_chat_model_quota_used";
+
+/// Requests each model's quota window still allows now, by `model` and `window` (only for a
+/// window with a limit).
+pub const MODEL_QUOTA_REMAINING: &str = "learning_chat_model_quota_remaining";
+
+/// Questions answered by the next model of their chain because the previous one's quota had
+/// no room before their deadline, by the model that had no room.
+pub const SPILL_OVER: &str = "learning_chat_model_spill_over_total";
+
+/// Sets a model's configured quota gauges.
+pub fn model_quota_limits(model: &str, rpm: u32, rpd: u32) {
+    gauge!(MODEL_QUOTA_LIMIT, "model" => model.to_owned(), "window" => "minute")
+        .set(f64::from(rpm));
+    gauge!(MODEL_QUOTA_LIMIT, "model" => model.to_owned(), "window" => "day").set(f64::from(rpd));
+}
+
+/// Sets a model's used and remaining quota gauges.
+pub fn model_quota_used(model: &str, status: &super::QuotaStatus) {
+    let windows = [
+        (
+            "minute",
+            Some(status.requests_in_window),
+            status.remaining_in_window,
+        ),
+        ("day", status.requests_today, status.remaining_today),
+    ];
+    for (window, used, remaining) in windows {
+        if let Some(used) = used {
+            gauge!(MODEL_QUOTA_USED, "model" => model.to_owned(), "window" => window)
+                .set(used as f64);
+        }
+        if let Some(remaining) = remaining {
+            gauge!(MODEL_QUOTA_REMAINING, "model" => model.to_owned(), "window" => window)
+                .set(remaining as f64);
+        }
+    }
+}
+
+/// Exports the spill-over counter of `model` at 0, so dashboards see it before the first one.
+pub fn spill_over_init(model: &str) {
+    counter!(SPILL_OVER, "model" => model.to_owned()).increment(0);
+}
+
+/// Records a question spilled over from `model` to the next of its chain.
+pub fn spill_over(model: &str) {
+    counter!(SPILL_OVER, "model" => model.to_owned()).increment(1);
+}
+
 /// Sets the bytes the per-key limit windows hold in this process.
 pub fn limit_windows_bytes(bytes: usize) {
     gauge!(LIMIT_WINDOWS_BYTES).set(bytes as f64);
@@ -183,6 +237,22 @@ pub(crate) fn describe() {
     describe_counter!(
         LIMIT_WINDOWS_FORGOTTEN,
         "Rounds in which the least recently used per-key limit windows were forgotten to stay within their byte budget."
+    );
+    describe_gauge!(
+        MODEL_QUOTA_LIMIT,
+        "Each model's configured quota: requests per minute (window=minute) or per Pacific day (window=day); 0 = unlimited."
+    );
+    describe_gauge!(
+        MODEL_QUOTA_USED,
+        "Requests counted in each model's quota window (cluster-wide when Redis answers)."
+    );
+    describe_gauge!(
+        MODEL_QUOTA_REMAINING,
+        "Requests each model's quota window still allows."
+    );
+    describe_counter!(
+        SPILL_OVER,
+        "Questions answered by the next model of the chain because this model's quota had no room before their deadline."
     );
     describe_counter!(
         QUOTA_REPUBLISHED,

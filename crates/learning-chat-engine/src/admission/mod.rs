@@ -5,11 +5,14 @@
 mod fair;
 mod latency;
 pub mod metrics;
+mod model_quotas;
+pub mod pacific;
 mod quota;
 pub mod window;
 
 pub use fair::{FairGate, Flow, Place, QueueFull, Turn, Waited};
 pub use latency::LatencyEstimate;
+pub use model_quotas::{ModelQuotas, QuotaStatus};
 pub use quota::{QuotaLimiter, QuotaRejection};
 pub use window::SlidingWindow;
 
@@ -28,6 +31,9 @@ pub enum ShedReason {
     QueueFull,
     /// No slot freed up within the queue wait limit.
     QueueTimeout,
+    /// The queue moves too slowly for the request to be admitted before its deadline (or the
+    /// queue wait limit): refused on arrival, told how long the queue would have taken.
+    QueueWait,
     /// The model-call quota has no slot before the request's deadline.
     Quota,
 }
@@ -38,6 +44,7 @@ impl ShedReason {
         match self {
             ShedReason::QueueFull => "queue_full",
             ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::QueueWait => "queue_wait",
             ShedReason::Quota => "quota",
         }
     }
@@ -130,6 +137,8 @@ pub struct AdmissionPermit {
     slots: Arc<Slots>,
     /// The fair-queue turn, held until the caller has also reserved its quota slot.
     turn: Option<Turn>,
+    /// False while the slot is lent back (see [`Admission::wait_without_slot`]).
+    held: bool,
 }
 
 impl AdmissionPermit {
@@ -141,7 +150,9 @@ impl AdmissionPermit {
 
 impl Drop for AdmissionPermit {
     fn drop(&mut self) {
-        self.slots.release();
+        if self.held {
+            self.slots.release();
+        }
     }
 }
 
@@ -201,6 +212,20 @@ impl Admission {
         };
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
+        if turn.is_none() {
+            // Admitted later than the deadline less a typical call, the answer would come too
+            // late anyway: refuse now, with the queue's own estimate as the retry hint.
+            let call = self.latency.estimate(Duration::ZERO);
+            let latest = until.min(deadline.checked_sub(call).unwrap_or(deadline));
+            if let Some(wait) = self.fair.estimated_wait(flow) {
+                if started + wait > latest {
+                    return Err(Shed {
+                        reason: ShedReason::QueueWait,
+                        retry_after: wait.max(QUEUE_RETRY_AFTER),
+                    });
+                }
+            }
+        }
         let waited = match turn {
             Some(turn) => Waited::Turn(turn),
             None => self.fair.turn(&place, flow, until).await,
@@ -246,6 +271,38 @@ impl Admission {
         AdmissionPermit {
             slots: self.slots.clone(),
             turn,
+            held: true,
+        }
+    }
+
+    /// Waits until `at` (a reserved quota slot) without holding `permit`'s model slot, then
+    /// takes a slot again, waiting for one at most until `deadline`. A question waiting for its
+    /// quota slot makes no call: holding a slot meanwhile would keep the queue behind it from
+    /// reserving theirs, and make them wait out their deadlines instead of hearing at once.
+    pub async fn wait_without_slot(
+        &self,
+        permit: &mut AdmissionPermit,
+        at: Instant,
+        deadline: Instant,
+    ) -> Result<(), Shed> {
+        if at <= Instant::now() || !permit.held {
+            tokio::time::sleep_until(at).await;
+            return Ok(());
+        }
+        permit.held = false;
+        self.slots.release();
+        tokio::time::sleep_until(at).await;
+        match tokio::time::timeout_at(deadline, self.slots.semaphore.acquire()).await {
+            Ok(Ok(slot)) => {
+                slot.forget();
+                self.slots.in_flight.fetch_add(1, Ordering::AcqRel);
+                permit.held = true;
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => Err(Shed {
+                reason: ShedReason::QueueTimeout,
+                retry_after: QUEUE_RETRY_AFTER,
+            }),
         }
     }
 
@@ -373,6 +430,79 @@ mod tests {
         assert_eq!(admission.in_flight(), 1);
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_queue_cannot_admit_before_its_deadline_is_refused_at_once() {
+        const S: Duration = Duration::from_secs(1);
+        // One slot, each call holding it 1 s: the queue admits one request a second.
+        let admission = Arc::new(fixed(1, 100, 120 * S));
+        let far = Instant::now() + 120 * S;
+        let callers: Vec<_> = (0..40)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    let permit = admission.admit(far).await;
+                    tokio::time::sleep(S).await;
+                    drop(permit);
+                })
+            })
+            .collect();
+        tokio::time::sleep(9 * S + S / 2).await;
+        let waiting = admission.queued();
+        assert!((28..=32).contains(&waiting), "{waiting}");
+        // 30 s to go with ~31 ahead at one a second: no chance, said at once, with the wait.
+        let start = Instant::now();
+        let refused = admission.admit(Instant::now() + 30 * S).await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(refused.reason, ShedReason::QueueWait);
+        let expected = (waiting + 1) as f64;
+        let told = refused.retry_after.as_secs_f64();
+        assert!(
+            (told - expected).abs() <= 1.5,
+            "{told} s for {waiting} ahead"
+        );
+        // With time enough, the same place waits its turn.
+        let patient = admission.admit(Instant::now() + 60 * S).await;
+        assert!(patient.is_ok());
+        drop(patient);
+        for caller in callers {
+            caller.await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_question_waiting_for_its_quota_slot_lends_its_model_slot() {
+        const S: Duration = Duration::from_secs(1);
+        let admission = Arc::new(fixed(1, 10, 60 * S));
+        let deadline = Instant::now() + 60 * S;
+        let mut waiting = admission.admit(deadline).await.unwrap();
+        let lent = {
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                let slot_at = Instant::now() + 10 * S;
+                admission
+                    .wait_without_slot(&mut waiting, slot_at, deadline)
+                    .await
+                    .unwrap();
+                assert_eq!(admission.in_flight(), 1, "its slot is back in hand");
+                waiting
+            })
+        };
+        tokio::time::advance(S).await;
+        // The only slot is free while the first question waits: another may call meanwhile.
+        let other = admission.admit(Instant::now()).await.unwrap();
+        tokio::time::advance(20 * S).await;
+        assert!(!lent.is_finished(), "it waits for the slot the other holds");
+        drop(other);
+        let waiting = lent.await.unwrap();
+        drop(waiting);
+        assert_eq!(
+            admission.in_flight(),
+            0,
+            "the slot is released once, not twice"
+        );
+        assert!(admission.admit(Instant::now()).await.is_ok());
     }
 
     fn derived(rpm: u32) -> ConcurrencyBound {

@@ -1,7 +1,10 @@
-//! The model-call quota (requests and input tokens per minute), enforced before a call is sent so
-//! the provider never has to answer 429: two windows of the [`WindowLimiter`], in Redis for the
-//! cluster, remembering this server's calls and the others' so that a Redis outage or restart
-//! never lets the cluster past the quota.
+//! The model-call quota (requests and input tokens per minute, requests per day), enforced before
+//! a call is sent so the provider never has to answer 429: windows of the [`WindowLimiter`], in
+//! Redis for the cluster, remembering this server's calls and the others' so that a Redis outage
+//! or restart never lets the cluster past the quota.
+//!
+//! The per-day budget counts from midnight Pacific, as Gemini's does: its window is named after
+//! the Pacific date, so a new day starts an empty window (the old one expires on its own).
 
 use super::window::{Options, Window, WindowLimiter, WindowOps};
 use std::num::NonZeroU32;
@@ -10,6 +13,9 @@ use tokio::time::Instant;
 
 /// The quota window: one minute, as providers count.
 const MINUTE_MS: u64 = 60_000;
+/// The span of a per-day window: a Pacific day lasts 23 to 25 hours, and its window's name
+/// changes with the date, so a span of the longest day counts the whole day and nothing else.
+const DAY_SPAN_MS: u64 = 25 * 3_600_000;
 /// The names the quota's Redis calls are measured under.
 const OPS: WindowOps = WindowOps {
     reserve: "quota_reserve",
@@ -35,27 +41,31 @@ pub struct QuotaRejection {
 pub struct QuotaLimiter {
     rpm: u32,
     input_tpm: u64,
+    /// Requests per Pacific day (0 = unlimited).
+    rpd: u32,
     window_ms: u64,
-    /// The Redis hash tag of its keys: `quota`, or one per API key and model.
+    /// The Redis hash tag of its keys: `model:<id>` per model, or one per API key and model.
     scope: String,
     limiter: WindowLimiter,
+    /// Until when its last refusal said no slot is free: a hint for spill-over's cache lookup.
+    refusing_until: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl QuotaLimiter {
-    /// A limiter for `rpm` requests and `input_tpm` input tokens per minute (0 = unlimited),
-    /// counting each minute `margin` longer than 60 s.
+    /// A limiter in this process for `rpm` requests and `input_tpm` input tokens per minute
+    /// (0 = unlimited), counting each minute `margin` longer than 60 s.
     pub fn new(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
-        crate::admission::metrics::quota_rpm(rpm);
         Self::build(rpm, input_tpm, margin, None, "quota")
     }
 
-    /// A limiter for one API key and model: like [`QuotaLimiter::new`], without reporting
-    /// itself as the service's quota.
+    /// A limiter for one model (or one API key and model) in this process: like
+    /// [`QuotaLimiter::new`].
     pub fn scoped(rpm: u32, input_tpm: u64, margin: Duration) -> QuotaLimiter {
         Self::build(rpm, input_tpm, margin, None, "quota")
     }
 
-    /// A cluster-wide limiter for one API key and model: its own Redis keys under `scope`.
+    /// A cluster-wide limiter for one model (or one API key and model): its own Redis keys
+    /// under `scope`.
     pub fn clustered_scoped(
         rpm: u32,
         input_tpm: u64,
@@ -65,19 +75,6 @@ impl QuotaLimiter {
         scope: &str,
     ) -> QuotaLimiter {
         Self::build(rpm, input_tpm, margin, Some((link, replicas)), scope)
-    }
-
-    /// A cluster-wide limiter in Redis for `replicas` servers. While Redis is down, or back but
-    /// not yet trusted, each server takes a `1 / replicas` share of what the cluster had left.
-    pub fn clustered(
-        rpm: u32,
-        input_tpm: u64,
-        margin: Duration,
-        replicas: NonZeroU32,
-        link: crate::redis_link::RedisLink,
-    ) -> QuotaLimiter {
-        crate::admission::metrics::quota_rpm(rpm);
-        Self::build(rpm, input_tpm, margin, Some((link, replicas)), "quota")
     }
 
     fn build(
@@ -97,10 +94,37 @@ impl QuotaLimiter {
         QuotaLimiter {
             rpm,
             input_tpm,
+            rpd: 0,
             window_ms: MINUTE_MS + u64::try_from(margin.as_millis()).unwrap_or(0),
             scope: scope.to_owned(),
             limiter,
+            refusing_until: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// True while its last refusal's wait has not passed: questions are being refused for
+    /// want of a slot (a hint from this server's own refusals, never a decision).
+    pub fn refusing(&self) -> bool {
+        self.refusing_until().is_some()
+    }
+
+    /// The first time a slot may be free, as this server's last refusal said, while that time
+    /// is still to come. Slots are reserved in order, so a question that must start before it
+    /// would be refused too.
+    pub fn refusing_until(&self) -> Option<Instant> {
+        // Calls decided while Redis was away are written back by the next reservation: a hint
+        // that skips reserving would keep them from the cluster's count.
+        if self.limiter.has_unpublished(&self.scope) {
+            return None;
+        }
+        let until = (*self.refusing_until.lock())?;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// This limiter with a budget of `rpd` requests per Pacific day as well (0 = unlimited).
+    pub fn with_rpd(mut self, rpd: u32) -> QuotaLimiter {
+        self.rpd = rpd;
+        self
     }
 
     /// The configured requests per minute (0 = unlimited).
@@ -108,13 +132,33 @@ impl QuotaLimiter {
         self.rpm
     }
 
+    /// The configured input tokens per minute (0 = unlimited).
+    pub fn input_tpm(&self) -> u64 {
+        self.input_tpm
+    }
+
+    /// The configured requests per Pacific day (0 = unlimited).
+    pub fn rpd(&self) -> u32 {
+        self.rpd
+    }
+
+    /// The per-day window of the Pacific day `date`.
+    fn day_window(&self, date: &str) -> Window {
+        Window::counting(
+            format!("requests_day_{date}"),
+            u64::from(self.rpd),
+            DAY_SPAN_MS,
+            1,
+        )
+    }
+
     fn requests_window(&self) -> Window {
         Window::counting("requests", u64::from(self.rpm), self.window_ms, 1)
     }
 
-    /// The windows one call of `input_tokens` reserves in.
-    fn windows(&self, input_tokens: u32) -> Vec<Window> {
-        let mut windows = Vec::with_capacity(2);
+    /// The windows one call of `input_tokens` reserves in, on the Pacific day `date`.
+    fn windows(&self, input_tokens: u32, date: &str) -> Vec<Window> {
+        let mut windows = Vec::with_capacity(3);
         if self.rpm > 0 {
             windows.push(self.requests_window());
         }
@@ -127,6 +171,9 @@ impl QuotaLimiter {
                 tokens,
             ));
         }
+        if self.rpd > 0 {
+            windows.push(self.day_window(date));
+        }
         windows
     }
 
@@ -138,24 +185,56 @@ impl QuotaLimiter {
         input_tokens: u32,
         deadline: Instant,
     ) -> Result<(), QuotaRejection> {
-        if self.rpm == 0 && self.input_tpm == 0 {
-            return Ok(());
+        let at = self.reserve(input_tokens, deadline).await?;
+        Self::wait_for(at).await;
+        Ok(())
+    }
+
+    /// Reserves a slot for one request of `input_tokens` (as [`QuotaLimiter::acquire`] does)
+    /// and returns when it starts, without waiting for it: a caller that holds its place in a
+    /// queue lets the next one reserve meanwhile.
+    pub async fn reserve(
+        &self,
+        input_tokens: u32,
+        deadline: Instant,
+    ) -> Result<Instant, QuotaRejection> {
+        if self.rpm == 0 && self.input_tpm == 0 && self.rpd == 0 {
+            return Ok(Instant::now());
         }
         let member = uuid::Uuid::new_v4().simple().to_string();
-        let windows = self.windows(input_tokens);
+        let day = super::pacific::today();
+        let windows = self.windows(input_tokens, &day.date);
         let granted = self
             .limiter
             .reserve(&self.scope, &member, &windows, deadline)
             .await
-            .map_err(|refused| QuotaRejection {
-                retry_after: refused.wait,
+            .map_err(|refused| {
+                // A full day frees no slot until the next Pacific day: say so, not the
+                // window's own (day-long) reckoning.
+                let day_full = windows
+                    .get(refused.window)
+                    .is_some_and(|w| w.span_ms == DAY_SPAN_MS);
+                QuotaRejection {
+                    retry_after: if day_full {
+                        day.until_next
+                    } else {
+                        refused.wait
+                    },
+                }
+            })
+            .inspect_err(|rejected| {
+                *self.refusing_until.lock() = Some(Instant::now() + rejected.retry_after);
             })?;
+        Ok(granted.at)
+    }
+
+    /// Waits for a reserved slot that starts `at`.
+    pub async fn wait_for(at: Instant) {
         let now = Instant::now();
-        if granted.at > now {
-            crate::admission::metrics::quota_wait(granted.at - now);
-            tokio::time::sleep_until(granted.at).await;
+        if at > now {
+            crate::admission::metrics::quota_wait(at - now);
+            tokio::time::sleep_until(at).await;
         }
-        Ok(())
     }
 
     /// Requests counted in the current window: cluster-wide when Redis answers, else this
@@ -164,6 +243,20 @@ impl QuotaLimiter {
         self.limiter
             .used(&self.scope, &self.requests_window())
             .await
+    }
+
+    /// Requests counted today (Pacific) when a per-day budget is set: cluster-wide when Redis
+    /// answers, else this server's.
+    pub async fn requests_today(&self) -> Option<u64> {
+        if self.rpd == 0 {
+            return None;
+        }
+        let day = super::pacific::today();
+        Some(
+            self.limiter
+                .used(&self.scope, &self.day_window(&day.date))
+                .await,
+        )
     }
 
     /// Requests counted in this server's own window.

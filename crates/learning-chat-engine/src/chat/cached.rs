@@ -42,11 +42,23 @@ impl ChatService {
             .await
             .map(|(hit, tier)| (hit, tier, *key));
         if found.is_none() {
-            // While the primary is skipped, the model that would answer is the first fallback
-            // with a closed circuit: its cached answer is the one to serve.
+            // While the primary is skipped (its circuit open, or its quota refusing questions
+            // that then spill over), the model that would answer is the first next one that
+            // is not: its cached answer is the one to serve.
             let chain = deps.router.chain(agent);
-            if chain.first().is_some_and(|primary| primary.is_open()) {
-                if let Some(route) = chain.iter().skip(1).find(|r| !r.is_open()) {
+            let skipped = |route: &crate::providers::Route| {
+                route.is_open()
+                    || (agent.definition.spill_over && deps.quotas.of(route.model()).refusing())
+            };
+            if chain.first().is_some_and(|primary| skipped(primary)) {
+                // With every later quota refusing too, the answer an earlier spill-over kept
+                // is still worth serving: it costs no quota.
+                let next = chain.iter().skip(1);
+                let route = next
+                    .clone()
+                    .find(|r| !skipped(r))
+                    .or_else(|| next.clone().find(|r| !r.is_open()));
+                if let Some(route) = route {
                     let key = route_key(agent, route, message, history, scope);
                     found = deps
                         .cache

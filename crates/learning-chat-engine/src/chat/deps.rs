@@ -2,7 +2,7 @@
 //! parts `/ready`, `/metrics` and the conversation endpoints read).
 
 use super::{ChatError, ChatService, Inner};
-use crate::admission::{Admission, QuotaLimiter};
+use crate::admission::{Admission, ModelQuotas};
 use crate::agents::{Agent, AgentRegistry};
 use crate::cache::{normalise_message, CacheKey, ResponseCache};
 use crate::coalesce::local::LocalCoalescer;
@@ -56,8 +56,8 @@ pub struct ChatDeps {
     pub router: ModelRouter,
     /// Concurrency and queue bounds.
     pub admission: Admission,
-    /// Requests/tokens per minute.
-    pub quota: QuotaLimiter,
+    /// Each model's requests/tokens per minute and requests per day.
+    pub quotas: ModelQuotas,
     /// Cross-server coalescing, when Redis is configured.
     pub cluster: Option<ClusterCoalescer>,
     /// Multi-turn conversations: the first and last step of every question.
@@ -212,9 +212,9 @@ impl ChatService {
         &self.inner.monitor
     }
 
-    /// The quota limiter.
-    pub fn quota(&self) -> &QuotaLimiter {
-        &self.inner.deps.quota
+    /// Each model's quota.
+    pub fn quotas(&self) -> &ModelQuotas {
+        &self.inner.deps.quotas
     }
 
     /// The admission bounds.

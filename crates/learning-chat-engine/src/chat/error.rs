@@ -64,7 +64,7 @@ impl CallError for ChatError {
             ChatError::Timeout
                 | ChatError::Provider(ProviderError::Timeout)
                 | ChatError::Shed(Shed {
-                    reason: ShedReason::Quota,
+                    reason: ShedReason::Quota | ShedReason::QueueWait,
                     ..
                 })
         )

@@ -4,7 +4,7 @@
 use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
 use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
 use crate::agents::Agent;
-use crate::providers::resilience::{self, Answered, Failure, Gate, Pieces};
+use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
 use gemini_wire::{GenerationConfig, ThinkingConfig};
 use std::sync::Arc;
@@ -23,6 +23,10 @@ impl Inner {
         pieces: Pieces<'_, '_>,
     ) -> Result<Answered, ChatError> {
         let deps = &self.deps;
+        if let Some(shed) = self.quota_refuses(agent, deadline) {
+            crate::admission::metrics::shed(shed.reason.as_str());
+            return Err(ChatError::Shed(shed));
+        }
         let permit = deps
             .admission
             .admit_as(flow, deadline)
@@ -38,25 +42,78 @@ impl Inner {
             monitor: &self.monitor,
             permit,
             deadline,
+            earliest_refusal: None,
         };
         // Made after the permit's holder, so dropped before it: see its `Drop`.
         let _gauge = InFlightGauge(&deps.admission);
         let chain = deps.router.chain(agent);
-        resilience::ask_chain(&chain, request, &deps.retry, deadline, &mut slots, pieces)
+        let policy = ChainPolicy {
+            retry: &deps.retry,
+            spill_over: agent.definition.spill_over,
+        };
+        resilience::ask_chain(&chain, request, policy, deadline, &mut slots, pieces)
             .await
             .map_err(|failure| match failure {
-                Failure::Refused(shed) => ChatError::Shed(shed),
+                Failure::Refused(shed) => {
+                    // Counted once per question, however many models of its chain refused it.
+                    crate::admission::metrics::shed(shed.reason.as_str());
+                    ChatError::Shed(shed)
+                }
                 Failure::Model(error) => ChatError::Provider(error),
             })
     }
 }
 
-/// The gate of each model call: a quota slot first; latency and usage learnt after.
+impl Inner {
+    /// A refusal, before queueing, of a question no model it may use has a quota slot for
+    /// before its latest start, as this server's last refusals of those models said: it would
+    /// wait its turn in the queue only to be refused there.
+    fn quota_refuses(&self, agent: &Agent, deadline: Instant) -> Option<Shed> {
+        let deps = &self.deps;
+        let chain = deps.router.chain(agent);
+        let usable = if agent.definition.spill_over {
+            chain.len()
+        } else {
+            1
+        };
+        let latest = quota_deadline(&deps.admission, deadline);
+        let mut earliest: Option<Instant> = None;
+        for route in chain.iter().take(usable) {
+            let until = deps.quotas.of(route.model()).refusing_until()?;
+            if until <= latest {
+                return None;
+            }
+            earliest = Some(earliest.map_or(until, |e| e.min(until)));
+        }
+        let retry_after = earliest?.saturating_duration_since(Instant::now());
+        Some(Shed {
+            reason: ShedReason::Quota,
+            retry_after,
+        })
+    }
+}
+
+/// The latest start of a model call that can still end before `deadline`: a future slot so
+/// late that the call cannot finish in time would spend quota on a 504, so it is refused with
+/// 503 and Retry-After instead. Twice the typical call leaves room for a slower answer; the
+/// cap keeps a slow spell from refusing every future slot. Until calls are seen they are
+/// assumed fast (prior 0): a slot free now is granted by the limiter whatever this margin is.
+fn quota_deadline(admission: &Admission, deadline: Instant) -> Instant {
+    let latency = admission.latency();
+    let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
+    deadline.checked_sub(margin).unwrap_or(deadline)
+}
+
+/// The gate of each model call: a quota slot of the model first; latency and usage learnt
+/// after.
 struct Slots<'a> {
     deps: &'a ChatDeps,
     monitor: &'a UpstreamMonitor,
     permit: AdmissionPermit,
     deadline: Instant,
+    /// The soonest retry hint of the models refused so far: when the whole chain is refused,
+    /// the learner may come back as soon as any of them has room.
+    earliest_refusal: Option<Duration>,
 }
 
 impl Gate for Slots<'_> {
@@ -66,30 +123,38 @@ impl Gate for Slots<'_> {
         let deps = self.deps;
         let input_tokens =
             input_token_estimate(&request.system_prompt, &request.history, &request.message);
-        // A future slot so late that the call cannot finish in time would spend quota on a
-        // 504; refuse it now (503 + Retry-After) instead. Twice the typical call leaves room
-        // for a slower answer; the cap keeps a slow spell from refusing every future slot.
-        // Until calls are seen they are assumed fast (prior 0): a slot free now is granted
-        // by the limiter whatever this margin is.
-        let latency = deps.admission.latency();
-        let margin = (latency.estimate(Duration::ZERO) * 2).min(latency.cap());
-        let quota_deadline = self.deadline.checked_sub(margin).unwrap_or(self.deadline);
-        deps.quota
-            .acquire(input_tokens, quota_deadline)
-            .instrument(crate::trace_span!(
-                "quota.wait",
-                model.attempt = i64::from(attempt)
-            ))
-            .await
-            .map_err(|rejected| {
-                crate::admission::metrics::shed(ShedReason::Quota.as_str());
-                Shed {
+        let quota_deadline = quota_deadline(&deps.admission, self.deadline);
+        let span = crate::trace_span!("quota.wait", model.attempt = i64::from(attempt));
+        let reserved = deps
+            .quotas
+            .of(&request.model)
+            .reserve(input_tokens, quota_deadline)
+            .instrument(span.clone())
+            .await;
+        let at = match reserved {
+            Ok(at) => at,
+            Err(rejected) => {
+                let retry_after = self
+                    .earliest_refusal
+                    .map_or(rejected.retry_after, |r| r.min(rejected.retry_after));
+                self.earliest_refusal = Some(retry_after);
+                return Err(Shed {
                     reason: ShedReason::Quota,
-                    retry_after: rejected.retry_after,
-                }
-            })?;
-        // The quota slot is ours: the next key in fair order may queue for its own.
+                    retry_after,
+                });
+            }
+        };
+        // The quota slot is ours: the next question in fair order may reserve its own while
+        // this one waits for its slot, so the queue moves at the pace of reservations and a
+        // question the quota cannot serve in time hears so at once.
         self.permit.end_turn();
+        if at > Instant::now() {
+            crate::admission::metrics::quota_wait(at - Instant::now());
+        }
+        deps.admission
+            .wait_without_slot(&mut self.permit, at, self.deadline)
+            .instrument(span)
+            .await?;
         self.monitor.record();
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The flow on a paused clock, with scripted models: what each step does to a question.
 
 use super::*;
-use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, QuotaLimiter};
+use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, ModelQuotas};
 use crate::agents::AgentRegistry;
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::config::Settings;
@@ -21,9 +21,23 @@ fn unavailable() -> ProviderError {
     }
 }
 
+/// No quota for any model.
+fn unlimited() -> ModelQuotas {
+    let none = crate::config::ModelQuota {
+        rpm: 0,
+        input_tpm: 0,
+        rpd: 0,
+    };
+    ModelQuotas::new([], none, Duration::ZERO, None)
+}
+
 /// A chat service whose agents are all served by `chain`, in memory.
 fn service(chain: &[Arc<Script>]) -> ChatService {
-    let agents = AgentRegistry::load(None).unwrap();
+    service_with(chain, AgentRegistry::load(None).unwrap(), unlimited())
+}
+
+/// A chat service of `agents`, all served by `chain`, within `quotas`, in memory.
+fn service_with(chain: &[Arc<Script>], agents: AgentRegistry, quotas: ModelQuotas) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
@@ -51,7 +65,7 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
             10,
             Duration::from_secs(30),
         ),
-        quota: QuotaLimiter::new(0, 0, Duration::ZERO),
+        quotas,
         cluster: None,
         conversations,
         retry: RetryPolicy {
@@ -268,4 +282,117 @@ async fn an_empty_message_is_refused_before_the_model() {
     let refused = chat.ask(ask(&chat, " \n ", MINUTE, false)).await;
     assert!(matches!(refused, Err(ChatError::EmptyMessage)));
     assert_eq!(model.calls(), 0);
+}
+
+/// The math agent alone, with `spill_over` as given.
+fn math_agent(spill_over: bool) -> AgentRegistry {
+    AgentRegistry::from_toml(&format!(
+        "[[agents]]\nid = \"math\"\nname = \"Math\"\ndescription = \"d\"\n\
+         models = [\"primary\", \"spare\"]\nspill_over = {spill_over}\nsystem_prompt = \"p\"\n"
+    ))
+    .unwrap()
+}
+
+/// Each of the chain's two models with a quota of `rpm` requests per minute.
+fn two_models(rpm: u32) -> ModelQuotas {
+    let quota = crate::config::ModelQuota {
+        rpm,
+        input_tpm: 0,
+        rpd: 0,
+    };
+    ModelQuotas::new(
+        [("primary".to_owned(), quota), ("spare".to_owned(), quota)],
+        quota,
+        Duration::ZERO,
+        None,
+    )
+}
+
+/// Asks `n` distinct questions at once; returns each outcome.
+async fn ask_many(chat: &ChatService, n: usize) -> Vec<Result<Answer, ChatError>> {
+    let asks = (0..n).map(|i| async move {
+        chat.ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
+            .await?
+            .finish()
+            .await
+    });
+    futures::future::join_all(asks).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_primary_quota_spills_over_to_the_next_model_with_room() {
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with(
+        &[primary.clone(), spare.clone()],
+        math_agent(true),
+        two_models(3),
+    );
+    let outcomes = ask_many(&chat, 6).await;
+    let models: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o.as_ref().map(|a| a.model.as_str()).unwrap())
+        .collect();
+    assert_eq!(models.iter().filter(|m| **m == "primary").count(), 3);
+    assert_eq!(models.iter().filter(|m| **m == "spare").count(), 3);
+    assert_eq!((primary.calls(), spare.calls()), (3, 3));
+    // Both windows are full now: a seventh question is refused, with the wait for the first
+    // slot of either model (a minute after the first calls, less the second that passed).
+    let refused = chat.ask(ask(&chat, "one more", 30 * SECOND, false)).await;
+    let refused = refused.unwrap().finish().await.unwrap_err();
+    let ChatError::Shed(shed) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
+    assert_eq!(shed.retry_after, 59 * SECOND);
+    // A spilled answer is kept under the spare's own key: asked again, it is a hit.
+    let spilled = (0..6)
+        .find(|i| models[*i] == "spare")
+        .map(|i| format!("question {i}"))
+        .unwrap();
+    let again = chat.ask(ask(&chat, &spilled, MINUTE, false)).await.unwrap();
+    assert!(matches!(again, Reply::Ready(_)), "a cached spilled answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_spill_over_a_full_primary_refuses_at_once() {
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with(
+        &[primary.clone(), spare.clone()],
+        math_agent(false),
+        two_models(3),
+    );
+    let start = Instant::now();
+    let refusals: Vec<_> = futures::future::join_all((0..6).map(|i| {
+        let chat = &chat;
+        async move {
+            let outcome = chat
+                .ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
+                .await;
+            let outcome = match outcome {
+                Ok(reply) => reply.finish().await,
+                Err(e) => Err(e),
+            };
+            (outcome, start.elapsed())
+        }
+    }))
+    .await
+    .into_iter()
+    .filter_map(|(outcome, at)| match outcome {
+        Err(ChatError::Shed(shed)) => Some((shed, at)),
+        Ok(answer) => {
+            assert_eq!(answer.model, "primary");
+            None
+        }
+        Err(other) => panic!("{other:?}"),
+    })
+    .collect();
+    assert_eq!(refusals.len(), 3);
+    for (shed, at) in refusals {
+        // Refused before any call ended, told to come back when the first slot frees.
+        assert!(at < SECOND, "refused after {at:?}");
+        assert_eq!(shed.retry_after, MINUTE);
+    }
+    assert_eq!((primary.calls(), spare.calls()), (3, 0));
 }

@@ -19,6 +19,7 @@ mod database;
 pub mod duration;
 mod gemini;
 mod metrics;
+mod models;
 mod offline;
 mod openai;
 pub mod placeholders;
@@ -39,6 +40,7 @@ pub use conversation::ConversationSettings;
 pub use database::{DatabaseSettings, DatabaseUrl};
 pub use gemini::GeminiSettings;
 pub use metrics::MetricsSettings;
+pub use models::{quota_of, ModelQuota, ModelQuotaSettings, ModelSettings};
 pub use offline::OfflineSettings;
 pub use openai::OpenAiSettings;
 pub use redis::RedisSettings;
@@ -139,6 +141,8 @@ pub struct Settings {
     pub openai: OpenAiSettings,
     /// The records database: what must last (keys, conversations, usage, audit log).
     pub database: DatabaseSettings,
+    /// Each model's own quota (`[models."gemini-2.5-flash"]`); others take `[upstream]`'s.
+    pub models: ModelSettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -332,6 +336,7 @@ impl Settings {
         self.stream.validate()?;
         self.routing.validate()?;
         self.database.validate()?;
+        models::validate(&self.models)?;
         self.openai.validate()
     }
 
@@ -348,6 +353,11 @@ impl Settings {
     /// True when Redis shared state is configured.
     pub fn uses_redis(&self) -> bool {
         self.redis.enabled()
+    }
+
+    /// The quota of `model`: its `[models]` table, else `[upstream]`'s budget.
+    pub fn model_quota(&self, model: &str) -> ModelQuota {
+        quota_of(&self.models, &self.upstream, model)
     }
 
     /// The whole-request deadline.

@@ -499,3 +499,26 @@ fn a_pepper_shipped_in_the_repository_is_refused_naming_the_key() {
         Ok(())
     });
 }
+
+#[test]
+fn a_models_own_quota_overrides_the_upstream_budget_key_by_key() {
+    Jail::expect_with(|jail| {
+        let s = load(
+            jail,
+            "[upstream]\nrpm = 60\nrpd = 500\n\
+             [models.\"gemini-2.5-flash-lite\"]\nrpm = 4000\ninput_tpm = 4000000\n",
+        )
+        .unwrap();
+        let lite = s.model_quota("gemini-2.5-flash-lite");
+        assert_eq!((lite.rpm, lite.input_tpm, lite.rpd), (4000, 4_000_000, 500));
+        // A model without a table takes the whole [upstream] budget as its own.
+        let flash = s.model_quota("gemini-2.5-flash");
+        assert_eq!((flash.rpm, flash.input_tpm, flash.rpd), (60, 0, 500));
+        // Model ids name Redis keys and metric labels: nothing odd gets in, and no unknown key.
+        let odd = load(jail, "[models.\"flash lite\"]\nrpm = 1\n").unwrap_err();
+        assert!(odd.to_string().contains("models."), "{odd}");
+        let unknown = load(jail, "[models.flash]\nrpmm = 1\n").unwrap_err();
+        assert!(unknown.to_string().contains("rpmm"), "{unknown}");
+        Ok(())
+    });
+}

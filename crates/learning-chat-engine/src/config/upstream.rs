@@ -27,10 +27,14 @@ pub struct UpstreamSettings {
     /// Longest a question waits for a free slot before 503 (`max_queue_wait_ms`).
     #[serde(rename = "max_queue_wait_ms", with = "super::duration")]
     pub max_queue_wait: Duration,
-    /// Requests per minute allowed to the model across the cluster; 0 = no limit.
+    /// Requests per minute allowed to each model across the cluster (a model's own
+    /// `[models]` table overrides it); 0 = no limit.
     pub rpm: u32,
     /// Input tokens per minute allowed across the cluster; 0 = no limit.
     pub input_tpm: u64,
+    /// Requests per day allowed across the cluster, counted from midnight Pacific time as
+    /// Gemini counts; 0 = no limit.
+    pub rpd: u32,
     /// Added to the 60 s quota window (`quota_window_margin_ms`) so clock skew and network
     /// jitter never let the provider count one request too many in its own window.
     #[serde(rename = "quota_window_margin_ms", with = "super::duration")]
@@ -61,6 +65,7 @@ impl Default for UpstreamSettings {
             max_queue_wait: Duration::from_secs(20),
             rpm: 1000,
             input_tpm: 0,
+            rpd: 0,
             quota_window_margin: Duration::from_millis(500),
             max_retries: 3,
             retry_base_delay: Duration::from_millis(250),

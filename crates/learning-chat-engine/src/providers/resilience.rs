@@ -4,8 +4,10 @@
 //! [`Breaker`] (skipped while it is open, unless it is the last), each call retried with
 //! [`RetryPolicy`] (the provider's own `RetryInfo` delay when it gave one, else exponential
 //! backoff with jitter, never past the deadline), and the next model asked when one gives up
-//! with an outage or a quota refusal. Once a streamed piece is out, nothing is retried or
-//! asked elsewhere: the learner would see a second beginning. What each attempt needs first
+//! with an outage or a quota refusal. When the gate refuses a model (its quota has no room before
+//! the deadline), the next model of the chain is asked at once (*spill-over*), unless the agent
+//! opted out. Once a streamed piece is out, nothing is retried or asked elsewhere: the learner
+//! would see a second beginning. What each attempt needs first
 //! (a quota slot) and what it teaches (the latency estimate) is the caller's [`Gate`].
 
 use super::{Completion, ModelRequest, ProviderError, Route, StreamPiece};
@@ -87,18 +89,31 @@ pub struct Answered {
 /// only wanted whole.
 pub type Pieces<'a, 'p> = Option<&'a mut (dyn FnMut(&str) + Send + 'p)>;
 
+/// How a chain is walked.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainPolicy<'a> {
+    /// Retries of each model.
+    pub retry: &'a RetryPolicy,
+    /// A model the gate refuses hands the question to the next one (else the refusal stands).
+    pub spill_over: bool,
+}
+
 /// Asks `chain` for the answer to `request` (built for any model of it: each route sets its
-/// own) by `deadline`: breakers, retries and fallbacks as the module describes.
+/// own) by `deadline`: breakers, retries, fallbacks and spill-over as the module describes.
+/// When every model asked was refused by the gate, the last refusal is returned (a gate that
+/// wants the earliest retry hint keeps it across calls).
 pub async fn ask_chain<G: Gate>(
     chain: &[Arc<Route>],
     request: &ModelRequest,
-    retry: &RetryPolicy,
+    policy: ChainPolicy<'_>,
     deadline: Instant,
     gate: &mut G,
     mut pieces: Pieces<'_, '_>,
 ) -> Result<Answered, Failure<G::Refusal>> {
+    let retry = policy.retry;
     let mut started = false;
     let mut last: Option<ProviderError> = None;
+    let mut refused: Option<G::Refusal> = None;
     for (index, route) in chain.iter().enumerate() {
         let has_next = index + 1 < chain.len();
         // The last model is always tried: skipping it would fail the request outright, so
@@ -139,8 +154,20 @@ pub async fn ask_chain<G: Gate>(
                 crate::providers::metrics::model_fallback(route.model());
                 last = Some(error);
             }
+            // No room in this model's quota before the deadline: the next one may have some.
+            Err(Failure::Refused(refusal)) if policy.spill_over && has_next && !started => {
+                tracing::debug!(
+                    model = route.model(),
+                    "no quota room before the deadline; asking the next model of the chain"
+                );
+                crate::admission::metrics::spill_over(route.model());
+                refused = Some(refusal);
+            }
             Err(failure) => return Err(failure),
         }
+    }
+    if let (Some(refusal), None) = (refused, &last) {
+        return Err(Failure::Refused(refusal));
     }
     Err(Failure::Model(last.unwrap_or_else(|| {
         ProviderError::Unavailable {

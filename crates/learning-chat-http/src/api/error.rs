@@ -154,7 +154,7 @@ impl From<ChatError> for ApiError {
             ChatError::Shed(shed) => {
                 let message = match shed.reason {
                     ShedReason::Quota => "the tutor quota for this minute is used up; retry later",
-                    ShedReason::QueueFull | ShedReason::QueueTimeout => {
+                    ShedReason::QueueFull | ShedReason::QueueTimeout | ShedReason::QueueWait => {
                         "the tutors are busy right now; retry shortly"
                     }
                 };

@@ -2,6 +2,7 @@
 
 mod encoding;
 mod error;
+mod quotas;
 mod security;
 mod state;
 pub mod stream;
@@ -198,6 +199,9 @@ pub struct HealthStatus {
     /// Gemini API keys configured and in rotation (readiness only, with Gemini).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyRotation>,
+    /// Each model's quota window and remaining budget (readiness only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<std::collections::BTreeMap<String, quotas::ModelQuotaView>>,
 }
 
 /// How many Gemini API keys can be used now.
@@ -406,6 +410,7 @@ pub async fn health() -> Json<HealthStatus> {
         redis: None,
         circuits: None,
         api_keys: None,
+        quotas: None,
     })
 }
 
@@ -430,6 +435,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             .router()
             .key_counts()
             .map(|(total, in_rotation)| KeyRotation { total, in_rotation }),
+        quotas: Some(quotas::model_quotas(&state.chat).await),
     };
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
@@ -481,6 +487,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         AgentSummary,
         HealthStatus,
         KeyRotation,
+        quotas::ModelQuotaView,
         ErrorBody,
         ErrorObject,
         Usage

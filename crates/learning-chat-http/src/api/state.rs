@@ -105,9 +105,8 @@ impl AppState {
         self.process_metrics.collect();
         self.chat.refresh_memory_gauges().await;
         learning_chat_engine::cache::metrics::cache_entries(self.chat.cache().memory_entries());
-        learning_chat_engine::admission::metrics::quota_window_used(
-            self.chat.quota().requests_in_window().await,
-        );
+        // Sets every model's quota gauges and the service's total.
+        self.chat.quotas().status().await;
         learning_chat_engine::admission::metrics::upstream_in_flight(
             self.chat.admission().in_flight(),
         );

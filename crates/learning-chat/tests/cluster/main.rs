@@ -11,6 +11,7 @@ mod auth_limits;
 mod ha_load;
 mod key_limits_cluster;
 mod keys_store;
+mod model_quotas;
 mod nginx;
 mod quota;
 mod redis_cluster;

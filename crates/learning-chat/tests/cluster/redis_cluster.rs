@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The key of the quota's requests, whose slot's master is killed.
-const QUOTA_KEY: &str = "learning-chat:quota:{quota}:requests";
+const QUOTA_KEY: &str = "learning-chat:quota:{model:gemini-2.5-flash}:requests";
 
 async fn servers(cluster: &RedisCluster, sim: &gemini_sim::SimServer) -> Vec<TestApp> {
     servers_with(cluster, sim, |_| {}).await

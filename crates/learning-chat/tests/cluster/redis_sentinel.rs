@@ -81,7 +81,10 @@ async fn a_master_killed_under_load_costs_no_request_and_the_service_follows_the
     // The shared state now lives on the promoted replica: the quota's reservations, and
     // answers written after the failover (the quota being spent, popular answers are asked for).
     let promoted_node = &group.replica;
-    let quota = promoted_node.cli(&["ZCARD", "learning-chat:quota:{quota}:requests"]);
+    let quota = promoted_node.cli(&[
+        "ZCARD",
+        "learning-chat:quota:{model:gemini-2.5-flash}:requests",
+    ]);
     // Every call sent is counted there (lost un-replicated entries were written back).
     let counted = quota.parse::<u64>().unwrap_or(0);
     assert!(

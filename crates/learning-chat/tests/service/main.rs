@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod metrics_listener;
 mod metrics_upstream;
+mod model_quotas;
 mod plan;
 mod redis_link;
 mod reliability;

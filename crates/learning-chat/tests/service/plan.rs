@@ -2,7 +2,9 @@
 //! server's share of the quota, Little's law for calls in flight), and its CLI prints it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
-use learning_chat::plan::{class_monthly_cost, plan, PlanInput, Price};
+use learning_chat::plan::{
+    class_monthly_cost, parse_chain_model, plan, ChainModel, PlanInput, Price,
+};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6 * b.abs().max(1.0)
@@ -285,4 +287,55 @@ fn several_keys_multiply_the_quota_and_fallbacks_blend_the_price() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("3 keys x 1,000"), "{text}");
     assert!(text.contains("25% answered by the fallback"), "{text}");
+}
+
+#[test]
+fn a_chain_with_per_model_quotas_spills_the_peak_over_and_prices_each_model() {
+    // The seed's peak (4687.5 RPM needed) on Flash (1000 RPM, $0.001) then Flash-Lite (4000
+    // RPM, $0.0004): Flash answers its 1000 RPM, Flash-Lite the other 3687.5.
+    let input = PlanInput {
+        chain: vec![
+            parse_chain_model("gemini-2.5-flash=1000").unwrap(),
+            parse_chain_model("gemini-2.5-flash-lite=4000:0.0004").unwrap(),
+        ],
+        ..PlanInput::seed()
+    };
+    let result = plan(&input).unwrap();
+    assert!(result.quota_fits, "5000 RPM together");
+    assert!(close(result.effective_rpm_quota, 5000.0));
+    let [flash, lite] = &result.per_model[..] else {
+        panic!("{:?}", result.per_model)
+    };
+    assert!(close(flash.peak_rpm, 1000.0));
+    assert!(close(lite.peak_rpm, 3687.5));
+    assert!(close(flash.share + lite.share, 1.0));
+    assert!(close(flash.requests_per_month, 300_000.0 * 1000.0 / 4687.5));
+    assert!(close(flash.monthly_cost, flash.requests_per_month * 0.001));
+    assert!(close(lite.monthly_cost, lite.requests_per_month * 0.0004));
+    assert!(close(
+        result.monthly_upstream_cost,
+        flash.monthly_cost + lite.monthly_cost
+    ));
+    // Every call the chain sends is in flight somewhere: 4687.5 RPM x 2.8 s.
+    assert!(close(result.upstream_in_flight, 4687.5 / 60.0 * 2.8));
+    // Below Flash's quota nothing spills over.
+    let quiet = plan(&PlanInput {
+        peak_rpm: Some(600.0),
+        ..input.clone()
+    })
+    .unwrap();
+    assert!(close(quiet.per_model[0].share, 1.0));
+    assert!(close(quiet.per_model[1].requests_per_month, 0.0));
+    // Without the chain the same peak EXCEEDS the primary's quota alone.
+    assert!(!plan(&PlanInput::seed()).unwrap().quota_fits);
+    assert_eq!(
+        parse_chain_model("m=10:0.5").unwrap(),
+        ChainModel {
+            model: "m".to_owned(),
+            rpm_quota: 10.0,
+            price: Some(Price::PerRequest(0.5)),
+        }
+    );
+    assert!(parse_chain_model("no-equals").is_err());
+    assert!(parse_chain_model("m=lots").is_err());
 }

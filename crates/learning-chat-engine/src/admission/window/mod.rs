@@ -203,6 +203,12 @@ impl WindowLimiter {
         self
     }
 
+    /// True while `scope` holds calls decided in process that Redis has not been given yet:
+    /// they are written back at its next reservation, so one must be made.
+    pub fn has_unpublished(&self, scope: &str) -> bool {
+        self.scopes.lock().get(scope).is_some_and(|s| s.unpublished)
+    }
+
     /// Bytes its local windows hold now.
     pub fn local_bytes(&self) -> usize {
         self.scopes.lock().bytes()
