@@ -240,3 +240,59 @@ async fn without_spill_over_the_primary_answers_its_quota_and_the_rest_are_refus
     assert_eq!((calls(&sim, FLASH), calls(&sim, LITE)), (20, 0));
     app.stop().await.unwrap();
 }
+
+/// Sends `message` as a follow-up in conversation `id`.
+async fn follow_up(app: &TestApp, id: &str, message: &str) -> (StatusCode, Value) {
+    let reply = app
+        .client
+        .post(app.url("/api/v1/agents/tutor"))
+        .json(&serde_json::json!({ "message": message, "conversation_id": id }))
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status();
+    (status, reply.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_follow_up_whose_answer_is_cached_is_served_while_the_quota_refuses_the_rest() {
+    let (sim, app, _agents) = start(false, 50).await;
+    // One learner asks and follows up: two calls, both answers cached.
+    let first = ask(&app, "what is a fraction".to_owned()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let (status, body) = follow_up(
+        &app,
+        first.body["conversation_id"].as_str().unwrap(),
+        "and a decimal?",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cached"], false);
+    // Another learner asks the same first question: the cached answer, a conversation of its own.
+    let second = ask(&app, "what is a fraction".to_owned()).await;
+    assert_eq!(second.body["cached"], true);
+    // Distinct questions spend the rest of the quota; a new one is then refused.
+    ask_all(&app, &questions(30)).await;
+    let refused = ask(&app, "a question nobody asked".to_owned()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    let spent = calls(&sim, FLASH);
+    // The second learner's follow-up has the same history and question: its answer is cached,
+    // so the full quota does not refuse it and no call is made.
+    let (status, body) = follow_up(
+        &app,
+        second.body["conversation_id"].as_str().unwrap(),
+        "and a decimal?",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cached"], true);
+    assert_eq!(body["turn"], 2);
+    assert_eq!(calls(&sim, FLASH), spent);
+    assert_eq!(spent, u64::from(RPM));
+    app.stop().await.unwrap();
+}
