@@ -93,12 +93,7 @@ impl Rig {
     /// socket. Returns the status.
     pub async fn serve(&self, request: Request<Body>) -> StatusCode {
         use http_body_util::BodyExt;
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
+        let response = self.respond(request).await;
         let status = response.status();
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
@@ -109,17 +104,21 @@ impl Rig {
 
     /// Sends `request` through the router and reads the whole answer.
     pub async fn send(&self, request: Request<Body>) -> (StatusCode, axum::body::Bytes) {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
+        let response = self.respond(request).await;
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("the body reads");
         (status, body)
+    }
+
+    /// The router's response to `request`.
+    async fn respond(&self, request: Request<Body>) -> axum::response::Response {
+        self.router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible")
     }
 
     /// Asks the question once.
