@@ -209,6 +209,37 @@ impl WindowLimiter {
         self.scopes.lock().get(scope).is_some_and(|s| s.unpublished)
     }
 
+    /// How many calls of `windows` fit in `scope` at `at`, on what this process decides
+    /// (`None` while Redis decides for it). Reservations are made in order, so the calls
+    /// queued before one take that many of these slots first.
+    pub fn local_room(&self, scope_name: &str, windows: &[Window], at: Instant) -> Option<u64> {
+        let now = self.now_ms();
+        let at = self.deadline_ms(at);
+        let mut scopes = self.scopes.lock();
+        let room = match scopes.get_mut(scope_name) {
+            Some(scope) => scope.local_room(windows, at, now),
+            // Nothing reserved yet: alone, every window is empty.
+            None if self.cluster.is_none() => Some(u64::MAX),
+            None => None,
+        };
+        scopes.account(scope_name);
+        room
+    }
+
+    /// The earliest time `windows` fit in `scope` on what this process decides, without
+    /// reserving (`None` while Redis decides for it).
+    pub fn local_earliest(&self, scope_name: &str, windows: &[Window]) -> Option<Instant> {
+        let now = self.now_ms();
+        let mut scopes = self.scopes.lock();
+        let at = match scopes.get_mut(scope_name) {
+            Some(scope) if scope.local.is_some() => Some(scope.local_earliest(windows, now).0),
+            None if self.cluster.is_none() => Some(now),
+            _ => None,
+        };
+        scopes.account(scope_name);
+        at.map(|at| self.instant(at))
+    }
+
     /// Bytes its local windows hold now.
     pub fn local_bytes(&self) -> usize {
         self.scopes.lock().bytes()
