@@ -320,13 +320,29 @@ fn two_models(rpm: u32) -> ModelQuotas {
 
 /// Asks `n` distinct questions at once; returns each outcome.
 async fn ask_many(chat: &ChatService, n: usize) -> Vec<Result<Answer, ChatError>> {
-    let asks = (0..n).map(|i| async move {
-        chat.ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
-            .await?
-            .finish()
+    let timed = ask_many_timed(chat, n, 30 * SECOND).await;
+    timed.into_iter().map(|(outcome, _)| outcome).collect()
+}
+
+/// Asks `n` distinct questions at once, each with `within` to be answered; returns each
+/// outcome with when it came, from the start.
+async fn ask_many_timed(
+    chat: &ChatService,
+    n: usize,
+    within: Duration,
+) -> Vec<(Result<Answer, ChatError>, Duration)> {
+    let start = Instant::now();
+    futures::future::join_all((0..n).map(|i| async move {
+        let outcome = match chat
+            .ask(ask(chat, &format!("question {i}"), within, false))
             .await
-    });
-    futures::future::join_all(asks).await
+        {
+            Ok(reply) => reply.finish().await,
+            Err(e) => Err(e),
+        };
+        (outcome, start.elapsed())
+    }))
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -373,31 +389,18 @@ async fn without_spill_over_a_full_primary_refuses_at_once() {
         math_agent(false),
         two_models(3),
     );
-    let start = Instant::now();
-    let refusals: Vec<_> = futures::future::join_all((0..6).map(|i| {
-        let chat = &chat;
-        async move {
-            let outcome = chat
-                .ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
-                .await;
-            let outcome = match outcome {
-                Ok(reply) => reply.finish().await,
-                Err(e) => Err(e),
-            };
-            (outcome, start.elapsed())
-        }
-    }))
-    .await
-    .into_iter()
-    .filter_map(|(outcome, at)| match outcome {
-        Err(ChatError::Shed(shed)) => Some((shed, at)),
-        Ok(answer) => {
-            assert_eq!(answer.model, "primary");
-            None
-        }
-        Err(other) => panic!("{other:?}"),
-    })
-    .collect();
+    let refusals: Vec<_> = ask_many_timed(&chat, 6, 30 * SECOND)
+        .await
+        .into_iter()
+        .filter_map(|(outcome, at)| match outcome {
+            Err(ChatError::Shed(shed)) => Some((shed, at)),
+            Ok(answer) => {
+                assert_eq!(answer.model, "primary");
+                None
+            }
+            Err(other) => panic!("{other:?}"),
+        })
+        .collect();
     assert_eq!(refusals.len(), 3);
     for (shed, at) in refusals {
         // Refused before any call ended, told to come back when the first slot frees.
@@ -421,21 +424,7 @@ async fn questions_the_quota_cannot_serve_behind_the_queue_are_refused_on_arriva
         two_models(4),
         1,
     );
-    let start = Instant::now();
-    let outcomes = futures::future::join_all((0..10).map(|i| {
-        let chat = &chat;
-        async move {
-            let outcome = match chat
-                .ask(ask(chat, &format!("question {i}"), 50 * SECOND, false))
-                .await
-            {
-                Ok(reply) => reply.finish().await,
-                Err(e) => Err(e),
-            };
-            (outcome, start.elapsed())
-        }
-    }))
-    .await;
+    let outcomes = ask_many_timed(&chat, 10, 50 * SECOND).await;
     let answered = outcomes.iter().filter(|(o, _)| o.is_ok()).count();
     assert_eq!(answered, 4);
     assert_eq!(primary.calls(), 4);

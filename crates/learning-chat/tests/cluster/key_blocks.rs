@@ -4,12 +4,11 @@
 //! a block leaves unspent goes back to the key within about a second.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
+use super::key_limits_cluster::limiter_of;
 use learning_chat::auth::keys::KeyLimits;
 use learning_chat::auth::limits::{KeyLimiter, Subject};
-use learning_chat::config::{AdmissionSettings, Secret, Settings};
-use learning_chat::redis_link::RedisLink;
+use learning_chat::config::{Secret, Settings};
 use learning_chat_testkit::redis::RedisProcess;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,18 +16,7 @@ use std::time::Duration;
 async fn server(redis: &RedisProcess) -> KeyLimiter {
     let mut settings = Settings::default();
     settings.redis.url = Secret::new(redis.url());
-    let link = RedisLink::new(&settings.redis).expect("link");
-    let until = std::time::Instant::now() + Duration::from_secs(15);
-    while !link.probe().await {
-        assert!(std::time::Instant::now() < until, "Redis never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    KeyLimiter::new(
-        Some(link),
-        NonZeroU32::new(2).unwrap(),
-        Duration::from_secs(35),
-        &AdmissionSettings::default(),
-    )
+    limiter_of(&settings).await
 }
 
 /// Scripts Redis has run so far (every window decision is one).
