@@ -233,6 +233,43 @@ impl KeyLimiter {
         (most >= MIN_BLOCK).then_some(most)
     }
 
+    /// Marks the key of `key_id` as taking no block for [`BLOCK_FOR`]: Redis refused one (the
+    /// key is at its limit) or could not be reached.
+    fn hold_off_blocks(&self, limits: &KeyLimits, key_id: &str) {
+        let mark = Block {
+            limits: *limits,
+            ticket: None,
+            member: String::new(),
+            taken: 0,
+            spent: 0,
+            until: Instant::now() + BLOCK_FOR,
+            rpm_held: 0,
+            reset: Duration::ZERO,
+        };
+        self.replace_block(key_id, mark);
+    }
+
+    /// Makes `block` the key's current one; what the one it replaces left unspent goes back
+    /// to the key, in the background.
+    fn replace_block(&self, key_id: &str, block: Block) {
+        let replaced = {
+            let mut blocks = self.blocks.lock();
+            if blocks.len() >= MAX_BLOCKS {
+                let now = Instant::now();
+                blocks.retain(|_, b| b.spent < b.taken && now < b.until);
+            }
+            blocks.insert(key_id.to_owned(), block)
+        };
+        if let Some(old) = replaced.filter(|old| old.spent < old.taken) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (limiter, key_id) = (self.limiter.clone(), key_id.to_owned());
+                runtime.spawn(crate::telemetry::in_current_context(async move {
+                    give_back(&limiter, &key_id, &old).await;
+                }));
+            }
+        }
+    }
+
     /// A request granted from the key's current block, if it has one left.
     fn spend_from_block(&self, limits: &KeyLimits, key_id: &str) -> Option<Decision> {
         let mut blocks = self.blocks.lock();
@@ -288,27 +325,35 @@ impl KeyLimiter {
         let granted = match granted {
             Ok(granted) => granted,
             Err(_) => {
-                let mark = Block {
-                    limits: *limits,
-                    ticket: None,
-                    member: String::new(),
-                    taken: 0,
-                    spent: 0,
-                    until: Instant::now() + BLOCK_FOR,
-                    rpm_held: 0,
-                    reset: Duration::ZERO,
-                };
-                self.blocks.lock().insert(subject.key_id.clone(), mark);
+                self.hold_off_blocks(limits, &subject.key_id);
                 return None;
             }
         };
         if granted.ticket.local() {
-            // Redis failed meanwhile: give the block back and decide the request alone.
-            let changes = [Change::Release { window: rpm }];
+            // Redis failed meanwhile and this server decided the block alone: it stands for
+            // this one request, and requests are decided one by one until Redis is back.
+            let changes = [
+                Change::Release { window: rpm },
+                Change::Charge {
+                    window: rpm,
+                    units: 1,
+                },
+            ];
             self.limiter
                 .settle(&subject.key_id, &member, &windows, granted.ticket, &changes)
                 .await;
-            return None;
+            self.hold_off_blocks(limits, &subject.key_id);
+            return Some(Decision {
+                refused: None,
+                rpm_used: granted
+                    .windows
+                    .get(rpm)
+                    .map_or(0, |w| w.held.saturating_sub(size - 1)),
+                reset: granted.windows.get(rpm).map_or(Duration::ZERO, |w| w.reset),
+                retry_after: Duration::ZERO,
+                local: true,
+                ticket: Some(granted.ticket),
+            });
         }
         let (rpm_held, reset) = granted
             .windows
@@ -332,22 +377,7 @@ impl KeyLimiter {
             local: false,
             ticket: Some(granted.ticket),
         };
-        let replaced = {
-            let mut blocks = self.blocks.lock();
-            if blocks.len() >= MAX_BLOCKS {
-                let now = Instant::now();
-                blocks.retain(|_, b| b.spent < b.taken && now < b.until);
-            }
-            blocks.insert(subject.key_id.clone(), block)
-        };
-        if let Some(old) = replaced.filter(|old| old.spent < old.taken) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let (limiter, key_id) = (self.limiter.clone(), subject.key_id.clone());
-                runtime.spawn(crate::telemetry::in_current_context(async move {
-                    give_back(&limiter, &key_id, &old).await;
-                }));
-            }
-        }
+        self.replace_block(&subject.key_id, block);
         Some(decision)
     }
 

@@ -105,6 +105,6 @@ async fn a_cached_answer_with_a_key_allocates_no_more_than_recorded() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_cached_answer_with_redis_and_a_limited_key_allocates_no_more_than_recorded() {
     let redis = RedisProcess::start();
-    check(Profile::KeysWithLimits, Some(&redis.url()), 125).await;
+    check(Profile::KeysWithLimits, Some(&redis.url()), 72).await;
     check(Profile::Keys, Some(&redis.url()), 63).await;
 }

@@ -28,7 +28,17 @@ pub enum Profile {
 pub struct Rig {
     router: axum::Router,
     secret: Option<String>,
+    _redis_probe: Option<AbortOnDrop>,
     _dir: tempfile::TempDir,
+}
+
+/// Stops a background task with the rig.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Rig {
@@ -58,12 +68,19 @@ impl Rig {
         let app = learning_chat::Application::build(settings)
             .await
             .expect("the server builds");
+        // The server's Redis probe: what connects to Redis, and says it is up, in a running
+        // server (`run_until_stopped` starts it).
+        let redis_probe = app.state().redis.as_ref().map(|link| link.start());
         let router = learning_chat::app::router(app.state().clone());
         let rig = Rig {
             router,
             secret,
+            _redis_probe: redis_probe.map(AbortOnDrop),
             _dir: dir,
         };
+        if redis_url.is_some() {
+            rig.wait_for_redis().await;
+        }
         let (status, body) = rig.ask().await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         let (status, body) = rig.ask().await;
@@ -119,6 +136,27 @@ impl Rig {
             .oneshot(request)
             .await
             .expect("the router is infallible")
+    }
+
+    /// Waits until the server reaches Redis (`/ready`), so the Redis profiles are counted on
+    /// the path that talks to it, not on the one taken while Redis is away.
+    async fn wait_for_redis(&self) {
+        let guard = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = Request::get("/ready")
+                .body(Body::empty())
+                .expect("a request");
+            let (_, body) = self.send(request).await;
+            let state: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            if state["redis"] == "up" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < guard,
+                "the server never reached Redis: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks the question once.
