@@ -58,8 +58,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 start_service_tls() {
     SVC_PORT=$(free_port)
     env GEMINI_API_KEY=bench GEMINI_BASE_URL="$SIM_URL" LEARNING_CHAT_UPSTREAM__RPM=0 \
+        LEARNING_CHAT_METRICS__BIND="127.0.0.1:$(free_port)" \
         LEARNING_CHAT_SERVER__TLS_CERT="$OUT/tls.crt" LEARNING_CHAT_SERVER__TLS_KEY="$OUT/tls.key" \
-        "$BIN/learning-chat" serve --bind "127.0.0.1:$SVC_PORT" >"$OUT/service-tls-$SVC_PORT.log" 2>&1 &
+        "$SVC_BIN" serve --bind "127.0.0.1:$SVC_PORT" >"$OUT/service-tls-$SVC_PORT.log" 2>&1 &
     SVC_PID=$!
     PIDS+=("$SVC_PID")
     SVC_URL="https://127.0.0.1:$SVC_PORT"
