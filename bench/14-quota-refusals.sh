@@ -6,6 +6,8 @@
 # the seed's 2.8 s. Demand is several times the quota, so many questions must be refused: the
 # figures are how soon a refusal comes back (p99 of the failed requests), how long the answered
 # ones took, the refusals by reason, and that the upstream never answered 429.
+# REDIS=1 runs the server with a Redis of its own (the quota's window then lives in Redis, and
+# refusals rest on the last refusal and the queue's wake-up, not on the window itself).
 # A/B: BEFORE=/path/to/old/learning-chat bench/ab.sh 14 (or SVC_BIN=... for one side).
 source "$(dirname "$0")/common.sh"
 build_release
@@ -16,8 +18,19 @@ RPM=${RPM:-1000}
 log "== 14. quota refusals: $USERS users, 3-6 questions each, 2-5 s think, quota $RPM RPM, simulator 2.8 s"
 start_sim --preset seed --rpm "$RPM"
 METRICS_PORT=$(free_port)
-start_service LEARNING_CHAT_UPSTREAM__RPM="$RPM" LEARNING_CHAT_METRICS__BIND="127.0.0.1:$METRICS_PORT"
+redis_env=()
 name=14-quota-refusals
+if [ "${REDIS:-0}" = 1 ]; then
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        >"$OUT/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis_env=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+    name=14-quota-refusals-redis
+fi
+start_service LEARNING_CHAT_UPSTREAM__RPM="$RPM" LEARNING_CHAT_METRICS__BIND="127.0.0.1:$METRICS_PORT" \
+    "${redis_env[@]}"
 log "+ learning-chat-loadtest --host $SVC_URL --users $USERS --increase-rate 50 --run-time ${RUN_TIME}s --questions zipf --agents all --conversation 3-6 --wait 2-5"
 loadtest --host "$SVC_URL" --users "$USERS" --increase-rate 50 --run-time "${RUN_TIME}s" \
     --sim-url "$SIM_URL" --questions zipf --agents all --conversation 3-6 --wait 2-5 \
