@@ -253,6 +253,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             routes::CONVERSATION,
             get(api::get_conversation).delete(api::delete_conversation),
+        )
+        .route(
+            routes::OPENAI_MODELS,
+            get(api::openai::models).fallback(api::openai::method_not_allowed),
+        )
+        .route(
+            routes::OPENAI_CHAT_COMPLETIONS,
+            post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
         );
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {

@@ -436,15 +436,6 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Counts and logs (at most a line a second) a refused key, and answers.
-fn refusal_response(auth: &Auth, refusal: Refusal) -> Response {
-    if let Some(reason) = refusal.reason() {
-        crate::auth::metrics::auth_failure(reason);
-        auth.refusals.record(reason);
-    }
-    refusal.into_response()
-}
-
 /// A granted request's hold on its key's own limits; ended (tokens charged, lease released)
 /// when the answer is out, or when the client went away first.
 struct Held {
@@ -487,129 +478,286 @@ impl Drop for Held {
     }
 }
 
-fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: Option<&Decision>) {
-    let Some(decision) = decision.filter(|_| limits.rpm > 0) else {
-        return;
-    };
-    let remaining = u64::from(limits.rpm).saturating_sub(decision.rpm_used);
-    let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
-    for (name, value) in [
-        ("ratelimit-limit", u64::from(limits.rpm)),
-        ("ratelimit-remaining", remaining),
-        ("ratelimit-reset", reset.max(1)),
-    ] {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+/// What a request's key limits said, for the rate-limit headers of its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitState {
+    limits: KeyLimits,
+    decision: Option<Decision>,
+}
+
+impl RateLimitState {
+    /// `RateLimit-Limit/-Remaining/-Reset` (requests of the key's minute), when the key has a
+    /// requests-per-minute limit and it was checked.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        if let Some((limit, remaining, reset)) = self.requests() {
+            for (name, value) in [
+                ("ratelimit-limit", limit),
+                ("ratelimit-remaining", remaining),
+                ("ratelimit-reset", reset),
+            ] {
+                headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+            }
+        }
+    }
+
+    /// The same, plus OpenAI's names (`x-ratelimit-limit-requests`,
+    /// `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests` as a duration such as
+    /// `12s`), which OpenAI clients read.
+    pub fn write_openai(&self, headers: &mut HeaderMap) {
+        self.write(headers);
+        if let Some((limit, remaining, reset)) = self.requests() {
+            headers.insert(
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderValue::from(limit),
+            );
+            headers.insert(
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderValue::from(remaining),
+            );
+            if let Ok(reset) = HeaderValue::from_str(&format!("{reset}s")) {
+                headers.insert(HeaderName::from_static("x-ratelimit-reset-requests"), reset);
+            }
+        }
+    }
+
+    /// The key's requests per minute, those left, and whole seconds until the window moves.
+    fn requests(&self) -> Option<(u64, u64, u64)> {
+        let decision = self.decision.filter(|_| self.limits.rpm > 0)?;
+        let limit = u64::from(self.limits.rpm);
+        let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
+        Some((limit, limit.saturating_sub(decision.rpm_used), reset.max(1)))
     }
 }
 
-/// The middleware of every `/api/` route with `auth.mode = "required"`.
+/// A request with a valid key, not yet admitted under the key's limits: the OpenAI-compatible
+/// endpoints name the agent (and the learner) in the body, so their handlers admit the request
+/// once they have read it ([`Identified::admit`]).
+#[derive(Clone)]
+pub struct Identified {
+    auth: Arc<Auth>,
+    held: Arc<key_set::HeldKey>,
+}
+
+impl std::fmt::Debug for Identified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Identified").field(&self.held.id).finish()
+    }
+}
+
+impl Identified {
+    /// True when the key may ask `agent`.
+    pub fn allows_agent(&self, agent: &str) -> bool {
+        self.held.key.allows_agent(agent)
+    }
+
+    /// Admits a question to `agent` under the key's limits, for `learner` (as sent: hashed
+    /// here), exactly as the middleware admits a native question.
+    pub async fn admit(&self, agent: &str, learner: Option<&str>) -> Result<Admitted, Refused> {
+        let learner = learner.map(|v| self.auth.learner_id(&self.held, v));
+        self.auth
+            .admit(&self.held, Some(agent), learner, true)
+            .await
+    }
+}
+
+/// An admitted request: its caller (with the bill of a question) and what its limits said.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Who calls; goes with the question to the engine.
+    pub caller: Caller,
+    /// For the answer's rate-limit headers.
+    pub rate: RateLimitState,
+}
+
+/// A refused request: why, and what its limits said (counted in the metrics already).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub refusal: Refusal,
+    /// For the answer's rate-limit headers (a 429 says when the window moves).
+    pub rate: Option<RateLimitState>,
+}
+
+impl Refused {
+    fn plain(refusal: Refusal) -> Refused {
+        Refused {
+            refusal,
+            rate: None,
+        }
+    }
+
+    /// The answer in the service's own error shape.
+    pub fn into_native_response(self) -> Response {
+        let mut response = self.refusal.into_response();
+        if let Some(rate) = self.rate {
+            rate.write(response.headers_mut());
+        }
+        response
+    }
+}
+
+impl Auth {
+    /// The hashed learner id of `learner` for the key `held`.
+    fn learner_id(&self, held: &key_set::HeldKey, learner: &str) -> Arc<str> {
+        Arc::from(keys::hash_learner(&self.pepper, &held.key.id, learner))
+    }
+
+    /// Counts a refusal of the key check (not of a limit) in the metrics and the refusal log.
+    fn count(&self, refusal: &Refusal) {
+        if let Some(reason) = refusal.reason() {
+            crate::auth::metrics::auth_failure(reason);
+            self.refusals.record(reason);
+        }
+    }
+
+    /// The key whose secret the request carries.
+    fn identify(&self, headers: &HeaderMap) -> Result<Arc<key_set::HeldKey>, Refused> {
+        let found = presented_secret(headers)
+            .ok_or(Refusal::Missing)
+            .and_then(|secret| self.lookup(secret));
+        found.map_err(|refusal| {
+            self.count(&refusal);
+            Refused::plain(refusal)
+        })
+    }
+
+    /// Admits a request of the key `held`: asking `agent` (when it asks one), for `learner`
+    /// (hashed); `spends` when it counts against the key's limits (questions, conversation
+    /// reads and erasures; listing agents needs a key but spends no budget).
+    async fn admit(
+        self: &Arc<Self>,
+        held: &Arc<key_set::HeldKey>,
+        agent: Option<&str>,
+        learner: Option<Arc<str>>,
+        spends: bool,
+    ) -> Result<Admitted, Refused> {
+        let key = &held.key;
+        if agent.is_some_and(|agent| !key.allows_agent(agent)) {
+            self.count(&Refusal::AgentNotAllowed);
+            return Err(Refused::plain(Refusal::AgentNotAllowed));
+        }
+        tracing::debug!(key_id = %key.id, "api key accepted");
+        if key.require_learner && learner.is_none() {
+            self.count(&Refusal::LearnerRequired);
+            return Err(Refused::plain(Refusal::LearnerRequired));
+        }
+        self.keys.mark_used(held);
+        let key_id = held.id.clone();
+        let mut caller = Caller {
+            key_id: key_id.clone(),
+            name: held.name.clone(),
+            learner: learner.clone(),
+            weight: key.weight.max(1),
+            bill: None,
+        };
+        let mut rate = RateLimitState {
+            limits: key.limits,
+            decision: None,
+        };
+        if !spends {
+            return Ok(Admitted { caller, rate });
+        }
+        let requests = held.requests(|id| self.labels.label(id)).clone();
+        // Keys without a `concurrency` of their own: a per-server count on the held key, no
+        // limiter work at all.
+        let in_flight = match (key.limits.concurrency, self.default_concurrency) {
+            (0, max) if max > 0 => match held.enter(max) {
+                Some(in_flight) => Some(in_flight),
+                None => {
+                    crate::auth::metrics::key_limited(
+                        &requests.label,
+                        LimitKind::KeyConcurrency.code(),
+                    );
+                    return Err(Refused::plain(Refusal::Limited {
+                        limit: LimitKind::KeyConcurrency,
+                        retry_after: Duration::from_secs(1),
+                    }));
+                }
+            },
+            _ => None,
+        };
+        // The key's own limits, when it has any: one limiter decision (one Redis script call).
+        let mut hold = None;
+        if KeyLimiter::applies(&key.limits, learner.is_some()) {
+            let subject = Subject {
+                key_id: key.id.clone(),
+                learner: learner.as_deref().map(str::to_owned),
+                member: uuid::Uuid::new_v4().to_string(),
+            };
+            let decided = self.limiter.acquire(&key.limits, &subject).await;
+            rate.decision = Some(decided);
+            if let Some(limit) = decided.refused {
+                crate::auth::metrics::key_limited(&requests.label, limit.code());
+                return Err(Refused {
+                    refusal: Refusal::Limited {
+                        limit,
+                        retry_after: decided.retry_after.max(Duration::from_secs(1)),
+                    },
+                    rate: Some(rate),
+                });
+            }
+            hold = Some(Held {
+                auth: self.clone(),
+                limits: key.limits,
+                subject,
+                decision: decided,
+                done: false,
+            });
+        }
+        let tab = Arc::new(Tab {
+            auth: self.clone(),
+            requests,
+            key_id,
+            learner,
+            held: hold,
+            _in_flight: in_flight,
+            cost: std::sync::OnceLock::new(),
+        });
+        caller.bill = Some(Bill(tab));
+        Ok(Admitted { caller, rate })
+    }
+}
+
+/// The learner id header's value, when the request has a usable one.
+pub fn learner_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(LEARNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The middleware of every `/api/` and `/v1/` route with `auth.mode = "required"`. The
+/// OpenAI-compatible routes (`/v1/`) are only identified here (and refused in OpenAI's error
+/// shape): their handlers admit them once they have read the agent from the body.
 pub async fn require_key(
     State(auth): State<Arc<Auth>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(secret) = presented_secret(request.headers()) else {
-        return refusal_response(&auth, Refusal::Missing);
-    };
-    let held = match auth.lookup(secret) {
+    let path = request.uri().path();
+    let openai = crate::routes::is_openai(path);
+    let held = match auth.identify(request.headers()) {
         Ok(held) => held,
-        Err(refusal) => return refusal_response(&auth, refusal),
+        Err(refused) if openai => return crate::api::openai::refused(refused),
+        Err(refused) => return refused.into_native_response(),
     };
-    let key = &held.key;
-    let agent = crate::routes::agent_of(request.uri().path()).map(str::to_owned);
-    if let Some(agent) = &agent {
-        if !key.allows_agent(agent) {
-            return refusal_response(&auth, Refusal::AgentNotAllowed);
-        }
-    }
-    let key_id = held.id.clone();
-    tracing::debug!(key_id = %key.id, "api key accepted");
-    let learner = request
-        .headers()
-        .get(LEARNER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| Arc::<str>::from(keys::hash_learner(&auth.pepper, &key.id, v)));
-    if key.require_learner && learner.is_none() {
-        return refusal_response(&auth, Refusal::LearnerRequired);
-    }
-    auth.keys.mark_used(&held);
-    let mut caller = Caller {
-        key_id: key_id.clone(),
-        name: held.name.clone(),
-        learner: learner.clone(),
-        weight: key.weight.max(1),
-        bill: None,
-    };
-    // Questions and conversation reads/erasures count against the key's limits (an erasure
-    // loop must not run unbounded); listing agents needs a key but spends no budget.
-    if agent.is_none() && !crate::routes::is_conversation(request.uri().path()) {
-        request.extensions_mut().insert(caller);
+    if openai {
+        request.extensions_mut().insert(Identified { auth, held });
         return next.run(request).await;
     }
-    let requests = held.requests(|id| auth.labels.label(id)).clone();
-    // Keys without a `concurrency` of their own: a per-server count on the held key, no
-    // limiter work at all.
-    let in_flight = match (key.limits.concurrency, auth.default_concurrency) {
-        (0, max) if max > 0 => match held.enter(max) {
-            Some(in_flight) => Some(in_flight),
-            None => {
-                crate::auth::metrics::key_limited(
-                    &requests.label,
-                    LimitKind::KeyConcurrency.code(),
-                );
-                return Refusal::Limited {
-                    limit: LimitKind::KeyConcurrency,
-                    retry_after: Duration::from_secs(1),
-                }
-                .into_response();
-            }
-        },
-        _ => None,
+    let agent = crate::routes::agent_of(path).map(str::to_owned);
+    // Questions and conversation reads/erasures count against the key's limits (an erasure
+    // loop must not run unbounded); listing agents needs a key but spends no budget.
+    let spends = agent.is_some() || crate::routes::is_conversation(path);
+    let learner = learner_header(request.headers()).map(|v| auth.learner_id(&held, v));
+    let admitted = match auth.admit(&held, agent.as_deref(), learner, spends).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_native_response(),
     };
-    // The key's own limits, when it has any: one limiter decision (one Redis script call).
-    let mut decision = None;
-    let mut hold = None;
-    if KeyLimiter::applies(&key.limits, learner.is_some()) {
-        let subject = Subject {
-            key_id: key.id.clone(),
-            learner: learner.as_deref().map(str::to_owned),
-            member: uuid::Uuid::new_v4().to_string(),
-        };
-        let decided = auth.limiter.acquire(&key.limits, &subject).await;
-        if let Some(limit) = decided.refused {
-            crate::auth::metrics::key_limited(&requests.label, limit.code());
-            let mut response = Refusal::Limited {
-                limit,
-                retry_after: decided.retry_after.max(Duration::from_secs(1)),
-            }
-            .into_response();
-            rate_limit_headers(response.headers_mut(), &key.limits, Some(&decided));
-            return response;
-        }
-        decision = Some(decided);
-        hold = Some(Held {
-            auth: auth.clone(),
-            limits: key.limits,
-            subject,
-            decision: decided,
-            done: false,
-        });
-    }
-    let tab = Arc::new(Tab {
-        auth: auth.clone(),
-        requests,
-        key_id,
-        learner,
-        held: hold,
-        _in_flight: in_flight,
-        cost: std::sync::OnceLock::new(),
-    });
-    caller.bill = Some(Bill(tab));
-    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(admitted.caller);
     let mut response = next.run(request).await;
-    rate_limit_headers(response.headers_mut(), &key.limits, decision.as_ref());
+    admitted.rate.write(response.headers_mut());
     // The request's bill is settled when its last holder lets go: here, as the handler's
     // extensions were dropped with the request, for an answer sent whole; at its end for a
     // stream, which holds it.
