@@ -728,8 +728,9 @@ pub fn learner_header(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The middleware of every `/api/` and `/v1/` route with `auth.mode = "required"`. The
-/// OpenAI-compatible routes (`/v1/`) are only identified here (and refused in OpenAI's error
-/// shape): their handlers admit them once they have read the agent from the body.
+/// OpenAI-compatible routes (`/v1/`) are refused in OpenAI's error shape, and hand their
+/// handlers the key ([`Identified`]): `/v1/chat/completions` names its agent and learner in
+/// the body, so its handler admits the question once it has read them.
 pub async fn require_key(
     State(auth): State<Arc<Auth>>,
     mut request: Request,
@@ -737,12 +738,18 @@ pub async fn require_key(
 ) -> Response {
     let path = request.uri().path();
     let openai = crate::routes::is_openai(path);
+    let refuse = |refused: Refused| {
+        if openai {
+            crate::api::openai::refused(refused)
+        } else {
+            refused.into_native_response()
+        }
+    };
     let held = match auth.identify(request.headers()) {
         Ok(held) => held,
-        Err(refused) if openai => return crate::api::openai::refused(refused),
-        Err(refused) => return refused.into_native_response(),
+        Err(refused) => return refuse(refused),
     };
-    if openai {
+    if path == crate::routes::OPENAI_CHAT_COMPLETIONS {
         request.extensions_mut().insert(Identified { auth, held });
         return next.run(request).await;
     }
@@ -753,8 +760,11 @@ pub async fn require_key(
     let learner = learner_header(request.headers()).map(|v| auth.learner_id(&held, v));
     let admitted = match auth.admit(&held, agent.as_deref(), learner, spends).await {
         Ok(admitted) => admitted,
-        Err(refused) => return refused.into_native_response(),
+        Err(refused) => return refuse(refused),
     };
+    if openai {
+        request.extensions_mut().insert(Identified { auth, held });
+    }
     request.extensions_mut().insert(admitted.caller);
     let mut response = next.run(request).await;
     admitted.rate.write(response.headers_mut());
