@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every learning-chat benchmark on this machine, loopback only, against release builds:
 #   bench/run-all.sh            (about 16 minutes after the build; ONLY="13" adds the 15-minute
-#                                memory-budget benchmark, which is not in the default list)
+#                                memory-budget benchmark, which is not in the default list, as
+#                                are 14 (quota refusals) and 15 (the OpenAI-compatible API))
 # Results: bench/out/<run>/ (raw outputs, facts.tsv, summary.md); bench/RESULTS.md records a run.
 # Env: CARGO_TARGET_DIR, BENCH_OUT, LOAD_WAIT_MAX (s to wait for a quieter machine, default 180),
 #      ONLY="1 3" (run some benchmarks only), and each script's own knobs (see their headers).
@@ -45,7 +46,8 @@ done
 scripts=(bench/01-seed-profile.sh bench/02-throughput.sh bench/03-cache-hits.sh bench/04-overhead.sh
          bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh \
          bench/08-conversations.sh bench/09-http2.sh bench/10-tracing.sh \
-         bench/11-auth.sh bench/12-streaming.sh bench/13-memory-budget.sh)
+         bench/11-auth.sh bench/12-streaming.sh bench/13-memory-budget.sh \
+         bench/14-quota-refusals.sh bench/15-openai-cached.sh)
 for n in $ONLY; do
     script=${scripts[$((n - 1))]}
     echo
