@@ -536,6 +536,8 @@ impl RateLimitState {
 pub struct Identified {
     auth: Arc<Auth>,
     held: Arc<key_set::HeldKey>,
+    /// The hashed `X-Learner-Id`, when the request has one (it wins over a body's learner).
+    learner: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Identified {
@@ -550,10 +552,16 @@ impl Identified {
         self.held.key.allows_agent(agent)
     }
 
-    /// Admits a question to `agent` under the key's limits, for `learner` (as sent: hashed
-    /// here), exactly as the middleware admits a native question.
+    /// Admits a question to `agent` under the key's limits, exactly as the middleware admits
+    /// a native question: for the request's `X-Learner-Id`, else for `learner` from the body
+    /// (as sent: hashed here).
     pub async fn admit(&self, agent: &str, learner: Option<&str>) -> Result<Admitted, Refused> {
-        let learner = learner.map(|v| self.auth.learner_id(&self.held, v));
+        let learner = self.learner.clone().or_else(|| {
+            learner
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| self.auth.learner_id(&self.held, v))
+        });
         self.auth
             .admit(&self.held, Some(agent), learner, true)
             .await
@@ -719,7 +727,7 @@ impl Auth {
 }
 
 /// The learner id header's value, when the request has a usable one.
-pub fn learner_header(headers: &HeaderMap) -> Option<&str> {
+fn learner_header(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(LEARNER_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -749,21 +757,32 @@ pub async fn require_key(
         Ok(held) => held,
         Err(refused) => return refuse(refused),
     };
+    let learner = learner_header(request.headers()).map(|v| auth.learner_id(&held, v));
     if path == crate::routes::OPENAI_CHAT_COMPLETIONS {
-        request.extensions_mut().insert(Identified { auth, held });
+        let identified = Identified {
+            auth,
+            held,
+            learner,
+        };
+        request.extensions_mut().insert(identified);
         return next.run(request).await;
     }
     let agent = crate::routes::agent_of(path).map(str::to_owned);
     // Questions and conversation reads/erasures count against the key's limits (an erasure
     // loop must not run unbounded); listing agents needs a key but spends no budget.
     let spends = agent.is_some() || crate::routes::is_conversation(path);
-    let learner = learner_header(request.headers()).map(|v| auth.learner_id(&held, v));
     let admitted = match auth.admit(&held, agent.as_deref(), learner, spends).await {
         Ok(admitted) => admitted,
         Err(refused) => return refuse(refused),
     };
     if openai {
-        request.extensions_mut().insert(Identified { auth, held });
+        // `/v1/models` lists the agents the key may use; nothing there reads a learner.
+        let identified = Identified {
+            auth,
+            held,
+            learner: None,
+        };
+        request.extensions_mut().insert(identified);
     }
     request.extensions_mut().insert(admitted.caller);
     let mut response = next.run(request).await;

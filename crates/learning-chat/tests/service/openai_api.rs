@@ -363,3 +363,33 @@ async fn the_openapi_document_describes_the_openai_compatible_api() {
     assert!(schemas["ChatCompletion"]["properties"]["cached"].is_object());
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_user_field_is_the_learner_for_per_learner_limits_unless_a_header_names_one() {
+    let mut settings = offline_settings();
+    require_keys(&mut settings, PEPPER);
+    let key = add_key(&settings, |k| k.limits.learner_rpm = 1).await;
+    let app = spawn_app(settings).await;
+    let ask = |user: &str, header: Option<&str>| {
+        let mut request = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "math", "user": user,
+                          "messages": [{"role": "user", "content": "What is 3 + 4?"}]}));
+        if let Some(header) = header {
+            request = request.header("x-learner-id", header);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(ask("ada", None).await, StatusCode::OK);
+    assert_eq!(ask("ada", None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(ask("grace", None).await, StatusCode::OK);
+    // The header names the learner: `ada` in the body does not count against ada's minute.
+    assert_eq!(ask("ada", Some("alan")).await, StatusCode::OK);
+    assert_eq!(
+        ask("grace", Some("alan")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.stop().await.unwrap();
+}

@@ -22,12 +22,12 @@ use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Identified, RateLimitState};
 use crate::routes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cut::{Cut, Ended};
-use learning_chat_engine::chat::{Answer, Ask, ChatError};
+use learning_chat_engine::chat::{Answer, AnswerText, Ask, ChatError};
 use request::Completion;
 use std::time::Instant as StdInstant;
 use tokio::time::Instant;
@@ -105,12 +105,11 @@ pub async fn models(
 pub async fn chat_completions(
     State(state): State<AppState>,
     key: Option<Extension<Identified>>,
-    headers: HeaderMap,
     body: Result<ApiJson<ChatCompletionRequest>, ApiError>,
 ) -> Response {
     let started = StdInstant::now();
     let mut rate = None;
-    match complete(&state, key, &headers, body, started, &mut rate).await {
+    match complete(&state, key, body, started, &mut rate).await {
         Ok(mut response) => {
             if let Some(rate) = rate {
                 rate.write_openai(response.headers_mut());
@@ -125,7 +124,6 @@ pub async fn chat_completions(
 async fn complete(
     state: &AppState,
     key: Option<Extension<Identified>>,
-    headers: &HeaderMap,
     body: Result<ApiJson<ChatCompletionRequest>, ApiError>,
     started: StdInstant,
     rate: &mut Option<RateLimitState>,
@@ -141,19 +139,16 @@ async fn complete(
     // The key's limits, as the middleware applies them to native questions: the agent and
     // the learner were in the body.
     let caller = match key {
-        Some(Extension(key)) => {
-            let learner = crate::auth::learner_header(headers).or(completion.user.as_deref());
-            match key.admit(agent.id(), learner).await {
-                Ok(admitted) => {
-                    *rate = Some(admitted.rate);
-                    Some(admitted.caller)
-                }
-                Err(refused) => {
-                    *rate = refused.rate;
-                    return Err(refused_error(refused.refusal, &completion.model, state));
-                }
+        Some(Extension(key)) => match key.admit(agent.id(), completion.user.as_deref()).await {
+            Ok(admitted) => {
+                *rate = Some(admitted.rate);
+                Some(admitted.caller)
             }
-        }
+            Err(refused) => {
+                *rate = refused.rate;
+                return Err(refused_error(refused.refusal, &completion.model, state));
+            }
+        },
         None => None,
     };
     let Completion {
@@ -234,9 +229,9 @@ impl Shape {
 /// A whole answer as a `chat.completion`.
 fn whole(shape: Shape, answer: Answer, mut cut: Cut) -> Result<Response, OpenAiError> {
     let content = if cut.is_none() {
-        answer.text.to_string()
+        answer.text.clone()
     } else {
-        cut.whole(&answer.text)
+        AnswerText::Owned(cut.whole(&answer.text))
     };
     let body = ChatCompletion {
         id: shape.id,

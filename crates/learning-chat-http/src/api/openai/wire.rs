@@ -157,8 +157,9 @@ pub struct Choice {
 pub struct AssistantMessage {
     /// `assistant`.
     pub role: String,
-    /// The answer text.
-    pub content: String,
+    /// The answer text (a cached answer's own text, not a copy).
+    #[schema(value_type = String)]
+    pub content: learning_chat_engine::chat::AnswerText,
 }
 
 /// OpenAI's usage block.
