@@ -568,6 +568,7 @@ fn charge(auth: &Auth, requests: &metrics::KeyRequests, cost: Option<AnswerCost>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn the_secret_comes_from_either_header() {
