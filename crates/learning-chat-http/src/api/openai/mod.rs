@@ -61,15 +61,15 @@ pub async fn models(
         .filter(|a| key.as_ref().is_none_or(|k| k.allows_agent(a.id())))
         .map(|a| Model {
             id: a.definition.id.clone(),
-            object: "model".to_owned(),
+            object: "model",
             created,
-            owned_by: OWNER.to_owned(),
+            owned_by: OWNER,
             name: a.definition.name.clone(),
             description: a.definition.description.clone(),
         })
         .collect();
     Json(ModelList {
-        object: "list".to_owned(),
+        object: "list",
         data,
     })
 }
@@ -235,16 +235,16 @@ fn whole(shape: Shape, answer: Answer, mut cut: Cut) -> Result<Response, OpenAiE
     };
     let body = ChatCompletion {
         id: shape.id,
-        object: "chat.completion".to_owned(),
+        object: "chat.completion",
         created: shape.created,
         model: shape.model,
         choices: vec![Choice {
             index: 0,
             message: AssistantMessage {
-                role: "assistant".to_owned(),
+                role: "assistant",
                 content,
             },
-            finish_reason: finish_reason(&answer, cut.ended()).to_owned(),
+            finish_reason: finish_reason(&answer, cut.ended()),
         }],
         usage: answer.usage.into(),
         cached: answer.cached,
@@ -299,7 +299,7 @@ impl Chunks {
     fn chunk(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.shape.id.clone(),
-            object: "chat.completion.chunk".to_owned(),
+            object: "chat.completion.chunk",
             created: self.shape.created,
             model: self.shape.model.clone(),
             choices,
@@ -311,7 +311,7 @@ impl Chunks {
 
     /// A chunk with the next piece of content (the first one also says the role).
     fn content(&mut self, content: String) -> Event {
-        let role = (!self.role_sent).then(|| "assistant".to_owned());
+        let role = (!self.role_sent).then_some("assistant");
         self.role_sent = true;
         data(&self.chunk(vec![ChunkChoice {
             index: 0,
@@ -343,10 +343,10 @@ impl StreamFormat for Chunks {
         let mut last = self.chunk(vec![ChunkChoice {
             index: 0,
             delta: Delta {
-                role: (!self.role_sent).then(|| "assistant".to_owned()),
+                role: (!self.role_sent).then_some("assistant"),
                 content: None,
             },
-            finish_reason: Some(finish_reason(&answer, self.cut.ended()).to_owned()),
+            finish_reason: Some(finish_reason(&answer, self.cut.ended())),
         }]);
         last.cached = Some(answer.cached);
         last.conversation_id = answer.conversation_id.clone();

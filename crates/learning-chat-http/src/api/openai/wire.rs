@@ -116,12 +116,12 @@ pub struct StreamOptions {
 }
 
 /// The answer: a `chat.completion`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-...`, unique per response.
     pub id: String,
     /// `chat.completion`.
-    pub object: String,
+    pub object: &'static str,
     /// Unix seconds.
     pub created: u64,
     /// The tutor (agent id) that answered, as asked.
@@ -142,28 +142,28 @@ pub struct ChatCompletion {
 }
 
 /// The one choice of an answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Choice {
     /// 0.
     pub index: u32,
     /// The tutor's message.
     pub message: AssistantMessage,
     /// `stop`, `length` (cut by `max_tokens` or the tutor's own limit) or `content_filter`.
-    pub finish_reason: String,
+    pub finish_reason: &'static str,
 }
 
 /// The tutor's message.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AssistantMessage {
     /// `assistant`.
-    pub role: String,
+    pub role: &'static str,
     /// The answer text (a cached answer's own text, not a copy).
     #[schema(value_type = String)]
     pub content: learning_chat_engine::chat::AnswerText,
 }
 
 /// OpenAI's usage block.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct CompletionUsage {
     /// Input tokens.
     pub prompt_tokens: u32,
@@ -184,12 +184,12 @@ impl From<Usage> for CompletionUsage {
 }
 
 /// One `chat.completion.chunk` of a stream.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     /// The same `chatcmpl-...` in every chunk of a stream.
     pub id: String,
     /// `chat.completion.chunk`.
-    pub object: String,
+    pub object: &'static str,
     /// Unix seconds.
     pub created: u64,
     /// The tutor (agent id).
@@ -208,7 +208,7 @@ pub struct ChatCompletionChunk {
 }
 
 /// The choice of a chunk.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChunkChoice {
     /// 0.
     pub index: u32,
@@ -216,40 +216,40 @@ pub struct ChunkChoice {
     /// the last.
     pub delta: Delta,
     /// `null` until the last chunk.
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<&'static str>,
 }
 
 /// A chunk's piece of the message.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Delta {
     /// `assistant`, in the first chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<&'static str>,
     /// The next piece of the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
 }
 
 /// `GET /v1/models`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     /// `list`.
-    pub object: String,
+    pub object: &'static str,
     /// One model per tutor the key may use, sorted by id.
     pub data: Vec<Model>,
 }
 
 /// A tutor as an OpenAI model.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Model {
     /// The agent id: pass it as `model`.
     pub id: String,
     /// `model`.
-    pub object: String,
+    pub object: &'static str,
     /// Unix seconds: when this server started serving it.
     pub created: u64,
     /// `learning-chat`.
-    pub owned_by: String,
+    pub owned_by: &'static str,
     /// Extension: the tutor's display name.
     pub name: String,
     /// Extension: what the tutor covers.
