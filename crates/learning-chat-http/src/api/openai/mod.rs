@@ -219,7 +219,14 @@ struct Shape {
 impl Shape {
     fn new(model: String) -> Shape {
         Shape {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            id: {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let uuid = uuid::Uuid::new_v4().simple().encode_lower(&mut buffer);
+                let mut id = String::with_capacity(9 + uuid.len());
+                id.push_str("chatcmpl-");
+                id.push_str(uuid);
+                id
+            },
             created: unix_now(),
             model,
         }

@@ -3,7 +3,7 @@
 
 use super::cut::Cut;
 use super::error::OpenAiError;
-use super::wire::{ChatCompletionRequest, Content, Message};
+use super::wire::{ChatCompletionRequest, Content, Message, MessageRole};
 use learning_chat_engine::chat::Thread;
 use learning_chat_engine::providers::{ModelTurn, Role};
 
@@ -163,20 +163,20 @@ fn stop_sequences(stop: Option<serde_json::Value>) -> Result<Vec<String>, OpenAi
 fn conversation(messages: Vec<Message>) -> Result<(String, Vec<ModelTurn>), OpenAiError> {
     let mut turns: Vec<ModelTurn> = Vec::with_capacity(messages.len());
     for message in messages {
-        let role = match message.role.as_str() {
-            "system" | "developer" => continue,
-            "user" => Role::User,
-            "assistant" => Role::Model,
-            "tool" | "function" => {
+        let role = match message.role {
+            MessageRole::System | MessageRole::Developer => continue,
+            MessageRole::User => Role::User,
+            MessageRole::Assistant => Role::Model,
+            MessageRole::Tool | MessageRole::Function => {
                 return Err(OpenAiError::unsupported(
                     "messages",
                     "tool and function messages are not offered by the tutors",
                 ))
             }
-            other => {
+            MessageRole::Other => {
                 return Err(OpenAiError::invalid(
                     "messages",
-                    format!("unknown message role {other:?}: use user, assistant or system"),
+                    "unknown message role: use user, assistant or system",
                 ))
             }
         };

@@ -78,7 +78,8 @@ pub struct ChatCompletionRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Message {
     /// `user`, `assistant`, `system` or `developer` (`tool` and `function` are not offered).
-    pub role: String,
+    #[schema(value_type = String)]
+    pub role: MessageRole,
     /// Text, or a list of `{"type": "text", "text": ...}` parts (images and other media are
     /// not offered).
     #[serde(default)]
@@ -86,14 +87,69 @@ pub struct Message {
     pub content: Option<Content>,
 }
 
-/// A message's content.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// Who wrote a message (read without allocating: this is on every request's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    /// The learner.
+    User,
+    /// The tutor.
+    Assistant,
+    /// Instructions from the client (ignored: the tutor's own apply).
+    System,
+    /// Newer name of `system` (ignored likewise).
+    Developer,
+    /// A tool's result (not offered).
+    Tool,
+    /// A function's result (not offered).
+    Function,
+    /// Any other role (refused).
+    #[serde(other)]
+    Other,
+}
+
+/// A message's content: text, or content parts.
+#[derive(Debug)]
 pub enum Content {
     /// Plain text.
     Text(String),
     /// Content parts.
     Parts(Vec<Part>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    /// A string or a list of parts, read in one pass (serde's untagged enums buffer the value
+    /// and copy it).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Content, D::Error> {
+        struct ContentVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+            type Value = Content;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Content, E> {
+                Ok(Content::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Content, E> {
+                Ok(Content::Text(text))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
 }
 
 /// One content part.
