@@ -190,7 +190,8 @@ async fn complete(
             bill,
             slot,
         };
-        return Ok(respond(state, reply, streamed, chunks).await?);
+        // Boxed: a whole answer's future (the cheapest request's) does not carry the stream's.
+        return Ok(Box::pin(respond(state, reply, streamed, chunks)).await?);
     }
     let answer = reply.finish().await;
     if let (Ok(answer), Some(bill)) = (&answer, &bill) {
