@@ -13,6 +13,8 @@ pub const CONVERSATION: &str = "/api/v1/conversations/{conversation_id}";
 pub const OPENAI_MODELS: &str = "/v1/models";
 /// The OpenAI-compatible Chat Completions endpoint: `model` names the tutor.
 pub const OPENAI_CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// Any other path under `/v1/`: a 404 in OpenAI's error shape.
+pub const OPENAI_OTHER: &str = "/v1/{*rest}";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.

@@ -340,6 +340,15 @@ async fn errors_take_openai_shape_status_and_headers() {
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body: Value = wrong_method.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    let elsewhere = app
+        .client
+        .get(app.url("/v1/embeddings"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    let body: Value = elsewhere.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "not_found_error");
     app.stop().await.unwrap();
 }
 

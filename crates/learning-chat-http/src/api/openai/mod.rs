@@ -393,6 +393,11 @@ fn started_at() -> u64 {
     *STARTED.get_or_init(unix_now)
 }
 
+/// 404 for other `/v1/` paths, in OpenAI's shape (OpenAI clients read only that shape).
+pub async fn not_found() -> Response {
+    OpenAiError::from(ApiError::not_found()).into_response()
+}
+
 /// 405 for `/v1/` paths with another method, in OpenAI's shape.
 pub async fn method_not_allowed() -> Response {
     OpenAiError::from(ApiError::method_not_allowed()).into_response()
