@@ -130,23 +130,33 @@ async fn complete(
 ) -> Result<Response, OpenAiError> {
     let ApiJson(request) = body?;
     let completion = Completion::try_from(request)?;
+    // The tutors a refusal lists: those the key may use (as `/v1/models` lists them).
+    let usable = |model: &str| {
+        let known = state.chat.agents().ids().into_iter();
+        let usable: Vec<String> = match &key {
+            Some(Extension(key)) => known.filter(|id| key.allows_agent(id)).collect(),
+            None => known.collect(),
+        };
+        OpenAiError::model_not_found(model, &usable)
+    };
     let agent = state.chat.agent(&completion.model).map_err(|e| match e {
-        ChatError::UnknownAgent { agent_id, known } => {
-            OpenAiError::model_not_found(&agent_id, &known)
-        }
+        ChatError::UnknownAgent { agent_id, .. } => usable(&agent_id),
         other => other.into(),
     })?;
     // The key's limits, as the middleware applies them to native questions: the agent and
     // the learner were in the body.
     let caller = match key {
-        Some(Extension(key)) => match key.admit(agent.id(), completion.user.as_deref()).await {
+        Some(Extension(ref key)) => match key.admit(agent.id(), completion.user.as_deref()).await {
             Ok(admitted) => {
                 *rate = Some(admitted.rate);
                 Some(admitted.caller)
             }
             Err(refused) => {
                 *rate = refused.rate;
-                return Err(refused_error(refused.refusal, &completion.model, state));
+                return Err(match refused.refusal {
+                    crate::auth::Refusal::AgentNotAllowed => usable(&completion.model),
+                    other => OpenAiError::from(ApiError::from(&other)),
+                });
             }
         },
         None => None,
@@ -198,16 +208,6 @@ async fn complete(
         bill.charge(answer);
     }
     whole(shape, answer?, cut)
-}
-
-/// A refusal of the key's limits or agents, in OpenAI's shape.
-fn refused_error(refusal: crate::auth::Refusal, model: &str, state: &AppState) -> OpenAiError {
-    match refusal {
-        crate::auth::Refusal::AgentNotAllowed => {
-            OpenAiError::model_not_found(model, &state.chat.agents().ids())
-        }
-        other => OpenAiError::from(ApiError::from(&other)),
-    }
 }
 
 /// What every response of one request shares: its id, time and model.

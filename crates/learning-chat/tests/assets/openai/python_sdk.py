@@ -111,6 +111,12 @@ try:
 except openai.NotFoundError as e:
     assert e.status_code == 404 and e.code == "model_not_found", e.body
 try:
+    only_math.chat.completions.create(model="history", messages=question)
+    raise AssertionError("a tutor the key may not use answered")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found" and e.param == "model", e.body
+    assert "science" not in e.message, "only the key's tutors are named: " + e.message
+try:
     client.chat.completions.create(model="math", messages=question, n=2)
     raise AssertionError("n=2 was accepted")
 except openai.BadRequestError as e:
