@@ -47,7 +47,7 @@ start_memory_service() {
 # gauges NAME: the bytes-held gauges of the running service, as facts NAME.<gauge>.
 gauges() {
     local name=$1 metrics
-    metrics=$(curl -sf "$SVC_URL/metrics" || true)
+    metrics=$(curl -sf "$SVC_METRICS_URL/metrics" || true)
     for g in learning_chat_cache_bytes learning_chat_cache_entries learning_chat_refusals_bytes \
         learning_chat_coalesce_bytes learning_chat_conversations_memory_bytes \
         learning_chat_conversations_active learning_chat_limit_windows_bytes; do

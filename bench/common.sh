@@ -85,10 +85,16 @@ start_sim() {
 }
 
 # start_service [ENV=VALUE...]: learning-chat on a free port against the simulator; sets
-# SVC_PORT, SVC_URL, SVC_PID. Extra LEARNING_CHAT_* settings come as arguments.
+# SVC_PORT, SVC_URL, SVC_PID and SVC_METRICS_URL (its metrics listener, on a free port of its own:
+# the default one may be taken by another server here). Extra LEARNING_CHAT_* settings come as
+# arguments.
 start_service() {
     SVC_PORT=$(free_port)
-    env GEMINI_API_KEY=bench GEMINI_BASE_URL="$SIM_URL" LEARNING_CHAT_UPSTREAM__RPM=0 "$@" \
+    local metrics_port
+    metrics_port=$(free_port)
+    SVC_METRICS_URL="http://127.0.0.1:$metrics_port"
+    env GEMINI_API_KEY=bench GEMINI_BASE_URL="$SIM_URL" LEARNING_CHAT_UPSTREAM__RPM=0 \
+        LEARNING_CHAT_METRICS__BIND="127.0.0.1:$metrics_port" "$@" \
         "$SVC_BIN" serve --bind "127.0.0.1:$SVC_PORT" >"$OUT/service-$SVC_PORT.log" 2>&1 &
     SVC_PID=$!
     PIDS+=("$SVC_PID")

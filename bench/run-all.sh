@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs every learning-chat benchmark on this machine, loopback only, against release builds:
-#   bench/run-all.sh            (about 16 minutes after the build; ONLY="13" adds the 15-minute
-#                                memory-budget benchmark, which is not in the default list, as
-#                                are 14 (quota refusals) and 15 (the OpenAI-compatible API))
+#   bench/run-all.sh            (about 30 minutes after the build; ONLY="13" adds the 15-minute
+#                                memory-budget benchmark, which is not in the default list)
 # Results: bench/out/<run>/ (raw outputs, facts.tsv, summary.md); bench/RESULTS.md records a run.
 # Env: CARGO_TARGET_DIR, BENCH_OUT, LOAD_WAIT_MAX (s to wait for a quieter machine, default 180),
 #      ONLY="1 3" (run some benchmarks only), and each script's own knobs (see their headers).
@@ -10,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_OUT="${BENCH_OUT:-$PWD/bench/out/run-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$BENCH_OUT"
-ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12"}
+ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12 14 15"}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-180}
 
 echo "== cargo build --release --workspace"
@@ -43,13 +42,8 @@ done
     echo "uptime before: $(uptime)"
 } | tee "$BENCH_OUT/machine.txt"
 
-scripts=(bench/01-seed-profile.sh bench/02-throughput.sh bench/03-cache-hits.sh bench/04-overhead.sh
-         bench/05-herd.sh bench/06-memory.sh bench/07-distinct-learners.sh \
-         bench/08-conversations.sh bench/09-http2.sh bench/10-tracing.sh \
-         bench/11-auth.sh bench/12-streaming.sh bench/13-memory-budget.sh \
-         bench/14-quota-refusals.sh bench/15-openai-cached.sh)
 for n in $ONLY; do
-    script=${scripts[$((n - 1))]}
+    script=$(ls bench/"$(printf '%02d' "$n")"-*.sh)
     echo
     echo "##### $script   (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
     printf 'load.%s\t%s\n' "$n" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$BENCH_OUT/facts.tsv"

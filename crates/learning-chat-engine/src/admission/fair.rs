@@ -140,6 +140,12 @@ impl GateState {
     /// flow as many as it is owed by weight while `flow`'s requests wait.
     fn ahead(&self, flow: &Flow) -> usize {
         let mine = self.shares.get(&flow.id).map_or(0, |s| s.places);
+        self.ahead_holding(flow, mine)
+    }
+
+    /// [`GateState::ahead`] for a request of `flow` when `flow` holds `mine` places, its own
+    /// included.
+    fn ahead_holding(&self, flow: &Flow, mine: usize) -> usize {
         let weight = f64::from(flow.weight.max(1));
         let others: usize = self
             .shares
@@ -411,6 +417,14 @@ impl FairGate {
         Some(Duration::from_secs_f64(
             (position as f64 * state.mean_hold).clamp(0.0, 1e9),
         ))
+    }
+
+    /// Requests that would be served before a request of `flow` arriving now (the turn's
+    /// holder included), each needing a quota slot before it.
+    pub fn ahead_of_newcomer(&self, flow: &Flow) -> usize {
+        let state = self.state.lock();
+        let mine = state.shares.get(&flow.id).map_or(0, |s| s.places);
+        state.ahead_holding(flow, mine + 1)
     }
 
     /// Requests waiting for the turn (including ones that gave up but are not yet skipped).

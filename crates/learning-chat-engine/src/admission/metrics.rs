@@ -27,6 +27,9 @@ pub const QUEUE_WAIT: &str = "learning_chat_queue_wait_seconds";
 /// Requests refused with 503 before reaching the model, by reason.
 pub const SHED: &str = "learning_chat_requests_shed_total";
 
+/// How long a refused question waited before it heard so, by reason.
+pub const SHED_WAIT: &str = "learning_chat_shed_wait_seconds";
+
 /// Model calls counted in the quota's sliding window right now.
 pub const QUOTA_WINDOW_USED: &str = "learning_chat_quota_window_requests";
 
@@ -154,9 +157,10 @@ pub fn queue_wait(waited: Duration) {
     histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
 }
 
-/// Records a refused request.
-pub fn shed(reason: &'static str) {
+/// Records a request refused after waiting `waited` since its trip to the model began.
+pub fn shed(reason: &'static str, waited: Duration) {
     counter!(SHED, "reason" => reason).increment(1);
+    histogram!(SHED_WAIT, "reason" => reason).record(waited.as_secs_f64());
 }
 
 /// Sets the quota gauges.
@@ -207,6 +211,11 @@ pub(crate) fn describe() {
     describe_counter!(
         SHED,
         "Requests refused with 503 before the model, by reason."
+    );
+    describe_histogram!(
+        SHED_WAIT,
+        Unit::Seconds,
+        "How long a refused question waited before it was refused, by reason."
     );
     describe_gauge!(
         QUOTA_WINDOW_USED,

@@ -359,6 +359,11 @@ impl Admission {
         self.slots.in_flight.load(Ordering::Acquire)
     }
 
+    /// Questions that would be admitted before a question of `flow` arriving now.
+    pub fn ahead_of_newcomer(&self, flow: &Flow) -> usize {
+        self.fair.ahead_of_newcomer(flow)
+    }
+
     /// Questions waiting for a slot now.
     pub fn queued(&self) -> usize {
         self.fair.queued()

@@ -9,7 +9,9 @@ use crate::redis_link::RedisLink;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// What `/ready` shows of one model's quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +39,8 @@ pub struct ModelQuotas {
     /// For a model asked for that was not known at start (never, with a router built from the
     /// same agents): the `[upstream]` budget.
     unknown: QuotaLimiter,
+    /// Woken at every model's refusals.
+    refusals: Arc<Notify>,
 }
 
 impl ModelQuotas {
@@ -48,6 +52,7 @@ impl ModelQuotas {
         margin: Duration,
         cluster: Option<(RedisLink, NonZeroU32)>,
     ) -> ModelQuotas {
+        let refusals = Arc::new(Notify::new());
         let build = |quota: ModelQuota, scope: &str| {
             let limiter = match &cluster {
                 Some((link, replicas)) => QuotaLimiter::clustered_scoped(
@@ -60,7 +65,7 @@ impl ModelQuotas {
                 ),
                 None => QuotaLimiter::scoped(quota.rpm, quota.input_tpm, margin),
             };
-            limiter.with_rpd(quota.rpd)
+            limiter.with_rpd(quota.rpd).notifying(refusals.clone())
         };
         let by_model: BTreeMap<String, QuotaLimiter> = models
             .into_iter()
@@ -72,6 +77,7 @@ impl ModelQuotas {
         let quotas = ModelQuotas {
             by_model,
             unknown: build(defaults, "model:*"),
+            refusals,
         };
         super::metrics::quota_rpm(quotas.total_rpm());
         for (model, limiter) in &quotas.by_model {
@@ -84,6 +90,12 @@ impl ModelQuotas {
     /// The limiter of `model`.
     pub fn of(&self, model: &str) -> &QuotaLimiter {
         self.by_model.get(model).unwrap_or(&self.unknown)
+    }
+
+    /// Woken whenever any model's quota refuses a question: the moment to check whether a
+    /// queued question would be refused too.
+    pub fn refusals(&self) -> &Notify {
+        &self.refusals
     }
 
     /// The requests per minute of every model together (0 when any model is unlimited): what

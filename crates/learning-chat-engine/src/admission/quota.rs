@@ -8,7 +8,9 @@
 
 use super::window::{Options, Window, WindowLimiter, WindowOps};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The quota window: one minute, as providers count.
@@ -47,8 +49,12 @@ pub struct QuotaLimiter {
     /// The Redis hash tag of its keys: `model:<id>` per model, or one per API key and model.
     scope: String,
     limiter: WindowLimiter,
-    /// Until when its last refusal said no slot is free: a hint for spill-over's cache lookup.
+    /// Until when its last refusal said no slot is free: a hint for spill-over's cache lookup
+    /// and for refusing queued questions at once.
     refusing_until: parking_lot::Mutex<Option<Instant>>,
+    /// Woken at each refusal, so questions queued behind it can tell at once whether they
+    /// would be refused too (shared by every model's limiter of a [`super::ModelQuotas`]).
+    refusals: Arc<Notify>,
 }
 
 impl QuotaLimiter {
@@ -99,7 +105,14 @@ impl QuotaLimiter {
             scope: scope.to_owned(),
             limiter,
             refusing_until: parking_lot::Mutex::new(None),
+            refusals: Arc::new(Notify::new()),
         }
+    }
+
+    /// This limiter waking `refusals` at each of its refusals.
+    pub fn notifying(mut self, refusals: Arc<Notify>) -> QuotaLimiter {
+        self.refusals = refusals;
+        self
     }
 
     /// True while its last refusal's wait has not passed: questions are being refused for
@@ -119,6 +132,45 @@ impl QuotaLimiter {
         }
         let until = (*self.refusing_until.lock())?;
         (Instant::now() < until).then_some(until)
+    }
+
+    /// The request windows (per minute, per day) one call counts in today.
+    fn request_windows(&self, calls: u64) -> Vec<Window> {
+        let mut windows = Vec::with_capacity(2);
+        if self.rpm > 0 {
+            windows.push(Window::counting(
+                "requests",
+                u64::from(self.rpm),
+                self.window_ms,
+                calls,
+            ));
+        }
+        if self.rpd > 0 {
+            let day = self.day_window(&super::pacific::today().date);
+            windows.push(Window::counting(day.name, day.limit, day.span_ms, calls));
+        }
+        windows
+    }
+
+    /// How many more calls its request budgets allow by `at`, as this server decides them
+    /// (`None` while Redis decides; `u64::MAX` without a request budget). Input tokens are
+    /// left out: a question's count is only known when it is asked.
+    pub fn room_at(&self, at: Instant) -> Option<u64> {
+        let windows = self.request_windows(1);
+        if windows.is_empty() {
+            return Some(u64::MAX);
+        }
+        self.limiter.local_room(&self.scope, &windows, at)
+    }
+
+    /// When `calls` more calls would fit its request budgets, as this server decides them
+    /// (`None` while Redis decides).
+    pub fn earliest_for(&self, calls: u64) -> Option<Instant> {
+        let windows = self.request_windows(calls);
+        if windows.is_empty() {
+            return Some(Instant::now());
+        }
+        self.limiter.local_earliest(&self.scope, &windows)
     }
 
     /// This limiter with a budget of `rpd` requests per Pacific day as well (0 = unlimited).
@@ -224,6 +276,7 @@ impl QuotaLimiter {
             })
             .inspect_err(|rejected| {
                 *self.refusing_until.lock() = Some(Instant::now() + rejected.retry_after);
+                self.refusals.notify_waiters();
             })?;
         Ok(granted.at)
     }

@@ -23,19 +23,24 @@ impl Inner {
         pieces: Pieces<'_, '_>,
     ) -> Result<Answered, ChatError> {
         let deps = &self.deps;
-        if let Some(shed) = self.quota_refuses(agent, deadline) {
-            crate::admission::metrics::shed(shed.reason.as_str());
-            return Err(ChatError::Shed(shed));
-        }
-        let permit = deps
+        let started = Instant::now();
+        let ahead = deps.admission.ahead_of_newcomer(flow);
+        let admitted = deps
             .admission
             .admit_as(flow, deadline)
-            .instrument(crate::trace_span!("admission.wait"))
-            .await
-            .map_err(|shed| {
-                crate::admission::metrics::shed(shed.reason.as_str());
-                ChatError::Shed(shed)
-            })?;
+            .instrument(crate::trace_span!("admission.wait"));
+        // Checked first, so a question no usable model has a slot for in time is refused
+        // before it queues; then, while it queues, at each refusal of a question ahead: slots
+        // are reserved in order, so none frees up before the one that refusal named.
+        let admitted = tokio::select! {
+            biased;
+            shed = self.quota_refusal_while_queued(agent, deadline, ahead) => Err(shed),
+            admitted = admitted => admitted,
+        };
+        let permit = admitted.map_err(|shed| {
+            crate::admission::metrics::shed(shed.reason.as_str(), started.elapsed());
+            ChatError::Shed(shed)
+        })?;
         crate::admission::metrics::upstream_in_flight(deps.admission.in_flight());
         let mut slots = Slots {
             deps,
@@ -56,7 +61,7 @@ impl Inner {
             .map_err(|failure| match failure {
                 Failure::Refused(shed) => {
                     // Counted once per question, however many models of its chain refused it.
-                    crate::admission::metrics::shed(shed.reason.as_str());
+                    crate::admission::metrics::shed(shed.reason.as_str(), started.elapsed());
                     ChatError::Shed(shed)
                 }
                 Failure::Model(error) => ChatError::Provider(error),
@@ -65,10 +70,15 @@ impl Inner {
 }
 
 impl Inner {
-    /// A refusal, before queueing, of a question no model it may use has a quota slot for
-    /// before its latest start, as this server's last refusals of those models said: it would
-    /// wait its turn in the queue only to be refused there.
-    fn quota_refuses(&self, agent: &Agent, deadline: Instant) -> Option<Shed> {
+    /// A refusal of a question no model it may use has a quota slot for before its latest
+    /// start, so that it hears so now instead of waiting its turn only to be refused then.
+    /// `ahead` is how many questions will reserve before it (each takes a slot first, as
+    /// slots are reserved in order). Two signs, either enough:
+    /// - the budgets this server decides (no Redis, or Redis away) leave fewer slots before
+    ///   its latest start, across every usable model, than it needs;
+    /// - every usable model's last refusal here named a first free slot after that start (the
+    ///   one sign with Redis deciding).
+    fn quota_refuses(&self, agent: &Agent, deadline: Instant, ahead: usize) -> Option<Shed> {
         let deps = &self.deps;
         let chain = deps.router.chain(agent);
         let usable = if agent.definition.spill_over {
@@ -77,20 +87,75 @@ impl Inner {
             1
         };
         let latest = quota_deadline(&deps.admission, deadline);
-        let mut earliest: Option<Instant> = None;
-        for route in chain.iter().take(usable) {
-            let until = deps.quotas.of(route.model()).refusing_until()?;
-            if until <= latest {
-                return None;
-            }
-            earliest = Some(earliest.map_or(until, |e| e.min(until)));
-        }
-        let retry_after = earliest?.saturating_duration_since(Instant::now());
+        let models = || chain.iter().take(usable).map(|r| deps.quotas.of(r.model()));
+        let retry_after =
+            no_room_before(models(), latest, ahead).or_else(|| refusing_past(models(), latest))?;
         Some(Shed {
             reason: ShedReason::Quota,
-            retry_after,
+            retry_after: retry_after.saturating_duration_since(Instant::now()),
         })
     }
+
+    /// Resolves once the quota cannot serve this question in time (see
+    /// [`Inner::quota_refuses`]): checked at once, for a question arriving behind `ahead`,
+    /// then at each refusal of a question ahead of it while it queues; pending for as long as
+    /// it might be served.
+    pub(super) async fn quota_refusal_while_queued(
+        &self,
+        agent: &Agent,
+        deadline: Instant,
+        ahead: usize,
+    ) -> Shed {
+        let refusals = self.deps.quotas.refusals();
+        let mut ahead = ahead;
+        loop {
+            // Registered before the check, so a refusal between the two is not missed.
+            let refused = refusals.notified();
+            tokio::pin!(refused);
+            refused.as_mut().enable();
+            if let Some(shed) = self.quota_refuses(agent, deadline, ahead) {
+                return shed;
+            }
+            refused.await;
+            // Its place in the queue is not known once it moves: count only itself.
+            ahead = 0;
+        }
+    }
+}
+
+/// When every quota of `models` was last said to have no slot before, if that is after
+/// `latest` for each of them (`None` as soon as one may have room by then).
+fn refusing_past<'a>(
+    models: impl Iterator<Item = &'a crate::admission::QuotaLimiter>,
+    latest: Instant,
+) -> Option<Instant> {
+    let mut earliest: Option<Instant> = None;
+    for quota in models {
+        let until = quota.refusing_until()?;
+        if until <= latest {
+            return None;
+        }
+        earliest = Some(earliest.map_or(until, |e| e.min(until)));
+    }
+    earliest
+}
+
+/// When `ahead + 1` calls would fit one of `models`, if the slots the models have by
+/// `latest` together are fewer (`None` when they suffice or any of them is decided by Redis).
+fn no_room_before<'a>(
+    models: impl Iterator<Item = &'a crate::admission::QuotaLimiter> + Clone,
+    latest: Instant,
+    ahead: usize,
+) -> Option<Instant> {
+    let needed = u64::try_from(ahead).unwrap_or(u64::MAX).saturating_add(1);
+    let mut room: u64 = 0;
+    for quota in models.clone() {
+        room = room.saturating_add(quota.room_at(latest)?);
+        if room >= needed {
+            return None;
+        }
+    }
+    models.filter_map(|quota| quota.earliest_for(needed)).min()
 }
 
 /// The latest start of a model call that can still end before `deadline`: a future slot so

@@ -38,6 +38,16 @@ fn service(chain: &[Arc<Script>]) -> ChatService {
 
 /// A chat service of `agents`, all served by `chain`, within `quotas`, in memory.
 fn service_with(chain: &[Arc<Script>], agents: AgentRegistry, quotas: ModelQuotas) -> ChatService {
+    service_with_slots(chain, agents, quotas, 10)
+}
+
+/// [`service_with`], with `slots` model calls at once.
+fn service_with_slots(
+    chain: &[Arc<Script>],
+    agents: AgentRegistry,
+    quotas: ModelQuotas,
+    slots: usize,
+) -> ChatService {
     let settings = Settings::default();
     let router = ModelRouter::scripted(&agents, chain);
     let conversations = Conversations::new(
@@ -56,8 +66,8 @@ fn service_with(chain: &[Arc<Script>], agents: AgentRegistry, quotas: ModelQuota
         router,
         admission: Admission::new(
             ConcurrencyBound {
-                ceiling: NonZeroUsize::new(10).unwrap(),
-                floor: 10,
+                ceiling: NonZeroUsize::new(slots).unwrap(),
+                floor: slots,
                 rpm: 0,
                 headroom: 1.0,
             },
@@ -310,13 +320,29 @@ fn two_models(rpm: u32) -> ModelQuotas {
 
 /// Asks `n` distinct questions at once; returns each outcome.
 async fn ask_many(chat: &ChatService, n: usize) -> Vec<Result<Answer, ChatError>> {
-    let asks = (0..n).map(|i| async move {
-        chat.ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
-            .await?
-            .finish()
+    let timed = ask_many_timed(chat, n, 30 * SECOND).await;
+    timed.into_iter().map(|(outcome, _)| outcome).collect()
+}
+
+/// Asks `n` distinct questions at once, each with `within` to be answered; returns each
+/// outcome with when it came, from the start.
+async fn ask_many_timed(
+    chat: &ChatService,
+    n: usize,
+    within: Duration,
+) -> Vec<(Result<Answer, ChatError>, Duration)> {
+    let start = Instant::now();
+    futures::future::join_all((0..n).map(|i| async move {
+        let outcome = match chat
+            .ask(ask(chat, &format!("question {i}"), within, false))
             .await
-    });
-    futures::future::join_all(asks).await
+        {
+            Ok(reply) => reply.finish().await,
+            Err(e) => Err(e),
+        };
+        (outcome, start.elapsed())
+    }))
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -363,31 +389,18 @@ async fn without_spill_over_a_full_primary_refuses_at_once() {
         math_agent(false),
         two_models(3),
     );
-    let start = Instant::now();
-    let refusals: Vec<_> = futures::future::join_all((0..6).map(|i| {
-        let chat = &chat;
-        async move {
-            let outcome = chat
-                .ask(ask(chat, &format!("question {i}"), 30 * SECOND, false))
-                .await;
-            let outcome = match outcome {
-                Ok(reply) => reply.finish().await,
-                Err(e) => Err(e),
-            };
-            (outcome, start.elapsed())
-        }
-    }))
-    .await
-    .into_iter()
-    .filter_map(|(outcome, at)| match outcome {
-        Err(ChatError::Shed(shed)) => Some((shed, at)),
-        Ok(answer) => {
-            assert_eq!(answer.model, "primary");
-            None
-        }
-        Err(other) => panic!("{other:?}"),
-    })
-    .collect();
+    let refusals: Vec<_> = ask_many_timed(&chat, 6, 30 * SECOND)
+        .await
+        .into_iter()
+        .filter_map(|(outcome, at)| match outcome {
+            Err(ChatError::Shed(shed)) => Some((shed, at)),
+            Ok(answer) => {
+                assert_eq!(answer.model, "primary");
+                None
+            }
+            Err(other) => panic!("{other:?}"),
+        })
+        .collect();
     assert_eq!(refusals.len(), 3);
     for (shed, at) in refusals {
         // Refused before any call ended, told to come back when the first slot frees.
@@ -395,4 +408,60 @@ async fn without_spill_over_a_full_primary_refuses_at_once() {
         assert_eq!(shed.retry_after, MINUTE);
     }
     assert_eq!((primary.calls(), spare.calls()), (3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn questions_the_quota_cannot_serve_behind_the_queue_are_refused_on_arrival() {
+    // One model slot, calls of 1 s, 4 calls a minute, 50 s to answer: the first question
+    // calls at once and three more queue for the slot, each with a quota slot still free
+    // before its latest start. The rest would reach the quota only after those three calls
+    // (4 s), and find it full until the first call leaves the window at 60 s.
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with_slots(
+        &[primary.clone(), spare.clone()],
+        math_agent(false),
+        two_models(4),
+        1,
+    );
+    let outcomes = ask_many_timed(&chat, 10, 50 * SECOND).await;
+    let answered = outcomes.iter().filter(|(o, _)| o.is_ok()).count();
+    assert_eq!(answered, 4);
+    assert_eq!(primary.calls(), 4);
+    for (outcome, at) in &outcomes[4..] {
+        let Err(ChatError::Shed(shed)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
+        // Told on arrival, not after the queue ahead was served...
+        assert_eq!(*at, Duration::ZERO, "refused after {at:?}");
+        // ...to come back when the first slot frees.
+        assert_eq!(shed.retry_after, MINUTE);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_question_hears_at_once_when_a_refusal_ahead_of_it_leaves_it_no_slot() {
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with_slots(&[primary, spare], math_agent(false), two_models(1), 1);
+    let agent = chat.agent("math").unwrap();
+    let deadline = Instant::now() + 50 * SECOND;
+    let inner = &chat.inner;
+    // Queued with the minute's one slot still free: it may be served, so it waits.
+    let waiting = inner.quota_refusal_while_queued(&agent, deadline, 0);
+    tokio::pin!(waiting);
+    assert!(futures::poll!(waiting.as_mut()).is_pending());
+    // The question ahead takes that slot; a grant tells nobody anything.
+    let quota = inner.deps.quotas.of("primary");
+    quota.reserve(1, deadline).await.unwrap();
+    tokio::time::advance(SECOND).await;
+    assert!(futures::poll!(waiting.as_mut()).is_pending());
+    // The next one is refused: the queued question learns at once that it would be too.
+    quota.reserve(1, Instant::now()).await.unwrap_err();
+    let shed = tokio::time::timeout(Duration::from_millis(1), waiting)
+        .await
+        .expect("told at once, not left waiting");
+    assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
+    assert_eq!(shed.retry_after, 59 * SECOND);
 }

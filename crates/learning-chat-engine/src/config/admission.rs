@@ -15,6 +15,9 @@ pub struct AdmissionSettings {
     /// Most bytes the per-key and per-learner limit windows hold in this process (without
     /// Redis, or while it is down); past it the least recently used are forgotten.
     pub limit_windows_max_bytes: u64,
+    /// With Redis, a key whose minute is large takes its requests in blocks (one round trip
+    /// each) and spends them on this server; false decides every request in Redis.
+    pub key_request_blocks: bool,
 }
 
 impl Default for AdmissionSettings {
@@ -24,6 +27,7 @@ impl Default for AdmissionSettings {
             // a second x 2.8 s = 280 in progress), far below what floods the queue.
             default_key_concurrency: 500,
             limit_windows_max_bytes: 8 * 1024 * 1024,
+            key_request_blocks: true,
         }
     }
 }

@@ -13,6 +13,7 @@ use learning_chat_engine::admission::window::{
 use learning_chat_engine::config::AdmissionSettings;
 use learning_chat_engine::redis_link::RedisLink;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -101,13 +102,53 @@ pub struct Subject {
     pub member: String,
 }
 
+/// How long a block of a key's requests taken from Redis at once may be spent here. Its units
+/// count from the end of that time, so the requests spent from it are never counted early.
+const BLOCK_FOR: Duration = Duration::from_secs(1);
+/// A server takes at most this share of a key's minute (divided among the servers) in one
+/// block, so a block left unspent cannot starve the others for long.
+const BLOCK_SHARE: u64 = 4;
+/// Blocks kept at once; past this, the spent and expired ones are dropped.
+const MAX_BLOCKS: usize = 10_000;
+/// The smallest share worth a block: below it (a key of fewer than 64 requests a minute on one
+/// server) every request is decided alone, and the key's minute is exact to the request.
+const MIN_BLOCK: u64 = 16;
+
+/// A block of one key's requests taken from Redis in one round trip and spent here, one per
+/// request, until it is spent or [`BLOCK_FOR`] has passed. The next block is sized from how
+/// fast this one went: twice as large when it ran out early, else twice what was spent.
+#[derive(Debug, Clone)]
+struct Block {
+    /// The limits it was taken under: a change of limits ends it.
+    limits: KeyLimits,
+    /// Where its units were recorded (the requests spent from it settle there); `None` for
+    /// the mark of a block Redis refused, which holds further blocks off until `until`.
+    ticket: Option<Ticket>,
+    /// Its entry in the windows (to give back what was not spent).
+    member: String,
+    /// Requests it holds, and requests spent.
+    taken: u64,
+    spent: u64,
+    until: Instant,
+    /// The key's minute as Redis counted it when the block was taken, the block included.
+    rpm_held: u64,
+    reset: Duration,
+}
+
 /// The per-key limiter. A key without limits of its own never reaches it (the per-server
 /// `admission.default_key_concurrency` is a counter on the held key, see `auth::InFlight`).
 pub struct KeyLimiter {
-    limiter: WindowLimiter,
+    limiter: Arc<WindowLimiter>,
     /// A request's concurrency lease; past it a crashed server's leases expire.
     lease: Duration,
+    /// Servers sharing the windows through Redis; `None` when no block is taken: without
+    /// Redis (deciding here costs no round trip) or with `admission.key_request_blocks` off.
+    replicas: Option<u64>,
+    /// Each key's current block of requests, by key id (see [`Block`]).
+    blocks: Arc<Blocks>,
 }
+
+type Blocks = parking_lot::Mutex<std::collections::HashMap<String, Block>>;
 
 impl KeyLimiter {
     /// A limiter in Redis (when given), otherwise in process; the windows kept in process stay
@@ -118,15 +159,196 @@ impl KeyLimiter {
         lease: Duration,
         admission: &AdmissionSettings,
     ) -> KeyLimiter {
+        let blocks = redis.is_some() && admission.key_request_blocks;
         let limiter = match redis {
             Some(link) => WindowLimiter::clustered(link, "limit", OPS, replicas, OPTIONS),
             None => WindowLimiter::local(OPTIONS),
         };
         let max_bytes = usize::try_from(admission.limit_windows_max_bytes).unwrap_or(usize::MAX);
         KeyLimiter {
-            limiter: limiter.with_max_bytes(max_bytes),
+            limiter: Arc::new(limiter.with_max_bytes(max_bytes)),
             lease,
+            replicas: blocks.then_some(u64::from(replicas.get())),
+            blocks: Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new())),
         }
+        .sweeping()
+    }
+
+    /// Starts the task that gives back what blocks left unspent once they end, so a key that
+    /// stops asking does not keep part of its minute out of use for the rest of it.
+    fn sweeping(self) -> KeyLimiter {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self;
+        };
+        if self.replicas.is_none() {
+            return self;
+        }
+        let blocks = Arc::downgrade(&self.blocks);
+        let limiter = Arc::downgrade(&self.limiter);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(BLOCK_FOR);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // The limiter is gone with the server's state: so is this task.
+                let (Some(blocks), Some(limiter)) = (blocks.upgrade(), limiter.upgrade()) else {
+                    return;
+                };
+                let now = Instant::now();
+                let ended: Vec<(String, Block)> = {
+                    let mut blocks = blocks.lock();
+                    let ended: Vec<String> = blocks
+                        .iter()
+                        .filter(|(_, b)| now >= b.until && b.spent < b.taken)
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    ended
+                        .into_iter()
+                        .filter_map(|key| {
+                            let block = blocks.get_mut(&key)?;
+                            // Kept (spent in full) so the next block is sized from it.
+                            let unspent = block.clone();
+                            block.taken = block.spent;
+                            Some((key, unspent))
+                        })
+                        .collect()
+                };
+                for (key_id, block) in ended {
+                    give_back(&limiter, &key_id, &block).await;
+                }
+            }
+        });
+        self
+    }
+
+    /// The largest block of requests a key with `limits` may take at once, when blocks apply:
+    /// Redis decides, the key's only request-counted limit is its minute (a concurrency lease
+    /// or a learner's windows are per request), and a share of that minute is worth one.
+    fn block_limit(&self, limits: &KeyLimits, subject: &Subject) -> Option<u64> {
+        let replicas = self.replicas?;
+        if limits.rpm == 0 || limits.concurrency > 0 || subject.learner.is_some() {
+            return None;
+        }
+        let most = u64::from(limits.rpm) / (BLOCK_SHARE * replicas);
+        (most >= MIN_BLOCK).then_some(most)
+    }
+
+    /// A request granted from the key's current block, if it has one left.
+    fn spend_from_block(&self, limits: &KeyLimits, key_id: &str) -> Option<Decision> {
+        let mut blocks = self.blocks.lock();
+        let block = blocks.get_mut(key_id)?;
+        if block.limits != *limits || block.spent >= block.taken || Instant::now() >= block.until {
+            return None;
+        }
+        block.spent += 1;
+        Some(Decision {
+            refused: None,
+            // The unspent rest of the block is not the key's use.
+            rpm_used: block.rpm_held.saturating_sub(block.taken - block.spent),
+            reset: block.reset,
+            retry_after: Duration::ZERO,
+            local: false,
+            ticket: block.ticket,
+        })
+    }
+
+    /// Takes a new block for the key of `subject` (one round trip), sized from its last one,
+    /// and spends its first request on this one. `None` when Redis could not grant a block
+    /// (refused, or deciding locally): the request is then decided alone.
+    async fn take_block(
+        &self,
+        limits: &KeyLimits,
+        subject: &Subject,
+        most: u64,
+    ) -> Option<Decision> {
+        let size = {
+            let blocks = self.blocks.lock();
+            match blocks.get(&subject.key_id) {
+                // A block was refused a moment ago: the key is at its limit, and each request
+                // is decided alone (one round trip, as without blocks) until the mark ends.
+                Some(last) if last.ticket.is_none() && Instant::now() < last.until => return None,
+                Some(last) if last.spent >= last.taken => last.taken.saturating_mul(2),
+                Some(last) => last.spent.saturating_mul(2),
+                None => 2,
+            }
+        }
+        .clamp(2, most);
+        let (windows, rpm) = block_windows(limits, size);
+        let member = uuid::Uuid::new_v4().to_string();
+        let granted = self
+            .limiter
+            .reserve_from(
+                &subject.key_id,
+                &member,
+                &windows,
+                BLOCK_FOR,
+                Instant::now() + 2 * BLOCK_FOR,
+            )
+            .await;
+        let granted = match granted {
+            Ok(granted) => granted,
+            Err(_) => {
+                let mark = Block {
+                    limits: *limits,
+                    ticket: None,
+                    member: String::new(),
+                    taken: 0,
+                    spent: 0,
+                    until: Instant::now() + BLOCK_FOR,
+                    rpm_held: 0,
+                    reset: Duration::ZERO,
+                };
+                self.blocks.lock().insert(subject.key_id.clone(), mark);
+                return None;
+            }
+        };
+        if granted.ticket.local() {
+            // Redis failed meanwhile: give the block back and decide the request alone.
+            let changes = [Change::Release { window: rpm }];
+            self.limiter
+                .settle(&subject.key_id, &member, &windows, granted.ticket, &changes)
+                .await;
+            return None;
+        }
+        let (rpm_held, reset) = granted
+            .windows
+            .get(rpm)
+            .map_or((0, Duration::ZERO), |w| (w.held, w.reset));
+        let block = Block {
+            limits: *limits,
+            ticket: Some(granted.ticket),
+            member,
+            taken: size,
+            spent: 1,
+            until: Instant::now() + BLOCK_FOR,
+            rpm_held,
+            reset,
+        };
+        let decision = Decision {
+            refused: None,
+            rpm_used: rpm_held.saturating_sub(size - 1),
+            reset,
+            retry_after: Duration::ZERO,
+            local: false,
+            ticket: Some(granted.ticket),
+        };
+        let replaced = {
+            let mut blocks = self.blocks.lock();
+            if blocks.len() >= MAX_BLOCKS {
+                let now = Instant::now();
+                blocks.retain(|_, b| b.spent < b.taken && now < b.until);
+            }
+            blocks.insert(subject.key_id.clone(), block)
+        };
+        if let Some(old) = replaced.filter(|old| old.spent < old.taken) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (limiter, key_id) = (self.limiter.clone(), subject.key_id.clone());
+                runtime.spawn(crate::telemetry::in_current_context(async move {
+                    give_back(&limiter, &key_id, &old).await;
+                }));
+            }
+        }
+        Some(decision)
     }
 
     /// True when a request of a key with `limits` has windows to check: a key without limits
@@ -222,6 +444,14 @@ impl KeyLimiter {
                 ticket: None,
             };
         }
+        if let Some(most) = self.block_limit(limits, subject) {
+            if let Some(decision) = self.spend_from_block(limits, &subject.key_id) {
+                return decision;
+            }
+            if let Some(decision) = self.take_block(limits, subject, most).await {
+                return decision;
+            }
+        }
         // No waiting: a request that does not fit now is refused with the wait as its hint.
         let reserved = self
             .limiter
@@ -298,6 +528,40 @@ impl KeyLimiter {
             .settle(&subject.key_id, &subject.member, &windows, ticket, &changes)
             .await;
     }
+}
+
+/// The windows a block of `size` requests of a key with `limits` was taken in, and the index
+/// of its minute among them (the one window whose units a block multiplies).
+fn block_windows(limits: &KeyLimits, size: u64) -> (Vec<Window>, usize) {
+    let mut windows = vec![Window::counting(
+        "rpm",
+        u64::from(limits.rpm),
+        MINUTE_MS,
+        size,
+    )];
+    if limits.tokens_per_day > 0 {
+        windows.push(Window::charged("tokens", limits.tokens_per_day, DAY_MS));
+    }
+    (windows, 0)
+}
+
+/// Gives the unspent requests of an ended block back to its key's minute: its entry is
+/// replaced by one of the requests spent, counted from now (after every one of them).
+async fn give_back(limiter: &WindowLimiter, key_id: &str, block: &Block) {
+    let Some(ticket) = block.ticket else {
+        return;
+    };
+    let (windows, rpm) = block_windows(&block.limits, block.taken);
+    let mut changes = vec![Change::Release { window: rpm }];
+    if block.spent > 0 {
+        changes.push(Change::Charge {
+            window: rpm,
+            units: block.spent,
+        });
+    }
+    limiter
+        .settle(key_id, &block.member, &windows, ticket, &changes)
+        .await;
 }
 
 #[cfg(test)]

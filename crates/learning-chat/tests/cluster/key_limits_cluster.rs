@@ -32,13 +32,15 @@ async fn limiter(cluster: &RedisCluster) -> KeyLimiter {
     let mut settings = Settings::default();
     settings.redis.cluster_nodes = cluster.addrs().into_iter().map(Secret::new).collect();
     settings.redis.command_timeout = Duration::from_secs(2);
+    limiter_of(&settings).await
+}
+
+/// A limiter of one of two servers on the Redis of `settings`, once that Redis answers.
+pub(crate) async fn limiter_of(settings: &Settings) -> KeyLimiter {
     let link = RedisLink::new(&settings.redis).expect("link");
     let until = std::time::Instant::now() + Duration::from_secs(15);
     while !link.probe().await {
-        assert!(
-            std::time::Instant::now() < until,
-            "the cluster never answered"
-        );
+        assert!(std::time::Instant::now() < until, "Redis never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     KeyLimiter::new(

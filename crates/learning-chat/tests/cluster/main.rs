@@ -9,6 +9,7 @@ pub mod support;
 mod auth;
 mod auth_limits;
 mod ha_load;
+mod key_blocks;
 mod key_limits_cluster;
 mod keys_store;
 mod model_quotas;

@@ -71,6 +71,19 @@ impl SlidingWindow {
         now_ms
     }
 
+    /// Units that fit at `at_ms` (no earlier than `now_ms`), on what is held now: what has
+    /// left the window by then frees its units, reservations still to come keep theirs.
+    pub fn room_at(&mut self, at_ms: u64, now_ms: u64) -> u64 {
+        self.prune(now_ms);
+        let leaving: u64 = self
+            .entries
+            .iter()
+            .take_while(|&&(t, _)| t + self.window_ms <= at_ms)
+            .map(|&(_, u)| u)
+            .sum();
+        self.limit.saturating_sub(self.total - leaving)
+    }
+
     /// Records `units` at `at_ms` (which must come from [`SlidingWindow::earliest`] or later).
     pub fn record(&mut self, units: u64, at_ms: u64) {
         let units = units.min(self.limit);
@@ -208,6 +221,22 @@ mod tests {
         );
         assert_eq!(granted[10], 60_000);
         assert_eq!(granted[39], 180_000 + 9_000);
+    }
+
+    #[test]
+    fn room_counts_what_leaves_the_window_by_then() {
+        let mut w = SlidingWindow::new(10, 60_000);
+        for i in 0..8 {
+            w.record(1, i * 1000);
+        }
+        // A reservation still to come keeps its unit whenever it is asked.
+        w.record(1, 30_000);
+        assert_eq!(w.room_at(10_000, 10_000), 1);
+        // By 62.5 s the calls of 0, 1 and 2 s have left.
+        assert_eq!(w.room_at(62_500, 10_000), 4);
+        assert_eq!(w.room_at(62_500, 10_000), w.room_at(62_500, 20_000));
+        // Every entry gone: the whole limit.
+        assert_eq!(w.room_at(100_000, 10_000), 10);
     }
 
     #[test]

@@ -209,6 +209,37 @@ impl WindowLimiter {
         self.scopes.lock().get(scope).is_some_and(|s| s.unpublished)
     }
 
+    /// How many calls of `windows` fit in `scope` at `at`, on what this process decides
+    /// (`None` while Redis decides for it). Reservations are made in order, so the calls
+    /// queued before one take that many of these slots first.
+    pub fn local_room(&self, scope_name: &str, windows: &[Window], at: Instant) -> Option<u64> {
+        let now = self.now_ms();
+        let at = self.deadline_ms(at);
+        let mut scopes = self.scopes.lock();
+        let room = match scopes.get_mut(scope_name) {
+            Some(scope) => scope.local_room(windows, at, now),
+            // Nothing reserved yet: alone, every window is empty.
+            None if self.cluster.is_none() => Some(u64::MAX),
+            None => None,
+        };
+        scopes.account(scope_name);
+        room
+    }
+
+    /// The earliest time `windows` fit in `scope` on what this process decides, without
+    /// reserving (`None` while Redis decides for it).
+    pub fn local_earliest(&self, scope_name: &str, windows: &[Window]) -> Option<Instant> {
+        let now = self.now_ms();
+        let mut scopes = self.scopes.lock();
+        let at = match scopes.get_mut(scope_name) {
+            Some(scope) if scope.local.is_some() => Some(scope.local_earliest(windows, now).0),
+            None if self.cluster.is_none() => Some(now),
+            _ => None,
+        };
+        scopes.account(scope_name);
+        at.map(|at| self.instant(at))
+    }
+
     /// Bytes its local windows hold now.
     pub fn local_bytes(&self) -> usize {
         self.scopes.lock().bytes()
@@ -254,12 +285,27 @@ impl WindowLimiter {
         windows: &[Window],
         deadline: Instant,
     ) -> Result<Granted, Refused> {
+        self.reserve_from(scope, member, windows, Duration::ZERO, deadline)
+            .await
+    }
+
+    /// [`WindowLimiter::reserve`], counting the call from `not_before` from now at the
+    /// earliest: units spent over a stretch of time (a block of requests leased at once) are
+    /// counted from its end, so no window of the real requests sees more than the limit.
+    pub async fn reserve_from(
+        &self,
+        scope: &str,
+        member: &str,
+        windows: &[Window],
+        not_before: Duration,
+        deadline: Instant,
+    ) -> Result<Granted, Refused> {
         match &self.cluster {
             Some(cluster) => {
-                self.reserve_in_cluster(cluster, scope, member, windows, deadline)
+                self.reserve_in_cluster(cluster, scope, member, windows, not_before, deadline)
                     .await
             }
-            None => self.reserve_locally(scope, member, windows, deadline),
+            None => self.reserve_locally(scope, member, windows, not_before, deadline),
         }
     }
 
@@ -271,6 +317,7 @@ impl WindowLimiter {
         scope_name: &str,
         member: &str,
         windows: &[Window],
+        not_before: Duration,
         deadline: Instant,
     ) -> Result<Granted, Refused> {
         let remember = self.options.remember;
@@ -282,7 +329,7 @@ impl WindowLimiter {
                     .get(scope_name)
                     .is_some_and(|s| s.unpublished);
                 if unpublished && self.republish(cluster, scope_name, windows).await.is_err() {
-                    return self.reserve_locally(scope_name, member, windows, deadline);
+                    return self.reserve_locally(scope_name, member, windows, not_before, deadline);
                 }
             }
             let now = self.now_ms();
@@ -325,7 +372,8 @@ impl WindowLimiter {
             let ask = Ask {
                 member,
                 max_wait,
-                not_before: Duration::from_millis(held.map_or(0, |at| at.saturating_sub(now))),
+                not_before: Duration::from_millis(held.map_or(0, |at| at.saturating_sub(now)))
+                    .max(not_before),
                 sync: remember,
                 snapshot,
                 // At least 1 ms, so this server's own reservation counts and the count comes back.
@@ -346,7 +394,7 @@ impl WindowLimiter {
                         release_held(scope);
                     }
                     drop(scopes);
-                    return self.reserve_locally(scope_name, member, windows, deadline);
+                    return self.reserve_locally(scope_name, member, windows, not_before, deadline);
                 }
             };
             if !remember {
@@ -416,7 +464,7 @@ impl WindowLimiter {
                 }
             }
         }
-        self.reserve_locally(scope_name, member, windows, deadline)
+        self.reserve_locally(scope_name, member, windows, not_before, deadline)
     }
 
     /// Decides in this process: alone (no Redis) on the whole limits, or clustered (Redis
@@ -426,6 +474,7 @@ impl WindowLimiter {
         scope_name: &str,
         member: &str,
         windows: &[Window],
+        not_before: Duration,
         deadline: Instant,
     ) -> Result<Granted, Refused> {
         let now = self.now_ms();
@@ -439,6 +488,7 @@ impl WindowLimiter {
             member,
             windows,
             now,
+            now.saturating_add(millis(not_before)),
             deadline_ms,
         );
         scopes.account(scope_name);
@@ -453,6 +503,7 @@ impl WindowLimiter {
         member: &str,
         windows: &[Window],
         now: u64,
+        not_before: u64,
         deadline_ms: u64,
     ) -> Result<Granted, Refused> {
         let weight = self.cluster.as_ref().map_or(1, |c| c.replicas);
@@ -460,6 +511,7 @@ impl WindowLimiter {
             self.entered_local(scope);
         }
         let (at, each) = scope.local_earliest(windows, now);
+        let at = at.max(not_before);
         // Only a wait can make a call too late; refusing a free slot would turn an idle limit
         // into refusals whenever calls run long.
         if at > now && at > deadline_ms {

@@ -168,6 +168,20 @@ impl Scope {
         (at, each)
     }
 
+    /// How many calls fit every local window at `at` (`None`: not deciding locally).
+    pub fn local_room(&mut self, windows: &[Window], at: u64, now: u64) -> Option<u64> {
+        let weight = self.local.as_ref()?.weight;
+        let mut calls = u64::MAX;
+        for (i, spec) in windows.iter().enumerate() {
+            let per_call = (spec.fit * weight).max(1);
+            let room = self
+                .local_window(i, spec, now)
+                .map_or(spec.limit, |w| w.room_at(at.max(now), now));
+            calls = calls.min(room / per_call);
+        }
+        Some(calls)
+    }
+
     /// Records (or, with `add` false, takes back) the call's units at `at` in the local
     /// windows.
     pub fn local_record(&mut self, windows: &[Window], at: u64, now: u64, add: bool) {
