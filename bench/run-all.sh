@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every learning-chat benchmark on this machine, loopback only, against release builds:
-#   bench/run-all.sh            (about 27 minutes after the build; ONLY="13" adds the 15-minute
+#   bench/run-all.sh            (about 30 minutes after the build; ONLY="13" adds the 15-minute
 #                                memory-budget benchmark, which is not in the default list)
 # Results: bench/out/<run>/ (raw outputs, facts.tsv, summary.md); bench/RESULTS.md records a run.
 # Env: CARGO_TARGET_DIR, BENCH_OUT, LOAD_WAIT_MAX (s to wait for a quieter machine, default 180),
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_OUT="${BENCH_OUT:-$PWD/bench/out/run-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$BENCH_OUT"
-ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12 14"}
+ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12 14 15"}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-180}
 
 echo "== cargo build --release --workspace"

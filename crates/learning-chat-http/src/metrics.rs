@@ -152,6 +152,8 @@ const ROUTE_LABELS: &[&str] = &[
     routes::READY,
     routes::METRICS,
     routes::OPENAPI,
+    routes::OPENAI_MODELS,
+    routes::OPENAI_CHAT_COMPLETIONS,
     routes::UNMATCHED,
 ];
 

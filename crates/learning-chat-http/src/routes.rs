@@ -9,6 +9,12 @@ pub const AGENT_CHAT: &str = "/api/v1/agents/{agent_id}";
 pub const AGENT_STREAM: &str = "/api/v1/agents/{agent_id}/stream";
 /// Reads or erases a conversation.
 pub const CONVERSATION: &str = "/api/v1/conversations/{conversation_id}";
+/// The OpenAI-compatible model list: one model per tutor.
+pub const OPENAI_MODELS: &str = "/v1/models";
+/// The OpenAI-compatible Chat Completions endpoint: `model` names the tutor.
+pub const OPENAI_CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// Any other path under `/v1/`: a 404 in OpenAI's error shape.
+pub const OPENAI_OTHER: &str = "/v1/{*rest}";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.
@@ -33,6 +39,11 @@ pub fn agent_of(path: &str) -> Option<&str> {
 pub fn is_conversation(path: &str) -> bool {
     path.strip_prefix("/api/v1/conversations/")
         .is_some_and(|id| !id.is_empty())
+}
+
+/// True for the OpenAI-compatible API's paths (`/v1/...`): their errors take OpenAI's shape.
+pub fn is_openai(path: &str) -> bool {
+    path.starts_with("/v1/")
 }
 
 #[cfg(test)]

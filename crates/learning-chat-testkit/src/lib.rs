@@ -1,6 +1,7 @@
 //! The harness every crate's tests share: real processes on free loopback ports (redis-server in
 //! its plain, sentinel and cluster forms, nginx with the shipped config, gemini-sim, the
-//! learning-chat binary), wait helpers, a Prometheus text reader and the repository's files.
+//! learning-chat binary), wait helpers, a Prometheus text reader, the repository's files and the
+//! OpenAI client libraries the OpenAI-compatible API is tested with.
 //!
 //! It does not link the server library (that would make a dependency cycle with the server's
 //! dev-dependencies): the in-process `TestApp` lives in the server's `tests/support`.
@@ -8,6 +9,7 @@
 // test's failure, reported with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod clients;
 pub mod http;
 pub mod net;
 pub mod nginx;

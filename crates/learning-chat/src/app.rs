@@ -18,7 +18,7 @@ use crate::redis_link::RedisLink;
 use crate::routes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use learning_chat_records::{ConnectOptions, Records};
 use std::future::Future;
@@ -253,6 +253,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             routes::CONVERSATION,
             get(api::get_conversation).delete(api::delete_conversation),
+        )
+        .route(
+            routes::OPENAI_MODELS,
+            get(api::openai::models).fallback(api::openai::method_not_allowed),
+        )
+        .route(
+            routes::OPENAI_CHAT_COMPLETIONS,
+            post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
         );
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
@@ -264,7 +272,8 @@ pub fn router(state: AppState) -> Router {
     let mut routes = api_routes
         .route(routes::HEALTH, get(api::health))
         .route(routes::READY, get(api::ready))
-        .route(routes::OPENAPI, get(api::openapi));
+        .route(routes::OPENAPI, get(api::openapi))
+        .route(routes::OPENAI_OTHER, any(api::openai::not_found));
     // Off the public port unless asked for: the series name API keys and their usage.
     if settings.telemetry.metrics_enabled && settings.metrics.on_service_port {
         routes = routes.route(routes::METRICS, get(api::metrics));

@@ -38,8 +38,9 @@ pub struct Ask {
     pub agent: Arc<Agent>,
     /// The learner's message, as sent.
     pub message: String,
-    /// The conversation it continues (the id the client has); `None` starts a new one.
-    pub conversation: Option<String>,
+    /// What the message continues: nothing (a new conversation), a conversation by its id, or
+    /// turns the client holds itself.
+    pub conversation: Thread,
     /// When the answer is no longer wanted.
     pub deadline: Instant,
     /// Who asks.
@@ -47,6 +48,28 @@ pub struct Ask {
     /// True when the caller reads the answer as the model writes it: the call it starts
     /// streams from the model, and stops when its last reader goes.
     pub wants_stream: bool,
+}
+
+/// What a message continues.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Thread {
+    /// Nothing: the first message of a new conversation (shares the cache with every learner).
+    #[default]
+    New,
+    /// The conversation with this id (from an earlier answer's `conversation_id`).
+    Id(String),
+    /// Earlier turns the client holds itself, oldest first, alternating `user` / `model` from a
+    /// `user` turn (the OpenAI-compatible API's `messages`): bounded like a stored
+    /// conversation's history and keyed the same way, so the same turns share the same cached
+    /// answers; stored nowhere. An empty list is [`Thread::New`].
+    Turns(Vec<crate::providers::ModelTurn>),
+}
+
+impl From<Option<String>> for Thread {
+    /// A conversation id if there is one, else a new conversation.
+    fn from(id: Option<String>) -> Thread {
+        id.map_or(Thread::New, Thread::Id)
+    }
 }
 
 /// A complete answer: what the learner reads, what it cost, and where it was recorded.

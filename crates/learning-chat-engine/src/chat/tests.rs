@@ -97,7 +97,7 @@ fn ask(chat: &ChatService, message: &str, within: Duration, wants_stream: bool) 
     Ask {
         agent: chat.agent("math").unwrap(),
         message: message.to_owned(),
-        conversation: None,
+        conversation: super::Thread::New,
         deadline: Instant::now() + within,
         caller: Caller::anonymous(),
         wants_stream,
@@ -264,7 +264,7 @@ async fn a_follow_up_is_answered_with_its_history_and_recorded() {
     let first = chat.ask(ask(&chat, "2+2?", MINUTE, false)).await;
     let first = first.unwrap().finish().await.unwrap();
     let follow_up = Ask {
-        conversation: first.conversation_id.clone(),
+        conversation: first.conversation_id.clone().into(),
         ..ask(&chat, "And 3+3?", MINUTE, true)
     };
     let pieces = read_all(chat.ask(follow_up).await.unwrap()).await;

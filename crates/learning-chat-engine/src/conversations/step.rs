@@ -7,7 +7,8 @@ use super::{
     Conversations, Named, Turn, BUSY_RETRY_AFTER,
 };
 use crate::agents::Agent;
-use crate::cache::{CacheKey, ResponseCache};
+use crate::cache::{normalise_message, CacheKey, ResponseCache};
+use crate::chat::Thread;
 use crate::providers::{input_token_estimate, ModelTurn, Role};
 use std::sync::Arc;
 
@@ -24,6 +25,13 @@ enum Destination {
     New(Option<Arc<str>>),
     /// A follow-up (boxed: it holds the conversation's lock; a first message stays small).
     FollowUp(Box<FollowUp>),
+    /// A message after turns the client holds (see [`Thread::Turns`]): recorded nowhere.
+    HeldByClient {
+        /// Which exchange this is.
+        turn: u32,
+        truncated: bool,
+        history_tokens: u32,
+    },
 }
 
 struct FollowUp {
@@ -54,7 +62,8 @@ impl Place {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recorded {
     /// The conversation's id (a token for a one-shot answer); `None` when a new conversation
-    /// could be neither signed nor stored (its answer not cached and the store down).
+    /// could be neither signed nor stored (its answer not cached and the store down), and for
+    /// a message after turns the client holds (nothing is stored for it).
     pub conversation_id: Option<String>,
     /// Which exchange this was (1 for the first question).
     pub turn: u32,
@@ -79,31 +88,74 @@ pub struct Said<'a> {
 
 impl Conversations {
     /// The first step of a question: where `message` (normalised) to `agent` belongs. A new
-    /// conversation without `conversation`; else the follow-up is checked, its conversation
-    /// locked (until the returned place is recorded or dropped) and its history bounded.
+    /// conversation for [`Thread::New`]; a follow-up ([`Thread::Id`]) is checked, its
+    /// conversation locked (until the returned place is recorded or dropped) and its history
+    /// bounded; turns the client holds ([`Thread::Turns`]) are bounded the same way and stored
+    /// nowhere.
     pub async fn open(
         &self,
         agent: &Agent,
         message: &str,
-        conversation: Option<&str>,
+        thread: Thread,
         owner: Option<&Arc<str>>,
         cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
-        let Some(id) = conversation else {
-            if message.len() as u64 > self.settings.max_stored_bytes {
-                return Err(self.too_large(message.len() as u64));
+        let turns = match thread {
+            Thread::Id(id) => {
+                // Boxed: the follow-up's store reads make a future of kilobytes, which every
+                // new question (cache hits included) would otherwise carry and move around.
+                return Box::pin(self.open_follow_up(agent, message, &id, owner, cache)).await;
             }
-            // One empty history for every new conversation: no allocation per question.
-            static NO_HISTORY: std::sync::LazyLock<Arc<[ModelTurn]>> =
-                std::sync::LazyLock::new(|| Arc::from([]));
-            return Ok(Place {
-                history: NO_HISTORY.clone(),
-                to: Destination::New(owner.cloned()),
-            });
+            Thread::Turns(turns) if !turns.is_empty() => turns,
+            Thread::New | Thread::Turns(_) => {
+                if message.len() as u64 > self.settings.max_stored_bytes {
+                    return Err(self.too_large(message.len() as u64));
+                }
+                // One empty history for every new conversation: no allocation per question.
+                static NO_HISTORY: std::sync::LazyLock<Arc<[ModelTurn]>> =
+                    std::sync::LazyLock::new(|| Arc::from([]));
+                return Ok(Place {
+                    history: NO_HISTORY.clone(),
+                    to: Destination::New(owner.cloned()),
+                });
+            }
         };
-        // Boxed: the follow-up's store reads make a future of kilobytes, which every new
-        // question (cache hits included) would otherwise carry and move around.
-        Box::pin(self.open_follow_up(agent, message, id, owner, cache)).await
+        Ok(self.held_by_client(agent, message, turns))
+    }
+
+    /// The place of a message after `turns` the client holds: its history bounded like a
+    /// stored conversation's (user turns normalised as stored ones are, so the same turns make
+    /// the same cache key), nothing locked, nothing to store.
+    fn held_by_client(&self, agent: &Agent, message: &str, turns: Vec<ModelTurn>) -> Place {
+        let exchanges = u32::try_from(turns.len().div_ceil(2)).unwrap_or(u32::MAX);
+        let turns: Vec<Turn> = turns
+            .into_iter()
+            .map(|turn| Turn {
+                text: match turn.role {
+                    Role::User => normalise_message(&turn.text).into_owned(),
+                    Role::Model => turn.text,
+                },
+                role: turn.role,
+                at_ms: 0,
+                cached: false,
+                model: String::new(),
+            })
+            .collect();
+        let (history, truncated) = bounded_history(
+            &agent.definition.system_prompt,
+            &turns,
+            message,
+            self.settings.max_history_tokens.get(),
+        );
+        let history_tokens = input_token_estimate("", &history, "");
+        Place {
+            history: history.into(),
+            to: Destination::HeldByClient {
+                turn: exchanges.saturating_add(1),
+                truncated,
+                history_tokens,
+            },
+        }
     }
 
     /// [`Conversations::open`] of a follow-up in conversation `id`.
@@ -227,6 +279,18 @@ impl Conversations {
                 );
             }
             Destination::FollowUp(follow_up) => follow_up,
+            Destination::HeldByClient {
+                turn,
+                truncated,
+                history_tokens,
+            } => {
+                crate::conversations::metrics::conversation_history(history_tokens, truncated);
+                return Ok(Recorded {
+                    conversation_id: None,
+                    turn,
+                    history_truncated: truncated,
+                });
+            }
         };
         crate::conversations::metrics::conversation_history(
             follow_up.history_tokens,

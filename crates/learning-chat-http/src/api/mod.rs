@@ -2,6 +2,7 @@
 
 mod encoding;
 mod error;
+pub mod openai;
 mod quotas;
 mod security;
 mod state;
@@ -290,7 +291,7 @@ pub async fn chat(
     let ask = Ask {
         agent,
         message,
-        conversation: request.conversation_id,
+        conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: asker(caller.as_ref()),
         wants_stream: false,
@@ -474,7 +475,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         list_agents,
         health,
         ready,
-        metrics
+        metrics,
+        openai::models,
+        openai::chat_completions
     ),
     components(schemas(
         ChatRequest,
@@ -490,7 +493,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         quotas::ModelQuotaView,
         ErrorBody,
         ErrorObject,
-        Usage
+        Usage,
+        openai::wire::ChatCompletionRequest,
+        openai::wire::Message,
+        openai::wire::StreamOptions,
+        openai::wire::ChatCompletion,
+        openai::wire::Choice,
+        openai::wire::AssistantMessage,
+        openai::wire::CompletionUsage,
+        openai::wire::ChatCompletionChunk,
+        openai::wire::ChunkChoice,
+        openai::wire::Delta,
+        openai::wire::ModelList,
+        openai::wire::Model,
+        openai::OpenAiErrorBody,
+        openai::OpenAiErrorObject
     )),
     modifiers(&KeyAuth)
 )]

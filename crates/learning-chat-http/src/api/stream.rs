@@ -64,7 +64,7 @@ impl OpenStreams {
 }
 
 /// One open stream; frees its place when the stream ends, however it ends.
-struct StreamSlot(Arc<OpenStreams>);
+pub(crate) struct StreamSlot(Arc<OpenStreams>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -118,7 +118,27 @@ pub async fn chat_stream(
         request,
         message,
     } = super::question(&state, path, body)?;
-    let Some(slot) = state.streams.try_open() else {
+    let slot = open_stream(&state)?;
+    let ask = Ask {
+        agent,
+        message,
+        conversation: request.conversation_id.into(),
+        deadline: Instant::now() + state.settings.request_timeout(),
+        caller: asker(caller.as_ref()),
+        wants_stream: true,
+    };
+    let reply = state.chat.ask(ask).await?;
+    let stream = Streamed {
+        started,
+        bill: bill(caller.as_ref()).cloned(),
+        slot,
+    };
+    respond(&state, reply, stream, Events { agent_id }).await
+}
+
+/// Takes a place for a stream under `stream.max_open`, or refuses with 503 `too_many_streams`.
+pub(crate) fn open_stream(state: &AppState) -> Result<StreamSlot, ApiError> {
+    state.streams.try_open().ok_or_else(|| {
         crate::api::stream::metrics::stream_refused();
         let mut error = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -126,27 +146,71 @@ pub async fn chat_stream(
             "too many answers are streaming on this server; try again shortly",
         );
         error.retry_after = Some(state.settings.stream.retry_after);
-        return Err(error);
-    };
-    let ask = Ask {
-        agent,
-        message,
-        conversation: request.conversation_id,
-        deadline: Instant::now() + state.settings.request_timeout(),
-        caller: asker(caller.as_ref()),
-        wants_stream: true,
-    };
-    let reply = state.chat.ask(ask).await?;
+        error
+    })
+}
+
+/// How a stream's pieces go out: this service's events, or OpenAI's chunks.
+pub(crate) trait StreamFormat: Send + 'static {
+    /// The event of the next piece of the answer's text (never empty), if it goes out.
+    fn text(&mut self, text: String) -> Option<Event>;
+    /// The events that end the stream with its answer (begun at `started`).
+    fn done(&mut self, answer: Answer, started: StdInstant) -> Vec<Event>;
+    /// The events that end the stream with an error.
+    fn error(&mut self, error: ChatError) -> Vec<Event>;
+}
+
+/// The native stream's events: `delta`, then `done` or `error`.
+struct Events {
+    agent_id: String,
+}
+
+impl StreamFormat for Events {
+    fn text(&mut self, text: String) -> Option<Event> {
+        Some(delta(text))
+    }
+
+    fn done(&mut self, answer: Answer, started: StdInstant) -> Vec<Event> {
+        let agent_id = std::mem::take(&mut self.agent_id);
+        vec![event("done", &ChatResponse::new(answer, agent_id, started))]
+    }
+
+    fn error(&mut self, error: ChatError) -> Vec<Event> {
+        vec![error_event(error)]
+    }
+}
+
+/// What a stream's request brings to its response.
+pub(crate) struct Streamed {
+    /// When the request began.
+    pub started: StdInstant,
+    /// Charged when the answer is complete.
+    pub bill: Option<Bill>,
+    /// Its place under `stream.max_open`.
+    pub slot: StreamSlot,
+}
+
+/// The server-sent events of `reply` in `format`. Nothing goes out before the first piece of
+/// text or the outcome, so an error found before it keeps its status code (returned here).
+pub(crate) async fn respond<F: StreamFormat>(
+    state: &AppState,
+    reply: Reply,
+    streamed: Streamed,
+    format: F,
+) -> Result<Response, ApiError> {
+    let Streamed {
+        started,
+        bill,
+        slot,
+    } = streamed;
     let mut driver = Driver {
         started,
         first_sent: false,
-        agent_id,
-        bill: bill(caller.as_ref()).cloned(),
+        bill,
         finished: false,
+        format,
         _slot: slot,
     };
-    // Nothing goes out before the first piece of text or the outcome, so an early failure
-    // keeps its status code.
     let (first, live) = match reply {
         Reply::Ready(answer) => {
             // Charged now: the key's hold ends with this handler, as for a JSON answer.
@@ -216,19 +280,19 @@ pub async fn chat_stream(
 }
 
 /// One stream's state: what was sent, for the metrics and the bill.
-struct Driver {
+struct Driver<F> {
     started: StdInstant,
     /// Some text went out.
     first_sent: bool,
-    agent_id: String,
     /// Charged when the answer is complete; dropped then, so the key is settled.
     bill: Option<Bill>,
     /// The outcome was sent (or answered before the stream): dropping is no cancellation.
     finished: bool,
+    format: F,
     _slot: StreamSlot,
 }
 
-impl Drop for Driver {
+impl<F> Drop for Driver<F> {
     fn drop(&mut self) {
         if !self.finished {
             learning_chat_engine::coalesce::metrics::stream_cancelled("client");
@@ -236,39 +300,34 @@ impl Drop for Driver {
     }
 }
 
-impl Driver {
-    /// The SSE events of a piece (a ready answer is a `delta` with its text, then `done`).
+impl<F: StreamFormat> Driver<F> {
+    /// The SSE events of a piece (a ready answer is its text as one piece, then the end).
     fn events(&mut self, piece: Piece, coalesced: bool) -> Vec<Event> {
         match piece {
             Piece::Text(text) => {
                 self.first_text(false, coalesced);
-                vec![delta(text)]
+                self.format.text(text).into_iter().collect()
             }
             Piece::Done(Ok(answer)) => {
                 self.finished = true;
-                let mut events = Vec::with_capacity(2);
+                let mut events = Vec::with_capacity(3);
                 // A live reply's pieces make up its answer; a ready one (from the cache) goes
                 // out here as one piece.
                 if !self.first_sent && !answer.text.is_empty() {
                     self.first_text(answer.cached, coalesced);
-                    events.push(delta(answer.text.to_string()));
+                    events.extend(self.format.text(answer.text.to_string()));
                 }
                 if let Some(bill) = self.bill.take() {
                     bill.charge(&answer);
                 }
-                events.push(self.done(answer));
+                events.extend(self.format.done(answer, self.started));
                 events
             }
             Piece::Done(Err(error)) => {
                 self.finished = true;
-                vec![error_event(error)]
+                self.format.error(error)
             }
         }
-    }
-
-    fn done(&mut self, answer: Answer) -> Event {
-        let agent_id = std::mem::take(&mut self.agent_id);
-        event("done", &ChatResponse::new(answer, agent_id, self.started))
     }
 
     /// Records the time to the first text once.

@@ -10,16 +10,20 @@
 //! ([`learning_chat_engine::admission::Flow`]); its limits are enforced by [`limits::KeyLimiter`]. The secret
 //! itself is never logged, labelled or echoed: only the key id is.
 
+mod admit;
 pub mod key_set;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod refusals;
 
+pub use admit::{Admitted, Identified, RateLimitState, Refused};
+
+use admit::learner_header;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use key_set::{Found, KeyRefresher, KeySet};
 use keys::KeyLimits;
 use learning_chat_engine::admission::Flow;
@@ -436,15 +440,6 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Counts and logs (at most a line a second) a refused key, and answers.
-fn refusal_response(auth: &Auth, refusal: Refusal) -> Response {
-    if let Some(reason) = refusal.reason() {
-        crate::auth::metrics::auth_failure(reason);
-        auth.refusals.record(reason);
-    }
-    refusal.into_response()
-}
-
 /// A granted request's hold on its key's own limits; ended (tokens charged, lease released)
 /// when the answer is out, or when the client went away first.
 struct Held {
@@ -487,129 +482,58 @@ impl Drop for Held {
     }
 }
 
-fn rate_limit_headers(headers: &mut HeaderMap, limits: &KeyLimits, decision: Option<&Decision>) {
-    let Some(decision) = decision.filter(|_| limits.rpm > 0) else {
-        return;
-    };
-    let remaining = u64::from(limits.rpm).saturating_sub(decision.rpm_used);
-    let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
-    for (name, value) in [
-        ("ratelimit-limit", u64::from(limits.rpm)),
-        ("ratelimit-remaining", remaining),
-        ("ratelimit-reset", reset.max(1)),
-    ] {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-    }
-}
-
-/// The middleware of every `/api/` route with `auth.mode = "required"`.
+/// The middleware of every `/api/` and `/v1/` route with `auth.mode = "required"`. The
+/// OpenAI-compatible routes (`/v1/`) are refused in OpenAI's error shape, and hand their
+/// handlers the key ([`Identified`]): `/v1/chat/completions` names its agent and learner in
+/// the body, so its handler admits the question once it has read them.
 pub async fn require_key(
     State(auth): State<Arc<Auth>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(secret) = presented_secret(request.headers()) else {
-        return refusal_response(&auth, Refusal::Missing);
-    };
-    let held = match auth.lookup(secret) {
-        Ok(held) => held,
-        Err(refusal) => return refusal_response(&auth, refusal),
-    };
-    let key = &held.key;
-    let agent = crate::routes::agent_of(request.uri().path()).map(str::to_owned);
-    if let Some(agent) = &agent {
-        if !key.allows_agent(agent) {
-            return refusal_response(&auth, Refusal::AgentNotAllowed);
+    let path = request.uri().path();
+    let openai = crate::routes::is_openai(path);
+    let refuse = |refused: Refused| {
+        if openai {
+            crate::api::openai::refused(refused)
+        } else {
+            refused.into_native_response()
         }
-    }
-    let key_id = held.id.clone();
-    tracing::debug!(key_id = %key.id, "api key accepted");
-    let learner = request
-        .headers()
-        .get(LEARNER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| Arc::<str>::from(keys::hash_learner(&auth.pepper, &key.id, v)));
-    if key.require_learner && learner.is_none() {
-        return refusal_response(&auth, Refusal::LearnerRequired);
-    }
-    auth.keys.mark_used(&held);
-    let mut caller = Caller {
-        key_id: key_id.clone(),
-        name: held.name.clone(),
-        learner: learner.clone(),
-        weight: key.weight.max(1),
-        bill: None,
     };
-    // Questions and conversation reads/erasures count against the key's limits (an erasure
-    // loop must not run unbounded); listing agents needs a key but spends no budget.
-    if agent.is_none() && !crate::routes::is_conversation(request.uri().path()) {
-        request.extensions_mut().insert(caller);
+    let held = match auth.identify(request.headers()) {
+        Ok(held) => held,
+        Err(refused) => return refuse(refused),
+    };
+    let learner = learner_header(request.headers()).map(|v| auth.learner_id(&held, v));
+    if path == crate::routes::OPENAI_CHAT_COMPLETIONS {
+        let identified = Identified {
+            auth,
+            held,
+            learner,
+        };
+        request.extensions_mut().insert(identified);
         return next.run(request).await;
     }
-    let requests = held.requests(|id| auth.labels.label(id)).clone();
-    // Keys without a `concurrency` of their own: a per-server count on the held key, no
-    // limiter work at all.
-    let in_flight = match (key.limits.concurrency, auth.default_concurrency) {
-        (0, max) if max > 0 => match held.enter(max) {
-            Some(in_flight) => Some(in_flight),
-            None => {
-                crate::auth::metrics::key_limited(
-                    &requests.label,
-                    LimitKind::KeyConcurrency.code(),
-                );
-                return Refusal::Limited {
-                    limit: LimitKind::KeyConcurrency,
-                    retry_after: Duration::from_secs(1),
-                }
-                .into_response();
-            }
-        },
-        _ => None,
+    let agent = crate::routes::agent_of(path).map(str::to_owned);
+    // Questions and conversation reads/erasures count against the key's limits (an erasure
+    // loop must not run unbounded); listing agents needs a key but spends no budget.
+    let spends = agent.is_some() || crate::routes::is_conversation(path);
+    let admitted = match auth.admit(&held, agent.as_deref(), learner, spends).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refuse(refused),
     };
-    // The key's own limits, when it has any: one limiter decision (one Redis script call).
-    let mut decision = None;
-    let mut hold = None;
-    if KeyLimiter::applies(&key.limits, learner.is_some()) {
-        let subject = Subject {
-            key_id: key.id.clone(),
-            learner: learner.as_deref().map(str::to_owned),
-            member: uuid::Uuid::new_v4().to_string(),
+    if openai {
+        // `/v1/models` lists the agents the key may use; nothing there reads a learner.
+        let identified = Identified {
+            auth,
+            held,
+            learner: None,
         };
-        let decided = auth.limiter.acquire(&key.limits, &subject).await;
-        if let Some(limit) = decided.refused {
-            crate::auth::metrics::key_limited(&requests.label, limit.code());
-            let mut response = Refusal::Limited {
-                limit,
-                retry_after: decided.retry_after.max(Duration::from_secs(1)),
-            }
-            .into_response();
-            rate_limit_headers(response.headers_mut(), &key.limits, Some(&decided));
-            return response;
-        }
-        decision = Some(decided);
-        hold = Some(Held {
-            auth: auth.clone(),
-            limits: key.limits,
-            subject,
-            decision: decided,
-            done: false,
-        });
+        request.extensions_mut().insert(identified);
     }
-    let tab = Arc::new(Tab {
-        auth: auth.clone(),
-        requests,
-        key_id,
-        learner,
-        held: hold,
-        _in_flight: in_flight,
-        cost: std::sync::OnceLock::new(),
-    });
-    caller.bill = Some(Bill(tab));
-    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(admitted.caller);
     let mut response = next.run(request).await;
-    rate_limit_headers(response.headers_mut(), &key.limits, decision.as_ref());
+    admitted.rate.write(response.headers_mut());
     // The request's bill is settled when its last holder lets go: here, as the handler's
     // extensions were dropped with the request, for an answer sent whole; at its end for a
     // stream, which holds it.
@@ -644,6 +568,7 @@ fn charge(auth: &Auth, requests: &metrics::KeyRequests, cost: Option<AnswerCost>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn the_secret_comes_from_either_header() {

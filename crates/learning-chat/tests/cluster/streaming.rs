@@ -93,3 +93,77 @@ async fn three_servers_behind_nginx_share_one_upstream_stream_for_300_identical_
     }
     assert!(coalesced > 0.0, "coalesced first tokens: {coalesced}");
 }
+
+#[tokio::test]
+async fn three_servers_behind_nginx_share_one_model_call_for_300_identical_streamed_completions() {
+    let cluster = Cluster::start(ClusterConfig {
+        sim_args: vec![
+            "--first-chunk-ms".into(),
+            "1500".into(),
+            "--chunk-delay-ms".into(),
+            "40".into(),
+            "--chunk-tokens".into(),
+            "4".into(),
+        ],
+        capture_logs: true,
+        // As above: a slow shared machine must not switch a server to its own model call.
+        server_env: vec![(
+            "LEARNING_CHAT_REDIS__COMMAND_TIMEOUT_MS".into(),
+            "2000".into(),
+        )],
+        ..ClusterConfig::default()
+    })
+    .await;
+    let url = cluster.nginx_url("/v1/chat/completions");
+    let body = serde_json::json!({
+        "model": "history",
+        "stream": true,
+        "messages": [{"role": "user", "content": "Why did the Silk Road matter?"}],
+    });
+    let streams = (0..300).map(|_| {
+        let request = cluster.http.post(url.clone()).json(&body);
+        async move {
+            let mut reader = SseReader::new(request.send().await.expect("nginx answers"));
+            let mut content = Vec::new();
+            let mut finish = None;
+            loop {
+                let event = reader.next_event().await.expect("data: [DONE] ends it");
+                if event.data == "[DONE]" {
+                    break;
+                }
+                let chunk = event.json();
+                let choice = &chunk["choices"][0];
+                if let Some(text) = choice["delta"]["content"].as_str() {
+                    content.push(text.to_owned());
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    finish = Some(reason.to_owned());
+                }
+            }
+            (content, finish)
+        }
+    });
+    let results = join_all(streams).await;
+    let texts: std::collections::BTreeSet<String> =
+        results.iter().map(|(pieces, _)| pieces.concat()).collect();
+    assert_eq!(texts.len(), 1, "every learner got the same answer");
+    assert!(results
+        .iter()
+        .all(|(_, finish)| finish.as_deref() == Some("stop")));
+    let streamed_in_pieces = results
+        .iter()
+        .filter(|(pieces, _)| pieces.len() > 1)
+        .count();
+    let stats = cluster.sim_stats().await;
+    assert_eq!(
+        stats.requests,
+        1,
+        "one model call for 300 streamed completions on 3 servers; logs:\n{}",
+        cluster.logs()
+    );
+    // Relayed through Redis as they came, as for the native stream.
+    assert!(
+        streamed_in_pieces > 120,
+        "{streamed_in_pieces} of 300 streams came in pieces"
+    );
+}

@@ -182,7 +182,7 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
         let ask = Ask {
             agent: math.clone(),
             message: message.to_owned(),
-            conversation: conversation.map(str::to_owned),
+            conversation: conversation.map(str::to_owned).into(),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             caller: Caller::anonymous(),
             wants_stream: false,

@@ -20,6 +20,7 @@ mod metrics;
 mod metrics_listener;
 mod metrics_upstream;
 mod model_quotas;
+mod openai_api;
 mod plan;
 mod redis_link;
 mod reliability;
