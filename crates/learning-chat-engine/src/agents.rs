@@ -290,6 +290,28 @@ impl AgentRegistry {
     }
 }
 
+impl Agent {
+    /// This agent answering with the caller's own `temperature` and `top_p` where given: its
+    /// prompt version changes with them, so such answers are cached apart from the tutor's
+    /// own (same values: the same agent, sharing every cached answer).
+    pub fn with_sampling(&self, temperature: Option<f32>, top_p: Option<f32>) -> Option<Agent> {
+        let definition = &self.definition;
+        let temperature = temperature.filter(|t| Some(*t) != definition.temperature);
+        let top_p = top_p.filter(|p| Some(*p) != definition.top_p);
+        if temperature.is_none() && top_p.is_none() {
+            return None;
+        }
+        let mut definition = definition.clone();
+        definition.temperature = temperature.or(definition.temperature);
+        definition.top_p = top_p.or(definition.top_p);
+        Some(Agent {
+            prompt_version: prompt_version(&definition),
+            definition,
+            chain: self.chain.clone(),
+        })
+    }
+}
+
 fn prompt_version(definition: &AgentDefinition) -> String {
     // Destructured so a new field that shapes answers cannot be forgotten here.
     let AgentDefinition {
@@ -327,6 +349,20 @@ fn prompt_version(definition: &AgentDefinition) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_sampling_makes_an_agent_cached_apart_and_the_tutors_own_changes_nothing() {
+        let registry = AgentRegistry::load(None).unwrap();
+        let math = registry.get("math").unwrap();
+        let own = math.definition.temperature;
+        assert!(math.with_sampling(own, math.definition.top_p).is_none());
+        assert!(math.with_sampling(None, None).is_none());
+        let warmer = math.with_sampling(Some(1.5), None).unwrap();
+        assert_eq!(warmer.definition.temperature, Some(1.5));
+        assert_eq!(warmer.definition.top_p, math.definition.top_p);
+        assert_ne!(warmer.prompt_version, math.prompt_version);
+        assert_eq!(warmer.id(), math.id());
+    }
 
     #[test]
     fn shipped_agents_cover_the_core_subjects() {

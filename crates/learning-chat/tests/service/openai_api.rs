@@ -402,3 +402,26 @@ async fn the_user_field_is_the_learner_for_per_learner_limits_unless_a_header_na
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_callers_own_temperature_is_answered_and_cached_apart_and_the_tutors_own_is_shared() {
+    let sim = start_sim_with_latency(20).await;
+    let app = spawn_app(settings_for(&sim)).await;
+    let body = |temperature: Option<f64>| {
+        let mut body = json!({"model": "math",
+                              "messages": [{"role": "user", "content": "What is a prime?"}]});
+        if let Some(t) = temperature {
+            body["temperature"] = json!(t);
+        }
+        body
+    };
+    let mut cached = Vec::new();
+    // None, the math tutor's own 0.3, then 1.2 twice.
+    for temperature in [None, Some(0.3), Some(1.2), Some(1.2)] {
+        let (status, _, answer) = complete(&app, body(temperature)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        cached.push(answer["cached"].as_bool().unwrap());
+    }
+    assert_eq!(cached, [false, true, false, true]);
+    assert_eq!(sim.stats().requests, 2, "one call per distinct sampling");
+}

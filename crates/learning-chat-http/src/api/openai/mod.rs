@@ -79,8 +79,8 @@ pub async fn models(
 /// Earlier `user`/`assistant` messages are the history (bounded like a conversation's; the
 /// same history shares cached answers); or send the `conversation_id` of an earlier answer
 /// with only the new message. `system` messages are ignored: the tutor's instructions always
-/// apply. `max_tokens` and `stop` cut the answer sent; `temperature` and `top_p` are accepted,
-/// not applied (a tutor's sampling is part of its definition); `tools`, `n` > 1 and images are
+/// apply. `max_tokens` and `stop` cut the answer sent; `temperature` and `top_p` are applied
+/// (an answer with values other than the tutor's is cached apart); `tools`, `n` > 1 and images are
 /// refused (400 `unsupported`). With `stream: true`: `chat.completion.chunk` events, a last
 /// chunk with `finish_reason`, a usage chunk with `stream_options.include_usage`, then
 /// `data: [DONE]`.
@@ -143,6 +143,12 @@ async fn complete(
         ChatError::UnknownAgent { agent_id, .. } => usable(&agent_id),
         other => other.into(),
     })?;
+    // The caller's sampling, when it differs from the tutor's: answered and cached apart.
+    let (temperature, top_p) = completion.sampling;
+    let agent = match agent.with_sampling(temperature, top_p) {
+        Some(sampled) => std::sync::Arc::new(sampled),
+        None => agent,
+    };
     // The key's limits, as the middleware applies them to native questions: the agent and
     // the learner were in the body.
     let caller = match key {
@@ -169,6 +175,7 @@ async fn complete(
         include_usage,
         cut,
         user: _,
+        sampling: _,
     } = completion;
     let slot = if stream {
         Some(open_stream(state)?)

@@ -27,6 +27,8 @@ pub struct Completion {
     pub cut: Cut,
     /// The `user` field (the learner, when no `X-Learner-Id` header names one).
     pub user: Option<String>,
+    /// The caller's `temperature` and `top_p`, when given (the tutor's own otherwise).
+    pub sampling: (Option<f32>, Option<f32>),
 }
 
 impl TryFrom<ChatCompletionRequest> for Completion {
@@ -84,6 +86,11 @@ impl TryFrom<ChatCompletionRequest> for Completion {
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
             cut: Cut::new(max_tokens, stop),
             user: request.user.filter(|u| !u.trim().is_empty()),
+            // Within range (checked above), so the narrowing keeps the value.
+            sampling: (
+                request.temperature.map(|t| t as f32),
+                request.top_p.map(|p| p as f32),
+            ),
         })
     }
 }

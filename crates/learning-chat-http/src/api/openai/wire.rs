@@ -36,11 +36,11 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub stop: Option<Value>,
-    /// Accepted (0 to 2) but not applied: a tutor's sampling is part of its definition, so
-    /// that every learner shares its cached answers.
+    /// Sampling temperature (0 to 2). Applied: a value other than the tutor's own is answered
+    /// and cached apart, so only callers sending the same value share those answers.
     #[serde(default)]
     pub temperature: Option<f64>,
-    /// Accepted (0 to 1) but not applied, like `temperature`.
+    /// Nucleus sampling (0 to 1), applied like `temperature`.
     #[serde(default)]
     pub top_p: Option<f64>,
     /// Must be 1 (or absent): a tutor gives one answer.
