@@ -9,6 +9,8 @@ pub const AGENT_CHAT: &str = "/api/v1/agents/{agent_id}";
 pub const AGENT_STREAM: &str = "/api/v1/agents/{agent_id}/stream";
 /// Reads or erases a conversation.
 pub const CONVERSATION: &str = "/api/v1/conversations/{conversation_id}";
+/// Safety flags of every key, for admin keys.
+pub const ADMIN_FLAGS: &str = "/api/v1/admin/flags";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.

@@ -133,6 +133,8 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         // stored conversation of it would have expired (it could start it again).
         TokenSigner::new(settings.cache.ttl.min(conversation_ttl)),
     );
+    let safety =
+        learning_chat_engine::safety::Safety::new(&settings.safety, &agents, records.clone());
     let chat = ChatService::new(ChatDeps {
         agents,
         cache,
@@ -170,6 +172,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         refusal_max_bytes: settings.cache.refusal_max_bytes,
         failure_share: settings.redis.failure_share,
         cache_scope: settings.cache.scope,
+        safety,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
@@ -253,7 +256,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             routes::CONVERSATION,
             get(api::get_conversation).delete(api::delete_conversation),
-        );
+        )
+        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags));
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(

@@ -54,6 +54,8 @@ pub struct Caller {
     pub learner: Option<Arc<str>>,
     /// The key's share in the admission queue's fair order.
     pub weight: u32,
+    /// What the key may do besides asking (`admin`: also read flags).
+    pub role: learning_chat_records::keys::KeyRole,
     /// Where a question's handler puts what its answer cost; `None` for requests that ask
     /// nothing.
     pub bill: Option<Bill>,
@@ -68,6 +70,7 @@ impl Caller {
                 id: self.key_id.clone(),
                 weight: self.weight,
             },
+            learner: self.learner.clone(),
         }
     }
 }
@@ -540,6 +543,7 @@ pub async fn require_key(
         name: held.name.clone(),
         learner: learner.clone(),
         weight: key.weight.max(1),
+        role: key.role,
         bill: None,
     };
     // Questions and conversation reads/erasures count against the key's limits (an erasure

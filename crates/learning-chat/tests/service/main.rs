@@ -25,6 +25,7 @@ mod redis_link;
 mod reliability;
 mod routing;
 mod routing_keys;
+mod safety;
 mod sentry;
 mod stalled_clients;
 mod streaming;

@@ -1,0 +1,1 @@
+//! Webhook delivery of safety flags from the records database (the outbox).
