@@ -133,8 +133,16 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         // stored conversation of it would have expired (it could start it again).
         TokenSigner::new(settings.cache.ttl.min(conversation_ttl)),
     );
-    let safety =
-        learning_chat_engine::safety::Safety::new(&settings.safety, &agents, records.clone());
+    let webhook = learning_chat_engine::safety::webhook::WebhookSender::from_settings(
+        &settings.safety,
+        &transport,
+    )?;
+    let safety = learning_chat_engine::safety::Safety::new(
+        &settings.safety,
+        &agents,
+        records.clone(),
+        webhook,
+    );
     let chat = ChatService::new(ChatDeps {
         agents,
         cache,
@@ -430,6 +438,7 @@ impl Application {
         };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
@@ -462,6 +471,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(delivery) = flag_delivery {
+            delivery.abort();
+        }
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }

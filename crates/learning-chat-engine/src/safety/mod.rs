@@ -170,6 +170,10 @@ struct SafetyInner {
     flag_at: usize,
     crisis_mode: CrisisMode,
     records: Option<Records>,
+    /// Posts flags from the outbox, when a webhook is configured (taken when started).
+    webhook: parking_lot::Mutex<Option<webhook::WebhookSender>>,
+    /// Wakes the webhook sender when a flag is raised on this server.
+    raised: Arc<tokio::sync::Notify>,
 }
 
 fn rank(probability: &str) -> Option<usize> {
@@ -182,6 +186,7 @@ impl Safety {
         settings: &SafetySettings,
         agents: &AgentRegistry,
         records: Option<Records>,
+        webhook: Option<webhook::WebhookSender>,
     ) -> Safety {
         let crisis = |overrides: &BTreeMap<String, String>, locale: &str| {
             overrides
@@ -249,6 +254,8 @@ impl Safety {
                 flag_at: rank(&settings.flag_at).unwrap_or(2),
                 crisis_mode: settings.crisis_mode,
                 records,
+                webhook: parking_lot::Mutex::new(webhook),
+                raised: Arc::new(tokio::sync::Notify::new()),
             }),
         }
     }
@@ -327,10 +334,22 @@ impl Safety {
             metrics::flags_unstored(flags.len());
             return;
         };
-        if let Err(error) = records.insert_flags(&flags).await {
-            tracing::error!(%error, "cannot store safety flags");
-            metrics::flags_unstored(flags.len());
+        match records.insert_flags(&flags).await {
+            Ok(()) => self.inner.raised.notify_one(),
+            Err(error) => {
+                tracing::error!(%error, "cannot store safety flags");
+                metrics::flags_unstored(flags.len());
+            }
         }
+    }
+
+    /// Starts delivering flags to the webhook (once; `None` without a webhook or a records
+    /// database).
+    pub fn start_delivery(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let records = self.inner.records.clone()?;
+        let sender = self.inner.webhook.lock().take()?;
+        let raised = self.inner.raised.clone();
+        Some(tokio::spawn(sender.run(records, raised)))
     }
 
     /// The flags of a stored conversation (none without a records database).
@@ -383,7 +402,7 @@ mod tests {
              system_prompt = \"p\"\nsafety_settings = { HARM_CATEGORY_DANGEROUS_CONTENT = \"BLOCK_ONLY_HIGH\" }\n",
         )
         .unwrap();
-        Safety::new(&settings, &agents, None)
+        Safety::new(&settings, &agents, None, None)
     }
 
     #[test]
