@@ -73,7 +73,8 @@ impl ChatService {
             caller,
             wants_stream,
         } = ask;
-        let message = normalise_message(&message);
+        // Personal data goes before anything sees the message: model, cache key, store.
+        let message = deps.redactor.redact(normalise_message(&message));
         // 0. history
         let place = deps
             .conversations

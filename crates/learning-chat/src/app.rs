@@ -181,6 +181,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         failure_share: settings.redis.failure_share,
         cache_scope: settings.cache.scope,
         safety,
+        redactor: learning_chat_engine::safety::redact::Redactor::new(&settings.privacy.redact),
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);

@@ -78,6 +78,8 @@ pub struct ChatDeps {
     pub cache_scope: CacheScope,
     /// Safety settings, flags and crisis answers.
     pub safety: crate::safety::Safety,
+    /// Personal data replaced in learner messages before anything else sees them.
+    pub redactor: crate::safety::redact::Redactor,
 }
 
 impl ChatDeps {

@@ -91,6 +91,7 @@ fn service_with_slots(
         refusal_max_bytes: 1 << 20,
         failure_share: Duration::ZERO,
         cache_scope: crate::config::CacheScope::Shared,
+        redactor: Default::default(),
         safety: crate::safety::Safety::new(&settings.safety, &agents_for_safety, None, None),
     })
 }

@@ -20,6 +20,9 @@ pub const WEBHOOK_PENDING: &str = "learning_chat_webhook_pending";
 /// Age in seconds of the oldest flag waiting for delivery (0 when none waits).
 pub const WEBHOOK_OLDEST: &str = "learning_chat_webhook_oldest_pending_seconds";
 
+/// Learner messages with personal data replaced (`privacy.redact`).
+pub const REDACTED: &str = "learning_chat_messages_redacted_total";
+
 /// Answers given with the crisis text.
 pub const CRISIS_ANSWERS: &str = "learning_chat_crisis_answers_total";
 
@@ -66,6 +69,11 @@ pub fn webhook_pending(count: i64, oldest_seconds: f64) {
     gauge!(WEBHOOK_OLDEST).set(oldest_seconds);
 }
 
+/// Counts a learner message with personal data replaced.
+pub fn redacted() {
+    counter!(REDACTED).increment(1);
+}
+
 /// Counts an answer given with the crisis text.
 pub fn crisis_answer() {
     counter!(CRISIS_ANSWERS).increment(1);
@@ -94,6 +102,10 @@ pub(crate) fn describe() {
         WEBHOOK_OLDEST,
         metrics::Unit::Seconds,
         "Age of the oldest flag waiting for webhook delivery."
+    );
+    describe_counter!(
+        REDACTED,
+        "Learner messages with personal data replaced by placeholders (privacy.redact)."
     );
     describe_counter!(CRISIS_ANSWERS, "Answers given with the crisis text.");
     describe_counter!(

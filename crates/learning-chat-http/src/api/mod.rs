@@ -85,6 +85,10 @@ pub struct ChatResponse {
     /// within `conversation.max_history_tokens` (the first exchange is always kept).
     #[serde(default)]
     pub history_truncated: bool,
+    /// True when the answer carries the crisis text (`safety.crisis_text`): the learner's
+    /// message was flagged for self-harm or rated dangerous content `HIGH`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crisis: bool,
 }
 
 impl ChatResponse {
@@ -101,6 +105,7 @@ impl ChatResponse {
             conversation_id: answer.conversation_id,
             turn: answer.turn,
             history_truncated: answer.history_truncated,
+            crisis: answer.crisis,
         }
     }
 }
