@@ -76,6 +76,9 @@ pub struct Stats {
     /// [`RECENT_PROMPTS`]), oldest first: what reached the model, for tests of what may not.
     #[serde(default)]
     pub recent_prompts: Vec<String>,
+    /// `POST /v1/moderations` calls.
+    #[serde(default)]
+    pub moderations: u64,
 }
 
 /// How many recent prompts `/stats` shows.
@@ -205,6 +208,7 @@ pub struct StatsCollector {
     timeline_next: AtomicU64,
     reset_at_ms: Mutex<u64>,
     with_safety_settings: AtomicU64,
+    moderations: AtomicU64,
     last_safety_settings: Mutex<Option<Vec<serde_json::Value>>>,
     recent_prompts: Mutex<std::collections::VecDeque<String>>,
 }
@@ -233,6 +237,7 @@ impl Default for StatsCollector {
             timeline_next: AtomicU64::new(0),
             reset_at_ms: Mutex::new(unix_ms()),
             with_safety_settings: AtomicU64::new(0),
+            moderations: AtomicU64::new(0),
             last_safety_settings: Mutex::new(None),
             recent_prompts: Mutex::new(std::collections::VecDeque::new()),
         }
@@ -341,6 +346,11 @@ impl StatsCollector {
         }
     }
 
+    /// Counts a `/v1/moderations` call.
+    pub fn moderation_call(&self) {
+        self.moderations.fetch_add(1, Relaxed);
+    }
+
     /// A snapshot of every counter.
     pub fn snapshot(&self) -> Stats {
         let now_ms = unix_ms();
@@ -404,6 +414,7 @@ impl StatsCollector {
             with_safety_settings: self.with_safety_settings.load(Relaxed),
             last_safety_settings: self.last_safety_settings.lock().clone(),
             recent_prompts: self.recent_prompts.lock().iter().cloned().collect(),
+            moderations: self.moderations.load(Relaxed),
         }
     }
 
@@ -443,6 +454,7 @@ impl StatsCollector {
             &self.output_tokens,
             &self.timeline_next,
             &self.with_safety_settings,
+            &self.moderations,
         ] {
             counter.store(0, Relaxed);
         }

@@ -98,10 +98,17 @@ impl ChatService {
         let key = self
             .inner
             .key_for(&agent, &message, &history, scope.as_deref(), safety);
+        // Boxed, and only when configured: the cheapest request's future stays small.
+        let moderation = if deps.moderator.is_some() {
+            Box::pin(self.moderate(&message, &profile)).await?
+        } else {
+            Vec::new()
+        };
         let who = safeguard::Asked {
             caller,
             profile: profile.clone(),
             conversation,
+            moderation,
         };
         // 2. lookup
         let found = self

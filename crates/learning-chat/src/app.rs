@@ -137,6 +137,10 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         &settings.safety,
         &transport,
     )?;
+    let moderator = learning_chat_engine::safety::moderation::Moderator::from_settings(
+        &settings.safety,
+        &transport,
+    )?;
     let safety = learning_chat_engine::safety::Safety::new(
         &settings.safety,
         &agents,
@@ -182,6 +186,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         cache_scope: settings.cache.scope,
         safety,
         redactor: learning_chat_engine::safety::redact::Redactor::new(&settings.privacy.redact),
+        moderator,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);

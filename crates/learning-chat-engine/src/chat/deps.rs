@@ -80,6 +80,8 @@ pub struct ChatDeps {
     pub safety: crate::safety::Safety,
     /// Personal data replaced in learner messages before anything else sees them.
     pub redactor: crate::safety::redact::Redactor,
+    /// The moderation second opinion on learner messages (`safety.moderation`).
+    pub moderator: Option<crate::safety::moderation::Moderator>,
 }
 
 impl ChatDeps {

@@ -5,6 +5,7 @@
 
 use super::{Answer, AnswerText, Caller, ChatError, ChatService};
 use crate::agents::Agent;
+use crate::safety::moderation::Verdict;
 use crate::safety::{Finding, FlagSource, Profile, Whose};
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ pub(super) struct Asked {
     pub caller: Caller,
     pub profile: Arc<Profile>,
     pub conversation: Option<String>,
+    /// What moderation found in the message (empty without moderation).
+    pub moderation: Vec<Finding>,
 }
 
 impl ChatService {
@@ -26,10 +29,11 @@ impl ChatService {
         asked: &Asked,
     ) -> Answer {
         let safety = &self.inner.deps.safety;
-        let findings = safety.judge(answer.ratings());
-        if findings.is_empty() {
+        let mut findings = safety.judge(answer.ratings());
+        if findings.is_empty() && asked.moderation.is_empty() {
             return answer;
         }
+        findings.extend(asked.moderation.iter().cloned());
         let conversation = answer.conversation_id.clone();
         self.raise(
             &findings,
@@ -56,13 +60,38 @@ impl ChatService {
         let ChatError::Provider(crate::providers::ProviderError::Blocked { reason }) = error else {
             return;
         };
-        let finding = Finding {
+        let mut findings = vec![Finding {
             category: "blocked".to_owned(),
             score: reason.clone(),
             source: FlagSource::ModelBlock,
-        };
-        self.raise(&[finding], agent, asked, asked.conversation.as_deref(), 0)
+        }];
+        findings.extend(asked.moderation.iter().cloned());
+        self.raise(&findings, agent, asked, asked.conversation.as_deref(), 0)
             .await;
+    }
+
+    /// The moderation second opinion on `message`, when configured: what it flagged, or the
+    /// refusal of a key that fails closed when no check could be made.
+    pub(super) async fn moderate(
+        &self,
+        message: &str,
+        profile: &Profile,
+    ) -> Result<Vec<Finding>, ChatError> {
+        let Some(moderator) = &self.inner.deps.moderator else {
+            return Ok(Vec::new());
+        };
+        match moderator.check(message).await {
+            Verdict::Passed => Ok(Vec::new()),
+            Verdict::Flagged(findings) => Ok(findings),
+            Verdict::Skipped(why) if profile.moderation_fail_closed => {
+                crate::safety::metrics::moderation("refused");
+                Err(ChatError::ModerationUnavailable(why))
+            }
+            Verdict::Skipped(why) => {
+                tracing::warn!(reason = why, "moderation check skipped: message answered");
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Stores `findings` as flags of the conversation the client calls `conversation`.

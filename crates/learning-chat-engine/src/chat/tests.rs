@@ -92,6 +92,7 @@ fn service_with_slots(
         failure_share: Duration::ZERO,
         cache_scope: crate::config::CacheScope::Shared,
         redactor: Default::default(),
+        moderator: None,
         safety: crate::safety::Safety::new(&settings.safety, &agents_for_safety, None, None),
     })
 }

@@ -7,6 +7,7 @@
 //! something is flagged. See docs/safety.md.
 
 pub mod metrics;
+pub mod moderation;
 pub mod redact;
 pub mod webhook;
 

@@ -26,6 +26,7 @@ mod reliability;
 mod routing;
 mod routing_keys;
 mod safety;
+mod safety_moderation;
 mod safety_privacy;
 mod safety_webhook;
 mod sentry;
