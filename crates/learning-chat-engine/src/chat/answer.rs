@@ -344,6 +344,9 @@ impl Live {
                 self.done = Some(Ok(answer));
                 Some(Piece::Text(missing))
             }
+            // The crisis text in place of the model's answer (`crisis_mode = "replace"`): the
+            // pieces are out already; the end carries the text to show instead.
+            None if answer.crisis => Some(Piece::Done(Ok(answer))),
             None => {
                 tracing::warn!("streamed pieces disagree with the final answer");
                 Some(Piece::Done(Err(ChatError::StreamInconsistent)))

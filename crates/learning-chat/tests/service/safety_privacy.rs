@@ -134,3 +134,22 @@ async fn in_replace_mode_the_crisis_text_is_the_whole_answer() {
     assert_eq!(body["response"], "Please talk to someone you trust.");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_streamed_dangerous_answer_ends_with_the_crisis_text_as_its_last_piece() {
+    let sim = harm_sim().await;
+    let mut settings = settings_for(&sim);
+    settings
+        .safety
+        .crisis_text
+        .insert("en".into(), "You are not alone.".into());
+    let app = spawn_app(settings).await;
+    let mut reader = crate::support::sse::stream(&app, "math", &format!("{HARMFUL}?")).await;
+    let (deltas, done) = reader.rest().await;
+    assert_eq!(done.event, "done", "{done:?}");
+    let done = done.json();
+    assert_eq!(done["crisis"], true, "{done}");
+    assert_eq!(deltas.last().unwrap(), "\n\nYou are not alone.");
+    assert_eq!(deltas.concat(), done["response"].as_str().unwrap());
+    app.stop().await.unwrap();
+}
