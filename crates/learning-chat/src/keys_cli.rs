@@ -180,7 +180,7 @@ pub(crate) fn line(key: &ApiKey) -> String {
         "active"
     };
     format!(
-        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\trequire_learner={req}\tcreated={created}\tlast_used={used}",
+        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\trequire_learner={req}\tcreated={created}\tlast_used={used}\trole={role}",
         id = key.id,
         name = key.name,
         rpm = l.rpm,
@@ -192,6 +192,7 @@ pub(crate) fn line(key: &ApiKey) -> String {
         req = key.require_learner,
         created = time(Some(key.created_at)),
         used = time(key.last_used_at),
+        role = key.role.as_str(),
     )
 }
 
