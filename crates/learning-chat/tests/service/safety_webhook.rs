@@ -197,3 +197,51 @@ async fn a_receiver_down_for_a_while_then_up_gets_every_flag_once_signed() {
     receiver.stop();
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_servers_sharing_postgresql_deliver_each_flag_once() {
+    let postgres = learning_chat_testkit::postgres::PostgresProcess::start();
+    let sim = harm_sim().await;
+    let mut receiver = Receiver::new();
+    receiver.start().await;
+    let url = postgres.fresh_database();
+    let settings = || {
+        let mut settings = settings_for(&sim);
+        settings.database.url = learning_chat::config::DatabaseUrl::new(url.clone());
+        settings.safety.webhook_url = receiver.url();
+        settings.safety.webhook_secret = learning_chat::config::Secret::new(SECRET);
+        settings.safety.webhook_poll = Duration::from_millis(20);
+        settings
+    };
+    let a = spawn_app(settings()).await;
+    let b = spawn_app(settings()).await;
+    // Each server raises flags; both look at the one outbox every 20 ms.
+    for n in 0..4 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = ask_as(app, None, &format!("{HARMFUL} #{n}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.deliveries().len() < 8 {
+        assert!(
+            std::time::Instant::now() < until,
+            "{:?}",
+            receiver.deliveries()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many more rounds of both servers: nothing is posted twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids: Vec<String> = receiver
+        .deliveries()
+        .into_iter()
+        .map(|d| d.flag_id)
+        .collect();
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "each flag once");
+    receiver.stop();
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
