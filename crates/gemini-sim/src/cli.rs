@@ -106,6 +106,15 @@ pub struct Cli {
     #[arg(long)]
     pub safety_trigger: Option<String>,
 
+    /// Prompts containing this text are answered but rated dangerous content `HIGH`
+    /// (empty: never).
+    #[arg(long)]
+    pub harm_trigger: Option<String>,
+
+    /// `/v1/moderations` inputs containing this text are flagged `self-harm` (empty: never).
+    #[arg(long)]
+    pub self_harm_trigger: Option<String>,
+
     /// Probability (0..1) of a 500 INTERNAL.
     #[arg(long = "fault-500")]
     pub fault_500: Option<f64>,
@@ -185,6 +194,11 @@ impl Cli {
         set(&mut config.block_trigger, self.block_trigger.clone());
         set(&mut config.block_reason, self.block_reason.clone());
         set(&mut config.safety_trigger, self.safety_trigger.clone());
+        set(&mut config.harm_trigger, self.harm_trigger.clone());
+        set(
+            &mut config.self_harm_trigger,
+            self.self_harm_trigger.clone(),
+        );
         set(&mut config.faults.error_500, self.fault_500);
         set(&mut config.faults.error_503, self.fault_503);
         set(&mut config.faults.error_504, self.fault_504);

@@ -64,6 +64,12 @@ pub struct SimConfig {
     /// `finishReason: SAFETY` and the safety ratings, as Gemini does when the model's output (not
     /// the prompt) trips a filter. Empty: never.
     pub safety_trigger: String,
+    /// A prompt containing this text is answered but rated `HARM_CATEGORY_DANGEROUS_CONTENT`
+    /// `HIGH` (in `promptFeedback.safetyRatings` and the candidate's `safetyRatings`). Empty:
+    /// never.
+    pub harm_trigger: String,
+    /// A `/v1/moderations` input containing this text is flagged `self-harm`. Empty: never.
+    pub self_harm_trigger: String,
     /// Upper bound of the "hang" fault: after this long the request gets a 504, so a client that
     /// never times out does not pin a task forever.
     pub hang_max_ms: u64,
@@ -89,6 +95,8 @@ impl Default for SimConfig {
             block_trigger: ANSWER.block_trigger.to_owned(),
             block_reason: ANSWER.block_reason.to_owned(),
             safety_trigger: ANSWER.safety_trigger.to_owned(),
+            harm_trigger: ANSWER.harm_trigger.to_owned(),
+            self_harm_trigger: String::new(),
             hang_max_ms: 600_000,
             service_tier: ANSWER.service_tier.map(str::to_owned),
         }
@@ -107,6 +115,7 @@ impl SimConfig {
             block_trigger: &self.block_trigger,
             block_reason: &self.block_reason,
             safety_trigger: &self.safety_trigger,
+            harm_trigger: &self.harm_trigger,
             service_tier: self.service_tier.as_deref(),
             chunk_tokens: self.stream.chunk_tokens,
         }

@@ -39,6 +39,7 @@ pub mod config;
 pub mod errors;
 pub mod faults;
 pub mod latency;
+pub mod moderation;
 pub mod openai;
 pub mod quota;
 pub mod respond;

@@ -109,6 +109,7 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/v1/chat/completions",
             post(crate::openai::chat_completions),
         )
+        .route("/v1/moderations", post(crate::moderation::moderations))
         .route("/stats", get(control::get_stats))
         .route("/stats/timeline", get(control::get_timeline))
         .route("/stats/reset", post(control::reset_stats))

@@ -66,7 +66,23 @@ pub struct Stats {
     pub per_model: BTreeMap<String, KeyStats>,
     /// Milliseconds since start or the last reset.
     pub since_reset_ms: u64,
+    /// Generate requests that carried `safetySettings`.
+    #[serde(default)]
+    pub with_safety_settings: u64,
+    /// The `safetySettings` of the last generate request that carried any, as received.
+    #[serde(default)]
+    pub last_safety_settings: Option<Vec<serde_json::Value>>,
+    /// The last user turn of the most recent generate requests (at most
+    /// [`RECENT_PROMPTS`]), oldest first: what reached the model, for tests of what may not.
+    #[serde(default)]
+    pub recent_prompts: Vec<String>,
+    /// `POST /v1/moderations` calls.
+    #[serde(default)]
+    pub moderations: u64,
 }
+
+/// How many recent prompts `/stats` shows.
+pub const RECENT_PROMPTS: usize = 32;
 
 /// Injected faults by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +207,10 @@ pub struct StatsCollector {
     timeline: Box<[AtomicU64]>,
     timeline_next: AtomicU64,
     reset_at_ms: Mutex<u64>,
+    with_safety_settings: AtomicU64,
+    moderations: AtomicU64,
+    last_safety_settings: Mutex<Option<Vec<serde_json::Value>>>,
+    recent_prompts: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Default for StatsCollector {
@@ -216,6 +236,10 @@ impl Default for StatsCollector {
             timeline: (0..TIMELINE_CAPACITY).map(|_| AtomicU64::new(0)).collect(),
             timeline_next: AtomicU64::new(0),
             reset_at_ms: Mutex::new(unix_ms()),
+            with_safety_settings: AtomicU64::new(0),
+            moderations: AtomicU64::new(0),
+            last_safety_settings: Mutex::new(None),
+            recent_prompts: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 }
@@ -306,6 +330,27 @@ impl StatsCollector {
         Arc::clone(keys.entry(Arc::from(name)).or_default())
     }
 
+    /// What a generate request carried that tests look at: its `safetySettings` and its last
+    /// user turn.
+    pub fn request_seen(&self, request: &gemini_wire::GenerateContentRequest) {
+        if let Some(settings) = &request.safety_settings {
+            self.with_safety_settings.fetch_add(1, Relaxed);
+            *self.last_safety_settings.lock() = Some(settings.clone());
+        }
+        if let Some(last) = request.contents.last() {
+            let mut recent = self.recent_prompts.lock();
+            if recent.len() == RECENT_PROMPTS {
+                recent.pop_front();
+            }
+            recent.push_back(last.joined_text());
+        }
+    }
+
+    /// Counts a `/v1/moderations` call.
+    pub fn moderation_call(&self) {
+        self.moderations.fetch_add(1, Relaxed);
+    }
+
     /// A snapshot of every counter.
     pub fn snapshot(&self) -> Stats {
         let now_ms = unix_ms();
@@ -366,6 +411,10 @@ impl StatsCollector {
             per_key,
             per_model,
             since_reset_ms: now_ms.saturating_sub(*self.reset_at_ms.lock()),
+            with_safety_settings: self.with_safety_settings.load(Relaxed),
+            last_safety_settings: self.last_safety_settings.lock().clone(),
+            recent_prompts: self.recent_prompts.lock().iter().cloned().collect(),
+            moderations: self.moderations.load(Relaxed),
         }
     }
 
@@ -404,6 +453,8 @@ impl StatsCollector {
             &self.prompt_tokens,
             &self.output_tokens,
             &self.timeline_next,
+            &self.with_safety_settings,
+            &self.moderations,
         ] {
             counter.store(0, Relaxed);
         }
@@ -417,6 +468,8 @@ impl StatsCollector {
             .store(self.in_flight.load(Relaxed), Relaxed);
         self.keys.write().clear();
         self.models.write().clear();
+        *self.last_safety_settings.lock() = None;
+        self.recent_prompts.lock().clear();
         *self.reset_at_ms.lock() = unix_ms();
     }
 

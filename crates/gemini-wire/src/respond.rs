@@ -23,6 +23,10 @@ pub struct AnswerSettings<'a> {
     /// A prompt containing this text gets its answer filtered (`finishReason: SAFETY`). Empty:
     /// never.
     pub safety_trigger: &'a str,
+    /// A prompt containing this text is answered, but rated `HARM_CATEGORY_DANGEROUS_CONTENT`
+    /// `HIGH` in `promptFeedback.safetyRatings` and in the candidate's `safetyRatings`. Empty:
+    /// never.
+    pub harm_trigger: &'a str,
     /// `usageMetadata.serviceTier`; `None` leaves the field out.
     pub service_tier: Option<&'a str>,
     /// Answer tokens per `streamGenerateContent` event.
@@ -37,6 +41,7 @@ impl AnswerSettings<'static> {
         block_trigger: "[[block]]",
         block_reason: "PROHIBITED_CONTENT",
         safety_trigger: "[[unsafe]]",
+        harm_trigger: "",
         service_tier: Some("standard"),
         chunk_tokens: 32,
     };
@@ -72,6 +77,8 @@ pub struct Plan {
     pub finish: FinishReason,
     /// Reported thinking tokens.
     pub thoughts: Option<u32>,
+    /// The prompt hit the harm trigger: answered, rated dangerous (`HIGH`).
+    pub harmful: bool,
 }
 
 impl Plan {
@@ -113,6 +120,7 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &AnswerSettin
             text: String::new(),
             finish: FinishReason::Stop,
             thoughts: None,
+            harmful: false,
         };
     }
     let unsafe_trigger = config.safety_trigger;
@@ -126,6 +134,7 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &AnswerSettin
             text: String::new(),
             finish: FinishReason::Safety,
             thoughts: None,
+            harmful: false,
         };
     }
     let system_text = system.map(Content::joined_text).unwrap_or_default();
@@ -171,13 +180,43 @@ pub fn plan(request: &GenerateContentRequest, model: &str, config: &AnswerSettin
     } else {
         None
     };
+    let harm = config.harm_trigger;
+    let harmful = !harm.is_empty()
+        && text_parts(system.into_iter().chain(&request.contents)).any(|t| t.contains(harm));
     Plan {
         prompt_tokens,
         blocked,
         text,
         finish,
         thoughts,
+        harmful,
     }
+}
+
+/// The ratings of a harmful prompt (and its answer): dangerous content `HIGH`, the rest
+/// `NEGLIGIBLE`, in the order Gemini lists them.
+pub fn harmful_ratings() -> Vec<SafetyRating> {
+    [
+        ("HARM_CATEGORY_HATE_SPEECH", "NEGLIGIBLE"),
+        ("HARM_CATEGORY_DANGEROUS_CONTENT", "HIGH"),
+        ("HARM_CATEGORY_HARASSMENT", "NEGLIGIBLE"),
+        ("HARM_CATEGORY_SEXUALLY_EXPLICIT", "NEGLIGIBLE"),
+    ]
+    .into_iter()
+    .map(|(category, probability)| SafetyRating {
+        category: category.to_owned(),
+        probability: probability.to_owned(),
+        blocked: None,
+    })
+    .collect()
+}
+
+/// The `promptFeedback` of an answered prompt: its ratings when it was harmful, else none.
+fn prompt_feedback(plan: &Plan) -> Option<PromptFeedback> {
+    plan.harmful.then(|| PromptFeedback {
+        block_reason: None,
+        safety_ratings: Some(harmful_ratings()),
+    })
 }
 
 /// A fresh `responseId`: 23 characters of the URL-safe base64 alphabet, like Google's.
@@ -258,7 +297,7 @@ fn safety_response(
     }
 }
 
-fn candidate(text: &str, finish: Option<FinishReason>) -> Candidate {
+fn candidate(text: &str, finish: Option<FinishReason>, harmful: bool) -> Candidate {
     Candidate {
         // An empty answer is `{"role": "model"}` without parts, as in max_tokens.json.
         content: Some(if text.is_empty() {
@@ -269,9 +308,10 @@ fn candidate(text: &str, finish: Option<FinishReason>) -> Candidate {
         } else {
             Content::text(Some("model"), text)
         }),
+        // Ratings come with the last event, as Gemini sends them.
+        safety_ratings: (harmful && finish.is_some()).then(harmful_ratings),
         finish_reason: finish,
         index: Some(0),
-        safety_ratings: None,
     }
 }
 
@@ -290,8 +330,12 @@ pub fn full_response(
     }
     let output = chars_to_tokens(plan.text.chars().count());
     GenerateContentResponse {
-        candidates: vec![candidate(&plan.text, Some(plan.finish.clone()))],
-        prompt_feedback: None,
+        candidates: vec![candidate(
+            &plan.text,
+            Some(plan.finish.clone()),
+            plan.harmful,
+        )],
+        prompt_feedback: prompt_feedback(plan),
         usage_metadata: Some(usage(plan, Some(output), config)),
         model_version: Some(model.to_owned()),
         response_id: Some(id),
@@ -336,8 +380,9 @@ pub fn stream_responses(
             sent_chars += piece.chars().count();
             let finish = (i == last).then(|| plan.finish.clone());
             GenerateContentResponse {
-                candidates: vec![candidate(piece, finish)],
-                prompt_feedback: None,
+                candidates: vec![candidate(piece, finish, plan.harmful)],
+                // The prompt's ratings come with the first event.
+                prompt_feedback: if i == 0 { prompt_feedback(plan) } else { None },
                 usage_metadata: Some(usage(plan, Some(chars_to_tokens(sent_chars)), config)),
                 model_version: Some(model.to_owned()),
                 response_id: Some(id.to_owned()),

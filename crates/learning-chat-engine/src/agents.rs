@@ -59,6 +59,10 @@ pub struct AgentDefinition {
     /// Thinking budget for thinking models (0 = off where allowed).
     #[serde(default)]
     pub thinking_budget: Option<i32>,
+    /// Gemini safety thresholds by harm category, over `safety.settings` (a history tutor may
+    /// allow `BLOCK_ONLY_HIGH` for dangerous content, say).
+    #[serde(default)]
+    pub safety_settings: BTreeMap<String, String>,
 }
 
 fn spill_over_default() -> bool {
@@ -256,6 +260,11 @@ impl AgentRegistry {
                     "agent {id}: empty system_prompt"
                 )));
             }
+            crate::config::check_thresholds(
+                &format!("agent {id}: safety_settings"),
+                &definition.safety_settings,
+            )
+            .map_err(|e| AgentsError::Parse(e.to_string()))?;
             let chain = resolve_chain(&definition).map_err(AgentsError::Parse)?;
             let mut definition = definition;
             definition.model = chain[0].model.clone();
@@ -333,6 +342,9 @@ fn prompt_version(definition: &AgentDefinition) -> String {
         top_k,
         max_output_tokens,
         thinking_budget,
+        // The effective safety settings enter every cache key themselves (with the key's
+        // overrides), so they are not a prompt version.
+        safety_settings: _,
     } = definition;
     let mut hasher = Sha256::new();
     for part in [

@@ -24,6 +24,7 @@ mod deps;
 mod error;
 pub mod metrics;
 mod model;
+mod safeguard;
 #[cfg(test)]
 mod tests;
 
@@ -72,7 +73,13 @@ impl ChatService {
             caller,
             wants_stream,
         } = ask;
-        let message = normalise_message(&message);
+        // Personal data goes before anything sees the message: model, cache key, store.
+        let message = deps.redactor.redact(normalise_message(&message));
+        // The id the client sent, for the flags of a question refused before it is recorded.
+        let conversation_id = match &conversation {
+            Thread::Id(id) => Some(id.clone()),
+            Thread::New | Thread::Turns(_) => None,
+        };
         // 0. history
         let place = deps
             .conversations
@@ -86,24 +93,43 @@ impl ChatService {
             .await?;
         deps.check(&message)?;
         let history = place.history().clone();
-        // 1. key
+        // 1. key, with the safety settings the question is asked with
+        let profile = deps
+            .safety
+            .profile(agent.id(), caller.key_id.as_deref())
+            .clone();
+        let safety = profile.thresholds.fingerprint();
         let scope = self.inner.scope(caller.key_id.as_ref());
         let key = self
             .inner
-            .key_for(&agent, &message, &history, scope.as_deref());
+            .key_for(&agent, &message, &history, scope.as_deref(), safety);
+        // Boxed, and only when configured: the cheapest request's future stays small.
+        let moderation = if deps.moderator.is_some() {
+            Box::pin(self.moderate(&message, &profile)).await?
+        } else {
+            Vec::new()
+        };
+        let who = safeguard::Asked {
+            caller,
+            profile: profile.clone(),
+            conversation: conversation_id,
+            moderation,
+        };
         // 2. lookup
         let found = self
-            .lookup(&agent, &key, &message, &history, scope.as_deref())
+            .lookup(&agent, &key, &message, &history, scope.as_deref(), safety)
             .await;
         if let Some((hit, found_under)) = found {
             let answer = Answer::cached(&hit, found_under);
             return Ok(Reply::Ready(
-                self.record(place, &agent, &message, answer).await?,
+                self.record(place, &agent, &message, answer, &who).await?,
             ));
         }
         if let Some(refusal) = self.inner.remembered_refusal(&key).await {
+            self.refused(&refusal, &agent, &who).await;
             return Err(refusal);
         }
+        let caller = who.caller.clone();
         // 3. coalesce; steps 3 (across servers) to 6 run in the call, under its first deadline
         let (inner, called, asked) = (self.inner.clone(), agent.clone(), message.to_string());
         let waiting = self
@@ -111,7 +137,8 @@ impl ChatService {
             .calls
             .subscribe(key, deadline, wants_stream, move |fanout| {
                 // Built only by the asker that starts a call: the others join it.
-                let request = model::request(&called, asked.clone(), history.clone());
+                let mut request = model::request(&called, asked.clone(), history.clone());
+                request.safety = profile.thresholds.clone();
                 let (inner, agent, flow) = (inner.clone(), called.clone(), caller.flow.clone());
                 let scope = scope.clone();
                 async move {
@@ -123,17 +150,19 @@ impl ChatService {
                     inner.call(key, &agent, &request, asker, fanout).await
                 }
             });
-        let rest = answer::Rest::new(self.clone(), key, place, agent, message.into_owned());
+        let rest = answer::Rest::new(self.clone(), key, place, agent, message.into_owned(), who);
         Ok(Reply::Live(Box::new(Live::new(waiting, rest))))
     }
 
-    /// The last step: the exchange into the conversation, before the answer is returned.
+    /// The last step: the exchange into the conversation, before the answer is returned; then
+    /// its flags and crisis text.
     async fn record(
         &self,
         place: Place,
         agent: &Agent,
         message: &str,
         answer: Answer,
+        asked: &safeguard::Asked,
     ) -> Result<Answer, ChatError> {
         let said = Said {
             text: &answer.text,
@@ -147,7 +176,9 @@ impl ChatService {
             .conversations
             .record(place, agent.id(), message, said, &deps.cache)
             .await?;
-        Ok(answer.recorded(recorded))
+        Ok(self
+            .safeguard(answer.recorded(recorded), agent, asked)
+            .await)
     }
 }
 
@@ -197,16 +228,18 @@ impl Inner {
         self.keep(key, agent, request, scope, lease, answered).await
     }
 
-    /// The key of the agent's primary model's answer, in the cache `scope`.
+    /// The key of the agent's primary model's answer, in the cache `scope`, under the
+    /// `safety` settings' fingerprint.
     fn key_for(
         &self,
         agent: &Agent,
         message: &str,
         history: &[ModelTurn],
         scope: Option<&str>,
+        safety: &str,
     ) -> CacheKey {
         match self.deps.router.chain(agent).first() {
-            Some(primary) => route_key(agent, primary, message, history, scope),
+            Some(primary) => route_key(agent, primary, message, history, scope, safety),
             None => CacheKey::new(CacheKeyParts {
                 provider: self.deps.provider.identity(),
                 agent_id: agent.id(),
@@ -215,18 +248,21 @@ impl Inner {
                 message,
                 history,
                 scope,
+                safety,
             }),
         }
     }
 }
 
-/// The cache key of an answer to `message` after `history` by `route`, in the cache `scope`.
+/// The cache key of an answer to `message` after `history` by `route`, in the cache `scope`,
+/// under the `safety` settings' fingerprint.
 fn route_key(
     agent: &Agent,
     route: &Route,
     message: &str,
     history: &[ModelTurn],
     scope: Option<&str>,
+    safety: &str,
 ) -> CacheKey {
     CacheKey::new(CacheKeyParts {
         provider: route.identity(),
@@ -236,5 +272,6 @@ fn route_key(
         message,
         history,
         scope,
+        safety,
     })
 }

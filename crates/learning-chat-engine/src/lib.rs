@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod providers;
 pub mod redis_link;
 mod redis_scripts;
+pub mod safety;
 pub mod trace;
 
 pub use config::Settings;

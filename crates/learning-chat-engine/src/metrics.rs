@@ -15,6 +15,7 @@ pub fn describe() {
     crate::conversations::metrics::describe();
     crate::providers::metrics::describe();
     crate::redis_link::metrics::describe();
+    crate::safety::metrics::describe();
 }
 
 /// Tells the engine the process's metrics recorder is installed: from now on its hot counters

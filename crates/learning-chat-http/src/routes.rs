@@ -15,6 +15,8 @@ pub const OPENAI_MODELS: &str = "/v1/models";
 pub const OPENAI_CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 /// Any other path under `/v1/`: a 404 in OpenAI's error shape.
 pub const OPENAI_OTHER: &str = "/v1/{*rest}";
+/// Safety flags of every key, for admin keys.
+pub const ADMIN_FLAGS: &str = "/api/v1/admin/flags";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.

@@ -63,6 +63,38 @@ pub struct ApiKey {
     /// Unix seconds; a revoked key gets 403.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<u64>,
+    /// What the key may do besides asking: an `admin` key also reads flags.
+    #[serde(default)]
+    pub role: KeyRole,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// Asks tutors (every key).
+    #[default]
+    Learner,
+    /// Also reads the safety flags of every key (`GET /api/v1/admin/flags`).
+    Admin,
+}
+
+impl KeyRole {
+    /// `learner` or `admin`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Learner => "learner",
+            KeyRole::Admin => "admin",
+        }
+    }
+
+    /// The role stored as `text`; an unknown role is a learner's (the least it can be).
+    pub fn parse(text: &str) -> KeyRole {
+        match text {
+            "admin" => KeyRole::Admin,
+            _ => KeyRole::Learner,
+        }
+    }
 }
 
 impl ApiKey {
@@ -85,13 +117,14 @@ type KeyRow = (
     Option<i64>,
     Option<i64>,
     i64,
+    String,
 );
 
 /// The columns of a key, as one literal (sqlx takes only static SQL text).
 macro_rules! key_columns {
     () => {
         "id, name, hash, agents, limits, weight, require_learner, \
-         created_at_s, revoked_at_s, last_used_at_s, changed_at"
+         created_at_s, revoked_at_s, last_used_at_s, changed_at, role"
     };
 }
 
@@ -113,8 +146,20 @@ fn signed(value: u64) -> i64 {
 }
 
 fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
-    let (id, name, hash, agents, limits, weight, require_learner, created, revoked, used, changed) =
-        row;
+    let (
+        id,
+        name,
+        hash,
+        agents,
+        limits,
+        weight,
+        require_learner,
+        created,
+        revoked,
+        used,
+        changed,
+        role,
+    ) = row;
     let agents: Vec<String> = serde_json::from_str(&agents)
         .map_err(|e| RecordsError::Corrupt(format!("key {id}: agents: {e}")))?;
     let limits: KeyLimits = serde_json::from_str(&limits)
@@ -131,6 +176,7 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
             created_at: secs(created),
             last_used_at: used.map(secs),
             revoked_at: revoked.map(secs),
+            role: KeyRole::parse(&role),
         },
         changed,
     ))
@@ -171,7 +217,7 @@ impl Records {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let inserted = sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ") \
+                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ", $12) \
                  ON CONFLICT DO NOTHING"))
             .bind(now)
             .bind(&key.id)
@@ -184,6 +230,7 @@ impl Records {
             .bind(signed(key.created_at))
             .bind(key.revoked_at.map(signed))
             .bind(key.last_used_at.map(signed))
+            .bind(key.role.as_str())
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -365,6 +412,7 @@ mod tests {
             created_at: 1_700_000_000,
             last_used_at: None,
             revoked_at: None,
+            role: Default::default(),
         }
     }
 
@@ -452,7 +500,7 @@ mod tests {
             let limits = json(&old_clock.limits).unwrap();
             on_pool!(records, pool => {
                 sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ")"))
+                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ", 'learner')"))
                 .bind(5_i64)
                 .bind(&old_clock.id)
                 .bind(&old_clock.name)

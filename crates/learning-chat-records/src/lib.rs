@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod conversations;
+pub mod flags;
 pub mod keys;
 pub mod ledger;
 pub mod secrets;
@@ -100,7 +101,7 @@ pub struct Records {
 }
 
 fn migrations(backend: Backend) -> Migrator {
-    let steps: [(i64, &str, &'static str); 2] = match backend {
+    let steps: [(i64, &str, &'static str); 3] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -111,6 +112,11 @@ fn migrations(backend: Backend) -> Migrator {
                 2,
                 "keys_ledger",
                 include_str!("../migrations/sqlite/0002_keys_ledger.sql"),
+            ),
+            (
+                3,
+                "safety",
+                include_str!("../migrations/sqlite/0003_safety.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -123,6 +129,11 @@ fn migrations(backend: Backend) -> Migrator {
                 2,
                 "keys_ledger",
                 include_str!("../migrations/postgres/0002_keys_ledger.sql"),
+            ),
+            (
+                3,
+                "safety",
+                include_str!("../migrations/postgres/0003_safety.sql"),
             ),
         ],
     };

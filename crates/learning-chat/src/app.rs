@@ -133,6 +133,20 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         // stored conversation of it would have expired (it could start it again).
         TokenSigner::new(settings.cache.ttl.min(conversation_ttl)),
     );
+    let webhook = learning_chat_engine::safety::webhook::WebhookSender::from_settings(
+        &settings.safety,
+        &transport,
+    )?;
+    let moderator = learning_chat_engine::safety::moderation::Moderator::from_settings(
+        &settings.safety,
+        &transport,
+    )?;
+    let safety = learning_chat_engine::safety::Safety::new(
+        &settings.safety,
+        &agents,
+        records.clone(),
+        webhook,
+    );
     let chat = ChatService::new(ChatDeps {
         agents,
         cache,
@@ -170,6 +184,9 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         refusal_max_bytes: settings.cache.refusal_max_bytes,
         failure_share: settings.redis.failure_share,
         cache_scope: settings.cache.scope,
+        safety,
+        redactor: learning_chat_engine::safety::redact::Redactor::new(&settings.privacy.redact),
+        moderator,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
@@ -261,7 +278,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             routes::OPENAI_CHAT_COMPLETIONS,
             post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
-        );
+        )
+        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags));
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
@@ -435,6 +453,7 @@ impl Application {
         };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
@@ -467,6 +486,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(delivery) = flag_delivery {
+            delivery.abort();
+        }
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }

@@ -74,6 +74,10 @@ pub struct CreateArgs {
     /// limits always apply.
     #[arg(long)]
     pub require_learner: bool,
+    /// `learner` (the default) or `admin`: an admin key also lists safety flags
+    /// (`GET /api/v1/admin/flags`).
+    #[arg(long, default_value = "learner", value_parser = ["learner", "admin"])]
+    pub role: String,
 }
 
 /// Runs one `keys` subcommand.
@@ -127,11 +131,13 @@ async fn create(
         created_at: keys::unix_now(),
         last_used_at: None,
         revoked_at: None,
+        role: learning_chat_records::keys::KeyRole::parse(&args.role),
     };
     if !records.create_key(&key, ACTOR).await? {
         anyhow::bail!("a key with this id or secret exists already; run the command again");
     }
     println!("id: {}", key.id);
+    println!("role: {}", key.role.as_str());
     println!("secret: {secret}");
     eprintln!(
         "key stored in the records database ({}); every server accepts it within about {} ms; \
@@ -174,7 +180,7 @@ pub(crate) fn line(key: &ApiKey) -> String {
         "active"
     };
     format!(
-        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\trequire_learner={req}\tcreated={created}\tlast_used={used}",
+        "{id}\t{status}\tname={name:?}\tagents={agents}\trpm={rpm}\ttokens_per_day={tpd}\tconcurrency={conc}\tlearner_rpm={lrpm}\tlearner_tokens_per_day={ltpd}\tweight={weight}\trequire_learner={req}\tcreated={created}\tlast_used={used}\trole={role}",
         id = key.id,
         name = key.name,
         rpm = l.rpm,
@@ -186,6 +192,7 @@ pub(crate) fn line(key: &ApiKey) -> String {
         req = key.require_learner,
         created = time(Some(key.created_at)),
         used = time(key.last_used_at),
+        role = key.role.as_str(),
     )
 }
 

@@ -166,6 +166,7 @@ fn admit(
         Ok(request) => request,
         Err(e) => return Err(fail(guard, invalid_json(&e))),
     };
+    state.stats.request_seen(&request);
     if request.contents.is_empty() {
         return Err(fail(
             guard,

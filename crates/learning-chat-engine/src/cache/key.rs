@@ -25,6 +25,9 @@ pub struct CacheKeyParts<'a> {
     /// Whose answers these are with `cache.scope = "key"`: the caller's key id, so keys never
     /// share answers; `None` for the shared cache (which then keeps the key it always had).
     pub scope: Option<&'a str>,
+    /// The safety settings sent (see [`crate::safety::Thresholds::fingerprint`]): an answer
+    /// given under lax settings is never served under strict ones. Empty keeps the old key.
+    pub safety: &'a str,
 }
 
 /// A hashed cache key (SHA-256). Kept as bytes, since most are only looked up in memory;
@@ -43,6 +46,7 @@ impl CacheKey {
             message,
             history,
             scope,
+            safety,
         } = parts;
         let mut hasher = Sha256::new();
         // Length-prefixed so ("ab","c") and ("a","bc") cannot collide.
@@ -67,6 +71,10 @@ impl CacheKey {
         if let Some(scope) = scope {
             hash_part("scope");
             hash_part(scope);
+        }
+        if !safety.is_empty() {
+            hash_part("safety");
+            hash_part(safety);
         }
         CacheKey(hasher.finalize().into())
     }
@@ -129,6 +137,7 @@ mod tests {
             message: &normalise_message(message),
             history: &[],
             scope: None,
+            safety: "",
         })
     }
 
@@ -210,6 +219,7 @@ mod tests {
             message: "What is 2+2?",
             history: &[],
             scope: None,
+            safety: "",
         });
         assert_ne!(key("What is 2+2?"), other_agent);
         let other_provider = CacheKey::new(CacheKeyParts {
@@ -220,6 +230,7 @@ mod tests {
             message: "What is 2+2?",
             history: &[],
             scope: None,
+            safety: "",
         });
         assert_ne!(key("What is 2+2?"), other_provider);
     }
@@ -240,6 +251,7 @@ mod tests {
                 message: "Why?",
                 history,
                 scope: None,
+                safety: "",
             })
         };
         let a = [turn(Role::User, "What is 2+2?"), turn(Role::Model, "4")];
@@ -263,6 +275,7 @@ mod tests {
                 message: "What is 2+2?",
                 history: &[],
                 scope,
+                safety: "",
             })
         };
         assert_eq!(scoped(None), key("What is 2+2?"));

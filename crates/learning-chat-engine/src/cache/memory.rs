@@ -103,6 +103,7 @@ mod tests {
             message: &format!("question {i}"),
             history: &[],
             scope: None,
+            safety: "",
         })
     }
 
@@ -114,6 +115,7 @@ mod tests {
             usage: Usage::default(),
             created_at_unix: 0,
             question: "q".into(),
+            ratings: Default::default(),
         })
     }
 

@@ -30,6 +30,9 @@ pub struct CachedAnswer {
     /// exchange from here, so a one-shot question stores nothing else.
     #[serde(default)]
     pub question: String,
+    /// Gemini's safety ratings of the question and the answer: a hit carries them at no cost.
+    #[serde(default, skip_serializing_if = "crate::safety::Ratings::is_empty")]
+    pub ratings: crate::safety::Ratings,
     /// The digest of `text` a conversation token carries, worked out at the first hit that
     /// signs one, not at every hit (the text is kilobytes of SHA-256).
     #[serde(skip)]

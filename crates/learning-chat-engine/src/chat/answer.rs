@@ -1,6 +1,7 @@
 //! The engine's entry and exit: one [`Ask`] in; one [`Reply`] out, either the [`Answer`] at
 //! once or a [`Live`] call whose pieces end in the answer or an error.
 
+use super::safeguard::Asked;
 use super::{ChatError, ChatService};
 use crate::admission::Flow;
 use crate::agents::Agent;
@@ -8,6 +9,7 @@ use crate::cache::{CacheKey, CachedAnswer};
 use crate::coalesce::subscription::{Subscription, Update};
 use crate::conversations::{Place, Recorded};
 use crate::providers::{Completion, Usage};
+use crate::safety::Ratings;
 use gemini_wire::FinishReason;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -19,6 +21,8 @@ pub struct Caller {
     pub key_id: Option<Arc<str>>,
     /// The caller's flow in the admission queue's fair order.
     pub flow: Flow,
+    /// The hashed learner id (`X-Learner-Id`), for the flags of the learner's messages.
+    pub learner: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -27,6 +31,7 @@ impl Caller {
         Caller {
             key_id: None,
             flow: Flow::anonymous(),
+            learner: None,
         }
     }
 }
@@ -96,6 +101,11 @@ pub struct Answer {
     pub(crate) kept_under: Option<CacheKey>,
     /// The digest of `text` (see [`CachedAnswer::digest`]), when known without hashing it.
     pub(crate) digest: Option<[u8; 8]>,
+    /// A fresh answer's safety ratings (a hit's are in its cached entry: see
+    /// [`Answer::ratings`]).
+    pub(crate) fresh_ratings: Ratings,
+    /// True when the crisis text was added to (or replaced) the model's answer.
+    pub crisis: bool,
 }
 
 impl Answer {
@@ -112,6 +122,16 @@ impl Answer {
             conversation_id: None,
             turn: 0,
             history_truncated: false,
+            fresh_ratings: Ratings::default(),
+            crisis: false,
+        }
+    }
+
+    /// The safety ratings of the question and the answer (a hit's from its cached entry).
+    pub fn ratings(&self) -> &Ratings {
+        match &self.text {
+            AnswerText::Cached(hit) => &hit.ratings,
+            AnswerText::Owned(_) => &self.fresh_ratings,
         }
     }
 
@@ -129,6 +149,8 @@ impl Answer {
             conversation_id: None,
             turn: 0,
             history_truncated: false,
+            fresh_ratings: completion.ratings.clone(),
+            crisis: false,
         }
     }
 
@@ -268,6 +290,7 @@ pub(super) struct Rest {
     place: Place,
     agent: Arc<Agent>,
     message: String,
+    asked: Asked,
 }
 
 impl Rest {
@@ -277,6 +300,7 @@ impl Rest {
         place: Place,
         agent: Arc<Agent>,
         message: String,
+        asked: Asked,
     ) -> Rest {
         Rest {
             chat,
@@ -284,6 +308,7 @@ impl Rest {
             place,
             agent,
             message,
+            asked,
         }
     }
 
@@ -297,9 +322,17 @@ impl Rest {
             place,
             agent,
             message,
+            asked,
         } = self;
-        let answer = Answer::fresh(&*outcome?, key);
-        chat.record(place, &agent, &message, answer).await
+        let completion = match outcome {
+            Ok(completion) => completion,
+            Err(error) => {
+                chat.refused(&error, &agent, &asked).await;
+                return Err(error);
+            }
+        };
+        let answer = Answer::fresh(&completion, key);
+        chat.record(place, &agent, &message, answer, &asked).await
     }
 }
 
@@ -334,6 +367,9 @@ impl Live {
                 self.done = Some(Ok(answer));
                 Some(Piece::Text(missing))
             }
+            // The crisis text in place of the model's answer (`crisis_mode = "replace"`): the
+            // pieces are out already; the end carries the text to show instead.
+            None if answer.crisis => Some(Piece::Done(Ok(answer))),
             None => {
                 tracing::warn!("streamed pieces disagree with the final answer");
                 Some(Piece::Done(Err(ChatError::StreamInconsistent)))

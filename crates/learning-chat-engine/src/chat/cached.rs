@@ -22,6 +22,7 @@ impl ChatService {
         message: &str,
         history: &[ModelTurn],
         scope: Option<&str>,
+        safety: &str,
     ) -> Option<(Arc<CachedAnswer>, CacheKey)> {
         let deps = &self.inner.deps;
         let lookup = crate::trace_span!(
@@ -59,7 +60,7 @@ impl ChatService {
                     .find(|r| !skipped(r))
                     .or_else(|| next.clone().find(|r| !r.is_open()));
                 if let Some(route) = route {
-                    let key = route_key(agent, route, message, history, scope);
+                    let key = route_key(agent, route, message, history, scope, safety);
                     found = deps
                         .cache
                         .get(&key)
@@ -99,7 +100,14 @@ impl Inner {
                 fallback: Some(route),
             }) => {
                 if completion.finish_reason == FinishReason::Stop {
-                    let key = route_key(agent, route, &request.message, &request.history, scope);
+                    let key = route_key(
+                        agent,
+                        route,
+                        &request.message,
+                        &request.history,
+                        scope,
+                        request.safety.fingerprint(),
+                    );
                     cache
                         .keep(key, to_cache(completion, &request.message), Share::Now)
                         .await;
@@ -164,6 +172,7 @@ fn to_cache(completion: &Completion, question: &str) -> CachedAnswer {
         text: completion.text.clone(),
         model: completion.model.clone(),
         usage: completion.usage,
+        ratings: completion.ratings.clone(),
         created_at_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

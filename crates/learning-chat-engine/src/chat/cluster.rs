@@ -44,6 +44,7 @@ impl Inner {
                     finish_reason: FinishReason::Stop,
                     model: answer.model.clone(),
                     usage: answer.usage,
+                    ratings: answer.ratings.clone(),
                 };
                 self.deps.cache.keep(*key, answer, Share::Already).await;
                 Cluster::Settled(Ok(Arc::new(completion)))

@@ -76,6 +76,12 @@ pub struct ChatDeps {
     pub failure_share: Duration,
     /// Who shares cached answers (and calls in flight): everyone, or each key its own.
     pub cache_scope: CacheScope,
+    /// Safety settings, flags and crisis answers.
+    pub safety: crate::safety::Safety,
+    /// Personal data replaced in learner messages before anything else sees them.
+    pub redactor: crate::safety::redact::Redactor,
+    /// The moderation second opinion on learner messages (`safety.moderation`).
+    pub moderator: Option<crate::safety::moderation::Moderator>,
 }
 
 impl ChatDeps {
@@ -154,12 +160,14 @@ impl ChatService {
         let (deps, inner) = (&self.inner.deps, &self.inner);
         let owner_id = owner.map(Arc::<str>::from);
         let scope = inner.scope(owner_id.as_ref());
+        let safety = &deps.safety;
         let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
             inner.key_for(
                 agent,
                 &normalise_message(message),
                 history,
                 scope.as_deref(),
+                safety.profile(agent.id(), owner).thresholds.fingerprint(),
             )
         };
         deps.conversations
@@ -181,10 +189,40 @@ impl ChatService {
         history: &[ModelTurn],
     ) -> Option<CacheKey> {
         let agent = self.inner.deps.agents.get(agent_id)?;
-        Some(
-            self.inner
-                .key_for(&agent, &normalise_message(message), history, None),
-        )
+        let safety = self.inner.deps.safety.profile(agent_id, None);
+        Some(self.inner.key_for(
+            &agent,
+            &normalise_message(message),
+            history,
+            None,
+            safety.thresholds.fingerprint(),
+        ))
+    }
+
+    /// The safety flags of a conversation (as `get_conversation` names it).
+    pub async fn conversation_flags(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Vec<learning_chat_records::flags::Flag>, ConversationError> {
+        let deps = &self.inner.deps;
+        let Some(stored) = deps.conversations.stored_id_for(id, owner) else {
+            return Err(ConversationError::NotFound);
+        };
+        deps.safety
+            .conversation_flags(&stored)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot read safety flags");
+                ConversationError::StoreUnavailable {
+                    retry_after: Duration::from_secs(1),
+                }
+            })
+    }
+
+    /// Safety settings, flags and crisis answers.
+    pub fn safety(&self) -> &crate::safety::Safety {
+        &self.inner.deps.safety
     }
 
     /// The agent registry.
@@ -270,6 +308,7 @@ mod tests {
                 message: &message,
                 history: &[],
                 scope: None,
+                safety: "",
             });
             let refusal = ProviderError::Blocked {
                 reason: "PROHIBITED_CONTENT ".repeat(20),

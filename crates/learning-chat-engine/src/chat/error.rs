@@ -43,6 +43,10 @@ pub enum ChatError {
     /// the text the learner has cannot be completed.
     #[error("the answer changed while it was streaming")]
     StreamInconsistent,
+    /// The moderation check of the message could not be made, and the key fails closed
+    /// (`safety.moderation_fail_closed`).
+    #[error("the safety check of the message could not be made ({0})")]
+    ModerationUnavailable(&'static str),
     /// A bug: a task failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),

@@ -272,5 +272,7 @@ pub(super) fn request(agent: &Agent, message: String, history: Arc<[ModelTurn]>)
                 include_thoughts: None,
             }),
         },
+        // Set by the flow from the caller's safety profile.
+        safety: Default::default(),
     }
 }

@@ -59,6 +59,7 @@ fn service_with_slots(
         Duration::from_secs(60),
         crate::conversations::TokenSigner::new(Duration::from_secs(3600)),
     );
+    let agents_for_safety = agents.clone();
     ChatService::new(ChatDeps {
         agents,
         cache: ResponseCache::Memory(MemoryCache::new(1000, 1 << 24, Duration::from_secs(3600))),
@@ -90,6 +91,9 @@ fn service_with_slots(
         refusal_max_bytes: 1 << 20,
         failure_share: Duration::ZERO,
         cache_scope: crate::config::CacheScope::Shared,
+        redactor: Default::default(),
+        moderator: None,
+        safety: crate::safety::Safety::new(&settings.safety, &agents_for_safety, None, None),
     })
 }
 

@@ -344,6 +344,7 @@ mod tests {
             message,
             history: &[],
             scope: None,
+            safety: "",
         })
     }
 

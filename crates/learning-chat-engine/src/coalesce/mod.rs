@@ -75,6 +75,9 @@ pub enum SharedOutcome {
         usage: Usage,
         /// Why it stopped.
         finish_reason: FinishReason,
+        /// Its safety ratings.
+        #[serde(default)]
+        ratings: crate::safety::Ratings,
     },
     /// The model gave no usable answer (refusal, 429 after retries, 5xx, ...).
     Failed(ProviderError),
@@ -88,6 +91,7 @@ impl SharedOutcome {
             model: completion.model.clone(),
             usage: completion.usage,
             finish_reason: completion.finish_reason.clone(),
+            ratings: completion.ratings.clone(),
         }
     }
 
@@ -99,11 +103,13 @@ impl SharedOutcome {
                 model,
                 usage,
                 finish_reason,
+                ratings,
             } => Ok(Completion {
                 text,
                 finish_reason,
                 model,
                 usage,
+                ratings,
             }),
             SharedOutcome::Failed(error) => Err(error),
         }

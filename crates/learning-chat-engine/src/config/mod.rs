@@ -25,6 +25,7 @@ mod openai;
 pub mod placeholders;
 mod redis;
 mod routing;
+mod safety;
 mod server;
 mod stream;
 mod telemetry;
@@ -45,6 +46,10 @@ pub use offline::OfflineSettings;
 pub use openai::OpenAiSettings;
 pub use redis::RedisSettings;
 pub use routing::RoutingSettings;
+pub use safety::{
+    check_thresholds, CrisisMode, KeySafety, ModerationKind, PrivacySettings, SafetySettings,
+    HARM_CATEGORIES, PROBABILITIES,
+};
 pub use server::ServerSettings;
 pub use stream::StreamSettings;
 pub use telemetry::{LogFormat, TelemetrySettings};
@@ -143,6 +148,10 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Each model's own quota (`[models."gemini-2.5-flash"]`); others take `[upstream]`'s.
     pub models: ModelSettings,
+    /// Safety for young learners: safety settings, flags, webhook, crisis answers, moderation.
+    pub safety: SafetySettings,
+    /// Personal data kept from the model (`privacy.redact`).
+    pub privacy: PrivacySettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -337,6 +346,8 @@ impl Settings {
         self.routing.validate()?;
         self.database.validate()?;
         models::validate(&self.models)?;
+        self.safety.validate()?;
+        self.privacy.validate()?;
         self.openai.validate()
     }
 

@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 34] = [
+const DURATIONS: [(&str, Field); 40] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -60,6 +60,20 @@ const DURATIONS: [(&str, Field); 34] = [
     ("stream.keepalive_ms", |s| s.stream.keepalive),
     ("stream.retry_after_ms", |s| s.stream.retry_after),
     ("stream.redis_ttl_ms", |s| s.stream.redis_ttl),
+    ("safety.webhook_timeout_ms", |s| s.safety.webhook_timeout),
+    ("safety.webhook_poll_ms", |s| s.safety.webhook_poll),
+    ("safety.webhook_retry_min_ms", |s| {
+        s.safety.webhook_retry_min
+    }),
+    ("safety.webhook_retry_max_ms", |s| {
+        s.safety.webhook_retry_max
+    }),
+    ("safety.moderation_timeout_ms", |s| {
+        s.safety.moderation_timeout
+    }),
+    ("safety.moderation_breaker_cooldown_ms", |s| {
+        s.safety.moderation_breaker_cooldown
+    }),
     ("database.acquire_timeout_ms", |s| {
         s.database.acquire_timeout
     }),

@@ -464,6 +464,14 @@ impl Conversations {
 
     /// What `id` names for the caller `owner`; `None` when it cannot name anything of theirs
     /// (malformed, forged, another key's token).
+    /// The id the conversation the client calls `id` is stored under (a token's once
+    /// continued); `None` for an id that cannot be one (or a token not verified for `owner`).
+    pub fn stored_id_for(&self, id: &str, owner: Option<&str>) -> Option<String> {
+        match self.named(id, owner)? {
+            Named::Stored(stored) | Named::Token(stored, _) => Some(stored),
+        }
+    }
+
     pub(crate) fn named(&self, id: &str, owner: Option<&str>) -> Option<Named> {
         if is_valid_id(id) {
             return Some(Named::Stored(stored_id(id, owner)));

@@ -257,6 +257,7 @@ mod tests {
             message: "what is 2+2?",
             history: &[],
             scope: None,
+            safety: "",
         })
     }
 

@@ -39,6 +39,8 @@ pub struct ModelRequest {
     pub message: String,
     /// Sampling and length settings.
     pub generation: GenerationConfig,
+    /// The safety thresholds sent as `safetySettings` (Gemini only).
+    pub safety: crate::safety::Thresholds,
 }
 
 /// Who said a turn of a conversation: Gemini's `role` of a content.
@@ -88,7 +90,7 @@ impl ModelRequest {
             contents,
             system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
             generation_config: Some(self.generation.clone()),
-            safety_settings: None,
+            safety_settings: self.safety.to_wire(),
         }
     }
 }
@@ -113,6 +115,8 @@ pub struct Completion {
     pub model: String,
     /// Tokens used.
     pub usage: Usage,
+    /// Gemini's safety ratings of the question and the answer (none from other providers).
+    pub ratings: crate::safety::Ratings,
 }
 
 /// One piece of a streamed answer, in the order the model produced it.
@@ -261,6 +265,17 @@ pub fn completion_from_response(
             reason: finish_reason.as_str().to_owned(),
         });
     }
+    let ratings = crate::safety::Ratings {
+        prompt: response
+            .prompt_feedback
+            .as_ref()
+            .and_then(|f| f.safety_ratings.clone())
+            .unwrap_or_default(),
+        answer: response
+            .first_candidate()
+            .and_then(|c| c.safety_ratings.clone())
+            .unwrap_or_default(),
+    };
     let text = response.text();
     if text.trim().is_empty() {
         return Err(ProviderError::Empty(finish_reason.as_str().to_owned()));
@@ -284,6 +299,7 @@ pub fn completion_from_response(
             .model_version
             .unwrap_or_else(|| requested_model.to_owned()),
         usage,
+        ratings,
     })
 }
 
@@ -295,6 +311,8 @@ pub struct StreamAssembler {
     requested_model: String,
     text: String,
     finished: bool,
+    /// The prompt's feedback, which comes with the first event, for the last one's answer.
+    prompt_feedback: Option<gemini_wire::PromptFeedback>,
 }
 
 impl StreamAssembler {
@@ -304,6 +322,7 @@ impl StreamAssembler {
             requested_model: requested_model.to_owned(),
             text: String::new(),
             finished: false,
+            prompt_feedback: None,
         }
     }
 
@@ -326,6 +345,9 @@ impl StreamAssembler {
                 reason: reason.to_owned(),
             })];
         }
+        if response.prompt_feedback.is_some() {
+            self.prompt_feedback.clone_from(&response.prompt_feedback);
+        }
         let piece = response.text();
         let mut out = Vec::with_capacity(2);
         if !piece.is_empty() {
@@ -333,6 +355,9 @@ impl StreamAssembler {
         }
         if response.finish_reason().is_some() {
             self.finished = true;
+            if response.prompt_feedback.is_none() {
+                response.prompt_feedback = self.prompt_feedback.take();
+            }
             // Judged as a whole answer: the last event with the text of all of them.
             if let Some(candidate) = response.candidates.first_mut() {
                 candidate.content = Some(gemini_wire::Content::text(
@@ -466,6 +491,7 @@ mod tests {
             .into(),
             message: "Can you show me an example?".into(),
             generation: GenerationConfig::default(),
+            safety: Default::default(),
         };
         let wire = serde_json::to_value(request.to_wire()).unwrap();
         assert_eq!(

@@ -92,6 +92,7 @@ pub fn completion_from_chat(
         finish_reason: finish,
         model: response.model.unwrap_or_else(|| requested_model.to_owned()),
         usage: usage_of(response.usage),
+        ratings: Default::default(),
     })
 }
 

@@ -74,6 +74,7 @@ impl Script {
             text,
             finish_reason: FinishReason::Stop,
             model: self.model.clone(),
+            ratings: Default::default(),
         })
     }
 

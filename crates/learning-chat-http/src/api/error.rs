@@ -171,6 +171,12 @@ impl From<ChatError> for ApiError {
             ),
             ChatError::Conversation(error) => error.into(),
             ChatError::Provider(error) => from_provider(error),
+            ChatError::ModerationUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "moderation_unavailable",
+                "the safety check of this message could not be made; please retry",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)),
             ChatError::StreamInconsistent => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "stream_inconsistent",

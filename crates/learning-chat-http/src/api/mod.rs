@@ -1,5 +1,6 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
+pub mod admin;
 mod encoding;
 mod error;
 pub mod openai;
@@ -85,6 +86,10 @@ pub struct ChatResponse {
     /// within `conversation.max_history_tokens` (the first exchange is always kept).
     #[serde(default)]
     pub history_truncated: bool,
+    /// True when the answer carries the crisis text (`safety.crisis_text`): the learner's
+    /// message was flagged for self-harm or rated dangerous content `HIGH`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crisis: bool,
 }
 
 impl ChatResponse {
@@ -101,6 +106,7 @@ impl ChatResponse {
             conversation_id: answer.conversation_id,
             turn: answer.turn,
             history_truncated: answer.history_truncated,
+            crisis: answer.crisis,
         }
     }
 }
@@ -133,9 +139,12 @@ pub struct ConversationView {
     pub updated_at: String,
     /// Every turn, oldest first; a question and its answer are two turns.
     pub turns: Vec<TurnView>,
+    /// The safety flags its messages and answers raised, oldest first.
+    #[serde(default)]
+    pub flags: Vec<admin::FlagView>,
 }
 
-fn rfc3339(unix_ms: u64) -> String {
+pub(crate) fn rfc3339(unix_ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
     humantime::format_rfc3339_millis(at).to_string()
 }
@@ -158,6 +167,7 @@ impl From<learning_chat_engine::conversations::Conversation> for ConversationVie
                     model: t.model,
                 })
                 .collect(),
+            flags: Vec::new(),
         }
     }
 }
@@ -339,8 +349,12 @@ pub async fn get_conversation(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let Path(id) = path?;
-    let conversation = state.chat.conversation(&id, owner(caller.as_ref())).await?;
-    Ok(Json(conversation.into()))
+    let owner = owner(caller.as_ref());
+    let conversation = state.chat.conversation(&id, owner).await?;
+    let flags = state.chat.conversation_flags(&id, owner).await?;
+    let mut view = ConversationView::from(conversation);
+    view.flags = flags.into_iter().map(admin::FlagView::from).collect();
+    Ok(Json(view))
 }
 
 /// Erases a conversation everywhere (Redis, so every server); later use of its id is 404.
@@ -472,6 +486,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         stream::chat_stream,
         get_conversation,
         delete_conversation,
+        admin::list_flags,
         list_agents,
         health,
         ready,
@@ -485,6 +500,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         stream::StreamDelta,
         ConversationView,
         TurnView,
+        admin::FlagView,
+        admin::FlagPage,
         learning_chat_engine::providers::Role,
         AgentList,
         AgentSummary,

@@ -190,6 +190,7 @@ impl Auth {
             name: held.name.clone(),
             learner: learner.clone(),
             weight: key.weight.max(1),
+            role: key.role,
             bill: None,
         };
         let mut rate = RateLimitState {

@@ -320,6 +320,7 @@ mod tests {
             created_at: 1,
             last_used_at: None,
             revoked_at: None,
+            role: Default::default(),
         }
     }
 

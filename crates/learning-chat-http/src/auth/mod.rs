@@ -58,6 +58,8 @@ pub struct Caller {
     pub learner: Option<Arc<str>>,
     /// The key's share in the admission queue's fair order.
     pub weight: u32,
+    /// What the key may do besides asking (`admin`: also read flags).
+    pub role: learning_chat_records::keys::KeyRole,
     /// Where a question's handler puts what its answer cost; `None` for requests that ask
     /// nothing.
     pub bill: Option<Bill>,
@@ -72,6 +74,7 @@ impl Caller {
                 id: self.key_id.clone(),
                 weight: self.weight,
             },
+            learner: self.learner.clone(),
         }
     }
 }

@@ -196,6 +196,7 @@ async fn add_key(settings: &Settings, limited: bool) -> String {
         created_at: keys::unix_now(),
         last_used_at: None,
         revoked_at: None,
+        role: Default::default(),
     };
     records
         .create_key(&key, "allocation-rig")

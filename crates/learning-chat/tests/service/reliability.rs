@@ -351,6 +351,7 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
         message: "published between our miss and our lease",
         history: &[],
         scope: None,
+        safety: "",
     });
     // Another server published (and released its lease) after this server's cache lookup.
     let answer = CachedAnswer {
@@ -360,6 +361,7 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
         usage: Usage::default(),
         created_at_unix: 0,
         question: String::new(),
+        ratings: Default::default(),
     };
     cache.set(&key, &answer).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -220,6 +220,7 @@ fn request(model: &str, message: &str) -> ModelRequest {
         history: Vec::new().into(),
         message: message.to_owned(),
         generation: gemini_wire::GenerationConfig::default(),
+        safety: Default::default(),
     }
 }
 

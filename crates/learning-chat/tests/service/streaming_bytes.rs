@@ -56,6 +56,7 @@ fn request(model: &str) -> ModelRequest {
         history: Vec::new().into(),
         message: "Say café.".to_owned(),
         generation: gemini_wire::GenerationConfig::default(),
+        safety: Default::default(),
     }
 }
 

@@ -182,6 +182,7 @@ pub async fn add_key(
         created_at: keys::unix_now(),
         last_used_at: None,
         revoked_at: None,
+        role: Default::default(),
     };
     edit(&mut key);
     assert!(records.create_key(&key, "test").await.expect("key stored"));
