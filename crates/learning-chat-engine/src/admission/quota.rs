@@ -153,9 +153,15 @@ impl QuotaLimiter {
     }
 
     /// How many more calls its request budgets allow by `at`, as this server decides them
-    /// (`None` while Redis decides; `u64::MAX` without a request budget). Input tokens are
+    /// (`None` while Redis decides, or while calls decided without it are still to be written
+    /// back; `u64::MAX` without a request budget). Input tokens are
     /// left out: a question's count is only known when it is asked.
     pub fn room_at(&self, at: Instant) -> Option<u64> {
+        // As for `refusing_until`: a question refused here would make no reservation, and the
+        // calls decided while Redis was away are written back only by one.
+        if self.limiter.has_unpublished(&self.scope) {
+            return None;
+        }
         let windows = self.request_windows(1);
         if windows.is_empty() {
             return Some(u64::MAX);
