@@ -54,18 +54,18 @@ fi
 # them through these two variables; a missing one fails its test).
 openai_python_sdk=2.54.0
 openai_npm_package=5.23.2
-export LEARNING_CHAT_OPENAI_VENV="${LEARNING_CHAT_OPENAI_VENV:-$HOME/.cache/learning-chat/venv-openai}"
-export LEARNING_CHAT_OPENAI_NODE="${LEARNING_CHAT_OPENAI_NODE:-$HOME/.cache/learning-chat/node-openai}"
-if ! "$LEARNING_CHAT_OPENAI_VENV/bin/python" -c "import sys, openai; sys.exit(openai.__version__ != '$openai_python_sdk')" >/dev/null 2>&1; then
-  echo "== installing the openai Python SDK $openai_python_sdk in $LEARNING_CHAT_OPENAI_VENV (needed by the OpenAI-compatible API's tests)"
-  python3 -m venv "$LEARNING_CHAT_OPENAI_VENV"
-  "$LEARNING_CHAT_OPENAI_VENV/bin/python" -m pip install --quiet "openai==$openai_python_sdk"
+export OPENAI_SDK_TEST_VENV="${OPENAI_SDK_TEST_VENV:-$HOME/.cache/learning-chat/venv-openai}"
+export OPENAI_SDK_TEST_NODE="${OPENAI_SDK_TEST_NODE:-$HOME/.cache/learning-chat/node-openai}"
+if ! "$OPENAI_SDK_TEST_VENV/bin/python" -c "import sys, openai; sys.exit(openai.__version__ != '$openai_python_sdk')" >/dev/null 2>&1; then
+  echo "== installing the openai Python SDK $openai_python_sdk in $OPENAI_SDK_TEST_VENV (needed by the OpenAI-compatible API's tests)"
+  python3 -m venv "$OPENAI_SDK_TEST_VENV"
+  "$OPENAI_SDK_TEST_VENV/bin/python" -m pip install --quiet "openai==$openai_python_sdk"
 fi
-if [ "$(cd "$LEARNING_CHAT_OPENAI_NODE" 2>/dev/null && node -p 'require("./node_modules/openai/package.json").version' 2>/dev/null)" != "$openai_npm_package" ]; then
-  echo "== installing the openai npm package $openai_npm_package in $LEARNING_CHAT_OPENAI_NODE (needed by the OpenAI-compatible API's tests)"
-  mkdir -p "$LEARNING_CHAT_OPENAI_NODE"
-  [ -f "$LEARNING_CHAT_OPENAI_NODE/package.json" ] || printf '{"private": true}\n' >"$LEARNING_CHAT_OPENAI_NODE/package.json"
-  npm install --prefix "$LEARNING_CHAT_OPENAI_NODE" --no-audit --no-fund --save-exact "openai@$openai_npm_package"
+if [ "$(cd "$OPENAI_SDK_TEST_NODE" 2>/dev/null && node -p 'require("./node_modules/openai/package.json").version' 2>/dev/null)" != "$openai_npm_package" ]; then
+  echo "== installing the openai npm package $openai_npm_package in $OPENAI_SDK_TEST_NODE (needed by the OpenAI-compatible API's tests)"
+  mkdir -p "$OPENAI_SDK_TEST_NODE"
+  [ -f "$OPENAI_SDK_TEST_NODE/package.json" ] || printf '{"private": true}\n' >"$OPENAI_SDK_TEST_NODE/package.json"
+  npm install --prefix "$OPENAI_SDK_TEST_NODE" --no-audit --no-fund --save-exact "openai@$openai_npm_package"
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required (apt-get install redis-server)"; exit 1; }
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Where the virtualenv is: `scripts/test.sh` exports this variable.
-pub const OPENAI_VENV_ENV: &str = "LEARNING_CHAT_OPENAI_VENV";
+pub const OPENAI_VENV_ENV: &str = "OPENAI_SDK_TEST_VENV";
 /// Where the npm package is installed (the directory holding `node_modules/openai`).
-pub const OPENAI_NODE_ENV: &str = "LEARNING_CHAT_OPENAI_NODE";
+pub const OPENAI_NODE_ENV: &str = "OPENAI_SDK_TEST_NODE";
 
 /// `$HOME/.cache/learning-chat/<name>`, the default place of both.
 fn default_dir(name: &str) -> PathBuf {
@@ -24,7 +24,7 @@ fn dir_from(var: &str, default: &str) -> PathBuf {
 }
 
 /// The Python interpreter of the virtualenv holding the `openai` SDK
-/// (`$LEARNING_CHAT_OPENAI_VENV`, else `~/.cache/learning-chat/venv-openai`).
+/// (`$OPENAI_SDK_TEST_VENV`, else `~/.cache/learning-chat/venv-openai`).
 pub fn openai_python() -> PathBuf {
     let venv = dir_from(OPENAI_VENV_ENV, "venv-openai");
     let python = venv.join("bin/python");
@@ -41,7 +41,7 @@ pub fn openai_python() -> PathBuf {
     python
 }
 
-/// The directory holding `node_modules/openai` (`$LEARNING_CHAT_OPENAI_NODE`, else
+/// The directory holding `node_modules/openai` (`$OPENAI_SDK_TEST_NODE`, else
 /// `~/.cache/learning-chat/node-openai`); checks that `node` runs.
 pub fn openai_node_dir() -> PathBuf {
     let dir = dir_from(OPENAI_NODE_ENV, "node-openai");

@@ -21,3 +21,4 @@ mod redis_shared;
 mod redis_slow;
 mod state_model;
 mod streaming;
+mod webhook_kill;

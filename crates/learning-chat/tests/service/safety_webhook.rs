@@ -2,118 +2,13 @@
 //! the receiver is down, each delivered once by its stable id when it is back.
 
 use crate::safety::{ask_as, harm_sim, HARMFUL};
-use crate::support::processes::free_port;
+use crate::support::webhook::Receiver;
 use crate::support::{prom, settings_for, spawn_app};
-use learning_chat::safety::webhook::{
-    signature, FLAG_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
-};
+use learning_chat::safety::webhook::signature;
 use reqwest::StatusCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 const SECRET: &str = "webhook-secret";
-
-/// One delivery as the receiver got it.
-#[derive(Debug, Clone)]
-struct Delivery {
-    signature: String,
-    timestamp: String,
-    flag_id: String,
-    body: Vec<u8>,
-}
-
-/// A tiny HTTP/1.1 receiver on a fixed port that answers 200 to every POST and closes the
-/// connection; stopping it ends every connection too, so the port is really down.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Delivery>>>,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Receiver {
-    fn new() -> Receiver {
-        Receiver {
-            port: free_port(),
-            got: Arc::default(),
-            tasks: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    async fn start(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        let got = self.got.clone();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let got = got.clone();
-                connections.spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let (head_end, length) = loop {
-                        let n = socket.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-                            let length = header(&head, "content-length")
-                                .and_then(|v| v.parse::<usize>().ok())
-                                .unwrap_or(0);
-                            break (end + 4, length);
-                        }
-                    };
-                    while buffer.len() < head_end + length {
-                        let n = socket.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                    }
-                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
-                    got.lock().unwrap().push(Delivery {
-                        signature: header(&head, SIGNATURE_HEADER).unwrap_or_default(),
-                        timestamp: header(&head, TIMESTAMP_HEADER).unwrap_or_default(),
-                        flag_id: header(&head, FLAG_ID_HEADER).unwrap_or_default(),
-                        body: buffer[head_end..head_end + length].to_vec(),
-                    });
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    fn stop(&mut self) {
-        // Dropping the set aborts the accept loop, which drops its connections' set.
-        self.tasks = None;
-    }
-
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}:")))
-        .map(|v| v.trim().to_owned())
-}
 
 #[tokio::test]
 async fn a_receiver_down_for_a_while_then_up_gets_every_flag_once_signed() {

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod logs;
 pub mod redis_ha;
 pub mod sse;
+pub mod webhook;
 
 /// Real helper processes on free loopback ports.
 pub mod processes {
