@@ -312,9 +312,17 @@ pub async fn chat(
         bill.charge(answer);
     }
     let body = ChatResponse::new(answer?, agent_id, started);
-    // Sized up front: axum's `Json` starts at 128 bytes and regrows through every answer.
-    let mut bytes = Vec::with_capacity(body.response.len() + 256);
-    serde_json::to_writer(&mut bytes, &body).map_err(|e| {
+    json_answer(&body, body.response.len() + 256)
+}
+
+/// An answer as a JSON response, serialised into a buffer of `capacity` bytes sized up front:
+/// axum's `Json` starts at 128 bytes and regrows through every answer.
+pub(crate) fn json_answer(
+    body: &impl serde::Serialize,
+    capacity: usize,
+) -> Result<Response, ApiError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut bytes, body).map_err(|e| {
         tracing::error!(error = %e, "cannot serialise an answer");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

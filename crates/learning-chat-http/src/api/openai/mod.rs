@@ -268,23 +268,8 @@ fn whole(shape: Shape, answer: Answer, mut cut: Cut) -> Result<Response, OpenAiE
         history_truncated: answer.history_truncated,
     };
     // Sized up front, as the native endpoint does.
-    let mut bytes = Vec::with_capacity(body.choices[0].message.content.len() + 384);
-    serde_json::to_writer(&mut bytes, &body).map_err(|e| {
-        tracing::error!(error = %e, "cannot serialise an answer");
-        OpenAiError::from(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "an internal error occurred",
-        ))
-    })?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        bytes,
-    )
-        .into_response())
+    let capacity = body.choices[0].message.content.len() + 384;
+    super::json_answer(&body, capacity).map_err(OpenAiError::from)
 }
 
 /// OpenAI's `finish_reason` of an answer whose copy ended `early` or not.
