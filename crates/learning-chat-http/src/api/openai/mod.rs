@@ -22,7 +22,6 @@ use super::{ApiError, ApiJson, AppState};
 use crate::auth::{Identified, RateLimitState};
 use crate::routes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
