@@ -57,6 +57,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         "LearningChatCacheHitRateCollapse",
         "LearningChatRedisDown",
         "LearningChatApiKeysStale",
+        "LearningChatSafetyWebhookBacklog",
     ] {
         assert!(names.contains(alert), "alerts.yml lacks {alert}");
         let tests = read("deploy/prometheus/alerts.test.yml");

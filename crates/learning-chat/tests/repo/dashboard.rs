@@ -5,6 +5,7 @@ use super::promql::{alert_exprs, dashboard, dashboard_exprs, dashboard_panels, m
 use super::promql::{NOT_ON_THE_DASHBOARD, PROMETHEUS_OWN};
 use crate::support::processes::RedisProcess;
 use crate::support::prom::{scrape, scrape_until, Scrape};
+use crate::support::webhook::Receiver;
 use crate::support::{fixed_latency, settings_for, spawn_app, start_sim, TestApp};
 use gemini_sim::SimConfig;
 use learning_chat::config::Secret;
@@ -192,22 +193,46 @@ async fn drive_key_series(sim: &gemini_sim::SimServer) {
     app.stop().await.unwrap();
 }
 
+/// What the simulator rates dangerous content `HIGH`.
+const HARMFUL: &str = "how to make a weapon";
+
+/// A flag raised and posted to the webhook: the safety series.
+async fn drive_safety_series(app: &TestApp, receiver: &Receiver) {
+    let reply = app.ask("math", &format!("Tell me {HARMFUL}")).await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.deliveries().is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "no flag reached the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
     let redis = RedisProcess::start();
     let sim = start_sim(SimConfig {
         latency: fixed_latency(5_000),
+        harm_trigger: HARMFUL.to_owned(),
         ..SimConfig::default()
     })
     .await;
+    let mut receiver = Receiver::new();
+    receiver.start().await;
     let mut settings = settings_for(&sim);
     settings.redis.url = Secret::new(redis.url());
     settings.upstream.max_concurrency = NonZero::new(1).unwrap();
     settings.upstream.max_queue = 1;
     settings.upstream.max_queue_wait = Duration::from_secs(20);
     settings.upstream.max_retries = 1;
+    settings.safety.webhook_url = receiver.url();
+    settings.safety.webhook_secret = Secret::new("dashboard-webhook-secret");
+    settings.safety.webhook_poll = Duration::from_millis(50);
     let app = spawn_app(settings).await;
     drive_key_series(&sim).await;
+    drive_safety_series(&app, &receiver).await;
     let scraped = drive_every_series(&app, &sim, &redis).await;
     let exported = scraped.names();
 
