@@ -152,9 +152,10 @@ impl QuotaLimiter {
         windows
     }
 
-    /// How many more calls its request budgets allow by `at`, as this server decides them
-    /// (`None` while Redis decides, or while calls decided without it are still to be written
-    /// back; `u64::MAX` without a request budget). Input tokens are
+    /// How many more calls its request budgets allow by `at`, as this server decides them or,
+    /// with Redis deciding, as it last saw Redis' minute (`None` when it knows nothing, or
+    /// while calls decided without Redis are still to be written back; `u64::MAX` without a
+    /// request budget). Input tokens are
     /// left out: a question's count is only known when it is asked.
     pub fn room_at(&self, at: Instant) -> Option<u64> {
         // As for `refusing_until`: a question refused here would make no reservation, and the
@@ -169,8 +170,8 @@ impl QuotaLimiter {
         self.limiter.local_room(&self.scope, &windows, at)
     }
 
-    /// When `calls` more calls would fit its request budgets, as this server decides them
-    /// (`None` while Redis decides).
+    /// When `calls` more calls would fit its request budgets, as this server decides them or
+    /// last saw them in Redis (`None` when unknown).
     pub fn earliest_for(&self, calls: u64) -> Option<Instant> {
         let windows = self.request_windows(calls);
         if windows.is_empty() {

@@ -296,3 +296,66 @@ async fn a_follow_up_whose_answer_is_cached_is_served_while_the_quota_refuses_th
     assert_eq!(spent, u64::from(RPM));
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_redis_deciding_questions_the_quota_cannot_serve_behind_the_queue_are_refused_first() {
+    let redis = crate::support::processes::RedisProcess::start();
+    let sim = start_sim(SimConfig {
+        latency: crate::support::fixed_latency(1000),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut settings = settings_for(&sim);
+    settings.redis.url = learning_chat::config::Secret::new(redis.url());
+    // One model slot, four calls a minute: calls of 1 s go one after the other.
+    settings.upstream.rpm = 4;
+    settings.upstream.max_concurrency = std::num::NonZeroUsize::new(1).unwrap();
+    let app = spawn_app(settings).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["redis"] == "up" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the server never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One call first: the server has seen Redis' window (one of its four used).
+    assert_eq!(
+        app.ask("math", "warm-up question").await.status(),
+        StatusCode::OK
+    );
+    // Nine at once: one calls, two queue with a slot of the minute each before their latest
+    // start; the other six would reach the quota after those three calls and find it full.
+    let done = std::sync::Mutex::new(Vec::new());
+    join_all((0..9).map(|i| {
+        let (app, done) = (&app, &done);
+        async move {
+            let status = app.ask("math", format!("question {i}")).await.status();
+            done.lock().unwrap().push(status);
+        }
+    }))
+    .await;
+    let done = done.into_inner().unwrap();
+    let answered = done.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(answered, 3, "{done:?}");
+    // Every refusal came back before the first of the three answers (1 s each, in turn).
+    assert!(
+        done[..6]
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "refusals first, then the answers: {done:?}"
+    );
+    assert_eq!(sim.stats().rate_limited, 0);
+}

@@ -209,15 +209,24 @@ impl WindowLimiter {
         self.scopes.lock().get(scope).is_some_and(|s| s.unpublished)
     }
 
-    /// How many calls of `windows` fit in `scope` at `at`, on what this process decides
-    /// (`None` while Redis decides for it). Reservations are made in order, so the calls
-    /// queued before one take that many of these slots first.
+    /// How many calls of `windows` fit in `scope` at `at`, on what this process decides, or,
+    /// while Redis decides, on what a remembering limiter last knew of Redis' first window
+    /// (`None` when it knows nothing). Reservations are made in order, so the calls queued
+    /// before one take that many of these slots first.
     pub fn local_room(&self, scope_name: &str, windows: &[Window], at: Instant) -> Option<u64> {
         let now = self.now_ms();
         let at = self.deadline_ms(at);
         let mut scopes = self.scopes.lock();
         let room = match scopes.get_mut(scope_name) {
-            Some(scope) => scope.local_room(windows, at, now),
+            Some(scope) if scope.local.is_some() => scope.local_room(windows, at, now),
+            // Redis decides: a limiter that remembers knows its first window well enough.
+            Some(scope) if self.options.remember => {
+                let fit = windows.first().map_or(1, |w| w.fit.max(1));
+                scope
+                    .remembered_window(windows)
+                    .map(|mut w| w.room_at(at.max(now), now) / fit)
+            }
+            Some(_) => None,
             // Nothing reserved yet: alone, every window is empty.
             None if self.cluster.is_none() => Some(u64::MAX),
             None => None,
@@ -226,13 +235,19 @@ impl WindowLimiter {
         room
     }
 
-    /// The earliest time `windows` fit in `scope` on what this process decides, without
-    /// reserving (`None` while Redis decides for it).
+    /// The earliest time `windows` fit in `scope` on what this process decides (or, while
+    /// Redis decides, last knew of its first window), without reserving (`None` when unknown).
     pub fn local_earliest(&self, scope_name: &str, windows: &[Window]) -> Option<Instant> {
         let now = self.now_ms();
         let mut scopes = self.scopes.lock();
         let at = match scopes.get_mut(scope_name) {
             Some(scope) if scope.local.is_some() => Some(scope.local_earliest(windows, now).0),
+            Some(scope) if self.options.remember => {
+                let fit = windows.first().map_or(1, |w| w.fit);
+                scope
+                    .remembered_window(windows)
+                    .map(|mut w| w.earliest(fit, now))
+            }
             None if self.cluster.is_none() => Some(now),
             _ => None,
         };

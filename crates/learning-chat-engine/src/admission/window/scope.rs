@@ -168,6 +168,26 @@ impl Scope {
         (at, each)
     }
 
+    /// The first window of `windows` as this server last knew it while Redis decides (its own
+    /// calls and the others' as last seen, each expiring no earlier than the real one); `None`
+    /// before it has seen Redis' window.
+    pub fn remembered_window(&self, windows: &[Window]) -> Option<SlidingWindow> {
+        let first = windows.first()?;
+        self.snapshot_at?;
+        let mut window = SlidingWindow::new(first.limit, first.span_ms);
+        for call in &self.own {
+            for (name, units) in &call.units {
+                if *name == first.name {
+                    window.record(*units, call.at);
+                }
+            }
+        }
+        for &(at, units) in &self.others {
+            window.record(units, at);
+        }
+        Some(window)
+    }
+
     /// How many calls fit every local window at `at` (`None`: not deciding locally).
     pub fn local_room(&mut self, windows: &[Window], at: u64, now: u64) -> Option<u64> {
         let weight = self.local.as_ref()?.weight;
