@@ -311,26 +311,7 @@ async fn with_redis_deciding_questions_the_quota_cannot_serve_behind_the_queue_a
     settings.upstream.rpm = 4;
     settings.upstream.max_concurrency = std::num::NonZeroUsize::new(1).unwrap();
     let app = spawn_app(settings).await;
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["redis"] == "up" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the server never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_redis().await;
     // One call first: the server has seen Redis' window (one of its four used).
     assert_eq!(
         app.ask("math", "warm-up question").await.status(),

@@ -240,24 +240,6 @@ impl<'a> Trace<'a> {
     }
 }
 
-/// Waits (at most 30 s) until the server on `port` uses Redis.
-async fn wait_for_redis(http: &reqwest::Client, port: u16) {
-    let ready = format!("http://127.0.0.1:{port}/ready");
-    let guard = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = http.get(&ready).send().await.unwrap();
-        let state: serde_json::Value = reply.json().await.unwrap();
-        if state["redis"] == "up" {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < guard,
-            "the server never reached Redis: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Starts everything, asks `message` twice (a miss carrying the client's traceparent, then a
 /// hit), stops the service (the flush at shutdown delivers the spans) and returns the spans and
 /// the service's log.
@@ -279,7 +261,7 @@ async fn run_two_asks(message: &str, trace_content: bool) -> (Vec<Span>, String)
         .unwrap();
     // The server connects to Redis in the background; until it has, a lookup skips Redis (and
     // its span), so the trees below are only those of a server that uses Redis once it does.
-    wait_for_redis(&http, service.port).await;
+    crate::support::wait_for_redis(&http, &format!("http://127.0.0.1:{}", service.port)).await;
     let url = format!("http://127.0.0.1:{}/api/v1/agents/math", service.port);
     let body = serde_json::json!({ "message": message });
     let miss = http
@@ -462,7 +444,7 @@ async fn a_request_is_exported_when_its_background_work_outlives_the_server() {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    wait_for_redis(&http, port).await;
+    crate::support::wait_for_redis(&http, &format!("http://127.0.0.1:{port}")).await;
     let url = format!("http://127.0.0.1:{port}/api/v1/agents/math");
     let asked = tokio::spawn({
         let http = http.clone();

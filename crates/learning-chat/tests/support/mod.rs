@@ -28,6 +28,30 @@ pub mod processes {
     pub use learning_chat_testkit::redis::RedisProcess;
 }
 
+/// Waits until the server at `base` (`http://host:port`) says on `/ready` that Redis is up
+/// (at most 30 s).
+pub async fn wait_for_redis(client: &reqwest::Client, base: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: serde_json::Value = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .expect("/ready answers")
+            .json()
+            .await
+            .expect("/ready is JSON");
+        if ready["redis"] == "up" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the server never reached Redis: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running service.
 pub struct TestApp {
     /// Where it listens (127.0.0.1, port chosen by the OS).
@@ -47,6 +71,11 @@ impl TestApp {
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until `/ready` says Redis is up (at most 30 s).
+    pub async fn wait_for_redis(&self) {
+        wait_for_redis(&self.client, &self.url("")).await;
     }
 
     /// `http://metrics_addr/metrics`: the metrics listener's page.
