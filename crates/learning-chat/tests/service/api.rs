@@ -403,7 +403,10 @@ async fn the_chat_routes_direct_dispatch_answers_exactly_as_the_router() {
         ("a question", r#"{"message":"What is 2+2?"}"#.to_owned()),
         ("malformed JSON", r#"{"message":"#.to_owned()),
         ("off the schema", r#"{"message":7}"#.to_owned()),
-        ("an unknown field", r#"{"message":"hi","colour":"red"}"#.to_owned()),
+        (
+            "an unknown field",
+            r#"{"message":"hi","colour":"red"}"#.to_owned(),
+        ),
         ("no message", r#"{}"#.to_owned()),
         ("an empty message", r#"{"message":"   "}"#.to_owned()),
         ("a body over the limit", too_large),
@@ -411,7 +414,11 @@ async fn the_chat_routes_direct_dispatch_answers_exactly_as_the_router() {
     ];
     for (case, body) in cases {
         // The Router's path first, so both ask a question already cached (or both fail).
-        let routed = send(app.clone(), post_json("/api/v1/agents/ma%74h", body.clone())).await;
+        let routed = send(
+            app.clone(),
+            post_json("/api/v1/agents/ma%74h", body.clone()),
+        )
+        .await;
         let direct = send(app.clone(), post_json("/api/v1/agents/math", body)).await;
         assert_eq!(direct.status, routed.status, "{case}");
         assert_eq!(
@@ -448,6 +455,8 @@ async fn the_chat_routes_direct_dispatch_answers_exactly_as_the_router() {
     let reply = send(app.clone(), text).await;
     assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(reply.error_code(), "unsupported_media_type");
-    let get = Request::get("/api/v1/agents/math").body(Body::empty()).unwrap();
+    let get = Request::get("/api/v1/agents/math")
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(send(app, get).await.status, StatusCode::METHOD_NOT_ALLOWED);
 }
