@@ -36,6 +36,9 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
     let metrics = crate::metrics::install();
     let transport = crate::client::make_transport();
     let agents = AgentRegistry::load(settings.agents.path.as_deref())?;
+    let experiments =
+        learning_chat_engine::experiments::Experiments::new(&settings.experiments, &agents)
+            .map_err(anyhow::Error::msg)?;
     let provider = if settings.uses_gemini() {
         Provider::Gemini(GeminiClient::new(&settings.gemini, &transport)?)
     } else {
@@ -187,6 +190,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         safety,
         redactor: learning_chat_engine::safety::redact::Redactor::new(&settings.privacy.redact),
         moderator,
+        experiments,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
@@ -279,7 +283,16 @@ pub fn router(state: AppState) -> Router {
             routes::OPENAI_CHAT_COMPLETIONS,
             post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
         )
-        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags));
+        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags))
+        .route(
+            routes::CONVERSATION_FEEDBACK,
+            post(api::feedback::post_feedback),
+        )
+        .route(
+            routes::ADMIN_CLASS_POLICY,
+            get(api::admin::get_class_policy).put(api::admin::put_class_policy),
+        )
+        .route(routes::ADMIN_EXPERIMENTS, get(api::admin::list_experiments));
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(

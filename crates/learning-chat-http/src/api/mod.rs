@@ -3,6 +3,7 @@
 pub mod admin;
 mod encoding;
 mod error;
+pub mod feedback;
 pub mod openai;
 mod quotas;
 mod security;
@@ -55,6 +56,12 @@ pub struct ChatRequest {
     /// absent to start a new conversation.
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// What the learner tried themselves (their working, their answer so far): sent to the
+    /// tutor with the question, so a `hints` or `socratic` tutor can aim at their first
+    /// mistake. Counts towards `server.max_message_chars` with the message.
+    #[serde(default)]
+    #[schema(example = "I added 2 and 2 and got 5")]
+    pub attempt: Option<String>,
 }
 
 /// The tutor's answer.
@@ -90,6 +97,14 @@ pub struct ChatResponse {
     /// message was flagged for self-harm or rated dangerous content `HIGH`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub crisis: bool,
+    /// The answer policy and its version the conversation is tutored with (`socratic@1`,
+    /// `hints@1`, `full@1`): chosen when it starts (experiment variant, else the key's class
+    /// policy, else the agent's) and kept for its whole life.
+    #[serde(default)]
+    pub policy: String,
+    /// The experiment variant of the conversation (`experiment/variant`), when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl ChatResponse {
@@ -107,6 +122,8 @@ impl ChatResponse {
             turn: answer.turn,
             history_truncated: answer.history_truncated,
             crisis: answer.crisis,
+            policy: answer.policy.to_owned(),
+            variant: answer.variant.as_deref().map(str::to_owned),
         }
     }
 }
@@ -142,6 +159,16 @@ pub struct ConversationView {
     /// The safety flags its messages and answers raised, oldest first.
     #[serde(default)]
     pub flags: Vec<admin::FlagView>,
+    /// The answer policy it is tutored with (`socratic@1`; empty for a conversation from
+    /// before policies).
+    #[serde(default)]
+    pub policy: String,
+    /// Its experiment variant (`experiment/variant`), when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// The ratings of its answers, by turn (with a records database).
+    #[serde(default)]
+    pub feedback: Vec<feedback::FeedbackView>,
 }
 
 pub(crate) fn rfc3339(unix_ms: u64) -> String {
@@ -156,6 +183,9 @@ impl From<learning_chat_engine::conversations::Conversation> for ConversationVie
             updated_at: rfc3339(c.updated_at_ms()),
             id: c.id,
             agent_id: c.agent_id,
+            policy: c.policy,
+            variant: (!c.variant.is_empty()).then_some(c.variant),
+            feedback: Vec::new(),
             turns: c
                 .turns
                 .into_iter()
@@ -301,6 +331,7 @@ pub async fn chat(
     let ask = Ask {
         agent,
         message,
+        attempt: request.attempt,
         conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: asker(caller.as_ref()),
@@ -360,8 +391,10 @@ pub async fn get_conversation(
     let owner = owner(caller.as_ref());
     let conversation = state.chat.conversation(&id, owner).await?;
     let flags = state.chat.conversation_flags(&id, owner).await?;
+    let ratings = feedback::of_conversation(&state, &id, owner).await?;
     let mut view = ConversationView::from(conversation);
     view.flags = flags.into_iter().map(admin::FlagView::from).collect();
+    view.feedback = ratings;
     Ok(Json(view))
 }
 
@@ -495,6 +528,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         get_conversation,
         delete_conversation,
         admin::list_flags,
+        admin::get_class_policy,
+        admin::put_class_policy,
+        admin::list_experiments,
+        feedback::post_feedback,
         list_agents,
         health,
         ready,
@@ -510,6 +547,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         TurnView,
         admin::FlagView,
         admin::FlagPage,
+        admin::PolicyUpdate,
+        admin::ClassPolicy,
+        admin::ExperimentList,
+        admin::ExperimentView,
+        admin::VariantView,
+        admin::DifferenceView,
+        feedback::FeedbackRequest,
+        feedback::FeedbackView,
         learning_chat_engine::providers::Role,
         AgentList,
         AgentSummary,

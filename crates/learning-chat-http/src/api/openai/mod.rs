@@ -184,6 +184,7 @@ async fn complete(
     let ask = Ask {
         agent,
         message,
+        attempt: None,
         conversation: thread,
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: caller
