@@ -111,7 +111,7 @@ impl ChatService {
             scope: scope.as_deref(),
             safety: profile.thresholds.fingerprint(),
             tutoring: setup.tutoring.name(),
-            variant: setup.variant.as_deref().unwrap_or(""),
+            variant: setup.variant_label(),
         };
         let key = self.inner.key_for(&agent, &message, &history, shape);
         // Boxed, and only when configured: the cheapest request's future stays small.
@@ -159,7 +159,7 @@ impl ChatService {
                             scope: scope.as_deref(),
                             safety: request.safety.fingerprint(),
                             tutoring: tutoring.name(),
-                            variant: variant.as_deref().unwrap_or(""),
+                            variant: variant.as_ref().map_or("", |v| &*v.label),
                         },
                         deadline,
                     };
@@ -191,7 +191,7 @@ impl ChatService {
         let setup = &asked.setup;
         let started = Started {
             policy: setup.tutoring.name(),
-            variant: setup.variant.as_deref().unwrap_or(""),
+            variant: setup.variant_label(),
             nonce: setup.nonce,
         };
         let recorded = deps
@@ -199,9 +199,9 @@ impl ChatService {
             .record(place, agent.id(), message, said, started, &deps.cache)
             .await?;
         let mut answer = answer.recorded(recorded);
-        answer.policy = setup.tutoring.name();
+        answer.policy = setup.tutoring;
         answer.variant.clone_from(&setup.variant);
-        if let Some(variant) = &setup.counted {
+        if let Some(variant) = setup.variant.as_ref().filter(|_| setup.counted) {
             let (usage, prices) = (answer.usage, deps.prices);
             variant.count(Counted {
                 turn: answer.turn,
@@ -231,13 +231,20 @@ fn with_attempt(message: String, attempt: Option<&str>) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Setup {
     tutoring: Tutoring,
-    /// `experiment/variant`.
-    variant: Option<Arc<str>>,
-    /// The variant's counters, while it is configured.
-    counted: Option<Arc<Variant>>,
+    variant: Option<Arc<Variant>>,
+    /// True while the variant is configured: its counts are kept (a recorded variant whose
+    /// experiment was removed from the configuration is only named).
+    counted: bool,
     /// A new conversation's identity, chosen before the answer because its variant was
     /// assigned by it.
     nonce: Option<[u8; 16]>,
+}
+
+impl Setup {
+    /// `experiment/variant`, empty when none.
+    fn variant_label(&self) -> &str {
+        self.variant.as_ref().map_or("", |v| &v.label)
+    }
 }
 
 /// Whose cached answers a question may share, besides the question itself.
@@ -319,17 +326,15 @@ impl Inner {
         let recorded = place
             .recorded()
             .and_then(|(policy, variant)| Some((Tutoring::parse(policy)?, variant)));
-        if let Some((tutoring, variant)) = recorded {
-            let counted = (!variant.is_empty())
-                .then(|| self.deps.experiments.variant(variant).cloned())
-                .flatten();
+        if let Some((tutoring, label)) = recorded {
+            let configured = self.deps.experiments.variant(label).cloned();
+            let counted = configured.is_some();
+            let variant = configured.or_else(|| {
+                (!label.is_empty()).then(|| Arc::new(Variant::detached(label, tutoring)))
+            });
             return Setup {
                 tutoring,
-                variant: (!variant.is_empty()).then(|| {
-                    counted
-                        .as_ref()
-                        .map_or_else(|| Arc::from(variant), |v| v.label.clone())
-                }),
+                variant,
                 counted,
                 nonce: None,
             };
@@ -337,14 +342,14 @@ impl Inner {
         match assigned {
             Some((variant, nonce)) => Setup {
                 tutoring: variant.tutoring,
-                variant: Some(variant.label.clone()),
-                counted: Some(variant),
+                variant: Some(variant),
+                counted: true,
                 nonce,
             },
             None => Setup {
                 tutoring: caller.policy.unwrap_or(agent.tutoring),
                 variant: None,
-                counted: None,
+                counted: false,
                 nonce: None,
             },
         }

@@ -250,7 +250,29 @@ impl Experiment {
     }
 }
 
+impl PartialEq for Variant {
+    /// Variants are told apart by their label (their counts are not what they are).
+    fn eq(&self, other: &Variant) -> bool {
+        self.label == other.label && self.tutoring == other.tutoring
+    }
+}
+
 impl Variant {
+    /// A variant recorded on a conversation whose experiment is no longer configured: named
+    /// in its answers and cache keys, counted nowhere.
+    pub fn detached(label: &str, tutoring: Tutoring) -> Variant {
+        let (experiment, name) = label.split_once('/').unwrap_or(("", label));
+        Variant {
+            label: Arc::from(label),
+            experiment: Arc::from(experiment),
+            name: Arc::from(name),
+            tutoring,
+            weight: 0,
+            counts: Counts::default(),
+            handles: OnceLock::new(),
+        }
+    }
+
     /// Counts one answered question of a conversation in this variant.
     pub fn count(&self, counted: Counted) {
         let handles = self.handles.get_or_init(|| {

@@ -114,9 +114,10 @@ pub struct Answer {
     /// True when the crisis text was added to (or replaced) the model's answer.
     pub crisis: bool,
     /// The answer policy and version it was made under (`socratic@1`).
-    pub policy: &'static str,
-    /// The experiment variant of its conversation (`experiment/variant`), if any.
-    pub variant: Option<Arc<str>>,
+    pub policy: crate::policy::Tutoring,
+    /// The experiment variant of its conversation, if any (a thin pointer: a cache hit's
+    /// answer stays small).
+    pub variant: Option<Arc<crate::experiments::Variant>>,
 }
 
 impl Answer {
@@ -135,7 +136,7 @@ impl Answer {
             history_truncated: false,
             fresh_ratings: Ratings::default(),
             crisis: false,
-            policy: "",
+            policy: crate::policy::Tutoring::default(),
             variant: None,
         }
     }
@@ -164,7 +165,7 @@ impl Answer {
             history_truncated: false,
             fresh_ratings: completion.ratings.clone(),
             crisis: false,
-            policy: "",
+            policy: crate::policy::Tutoring::default(),
             variant: None,
         }
     }

@@ -261,7 +261,7 @@ fn no_such_key(key_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "key_not_found",
-        &format!("no key {key_id:?}"),
+        format!("no key {key_id:?}"),
     )
 }
 
@@ -331,7 +331,7 @@ pub async fn put_class_policy(
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_policy",
-                &format!(
+                format!(
                     "policy {policy:?} is not socratic, hints or full, nor one of {}",
                     known.join(", ")
                 ),

@@ -60,7 +60,7 @@ impl From<FeedbackRecord> for FeedbackView {
     }
 }
 
-fn invalid(code: &'static str, message: &str) -> ApiError {
+fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
@@ -119,7 +119,7 @@ pub async fn post_feedback(
     if comment.chars().count() > MAX_COMMENT_CHARS {
         return Err(invalid(
             "comment_too_long",
-            &format!("`comment` is limited to {MAX_COMMENT_CHARS} characters"),
+            format!("`comment` is limited to {MAX_COMMENT_CHARS} characters"),
         ));
     }
     let records = records(&state)?;
@@ -132,7 +132,7 @@ pub async fn post_feedback(
         .ok_or_else(|| {
             invalid(
                 "invalid_turn",
-                &format!("`turn` must be an answered turn of this conversation: 1 to {answered}"),
+                format!("`turn` must be an answered turn of this conversation: 1 to {answered}"),
             )
         })?;
     let stored = state

@@ -122,8 +122,8 @@ impl ChatResponse {
             turn: answer.turn,
             history_truncated: answer.history_truncated,
             crisis: answer.crisis,
-            policy: answer.policy.to_owned(),
-            variant: answer.variant.as_deref().map(str::to_owned),
+            policy: answer.policy.name().to_owned(),
+            variant: answer.variant.as_ref().map(|v| v.label.to_string()),
         }
     }
 }
