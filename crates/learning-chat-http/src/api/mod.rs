@@ -101,7 +101,8 @@ pub struct ChatResponse {
     /// `hints@1`, `full@1`): chosen when it starts (experiment variant, else the key's class
     /// policy, else the agent's) and kept for its whole life.
     #[serde(default)]
-    pub policy: String,
+    #[schema(value_type = String)]
+    pub policy: std::borrow::Cow<'static, str>,
     /// The experiment variant of the conversation (`experiment/variant`), when it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -122,7 +123,8 @@ impl ChatResponse {
             turn: answer.turn,
             history_truncated: answer.history_truncated,
             crisis: answer.crisis,
-            policy: answer.policy.name().to_owned(),
+            // A static name: no allocation on the cheapest request.
+            policy: std::borrow::Cow::Borrowed(answer.policy.name()),
             variant: answer.variant.as_ref().map(|v| v.label.to_string()),
         }
     }
