@@ -124,6 +124,7 @@ async fn the_policy_and_its_version_reach_the_system_instruction_and_a_conversat
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{completion}");
+    assert_eq!(completion["policy"], "hints@1", "{completion}");
     assert!(last_system_instruction(&sim).ends_with(block("hints@1")));
 }
 
