@@ -45,6 +45,7 @@ use crate::policy::Tutoring;
 use crate::providers::{Completion, ModelRequest, ModelTurn, ProviderError, Route};
 use cluster::Cluster;
 use rand::Rng;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -303,11 +304,18 @@ impl Inner {
                 rand::rng().fill_bytes(&mut nonce);
                 (hex::encode(nonce).into_bytes(), Some(nonce))
             }
+            // No conversation id: the client's own key and the first message name it (the
+            // key keeps two classes asking the same first question from sharing a variant).
             (Thread::Turns(turns), None) => {
-                let first = turns.first().map_or(message.to_owned(), |turn| {
-                    normalise_message(&turn.text).into_owned()
-                });
-                (first.into_bytes(), None)
+                let first = turns
+                    .first()
+                    .map_or(Cow::Borrowed(message), |turn| normalise_message(&turn.text));
+                let key = caller.key_id.as_deref().unwrap_or("");
+                let mut unit = Vec::with_capacity(key.len() + 1 + first.len());
+                unit.extend_from_slice(key.as_bytes());
+                unit.push(0);
+                unit.extend_from_slice(first.as_bytes());
+                (unit, None)
             }
         };
         Some((experiment.assign(&unit).clone(), nonce))

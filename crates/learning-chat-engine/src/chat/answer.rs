@@ -73,7 +73,9 @@ pub enum Thread {
     /// Earlier turns the client holds itself, oldest first, alternating `user` / `model` from a
     /// `user` turn (the OpenAI-compatible API's `messages`): bounded like a stored
     /// conversation's history and keyed the same way, so the same turns share the same cached
-    /// answers; stored nowhere. An empty list is [`Thread::New`].
+    /// answers; stored nowhere. An empty list starts a new conversation like [`Thread::New`],
+    /// but from a client that holds its history: an experiment assigns it by its first
+    /// message (as it will its follow-ups), not by a new conversation id.
     Turns(Vec<crate::providers::ModelTurn>),
 }
 

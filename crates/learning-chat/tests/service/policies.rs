@@ -444,6 +444,44 @@ async fn learners_keep_their_variant_across_conversations_and_servers_with_unit_
 }
 
 #[tokio::test]
+async fn a_client_holding_its_history_keeps_its_variant_through_the_openai_api() {
+    let sim = start_sim(SimConfig::default()).await;
+    let mut settings = settings_for(&sim);
+    settings.experiments = vec![experiment("held", None, ExperimentUnit::Conversation)];
+    let app = spawn_app(settings).await;
+    let mut variants = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let question = format!("What is {i} times 3?");
+        let completion = |messages: Value| {
+            let app = &app;
+            async move {
+                let body = json!({"model": "math", "messages": messages});
+                let (status, answer) = post(app, None, "/v1/chat/completions", body).await;
+                assert_eq!(status, StatusCode::OK, "{answer}");
+                answer
+            }
+        };
+        let first = completion(json!([{"role": "user", "content": question}])).await;
+        let answer = first["choices"][0]["message"]["content"].clone();
+        let next = completion(json!([
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "And times 4?"},
+        ]))
+        .await;
+        assert!(first["variant"].is_string(), "{first}");
+        assert_eq!(next["variant"], first["variant"], "{next}");
+        assert_eq!(next["policy"], first["policy"], "{next}");
+        variants.insert(first["variant"].to_string());
+    }
+    assert_eq!(
+        variants.len(),
+        2,
+        "8 conversations, one variant: {variants:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_experiment_past_its_end_assigns_no_one() {
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = settings_for(&sim);
