@@ -236,6 +236,46 @@ async fn a_class_policy_set_by_an_admin_applies_to_its_new_conversations_and_is_
     assert_eq!(back["policy"], "hints@1");
 }
 
+#[tokio::test]
+async fn another_server_takes_a_class_policy_at_its_next_key_poll() {
+    let sim = start_sim(SimConfig::default()).await;
+    let mut settings = settings_for(&sim);
+    require_keys(&mut settings, "policies-pepper-0123456789");
+    settings.database.key_refresh = std::time::Duration::from_millis(100);
+    let admin = add_key(&settings, |k| {
+        k.role = learning_chat::records::keys::KeyRole::Admin;
+    })
+    .await;
+    let mut class_id = String::new();
+    let class = add_key(&settings, |k| class_id = k.id.clone()).await;
+    // Two servers of one deployment: one records database.
+    let a = spawn_app(settings.clone()).await;
+    let b = spawn_app(settings).await;
+    let path = format!("/api/v1/admin/classes/{class_id}/policy");
+    let (status, body) = put(&a, &admin, &path, json!({"policy": "full"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Server b has not been told: it reads the change from the database at a poll.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for i in 0.. {
+        let answer = ask(
+            &b,
+            Some(&class),
+            json!({"message": format!("What is {i} + 2?")}),
+        )
+        .await;
+        if answer["policy"] == "full@1" {
+            assert!(last_system_instruction(&sim).ends_with(block("full@1")));
+            break;
+        }
+        assert_eq!(answer["policy"], "hints@1", "{answer}");
+        assert!(
+            std::time::Instant::now() < until,
+            "server b never took the class policy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn experiment(name: &str, end: Option<&str>, unit: ExperimentUnit) -> ExperimentSettings {
     ExperimentSettings {
         name: name.into(),
