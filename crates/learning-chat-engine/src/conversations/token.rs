@@ -338,6 +338,34 @@ mod tests {
         assert_eq!(claims.stored_id(), hex::encode([9u8; 16]));
     }
 
+    #[test]
+    fn a_token_signed_before_policies_still_verifies_with_none_recorded() {
+        // Version 1, as the previous release signed it: no policy or variant fields.
+        let signer = signer("one");
+        let mut payload = vec![VERSION_1];
+        payload.extend_from_slice(&[3; 16]);
+        payload.extend_from_slice(&42u64.to_be_bytes());
+        payload.extend_from_slice(&answer_digest("4"));
+        payload.extend_from_slice(key().as_bytes());
+        for field in ["math", "key_1"] {
+            payload.push(u8::try_from(field.len()).unwrap());
+            payload.extend_from_slice(field.as_bytes());
+        }
+        let mac = signer.mac(&payload);
+        payload.extend_from_slice(&mac);
+        let token = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&payload)
+        );
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!(
+            (claims.agent_id.as_str(), claims.owner.as_str()),
+            ("math", "key_1")
+        );
+        assert_eq!((claims.policy.as_str(), claims.variant.as_str()), ("", ""));
+        assert_eq!(claims.nonce, [3; 16]);
+    }
+
     fn signer(secret: &str) -> TokenSigner {
         let signer = TokenSigner::new(std::time::Duration::from_secs(3600));
         assert!(signer.set_secret(secret));
