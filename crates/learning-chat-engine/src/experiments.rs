@@ -68,6 +68,8 @@ pub struct Variant {
     pub weight: u32,
     counts: Counts,
     handles: OnceLock<Handles>,
+    /// The counts as of the last write to the records database (only the writer takes it).
+    written: parking_lot::Mutex<[u64; 6]>,
 }
 
 /// What this server counted for a variant since it started.
@@ -172,6 +174,7 @@ impl Experiments {
                         weight: v.weight,
                         counts: Counts::default(),
                         handles: OnceLock::new(),
+                        written: parking_lot::Mutex::new([0; 6]),
                     }))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
@@ -270,6 +273,7 @@ impl Variant {
             weight: 0,
             counts: Counts::default(),
             handles: OnceLock::new(),
+            written: parking_lot::Mutex::new([0; 6]),
         }
     }
 
@@ -321,15 +325,80 @@ impl Variant {
 
     /// What this server counted since it started.
     pub fn counts(&self) -> VariantCounts {
+        VariantCounts::from_raw(self.raw())
+    }
+
+    /// What this server counted and has not written to the records database yet.
+    pub fn unwritten(&self) -> VariantCounts {
+        let (now, written) = (self.raw(), *self.written.lock());
+        VariantCounts::from_raw(std::array::from_fn(|i| now[i].saturating_sub(written[i])))
+    }
+
+    fn raw(&self) -> [u64; 6] {
         let c = &self.counts;
+        [
+            c.conversations.load(Relaxed),
+            c.follow_ups.load(Relaxed),
+            c.turns.load(Relaxed),
+            c.input_tokens.load(Relaxed),
+            c.output_tokens.load(Relaxed),
+            c.cost_micro_usd.load(Relaxed),
+        ]
+    }
+}
+
+impl VariantCounts {
+    fn from_raw(raw: [u64; 6]) -> VariantCounts {
+        let [conversations, follow_ups, turns, input_tokens, output_tokens, cost] = raw;
         VariantCounts {
-            conversations: c.conversations.load(Relaxed),
-            follow_ups: c.follow_ups.load(Relaxed),
-            turns: c.turns.load(Relaxed),
-            input_tokens: c.input_tokens.load(Relaxed),
-            output_tokens: c.output_tokens.load(Relaxed),
-            cost_usd: c.cost_micro_usd.load(Relaxed) as f64 / 1e6,
+            conversations,
+            follow_ups,
+            turns,
+            input_tokens,
+            output_tokens,
+            cost_usd: cost as f64 / 1e6,
         }
+    }
+}
+
+impl Experiments {
+    /// Adds what this server counted since its last write to the records database, in one
+    /// transaction (off every request's path: a background task every
+    /// `database.ledger_flush_ms`, and once more at shutdown); what could not be written is
+    /// written next time. Returns the variants written.
+    pub async fn write_counts(
+        &self,
+        records: &learning_chat_records::Records,
+    ) -> Result<usize, learning_chat_records::RecordsError> {
+        use learning_chat_records::feedback::VariantTotals;
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut rows = Vec::new();
+        let mut taken = Vec::new();
+        for variant in self.list.iter().flat_map(|e| e.variants.iter()) {
+            let now = variant.raw();
+            let written = *variant.written.lock();
+            let delta: [u64; 6] = std::array::from_fn(|i| now[i].saturating_sub(written[i]));
+            if delta == [0; 6] {
+                continue;
+            }
+            let [conversations, follow_ups, turns, input_tokens, output_tokens, cost] = delta;
+            rows.push(VariantTotals {
+                experiment: variant.experiment.to_string(),
+                variant: variant.name.to_string(),
+                conversations: signed(conversations),
+                follow_ups: signed(follow_ups),
+                turns: signed(turns),
+                input_tokens: signed(input_tokens),
+                output_tokens: signed(output_tokens),
+                cost_microusd: signed(cost),
+            });
+            taken.push((variant, now));
+        }
+        records.add_experiment_counts(&rows).await?;
+        for (variant, now) in &taken {
+            *variant.written.lock() = *now;
+        }
+        Ok(taken.len())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Feedback on answers: a learner's thumbs up or down, a teacher's 1-5 rating, each with an
 //! optional comment, kept with the conversation's policy and experiment variant so the
-//! per-variant thumbs-up rate is counted over every server.
+//! per-variant thumbs-up rate is counted over every server; and the per-variant counts every
+//! server adds ([`Records::add_experiment_counts`]).
 
 use crate::{on_pool, Records, RecordsError};
 
@@ -38,6 +39,27 @@ pub struct Thumbs {
     pub up: u64,
     /// Answers rated down.
     pub down: u64,
+}
+
+/// What servers counted for one experiment variant (added up, or to add).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VariantTotals {
+    /// The experiment's name.
+    pub experiment: String,
+    /// The variant's name.
+    pub variant: String,
+    /// Conversations started in it.
+    pub conversations: i64,
+    /// Of those, with a follow-up.
+    pub follow_ups: i64,
+    /// Questions answered.
+    pub turns: i64,
+    /// Model input tokens.
+    pub input_tokens: i64,
+    /// Model output tokens.
+    pub output_tokens: i64,
+    /// Estimated cost in micro-USD.
+    pub cost_microusd: i64,
 }
 
 type FeedbackRow = (
@@ -162,6 +184,81 @@ impl Records {
     }
 }
 
+impl Records {
+    /// Adds what a server counted since its last write, in one transaction.
+    pub async fn add_experiment_counts(
+        &self,
+        counts: &[VariantTotals],
+    ) -> Result<(), RecordsError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for c in counts {
+                sqlx::query(
+                    "INSERT INTO experiment_counts (experiment, variant, conversations, \
+                     follow_ups, turns, input_tokens, output_tokens, cost_microusd) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (experiment, variant) DO UPDATE SET \
+                     conversations = experiment_counts.conversations + excluded.conversations, \
+                     follow_ups = experiment_counts.follow_ups + excluded.follow_ups, \
+                     turns = experiment_counts.turns + excluded.turns, \
+                     input_tokens = experiment_counts.input_tokens + excluded.input_tokens, \
+                     output_tokens = experiment_counts.output_tokens + excluded.output_tokens, \
+                     cost_microusd = experiment_counts.cost_microusd + excluded.cost_microusd",
+                )
+                .bind(&c.experiment)
+                .bind(&c.variant)
+                .bind(c.conversations)
+                .bind(c.follow_ups)
+                .bind(c.turns)
+                .bind(c.input_tokens)
+                .bind(c.output_tokens)
+                .bind(c.cost_microusd)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// What every server counted for the variants of `experiment`.
+    pub async fn experiment_counts(
+        &self,
+        experiment: &str,
+    ) -> Result<Vec<VariantTotals>, RecordsError> {
+        type Row = (String, String, i64, i64, i64, i64, i64, i64);
+        let rows: Vec<Row> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT experiment, variant, conversations, follow_ups, turns, input_tokens, \
+                 output_tokens, cost_microusd FROM experiment_counts WHERE experiment = $1",
+            )
+            .bind(experiment)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(experiment, variant, conversations, follow_ups, turns, input, output, cost)| {
+                    VariantTotals {
+                        experiment,
+                        variant,
+                        conversations,
+                        follow_ups,
+                        turns,
+                        input_tokens: input,
+                        output_tokens: output,
+                        cost_microusd: cost,
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +280,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_rating_replaces_the_first_and_thumbs_count_per_variant() {
+    async fn a_second_rating_replaces_the_first_and_thumbs_and_counts_add_up_per_variant() {
         each_backend(|records| async move {
             records
                 .put_feedback(&rating("c1", 1, "down", "e/a"))
@@ -212,6 +309,27 @@ mod tests {
             );
             let mut thumbs = records.experiment_thumbs("e").await.unwrap();
             thumbs.sort_by(|a, b| a.variant.cmp(&b.variant));
+            let add = |conversations| VariantTotals {
+                experiment: "e".into(),
+                variant: "a".into(),
+                conversations,
+                turns: 2 * conversations,
+                cost_microusd: 5,
+                ..VariantTotals::default()
+            };
+            records.add_experiment_counts(&[add(3)]).await.unwrap();
+            records.add_experiment_counts(&[add(4)]).await.unwrap();
+            let totals = records.experiment_counts("e").await.unwrap();
+            assert_eq!(totals.len(), 1);
+            assert_eq!(
+                (
+                    totals[0].conversations,
+                    totals[0].turns,
+                    totals[0].cost_microusd
+                ),
+                (7, 14, 10)
+            );
+            assert!(records.experiment_counts("other").await.unwrap().is_empty());
             assert_eq!(
                 thumbs,
                 [

@@ -466,6 +466,7 @@ impl Application {
         };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let experiment_writer = experiment_writer(&state);
         let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -515,7 +516,41 @@ impl Application {
         if let Some((tasks, acquire_timeout)) = auth_tasks {
             tasks.stop(acquire_timeout * 2).await;
         }
+        if let Some((writer, state)) = experiment_writer {
+            writer.abort();
+            write_experiment_counts(&state).await;
+        }
         result
+    }
+}
+
+/// Every `database.ledger_flush_ms`, adds this server's per-variant counts to the records
+/// database (nothing to do without experiments or a database); returns the task and the state
+/// for the last write at shutdown.
+fn experiment_writer(state: &AppState) -> Option<(tokio::task::JoinHandle<()>, AppState)> {
+    if state.records.is_none() || state.chat.experiments().all().is_empty() {
+        return None;
+    }
+    let every = state.settings.database.ledger_flush;
+    let writer_state = state.clone();
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            write_experiment_counts(&writer_state).await;
+        }
+    });
+    Some((task, state.clone()))
+}
+
+async fn write_experiment_counts(state: &AppState) {
+    let Some(records) = &state.records else {
+        return;
+    };
+    if let Err(error) = state.chat.experiments().write_counts(records).await {
+        tracing::warn!(%error, "cannot write the experiments' counts; kept for the next write");
     }
 }
 

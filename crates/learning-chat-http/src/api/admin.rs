@@ -373,19 +373,19 @@ pub struct VariantView {
     pub policy: String,
     /// Its share of new conversations.
     pub weight: u32,
-    /// Conversations started in it (this server, since it started).
+    /// Conversations started in it (every server, as of its last write of counts).
     pub conversations: u64,
-    /// Of those, with at least one follow-up (this server).
+    /// Of those, with at least one follow-up.
     pub follow_ups: u64,
     /// `follow_ups / conversations`; `null` before any conversation.
     pub follow_up_rate: Option<f64>,
-    /// Questions answered (this server).
+    /// Questions answered.
     pub turns: u64,
     /// `turns / conversations`.
     pub turns_per_conversation: Option<f64>,
-    /// Model tokens (input + output; cache hits cost none) per conversation (this server).
+    /// Model tokens (input + output; cache hits cost none) per conversation.
     pub tokens_per_conversation: Option<f64>,
-    /// Estimated cost per conversation in USD (this server, `[telemetry]` prices).
+    /// Estimated cost per conversation in USD (`[telemetry]` prices).
     pub cost_per_conversation_usd: Option<f64>,
     /// Answers rated up by learners (every server: the records database).
     pub thumbs_up: u64,
@@ -429,10 +429,10 @@ fn ratio(part: f64, whole: u64) -> Option<f64> {
 }
 
 /// The experiments with, per variant, conversations, follow-up rate, turns, tokens and cost
-/// per conversation (counted by this server since it started: Prometheus sums them over
-/// servers as `learning_chat_experiment_*`), and learners' thumbs with the 95% interval of each
-/// variant's difference in thumbs-up rate from the control (every server: the records
-/// database).
+/// per conversation (every server's counts, which each adds to the records database every
+/// `database.ledger_flush_ms`, plus this server's latest; without a database, this server's
+/// since it started), and learners' thumbs with the 95% interval of each variant's difference
+/// in thumbs-up rate from the control (every server: the records database).
 #[utoipa::path(
     get,
     path = routes::ADMIN_EXPERIMENTS,
@@ -446,19 +446,25 @@ pub async fn list_experiments(
     State(state): State<AppState>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Result<Json<ExperimentList>, ApiError> {
-    use learning_chat_engine::experiments::difference_interval;
+    use learning_chat_engine::experiments::{difference_interval, VariantCounts};
     if !may_read_experiments(caller.as_deref()) {
         return Err(admin_required());
     }
     let now = u64::try_from(learning_chat_records::now_ms()).unwrap_or(0);
     let mut experiments = Vec::new();
     for experiment in state.chat.experiments().all() {
-        let thumbs = match &state.records {
-            Some(records) => records
-                .experiment_thumbs(&experiment.name)
-                .await
-                .map_err(|e| records_unavailable(&e))?,
-            None => Vec::new(),
+        let (thumbs, written) = match &state.records {
+            Some(records) => (
+                records
+                    .experiment_thumbs(&experiment.name)
+                    .await
+                    .map_err(|e| records_unavailable(&e))?,
+                records
+                    .experiment_counts(&experiment.name)
+                    .await
+                    .map_err(|e| records_unavailable(&e))?,
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         let thumbs_of = |label: &str| {
             thumbs
@@ -472,7 +478,24 @@ pub async fn list_experiments(
             .iter()
             .enumerate()
             .map(|(i, variant)| {
-                let counts = variant.counts();
+                // Every server's written counts and this server's latest; without a records
+                // database, this server's alone.
+                let counts = match written.iter().find(|w| *w.variant == *variant.name) {
+                    Some(w) => {
+                        let mine = variant.unwritten();
+                        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                        VariantCounts {
+                            conversations: n(w.conversations) + mine.conversations,
+                            follow_ups: n(w.follow_ups) + mine.follow_ups,
+                            turns: n(w.turns) + mine.turns,
+                            input_tokens: n(w.input_tokens) + mine.input_tokens,
+                            output_tokens: n(w.output_tokens) + mine.output_tokens,
+                            cost_usd: n(w.cost_microusd) as f64 / 1e6 + mine.cost_usd,
+                        }
+                    }
+                    None if state.records.is_some() => variant.unwritten(),
+                    None => variant.counts(),
+                };
                 let (up, down) = thumbs_of(&variant.label);
                 let vs_control = control.filter(|_| i > 0).and_then(|(c_up, c_down)| {
                     difference_interval(up, up + down, c_up, c_up + c_down).map(|d| {

@@ -31,3 +31,17 @@ CREATE TABLE feedback (
     PRIMARY KEY (conversation, turn, rater)
 );
 CREATE INDEX feedback_variant ON feedback (variant, rating);
+
+-- Per experiment variant, what every server counted (each adds what it counted since its last
+-- write, every `database.ledger_flush_ms`): the cluster-wide figures of GET /api/v1/admin/experiments.
+CREATE TABLE experiment_counts (
+    experiment     TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    conversations  BIGINT NOT NULL DEFAULT 0,
+    follow_ups     BIGINT NOT NULL DEFAULT 0,
+    turns          BIGINT NOT NULL DEFAULT 0,
+    input_tokens   BIGINT NOT NULL DEFAULT 0,
+    output_tokens  BIGINT NOT NULL DEFAULT 0,
+    cost_microusd  BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (experiment, variant)
+);

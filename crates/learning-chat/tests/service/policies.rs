@@ -309,6 +309,8 @@ async fn experiment_variants_are_stable_across_turns_and_servers_cached_apart_an
     let sim = start_sim(SimConfig::default()).await;
     let mut settings = keyed_settings(&sim);
     settings.experiments = vec![experiment("trial", None, ExperimentUnit::Conversation)];
+    // Each server adds its per-variant counts to the records database this often.
+    settings.database.ledger_flush = std::time::Duration::from_millis(50);
     let admin = add_key(&settings, |k| {
         k.role = learning_chat::records::keys::KeyRole::Admin;
     })
@@ -435,12 +437,34 @@ async fn experiment_variants_are_stable_across_turns_and_servers_cached_apart_an
         "{vs}"
     );
     assert_eq!(variants[0]["vs_control"], Value::Null);
-    // Server a's own counts: its conversations, and the follow-up answered there.
-    let on_a: u64 = variants
-        .iter()
-        .map(|v| v["conversations"].as_u64().unwrap())
-        .sum();
-    assert_eq!(on_a, 8, "{body}");
+    // Both servers' counts, once server b has written its own: 16 conversations, one with
+    // follow-ups, 18 questions.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&a, Some(&admin), "/api/v1/admin/experiments").await;
+        let variants = body["experiments"][0]["variants"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let sum =
+            |field: &str| -> u64 { variants.iter().map(|v| v[field].as_u64().unwrap()).sum() };
+        if sum("conversations") == 16 {
+            assert_eq!((sum("follow_ups"), sum("turns")), (1, 18), "{body}");
+            for v in &variants {
+                let n = v["conversations"].as_f64().unwrap();
+                let turns = v["turns"].as_f64().unwrap();
+                assert_eq!(v["turns_per_conversation"].as_f64(), Some(turns / n), "{v}");
+                assert!(v["tokens_per_conversation"].as_f64().unwrap() > 0.0, "{v}");
+            }
+            break;
+        }
+        assert!(sum("conversations") < 16, "{body}");
+        assert!(
+            std::time::Instant::now() < until,
+            "server b's counts never arrived: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Both servers of this process share one metrics recorder: the series count all 16.
     let metrics = scrape(&a.client, &a.metrics_base()).await;
     let counted: f64 = ["full", "questions"]
