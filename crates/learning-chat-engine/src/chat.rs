@@ -222,6 +222,8 @@ impl ChatService {
 /// the turn, so of its cache key and of the stored conversation too).
 fn with_attempt(message: String, attempt: Option<&str>) -> String {
     match attempt.map(str::trim).filter(|a| !a.is_empty()) {
+        // An attempt is no question: an empty message stays empty (and is refused as such).
+        _ if message.trim().is_empty() => message,
         None => message,
         Some(attempt) => format!("{}\n\nWhat I tried:\n{attempt}", message.trim_end()),
     }

@@ -100,6 +100,15 @@ async fn the_policy_and_its_version_reach_the_system_instruction_and_a_conversat
     assert_eq!(again["cached"], true, "{again}");
     let plain = ask(&app, None, json!({"message": "What is 7 times 8?"})).await;
     assert_eq!(plain["cached"], true, "{plain}");
+    // An attempt without a question is still an empty message.
+    let (status, body) = post(
+        &app,
+        None,
+        "/api/v1/agents/math",
+        json!({"message": " ", "attempt": "15"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     // A follow-up keeps the policy; the stored conversation records it.
     let id = first["conversation_id"].as_str().unwrap();
