@@ -76,6 +76,11 @@ pub struct Stats {
     /// [`RECENT_PROMPTS`]), oldest first: what reached the model, for tests of what may not.
     #[serde(default)]
     pub recent_prompts: Vec<String>,
+    /// The `systemInstruction` of the most recent generate requests (at most
+    /// [`RECENT_PROMPTS`]), oldest first, `""` for a request without one: what the model was
+    /// told to be, for tests of prompts and answer policies.
+    #[serde(default)]
+    pub recent_system_instructions: Vec<String>,
     /// `POST /v1/moderations` calls.
     #[serde(default)]
     pub moderations: u64,
@@ -211,6 +216,7 @@ pub struct StatsCollector {
     moderations: AtomicU64,
     last_safety_settings: Mutex<Option<Vec<serde_json::Value>>>,
     recent_prompts: Mutex<std::collections::VecDeque<String>>,
+    recent_system_instructions: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Default for StatsCollector {
@@ -240,6 +246,7 @@ impl Default for StatsCollector {
             moderations: AtomicU64::new(0),
             last_safety_settings: Mutex::new(None),
             recent_prompts: Mutex::new(std::collections::VecDeque::new()),
+            recent_system_instructions: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 }
@@ -344,6 +351,16 @@ impl StatsCollector {
             }
             recent.push_back(last.joined_text());
         }
+        let system = request
+            .system_instruction
+            .as_ref()
+            .map(|s| s.joined_text())
+            .unwrap_or_default();
+        let mut recent = self.recent_system_instructions.lock();
+        if recent.len() == RECENT_PROMPTS {
+            recent.pop_front();
+        }
+        recent.push_back(system);
     }
 
     /// Counts a `/v1/moderations` call.
@@ -414,6 +431,12 @@ impl StatsCollector {
             with_safety_settings: self.with_safety_settings.load(Relaxed),
             last_safety_settings: self.last_safety_settings.lock().clone(),
             recent_prompts: self.recent_prompts.lock().iter().cloned().collect(),
+            recent_system_instructions: self
+                .recent_system_instructions
+                .lock()
+                .iter()
+                .cloned()
+                .collect(),
             moderations: self.moderations.load(Relaxed),
         }
     }
@@ -470,6 +493,7 @@ impl StatsCollector {
         self.models.write().clear();
         *self.last_safety_settings.lock() = None;
         self.recent_prompts.lock().clear();
+        self.recent_system_instructions.lock().clear();
         *self.reset_at_ms.lock() = unix_ms();
     }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::policy::Tutoring;
+
 /// The agents shipped with the project, used when no path is configured.
 pub const BUILTIN_AGENTS_TOML: &str = include_str!("../../../config/agents.toml");
 
@@ -42,8 +44,13 @@ pub struct AgentDefinition {
     /// `openai.api_key`).
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// The tutor's instructions, sent as `systemInstruction`.
+    /// The tutor's instructions, sent as `systemInstruction` (followed by the policy's block).
     pub system_prompt: String,
+    /// How much the tutor gives away: `socratic`, `hints` or `full` (the default), at its newest
+    /// version, or pinned to one (`socratic@1`); see [`crate::policy`]. A key (class) may
+    /// override it.
+    #[serde(default)]
+    pub policy: Option<String>,
     /// Sampling temperature.
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -123,6 +130,8 @@ pub struct Agent {
     pub prompt_version: String,
     /// The models to try in order, primary first, with provider settings resolved.
     pub chain: Vec<ModelSpec>,
+    /// The answer policy of its conversations, unless a key or an experiment says otherwise.
+    pub tutoring: Tutoring,
 }
 
 /// The agent's chain with every entry's provider settings resolved from the agent's defaults.
@@ -266,6 +275,19 @@ impl AgentRegistry {
             )
             .map_err(|e| AgentsError::Parse(e.to_string()))?;
             let chain = resolve_chain(&definition).map_err(AgentsError::Parse)?;
+            let tutoring = match definition.policy.as_deref() {
+                None => Tutoring::default(),
+                Some(policy) => Tutoring::parse(policy).ok_or_else(|| {
+                    AgentsError::Parse(format!(
+                        "agent {id}: policy {policy:?} is not one of socratic, hints, full \
+                         (optionally @version: {})",
+                        Tutoring::all()
+                            .map(Tutoring::name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            };
             let mut definition = definition;
             definition.model = chain[0].model.clone();
             let prompt_version = prompt_version(&definition);
@@ -273,6 +295,7 @@ impl AgentRegistry {
                 definition,
                 prompt_version,
                 chain,
+                tutoring,
             };
             if agents.insert(id.clone(), Arc::new(agent)).is_some() {
                 return Err(AgentsError::Parse(format!("agent id {id:?} defined twice")));
@@ -317,6 +340,7 @@ impl Agent {
             prompt_version: prompt_version(&definition),
             definition,
             chain: self.chain.clone(),
+            tutoring: self.tutoring,
         })
     }
 }
@@ -337,6 +361,9 @@ fn prompt_version(definition: &AgentDefinition) -> String {
         base_url: _,
         api_key_env: _,
         system_prompt,
+        // The policy's name and version enter every cache key themselves (a key or an
+        // experiment may choose another), so it is not a prompt version.
+        policy: _,
         temperature,
         top_p,
         top_k,

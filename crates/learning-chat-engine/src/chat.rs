@@ -39,9 +39,13 @@ use crate::coalesce::fanout::Fanout;
 use crate::coalesce::local::LocalCoalescer;
 use crate::coalesce::PieceSink;
 use crate::config::CacheScope;
-use crate::conversations::{Place, Said};
+use crate::conversations::{Place, Said, Started};
+use crate::experiments::{Counted, Variant};
+use crate::policy::Tutoring;
 use crate::providers::{Completion, ModelRequest, ModelTurn, ProviderError, Route};
 use cluster::Cluster;
+use rand::Rng;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -68,11 +72,13 @@ impl ChatService {
         let Ask {
             agent,
             message,
+            attempt,
             conversation,
             deadline,
             caller,
             wants_stream,
         } = ask;
+        let message = with_attempt(message, attempt.as_deref());
         // Personal data goes before anything sees the message: model, cache key, store.
         let message = deps.redactor.redact(normalise_message(&message));
         // The id the client sent, for the flags of a question refused before it is recorded.
@@ -80,6 +86,8 @@ impl ChatService {
             Thread::Id(id) => Some(id.clone()),
             Thread::New | Thread::Turns(_) => None,
         };
+        // Nothing to do unless the agent is in a running experiment.
+        let assigned = self.inner.assign(&agent, &conversation, &message, &caller);
         // 0. history
         let place = deps
             .conversations
@@ -93,16 +101,20 @@ impl ChatService {
             .await?;
         deps.check(&message)?;
         let history = place.history().clone();
+        let setup = self.inner.setup(&agent, &place, assigned, &caller);
         // 1. key, with the safety settings the question is asked with
         let profile = deps
             .safety
             .profile(agent.id(), caller.key_id.as_deref())
             .clone();
-        let safety = profile.thresholds.fingerprint();
         let scope = self.inner.scope(caller.key_id.as_ref());
-        let key = self
-            .inner
-            .key_for(&agent, &message, &history, scope.as_deref(), safety);
+        let shape = Shape {
+            scope: scope.as_deref(),
+            safety: profile.thresholds.fingerprint(),
+            tutoring: setup.tutoring.name(),
+            variant: setup.variant_label(),
+        };
+        let key = self.inner.key_for(&agent, &message, &history, shape);
         // Boxed, and only when configured: the cheapest request's future stays small.
         let moderation = if deps.moderator.is_some() {
             Box::pin(self.moderate(&message, &profile)).await?
@@ -114,11 +126,10 @@ impl ChatService {
             profile: profile.clone(),
             conversation: conversation_id,
             moderation,
+            setup: setup.clone(),
         };
         // 2. lookup
-        let found = self
-            .lookup(&agent, &key, &message, &history, scope.as_deref(), safety)
-            .await;
+        let found = self.lookup(&agent, &key, &message, &history, shape).await;
         if let Some((hit, found_under)) = found {
             let answer = Answer::cached(&hit, found_under);
             return Ok(Reply::Ready(
@@ -137,14 +148,20 @@ impl ChatService {
             .calls
             .subscribe(key, deadline, wants_stream, move |fanout| {
                 // Built only by the asker that starts a call: the others join it.
-                let mut request = model::request(&called, asked.clone(), history.clone());
+                let tutoring = setup.tutoring;
+                let mut request = model::request(&called, tutoring, asked.clone(), history.clone());
                 request.safety = profile.thresholds.clone();
                 let (inner, agent, flow) = (inner.clone(), called.clone(), caller.flow.clone());
-                let scope = scope.clone();
+                let (scope, variant) = (scope.clone(), setup.variant.clone());
                 async move {
                     let asker = Asker {
                         flow: &flow,
-                        scope: scope.as_deref(),
+                        shape: Shape {
+                            scope: scope.as_deref(),
+                            safety: request.safety.fingerprint(),
+                            tutoring: tutoring.name(),
+                            variant: variant.as_ref().map_or("", |v| &*v.label),
+                        },
                         deadline,
                     };
                     inner.call(key, &agent, &request, asker, fanout).await
@@ -172,22 +189,85 @@ impl ChatService {
             digest: answer.digest,
         };
         let deps = &self.inner.deps;
+        let setup = &asked.setup;
+        let started = Started {
+            policy: setup.tutoring.name(),
+            variant: setup.variant_label(),
+            nonce: setup.nonce,
+        };
         let recorded = deps
             .conversations
-            .record(place, agent.id(), message, said, &deps.cache)
+            .record(place, agent.id(), message, said, started, &deps.cache)
             .await?;
-        Ok(self
-            .safeguard(answer.recorded(recorded), agent, asked)
-            .await)
+        let mut answer = answer.recorded(recorded);
+        answer.policy = setup.tutoring;
+        answer.variant.clone_from(&setup.variant);
+        if let Some(variant) = setup.variant.as_ref().filter(|_| setup.counted) {
+            let (usage, prices) = (answer.usage, deps.prices);
+            variant.count(Counted {
+                turn: answer.turn,
+                cached: answer.cached,
+                input_tokens: usage.prompt_tokens,
+                output_tokens: usage.output_tokens,
+                cost_usd: (f64::from(usage.prompt_tokens) * prices.input_per_million
+                    + f64::from(usage.output_tokens) * prices.output_per_million)
+                    / 1e6,
+            });
+        }
+        Ok(self.safeguard(answer, agent, asked).await)
     }
+}
+
+/// The message as the model sees it: the learner's question, then what they tried (part of
+/// the turn, so of its cache key and of the stored conversation too).
+fn with_attempt(message: String, attempt: Option<&str>) -> String {
+    match attempt.map(str::trim).filter(|a| !a.is_empty()) {
+        // An attempt is no question: an empty message stays empty (and is refused as such).
+        _ if message.trim().is_empty() => message,
+        None => message,
+        Some(attempt) => format!("{}\n\nWhat I tried:\n{attempt}", message.trim_end()),
+    }
+}
+
+/// How a conversation is tutored: the answer policy (at one version) and, in an experiment,
+/// its variant. Decided when the conversation starts and kept for its whole life.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    tutoring: Tutoring,
+    variant: Option<Arc<Variant>>,
+    /// True while the variant is configured: its counts are kept (a recorded variant whose
+    /// experiment was removed from the configuration is only named).
+    counted: bool,
+    /// A new conversation's identity, chosen before the answer because its variant was
+    /// assigned by it.
+    nonce: Option<[u8; 16]>,
+}
+
+impl Setup {
+    /// `experiment/variant`, empty when none.
+    fn variant_label(&self) -> &str {
+        self.variant.as_ref().map_or("", |v| &v.label)
+    }
+}
+
+/// Whose cached answers a question may share, besides the question itself.
+#[derive(Debug, Clone, Copy)]
+struct Shape<'a> {
+    /// The cache scope (the key id with `cache.scope = "key"`).
+    scope: Option<&'a str>,
+    /// The fingerprint of the safety settings sent.
+    safety: &'a str,
+    /// The answer policy's name and version.
+    tutoring: &'static str,
+    /// The experiment variant, empty when none.
+    variant: &'a str,
 }
 
 /// Who a call is for: whose fair share it spends, whose answers it may share, and until when.
 #[derive(Clone, Copy)]
 struct Asker<'a> {
     flow: &'a Flow,
-    /// The cache scope (the key id with `cache.scope = "key"`).
-    scope: Option<&'a str>,
+    shape: Shape<'a>,
     deadline: Instant,
 }
 
@@ -197,6 +277,91 @@ impl Inner {
         match self.deps.cache_scope {
             CacheScope::Shared => None,
             CacheScope::Key => key_id.cloned(),
+        }
+    }
+
+    /// The experiment variant of a new conversation of `agent` (and the identity it was
+    /// assigned by, when chosen now), by a stable hash: of the learner with `unit = "learner"`,
+    /// else of the conversation (a new conversation's id, or the first message of turns the
+    /// client holds). `None` when the agent is in no running experiment, and for follow-ups
+    /// of stored conversations, which keep the variant they were given.
+    fn assign(
+        &self,
+        agent: &Agent,
+        thread: &crate::chat::Thread,
+        message: &str,
+        caller: &Caller,
+    ) -> Option<(Arc<Variant>, Option<[u8; 16]>)> {
+        use crate::chat::Thread;
+        let experiment = self.deps.experiments.running_for(agent.id())?;
+        let learner = caller
+            .learner
+            .as_deref()
+            .filter(|_| experiment.unit == crate::config::ExperimentUnit::Learner);
+        let (unit, nonce) = match (thread, learner) {
+            (Thread::Id(_), _) => return None,
+            (_, Some(learner)) => (learner.as_bytes().to_vec(), None),
+            (Thread::New, None) => {
+                let mut nonce = [0u8; 16];
+                rand::rng().fill_bytes(&mut nonce);
+                (hex::encode(nonce).into_bytes(), Some(nonce))
+            }
+            // No conversation id: the client's own key and the first message name it (the
+            // key keeps two classes asking the same first question from sharing a variant).
+            (Thread::Turns(turns), None) => {
+                let first = turns
+                    .first()
+                    .map_or(Cow::Borrowed(message), |turn| normalise_message(&turn.text));
+                let key = caller.key_id.as_deref().unwrap_or("");
+                let mut unit = Vec::with_capacity(key.len() + 1 + first.len());
+                unit.extend_from_slice(key.as_bytes());
+                unit.push(0);
+                unit.extend_from_slice(first.as_bytes());
+                (unit, None)
+            }
+        };
+        Some((experiment.assign(&unit).clone(), nonce))
+    }
+
+    /// How the conversation at `place` is tutored: a follow-up keeps what its conversation
+    /// started with; a new one takes its experiment variant, else its key's (class's) policy,
+    /// else its agent's.
+    fn setup(
+        &self,
+        agent: &Agent,
+        place: &Place,
+        assigned: Option<(Arc<Variant>, Option<[u8; 16]>)>,
+        caller: &Caller,
+    ) -> Setup {
+        let recorded = place
+            .recorded()
+            .and_then(|(policy, variant)| Some((Tutoring::parse(policy)?, variant)));
+        if let Some((tutoring, label)) = recorded {
+            let configured = self.deps.experiments.variant(label).cloned();
+            let counted = configured.is_some();
+            let variant = configured.or_else(|| {
+                (!label.is_empty()).then(|| Arc::new(Variant::detached(label, tutoring)))
+            });
+            return Setup {
+                tutoring,
+                variant,
+                counted,
+                nonce: None,
+            };
+        }
+        match assigned {
+            Some((variant, nonce)) => Setup {
+                tutoring: variant.tutoring,
+                variant: Some(variant),
+                counted: true,
+                nonce,
+            },
+            None => Setup {
+                tutoring: caller.policy.unwrap_or(agent.tutoring),
+                variant: None,
+                counted: false,
+                nonce: None,
+            },
         }
     }
 
@@ -212,7 +377,7 @@ impl Inner {
     ) -> Result<Arc<Completion>, ChatError> {
         let Asker {
             flow,
-            scope,
+            shape,
             deadline,
         } = asker;
         let lease = match self.cluster(&key, deadline, fanout.as_ref()).await {
@@ -225,21 +390,19 @@ impl Inner {
             .as_mut()
             .map(|push| push as &mut (dyn FnMut(&str) + Send));
         let answered = self.ask_model(agent, request, flow, deadline, pieces).await;
-        self.keep(key, agent, request, scope, lease, answered).await
+        self.keep(key, agent, request, shape, lease, answered).await
     }
 
-    /// The key of the agent's primary model's answer, in the cache `scope`, under the
-    /// `safety` settings' fingerprint.
+    /// The key of the agent's primary model's answer, in the `shape` asked.
     fn key_for(
         &self,
         agent: &Agent,
         message: &str,
         history: &[ModelTurn],
-        scope: Option<&str>,
-        safety: &str,
+        shape: Shape<'_>,
     ) -> CacheKey {
         match self.deps.router.chain(agent).first() {
-            Some(primary) => route_key(agent, primary, message, history, scope, safety),
+            Some(primary) => route_key(agent, primary, message, history, shape),
             None => CacheKey::new(CacheKeyParts {
                 provider: self.deps.provider.identity(),
                 agent_id: agent.id(),
@@ -247,23 +410,29 @@ impl Inner {
                 model: &agent.definition.model,
                 message,
                 history,
-                scope,
-                safety,
+                scope: shape.scope,
+                safety: shape.safety,
+                tutoring: shape.tutoring,
+                variant: shape.variant,
             }),
         }
     }
 }
 
-/// The cache key of an answer to `message` after `history` by `route`, in the cache `scope`,
-/// under the `safety` settings' fingerprint.
+/// The cache key of an answer to `message` after `history` by `route`, in the `shape` asked.
 fn route_key(
     agent: &Agent,
     route: &Route,
     message: &str,
     history: &[ModelTurn],
-    scope: Option<&str>,
-    safety: &str,
+    shape: Shape<'_>,
 ) -> CacheKey {
+    let Shape {
+        scope,
+        safety,
+        tutoring,
+        variant,
+    } = shape;
     CacheKey::new(CacheKeyParts {
         provider: route.identity(),
         agent_id: agent.id(),
@@ -273,5 +442,7 @@ fn route_key(
         history,
         scope,
         safety,
+        tutoring,
+        variant,
     })
 }

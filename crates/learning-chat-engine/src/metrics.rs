@@ -13,6 +13,7 @@ pub fn describe() {
     crate::chat::metrics::describe();
     crate::coalesce::metrics::describe();
     crate::conversations::metrics::describe();
+    crate::experiments::describe();
     crate::providers::metrics::describe();
     crate::redis_link::metrics::describe();
     crate::safety::metrics::describe();

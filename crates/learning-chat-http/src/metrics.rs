@@ -148,6 +148,7 @@ const ROUTE_LABELS: &[&str] = &[
     routes::AGENT_STREAM,
     routes::AGENTS,
     routes::CONVERSATION,
+    routes::CONVERSATION_FEEDBACK,
     routes::HEALTH,
     routes::READY,
     routes::METRICS,
@@ -317,4 +318,5 @@ fn describe_http() {
     crate::auth::metrics::describe();
     crate::serve::metrics::describe();
     crate::api::stream::metrics::describe();
+    crate::api::feedback::describe();
 }

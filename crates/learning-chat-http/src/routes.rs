@@ -17,6 +17,12 @@ pub const OPENAI_CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 pub const OPENAI_OTHER: &str = "/v1/{*rest}";
 /// Safety flags of every key, for admin keys.
 pub const ADMIN_FLAGS: &str = "/api/v1/admin/flags";
+/// Rates one answer of a conversation.
+pub const CONVERSATION_FEEDBACK: &str = "/api/v1/conversations/{conversation_id}/feedback";
+/// A class's (key's) answer policy, over the agents' own.
+pub const ADMIN_CLASS_POLICY: &str = "/api/v1/admin/classes/{key_id}/policy";
+/// The experiments with their per-variant counts and the thumbs-up difference's interval.
+pub const ADMIN_EXPERIMENTS: &str = "/api/v1/admin/experiments";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.

@@ -174,7 +174,53 @@
     time.textContent = 'answered in ' + answer.latency_ms + ' ms';
     view.meta.appendChild(time);
     showOffline(answer.model);
-    if (answer.conversation_id) { setConversation(answer.conversation_id, answer.agent_id); }
+    if (answer.conversation_id) {
+      setConversation(answer.conversation_id, answer.agent_id);
+      if (answer.turn) { addFeedback(view, answer.conversation_id, answer.turn); }
+    }
+  }
+
+  // Thumbs under an answer: the learner says whether it helped (a second press replaces the
+  // first). Kept with the conversation; teachers compare tutoring policies by them.
+  function addFeedback(view, conversationId, turn) {
+    var group = document.createElement('span');
+    group.className = 'feedback';
+    group.setAttribute('role', 'group');
+    group.setAttribute('aria-label', 'Was this answer helpful?');
+    var buttons = [['up', '\uD83D\uDC4D', 'Helpful'], ['down', '\uD83D\uDC4E', 'Not helpful']];
+    buttons.forEach(function (spec) {
+      var button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'thumb secondary thumb-' + spec[0];
+      button.textContent = spec[1];
+      button.setAttribute('aria-label', spec[2]);
+      button.setAttribute('aria-pressed', 'false');
+      button.addEventListener('click', function () {
+        sendFeedback(group, conversationId, turn, spec[0]);
+      });
+      group.appendChild(button);
+    });
+    view.meta.appendChild(group);
+  }
+
+  function sendFeedback(group, conversationId, turn, rating) {
+    var path = 'api/v1/conversations/' + encodeURIComponent(conversationId) + '/feedback';
+    post(path, { turn: turn, rating: rating }, 'application/json').then(function (response) {
+      if (!response.ok) {
+        return readError(response).then(function (error) {
+          setStatus('Your feedback was not saved: ' + (error.message || response.status));
+        });
+      }
+      Array.prototype.forEach.call(group.querySelectorAll('.thumb'), function (button) {
+        var chosen = button.classList.contains('thumb-' + rating);
+        button.setAttribute('aria-pressed', chosen ? 'true' : 'false');
+      });
+      group.classList.add('rated');
+      setStatus('Thanks for your feedback.');
+      return null;
+    }).catch(function () {
+      setStatus('Your feedback was not saved: the server cannot be reached.');
+    });
   }
 
   function failAnswer(view, text) {

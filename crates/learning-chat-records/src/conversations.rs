@@ -32,6 +32,10 @@ pub struct ConversationRecord {
     pub created_at_ms: i64,
     /// Every turn, oldest first.
     pub turns: Vec<TurnRecord>,
+    /// The answer policy it started with (`socratic@1`); empty before policies.
+    pub policy: String,
+    /// The experiment variant it was assigned (`experiment/variant`); empty when none.
+    pub variant: String,
 }
 
 /// What an append found.
@@ -54,6 +58,10 @@ pub struct NewTurns<'a> {
     pub owner: Option<&'a str>,
     /// Its agent (only used when creating).
     pub agent_id: &'a str,
+    /// Its answer policy (only used when creating).
+    pub policy: &'a str,
+    /// Its experiment variant (only used when creating).
+    pub variant: &'a str,
     /// When it began (only used when creating).
     pub created_at_ms: i64,
     /// Turns stored now; 0 creates the conversation.
@@ -74,13 +82,14 @@ impl Records {
     ) -> Result<Option<ConversationRecord>, RecordsError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let head: Option<(Option<String>, String, i64)> = sqlx::query_as(
-                "SELECT owner, agent_id, created_at FROM conversations WHERE id = $1",
+            let head: Option<(Option<String>, String, i64, String, String)> = sqlx::query_as(
+                "SELECT owner, agent_id, created_at, policy, variant FROM conversations \
+                 WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((owner, agent_id, created_at_ms)) = head else {
+            let Some((owner, agent_id, created_at_ms, policy, variant)) = head else {
                 return Ok(None);
             };
             let rows: Vec<(String, String, i64, i64, String)> = sqlx::query_as(
@@ -107,6 +116,8 @@ impl Records {
                 agent_id,
                 created_at_ms,
                 turns,
+                policy,
+                variant,
             }))
         })
     }
@@ -126,8 +137,9 @@ impl Records {
             if new.expected == 0 {
                 let created = sqlx::query(
                     "INSERT INTO conversations \
-                     (id, owner, agent_id, created_at, updated_at, turn_count, stored_bytes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                     (id, owner, agent_id, created_at, updated_at, turn_count, stored_bytes, \
+                      policy, variant) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(new.id)
                 .bind(new.owner)
@@ -136,6 +148,8 @@ impl Records {
                 .bind(last_at)
                 .bind(added)
                 .bind(bytes)
+                .bind(new.policy)
+                .bind(new.variant)
                 .execute(&mut *tx)
                 .await?;
                 if created.rows_affected() == 0 {
@@ -239,6 +253,8 @@ mod tests {
             id,
             owner: Some("key_1"),
             agent_id: "math",
+            policy: "hints@1",
+            variant: "e/a",
             created_at_ms: 5,
             expected,
             turns,
@@ -272,6 +288,10 @@ mod tests {
             assert_eq!(stored.owner.as_deref(), Some("key_1"));
             assert_eq!(stored.agent_id, "math");
             assert_eq!(stored.created_at_ms, 5);
+            assert_eq!(
+                (stored.policy.as_str(), stored.variant.as_str()),
+                ("hints@1", "e/a")
+            );
             let texts: Vec<&str> = stored.turns.iter().map(|t| t.text.as_str()).collect();
             assert_eq!(texts, ["2+2?", "4", "and 3+3?", "6"]);
             assert!(stored.turns[1].cached && !stored.turns[0].cached);

@@ -66,6 +66,10 @@ pub struct ApiKey {
     /// What the key may do besides asking: an `admin` key also reads flags.
     #[serde(default)]
     pub role: KeyRole,
+    /// The class's answer policy (`socratic`, `hints@1`, ...) over the agents' own; `None`
+    /// keeps the agents'. Set with `PUT /api/v1/admin/classes/{key_id}/policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// What a key may do.
@@ -118,13 +122,14 @@ type KeyRow = (
     Option<i64>,
     i64,
     String,
+    Option<String>,
 );
 
 /// The columns of a key, as one literal (sqlx takes only static SQL text).
 macro_rules! key_columns {
     () => {
         "id, name, hash, agents, limits, weight, require_learner, \
-         created_at_s, revoked_at_s, last_used_at_s, changed_at, role"
+         created_at_s, revoked_at_s, last_used_at_s, changed_at, role, policy"
     };
 }
 
@@ -159,6 +164,7 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
         used,
         changed,
         role,
+        policy,
     ) = row;
     let agents: Vec<String> = serde_json::from_str(&agents)
         .map_err(|e| RecordsError::Corrupt(format!("key {id}: agents: {e}")))?;
@@ -177,6 +183,7 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
             last_used_at: used.map(secs),
             revoked_at: revoked.map(secs),
             role: KeyRole::parse(&role),
+            policy,
         },
         changed,
     ))
@@ -217,7 +224,7 @@ impl Records {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let inserted = sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ", $12) \
+                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ", $12, $13) \
                  ON CONFLICT DO NOTHING"))
             .bind(now)
             .bind(&key.id)
@@ -231,6 +238,7 @@ impl Records {
             .bind(key.revoked_at.map(signed))
             .bind(key.last_used_at.map(signed))
             .bind(key.role.as_str())
+            .bind(key.policy.as_deref())
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -259,6 +267,40 @@ impl Records {
                 return Ok(None);
             }
             crate::audit::write_entry!(&mut *tx, now, actor, "key.revoked", id, "")?;
+            let row: KeyRow =
+                sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            Ok(Some(from_row(row)?.0))
+        })
+    }
+
+    /// Sets (or with `None` clears) a key's answer policy and writes `key.policy` by `actor`
+    /// to the audit log; returns the key, or `None` when there is no such key. Every server
+    /// has it at its next poll of changed keys.
+    pub async fn set_key_policy(
+        &self,
+        id: &str,
+        policy: Option<&str>,
+        actor: &str,
+    ) -> Result<Option<ApiKey>, RecordsError> {
+        let now = now_ms();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(concat!("UPDATE api_keys SET policy = $2, \
+                 changed_at = ", next_change!(), " WHERE id = $3"))
+            .bind(now)
+            .bind(policy)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let detail = policy.unwrap_or("");
+            crate::audit::write_entry!(&mut *tx, now, actor, "key.policy", id, detail)?;
             let row: KeyRow =
                 sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1"))
                     .bind(id)
@@ -413,7 +455,40 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             role: Default::default(),
+            policy: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_class_policy_is_set_cleared_audited_and_seen_by_pollers() {
+        each_backend(|records| async move {
+            records
+                .create_key(&key("key_p", "h_p"), "cli")
+                .await
+                .unwrap();
+            let before = records.keys_changed_since(None).await.unwrap().newest;
+            let set = records
+                .set_key_policy("key_p", Some("socratic"), "admin:key_x")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(set.policy.as_deref(), Some("socratic"));
+            let changed = records.keys_changed_since(before).await.unwrap();
+            assert_eq!(changed.keys.len(), 1, "a poller sees the change");
+            assert_eq!(changed.keys[0].policy.as_deref(), Some("socratic"));
+            let cleared = records.set_key_policy("key_p", None, "cli").await.unwrap();
+            assert_eq!(cleared.unwrap().policy, None);
+            assert_eq!(
+                records.set_key_policy("nope", None, "cli").await.unwrap(),
+                None
+            );
+            let log = records.audit_log(1).await.unwrap();
+            assert_eq!(
+                (log[0].action.as_str(), log[0].subject.as_str()),
+                ("key.policy", "key_p")
+            );
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -500,7 +575,7 @@ mod tests {
             let limits = json(&old_clock.limits).unwrap();
             on_pool!(records, pool => {
                 sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ", 'learner')"))
+                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ", 'learner', NULL)"))
                 .bind(5_i64)
                 .bind(&old_clock.id)
                 .bind(&old_clock.name)

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod conversations;
+pub mod feedback;
 pub mod flags;
 pub mod keys;
 pub mod ledger;
@@ -101,8 +102,8 @@ pub struct Records {
 }
 
 fn migrations(backend: Backend) -> Migrator {
-    let steps: [(i64, &str, &'static str); 3] = match backend {
-        Backend::Sqlite => [
+    let mut steps: Vec<(i64, &str, &'static str)> = match backend {
+        Backend::Sqlite => vec![
             (
                 1,
                 "records",
@@ -119,7 +120,7 @@ fn migrations(backend: Backend) -> Migrator {
                 include_str!("../migrations/sqlite/0003_safety.sql"),
             ),
         ],
-        Backend::Postgres => [
+        Backend::Postgres => vec![
             (
                 1,
                 "records",
@@ -137,6 +138,18 @@ fn migrations(backend: Backend) -> Migrator {
             ),
         ],
     };
+    steps.push(match backend {
+        Backend::Sqlite => (
+            5,
+            "policies",
+            include_str!("../migrations/sqlite/0005_policies.sql"),
+        ),
+        Backend::Postgres => (
+            5,
+            "policies",
+            include_str!("../migrations/postgres/0005_policies.sql"),
+        ),
+    });
     Migrator::with_migrations(
         steps
             .into_iter()

@@ -38,6 +38,9 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
     let metrics = crate::metrics::install();
     let transport = crate::client::make_transport();
     let agents = AgentRegistry::load(settings.agents.path.as_deref())?;
+    let experiments =
+        learning_chat_engine::experiments::Experiments::new(&settings.experiments, &agents)
+            .map_err(anyhow::Error::msg)?;
     let provider = if settings.uses_gemini() {
         Provider::Gemini(GeminiClient::new(&settings.gemini, &transport)?)
     } else {
@@ -189,6 +192,7 @@ pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
         safety,
         redactor: learning_chat_engine::safety::redact::Redactor::new(&settings.privacy.redact),
         moderator,
+        experiments,
     });
     let auth = crate::auth::Auth::from_settings(&settings, records.clone(), redis.clone())?;
     learning_chat_engine::admission::metrics::queue_limit(settings.upstream.max_queue);
@@ -281,7 +285,16 @@ pub fn router(state: AppState) -> Router {
             routes::OPENAI_CHAT_COMPLETIONS,
             post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
         )
-        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags));
+        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags))
+        .route(
+            routes::CONVERSATION_FEEDBACK,
+            post(api::feedback::post_feedback),
+        )
+        .route(
+            routes::ADMIN_CLASS_POLICY,
+            get(api::admin::get_class_policy).put(api::admin::put_class_policy),
+        )
+        .route(routes::ADMIN_EXPERIMENTS, get(api::admin::list_experiments));
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
@@ -492,6 +505,7 @@ impl Application {
         };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let experiment_writer = experiment_writer(&state);
         let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -541,7 +555,41 @@ impl Application {
         if let Some((tasks, acquire_timeout)) = auth_tasks {
             tasks.stop(acquire_timeout * 2).await;
         }
+        if let Some((writer, state)) = experiment_writer {
+            writer.abort();
+            write_experiment_counts(&state).await;
+        }
         result
+    }
+}
+
+/// Every `database.ledger_flush_ms`, adds this server's per-variant counts to the records
+/// database (nothing to do without experiments or a database); returns the task and the state
+/// for the last write at shutdown.
+fn experiment_writer(state: &AppState) -> Option<(tokio::task::JoinHandle<()>, AppState)> {
+    if state.records.is_none() || state.chat.experiments().all().is_empty() {
+        return None;
+    }
+    let every = state.settings.database.ledger_flush;
+    let writer_state = state.clone();
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            write_experiment_counts(&writer_state).await;
+        }
+    });
+    Some((task, state.clone()))
+}
+
+async fn write_experiment_counts(state: &AppState) {
+    let Some(records) = &state.records else {
+        return;
+    };
+    if let Err(error) = state.chat.experiments().write_counts(records).await {
+        tracing::warn!(%error, "cannot write the experiments' counts; kept for the next write");
     }
 }
 

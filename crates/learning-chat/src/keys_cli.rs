@@ -132,6 +132,7 @@ async fn create(
         last_used_at: None,
         revoked_at: None,
         role: learning_chat_records::keys::KeyRole::parse(&args.role),
+        policy: None,
     };
     if !records.create_key(&key, ACTOR).await? {
         anyhow::bail!("a key with this id or secret exists already; run the command again");

@@ -12,8 +12,8 @@ pub mod keys_cli;
 pub mod migrate_keys;
 
 pub use learning_chat_engine::{
-    admission, agents, cache, chat, coalesce, config, conversations, providers, redis_link, safety,
-    trace, trace_span,
+    admission, agents, cache, chat, coalesce, config, conversations, experiments, policy,
+    providers, redis_link, safety, trace, trace_span,
 };
 pub use learning_chat_http::{
     api, auth, client, dispatch, metrics, routes, serve, telemetry, tls, web,

@@ -74,7 +74,14 @@ fn main() -> ExitCode {
 }
 
 fn check_config(settings: &Settings) -> ExitCode {
-    match learning_chat::agents::AgentRegistry::load(settings.agents.path.as_deref()) {
+    let agents = learning_chat::agents::AgentRegistry::load(settings.agents.path.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|agents| {
+            // The experiments name agents: checked against the file that defines them.
+            learning_chat::experiments::Experiments::new(&settings.experiments, &agents)?;
+            Ok(agents)
+        });
+    match agents {
         Ok(agents) => {
             println!("# configuration is valid");
             for deprecation in &settings.deprecations {

@@ -28,6 +28,14 @@ pub struct CacheKeyParts<'a> {
     /// The safety settings sent (see [`crate::safety::Thresholds::fingerprint`]): an answer
     /// given under lax settings is never served under strict ones. Empty keeps the old key.
     pub safety: &'a str,
+    /// The answer policy and its block's version (`socratic@1`, see [`crate::policy`]): a
+    /// socratic answer is never served to a class that asked for full ones. Empty keeps the
+    /// old key.
+    pub tutoring: &'a str,
+    /// The experiment variant the conversation is in (`experiment/variant`), so one variant's
+    /// answers are never served to another even when both use the same policy. Empty (no
+    /// experiment) keeps the key without it.
+    pub variant: &'a str,
 }
 
 /// A hashed cache key (SHA-256). Kept as bytes, since most are only looked up in memory;
@@ -47,6 +55,8 @@ impl CacheKey {
             history,
             scope,
             safety,
+            tutoring,
+            variant,
         } = parts;
         let mut hasher = Sha256::new();
         // Length-prefixed so ("ab","c") and ("a","bc") cannot collide.
@@ -75,6 +85,14 @@ impl CacheKey {
         if !safety.is_empty() {
             hash_part("safety");
             hash_part(safety);
+        }
+        if !tutoring.is_empty() {
+            hash_part("tutoring");
+            hash_part(tutoring);
+        }
+        if !variant.is_empty() {
+            hash_part("variant");
+            hash_part(variant);
         }
         CacheKey(hasher.finalize().into())
     }
@@ -138,6 +156,8 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         })
     }
 
@@ -220,6 +240,8 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         });
         assert_ne!(key("What is 2+2?"), other_agent);
         let other_provider = CacheKey::new(CacheKeyParts {
@@ -231,6 +253,8 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         });
         assert_ne!(key("What is 2+2?"), other_provider);
     }
@@ -252,6 +276,8 @@ mod tests {
                 history,
                 scope: None,
                 safety: "",
+                tutoring: "",
+                variant: "",
             })
         };
         let a = [turn(Role::User, "What is 2+2?"), turn(Role::Model, "4")];
@@ -276,11 +302,36 @@ mod tests {
                 history: &[],
                 scope,
                 safety: "",
+                tutoring: "",
+                variant: "",
             })
         };
         assert_eq!(scoped(None), key("What is 2+2?"));
         assert_ne!(scoped(Some("key_a")), scoped(None));
         assert_ne!(scoped(Some("key_a")), scoped(Some("key_b")));
         assert_eq!(scoped(Some("key_a")), scoped(Some("key_a")));
+    }
+
+    #[test]
+    fn policies_and_variants_are_cached_apart() {
+        let shaped = |tutoring, variant| {
+            CacheKey::new(CacheKeyParts {
+                provider: "gemini@generativelanguage.googleapis.com",
+                agent_id: "math",
+                prompt_version: "v",
+                model: "m",
+                message: "What is 2+2?",
+                history: &[],
+                scope: None,
+                safety: "",
+                tutoring,
+                variant,
+            })
+        };
+        assert_eq!(shaped("", ""), key("What is 2+2?"));
+        assert_ne!(shaped("socratic@1", ""), shaped("full@1", ""));
+        assert_ne!(shaped("socratic@1", ""), shaped("socratic@2", ""));
+        assert_ne!(shaped("socratic@1", "e/a"), shaped("socratic@1", "e/b"));
+        assert_ne!(shaped("socratic@1", "e/a"), shaped("socratic@1", ""));
     }
 }

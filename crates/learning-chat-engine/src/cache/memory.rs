@@ -104,6 +104,8 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         })
     }
 

@@ -21,8 +21,11 @@ pub struct Caller {
     pub key_id: Option<Arc<str>>,
     /// The caller's flow in the admission queue's fair order.
     pub flow: Flow,
-    /// The hashed learner id (`X-Learner-Id`), for the flags of the learner's messages.
+    /// The hashed learner id (`X-Learner-Id`), for the flags of the learner's messages (and
+    /// experiments assigned per learner).
     pub learner: Option<Arc<str>>,
+    /// The key's (class's) answer policy over the agent's own, for new conversations.
+    pub policy: Option<crate::policy::Tutoring>,
 }
 
 impl Caller {
@@ -32,6 +35,7 @@ impl Caller {
             key_id: None,
             flow: Flow::anonymous(),
             learner: None,
+            policy: None,
         }
     }
 }
@@ -43,6 +47,9 @@ pub struct Ask {
     pub agent: Arc<Agent>,
     /// The learner's message, as sent.
     pub message: String,
+    /// What the learner tried themselves, if they say: sent to the model as part of the turn
+    /// (and so part of its cache key and of the stored conversation).
+    pub attempt: Option<String>,
     /// What the message continues: nothing (a new conversation), a conversation by its id, or
     /// turns the client holds itself.
     pub conversation: Thread,
@@ -66,7 +73,9 @@ pub enum Thread {
     /// Earlier turns the client holds itself, oldest first, alternating `user` / `model` from a
     /// `user` turn (the OpenAI-compatible API's `messages`): bounded like a stored
     /// conversation's history and keyed the same way, so the same turns share the same cached
-    /// answers; stored nowhere. An empty list is [`Thread::New`].
+    /// answers; stored nowhere. An empty list starts a new conversation like [`Thread::New`],
+    /// but from a client that holds its history: an experiment assigns it by its first
+    /// message (as it will its follow-ups), not by a new conversation id.
     Turns(Vec<crate::providers::ModelTurn>),
 }
 
@@ -106,6 +115,11 @@ pub struct Answer {
     pub(crate) fresh_ratings: Ratings,
     /// True when the crisis text was added to (or replaced) the model's answer.
     pub crisis: bool,
+    /// The answer policy and version it was made under (`socratic@1`).
+    pub policy: crate::policy::Tutoring,
+    /// The experiment variant of its conversation, if any (a thin pointer: a cache hit's
+    /// answer stays small).
+    pub variant: Option<Arc<crate::experiments::Variant>>,
 }
 
 impl Answer {
@@ -124,6 +138,8 @@ impl Answer {
             history_truncated: false,
             fresh_ratings: Ratings::default(),
             crisis: false,
+            policy: crate::policy::Tutoring::default(),
+            variant: None,
         }
     }
 
@@ -151,6 +167,8 @@ impl Answer {
             history_truncated: false,
             fresh_ratings: completion.ratings.clone(),
             crisis: false,
+            policy: crate::policy::Tutoring::default(),
+            variant: None,
         }
     }
 

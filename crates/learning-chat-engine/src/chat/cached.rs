@@ -2,7 +2,7 @@
 //! of a call's result (in both cache tiers, the refusal memo, and for the servers waiting on the
 //! lease).
 
-use super::{route_key, ChatError, ChatService, Inner};
+use super::{route_key, ChatError, ChatService, Inner, Shape};
 use crate::agents::Agent;
 use crate::cache::{CacheKey, CachedAnswer, Share};
 use crate::coalesce::{Lease, Publish, SharedOutcome};
@@ -21,8 +21,7 @@ impl ChatService {
         key: &CacheKey,
         message: &str,
         history: &[ModelTurn],
-        scope: Option<&str>,
-        safety: &str,
+        shape: Shape<'_>,
     ) -> Option<(Arc<CachedAnswer>, CacheKey)> {
         let deps = &self.inner.deps;
         let lookup = crate::trace_span!(
@@ -60,7 +59,7 @@ impl ChatService {
                     .find(|r| !skipped(r))
                     .or_else(|| next.clone().find(|r| !r.is_open()));
                 if let Some(route) = route {
-                    let key = route_key(agent, route, message, history, scope, safety);
+                    let key = route_key(agent, route, message, history, shape);
                     found = deps
                         .cache
                         .get(&key)
@@ -86,7 +85,7 @@ impl Inner {
         key: CacheKey,
         agent: &Agent,
         request: &ModelRequest,
-        scope: Option<&str>,
+        shape: Shape<'_>,
         lease: Option<Lease>,
         answered: Result<Answered, ChatError>,
     ) -> Result<Arc<Completion>, ChatError> {
@@ -100,14 +99,7 @@ impl Inner {
                 fallback: Some(route),
             }) => {
                 if completion.finish_reason == FinishReason::Stop {
-                    let key = route_key(
-                        agent,
-                        route,
-                        &request.message,
-                        &request.history,
-                        scope,
-                        request.safety.fingerprint(),
-                    );
+                    let key = route_key(agent, route, &request.message, &request.history, shape);
                     cache
                         .keep(key, to_cache(completion, &request.message), Share::Now)
                         .await;

@@ -8,7 +8,8 @@ use crate::cache::{normalise_message, CacheKey, ResponseCache};
 use crate::coalesce::local::LocalCoalescer;
 use crate::coalesce::ClusterCoalescer;
 use crate::config::CacheScope;
-use crate::conversations::{ConversationError, Conversations};
+use crate::conversations::{ConversationError, Conversations, Head};
+use crate::policy::Tutoring;
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{ModelRouter, ModelTurn, Provider, ProviderError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +83,8 @@ pub struct ChatDeps {
     pub redactor: crate::safety::redact::Redactor,
     /// The moderation second opinion on learner messages (`safety.moderation`).
     pub moderator: Option<crate::safety::moderation::Moderator>,
+    /// A/B tests of answer policies (`[[experiments]]`).
+    pub experiments: crate::experiments::Experiments,
 }
 
 impl ChatDeps {
@@ -161,14 +164,16 @@ impl ChatService {
         let owner_id = owner.map(Arc::<str>::from);
         let scope = inner.scope(owner_id.as_ref());
         let safety = &deps.safety;
-        let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
-            inner.key_for(
-                agent,
-                &normalise_message(message),
-                history,
-                scope.as_deref(),
-                safety.profile(agent.id(), owner).thresholds.fingerprint(),
-            )
+        let key_of = |agent: &Agent, head: Head<'_>, message: &str, history: &[ModelTurn]| {
+            let shape = super::Shape {
+                scope: scope.as_deref(),
+                safety: safety.profile(agent.id(), owner).thresholds.fingerprint(),
+                tutoring: Tutoring::parse(head.policy)
+                    .unwrap_or(agent.tutoring)
+                    .name(),
+                variant: head.variant,
+            };
+            inner.key_for(agent, &normalise_message(message), history, shape)
         };
         deps.conversations
             .erase(id, owner, &deps.agents, &deps.cache, key_of)
@@ -190,13 +195,21 @@ impl ChatService {
     ) -> Option<CacheKey> {
         let agent = self.inner.deps.agents.get(agent_id)?;
         let safety = self.inner.deps.safety.profile(agent_id, None);
-        Some(self.inner.key_for(
-            &agent,
-            &normalise_message(message),
-            history,
-            None,
-            safety.thresholds.fingerprint(),
-        ))
+        let shape = super::Shape {
+            scope: None,
+            safety: safety.thresholds.fingerprint(),
+            tutoring: agent.tutoring.name(),
+            variant: "",
+        };
+        Some(
+            self.inner
+                .key_for(&agent, &normalise_message(message), history, shape),
+        )
+    }
+
+    /// The experiments.
+    pub fn experiments(&self) -> &crate::experiments::Experiments {
+        &self.inner.deps.experiments
     }
 
     /// The safety flags of a conversation (as `get_conversation` names it).
@@ -309,6 +322,8 @@ mod tests {
                 history: &[],
                 scope: None,
                 safety: "",
+                tutoring: "",
+                variant: "",
             });
             let refusal = ProviderError::Blocked {
                 reason: "PROHIBITED_CONTENT ".repeat(20),

@@ -263,13 +263,18 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
-/// The request for `message` after `history` to `agent` (each model of its chain sets its own
-/// model id).
-pub(super) fn request(agent: &Agent, message: String, history: Arc<[ModelTurn]>) -> ModelRequest {
+/// The request for `message` after `history` to `agent` under the answer policy `tutoring`
+/// (each model of its chain sets its own model id).
+pub(super) fn request(
+    agent: &Agent,
+    tutoring: crate::policy::Tutoring,
+    message: String,
+    history: Arc<[ModelTurn]>,
+) -> ModelRequest {
     let d = &agent.definition;
     ModelRequest {
         model: d.model.clone(),
-        system_prompt: d.system_prompt.clone(),
+        system_prompt: tutoring.system_instruction(&d.system_prompt),
         history,
         message,
         generation: GenerationConfig {

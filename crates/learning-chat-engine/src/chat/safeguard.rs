@@ -18,6 +18,8 @@ pub(super) struct Asked {
     pub conversation: Option<String>,
     /// What moderation found in the message (empty without moderation).
     pub moderation: Vec<Finding>,
+    /// How the conversation is tutored: its policy and experiment variant.
+    pub setup: super::Setup,
 }
 
 impl ChatService {

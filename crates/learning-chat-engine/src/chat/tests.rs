@@ -94,6 +94,7 @@ fn service_with_slots(
         cache_scope: crate::config::CacheScope::Shared,
         redactor: Default::default(),
         moderator: None,
+        experiments: Default::default(),
         safety: crate::safety::Safety::new(&settings.safety, &agents_for_safety, None, None),
     })
 }
@@ -102,6 +103,7 @@ fn ask(chat: &ChatService, message: &str, within: Duration, wants_stream: bool) 
     Ask {
         agent: chat.agent("math").unwrap(),
         message: message.to_owned(),
+        attempt: None,
         conversation: super::Thread::New,
         deadline: Instant::now() + within,
         caller: Caller::anonymous(),

@@ -345,6 +345,8 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         })
     }
 

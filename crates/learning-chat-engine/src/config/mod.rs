@@ -17,6 +17,7 @@ mod cache;
 mod conversation;
 mod database;
 pub mod duration;
+mod experiments;
 mod gemini;
 mod metrics;
 mod models;
@@ -39,6 +40,9 @@ pub use auth::{AuthMode, AuthSettings};
 pub use cache::{CacheScope, CacheSettings};
 pub use conversation::ConversationSettings;
 pub use database::{DatabaseSettings, DatabaseUrl};
+pub use experiments::{
+    unix_ms as experiment_time, ExperimentSettings, ExperimentUnit, VariantSettings,
+};
 pub use gemini::GeminiSettings;
 pub use metrics::MetricsSettings;
 pub use models::{quota_of, ModelQuota, ModelQuotaSettings, ModelSettings};
@@ -152,6 +156,8 @@ pub struct Settings {
     pub safety: SafetySettings,
     /// Personal data kept from the model (`privacy.redact`).
     pub privacy: PrivacySettings,
+    /// A/B tests of answer policies and prompt versions (`[[experiments]]`).
+    pub experiments: Vec<ExperimentSettings>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -348,6 +354,7 @@ impl Settings {
         models::validate(&self.models)?;
         self.safety.validate()?;
         self.privacy.validate()?;
+        experiments::validate(&self.experiments)?;
         self.openai.validate()
     }
 

@@ -302,7 +302,11 @@ fn every_millisecond_key_loads_as_that_many_milliseconds_or_a_humantime_string()
     let printed = toml::Value::try_from(Settings::default()).unwrap();
     let mut ms_keys: Vec<String> = Vec::new();
     for (section, table) in printed.as_table().unwrap() {
-        for key in table.as_table().unwrap().keys() {
+        // `[[experiments]]` is a list of tables, with no durations.
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        for key in table.keys() {
             if key.ends_with("_ms") {
                 ms_keys.push(format!("{section}.{key}"));
             }

@@ -8,7 +8,7 @@
 //!
 //! Time is tokio's, so tests can move it with a paused clock.
 
-use super::{AppendOutcome, Conversation, Turn};
+use super::{AppendOutcome, Conversation, Head, Turn};
 use crate::config::ConversationSettings;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +92,8 @@ fn bytes_of(conversation: &Conversation) -> usize {
     ENTRY_OVERHEAD
         + conversation.id.len() * 3
         + conversation.agent_id.len()
+        + conversation.policy.len()
+        + conversation.variant.len()
         + conversation
             .turns
             .iter()
@@ -209,14 +211,15 @@ impl MemoryStore {
 
     /// Appends `turns` when the conversation still has `expected` turns (0: creates it, as
     /// `agent_id`'s, created at `created_at_ms`).
-    pub fn append(
+    pub fn append<'a>(
         &self,
         id: &str,
-        agent_id: &str,
+        head: impl Into<Head<'a>>,
         created_at_ms: u64,
         expected: usize,
         turns: &[Turn],
     ) -> AppendOutcome {
+        let head = head.into();
         let now = Instant::now();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
@@ -225,7 +228,7 @@ impl MemoryStore {
             if inner.entries.contains_key(id) {
                 return AppendOutcome::Conflict;
             }
-            self.create(inner, id, agent_id, created_at_ms, turns, now);
+            self.create(inner, id, head, created_at_ms, turns, now);
             AppendOutcome::Appended(turns.len())
         } else {
             let Some(entry) = inner.touch(id, now) else {
@@ -252,7 +255,7 @@ impl MemoryStore {
         &self,
         inner: &mut Inner,
         id: &str,
-        agent_id: &str,
+        head: Head<'_>,
         created_at_ms: u64,
         turns: &[Turn],
         now: Instant,
@@ -279,9 +282,11 @@ impl MemoryStore {
             .map_or_else(|| Arc::from(owner_id), |(k, _)| k.clone());
         let conversation = Conversation {
             id: id.to_owned(),
-            agent_id: agent_id.to_owned(),
+            agent_id: head.agent_id.to_owned(),
             created_at_ms,
             turns: turns.to_vec(),
+            policy: head.policy.to_owned(),
+            variant: head.variant.to_owned(),
         };
         let bytes = bytes_of(&conversation);
         let seq = inner.next_seq;

@@ -19,7 +19,7 @@ pub mod token;
 
 pub use self::memory::{MemoryBounds, MemoryStore};
 pub use self::redis::RedisStore;
-pub use self::step::{Place, Recorded, Said};
+pub use self::step::{Place, Recorded, Said, Started};
 pub use self::token::{answer_digest, TokenSigner};
 
 use crate::agents::{Agent, AgentRegistry};
@@ -65,9 +65,45 @@ pub struct Conversation {
     pub created_at_ms: u64,
     /// Every turn, oldest first.
     pub turns: Vec<Turn>,
+    /// The answer policy it started with and keeps (`socratic@1`); empty for a conversation
+    /// stored before policies existed.
+    pub policy: String,
+    /// The experiment variant it was assigned (`experiment/variant`); empty when none.
+    pub variant: String,
+}
+
+/// What a conversation is created with (besides its first turns): its agent, and the policy
+/// and variant it keeps for its whole life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The agent it belongs to.
+    pub agent_id: &'a str,
+    /// The answer policy and version (`socratic@1`).
+    pub policy: &'a str,
+    /// The experiment variant (`experiment/variant`), empty when none.
+    pub variant: &'a str,
+}
+
+impl<'a> From<&'a str> for Head<'a> {
+    /// The head of a conversation of `agent_id` with no recorded policy or variant.
+    fn from(agent_id: &'a str) -> Head<'a> {
+        Head {
+            agent_id,
+            ..Head::default()
+        }
+    }
 }
 
 impl Conversation {
+    /// Its head, as it was created.
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            agent_id: &self.agent_id,
+            policy: &self.policy,
+            variant: &self.variant,
+        }
+    }
+
     /// When it last changed, in Unix milliseconds.
     pub fn updated_at_ms(&self) -> u64 {
         self.turns.last().map_or(self.created_at_ms, |t| t.at_ms)
@@ -123,6 +159,8 @@ fn from_record(record: ConversationRecord) -> Conversation {
     Conversation {
         id: record.id,
         agent_id: record.agent_id,
+        policy: record.policy,
+        variant: record.variant,
         created_at_ms: u64::try_from(record.created_at_ms).unwrap_or(0),
         turns: record
             .turns
@@ -178,21 +216,22 @@ impl ConversationStore {
         }
     }
 
-    /// Appends `turns` if the conversation still has `expected` turns (0 creates it).
+    /// Appends `turns` if the conversation still has `expected` turns (0 creates it, with
+    /// `head`).
     pub async fn append(
         &self,
         id: &str,
-        agent_id: &str,
+        head: Head<'_>,
         created_at_ms: u64,
         expected: usize,
         turns: &[Turn],
     ) -> Result<AppendOutcome, StoreDown> {
         match self {
             ConversationStore::Memory(store) => {
-                Ok(store.append(id, agent_id, created_at_ms, expected, turns))
+                Ok(store.append(id, head, created_at_ms, expected, turns))
             }
             ConversationStore::Redis(store) => Ok(store
-                .append(id, agent_id, created_at_ms, expected, turns)
+                .append(id, head, created_at_ms, expected, turns)
                 .await?),
             ConversationStore::Records(records) => {
                 let turns: Vec<TurnRecord> = turns.iter().map(to_record).collect();
@@ -200,7 +239,9 @@ impl ConversationStore {
                     .append_turns(NewTurns {
                         id,
                         owner: owner_of(id),
-                        agent_id,
+                        agent_id: head.agent_id,
+                        policy: head.policy,
+                        variant: head.variant,
                         created_at_ms: i64::try_from(created_at_ms).unwrap_or(i64::MAX),
                         expected,
                         turns: &turns,
@@ -548,6 +589,8 @@ impl Conversations {
                     .to_vec(),
                 agent_id: claims.agent_id,
                 created_at_ms: claims.at_ms,
+                policy: claims.policy,
+                variant: claims.variant,
             },
         };
         id.clone_into(&mut conversation.id);
@@ -566,7 +609,7 @@ impl Conversations {
         owner: Option<&str>,
         agents: &AgentRegistry,
         cache: &ResponseCache,
-        key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
+        key_of: impl Fn(&Agent, Head<'_>, &str, &[ModelTurn]) -> CacheKey,
     ) -> Result<(), ConversationError> {
         let named = self.named(id, owner).ok_or(ConversationError::NotFound)?;
         let (stored, is_token) = match named {
@@ -609,7 +652,11 @@ impl Conversations {
     /// Marks a token's conversation erased: an empty conversation under its stored id, so the
     /// token (still valid, its answer maybe still cached) cannot start it again. No text is kept.
     async fn tombstone(&self, stored: &str, agent_id: &str) -> Result<(), ConversationError> {
-        match self.store.append(stored, agent_id, now_ms(), 0, &[]).await {
+        match self
+            .store
+            .append(stored, agent_id.into(), now_ms(), 0, &[])
+            .await
+        {
             Ok(_) => Ok(()),
             Err(_) => Err(self.unavailable()),
         }
@@ -622,7 +669,7 @@ impl Conversations {
         &self,
         agent: &Agent,
         conversation: &Conversation,
-        key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
+        key_of: impl Fn(&Agent, Head<'_>, &str, &[ModelTurn]) -> CacheKey,
     ) -> Vec<CacheKey> {
         let turns = &conversation.turns;
         (0..turns.len())
@@ -636,7 +683,7 @@ impl Conversations {
                     message,
                     self.settings.max_history_tokens.get(),
                 );
-                key_of(agent, message, &history)
+                key_of(agent, conversation.head(), message, &history)
             })
             .collect()
     }

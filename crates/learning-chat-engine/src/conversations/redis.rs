@@ -6,7 +6,7 @@
 //! key per conversation keeps two messages of one conversation from running at once, on any
 //! server.
 
-use super::{AppendOutcome, Conversation, Turn};
+use super::{AppendOutcome, Conversation, Head, Turn};
 use crate::lease::{HeldLease, LeaseOps, RedisLease};
 use crate::redis_link::{RedisLink, RedisUnavailable};
 use crate::redis_scripts::SCRIPTS;
@@ -19,6 +19,11 @@ use tokio::time::Instant;
 struct Header {
     agent_id: String,
     created_at_ms: u64,
+    /// Absent in conversations stored before policies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    policy: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    variant: String,
 }
 
 // Every script touches the conversation's own key only: the index of active conversations is a
@@ -102,6 +107,8 @@ impl RedisStore {
                 agent_id: header.agent_id,
                 created_at_ms: header.created_at_ms,
                 turns,
+                policy: header.policy,
+                variant: header.variant,
             })),
             _ => {
                 // Unreadable: nobody can continue it, so it goes rather than failing every use.
@@ -116,14 +123,16 @@ impl RedisStore {
     pub async fn append(
         &self,
         id: &str,
-        agent_id: &str,
+        head: Head<'_>,
         created_at_ms: u64,
         expected: usize,
         turns: &[Turn],
     ) -> Result<AppendOutcome, RedisUnavailable> {
         let header = serde_json::to_string(&Header {
-            agent_id: agent_id.to_owned(),
+            agent_id: head.agent_id.to_owned(),
             created_at_ms,
+            policy: head.policy.to_owned(),
+            variant: head.variant.to_owned(),
         })
         .map_err(|e| RedisUnavailable(e.to_string()))?;
         let tombstone = turns.is_empty();

@@ -46,6 +46,10 @@ struct FollowUp {
     /// A token's first exchange, read back from the cache: stored with this exchange, since
     /// the conversation was never stored before.
     first: Option<[Turn; 2]>,
+    /// The policy the conversation started with (see [`Place::recorded`]).
+    policy: String,
+    /// The variant it was assigned.
+    variant: String,
     truncated: bool,
     history_tokens: u32,
 }
@@ -55,6 +59,29 @@ impl Place {
     pub fn history(&self) -> &Arc<[ModelTurn]> {
         &self.history
     }
+
+    /// For a follow-up, the policy and variant its conversation started with (either may be
+    /// empty: a conversation stored before policies, or in no experiment); `None` for a new
+    /// conversation and turns the client holds.
+    pub fn recorded(&self) -> Option<(&str, &str)> {
+        match &self.to {
+            Destination::FollowUp(follow_up) => Some((&follow_up.policy, &follow_up.variant)),
+            Destination::New(_) | Destination::HeldByClient { .. } => None,
+        }
+    }
+}
+
+/// How a new conversation is tutored: recorded when it is created (its token, or its stored
+/// row); a follow-up keeps what its conversation started with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Started<'a> {
+    /// The answer policy (`socratic@1`).
+    pub policy: &'a str,
+    /// The experiment variant (`experiment/variant`), empty when none.
+    pub variant: &'a str,
+    /// The conversation's identity, when it was chosen before the answer (an experiment
+    /// assigned its variant by it).
+    pub nonce: Option<[u8; 16]>,
 }
 
 /// Where an answer's exchange was recorded (or, for a one-shot answer, the token that
@@ -200,6 +227,8 @@ impl Conversations {
                     agent_id: claims.agent_id,
                     created_at_ms: claims.at_ms,
                     turns: first.to_vec(),
+                    policy: claims.policy,
+                    variant: claims.variant,
                 };
                 (conversation, Some(first))
             }
@@ -242,6 +271,8 @@ impl Conversations {
                 first,
                 truncated,
                 history_tokens,
+                policy: conversation.policy,
+                variant: conversation.variant,
             })),
         })
     }
@@ -258,14 +289,19 @@ impl Conversations {
         agent_id: &str,
         message: &str,
         answer: Said<'_>,
+        started: Started<'_>,
         cache: &ResponseCache,
     ) -> Result<Recorded, ConversationError> {
         let follow_up = match place.to {
             Destination::New(owner) => {
-                if let Some(token) = self
-                    .token_for(owner.as_deref(), agent_id, answer, cache)
-                    .await
-                {
+                let signed = super::token::Signed {
+                    agent_id,
+                    owner: owner.as_deref().unwrap_or(""),
+                    policy: started.policy,
+                    variant: started.variant,
+                    nonce: started.nonce,
+                };
+                if let Some(token) = self.token_for(signed, answer, cache).await {
                     crate::conversations::metrics::conversation_token_issued();
                     return Ok(Recorded {
                         conversation_id: Some(token),
@@ -274,9 +310,7 @@ impl Conversations {
                     });
                 }
                 // Boxed, like the follow-up below: rare on the hot path, and large.
-                return Ok(
-                    Box::pin(self.create(owner.as_deref(), agent_id, message, answer)).await,
-                );
+                return Ok(Box::pin(self.create(owner.as_deref(), signed, message, answer)).await);
             }
             Destination::FollowUp(follow_up) => follow_up,
             Destination::HeldByClient {
@@ -305,9 +339,14 @@ impl Conversations {
             .chain(exchange.iter())
             .cloned()
             .collect();
+        let head = super::Head {
+            agent_id,
+            policy: &follow_up.policy,
+            variant: &follow_up.variant,
+        };
         let appended = Box::pin(self.store.append(
             &follow_up.stored,
-            agent_id,
+            head,
             follow_up.created_at_ms,
             expected,
             &turns,
@@ -342,8 +381,7 @@ impl Conversations {
     /// it is not there (not cacheable, or kept elsewhere), so the conversation must be stored.
     async fn token_for(
         &self,
-        owner: Option<&str>,
-        agent_id: &str,
+        signed: super::token::Signed<'_>,
         answer: Said<'_>,
         cache: &ResponseCache,
     ) -> Option<String> {
@@ -358,8 +396,7 @@ impl Conversations {
         }
         self.tokens.sign(
             &key,
-            agent_id,
-            owner.unwrap_or(""),
+            signed,
             answer
                 .digest
                 .unwrap_or_else(|| super::token::answer_digest(answer.text)),
@@ -367,22 +404,28 @@ impl Conversations {
         )
     }
 
-    /// Stores a new conversation of one exchange, when the store can be used.
+    /// Stores a new conversation of one exchange, when the store can be used (under the
+    /// identity `signed` names, if any, so an experiment's assignment by it holds).
     async fn create(
         &self,
         owner: Option<&str>,
-        agent_id: &str,
+        signed: super::token::Signed<'_>,
         message: &str,
         answer: Said<'_>,
     ) -> Recorded {
         let mut conversation_id = None;
         if self.store.is_available() {
-            let id = new_id();
+            let id = signed.nonce.map_or_else(new_id, hex::encode);
+            let head = super::Head {
+                agent_id: signed.agent_id,
+                policy: signed.policy,
+                variant: signed.variant,
+            };
             let started = now_ms();
             let turns = exchange(message, answer, started);
             match self
                 .store
-                .append(&stored_id(&id, owner), agent_id, started, 0, &turns)
+                .append(&stored_id(&id, owner), head, started, 0, &turns)
                 .await
             {
                 Ok(AppendOutcome::Appended(count)) => {

@@ -8,7 +8,9 @@
 //! under its nonce.
 //!
 //! Layout before base64url: version (1) | nonce (16) | at ms (8) | answer digest (8) | cache key
-//! (32) | agent length (1) | agent | owner length (1) | owner | HMAC-SHA256 of all that (first 16).
+//! (32) | agent length (1) | agent | owner length (1) | owner | policy length (1) | policy |
+//! variant length (1) | variant | HMAC-SHA256 of all that (first 16). Version 1 tokens (made
+//! before policies) have no policy and variant and are still read.
 
 use crate::cache::CacheKey;
 use base64::Engine;
@@ -20,14 +22,16 @@ use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Tokens made before policies: no policy or variant fields.
+const VERSION_1: u8 = 1;
 const MAC_BYTES: usize = 16;
 /// Every token starts with it: a token is told from a stored id (32 hex digits) at a glance.
 const PREFIX: &str = "t1";
 /// Longest agent id or owner a token carries (one length byte each).
 const MAX_FIELD: usize = 255;
 /// The longest token's bytes before base64: fixed fields, two full-length fields, the MAC.
-const MAX_TOKEN_BYTES: usize = 1 + 16 + 8 + 8 + 32 + 2 + 2 * MAX_FIELD + MAC_BYTES;
+const MAX_TOKEN_BYTES: usize = 1 + 16 + 8 + 8 + 32 + 4 + 4 * MAX_FIELD + MAC_BYTES;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,27 @@ pub struct Claims {
     pub agent_id: String,
     /// The API key that asked (empty without keys).
     pub owner: String,
+    /// The answer policy the conversation started with (`socratic@1`; empty in old tokens).
+    pub policy: String,
+    /// The experiment variant it was assigned (empty when none).
+    pub variant: String,
+}
+
+/// What a token records besides the answer: who asked whom, and how the conversation is
+/// tutored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signed<'a> {
+    /// The agent asked.
+    pub agent_id: &'a str,
+    /// The API key that asked (empty without keys).
+    pub owner: &'a str,
+    /// The answer policy (`socratic@1`).
+    pub policy: &'a str,
+    /// The experiment variant (empty when none).
+    pub variant: &'a str,
+    /// The conversation's identity when it was chosen before the answer (an experiment
+    /// assigned it by it); else a new one.
+    pub nonce: Option<[u8; 16]>,
 }
 
 impl Claims {
@@ -136,23 +161,35 @@ impl TokenSigner {
     }
 
     /// A token for the answer whose text has `answer_digest` (see [`answer_digest`]), kept
-    /// under `key`, given by `agent_id` to the API key `owner` (empty without keys) at
-    /// `at_ms`; `None` when a field is too long to carry. Built in one buffer on the stack and
+    /// under `key`, given as `signed` says (the agent, the API key that asked, the policy and
+    /// variant) at `at_ms`; `None` when a field is too long to carry. Built in one buffer on the stack and
     /// one string: it is made for every one-shot answer, cache hits included.
     pub fn sign(
         &self,
         key: &CacheKey,
-        agent_id: &str,
-        owner: &str,
+        signed: Signed<'_>,
         answer_digest: [u8; 8],
         at_ms: u64,
     ) -> Option<String> {
-        if agent_id.len() > MAX_FIELD || owner.len() > MAX_FIELD {
+        let Signed {
+            agent_id,
+            owner,
+            policy,
+            variant,
+            nonce,
+        } = signed;
+        if [agent_id, owner, policy, variant]
+            .iter()
+            .any(|f| f.len() > MAX_FIELD)
+        {
             return None;
         }
-        let mut nonce = [0u8; 16];
-        // The thread's CSPRNG (seeded from the OS): no system call per one-shot answer.
-        rand::rng().fill_bytes(&mut nonce);
+        let nonce = nonce.unwrap_or_else(|| {
+            let mut nonce = [0u8; 16];
+            // The thread's CSPRNG (seeded from the OS): no system call per one-shot answer.
+            rand::rng().fill_bytes(&mut nonce);
+            nonce
+        });
         let mut buffer = [0u8; MAX_TOKEN_BYTES];
         let mut len = 0;
         let mut put = |bytes: &[u8]| {
@@ -164,7 +201,7 @@ impl TokenSigner {
         put(&at_ms.to_be_bytes());
         put(&answer_digest);
         put(key.as_bytes());
-        for field in [agent_id, owner] {
+        for field in [agent_id, owner, policy, variant] {
             // Checked above: at most MAX_FIELD bytes.
             put(&[u8::try_from(field.len()).unwrap_or(u8::MAX)]);
             put(field.as_bytes());
@@ -182,7 +219,7 @@ impl TokenSigner {
     /// forged, another deployment's, a stored id).
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let body = token.strip_prefix(PREFIX)?;
-        // The longest token: fixed fields, two full-length fields, the MAC.
+        // The longest token: fixed fields, four full-length fields, the MAC.
         if body.len() > 4 * MAX_TOKEN_BYTES / 3 + 4 {
             return None;
         }
@@ -199,7 +236,8 @@ impl TokenSigner {
             rest = tail;
             Some(head)
         };
-        if take(1)? != [VERSION] {
+        let version = *take(1)?.first()?;
+        if version != VERSION && version != VERSION_1 {
             return None;
         }
         let nonce: [u8; 16] = take(16)?.try_into().ok()?;
@@ -210,6 +248,13 @@ impl TokenSigner {
         let agent_id = String::from_utf8(take(agent_len)?.to_vec()).ok()?;
         let owner_len = usize::from(*take(1)?.first()?);
         let owner = String::from_utf8(take(owner_len)?.to_vec()).ok()?;
+        let (mut policy, mut variant) = (String::new(), String::new());
+        if version == VERSION {
+            for field in [&mut policy, &mut variant] {
+                let len = usize::from(*take(1)?.first()?);
+                *field = String::from_utf8(take(len)?.to_vec()).ok()?;
+            }
+        }
         if !rest.is_empty() {
             return None;
         }
@@ -220,6 +265,8 @@ impl TokenSigner {
             key: CacheKey::from_bytes(key),
             agent_id,
             owner,
+            policy,
+            variant,
         })
     }
 }
@@ -258,7 +305,65 @@ mod tests {
             history: &[],
             scope: None,
             safety: "",
+            tutoring: "",
+            variant: "",
         })
+    }
+
+    fn who<'a>(agent_id: &'a str, owner: &'a str) -> Signed<'a> {
+        Signed {
+            agent_id,
+            owner,
+            ..Signed::default()
+        }
+    }
+
+    #[test]
+    fn a_token_records_the_policy_and_variant_and_a_chosen_nonce() {
+        let signer = signer("one");
+        let signed = Signed {
+            policy: "socratic@1",
+            variant: "trial/questions",
+            nonce: Some([9; 16]),
+            ..who("math", "key_1")
+        };
+        let token = signer.sign(&key(), signed, answer_digest("4"), 42).unwrap();
+        assert!(token.len() < 250, "{}", token.len());
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!(
+            (claims.policy.as_str(), claims.variant.as_str()),
+            ("socratic@1", "trial/questions")
+        );
+        assert_eq!(claims.nonce, [9; 16]);
+        assert_eq!(claims.stored_id(), hex::encode([9u8; 16]));
+    }
+
+    #[test]
+    fn a_token_signed_before_policies_still_verifies_with_none_recorded() {
+        // Version 1, as the previous release signed it: no policy or variant fields.
+        let signer = signer("one");
+        let mut payload = vec![VERSION_1];
+        payload.extend_from_slice(&[3; 16]);
+        payload.extend_from_slice(&42u64.to_be_bytes());
+        payload.extend_from_slice(&answer_digest("4"));
+        payload.extend_from_slice(key().as_bytes());
+        for field in ["math", "key_1"] {
+            payload.push(u8::try_from(field.len()).unwrap());
+            payload.extend_from_slice(field.as_bytes());
+        }
+        let mac = signer.mac(&payload);
+        payload.extend_from_slice(&mac);
+        let token = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&payload)
+        );
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!(
+            (claims.agent_id.as_str(), claims.owner.as_str()),
+            ("math", "key_1")
+        );
+        assert_eq!((claims.policy.as_str(), claims.variant.as_str()), ("", ""));
+        assert_eq!(claims.nonce, [3; 16]);
     }
 
     fn signer(secret: &str) -> TokenSigner {
@@ -286,7 +391,7 @@ mod tests {
     fn a_token_round_trips_and_is_an_url_segment() {
         let signer = signer("one");
         let token = signer
-            .sign(&key(), "math", "key_1", answer_digest("4"), 42)
+            .sign(&key(), who("math", "key_1"), answer_digest("4"), 42)
             .unwrap();
         assert!(looks_like_token(&token), "{token}");
         assert!(token.len() < 200, "{}", token.len());
@@ -303,7 +408,7 @@ mod tests {
         assert!(!signer.can_start(&claims, 42 + 3_600_001));
         // Same question, same moment: two conversations.
         let other = signer
-            .sign(&key(), "math", "key_1", answer_digest("4"), 42)
+            .sign(&key(), who("math", "key_1"), answer_digest("4"), 42)
             .unwrap();
         assert_ne!(signer.verify(&other).unwrap().nonce, claims.nonce);
     }
@@ -311,7 +416,7 @@ mod tests {
     #[test]
     fn another_deployments_or_a_tampered_token_is_refused() {
         let token = signer("one")
-            .sign(&key(), "math", "", answer_digest("4"), 1)
+            .sign(&key(), who("math", ""), answer_digest("4"), 1)
             .unwrap();
         assert_eq!(signer("two").verify(&token), None);
         let signer = signer("one");
@@ -330,7 +435,7 @@ mod tests {
     fn the_key_is_set_once() {
         let signer = TokenSigner::new(std::time::Duration::from_secs(3600));
         let before = signer
-            .sign(&key(), "math", "", answer_digest("4"), 1)
+            .sign(&key(), who("math", ""), answer_digest("4"), 1)
             .unwrap();
         // In use already (a random key): a later secret cannot change it under live tokens.
         assert!(!signer.set_secret("late"));
@@ -355,7 +460,7 @@ mod tests {
         #[test]
         fn every_signed_claim_comes_back(agent in "[a-z_]{0,255}", owner in "[a-z0-9_]{0,255}", text in ".{0,200}", at in any::<u64>()) {
             let signer = signer("one");
-            let token = signer.sign(&key(), &agent, &owner, answer_digest(&text), at).unwrap();
+            let token = signer.sign(&key(), who(&agent, &owner), answer_digest(&text), at).unwrap();
             prop_assert!(looks_like_token(&token));
             let claims = signer.verify(&token).unwrap();
             prop_assert_eq!(claims.agent_id, agent);

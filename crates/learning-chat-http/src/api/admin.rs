@@ -2,7 +2,7 @@
 
 use super::{rfc3339, ApiError, AppState};
 use crate::routes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use learning_chat_records::flags::{Flag, FlagFilter};
@@ -181,4 +181,367 @@ pub async fn list_flags(
         flags: flags.into_iter().map(FlagView::from).collect(),
         next_cursor,
     }))
+}
+
+/// May `caller` set the answer policy of the class (key) `key_id`? Today only admin keys. The
+/// one place this is decided: a class's teacher (the `teacher` role of the console) is let in
+/// here too, with one more arm.
+fn may_manage_class(caller: Option<&crate::auth::Caller>, _key_id: &str) -> bool {
+    caller.is_some_and(|c| c.role == KeyRole::Admin)
+}
+
+/// May `caller` read the experiments' results? Admin keys (later the console's teachers too).
+fn may_read_experiments(caller: Option<&crate::auth::Caller>) -> bool {
+    caller.is_some_and(|c| c.role == KeyRole::Admin)
+}
+
+fn admin_required() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "admin_required",
+        "this endpoint needs an admin key (learning-chat keys create --role admin)",
+    )
+}
+
+fn records_unavailable(error: &learning_chat_records::RecordsError) -> ApiError {
+    tracing::warn!(%error, "records database");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "records_unavailable",
+        "the records database is unavailable",
+    )
+}
+
+/// A class's answer policy to set.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdate {
+    /// `socratic`, `hints` or `full` (each at its newest version), or one pinned to a version
+    /// (`socratic@1`); `null` to follow each agent's own policy again.
+    #[schema(example = "socratic")]
+    pub policy: Option<String>,
+}
+
+/// A class's answer policy.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClassPolicy {
+    /// The key (class).
+    pub key_id: String,
+    /// The policy as set; `null` when the class follows each agent's own.
+    pub policy: Option<String>,
+    /// What it means today (`socratic@2`); `null` when not set.
+    pub resolved: Option<String>,
+}
+
+impl ClassPolicy {
+    fn of(key: &learning_chat_records::keys::ApiKey) -> ClassPolicy {
+        ClassPolicy {
+            key_id: key.id.clone(),
+            resolved: key
+                .policy
+                .as_deref()
+                .and_then(learning_chat_engine::policy::Tutoring::parse)
+                .map(|t| t.name().to_owned()),
+            policy: key.policy.clone(),
+        }
+    }
+}
+
+fn class_records(state: &AppState) -> Result<&learning_chat_records::Records, ApiError> {
+    state.records.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_records_database",
+            "class policies are kept with the keys in the records database, and none is configured",
+        )
+    })
+}
+
+fn no_such_key(key_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "key_not_found",
+        format!("no key {key_id:?}"),
+    )
+}
+
+/// A class's (key's) answer policy.
+#[utoipa::path(
+    get,
+    path = routes::ADMIN_CLASS_POLICY,
+    params(("key_id" = String, Path, description = "The class's key id (`key_...`)")),
+    responses(
+        (status = 200, description = "The class's policy", body = ClassPolicy),
+        (status = 403, description = "Not allowed to manage this class (`admin_required`), or auth is off", body = super::ErrorBody),
+        (status = 404, description = "No such key (`key_not_found`)", body = super::ErrorBody),
+        (status = 503, description = "No records database, or it is down", body = super::ErrorBody),
+    )
+)]
+pub async fn get_class_policy(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    Path(key_id): Path<String>,
+) -> Result<Json<ClassPolicy>, ApiError> {
+    if !may_manage_class(caller.as_deref(), &key_id) {
+        return Err(admin_required());
+    }
+    let key = class_records(&state)?
+        .key(&key_id)
+        .await
+        .map_err(|e| records_unavailable(&e))?
+        .ok_or_else(|| no_such_key(&key_id))?;
+    Ok(Json(ClassPolicy::of(&key)))
+}
+
+/// Sets a class's (key's) answer policy: every new conversation of the key takes it (unless
+/// its agent is in a running experiment); conversations already started keep theirs. This
+/// server applies it at once, the others at their next poll of changed keys
+/// (`database.key_refresh_ms`). Audited as `key.policy`.
+#[utoipa::path(
+    put,
+    path = routes::ADMIN_CLASS_POLICY,
+    params(("key_id" = String, Path, description = "The class's key id (`key_...`)")),
+    request_body = PolicyUpdate,
+    responses(
+        (status = 200, description = "The class's policy, as set", body = ClassPolicy),
+        (status = 400, description = "Malformed JSON", body = super::ErrorBody),
+        (status = 403, description = "Not allowed to manage this class (`admin_required`), or auth is off", body = super::ErrorBody),
+        (status = 404, description = "No such key (`key_not_found`)", body = super::ErrorBody),
+        (status = 422, description = "Unknown policy or version (`invalid_policy`)", body = super::ErrorBody),
+        (status = 503, description = "No records database, or it is down", body = super::ErrorBody),
+    )
+)]
+pub async fn put_class_policy(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    Path(key_id): Path<String>,
+    body: Result<super::ApiJson<PolicyUpdate>, ApiError>,
+) -> Result<Json<ClassPolicy>, ApiError> {
+    let caller = caller.as_deref();
+    if !may_manage_class(caller, &key_id) {
+        return Err(admin_required());
+    }
+    let super::ApiJson(update) = body?;
+    let policy = update.policy.map(|p| p.trim().to_owned());
+    if let Some(policy) = &policy {
+        if learning_chat_engine::policy::Tutoring::parse(policy).is_none() {
+            let known: Vec<&str> = learning_chat_engine::policy::Tutoring::all()
+                .map(|t| t.name())
+                .collect();
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policy",
+                format!(
+                    "policy {policy:?} is not socratic, hints or full, nor one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let actor = format!("admin:{}", caller.map_or("", |c| &*c.key_id));
+    let key = class_records(&state)?
+        .set_key_policy(&key_id, policy.as_deref(), &actor)
+        .await
+        .map_err(|e| records_unavailable(&e))?
+        .ok_or_else(|| no_such_key(&key_id))?;
+    let view = ClassPolicy::of(&key);
+    if let Some(auth) = &state.auth {
+        auth.key_changed(key);
+    }
+    Ok(Json(view))
+}
+
+/// The difference of a variant's thumbs-up rate from the control's, with its 95% interval.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DifferenceView {
+    /// This variant's thumbs-up rate minus the control's.
+    pub difference: f64,
+    /// Lower end of the 95% interval (Newcombe's hybrid score method).
+    pub low: f64,
+    /// Upper end.
+    pub high: f64,
+    /// True when the interval leaves out 0: the difference is unlikely to be chance.
+    pub significant: bool,
+}
+
+/// One variant's results.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VariantView {
+    /// Its name.
+    pub name: String,
+    /// Its policy and version (`socratic@1`).
+    pub policy: String,
+    /// Its share of new conversations.
+    pub weight: u32,
+    /// Conversations started in it (every server, as of its last write of counts).
+    pub conversations: u64,
+    /// Of those, with at least one follow-up.
+    pub follow_ups: u64,
+    /// `follow_ups / conversations`; `null` before any conversation.
+    pub follow_up_rate: Option<f64>,
+    /// Questions answered.
+    pub turns: u64,
+    /// `turns / conversations`.
+    pub turns_per_conversation: Option<f64>,
+    /// Model tokens (input + output; cache hits cost none) per conversation.
+    pub tokens_per_conversation: Option<f64>,
+    /// Estimated cost per conversation in USD (`[telemetry]` prices).
+    pub cost_per_conversation_usd: Option<f64>,
+    /// Answers rated up by learners (every server: the records database).
+    pub thumbs_up: u64,
+    /// Answers rated down by learners (every server).
+    pub thumbs_down: u64,
+    /// `thumbs_up / (thumbs_up + thumbs_down)`; `null` before any rating.
+    pub thumbs_up_rate: Option<f64>,
+    /// The difference from the control (the first variant) with its 95% interval; `null`
+    /// for the control itself and while either side has no ratings.
+    pub vs_control: Option<DifferenceView>,
+}
+
+/// One experiment's results.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentView {
+    /// Its name.
+    pub name: String,
+    /// The agents it covers.
+    pub agents: Vec<String>,
+    /// `conversation` or `learner`.
+    pub unit: String,
+    /// When it begins (RFC 3339), if set.
+    pub start: Option<String>,
+    /// When it ends (RFC 3339), if set.
+    pub end: Option<String>,
+    /// True while it assigns new conversations.
+    pub running: bool,
+    /// Its variants, the control first.
+    pub variants: Vec<VariantView>,
+}
+
+/// Every configured experiment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentList {
+    /// In configuration order.
+    pub experiments: Vec<ExperimentView>,
+}
+
+fn ratio(part: f64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part / whole as f64)
+}
+
+/// The experiments with, per variant, conversations, follow-up rate, turns, tokens and cost
+/// per conversation (every server's counts, which each adds to the records database every
+/// `database.ledger_flush_ms`, plus this server's latest; without a database, this server's
+/// since it started), and learners' thumbs with the 95% interval of each variant's difference
+/// in thumbs-up rate from the control (every server: the records database).
+#[utoipa::path(
+    get,
+    path = routes::ADMIN_EXPERIMENTS,
+    responses(
+        (status = 200, description = "The experiments and their results", body = ExperimentList),
+        (status = 403, description = "Not an admin key (`admin_required`), or auth is off", body = super::ErrorBody),
+        (status = 503, description = "The records database is down", body = super::ErrorBody),
+    )
+)]
+pub async fn list_experiments(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Result<Json<ExperimentList>, ApiError> {
+    use learning_chat_engine::experiments::{difference_interval, VariantCounts};
+    if !may_read_experiments(caller.as_deref()) {
+        return Err(admin_required());
+    }
+    let now = u64::try_from(learning_chat_records::now_ms()).unwrap_or(0);
+    let mut experiments = Vec::new();
+    for experiment in state.chat.experiments().all() {
+        let (thumbs, written) = match &state.records {
+            Some(records) => (
+                records
+                    .experiment_thumbs(&experiment.name)
+                    .await
+                    .map_err(|e| records_unavailable(&e))?,
+                records
+                    .experiment_counts(&experiment.name)
+                    .await
+                    .map_err(|e| records_unavailable(&e))?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let thumbs_of = |label: &str| {
+            thumbs
+                .iter()
+                .find(|t| t.variant == label)
+                .map_or((0, 0), |t| (t.up, t.down))
+        };
+        let control = experiment.variants.first().map(|v| thumbs_of(&v.label));
+        let variants = experiment
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, variant)| {
+                // Every server's written counts and this server's latest; without a records
+                // database, this server's alone.
+                let counts = match written.iter().find(|w| *w.variant == *variant.name) {
+                    Some(w) => {
+                        let mine = variant.unwritten();
+                        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                        VariantCounts {
+                            conversations: n(w.conversations) + mine.conversations,
+                            follow_ups: n(w.follow_ups) + mine.follow_ups,
+                            turns: n(w.turns) + mine.turns,
+                            input_tokens: n(w.input_tokens) + mine.input_tokens,
+                            output_tokens: n(w.output_tokens) + mine.output_tokens,
+                            cost_usd: n(w.cost_microusd) as f64 / 1e6 + mine.cost_usd,
+                        }
+                    }
+                    None if state.records.is_some() => variant.unwritten(),
+                    None => variant.counts(),
+                };
+                let (up, down) = thumbs_of(&variant.label);
+                let vs_control = control.filter(|_| i > 0).and_then(|(c_up, c_down)| {
+                    difference_interval(up, up + down, c_up, c_up + c_down).map(|d| {
+                        DifferenceView {
+                            difference: d.difference,
+                            low: d.low,
+                            high: d.high,
+                            significant: d.excludes_zero(),
+                        }
+                    })
+                });
+                let n = counts.conversations;
+                VariantView {
+                    name: variant.name.to_string(),
+                    policy: variant.tutoring.name().to_owned(),
+                    weight: variant.weight,
+                    conversations: n,
+                    follow_ups: counts.follow_ups,
+                    follow_up_rate: ratio(counts.follow_ups as f64, n),
+                    turns: counts.turns,
+                    turns_per_conversation: ratio(counts.turns as f64, n),
+                    tokens_per_conversation: ratio(
+                        (counts.input_tokens + counts.output_tokens) as f64,
+                        n,
+                    ),
+                    cost_per_conversation_usd: ratio(counts.cost_usd, n),
+                    thumbs_up: up,
+                    thumbs_down: down,
+                    thumbs_up_rate: ratio(up as f64, up + down),
+                    vs_control,
+                }
+            })
+            .collect();
+        experiments.push(ExperimentView {
+            name: experiment.name.to_string(),
+            agents: experiment.agents.clone(),
+            unit: match experiment.unit {
+                learning_chat_engine::config::ExperimentUnit::Conversation => "conversation",
+                learning_chat_engine::config::ExperimentUnit::Learner => "learner",
+            }
+            .to_owned(),
+            start: experiment.start_ms.map(rfc3339),
+            end: experiment.end_ms.map(rfc3339),
+            running: experiment.is_running_at(now),
+            variants,
+        });
+    }
+    Ok(Json(ExperimentList { experiments }))
 }

@@ -3,6 +3,7 @@
 pub mod admin;
 mod encoding;
 mod error;
+pub mod feedback;
 pub mod openai;
 mod quotas;
 mod security;
@@ -55,6 +56,12 @@ pub struct ChatRequest {
     /// absent to start a new conversation.
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// What the learner tried themselves (their working, their answer so far): sent to the
+    /// tutor with the question, so a `hints` or `socratic` tutor can aim at their first
+    /// mistake. Counts towards `server.max_message_chars` with the message.
+    #[serde(default)]
+    #[schema(example = "I added 2 and 2 and got 5")]
+    pub attempt: Option<String>,
 }
 
 /// The tutor's answer.
@@ -92,6 +99,15 @@ pub struct ChatResponse<'a> {
     /// message was flagged for self-harm or rated dangerous content `HIGH`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub crisis: bool,
+    /// The answer policy and its version the conversation is tutored with (`socratic@1`,
+    /// `hints@1`, `full@1`): chosen when it starts (experiment variant, else the key's class
+    /// policy, else the agent's) and kept for its whole life.
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub policy: std::borrow::Cow<'static, str>,
+    /// The experiment variant of the conversation (`experiment/variant`), when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl<'a> ChatResponse<'a> {
@@ -113,6 +129,9 @@ impl<'a> ChatResponse<'a> {
             turn: answer.turn,
             history_truncated: answer.history_truncated,
             crisis: answer.crisis,
+            // A static name: no allocation on the cheapest request.
+            policy: std::borrow::Cow::Borrowed(answer.policy.name()),
+            variant: answer.variant.as_ref().map(|v| v.label.to_string()),
         }
     }
 }
@@ -148,6 +167,16 @@ pub struct ConversationView {
     /// The safety flags its messages and answers raised, oldest first.
     #[serde(default)]
     pub flags: Vec<admin::FlagView>,
+    /// The answer policy it is tutored with (`socratic@1`; empty for a conversation from
+    /// before policies).
+    #[serde(default)]
+    pub policy: String,
+    /// Its experiment variant (`experiment/variant`), when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// The ratings of its answers, by turn (with a records database).
+    #[serde(default)]
+    pub feedback: Vec<feedback::FeedbackView>,
 }
 
 pub(crate) fn rfc3339(unix_ms: u64) -> String {
@@ -162,6 +191,9 @@ impl From<learning_chat_engine::conversations::Conversation> for ConversationVie
             updated_at: rfc3339(c.updated_at_ms()),
             id: c.id,
             agent_id: c.agent_id,
+            policy: c.policy,
+            variant: (!c.variant.is_empty()).then_some(c.variant),
+            feedback: Vec::new(),
             turns: c
                 .turns
                 .into_iter()
@@ -317,6 +349,7 @@ pub(crate) async fn answer_question(
     let ask = Ask {
         agent,
         message,
+        attempt: request.attempt,
         conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: asker(caller),
@@ -380,8 +413,10 @@ pub async fn get_conversation(
     let owner = owner(caller.as_ref().map(|axum::Extension(c)| c));
     let conversation = state.chat.conversation(&id, owner).await?;
     let flags = state.chat.conversation_flags(&id, owner).await?;
+    let ratings = feedback::of_conversation(&state, &id, owner).await?;
     let mut view = ConversationView::from(conversation);
     view.flags = flags.into_iter().map(admin::FlagView::from).collect();
+    view.feedback = ratings;
     Ok(Json(view))
 }
 
@@ -513,6 +548,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         get_conversation,
         delete_conversation,
         admin::list_flags,
+        admin::get_class_policy,
+        admin::put_class_policy,
+        admin::list_experiments,
+        feedback::post_feedback,
         list_agents,
         health,
         ready,
@@ -528,6 +567,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         TurnView,
         admin::FlagView,
         admin::FlagPage,
+        admin::PolicyUpdate,
+        admin::ClassPolicy,
+        admin::ExperimentList,
+        admin::ExperimentView,
+        admin::VariantView,
+        admin::DifferenceView,
+        feedback::FeedbackRequest,
+        feedback::FeedbackView,
         learning_chat_engine::providers::Role,
         AgentList,
         AgentSummary,

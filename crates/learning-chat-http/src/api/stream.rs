@@ -123,6 +123,7 @@ pub async fn chat_stream(
     let ask = Ask {
         agent,
         message,
+        attempt: request.attempt,
         conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: asker(caller),

@@ -192,6 +192,7 @@ impl Auth {
             weight: key.weight.max(1),
             role: key.role,
             bill: None,
+            policy: held.policy,
         };
         let mut rate = RateLimitState {
             limits: key.limits,

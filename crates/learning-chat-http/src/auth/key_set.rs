@@ -32,6 +32,8 @@ pub struct HeldKey {
     pub id: Arc<str>,
     /// Its name, shared likewise.
     pub name: Arc<str>,
+    /// Its (class's) answer policy, parsed once; `None` when unset or unknown to this build.
+    pub policy: Option<learning_chat_engine::policy::Tutoring>,
     /// Unix seconds of the last use this server queued for writing.
     touched: AtomicU64,
     /// Requests of this key in progress on this server (`admission.default_key_concurrency`
@@ -46,6 +48,10 @@ impl HeldKey {
         HeldKey {
             id: Arc::from(key.id.as_str()),
             name: Arc::from(key.name.as_str()),
+            policy: key
+                .policy
+                .as_deref()
+                .and_then(learning_chat_engine::policy::Tutoring::parse),
             touched: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             requests: OnceLock::new(),
@@ -169,8 +175,8 @@ impl KeySet {
         self.counted(held, skipped);
     }
 
-    /// Applies changed keys (a poll).
-    fn apply(&self, keys: Vec<ApiKey>) {
+    /// Applies changed keys (a poll, or a change this server made).
+    pub(crate) fn apply(&self, keys: Vec<ApiKey>) {
         if keys.is_empty() {
             return;
         }
@@ -321,6 +327,7 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             role: Default::default(),
+            policy: None,
         }
     }
 

@@ -63,6 +63,8 @@ pub struct Caller {
     /// Where a question's handler puts what its answer cost; `None` for requests that ask
     /// nothing.
     pub bill: Option<Bill>,
+    /// The key's (class's) answer policy, over the agents' own.
+    pub policy: Option<learning_chat_engine::policy::Tutoring>,
 }
 
 impl Caller {
@@ -75,6 +77,7 @@ impl Caller {
                 weight: self.weight,
             },
             learner: self.learner.clone(),
+            policy: self.policy,
         }
     }
 }
@@ -284,6 +287,12 @@ impl Auth {
                 output_per_million: settings.telemetry.price_per_million_output_tokens,
             },
         })))
+    }
+
+    /// Takes a key this server just changed at once (the others have it at their next poll
+    /// of changed keys).
+    pub fn key_changed(&self, key: learning_chat_records::keys::ApiKey) {
+        self.keys.apply(vec![key]);
     }
 
     /// How many keys this server holds.

@@ -201,6 +201,7 @@ async fn add_key(settings: &Settings, limited: bool) -> String {
         last_used_at: None,
         revoked_at: None,
         role: Default::default(),
+        policy: None,
     };
     records
         .create_key(&key, "allocation-rig")

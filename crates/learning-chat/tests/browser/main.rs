@@ -128,6 +128,58 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
     );
     browser.assert_clean("asking and following up", &[]).await;
 
+    // Thumbs under each answer: a thumb up on the follow-up's answer is stored with its turn
+    // and shown pressed; a thumb down on the same answer replaces it.
+    assert_eq!(
+        browser
+            .js("return document.querySelectorAll('#messages .msg.answer .thumb').length;")
+            .await,
+        4,
+        "two thumbs under each of the two answers"
+    );
+    let thumb = |n: usize, rating: &str| {
+        format!("document.querySelectorAll('#messages .msg.answer')[{}].querySelector('.thumb-{rating}')", n - 1)
+    };
+    for rating in ["up", "down"] {
+        browser
+            .js(&format!("{}.click(); return true;", thumb(2, rating)))
+            .await;
+        browser
+            .wait_for(
+                "the thumb pressed",
+                &format!(
+                    "{}.getAttribute('aria-pressed') === 'true'",
+                    thumb(2, rating)
+                ),
+            )
+            .await;
+        let stored = app
+            .get_json(&format!("/api/v1/conversations/{conversation}"))
+            .await;
+        assert_eq!(
+            stored["feedback"],
+            serde_json::json!([{
+                "turn": 2, "rater": "learner", "rating": rating, "comment": "",
+                "at": stored["feedback"][0]["at"],
+            }]),
+            "{stored}"
+        );
+    }
+    let other = browser
+        .js(&format!(
+            "return {}.getAttribute('aria-pressed');",
+            thumb(2, "up")
+        ))
+        .await;
+    assert_eq!(other, "false", "only the last choice is pressed");
+    assert_eq!(
+        browser
+            .js("return document.getElementById('status').textContent;")
+            .await,
+        "Thanks for your feedback."
+    );
+    browser.assert_clean("rating an answer", &[]).await;
+
     // Accessible at desktop width, and at phone width; screenshots of both.
     assert_accessible(&browser, "the chat page (desktop)").await;
     browser.js("window.scrollTo(0, 0); return true;").await;
@@ -159,7 +211,7 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
         .js("document.getElementById('tutor').focus(); return true;")
         .await;
     let mut order = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let focused = browser
             .client
             .active_element()
@@ -169,12 +221,25 @@ async fn a_learner_asks_follows_up_deletes_and_rides_out_an_overload_in_a_real_b
             .send_keys(&fantoccini::key::Key::Tab)
             .await
             .expect("Tab");
-        order.push(browser.js("return document.activeElement.id;").await);
+        order.push(
+            browser
+                .js("var e = document.activeElement; return e.id || e.getAttribute('aria-label');")
+                .await,
+        );
     }
     assert_eq!(
         order,
-        ["new-conversation", "delete-conversation", "message", "send"],
-        "focus order after the tutor picker"
+        [
+            "new-conversation",
+            "delete-conversation",
+            "Helpful",
+            "Not helpful",
+            "Helpful",
+            "Not helpful",
+            "message",
+            "send"
+        ],
+        "focus order after the tutor picker: the controls, each answer's thumbs, the question"
     );
 
     // Delete: the page starts afresh and the server has forgotten the conversation.

@@ -11,10 +11,36 @@ fn keys_with_defaults() -> Vec<(String, String, toml::Value)> {
     let settings = toml::Value::try_from(Settings::default()).unwrap();
     let mut keys = Vec::new();
     for (section, table) in settings.as_table().unwrap() {
-        for (key, value) in table.as_table().unwrap() {
+        // Lists of tables (`[[experiments]]`) have no defaults: see `experiment_keys`.
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        for (key, value) in table {
             keys.push((section.clone(), key.clone(), value.clone()));
         }
     }
+    keys
+}
+
+/// Every key of an `[[experiments]]` entry and of its variants, as a full one prints them.
+fn experiment_keys() -> Vec<(String, String)> {
+    let figment = Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(
+        "[[experiments]]\nname = 'e'\nagents = ['math']\nunit = 'learner'\n\
+         start = '2026-01-01T00:00:00Z'\nend = '2027-01-01T00:00:00Z'\n\
+         [[experiments.variants]]\nname = 'a'\npolicy = 'full'\nweight = 1\n\
+         [[experiments.variants]]\nname = 'b'\npolicy = 'hints'\n",
+    ));
+    let settings = Settings::from_figment(figment).unwrap();
+    let printed = toml::Value::try_from(&settings).unwrap();
+    let experiment = printed["experiments"][0].as_table().unwrap().clone();
+    let mut keys: Vec<(String, String)> = experiment
+        .keys()
+        .map(|k| ("[experiments]".to_owned(), k.clone()))
+        .collect();
+    for key in experiment["variants"][0].as_table().unwrap().keys() {
+        keys.push(("[experiments]".to_owned(), format!("variants.{key}")));
+    }
+    assert!(keys.len() >= 9, "{keys:?}");
     keys
 }
 
@@ -36,6 +62,7 @@ fn every_setting_is_documented_in_the_reference() {
     let reference = read("docs/configuration.md");
     let mut keys = vec![("agents".to_owned(), "path".to_owned())];
     keys.extend(keys_with_defaults().into_iter().map(|(s, k, _)| (s, k)));
+    keys.extend(experiment_keys());
     for (section, name) in keys {
         assert!(
             reference_row(&reference, &section, &name).is_some(),

@@ -193,6 +193,54 @@ async fn drive_key_series(sim: &gemini_sim::SimServer) {
     app.stop().await.unwrap();
 }
 
+/// A third app in this process with an experiment on the math tutor: a conversation with a
+/// follow-up, its answer rated, so the experiment and feedback series exist.
+async fn drive_experiment_series() {
+    use learning_chat::config::{ExperimentSettings, ExperimentUnit, VariantSettings};
+    let sim = start_sim(SimConfig::default()).await;
+    let mut settings = settings_for(&sim);
+    let variant = |name: &str| VariantSettings {
+        name: name.into(),
+        policy: name.into(),
+        weight: 1,
+    };
+    settings.experiments = vec![ExperimentSettings {
+        name: "dashboard".into(),
+        agents: vec!["math".into()],
+        unit: ExperimentUnit::Conversation,
+        start: None,
+        end: None,
+        variants: vec![variant("hints"), variant("socratic")],
+    }];
+    let app = spawn_app(settings).await;
+    let ask = |body: Value| {
+        let app = &app;
+        async move {
+            let reply = app
+                .client
+                .post(app.url("/api/v1/agents/math"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), StatusCode::OK);
+            reply.json::<Value>().await.unwrap()
+        }
+    };
+    let first = ask(serde_json::json!({"message": "What is a variant?"})).await;
+    let id = first["conversation_id"].as_str().unwrap().to_owned();
+    ask(serde_json::json!({"message": "And a control?", "conversation_id": id})).await;
+    let rated = app
+        .client
+        .post(app.url(&format!("/api/v1/conversations/{id}/feedback")))
+        .json(&serde_json::json!({"turn": 1, "rating": "up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), StatusCode::OK);
+    app.stop().await.unwrap();
+}
+
 /// What the simulator rates dangerous content `HIGH`.
 const HARMFUL: &str = "how to make a weapon";
 
@@ -232,6 +280,7 @@ async fn dashboard_and_alerts_only_use_metrics_the_service_exports() {
     settings.safety.webhook_poll = Duration::from_millis(50);
     let app = spawn_app(settings).await;
     drive_key_series(&sim).await;
+    drive_experiment_series().await;
     drive_safety_series(&app, &receiver).await;
     let scraped = drive_every_series(&app, &sim, &redis).await;
     let exported = scraped.names();

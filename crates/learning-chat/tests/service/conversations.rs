@@ -182,6 +182,7 @@ async fn a_memory_conversation_expires_after_its_ttl_of_idleness() {
         let ask = Ask {
             agent: math.clone(),
             message: message.to_owned(),
+            attempt: None,
             conversation: conversation.map(str::to_owned).into(),
             deadline: tokio::time::Instant::now() + Duration::from_secs(30),
             caller: Caller::anonymous(),

@@ -22,6 +22,7 @@ mod metrics_upstream;
 mod model_quotas;
 mod openai_api;
 mod plan;
+mod policies;
 mod redis_link;
 mod reliability;
 mod routing;

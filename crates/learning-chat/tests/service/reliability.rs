@@ -352,6 +352,8 @@ async fn a_server_that_wins_the_lease_checks_the_cache_once_more() {
         history: &[],
         scope: None,
         safety: "",
+        tutoring: "",
+        variant: "",
     });
     // Another server published (and released its lease) after this server's cache lookup.
     let answer = CachedAnswer {

@@ -213,6 +213,7 @@ pub async fn add_key(
         last_used_at: None,
         revoked_at: None,
         role: Default::default(),
+        policy: None,
     };
     edit(&mut key);
     assert!(records.create_key(&key, "test").await.expect("key stored"));

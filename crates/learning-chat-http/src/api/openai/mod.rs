@@ -184,6 +184,7 @@ async fn complete(
     let ask = Ask {
         agent,
         message,
+        attempt: None,
         conversation: thread,
         deadline: Instant::now() + state.settings.request_timeout(),
         caller: caller
@@ -265,6 +266,8 @@ fn whole(shape: Shape, answer: Answer, mut cut: Cut) -> Result<Response, OpenAiE
         conversation_id: answer.conversation_id,
         turn: answer.turn,
         history_truncated: answer.history_truncated,
+        policy: answer.policy.name(),
+        variant: answer.variant.as_ref().map(|v| v.label.to_string()),
     };
     // Sized up front, as the native endpoint does.
     let capacity = body.choices[0].message.content.len() + 384;

@@ -75,8 +75,9 @@ impl TryFrom<ChatCompletionRequest> for Completion {
                      messages in `messages`, not both",
                 ))
             }
-            (None, true) => Thread::New,
-            (None, false) => Thread::Turns(turns),
+            // The client holds its history (the next request sends it in `messages`): an
+            // experiment assigns this conversation by its first message, as it will then.
+            (None, _) => Thread::Turns(turns),
         };
         Ok(Completion {
             model,
@@ -253,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn a_single_question_is_a_new_conversation() {
+    fn a_single_question_is_a_new_conversation_whose_client_holds_the_history() {
         let c = read(serde_json::json!({
             "model": "math",
             "messages": [{"role": "system", "content": "Be a pirate."},
@@ -265,7 +266,7 @@ mod tests {
             (c.model.as_str(), c.message.as_str()),
             ("math", "What is 2+2?")
         );
-        assert_eq!(c.thread, Thread::New);
+        assert_eq!(c.thread, Thread::Turns(Vec::new()));
     }
 
     #[test]

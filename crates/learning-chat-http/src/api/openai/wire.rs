@@ -195,6 +195,12 @@ pub struct ChatCompletion {
     pub turn: u32,
     /// Extension: older turns were left out of the history sent to the model.
     pub history_truncated: bool,
+    /// Extension: the answer policy and version the conversation is tutored with
+    /// (`hints@1`).
+    pub policy: &'static str,
+    /// Extension: the conversation's experiment variant (`experiment/variant`), when in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 /// The one choice of an answer.
