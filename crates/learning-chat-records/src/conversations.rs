@@ -52,6 +52,8 @@ pub struct NewTurns<'a> {
     pub id: &'a str,
     /// The key that started it (only used when creating).
     pub owner: Option<&'a str>,
+    /// The hashed learner id that started it, '' when none (only used when creating).
+    pub learner: &'a str,
     /// Its agent (only used when creating).
     pub agent_id: &'a str,
     /// When it began (only used when creating).
@@ -126,8 +128,8 @@ impl Records {
             if new.expected == 0 {
                 let created = sqlx::query(
                     "INSERT INTO conversations \
-                     (id, owner, agent_id, created_at, updated_at, turn_count, stored_bytes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                     (id, owner, agent_id, created_at, updated_at, turn_count, stored_bytes, learner) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(new.id)
                 .bind(new.owner)
@@ -136,6 +138,7 @@ impl Records {
                 .bind(last_at)
                 .bind(added)
                 .bind(bytes)
+                .bind(new.learner)
                 .execute(&mut *tx)
                 .await?;
                 if created.rows_affected() == 0 {
@@ -238,6 +241,7 @@ mod tests {
         NewTurns {
             id,
             owner: Some("key_1"),
+            learner: "",
             agent_id: "math",
             created_at_ms: 5,
             expected,

@@ -7,6 +7,7 @@
 //! the binary and applied by [`Records::connect`].
 
 pub mod audit;
+pub mod console;
 pub mod conversations;
 pub mod flags;
 pub mod keys;
@@ -101,7 +102,7 @@ pub struct Records {
 }
 
 fn migrations(backend: Backend) -> Migrator {
-    let steps: [(i64, &str, &'static str); 3] = match backend {
+    let steps: [(i64, &str, &'static str); 4] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -117,6 +118,11 @@ fn migrations(backend: Backend) -> Migrator {
                 3,
                 "safety",
                 include_str!("../migrations/sqlite/0003_safety.sql"),
+            ),
+            (
+                4,
+                "console",
+                include_str!("../migrations/sqlite/0004_console.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -134,6 +140,11 @@ fn migrations(backend: Backend) -> Migrator {
                 3,
                 "safety",
                 include_str!("../migrations/postgres/0003_safety.sql"),
+            ),
+            (
+                4,
+                "console",
+                include_str!("../migrations/postgres/0004_console.sql"),
             ),
         ],
     };

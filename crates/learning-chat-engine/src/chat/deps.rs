@@ -175,6 +175,28 @@ impl ChatService {
             .await
     }
 
+    /// Erases a conversation by the id it is stored under (a learner's erasure through the
+    /// console), with the answers the model made for it; false when there was none.
+    pub async fn erase_stored_conversation(&self, stored: &str) -> Result<bool, ConversationError> {
+        let (deps, inner) = (&self.inner.deps, &self.inner);
+        let owner = crate::conversations::owner_of(stored);
+        let owner_id = owner.map(Arc::<str>::from);
+        let scope = inner.scope(owner_id.as_ref());
+        let safety = &deps.safety;
+        let key_of = |agent: &Agent, message: &str, history: &[ModelTurn]| {
+            inner.key_for(
+                agent,
+                &normalise_message(message),
+                history,
+                scope.as_deref(),
+                safety.profile(agent.id(), owner).thresholds.fingerprint(),
+            )
+        };
+        deps.conversations
+            .erase_stored(stored, &deps.agents, &deps.cache, key_of)
+            .await
+    }
+
     /// The cache key the service uses for `message` to `agent_id` in the shared cache (for
     /// tests and tools that inspect the shared state); `None` for an unknown agent.
     pub fn cache_key(&self, agent_id: &str, message: &str) -> Option<CacheKey> {

@@ -23,6 +23,7 @@ mod models;
 mod offline;
 mod openai;
 pub mod placeholders;
+mod records;
 mod redis;
 mod routing;
 mod safety;
@@ -44,6 +45,7 @@ pub use metrics::MetricsSettings;
 pub use models::{quota_of, ModelQuota, ModelQuotaSettings, ModelSettings};
 pub use offline::OfflineSettings;
 pub use openai::OpenAiSettings;
+pub use records::RecordsSettings;
 pub use redis::RedisSettings;
 pub use routing::RoutingSettings;
 pub use safety::{
@@ -152,6 +154,8 @@ pub struct Settings {
     pub safety: SafetySettings,
     /// Personal data kept from the model (`privacy.redact`).
     pub privacy: PrivacySettings,
+    /// How long conversations, flags and usage are kept (the retention sweep).
+    pub records: RecordsSettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -348,6 +352,7 @@ impl Settings {
         models::validate(&self.models)?;
         self.safety.validate()?;
         self.privacy.validate()?;
+        self.records.validate()?;
         self.openai.validate()
     }
 

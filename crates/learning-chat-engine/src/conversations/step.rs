@@ -21,8 +21,8 @@ pub struct Place {
 }
 
 enum Destination {
-    /// The first message of a new conversation, under this owner.
-    New(Option<Arc<str>>),
+    /// The first message of a new conversation, under this owner, by this hashed learner.
+    New(Option<Arc<str>>, Option<Arc<str>>),
     /// A follow-up (boxed: it holds the conversation's lock; a first message stays small).
     FollowUp(Box<FollowUp>),
     /// A message after turns the client holds (see [`Thread::Turns`]): recorded nowhere.
@@ -46,6 +46,8 @@ struct FollowUp {
     /// A token's first exchange, read back from the cache: stored with this exchange, since
     /// the conversation was never stored before.
     first: Option<[Turn; 2]>,
+    /// The hashed learner, recorded when this write creates the conversation.
+    learner: Option<Arc<str>>,
     truncated: bool,
     history_tokens: u32,
 }
@@ -98,13 +100,15 @@ impl Conversations {
         message: &str,
         thread: Thread,
         owner: Option<&Arc<str>>,
+        learner: Option<&Arc<str>>,
         cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
         let turns = match thread {
             Thread::Id(id) => {
                 // Boxed: the follow-up's store reads make a future of kilobytes, which every
                 // new question (cache hits included) would otherwise carry and move around.
-                return Box::pin(self.open_follow_up(agent, message, &id, owner, cache)).await;
+                return Box::pin(self.open_follow_up(agent, message, &id, owner, learner, cache))
+                    .await;
             }
             Thread::Turns(turns) if !turns.is_empty() => turns,
             Thread::New | Thread::Turns(_) => {
@@ -116,7 +120,7 @@ impl Conversations {
                     std::sync::LazyLock::new(|| Arc::from([]));
                 return Ok(Place {
                     history: NO_HISTORY.clone(),
-                    to: Destination::New(owner.cloned()),
+                    to: Destination::New(owner.cloned(), learner.cloned()),
                 });
             }
         };
@@ -165,6 +169,7 @@ impl Conversations {
         message: &str,
         id: &str,
         owner: Option<&Arc<str>>,
+        learner: Option<&Arc<str>>,
         cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
         let named = self
@@ -240,6 +245,7 @@ impl Conversations {
                     conversation.turns.len()
                 },
                 first,
+                learner: learner.cloned(),
                 truncated,
                 history_tokens,
             })),
@@ -261,7 +267,7 @@ impl Conversations {
         cache: &ResponseCache,
     ) -> Result<Recorded, ConversationError> {
         let follow_up = match place.to {
-            Destination::New(owner) => {
+            Destination::New(owner, learner) => {
                 if let Some(token) = self
                     .token_for(owner.as_deref(), agent_id, answer, cache)
                     .await
@@ -274,9 +280,14 @@ impl Conversations {
                     });
                 }
                 // Boxed, like the follow-up below: rare on the hot path, and large.
-                return Ok(
-                    Box::pin(self.create(owner.as_deref(), agent_id, message, answer)).await,
-                );
+                return Ok(Box::pin(self.create(
+                    owner.as_deref(),
+                    learner.as_deref(),
+                    agent_id,
+                    message,
+                    answer,
+                ))
+                .await);
             }
             Destination::FollowUp(follow_up) => follow_up,
             Destination::HeldByClient {
@@ -311,6 +322,7 @@ impl Conversations {
             follow_up.created_at_ms,
             expected,
             &turns,
+            follow_up.learner.as_deref().unwrap_or(""),
         ))
         .await;
         match appended {
@@ -371,6 +383,7 @@ impl Conversations {
     async fn create(
         &self,
         owner: Option<&str>,
+        learner: Option<&str>,
         agent_id: &str,
         message: &str,
         answer: Said<'_>,
@@ -382,7 +395,14 @@ impl Conversations {
             let turns = exchange(message, answer, started);
             match self
                 .store
-                .append(&stored_id(&id, owner), agent_id, started, 0, &turns)
+                .append(
+                    &stored_id(&id, owner),
+                    agent_id,
+                    started,
+                    0,
+                    &turns,
+                    learner.unwrap_or(""),
+                )
                 .await
             {
                 Ok(AppendOutcome::Appended(count)) => {

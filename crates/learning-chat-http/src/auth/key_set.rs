@@ -321,6 +321,9 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             role: Default::default(),
+            classes: Vec::new(),
+            retention_days: None,
+            legal_hold: false,
         }
     }
 

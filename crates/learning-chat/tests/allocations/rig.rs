@@ -197,6 +197,9 @@ async fn add_key(settings: &Settings, limited: bool) -> String {
         last_used_at: None,
         revoked_at: None,
         role: Default::default(),
+        classes: Vec::new(),
+        retention_days: None,
+        legal_hold: false,
     };
     records
         .create_key(&key, "allocation-rig")

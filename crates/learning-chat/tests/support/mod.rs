@@ -213,6 +213,9 @@ pub async fn add_key(
         last_used_at: None,
         revoked_at: None,
         role: Default::default(),
+        classes: Vec::new(),
+        retention_days: None,
+        legal_hold: false,
     };
     edit(&mut key);
     assert!(records.create_key(&key, "test").await.expect("key stored"));
