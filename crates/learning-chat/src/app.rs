@@ -279,7 +279,8 @@ pub fn router(state: AppState) -> Router {
             routes::OPENAI_CHAT_COMPLETIONS,
             post(api::openai::chat_completions).fallback(api::openai::method_not_allowed),
         )
-        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags));
+        .route(routes::ADMIN_FLAGS, get(api::admin::list_flags))
+        .merge(api::console::routes());
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
@@ -453,6 +454,9 @@ impl Application {
         };
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
+        let sweeper = state.records.clone().map(|records| {
+            tokio::spawn(retention_sweeper(records, state.settings.records.clone()))
+        });
         let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -486,6 +490,9 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         if let Some(delivery) = flag_delivery {
             delivery.abort();
         }
@@ -544,6 +551,40 @@ async fn minute_monitor(state: AppState) {
                     "Gemini API requests in last minute: {count}"
                 );
                 crate::telemetry::flush_shed_log();
+            }
+        }
+    }
+}
+
+/// Deletes what `[records]` keeps no longer, every `records.sweep_interval_ms` (the first after
+/// one interval). Every server runs it: the sweep is idempotent, so two at once only repeat
+/// each other's deletes.
+async fn retention_sweeper(
+    records: Records,
+    settings: learning_chat_engine::config::RecordsSettings,
+) {
+    let retention = learning_chat_records::console::Retention {
+        days: settings.retention_days,
+        usage_days: settings.usage_retention_days,
+    };
+    let mut every = tokio::time::interval(settings.sweep_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match records
+            .sweep(retention, learning_chat_records::now_ms())
+            .await
+        {
+            Ok(removed) if removed != Default::default() => tracing::info!(
+                conversations = removed.conversations,
+                flags = removed.flags,
+                usage_rows = removed.usage_rows,
+                "retention sweep: removed what is kept no longer"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "retention sweep failed; trying again at the next interval")
             }
         }
     }

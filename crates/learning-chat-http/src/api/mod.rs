@@ -1,6 +1,7 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 pub mod admin;
+pub mod console;
 mod encoding;
 mod error;
 pub mod openai;
@@ -9,6 +10,7 @@ mod security;
 mod state;
 pub mod stream;
 
+use console::ConsolePaths;
 use security::KeyAuth;
 
 pub use encoding::{accepts_a_coding_we_send, RefuseUnacceptableEncodingLayer};
@@ -534,7 +536,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         openai::OpenAiErrorBody,
         openai::OpenAiErrorObject
     )),
-    modifiers(&KeyAuth)
+    modifiers(&ConsolePaths, &KeyAuth)
 )]
 pub struct ApiDoc;
 
