@@ -588,8 +588,10 @@ impl Conversations {
     }
 
     /// Erases a conversation by the id it is stored under (the console's erasure of a learner's
-    /// data), as [`Conversations::erase`] does: the store, then the answers the model made for
-    /// it from the cache. False when there was none.
+    /// data), as [`Conversations::erase`] does: the answers the model made for it from the
+    /// cache, then the store. A tombstone stays in its place (no text), since the id may have
+    /// begun as a one-shot token that would otherwise read its first exchange back from the
+    /// cache. False when there was none.
     pub async fn erase_stored(
         &self,
         stored: &str,
@@ -597,7 +599,7 @@ impl Conversations {
         cache: &ResponseCache,
         key_of: impl Fn(&Agent, &str, &[ModelTurn]) -> CacheKey,
     ) -> Result<bool, ConversationError> {
-        self.erase_stored_as(stored, false, agents, cache, key_of)
+        self.erase_stored_as(stored, true, agents, cache, key_of)
             .await
     }
 
