@@ -269,7 +269,7 @@
     var days = usage.days;
     var values = days.map(function (d) { return metricOf(d, metric); });
     var max = Math.max.apply(null, values.concat([metric === 'cache_hit_rate' ? 1 : 1e-9]));
-    var W = 720, H = 240, left = 56, right = 12, top = 12, bottom = 36;
+    var W = 900, H = 240, left = 64, right = 16, top = 12, bottom = 36;
     var x = function (i) { return left + (days.length < 2 ? 0 : i * (W - left - right) / (days.length - 1)); };
     var y = function (v) { return top + (H - top - bottom) * (1 - v / max); };
     var chart = svg('svg', {
@@ -284,9 +284,11 @@
       chart.appendChild(svg('text', { x: left - 6, y: y(v) + 4, 'text-anchor': 'end', 'class': 'label' }, text));
     });
     chart.appendChild(svg('line', { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, 'class': 'axis' }));
-    [0, Math.floor((days.length - 1) / 2), days.length - 1].forEach(function (i) {
+    var ticks = [[0, 'start'], [Math.floor((days.length - 1) / 2), 'middle'], [days.length - 1, 'end']];
+    ticks.forEach(function (tick) {
+      var i = tick[0];
       if (days[i]) {
-        chart.appendChild(svg('text', { x: x(i), y: H - bottom + 18, 'text-anchor': 'middle', 'class': 'label' },
+        chart.appendChild(svg('text', { x: x(i), y: H - bottom + 20, 'text-anchor': tick[1], 'class': 'label' },
           days[i].day.slice(5)));
       }
     });
