@@ -305,8 +305,9 @@
     clear(holder);
     holder.appendChild(chart);
     var total = values.reduce(function (a, b) { return a + b; }, 0);
+    var busy = days.filter(function (d) { return d.requests > 0; }).length;
     el('chart-caption').textContent = label + ' per day, ' + usage.name + ': ' +
-      days.filter(function (d) { return d.requests > 0; }).length + ' days with traffic' +
+      busy + (busy === 1 ? ' day' : ' days') + ' with traffic' +
       (metric === 'requests' ? ', ' + total + ' questions' : '') + '.';
   }
 
