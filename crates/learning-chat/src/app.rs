@@ -457,6 +457,7 @@ impl Application {
         let sweeper = state.records.clone().map(|records| {
             tokio::spawn(retention_sweeper(records, state.settings.records.clone()))
         });
+        let evictions = state.chat.cache().watch_evictions(Duration::from_secs(1));
         let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -492,6 +493,9 @@ impl Application {
         monitor.abort();
         if let Some(sweeper) = sweeper {
             sweeper.abort();
+        }
+        if let Some(evictions) = evictions {
+            evictions.abort();
         }
         if let Some(delivery) = flag_delivery {
             delivery.abort();

@@ -160,6 +160,34 @@ async fn a_teacher_sees_only_their_classes_on_every_endpoint() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "console_role_required");
 
+    // Every console endpoint is described in the OpenAPI document, with the key schemes.
+    let doc = app.get_json("/openapi.json").await;
+    for (path, method) in [
+        ("/api/v1/admin/me", "get"),
+        ("/api/v1/admin/classes", "get"),
+        ("/api/v1/admin/classes/{key_id}/usage", "get"),
+        ("/api/v1/admin/conversations", "get"),
+        ("/api/v1/admin/conversations/{conversation_id}", "get"),
+        ("/api/v1/admin/flags/{flag_id}/review", "post"),
+        ("/api/v1/admin/keys", "get"),
+        ("/api/v1/admin/keys", "post"),
+        ("/api/v1/admin/keys/{key_id}", "patch"),
+        ("/api/v1/admin/keys/{key_id}", "delete"),
+        ("/api/v1/admin/learners/{learner_id}/export", "get"),
+        ("/api/v1/admin/learners/{learner_id}", "delete"),
+        ("/api/v1/admin/audit", "get"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert!(
+            operation.is_object(),
+            "{method} {path} not in /openapi.json"
+        );
+        assert!(
+            operation["security"].is_array(),
+            "{method} {path} names no key scheme"
+        );
+    }
+
     let (status, me) = get(&app, &k.teacher, "/api/v1/admin/me").await;
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["role"], "teacher");
@@ -537,12 +565,23 @@ async fn a_learners_export_is_exactly_theirs_and_erasure_reaches_both_servers_re
                 text: t["text"].as_str().unwrap().to_owned(),
             })
             .collect();
-        let key = a
-            .state
+        a.state
             .chat
             .cache_key_with_history("math", turns[2]["text"].as_str().unwrap(), &history)
-            .unwrap();
-        format!("learning-chat:answer:{{{key}}}")
+            .unwrap()
+    };
+    let in_redis = |key: &learning_chat::cache::CacheKey| format!("learning-chat:answer:{{{key}}}");
+    // Server a's own memory (the first tier), where it kept the answer it made.
+    let in_memory_of_a = |key: learning_chat::cache::CacheKey| {
+        let cache = a.state.chat.cache().clone();
+        async move {
+            match cache {
+                learning_chat::cache::ResponseCache::Tiered { memory, .. } => {
+                    memory.get(&key).await.is_some()
+                }
+                _ => panic!("a tiered cache with Redis"),
+            }
+        }
     };
     let (_, ann_a) = call(
         &a,
@@ -562,8 +601,12 @@ async fn a_learners_export_is_exactly_theirs_and_erasure_reaches_both_servers_re
         None,
     )
     .await;
-    let ann_answer = follow_up_key(&ann_a);
-    let bob_answer = follow_up_key(&bob_a);
+    let (ann_key, bob_key) = (follow_up_key(&ann_a), follow_up_key(&bob_a));
+    let (ann_answer, bob_answer) = (in_redis(&ann_key), in_redis(&bob_key));
+    assert!(
+        in_memory_of_a(ann_key).await,
+        "server a keeps the answer it made"
+    );
     let until = Instant::now() + Duration::from_secs(15);
     for answer in [&ann_answer, &bob_answer] {
         while redis.cli(&["EXISTS", answer]) != "1" {
@@ -618,6 +661,17 @@ async fn a_learners_export_is_exactly_theirs_and_erasure_reaches_both_servers_re
         "Ann's answer gone from Redis"
     );
     assert_eq!(redis.cli(&["EXISTS", &bob_answer]), "1", "Bob's stays");
+    // Server a drops it from its own memory too, from the evictions b noted in Redis (read
+    // every second: a hang guard, not a timing bound).
+    let until = Instant::now() + Duration::from_secs(15);
+    while in_memory_of_a(ann_key).await {
+        assert!(
+            Instant::now() < until,
+            "server a still holds Ann's answer in memory"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_memory_of_a(bob_key).await, "and keeps Bob's");
     let records = a.state.records.as_ref().unwrap();
     let hashes: Vec<String> = [&k.class_a_id, &k.class_b_id]
         .iter()
