@@ -24,3 +24,13 @@ CREATE INDEX flags_learner ON flags (learner);
 CREATE INDEX flags_key_at ON flags (key_id, at);
 
 CREATE INDEX usage_daily_learner ON usage_daily (learner);
+
+-- The audit log is append-only: the service has no statement that changes or deletes an entry,
+-- and the database refuses one from anyone else (a superuser may still drop the trigger).
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();

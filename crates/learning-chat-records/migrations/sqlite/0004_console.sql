@@ -24,3 +24,14 @@ CREATE INDEX flags_learner ON flags (learner);
 CREATE INDEX flags_key_at ON flags (key_id, at);
 
 CREATE INDEX usage_daily_learner ON usage_daily (learner);
+
+-- The audit log is append-only: the service has no statement that changes or deletes an entry,
+-- and the database refuses one from anyone else.
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
