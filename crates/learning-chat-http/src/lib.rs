@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod dispatch;
 pub mod metrics;
 pub mod routes;
 pub mod serve;

@@ -12,10 +12,12 @@ use crate::config::Settings;
 use crate::conversations::{
     ConversationStore, Conversations, MemoryBounds, MemoryStore, RedisStore, TokenSigner,
 };
+use crate::dispatch::Dispatch;
 use crate::providers::resilience::RetryPolicy;
 use crate::providers::{GeminiClient, OfflineModel, Provider};
 use crate::redis_link::RedisLink;
 use crate::routes;
+use crate::telemetry::RouteLabel;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -309,34 +311,71 @@ pub fn router(state: AppState) -> Router {
     with_service_layers(routes, &settings).with_state(state)
 }
 
-/// Wraps routes in the service's middleware, outermost first: request id, span and HTTP
-/// metrics ([`crate::telemetry::observe_request`]); catch-panic; gzip; the
-/// Accept-Encoding check; Sentry error reports (only when a DSN is configured). Public so tests can put the real
-/// stack around test routes.
+/// The service's middleware, outermost first: request id, span and HTTP metrics
+/// ([`crate::telemetry::ObserveLayer`]); catch-panic; gzip; the Accept-Encoding check;
+/// Sentry error reports (only when a DSN is configured). `$label` says where the route label
+/// comes from ([`RouteLabel`]). One list for the Router and the chat route's direct dispatch,
+/// so the two cannot drift apart.
 ///
 /// Few layers on purpose: every axum `from_fn` layer clones the service stack beneath it on
 /// each request, which a cache hit, at tens of thousands a second, pays for in full.
-pub fn with_service_layers<S>(routes: Router<S>, settings: &Settings) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    let compression = CompressionLayer::new().gzip(true).compress_when(
-        DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes.into())),
-    );
-    let sentry_enabled = !settings.telemetry.sentry_dsn.is_empty();
-    routes.layer(
+macro_rules! service_layers {
+    ($settings:expr, $label:expr) => {{
+        let settings: &Settings = $settings;
+        let label: RouteLabel = $label;
+        let compression = CompressionLayer::new().gzip(true).compress_when(
+            DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes.into())),
+        );
+        let sentry_enabled = !settings.telemetry.sentry_dsn.is_empty();
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn(crate::telemetry::observe_request))
+            .layer(crate::telemetry::ObserveLayer::new(label))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(compression)
             // Before any work: a client that accepts neither gzip nor the plain body gets 406
             // with the error body (inside gzip, which passes that 406 through as it is).
             .layer(api::RefuseUnacceptableEncodingLayer)
             // Inside catch-panic, so a panic is reported while the request's scope is bound.
-            .option_layer(
-                sentry_enabled.then(|| axum::middleware::from_fn(crate::telemetry::report_errors)),
-            ),
-    )
+            .option_layer(sentry_enabled.then(|| {
+                axum::middleware::from_fn_with_state(label, crate::telemetry::report_errors)
+            }))
+    }};
+}
+
+/// Wraps routes in the service's middleware ([`service_layers!`]). Public so tests can put the
+/// real stack around test routes.
+pub fn with_service_layers<S>(routes: Router<S>, settings: &Settings) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes.layer(service_layers!(settings, RouteLabel::Matched))
+}
+
+/// What the server runs: the chat route's questions dispatched straight to their handler
+/// inside the service's middleware, every other request through [`router`]
+/// ([`crate::dispatch`] says why).
+pub fn service(
+    state: AppState,
+) -> Dispatch<
+    impl tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+> {
+    let chat_state = state.clone();
+    let chat = service_layers!(&state.settings, RouteLabel::Fixed(routes::AGENT_CHAT)).service(
+        tower::service_fn(move |request| {
+            let state = chat_state.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(crate::dispatch::chat_route(state, request).await)
+            }
+        }),
+    );
+    Dispatch::new(router(state), chat)
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -464,7 +503,7 @@ impl Application {
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let limits = crate::serve::ConnectionLimits::from_settings(&state.settings.server);
         let tls_check = state.settings.server.tls_reload_check;
-        let app = router(state);
+        let app = service(state);
         let tls_reload = tls.clone().map(|tls| {
             let every = tls_check;
             tokio::spawn(tls.watch_for_changes(every))

@@ -15,7 +15,9 @@ pub use learning_chat_engine::{
     admission, agents, cache, chat, coalesce, config, conversations, providers, redis_link, safety,
     trace, trace_span,
 };
-pub use learning_chat_http::{api, auth, client, metrics, routes, serve, telemetry, tls, web};
+pub use learning_chat_http::{
+    api, auth, client, dispatch, metrics, routes, serve, telemetry, tls, web,
+};
 pub use learning_chat_plan as plan;
 pub use learning_chat_records as records;
 

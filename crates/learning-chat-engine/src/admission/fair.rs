@@ -246,6 +246,11 @@ impl Drop for Turn {
 pub struct Place {
     gate: FairGate,
     id: u64,
+    /// Requests served before this one in the fair order when it took the place (the turn's
+    /// holder included), counted under the same lock as the place was taken: two requests
+    /// arriving together see different counts here, where [`FairGate::ahead_of_newcomer`]
+    /// gives both the same.
+    pub ahead: usize,
 }
 
 impl Drop for Place {
@@ -320,9 +325,11 @@ impl FairGate {
                 weight: flow.weight,
             });
         crate::admission::metrics::queue_depth(state.taken);
+        let ahead = state.ahead(flow);
         Ok(Place {
             gate: self.clone(),
             id,
+            ahead,
         })
     }
 

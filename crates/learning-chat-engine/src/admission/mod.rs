@@ -196,6 +196,20 @@ impl Admission {
     /// weight. The permit holds the turn until [`AdmissionPermit::end_turn`] (or its drop), so
     /// the quota slot reserved next is handed out in the same fair order.
     pub async fn admit_as(&self, flow: &Flow, deadline: Instant) -> Result<AdmissionPermit, Shed> {
+        self.admit_placed(flow, deadline, &AtomicUsize::new(0))
+            .await
+    }
+
+    /// [`Admission::admit_as`], storing in `ahead` how many requests are served before this
+    /// one, as counted when it took its queue place (0 when it had the turn at once). Stored
+    /// before the first await, so a future polled beside this one reads it after this one's
+    /// first poll.
+    pub async fn admit_placed(
+        &self,
+        flow: &Flow,
+        deadline: Instant,
+        ahead: &AtomicUsize,
+    ) -> Result<AdmissionPermit, Shed> {
         self.resize();
         let turn = self.fair.try_turn();
         if turn.is_some() {
@@ -210,6 +224,9 @@ impl Admission {
                 retry_after: QUEUE_RETRY_AFTER,
             });
         };
+        if turn.is_none() {
+            ahead.store(place.ahead, Ordering::Release);
+        }
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
         if turn.is_none() {

@@ -7,6 +7,7 @@ use crate::agents::Agent;
 use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
 use gemini_wire::{GenerationConfig, ThinkingConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -25,16 +26,18 @@ impl Inner {
         let deps = &self.deps;
         let started = Instant::now();
         let ahead = deps.admission.ahead_of_newcomer(flow);
+        let placed = AtomicUsize::new(ahead);
         let admitted = deps
             .admission
-            .admit_as(flow, deadline)
+            .admit_placed(flow, deadline, &placed)
             .instrument(crate::trace_span!("admission.wait"));
         // Checked first, so a question no usable model has a slot for in time is refused
-        // before it queues; then, while it queues, at each refusal of a question ahead: slots
-        // are reserved in order, so none frees up before the one that refusal named.
+        // before it queues; again once it holds its queue place; then, while it queues, at
+        // each refusal of a question ahead: slots are reserved in order, so none frees up
+        // before the one that refusal named.
         let admitted = tokio::select! {
             biased;
-            shed = self.quota_refusal_while_queued(agent, deadline, ahead) => Err(shed),
+            shed = self.quota_refusal_while_queued(agent, deadline, ahead, &placed) => Err(shed),
             admitted = admitted => admitted,
         };
         let permit = admitted.map_err(|shed| {
@@ -105,9 +108,18 @@ impl Inner {
         agent: &Agent,
         deadline: Instant,
         ahead: usize,
+        placed: &AtomicUsize,
     ) -> Shed {
         let refusals = self.deps.quotas.refusals();
-        let mut ahead = ahead;
+        // On arrival, before the question takes a queue place.
+        if let Some(shed) = self.quota_refuses(agent, deadline, ahead) {
+            return shed;
+        }
+        // Then with the place it took (the admission beside this future takes it on its first
+        // poll, during this yield): questions arriving together all counted the same queue
+        // above, and only their places tell them apart.
+        tokio::task::yield_now().await;
+        let mut ahead = placed.load(Ordering::Acquire);
         loop {
             // Registered before the check, so a refusal between the two is not missed.
             let refused = refusals.notified();

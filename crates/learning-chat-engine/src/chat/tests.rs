@@ -10,6 +10,7 @@ use crate::providers::resilience::RetryPolicy;
 use crate::providers::script::Script;
 use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
 use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 const ANSWER: &str = "Two and two make four.";
@@ -453,8 +454,11 @@ async fn a_queued_question_hears_at_once_when_a_refusal_ahead_of_it_leaves_it_no
     let deadline = Instant::now() + 50 * SECOND;
     let inner = &chat.inner;
     // Queued with the minute's one slot still free: it may be served, so it waits.
-    let waiting = inner.quota_refusal_while_queued(&agent, deadline, 0);
+    let placed = AtomicUsize::new(0);
+    let waiting = inner.quota_refusal_while_queued(&agent, deadline, 0, &placed);
     tokio::pin!(waiting);
+    // Checked on arrival, then (after a yield) with its queue place.
+    assert!(futures::poll!(waiting.as_mut()).is_pending());
     assert!(futures::poll!(waiting.as_mut()).is_pending());
     // The question ahead takes that slot; a grant tells nobody anything.
     let quota = inner.deps.quotas.of("primary");
@@ -468,4 +472,37 @@ async fn a_queued_question_hears_at_once_when_a_refusal_ahead_of_it_leaves_it_no
         .expect("told at once, not left waiting");
     assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
     assert_eq!(shed.retry_after, 59 * SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_arriving_with_another_is_refused_once_its_queue_place_shows_it_second() {
+    // Two calls a minute, one of them spent. Two questions arriving at the same moment on two
+    // threads both count nobody ahead before either takes its queue place, and the one slot
+    // left can serve only the first. The second learns so from the place it took (one
+    // ahead), not after the first's call.
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with_slots(&[primary, spare], math_agent(false), two_models(2), 1);
+    let agent = chat.agent("math").unwrap();
+    let deadline = Instant::now() + 50 * SECOND;
+    let quota = chat.inner.deps.quotas.of("primary");
+    quota.reserve(1, deadline).await.unwrap();
+    let second = AtomicUsize::new(1);
+    let shed = tokio::time::timeout(
+        Duration::from_millis(1),
+        chat.inner
+            .quota_refusal_while_queued(&agent, deadline, 0, &second),
+    )
+    .await
+    .expect("told as soon as its place is known");
+    assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
+    assert_eq!(shed.retry_after, MINUTE);
+    // First in its place, the same question may be served: it waits.
+    let first = AtomicUsize::new(0);
+    let waiting = chat
+        .inner
+        .quota_refusal_while_queued(&agent, deadline, 0, &first);
+    assert!(tokio::time::timeout(Duration::from_millis(1), waiting)
+        .await
+        .is_err());
 }

@@ -61,12 +61,13 @@ pub struct ChatRequest {
 
 /// The tutor's answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChatResponse {
+pub struct ChatResponse<'a> {
     /// The answer text.
     #[schema(value_type = String)]
     pub response: learning_chat_engine::chat::AnswerText,
     /// The agent that answered.
-    pub agent_id: String,
+    #[schema(value_type = String)]
+    pub agent_id: std::borrow::Cow<'a, str>,
     /// True when served from the cache (no model call).
     pub cached: bool,
     /// The model that produced the answer; `offline-simulated/...` when no API key is set.
@@ -74,7 +75,8 @@ pub struct ChatResponse {
     /// Tokens the answer cost when produced.
     pub usage: Usage,
     /// `STOP` for complete answers, `MAX_TOKENS` when cut at the length limit.
-    pub finish_reason: String,
+    #[schema(value_type = String)]
+    pub finish_reason: std::borrow::Cow<'static, str>,
     /// Time spent in the service, in milliseconds.
     pub latency_ms: u64,
     /// The conversation to send follow-ups in; `null` when a new conversation could not be
@@ -94,16 +96,20 @@ pub struct ChatResponse {
     pub crisis: bool,
 }
 
-impl ChatResponse {
+impl<'a> ChatResponse<'a> {
     /// The body of `answer` by `agent_id`, for a request that began at `started`.
-    pub(crate) fn new(answer: Answer, agent_id: String, started: StdInstant) -> ChatResponse {
+    pub(crate) fn new(
+        answer: Answer,
+        agent_id: impl Into<std::borrow::Cow<'a, str>>,
+        started: StdInstant,
+    ) -> ChatResponse<'a> {
         ChatResponse {
             response: answer.text,
-            agent_id,
+            agent_id: agent_id.into(),
             cached: answer.cached,
             model: answer.model,
             usage: answer.usage,
-            finish_reason: answer.finish_reason.to_owned(),
+            finish_reason: answer.finish_reason.into(),
             latency_ms: started.elapsed().as_millis() as u64,
             conversation_id: answer.conversation_id,
             turn: answer.turn,
@@ -230,8 +236,6 @@ pub struct KeyRotation {
 /// `conversation_id`, as a follow-up answered with the conversation's history.
 /// What a chat or stream request asks: the agent, resolved once, and the learner's message.
 pub(crate) struct Question {
-    /// The agent id as given in the path.
-    pub agent_id: String,
     /// The agent it names.
     pub agent: std::sync::Arc<learning_chat_engine::agents::Agent>,
     /// The rest of the body (the conversation id).
@@ -245,12 +249,11 @@ pub(crate) struct Question {
 /// the id again.
 pub(crate) fn question(
     state: &AppState,
-    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    body: Result<ApiJson<ChatRequest>, ApiError>,
+    agent_id: &str,
+    body: Result<ChatRequest, ApiError>,
 ) -> Result<Question, ApiError> {
-    let Path(agent_id) = path?;
-    let agent = state.chat.agent(&agent_id)?;
-    let ApiJson(mut request) = body?;
+    let agent = state.chat.agent(agent_id)?;
+    let mut request = body?;
     let message = request.message.take().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -259,7 +262,6 @@ pub(crate) fn question(
         )
     })?;
     Ok(Question {
-        agent_id,
         agent,
         request,
         message,
@@ -294,27 +296,45 @@ pub async fn chat(
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
+    let Path(agent_id) = path?;
+    let caller = caller.as_ref().map(|axum::Extension(caller)| caller);
+    answer_question(&state, caller, &agent_id, body.map(|ApiJson(r)| r), started).await
+}
+
+/// The chat route's work once its request is read, shared by the Router's handler ([`chat`])
+/// and the route's direct dispatch ([`crate::dispatch`]): the question asked, billed and
+/// answered as JSON.
+pub(crate) async fn answer_question(
+    state: &AppState,
+    caller: Option<&crate::auth::Caller>,
+    agent_id: &str,
+    body: Result<ChatRequest, ApiError>,
+    started: StdInstant,
+) -> Result<Response, ApiError> {
     let Question {
-        agent_id,
         agent,
         request,
         message,
-    } = question(&state, path, body)?;
+    } = question(state, agent_id, body)?;
     let ask = Ask {
         agent,
         message,
         conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
-        caller: asker(caller.as_ref()),
+        caller: asker(caller),
         wants_stream: false,
     };
     // The same reply a stream gets, read to its last item.
     let answer = state.chat.ask(ask).await?.finish().await;
-    if let (Ok(answer), Some(bill)) = (&answer, bill(caller.as_ref())) {
+    if let (Ok(answer), Some(bill)) = (&answer, bill(caller)) {
         bill.charge(answer);
     }
     let body = ChatResponse::new(answer?, agent_id, started);
-    json_answer(&body, body.response.len() + 256)
+    // Room for the escapes of a typical answer and the conversation token, so the buffer is
+    // allocated once.
+    let capacity =
+        body.response.len() * 9 / 8 + body.conversation_id.as_ref().map_or(0, String::len) + 320;
+    json_answer(&body, capacity)
 }
 
 /// An answer as a JSON response, serialised into a buffer of `capacity` bytes sized up front:
@@ -359,7 +379,7 @@ pub async fn get_conversation(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let Path(id) = path?;
-    let owner = owner(caller.as_ref());
+    let owner = owner(caller.as_ref().map(|axum::Extension(c)| c));
     let conversation = state.chat.conversation(&id, owner).await?;
     let flags = state.chat.conversation_flags(&id, owner).await?;
     let mut view = ConversationView::from(conversation);
@@ -386,27 +406,25 @@ pub async fn delete_conversation(
     let Path(id) = path?;
     state
         .chat
-        .erase_conversation(&id, owner(caller.as_ref()))
+        .erase_conversation(&id, owner(caller.as_ref().map(|axum::Extension(c)| c)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The key a conversation belongs to: the caller's key id when keys are required (another key
 /// gets 404 for it), none with `auth.mode = "off"`.
-fn owner(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Option<&str> {
-    caller.map(|axum::Extension(caller)| &*caller.key_id)
+fn owner(caller: Option<&crate::auth::Caller>) -> Option<&str> {
+    caller.map(|caller| &*caller.key_id)
 }
 
 /// The caller as the engine knows it (anonymous with `auth.mode = "off"`).
-pub(crate) fn asker(caller: Option<&axum::Extension<crate::auth::Caller>>) -> Caller {
-    caller.map_or_else(Caller::anonymous, |axum::Extension(caller)| caller.asker())
+pub(crate) fn asker(caller: Option<&crate::auth::Caller>) -> Caller {
+    caller.map_or_else(Caller::anonymous, crate::auth::Caller::asker)
 }
 
 /// Where the question's cost goes (none with `auth.mode = "off"`).
-pub(crate) fn bill(
-    caller: Option<&axum::Extension<crate::auth::Caller>>,
-) -> Option<&crate::auth::Bill> {
-    caller.and_then(|axum::Extension(caller)| caller.bill.as_ref())
+pub(crate) fn bill(caller: Option<&crate::auth::Caller>) -> Option<&crate::auth::Bill> {
+    caller.and_then(|caller| caller.bill.as_ref())
 }
 
 /// List the tutors.

@@ -112,25 +112,26 @@ pub async fn chat_stream(
     body: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = StdInstant::now();
+    let Path(agent_id) = path?;
+    let caller = caller.as_ref().map(|axum::Extension(caller)| caller);
     let super::Question {
-        agent_id,
         agent,
         request,
         message,
-    } = super::question(&state, path, body)?;
+    } = super::question(&state, &agent_id, body.map(|ApiJson(r)| r))?;
     let slot = open_stream(&state)?;
     let ask = Ask {
         agent,
         message,
         conversation: request.conversation_id.into(),
         deadline: Instant::now() + state.settings.request_timeout(),
-        caller: asker(caller.as_ref()),
+        caller: asker(caller),
         wants_stream: true,
     };
     let reply = state.chat.ask(ask).await?;
     let stream = Streamed {
         started,
-        bill: bill(caller.as_ref()).cloned(),
+        bill: bill(caller).cloned(),
         slot,
     };
     respond(&state, reply, stream, Events { agent_id }).await

@@ -496,6 +496,23 @@ impl Drop for Held {
     }
 }
 
+/// Admits a native question to `agent` under the key in `headers`: what [`require_key`] does
+/// for `POST /api/v1/agents/{agent_id}`, for the chat route's direct dispatch (no middleware
+/// boxes, no extension map). A refusal is the answer to send.
+pub async fn admit_question(
+    auth: &Arc<Auth>,
+    headers: &HeaderMap,
+    agent: &str,
+) -> Result<Admitted, Response> {
+    let held = auth
+        .identify(headers)
+        .map_err(Refused::into_native_response)?;
+    let learner = learner_header(headers).map(|v| auth.learner_id(&held, v));
+    auth.admit(&held, Some(agent), learner, true)
+        .await
+        .map_err(Refused::into_native_response)
+}
+
 /// The middleware of every `/api/` and `/v1/` route with `auth.mode = "required"`. The
 /// OpenAI-compatible routes (`/v1/`) are refused in OpenAI's error shape, and hand their
 /// handlers the key ([`Identified`]): `/v1/chat/completions` names its agent and learner in

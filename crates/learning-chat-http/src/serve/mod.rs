@@ -42,9 +42,9 @@
 //! an HTTP/2 connection after `server.max_stalled_streams_per_connection` stalls gets a GOAWAY
 //! and is closed. HTTP/2 keep-alive pings close a connection whose peer stopped answering.
 
+use axum::body::Body;
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -163,12 +163,40 @@ impl Protocols {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and returns
+/// What the server runs for each request: the application's service (an axum Router, or
+/// [`crate::dispatch::Dispatch`] in front of one).
+pub trait AppService:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> AppService for T where
+    T: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops accepting and returns
 /// once every connection has finished its in-flight requests (the caller bounds that wait).
 /// With `tls`, every connection is TLS and ALPN chooses HTTP/2 or HTTP/1.1.
-pub async fn serve(
+pub async fn serve<S: AppService>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: ConnectionLimits,
     tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
@@ -231,7 +259,7 @@ pub async fn serve(
             Shared {
                 drain: drain_rx.clone(),
                 protocols: protocols.clone(),
-                router: router.clone(),
+                service: service.clone(),
                 limits,
                 draining: draining.clone(),
             },
@@ -256,18 +284,18 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// What every connection task gets from the accept loop.
-struct Shared {
+struct Shared<S> {
     drain: watch::Receiver<bool>,
     protocols: Arc<Protocols>,
-    router: Router,
+    service: S,
     limits: ConnectionLimits,
     draining: Arc<AtomicBool>,
 }
 
-async fn serve_connection(
+async fn serve_connection<S: AppService>(
     stream: TcpStream,
     permit: OwnedSemaphorePermit,
-    shared: Shared,
+    shared: Shared<S>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let _permit = permit;
@@ -299,13 +327,14 @@ async fn serve_connection(
     run_connection(stream, builder, shared).await;
 }
 
-async fn run_connection<I>(stream: I, builder: &auto::Builder<TokioExecutor>, shared: Shared)
+async fn run_connection<I, S>(stream: I, builder: &auto::Builder<TokioExecutor>, shared: Shared<S>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AppService,
 {
     let Shared {
         mut drain,
-        router,
+        service: app,
         limits,
         draining,
         ..
@@ -316,7 +345,7 @@ where
         activity: activity.clone(),
     });
     let service = ConnectionService {
-        router,
+        app,
         activity: activity.clone(),
         draining,
         body_read: limits.body_read,
@@ -388,16 +417,17 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Runs the router for one connection's requests, tracking each until its response is sent.
+/// Runs the application for one connection's requests, tracking each until its response is
+/// sent.
 #[derive(Clone)]
-struct ConnectionService {
-    router: Router,
+struct ConnectionService<S> {
+    app: S,
     activity: Arc<Activity>,
     draining: Arc<AtomicBool>,
     body_read: Duration,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+impl<S: AppService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -409,17 +439,19 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         }
         let in_flight = self.activity.request_started();
         let deadline = Instant::now() + self.body_read;
-        let request = request.map(|body| DeadlineBody {
-            inner: body,
-            deadline,
-            sleep: None,
-            expired: false,
+        let request = request.map(|body| {
+            Body::new(DeadlineBody {
+                inner: body,
+                deadline,
+                sleep: None,
+                expired: false,
+            })
         });
-        let router = self.router.clone();
+        let app = self.app.clone();
         let draining = self.draining.clone();
         let activity = self.activity.clone();
         Box::pin(async move {
-            let mut response = match router.oneshot(request).await {
+            let mut response = match app.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };

@@ -2,7 +2,7 @@
 //!
 //! - Logs: `tracing`, human-readable or one JSON object per line, filtered by `RUST_LOG` or the
 //!   configured level. Every line logged while serving a request carries that request's id,
-//!   because the `request` span (made in [`observe_request`]) is entered around the handler and
+//!   because the `request` span (made in [`ObserveLayer`]) is entered around the handler and
 //!   [`in_current_context`] carries it into tasks the request spawns.
 //! - Error tracking: Sentry, when `telemetry.sentry_dsn` (`SENTRY_DSN`) is set. 5xx answers
 //!   (except deliberate load shedding) and panics are reported with the request id, route and
@@ -27,12 +27,36 @@ pub mod traces;
 
 pub use self::sentry::{init_sentry, report_errors, scrub_event, scrub_text};
 pub use logging::{init_logging, init_logging_to};
-pub use request::{observe_request, MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
+pub use request::{Observe, ObserveLayer, MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
 pub use shed_log::flush_shed_log;
 pub use traces::{shutdown_traces, trace_content, traces_on, RequestTraceId};
 
 /// Probe routes: their 503 is a state (`/ready` while draining at every rollout), not an error.
 const PROBE_ROUTES: &[&str] = &[crate::routes::HEALTH, crate::routes::READY];
+
+/// Where a request's route label (metrics, spans, error reports) comes from: the template the
+/// Router matched, or a route known before any routing (the chat route's direct dispatch,
+/// which has no Router to record a `MatchedPath`).
+#[derive(Debug, Clone, Copy)]
+pub enum RouteLabel {
+    /// The Router's `MatchedPath`; [`crate::routes::UNMATCHED`] when no route matched.
+    Matched,
+    /// This route template.
+    Fixed(&'static str),
+}
+
+impl RouteLabel {
+    /// The route template of `request`.
+    pub fn of<B>(self, request: &axum::http::Request<B>) -> &str {
+        match self {
+            RouteLabel::Fixed(route) => route,
+            RouteLabel::Matched => request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or(crate::routes::UNMATCHED, |p| p.as_str()),
+        }
+    }
+}
 
 /// What an error answer was, put in its response extensions by the code that builds it (the
 /// API's error type), so the request log and Sentry tell errors apart without reading bodies.

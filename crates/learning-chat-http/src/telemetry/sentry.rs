@@ -5,7 +5,7 @@
 use super::request::REQUEST_ID_HEADER;
 use super::traces::RequestTraceId;
 use super::{ErrorKind, PROBE_ROUTES};
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use learning_chat_engine::config::Settings;
@@ -183,7 +183,11 @@ fn redact_after(text: &str, marker: &str, max: usize, keep_marker: bool) -> Stri
 /// Middleware (inside the request id and catch-panic layers): gives each request its own Sentry
 /// scope tagged with the request id, route and method, so a panic in the handler is reported
 /// with them, and reports 5xx answers. A no-op when Sentry is not configured.
-pub async fn report_errors(request: Request, next: Next) -> Response {
+pub async fn report_errors(
+    State(label): State<super::RouteLabel>,
+    request: Request,
+    next: Next,
+) -> Response {
     let main = Hub::main();
     if !main.client().is_some_and(|client| client.is_enabled()) {
         return next.run(request).await;
@@ -194,11 +198,7 @@ pub async fn report_errors(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(crate::routes::UNMATCHED, |p| p.as_str())
-        .to_owned();
+    let route = label.of(&request).to_owned();
     let method = request.method().as_str().to_owned();
     let trace_id = request.extensions().get::<RequestTraceId>().cloned();
     let hub = Arc::new(Hub::new_from_top(main));

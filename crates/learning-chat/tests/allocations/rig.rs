@@ -1,4 +1,4 @@
-//! A server in process, driven through its router with `tower::ServiceExt::oneshot` (no
+//! A server in process, driven through the service it runs with `tower::ServiceExt::oneshot` (no
 //! sockets), with one API key and one answer already cached: the cheapest request the service
 //! serves, as the allocation test and the `cached_answer` benchmark both measure it.
 
@@ -7,6 +7,7 @@ use axum::http::{header, Request, StatusCode};
 use learning_chat::auth::keys;
 use learning_chat::config::{AuthMode, DatabaseUrl, Secret, Settings};
 use learning_chat::records::{ConnectOptions, Records};
+use learning_chat::serve::AppService;
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -24,9 +25,10 @@ pub enum Profile {
     KeysWithLimits,
 }
 
-/// A server built in process, its router and the secret of its one key.
-pub struct Rig {
-    router: axum::Router,
+/// A server built in process, the service it runs (the chat route's direct dispatch in front
+/// of its Router) and the secret of its one key.
+pub struct Rig<S> {
+    service: S,
     secret: Option<String>,
     _redis_probe: Option<AbortOnDrop>,
     _dir: tempfile::TempDir,
@@ -41,10 +43,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl Rig {
+impl Rig<()> {
     /// Builds the server for `profile` (on Redis at `redis_url` when given) and asks the
     /// question once, so every later request is a cache hit.
-    pub async fn start(profile: Profile, redis_url: Option<&str>) -> Rig {
+    pub async fn start(profile: Profile, redis_url: Option<&str>) -> Rig<impl AppService> {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut settings = Settings::default();
         settings.server.bind = "127.0.0.1:0".parse().expect("an address");
@@ -71,9 +73,9 @@ impl Rig {
         // The server's Redis probe: what connects to Redis, and says it is up, in a running
         // server (`run_until_stopped` starts it).
         let redis_probe = app.state().redis.as_ref().map(|link| link.start());
-        let router = learning_chat::app::router(app.state().clone());
+        let service = learning_chat::app::service(app.state().clone());
         let rig = Rig {
-            router,
+            service,
             secret,
             _redis_probe: redis_probe.map(AbortOnDrop),
             _dir: dir,
@@ -91,7 +93,9 @@ impl Rig {
         );
         rig
     }
+}
 
+impl<S: AppService> Rig<S> {
     /// One request as wrk sends it (gzip accepted), built fresh.
     pub fn request(&self) -> Request<Body> {
         let mut request = Request::post("/api/v1/agents/math")
@@ -129,9 +133,9 @@ impl Rig {
         (status, body)
     }
 
-    /// The router's response to `request`.
+    /// The service's response to `request`.
     async fn respond(&self, request: Request<Body>) -> axum::response::Response {
-        self.router
+        self.service
             .clone()
             .oneshot(request)
             .await

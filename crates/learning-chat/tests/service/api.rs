@@ -3,17 +3,19 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use learning_chat::app::router;
+use learning_chat::app::service;
+use learning_chat::serve::AppService;
 use learning_chat::Settings;
 use serde_json::Value;
 use std::num::NonZero;
 use tower::ServiceExt;
 
-fn app_with(settings: Settings) -> axum::Router {
-    router(learning_chat::app::state_from_settings(settings).unwrap())
+/// What the server runs: the chat route's direct dispatch in front of the Router.
+fn app_with(settings: Settings) -> impl AppService {
+    service(learning_chat::app::state_from_settings(settings).unwrap())
 }
 
-fn app() -> axum::Router {
+fn app() -> impl AppService {
     app_with(crate::support::offline_settings())
 }
 
@@ -43,7 +45,7 @@ impl Reply {
     }
 }
 
-async fn send(app: axum::Router, request: Request<Body>) -> Reply {
+async fn send(app: impl AppService, request: Request<Body>) -> Reply {
     let response = app.oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -386,4 +388,75 @@ async fn large_responses_are_gzipped_small_ones_are_not() {
             assert!(reply.json().get("openapi").is_some(), "{accept}");
         }
     }
+}
+
+/// The chat route is answered without the Router when its request is plain (`POST`, a plain
+/// agent id, a JSON body) and by the Router otherwise. A percent-encoded agent id names the same
+/// agent through the Router: every answer and error must be the same either way.
+#[tokio::test]
+async fn the_chat_routes_direct_dispatch_answers_exactly_as_the_router() {
+    let mut settings = crate::support::offline_settings();
+    settings.server.max_body_bytes = 256;
+    let app = app_with(settings);
+    let too_large = format!(r#"{{"message":"{}"}}"#, "x".repeat(300));
+    let cases: Vec<(&str, String)> = vec![
+        ("a question", r#"{"message":"What is 2+2?"}"#.to_owned()),
+        ("malformed JSON", r#"{"message":"#.to_owned()),
+        ("off the schema", r#"{"message":7}"#.to_owned()),
+        (
+            "an unknown field",
+            r#"{"message":"hi","colour":"red"}"#.to_owned(),
+        ),
+        ("no message", r#"{}"#.to_owned()),
+        ("an empty message", r#"{"message":"   "}"#.to_owned()),
+        ("a body over the limit", too_large),
+        ("an empty body", String::new()),
+    ];
+    for (case, body) in cases {
+        // The Router's path first, so both ask a question already cached (or both fail).
+        let routed = send(
+            app.clone(),
+            post_json("/api/v1/agents/ma%74h", body.clone()),
+        )
+        .await;
+        let direct = send(app.clone(), post_json("/api/v1/agents/math", body)).await;
+        assert_eq!(direct.status, routed.status, "{case}");
+        assert_eq!(
+            direct.headers.get(header::CONTENT_TYPE),
+            routed.headers.get(header::CONTENT_TYPE),
+            "{case}"
+        );
+        assert!(direct.headers.contains_key("x-request-id"), "{case}");
+        let (mut direct, mut routed) = (direct.json(), routed.json());
+        if direct.get("error").is_some() {
+            assert_eq!(direct["error"], routed["error"], "{case}");
+        } else {
+            assert_eq!(direct["cached"], true, "{case}: {direct}");
+            for answer in [&mut direct, &mut routed] {
+                let answer = answer.as_object_mut().unwrap();
+                for varies in ["latency_ms", "conversation_id", "cached"] {
+                    answer.remove(varies);
+                }
+            }
+            assert_eq!(direct, routed, "{case}");
+        }
+    }
+    // An unknown agent is reported before the body, on both paths.
+    let direct = send(app.clone(), post_json("/api/v1/agents/nope", "{")).await;
+    let routed = send(app.clone(), post_json("/api/v1/agents/n%6Fpe", "{")).await;
+    assert_eq!(direct.status, StatusCode::NOT_FOUND);
+    assert_eq!(direct.error_code(), routed.error_code());
+    // What the direct path does not take goes to the Router: a body not sent as JSON (415),
+    // another method (405).
+    let text = Request::post("/api/v1/agents/math")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"message":"What is 2+2?"}"#))
+        .unwrap();
+    let reply = send(app.clone(), text).await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(reply.error_code(), "unsupported_media_type");
+    let get = Request::get("/api/v1/agents/math")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(app, get).await.status, StatusCode::METHOD_NOT_ALLOWED);
 }
