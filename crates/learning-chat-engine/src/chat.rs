@@ -96,6 +96,7 @@ impl ChatService {
                 &message,
                 conversation,
                 caller.key_id.as_ref(),
+                caller.learner.as_ref(),
                 &deps.cache,
             )
             .await?;

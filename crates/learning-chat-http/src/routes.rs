@@ -23,6 +23,30 @@ pub const CONVERSATION_FEEDBACK: &str = "/api/v1/conversations/{conversation_id}
 pub const ADMIN_CLASS_POLICY: &str = "/api/v1/admin/classes/{key_id}/policy";
 /// The experiments with their per-variant counts and the thumbs-up difference's interval.
 pub const ADMIN_EXPERIMENTS: &str = "/api/v1/admin/experiments";
+/// The signed-in console user (teacher or admin).
+pub const ADMIN_ME: &str = "/api/v1/admin/me";
+/// The classes a teacher or admin may read.
+pub const ADMIN_CLASSES: &str = "/api/v1/admin/classes";
+/// One class's usage per day and most asked questions.
+pub const ADMIN_CLASS_USAGE: &str = "/api/v1/admin/classes/{key_id}/usage";
+/// Conversations by class, agent, learner, date and flag.
+pub const ADMIN_CONVERSATIONS: &str = "/api/v1/admin/conversations";
+/// One conversation's transcript with its flags.
+pub const ADMIN_CONVERSATION: &str = "/api/v1/admin/conversations/{conversation_id}";
+/// Marks a flag reviewed.
+pub const ADMIN_FLAG_REVIEW: &str = "/api/v1/admin/flags/{flag_id}/review";
+/// Lists and creates keys (admins).
+pub const ADMIN_KEYS: &str = "/api/v1/admin/keys";
+/// Edits or revokes a key (admins).
+pub const ADMIN_KEY: &str = "/api/v1/admin/keys/{key_id}";
+/// Everything stored about a learner (admins).
+pub const ADMIN_LEARNER_EXPORT: &str = "/api/v1/admin/learners/{learner_id}/export";
+/// Erases a learner everywhere (admins).
+pub const ADMIN_LEARNER: &str = "/api/v1/admin/learners/{learner_id}";
+/// The audit log (admins).
+pub const ADMIN_AUDIT: &str = "/api/v1/admin/audit";
+/// The teacher/admin console page.
+pub const CONSOLE: &str = "/console";
 /// Liveness probe.
 pub const HEALTH: &str = "/health";
 /// Readiness probe.

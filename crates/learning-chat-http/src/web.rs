@@ -1,4 +1,5 @@
-//! The learner's chat page (`/`) and the interactive API docs (`/docs`), embedded in the binary
+//! The learner's chat page (`/`), the teacher/admin console (`/console`) and the interactive
+//! API docs (`/docs`), embedded in the binary
 //! at build time from `crates/learning-chat-http/web/`. No Node at build time, no CDN at run time.
 //!
 //! Every URL the pages use is relative, so they work at any sub-path behind a proxy
@@ -46,6 +47,8 @@ const CSS: &str = "text/css; charset=utf-8";
 static ASSETS: &[Asset] = &[
     asset!("app.js", JS, false),
     asset!("app.css", CSS, false),
+    asset!("console.js", JS, false),
+    asset!("console.css", CSS, false),
     asset!("docs.js", JS, false),
     asset!("docs.css", CSS, false),
     asset!("favicon.svg", "image/svg+xml", false),
@@ -57,6 +60,7 @@ static ASSETS: &[Asset] = &[
 
 static INDEX_HTML: &[u8] = include_bytes!("../web/index.html");
 static DOCS_HTML: &[u8] = include_bytes!("../web/docs.html");
+static CONSOLE_HTML: &[u8] = include_bytes!("../web/console.html");
 
 /// The page and asset routes, merged into the router when `server.web_ui = true`.
 pub fn routes<S>() -> Router<S>
@@ -66,6 +70,7 @@ where
     Router::new()
         .route("/", get(index))
         .route("/docs", get(docs))
+        .route(crate::routes::CONSOLE, get(console))
         .route("/web/{*path}", get(asset))
 }
 
@@ -75,6 +80,10 @@ async fn index() -> Response {
 
 async fn docs() -> Response {
     page(DOCS_HTML)
+}
+
+async fn console() -> Response {
+    page(CONSOLE_HTML)
 }
 
 fn page(body: &'static [u8]) -> Response {

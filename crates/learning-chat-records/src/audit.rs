@@ -78,6 +78,7 @@ impl Records {
 
 #[cfg(test)]
 mod tests {
+    use crate::on_pool;
     use crate::testing::each_backend;
 
     #[tokio::test]
@@ -92,6 +93,16 @@ mod tests {
             let log = records.audit_log(2).await.unwrap();
             let subjects: Vec<&str> = log.iter().map(|e| e.subject.as_str()).collect();
             assert_eq!(subjects, ["c2", "c1"]);
+            // Append-only, whoever asks the database.
+            on_pool!(records, pool => {
+                let changed = sqlx::query("UPDATE audit_log SET actor = 'someone else'")
+                    .execute(pool)
+                    .await;
+                assert!(changed.is_err(), "an entry was changed");
+                let deleted = sqlx::query("DELETE FROM audit_log").execute(pool).await;
+                assert!(deleted.is_err(), "entries were deleted");
+            });
+            assert_eq!(records.audit_log(10).await.unwrap().len(), 3);
         })
         .await;
     }

@@ -56,6 +56,8 @@ pub struct NewTurns<'a> {
     pub id: &'a str,
     /// The key that started it (only used when creating).
     pub owner: Option<&'a str>,
+    /// The hashed learner id that started it, '' when none (only used when creating).
+    pub learner: &'a str,
     /// Its agent (only used when creating).
     pub agent_id: &'a str,
     /// Its answer policy (only used when creating).
@@ -138,8 +140,8 @@ impl Records {
                 let created = sqlx::query(
                     "INSERT INTO conversations \
                      (id, owner, agent_id, created_at, updated_at, turn_count, stored_bytes, \
-                      policy, variant) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                      policy, variant, learner) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(new.id)
                 .bind(new.owner)
@@ -150,6 +152,7 @@ impl Records {
                 .bind(bytes)
                 .bind(new.policy)
                 .bind(new.variant)
+                .bind(new.learner)
                 .execute(&mut *tx)
                 .await?;
                 if created.rows_affected() == 0 {
@@ -252,6 +255,7 @@ mod tests {
         NewTurns {
             id,
             owner: Some("key_1"),
+            learner: "",
             agent_id: "math",
             policy: "hints@1",
             variant: "e/a",

@@ -51,8 +51,9 @@ macro_rules! flag_columns {
         "id, at, key_id, learner, conversation, turn, agent_id, category, score, source"
     };
 }
+pub(crate) use flag_columns;
 
-type FlagRow = (
+pub(crate) type FlagRow = (
     String,
     i64,
     String,
@@ -65,7 +66,7 @@ type FlagRow = (
     String,
 );
 
-fn from_row(row: FlagRow) -> Flag {
+pub(crate) fn from_row(row: FlagRow) -> Flag {
     let (id, at_ms, key_id, learner, conversation, turn, agent_id, category, score, source) = row;
     Flag {
         id,

@@ -70,6 +70,16 @@ pub struct ApiKey {
     /// keeps the agents'. Set with `PUT /api/v1/admin/classes/{key_id}/policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// For a `teacher` key: the key ids (classes) whose data it may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// Days this key's conversations are kept after their last activity; `None` takes
+    /// `records.retention_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// Legal hold: the retention sweep leaves everything of this key alone.
+    #[serde(default)]
+    pub legal_hold: bool,
 }
 
 /// What a key may do.
@@ -79,7 +89,9 @@ pub enum KeyRole {
     /// Asks tutors (every key).
     #[default]
     Learner,
-    /// Also reads the safety flags of every key (`GET /api/v1/admin/flags`).
+    /// Also reads the data of its classes (the keys in [`ApiKey::classes`]) in the console.
+    Teacher,
+    /// Also reads everything (flags, every class, the audit log) and manages keys.
     Admin,
 }
 
@@ -88,6 +100,7 @@ impl KeyRole {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyRole::Learner => "learner",
+            KeyRole::Teacher => "teacher",
             KeyRole::Admin => "admin",
         }
     }
@@ -96,12 +109,23 @@ impl KeyRole {
     pub fn parse(text: &str) -> KeyRole {
         match text {
             "admin" => KeyRole::Admin,
+            "teacher" => KeyRole::Teacher,
             _ => KeyRole::Learner,
         }
     }
 }
 
 impl ApiKey {
+    /// True when this key may read the console data of class `key_id`: an admin every class,
+    /// a teacher its own classes, nobody else any.
+    pub fn reads_class(&self, key_id: &str) -> bool {
+        match self.role {
+            KeyRole::Admin => true,
+            KeyRole::Teacher => self.classes.iter().any(|c| c == key_id),
+            KeyRole::Learner => false,
+        }
+    }
+
     /// True when the key may ask `agent_id`.
     pub fn allows_agent(&self, agent_id: &str) -> bool {
         self.agents.is_empty() || self.agents.iter().any(|a| a == agent_id)
@@ -123,13 +147,17 @@ type KeyRow = (
     i64,
     String,
     Option<String>,
+    String,
+    Option<i64>,
+    i64,
 );
 
 /// The columns of a key, as one literal (sqlx takes only static SQL text).
 macro_rules! key_columns {
     () => {
         "id, name, hash, agents, limits, weight, require_learner, \
-         created_at_s, revoked_at_s, last_used_at_s, changed_at, role, policy"
+         created_at_s, revoked_at_s, last_used_at_s, changed_at, role, policy, classes, \
+         retention_days, legal_hold"
     };
 }
 
@@ -165,11 +193,16 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
         changed,
         role,
         policy,
+        classes,
+        retention_days,
+        legal_hold,
     ) = row;
     let agents: Vec<String> = serde_json::from_str(&agents)
         .map_err(|e| RecordsError::Corrupt(format!("key {id}: agents: {e}")))?;
     let limits: KeyLimits = serde_json::from_str(&limits)
         .map_err(|e| RecordsError::Corrupt(format!("key {id}: limits: {e}")))?;
+    let classes: Vec<String> = serde_json::from_str(&classes)
+        .map_err(|e| RecordsError::Corrupt(format!("key {id}: classes: {e}")))?;
     Ok((
         ApiKey {
             id,
@@ -184,6 +217,9 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
             revoked_at: revoked.map(secs),
             role: KeyRole::parse(&role),
             policy,
+            classes,
+            retention_days: retention_days.and_then(|d| u32::try_from(d).ok()),
+            legal_hold: legal_hold != 0,
         },
         changed,
     ))
@@ -191,6 +227,62 @@ fn from_row(row: KeyRow) -> Result<(ApiKey, i64), RecordsError> {
 
 fn json(value: &impl Serialize) -> Result<String, RecordsError> {
     serde_json::to_string(value).map_err(|e| RecordsError::Corrupt(e.to_string()))
+}
+
+/// What an edit of a key changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyEdit {
+    /// A new name.
+    pub name: Option<String>,
+    /// New limits (all of them).
+    pub limits: Option<KeyLimits>,
+    /// A new weight (at least 1).
+    pub weight: Option<u32>,
+    /// A teacher's classes (key ids).
+    pub classes: Option<Vec<String>>,
+    /// Days kept after the last activity; `Some(None)` goes back to `records.retention_days`.
+    #[serde(deserialize_with = "present")]
+    pub retention_days: Option<Option<u32>>,
+    /// Legal hold on or off.
+    pub legal_hold: Option<bool>,
+}
+
+/// A field that is present (`null` included) is `Some`: `null` is then "back to the default".
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+impl KeyEdit {
+    /// Applies the edit; the names of the fields it set.
+    pub fn apply(&self, key: &mut ApiKey) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if let Some(name) = &self.name {
+            key.name.clone_from(name);
+            changed.push("name");
+        }
+        if let Some(limits) = self.limits {
+            key.limits = limits;
+            changed.push("limits");
+        }
+        if let Some(weight) = self.weight {
+            key.weight = weight.max(1);
+            changed.push("weight");
+        }
+        if let Some(classes) = &self.classes {
+            key.classes.clone_from(classes);
+            changed.push("classes");
+        }
+        if let Some(days) = self.retention_days {
+            key.retention_days = days;
+            changed.push("retention_days");
+        }
+        if let Some(hold) = self.legal_hold {
+            key.legal_hold = hold;
+            changed.push("legal_hold");
+        }
+        changed
+    }
 }
 
 /// Keys changed since a poller's last look.
@@ -220,12 +312,13 @@ impl Records {
     ) -> Result<bool, RecordsError> {
         let agents = json(&key.agents)?;
         let limits = json(&key.limits)?;
+        let classes = json(&key.classes)?;
         let now = now_ms();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let inserted = sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ", $12, $13) \
-                 ON CONFLICT DO NOTHING"))
+                 VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ", next_change!(), ", $12, \
+                 $13, $14, $15, $16) ON CONFLICT DO NOTHING"))
             .bind(now)
             .bind(&key.id)
             .bind(&key.name)
@@ -239,6 +332,9 @@ impl Records {
             .bind(key.last_used_at.map(signed))
             .bind(key.role.as_str())
             .bind(key.policy.as_deref())
+            .bind(classes)
+            .bind(key.retention_days.map(i64::from))
+            .bind(i64::from(key.legal_hold))
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -308,6 +404,47 @@ impl Records {
                     .await?;
             tx.commit().await?;
             Ok(Some(from_row(row)?.0))
+        })
+    }
+
+    /// Applies `edit` to a key and writes `key.updated` by `actor` (naming the fields changed)
+    /// to the audit log, in one transaction; every server picks the change up with its next
+    /// poll. Returns the key as it is now, or `None` when there is no such key.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        edit: &KeyEdit,
+        actor: &str,
+    ) -> Result<Option<ApiKey>, RecordsError> {
+        let now = now_ms();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<KeyRow> =
+                sqlx::query_as(concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let mut key = from_row(row)?.0;
+            let changed = edit.apply(&mut key);
+            sqlx::query(concat!("UPDATE api_keys SET name = $2, limits = $3, weight = $4, \
+                 classes = $5, retention_days = $6, legal_hold = $7, \
+                 changed_at = ", next_change!(), " WHERE id = $8"))
+            .bind(now)
+            .bind(&key.name)
+            .bind(json(&key.limits)?)
+            .bind(i64::from(key.weight.max(1)))
+            .bind(json(&key.classes)?)
+            .bind(key.retention_days.map(i64::from))
+            .bind(i64::from(key.legal_hold))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            crate::audit::write_entry!(&mut *tx, now, actor, "key.updated", id, changed.join(","))?;
+            tx.commit().await?;
+            Ok(Some(key))
         })
     }
 
@@ -456,6 +593,9 @@ mod tests {
             revoked_at: None,
             role: Default::default(),
             policy: None,
+            classes: Vec::new(),
+            retention_days: None,
+            legal_hold: false,
         }
     }
 
@@ -575,7 +715,8 @@ mod tests {
             let limits = json(&old_clock.limits).unwrap();
             on_pool!(records, pool => {
                 sqlx::query(concat!("INSERT INTO api_keys (", key_columns!(), ") \
-                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ", 'learner', NULL)"))
+                     VALUES ($2, $3, $4, $5, $6, 1, 0, 0, NULL, NULL, ", next_change!(), ", 'learner', \
+                     NULL, '[]', NULL, 0)"))
                 .bind(5_i64)
                 .bind(&old_clock.id)
                 .bind(&old_clock.name)

@@ -7,6 +7,7 @@
 //! the binary and applied by [`Records::connect`].
 
 pub mod audit;
+pub mod console;
 pub mod conversations;
 pub mod feedback;
 pub mod flags;
@@ -102,8 +103,8 @@ pub struct Records {
 }
 
 fn migrations(backend: Backend) -> Migrator {
-    let mut steps: Vec<(i64, &str, &'static str)> = match backend {
-        Backend::Sqlite => vec![
+    let steps: [(i64, &str, &'static str); 5] = match backend {
+        Backend::Sqlite => [
             (
                 1,
                 "records",
@@ -119,8 +120,18 @@ fn migrations(backend: Backend) -> Migrator {
                 "safety",
                 include_str!("../migrations/sqlite/0003_safety.sql"),
             ),
+            (
+                4,
+                "console",
+                include_str!("../migrations/sqlite/0004_console.sql"),
+            ),
+            (
+                5,
+                "policies",
+                include_str!("../migrations/sqlite/0005_policies.sql"),
+            ),
         ],
-        Backend::Postgres => vec![
+        Backend::Postgres => [
             (
                 1,
                 "records",
@@ -136,20 +147,18 @@ fn migrations(backend: Backend) -> Migrator {
                 "safety",
                 include_str!("../migrations/postgres/0003_safety.sql"),
             ),
+            (
+                4,
+                "console",
+                include_str!("../migrations/postgres/0004_console.sql"),
+            ),
+            (
+                5,
+                "policies",
+                include_str!("../migrations/postgres/0005_policies.sql"),
+            ),
         ],
     };
-    steps.push(match backend {
-        Backend::Sqlite => (
-            5,
-            "policies",
-            include_str!("../migrations/sqlite/0005_policies.sql"),
-        ),
-        Backend::Postgres => (
-            5,
-            "policies",
-            include_str!("../migrations/postgres/0005_policies.sql"),
-        ),
-    });
     Migrator::with_migrations(
         steps
             .into_iter()

@@ -294,7 +294,8 @@ pub fn router(state: AppState) -> Router {
             routes::ADMIN_CLASS_POLICY,
             get(api::admin::get_class_policy).put(api::admin::put_class_policy),
         )
-        .route(routes::ADMIN_EXPERIMENTS, get(api::admin::list_experiments));
+        .route(routes::ADMIN_EXPERIMENTS, get(api::admin::list_experiments))
+        .merge(api::console::routes());
     // Only with keys required: with auth off the request path is exactly as before.
     if let Some(auth) = state.auth.clone() {
         api_routes = api_routes.route_layer(axum::middleware::from_fn_with_state(
@@ -506,6 +507,10 @@ impl Application {
         let grace = state.settings.server.shutdown_grace;
         let monitor = tokio::spawn(minute_monitor(state.clone()));
         let experiment_writer = experiment_writer(&state);
+        let sweeper = state.records.clone().map(|records| {
+            tokio::spawn(retention_sweeper(records, state.settings.records.clone()))
+        });
+        let evictions = state.chat.cache().watch_evictions(Duration::from_secs(1));
         let flag_delivery = state.chat.safety().start_delivery();
         let redis_probe = state.redis.as_ref().map(|link| link.start());
         let shutdown_state = state.clone();
@@ -539,6 +544,12 @@ impl Application {
             }
         };
         monitor.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+        if let Some(evictions) = evictions {
+            evictions.abort();
+        }
         if let Some(delivery) = flag_delivery {
             delivery.abort();
         }
@@ -631,6 +642,40 @@ async fn minute_monitor(state: AppState) {
                     "Gemini API requests in last minute: {count}"
                 );
                 crate::telemetry::flush_shed_log();
+            }
+        }
+    }
+}
+
+/// Deletes what `[records]` keeps no longer, every `records.sweep_interval_ms` (the first after
+/// one interval). Every server runs it: the sweep is idempotent, so two at once only repeat
+/// each other's deletes.
+async fn retention_sweeper(
+    records: Records,
+    settings: learning_chat_engine::config::RecordsSettings,
+) {
+    let retention = learning_chat_records::console::Retention {
+        days: settings.retention_days,
+        usage_days: settings.usage_retention_days,
+    };
+    let mut every = tokio::time::interval(settings.sweep_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match records
+            .sweep(retention, learning_chat_records::now_ms())
+            .await
+        {
+            Ok(removed) if removed != Default::default() => tracing::info!(
+                conversations = removed.conversations,
+                flags = removed.flags,
+                usage_rows = removed.usage_rows,
+                "retention sweep: removed what is kept no longer"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "retention sweep failed; trying again at the next interval")
             }
         }
     }

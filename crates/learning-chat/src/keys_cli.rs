@@ -17,6 +17,9 @@ pub enum KeysCommand {
     Create(CreateArgs),
     /// List keys, one per line starting with the id.
     List,
+    /// Change a key's name, weight, classes, retention or legal hold (limits: the console's
+    /// `PATCH /api/v1/admin/keys/{id}`).
+    Edit(EditArgs),
     /// Revoke a key; every server refuses it within about `database.key_refresh_ms`.
     Revoke {
         /// The key id (`key_...`).
@@ -74,10 +77,42 @@ pub struct CreateArgs {
     /// limits always apply.
     #[arg(long)]
     pub require_learner: bool,
-    /// `learner` (the default) or `admin`: an admin key also lists safety flags
-    /// (`GET /api/v1/admin/flags`).
-    #[arg(long, default_value = "learner", value_parser = ["learner", "admin"])]
+    /// `learner` (the default), `teacher` (reads its `--classes` in the console) or `admin`
+    /// (reads everything, manages keys).
+    #[arg(long, default_value = "learner", value_parser = ["learner", "teacher", "admin"])]
     pub role: String,
+    /// A teacher's classes: the key ids (comma-separated) whose data it may read.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<String>,
+    /// Days this key's conversations are kept after their last activity (default:
+    /// `records.retention_days`; 0 keeps them).
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+    /// Put the key on legal hold: the retention sweep leaves everything of it alone.
+    #[arg(long)]
+    pub legal_hold: bool,
+}
+
+/// Options of `keys edit`: only what is given changes.
+#[derive(Debug, clap::Args)]
+pub struct EditArgs {
+    /// The key id (`key_...`).
+    pub id: String,
+    /// A new name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A new weight.
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// A teacher's classes (comma-separated key ids; replaces the list).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Days kept after the last activity (0 keeps them).
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+    /// Legal hold on (`true`) or off (`false`).
+    #[arg(long)]
+    pub legal_hold: Option<bool>,
 }
 
 /// Runs one `keys` subcommand.
@@ -133,12 +168,18 @@ async fn create(
         revoked_at: None,
         role: learning_chat_records::keys::KeyRole::parse(&args.role),
         policy: None,
+        classes: args.classes.clone(),
+        retention_days: args.retention_days,
+        legal_hold: args.legal_hold,
     };
     if !records.create_key(&key, ACTOR).await? {
         anyhow::bail!("a key with this id or secret exists already; run the command again");
     }
     println!("id: {}", key.id);
     println!("role: {}", key.role.as_str());
+    if !key.classes.is_empty() {
+        println!("classes: {}", key.classes.join(","));
+    }
     println!("secret: {secret}");
     eprintln!(
         "key stored in the records database ({}); every server accepts it within about {} ms; \
@@ -194,6 +235,13 @@ pub(crate) fn line(key: &ApiKey) -> String {
         created = time(Some(key.created_at)),
         used = time(key.last_used_at),
         role = key.role.as_str(),
+    ) + &format!(
+        "\tclasses={classes}\tretention_days={days}\tlegal_hold={hold}",
+        classes = key.classes.join(","),
+        days = key
+            .retention_days
+            .map_or_else(|| "default".to_owned(), |d| d.to_string()),
+        hold = key.legal_hold,
     )
 }
 
@@ -235,6 +283,23 @@ async fn execute(settings: &Settings, command: &KeysCommand) -> anyhow::Result<E
                 println!("{}", line(&key));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Edit(args) => {
+            let edit = learning_chat_records::keys::KeyEdit {
+                name: args.name.clone(),
+                limits: None,
+                weight: args.weight,
+                classes: args.classes.clone(),
+                retention_days: args.retention_days.map(Some),
+                legal_hold: args.legal_hold,
+            };
+            match records.update_key(&args.id, &edit, ACTOR).await? {
+                Some(key) => {
+                    println!("{}", line(&key));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => missing(&args.id),
+            }
         }
         KeysCommand::Revoke { id } => match records.revoke_key(id, ACTOR).await? {
             Some(key) => {

@@ -181,6 +181,41 @@ impl ResponseCache {
         }
     }
 
+    /// With Redis, keeps this server's in-process answers in step with erasures made on any
+    /// server: every `every` it reads the evictions they noted in Redis (one `XREAD`, off the
+    /// request path) and drops those answers from its memory. `None` without Redis.
+    pub fn watch_evictions(
+        &self,
+        every: std::time::Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let ResponseCache::Tiered { memory, redis } = self else {
+            return None;
+        };
+        let (memory, redis) = (memory.clone(), redis.clone());
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // From the start of the stream (at most its few thousand recent entries): an
+            // eviction noted while this server was starting must not be missed, and dropping
+            // an answer this server never held costs nothing.
+            let mut last = "0-0".to_owned();
+            loop {
+                ticks.tick().await;
+                // Several reads when far behind; Redis down: the next tick tries again.
+                while let Ok((keys, next)) = redis.evictions_after(&last).await {
+                    for key in &keys {
+                        memory.remove(key).await;
+                    }
+                    let caught_up = next == last;
+                    last = next;
+                    if caught_up {
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+
     /// Brings the in-process entry count up to date (called before a metrics scrape).
     pub async fn run_pending_tasks(&self) {
         if let ResponseCache::Memory(memory) | ResponseCache::Tiered { memory, .. } = self {

@@ -6,6 +6,22 @@ use crate::redis_scripts::SCRIPTS;
 use ::redis::AsyncCommands;
 use std::time::Duration;
 
+/// Evictions kept in the stream (`MAXLEN ~`): far more than servers read between two looks.
+const EVICTIONS_KEPT: u64 = 10_000;
+/// An eviction stream nobody adds to expires after this; servers read it every second.
+const EVICTIONS_TTL_MS: i64 = 600_000;
+/// Most evictions one read takes.
+const EVICTIONS_READ: u64 = 1_000;
+
+/// `XREAD` reply: per stream, its entries as (id, flat field/value list).
+type XreadReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+
+fn parse_key(hex_text: &str) -> Option<CacheKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut bytes).ok()?;
+    Some(CacheKey::from_bytes(bytes))
+}
+
 /// Answers in Redis under `{prefix}:answer:{key}`.
 #[derive(Debug, Clone)]
 pub struct RedisCache {
@@ -83,17 +99,78 @@ impl RedisCache {
             .await;
     }
 
-    /// Deletes answers (when a conversation they were made from is erased).
+    /// Deletes answers (when a conversation they were made from is erased), and notes them in
+    /// the evictions stream, from which every server drops them from its own memory too
+    /// ([`RedisCache::evictions_after`]).
     pub async fn remove(&self, keys: &[CacheKey]) -> Result<(), RedisUnavailable> {
         if keys.is_empty() {
             return Ok(());
         }
         let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let hexes = keys
+            .iter()
+            .map(CacheKey::to_hex)
+            .collect::<Vec<_>>()
+            .join(",");
+        let stream = self.evictions_key();
         self.link
             .run("cache_remove", |mut conn| async move {
-                conn.del::<_, ()>(redis_keys).await
+                conn.del::<_, ()>(redis_keys).await?;
+                ::redis::cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(EVICTIONS_KEPT)
+                    .arg("*")
+                    .arg("keys")
+                    .arg(hexes)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                // Read within seconds by every server; an idle stream goes away.
+                conn.pexpire::<_, ()>(&stream, EVICTIONS_TTL_MS).await
             })
             .await
+    }
+
+    fn evictions_key(&self) -> String {
+        self.link.key("cache", "evictions")
+    }
+
+    /// The answers evicted after the entry `last` (any server's erasures), and the id to read
+    /// after next time.
+    pub async fn evictions_after(
+        &self,
+        last: &str,
+    ) -> Result<(Vec<CacheKey>, String), RedisUnavailable> {
+        let (stream, from) = (self.evictions_key(), last.to_owned());
+        let reply: XreadReply = self
+            .link
+            .run("cache_evictions", |mut conn| async move {
+                ::redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(EVICTIONS_READ)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(&from)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let mut next = last.to_owned();
+        let mut keys = Vec::new();
+        for (_, entries) in reply.unwrap_or_default() {
+            for (id, fields) in entries {
+                for hexes in fields
+                    .chunks(2)
+                    .filter(|f| f[0] == "keys")
+                    .filter_map(|f| f.get(1))
+                {
+                    keys.extend(hexes.split(',').filter_map(parse_key));
+                }
+                next = id;
+            }
+        }
+        Ok((keys, next))
     }
 
     /// Stores an answer for the TTL (nothing when this server may not write answers).

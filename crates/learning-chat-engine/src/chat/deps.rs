@@ -160,13 +160,40 @@ impl ChatService {
         id: &str,
         owner: Option<&str>,
     ) -> Result<(), ConversationError> {
-        let (deps, inner) = (&self.inner.deps, &self.inner);
+        let deps = &self.inner.deps;
         let owner_id = owner.map(Arc::<str>::from);
-        let scope = inner.scope(owner_id.as_ref());
-        let safety = &deps.safety;
-        let key_of = |agent: &Agent, head: Head<'_>, message: &str, history: &[ModelTurn]| {
+        let scope = self.inner.scope(owner_id.as_ref());
+        let key_of = self.answer_key_of(scope.as_deref(), owner);
+        deps.conversations
+            .erase(id, owner, &deps.agents, &deps.cache, key_of)
+            .await
+    }
+
+    /// Erases a conversation by the id it is stored under (a learner's erasure through the
+    /// console), with the answers the model made for it; false when there was none.
+    pub async fn erase_stored_conversation(&self, stored: &str) -> Result<bool, ConversationError> {
+        let deps = &self.inner.deps;
+        let owner = crate::conversations::owner_of(stored);
+        let owner_id = owner.map(Arc::<str>::from);
+        let scope = self.inner.scope(owner_id.as_ref());
+        let key_of = self.answer_key_of(scope.as_deref(), owner);
+        deps.conversations
+            .erase_stored(stored, &deps.agents, &deps.cache, key_of)
+            .await
+    }
+
+    /// The cache key an answer of a stored conversation (of `owner`, cached in `scope`) was
+    /// made under: its agent, policy and variant as the conversation recorded them, its
+    /// message and the history sent with it. An erasure evicts the answers by these keys.
+    fn answer_key_of<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        owner: Option<&'a str>,
+    ) -> impl Fn(&Agent, Head<'_>, &str, &[ModelTurn]) -> CacheKey + 'a {
+        let (inner, safety) = (&self.inner, &self.inner.deps.safety);
+        move |agent: &Agent, head: Head<'_>, message: &str, history: &[ModelTurn]| {
             let shape = super::Shape {
-                scope: scope.as_deref(),
+                scope,
                 safety: safety.profile(agent.id(), owner).thresholds.fingerprint(),
                 tutoring: Tutoring::parse(head.policy)
                     .unwrap_or(agent.tutoring)
@@ -174,10 +201,7 @@ impl ChatService {
                 variant: head.variant,
             };
             inner.key_for(agent, &normalise_message(message), history, shape)
-        };
-        deps.conversations
-            .erase(id, owner, &deps.agents, &deps.cache, key_of)
-            .await
+        }
     }
 
     /// The cache key the service uses for `message` to `agent_id` in the shared cache (for

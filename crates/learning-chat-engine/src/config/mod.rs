@@ -24,6 +24,7 @@ mod models;
 mod offline;
 mod openai;
 pub mod placeholders;
+mod records;
 mod redis;
 mod routing;
 mod safety;
@@ -48,6 +49,7 @@ pub use metrics::MetricsSettings;
 pub use models::{quota_of, ModelQuota, ModelQuotaSettings, ModelSettings};
 pub use offline::OfflineSettings;
 pub use openai::OpenAiSettings;
+pub use records::RecordsSettings;
 pub use redis::RedisSettings;
 pub use routing::RoutingSettings;
 pub use safety::{
@@ -158,6 +160,8 @@ pub struct Settings {
     pub privacy: PrivacySettings,
     /// A/B tests of answer policies and prompt versions (`[[experiments]]`).
     pub experiments: Vec<ExperimentSettings>,
+    /// How long conversations, flags and usage are kept (the retention sweep).
+    pub records: RecordsSettings,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -355,6 +359,7 @@ impl Settings {
         self.safety.validate()?;
         self.privacy.validate()?;
         experiments::validate(&self.experiments)?;
+        self.records.validate()?;
         self.openai.validate()
     }
 

@@ -8,7 +8,7 @@ use figment::Jail;
 type Field = fn(&Settings) -> Duration;
 
 /// Every duration key and the field it fills.
-const DURATIONS: [(&str, Field); 40] = [
+const DURATIONS: [(&str, Field); 41] = [
     ("server.request_timeout_ms", |s| s.server.request_timeout),
     ("server.shutdown_grace_ms", |s| s.server.shutdown_grace),
     ("server.header_read_timeout_ms", |s| {
@@ -79,6 +79,7 @@ const DURATIONS: [(&str, Field); 40] = [
     }),
     ("database.key_refresh_ms", |s| s.database.key_refresh),
     ("database.ledger_flush_ms", |s| s.database.ledger_flush),
+    ("records.sweep_interval_ms", |s| s.records.sweep_interval),
     ("metrics.upkeep_interval_ms", |s| s.metrics.upkeep_interval),
     ("routing.breaker_cooldown_ms", |s| {
         s.routing.breaker_cooldown

@@ -191,7 +191,7 @@ fn to_record(turn: &Turn) -> TurnRecord {
 }
 
 /// The owner part of a stored id (`{owner}~{id}`), as the database keeps it.
-fn owner_of(stored: &str) -> Option<&str> {
+pub fn owner_of(stored: &str) -> Option<&str> {
     stored.split_once('~').map(|(owner, _)| owner)
 }
 
@@ -217,7 +217,8 @@ impl ConversationStore {
     }
 
     /// Appends `turns` if the conversation still has `expected` turns (0 creates it, with
-    /// `head`).
+    /// `head`, started by the hashed `learner`, '' for none: kept by the records database,
+    /// whose console and data rights find a learner's conversations by it).
     pub async fn append(
         &self,
         id: &str,
@@ -225,6 +226,7 @@ impl ConversationStore {
         created_at_ms: u64,
         expected: usize,
         turns: &[Turn],
+        learner: &str,
     ) -> Result<AppendOutcome, StoreDown> {
         match self {
             ConversationStore::Memory(store) => {
@@ -239,6 +241,7 @@ impl ConversationStore {
                     .append_turns(NewTurns {
                         id,
                         owner: owner_of(id),
+                        learner,
                         agent_id: head.agent_id,
                         policy: head.policy,
                         variant: head.variant,
@@ -617,17 +620,50 @@ impl Conversations {
             Named::Token(stored, _) => (stored, true),
         };
         let id = stored.as_str();
+        match self
+            .erase_stored_as(id, is_token, agents, cache, key_of)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(ConversationError::NotFound),
+        }
+    }
+
+    /// Erases a conversation by the id it is stored under (the console's erasure of a learner's
+    /// data), as [`Conversations::erase`] does: the answers the model made for it from the
+    /// cache, then the store. A tombstone stays in its place (no text), since the id may have
+    /// begun as a one-shot token that would otherwise read its first exchange back from the
+    /// cache. False when there was none.
+    pub async fn erase_stored(
+        &self,
+        stored: &str,
+        agents: &AgentRegistry,
+        cache: &ResponseCache,
+        key_of: impl Fn(&Agent, Head<'_>, &str, &[ModelTurn]) -> CacheKey,
+    ) -> Result<bool, ConversationError> {
+        self.erase_stored_as(stored, true, agents, cache, key_of)
+            .await
+    }
+
+    async fn erase_stored_as(
+        &self,
+        id: &str,
+        is_token: bool,
+        agents: &AgentRegistry,
+        cache: &ResponseCache,
+        key_of: impl Fn(&Agent, Head<'_>, &str, &[ModelTurn]) -> CacheKey,
+    ) -> Result<bool, ConversationError> {
         // A message being answered finishes first; one arriving later finds nothing.
         let _lock = self.lock(id).await?;
         let found = self.store.load(id).await.map_err(|_| self.unavailable())?;
         let conversation = match found {
             Some(conversation) if !conversation.turns.is_empty() => conversation,
             // Erased already.
-            Some(_) => return Err(ConversationError::NotFound),
+            Some(_) => return Ok(false),
             // A token never continued: nothing stored, nothing to erase (its answer is shared);
             // the tombstone keeps the token from starting the conversation afterwards.
-            None if is_token => return self.tombstone(id, "").await,
-            None => return Err(ConversationError::NotFound),
+            None if is_token => return self.tombstone(id, "").await.map(|()| true),
+            None => return Ok(false),
         };
         let keys = match agents.get(&conversation.agent_id) {
             Some(agent) => self.answer_keys(&agent, &conversation, key_of),
@@ -642,9 +678,9 @@ impl Conversations {
                 if is_token {
                     self.tombstone(id, &conversation.agent_id).await?;
                 }
-                Ok(())
+                Ok(true)
             }
-            Ok(false) => Err(ConversationError::NotFound),
+            Ok(false) => Ok(false),
             Err(_) => Err(self.unavailable()),
         }
     }
@@ -654,7 +690,7 @@ impl Conversations {
     async fn tombstone(&self, stored: &str, agent_id: &str) -> Result<(), ConversationError> {
         match self
             .store
-            .append(stored, agent_id.into(), now_ms(), 0, &[])
+            .append(stored, agent_id.into(), now_ms(), 0, &[], "")
             .await
         {
             Ok(_) => Ok(()),

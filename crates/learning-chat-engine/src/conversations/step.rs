@@ -21,8 +21,8 @@ pub struct Place {
 }
 
 enum Destination {
-    /// The first message of a new conversation, under this owner.
-    New(Option<Arc<str>>),
+    /// The first message of a new conversation, under this owner, by this hashed learner.
+    New(Option<Arc<str>>, Option<Arc<str>>),
     /// A follow-up (boxed: it holds the conversation's lock; a first message stays small).
     FollowUp(Box<FollowUp>),
     /// A message after turns the client holds (see [`Thread::Turns`]): recorded nowhere.
@@ -50,6 +50,8 @@ struct FollowUp {
     policy: String,
     /// The variant it was assigned.
     variant: String,
+    /// The hashed learner, recorded when this write creates the conversation.
+    learner: Option<Arc<str>>,
     truncated: bool,
     history_tokens: u32,
 }
@@ -66,7 +68,7 @@ impl Place {
     pub fn recorded(&self) -> Option<(&str, &str)> {
         match &self.to {
             Destination::FollowUp(follow_up) => Some((&follow_up.policy, &follow_up.variant)),
-            Destination::New(_) | Destination::HeldByClient { .. } => None,
+            Destination::New(..) | Destination::HeldByClient { .. } => None,
         }
     }
 }
@@ -125,13 +127,15 @@ impl Conversations {
         message: &str,
         thread: Thread,
         owner: Option<&Arc<str>>,
+        learner: Option<&Arc<str>>,
         cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
         let turns = match thread {
             Thread::Id(id) => {
                 // Boxed: the follow-up's store reads make a future of kilobytes, which every
                 // new question (cache hits included) would otherwise carry and move around.
-                return Box::pin(self.open_follow_up(agent, message, &id, owner, cache)).await;
+                return Box::pin(self.open_follow_up(agent, message, &id, owner, learner, cache))
+                    .await;
             }
             Thread::Turns(turns) if !turns.is_empty() => turns,
             Thread::New | Thread::Turns(_) => {
@@ -143,7 +147,7 @@ impl Conversations {
                     std::sync::LazyLock::new(|| Arc::from([]));
                 return Ok(Place {
                     history: NO_HISTORY.clone(),
-                    to: Destination::New(owner.cloned()),
+                    to: Destination::New(owner.cloned(), learner.cloned()),
                 });
             }
         };
@@ -192,6 +196,7 @@ impl Conversations {
         message: &str,
         id: &str,
         owner: Option<&Arc<str>>,
+        learner: Option<&Arc<str>>,
         cache: &ResponseCache,
     ) -> Result<Place, ConversationError> {
         let named = self
@@ -269,6 +274,7 @@ impl Conversations {
                     conversation.turns.len()
                 },
                 first,
+                learner: learner.cloned(),
                 truncated,
                 history_tokens,
                 policy: conversation.policy,
@@ -293,7 +299,7 @@ impl Conversations {
         cache: &ResponseCache,
     ) -> Result<Recorded, ConversationError> {
         let follow_up = match place.to {
-            Destination::New(owner) => {
+            Destination::New(owner, learner) => {
                 let signed = super::token::Signed {
                     agent_id,
                     owner: owner.as_deref().unwrap_or(""),
@@ -310,7 +316,14 @@ impl Conversations {
                     });
                 }
                 // Boxed, like the follow-up below: rare on the hot path, and large.
-                return Ok(Box::pin(self.create(owner.as_deref(), signed, message, answer)).await);
+                return Ok(Box::pin(self.create(
+                    owner.as_deref(),
+                    learner.as_deref(),
+                    signed,
+                    message,
+                    answer,
+                ))
+                .await);
             }
             Destination::FollowUp(follow_up) => follow_up,
             Destination::HeldByClient {
@@ -350,6 +363,7 @@ impl Conversations {
             follow_up.created_at_ms,
             expected,
             &turns,
+            follow_up.learner.as_deref().unwrap_or(""),
         ))
         .await;
         match appended {
@@ -409,6 +423,7 @@ impl Conversations {
     async fn create(
         &self,
         owner: Option<&str>,
+        learner: Option<&str>,
         signed: super::token::Signed<'_>,
         message: &str,
         answer: Said<'_>,
@@ -425,7 +440,14 @@ impl Conversations {
             let turns = exchange(message, answer, started);
             match self
                 .store
-                .append(&stored_id(&id, owner), head, started, 0, &turns)
+                .append(
+                    &stored_id(&id, owner),
+                    head,
+                    started,
+                    0,
+                    &turns,
+                    learner.unwrap_or(""),
+                )
                 .await
             {
                 Ok(AppendOutcome::Appended(count)) => {

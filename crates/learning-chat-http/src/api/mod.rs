@@ -1,6 +1,7 @@
 //! HTTP handlers and the OpenAPI description. Handlers parse and map; the chat service decides.
 
 pub mod admin;
+pub mod console;
 mod encoding;
 mod error;
 pub mod feedback;
@@ -10,6 +11,7 @@ mod security;
 mod state;
 pub mod stream;
 
+use console::ConsolePaths;
 use security::KeyAuth;
 
 pub use encoding::{accepts_a_coding_we_send, RefuseUnacceptableEncodingLayer};
@@ -599,7 +601,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         openai::OpenAiErrorBody,
         openai::OpenAiErrorObject
     )),
-    modifiers(&KeyAuth)
+    modifiers(&ConsolePaths, &KeyAuth)
 )]
 pub struct ApiDoc;
 

@@ -328,6 +328,9 @@ mod tests {
             revoked_at: None,
             role: Default::default(),
             policy: None,
+            classes: Vec::new(),
+            retention_days: None,
+            legal_hold: false,
         }
     }
 

@@ -295,6 +295,17 @@ impl Auth {
         self.keys.apply(vec![key]);
     }
 
+    /// The stored form of a new key's secret (the console creates keys as the CLI does).
+    pub fn hash_secret(&self, secret: &str) -> String {
+        keys::hash_secret(&self.pepper, secret)
+    }
+
+    /// `learner` (an `X-Learner-Id` as the app sends it) as stored for key `key_id`: the
+    /// console finds a learner's data under each key by it.
+    pub fn learner_hash(&self, key_id: &str, learner: &str) -> String {
+        keys::hash_learner(&self.pepper, key_id, learner)
+    }
+
     /// How many keys this server holds.
     pub fn keys_held(&self) -> usize {
         self.keys.len()

@@ -202,6 +202,9 @@ async fn add_key(settings: &Settings, limited: bool) -> String {
         revoked_at: None,
         role: Default::default(),
         policy: None,
+        classes: Vec::new(),
+        retention_days: None,
+        legal_hold: false,
     };
     records
         .create_key(&key, "allocation-rig")

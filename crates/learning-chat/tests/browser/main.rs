@@ -7,6 +7,7 @@
 //! `UPDATE_SCREENSHOTS=1` also writes the screenshots to docs/screenshots/ (shown in README.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test reports by failing
 
+mod console;
 mod driver;
 mod flows;
 #[path = "../support/mod.rs"]

@@ -9,6 +9,7 @@ mod admission;
 mod api;
 mod cache_scope;
 mod connections;
+mod console;
 mod conversations;
 mod conversations_records;
 mod conversations_redis;

@@ -214,6 +214,9 @@ pub async fn add_key(
         revoked_at: None,
         role: Default::default(),
         policy: None,
+        classes: Vec::new(),
+        retention_days: None,
+        legal_hold: false,
     };
     edit(&mut key);
     assert!(records.create_key(&key, "test").await.expect("key stored"));
