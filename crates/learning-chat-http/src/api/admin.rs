@@ -1,5 +1,6 @@
 //! Admin endpoints: only for keys created with `--role admin`.
 
+use super::console::{bad_request, cursor, since_ms};
 use super::{rfc3339, ApiError, AppState};
 use crate::routes;
 use axum::extract::{Path, Query, State};
@@ -81,38 +82,6 @@ pub struct FlagQuery {
     pub limit: Option<u32>,
     /// The `next_cursor` of the page before.
     pub cursor: Option<String>,
-}
-
-fn bad_request(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, code, message)
-}
-
-fn since_ms(since: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = since.parse::<i64>() {
-        return Ok(ms);
-    }
-    let at = humantime::parse_rfc3339_weak(since).map_err(|_| {
-        bad_request(
-            "invalid_since",
-            "`since` must be RFC 3339 or Unix milliseconds",
-        )
-    })?;
-    let ms = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
-fn cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    cursor
-        .split_once('.')
-        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
-        .ok_or_else(|| {
-            bad_request(
-                "invalid_cursor",
-                "`cursor` must be a `next_cursor` as given",
-            )
-        })
 }
 
 /// Safety flags of every key, oldest first, for admin keys.

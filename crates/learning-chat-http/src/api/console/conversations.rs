@@ -1,7 +1,7 @@
 //! Conversations: a filtered, paginated list; one transcript with its flags inline (every read
 //! audited); a flag marked reviewed with a note.
 
-use super::{at, bad_request, no_class, since_ms, unavailable, Reader};
+use super::{at, bad_request, cursor, no_class, since_ms, unavailable, Reader};
 use crate::api::admin::FlagView;
 use crate::api::{ApiError, ApiJson, AppState, TurnView};
 use crate::routes;
@@ -142,18 +142,6 @@ pub struct ReviewRequest {
     /// What was done about it (up to 2000 characters; may be empty).
     #[serde(default)]
     pub note: String,
-}
-
-fn cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    cursor
-        .split_once('.')
-        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
-        .ok_or_else(|| {
-            bad_request(
-                "invalid_cursor",
-                "`cursor` must be a `next_cursor` as given",
-            )
-        })
 }
 
 /// Conversations the caller may read, by class, agent, learner, date and flag; paginated.

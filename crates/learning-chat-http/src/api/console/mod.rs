@@ -262,6 +262,19 @@ pub(crate) fn since_ms(since: &str) -> Result<i64, ApiError> {
     Ok(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
+/// Reads a page's `cursor` (a `next_cursor` as given: `<unix ms>.<id>`).
+pub(crate) fn cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    cursor
+        .split_once('.')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
+        .ok_or_else(|| {
+            bad_request(
+                "invalid_cursor",
+                "`cursor` must be a `next_cursor` as given",
+            )
+        })
+}
+
 /// RFC 3339 of a Unix millisecond.
 pub(crate) fn at(ms: i64) -> String {
     super::rfc3339(u64::try_from(ms).unwrap_or(0))
