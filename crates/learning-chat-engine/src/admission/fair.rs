@@ -73,6 +73,9 @@ struct Share {
 
 struct GateState {
     busy: bool,
+    /// The queue place of the turn's holder, when it got the turn through one (`None` for a
+    /// turn taken at once, with no place).
+    holder_place: Option<u64>,
     /// The tag of the last request given the turn.
     virtual_time: u64,
     /// Last finish tag per flow with requests queued.
@@ -101,6 +104,7 @@ impl GateState {
     fn new(max_queue: usize) -> GateState {
         GateState {
             busy: false,
+            holder_place: None,
             virtual_time: 0,
             finish: HashMap::new(),
             queue: BTreeMap::new(),
@@ -158,6 +162,19 @@ impl GateState {
             .sum();
         // `mine` counts the new request's own place once it holds one.
         mine.saturating_sub(1) + others
+    }
+
+    /// 1 while a request holds the turn without a queue place (it gave its place back, or
+    /// never took one), else 0. The holder reserves its quota slot before passing the turn on, so a
+    /// newcomer counting who reserves before it counts the holder too: with Redis deciding,
+    /// that reservation is a round trip, and a burst arriving meanwhile would otherwise each
+    /// count one slot too few.
+    fn holder(&self) -> usize {
+        // While it still holds its place it is counted among the places already.
+        let placed = self
+            .holder_place
+            .is_some_and(|id| self.places.contains_key(&id));
+        usize::from(self.busy && !placed)
     }
 
     /// Gives place `id` back; false when it was already given back (displaced).
@@ -292,6 +309,7 @@ impl FairGate {
             return None;
         }
         state.busy = true;
+        state.holder_place = None;
         state.grant();
         Some(self.turn_token())
     }
@@ -325,12 +343,21 @@ impl FairGate {
                 weight: flow.weight,
             });
         crate::admission::metrics::queue_depth(state.taken);
-        let ahead = state.ahead(flow);
+        let ahead = state.ahead(flow) + state.holder();
         Ok(Place {
             gate: self.clone(),
             id,
             ahead,
         })
+    }
+
+    /// Notes that the turn's holder (which took the turn at once) has taken `place` too, to
+    /// wait there for a model slot: it is counted once, as a place, until it gives that back.
+    pub fn holder_took(&self, place: &Place) {
+        let mut state = self.state.lock();
+        if state.busy {
+            state.holder_place = Some(place.id);
+        }
     }
 
     /// Waits, in the queue place `place`, for the turn in `flow`'s fair order until `until`.
@@ -342,6 +369,7 @@ impl FairGate {
             }
             if !state.busy && state.queue.is_empty() {
                 state.busy = true;
+                state.holder_place = Some(place.id);
                 state.grant();
                 return Waited::Turn(self.turn_token());
             }
@@ -399,6 +427,7 @@ impl FairGate {
             state.virtual_time = tag;
             match waiter.sender.send(self.turn_token()) {
                 Ok(()) => {
+                    state.holder_place = Some(waiter.place);
                     state.grant();
                     return;
                 }
@@ -407,6 +436,7 @@ impl FairGate {
             }
         }
         state.busy = false;
+        state.holder_place = None;
         // Nobody waits: every flow is idle, so their history no longer matters.
         state.finish.clear();
         state.virtual_time = 0;
@@ -431,7 +461,7 @@ impl FairGate {
     pub fn ahead_of_newcomer(&self, flow: &Flow) -> usize {
         let state = self.state.lock();
         let mine = state.shares.get(&flow.id).map_or(0, |s| s.places);
-        state.ahead_holding(flow, mine + 1)
+        state.ahead_holding(flow, mine + 1) + state.holder()
     }
 
     /// Requests waiting for the turn (including ones that gave up but are not yet skipped).
@@ -498,6 +528,22 @@ mod tests {
             out.push_str(name);
         }
         out
+    }
+
+    #[test]
+    fn a_newcomer_counts_the_turns_holder_until_it_passes_the_turn() {
+        let gate = FairGate::new(8);
+        let a = flow("a", 1);
+        assert_eq!(gate.ahead_of_newcomer(&a), 0);
+        let turn = gate.try_turn().expect("the turn is free");
+        // The holder has not reserved its quota slot yet: it goes first.
+        assert_eq!(gate.ahead_of_newcomer(&a), 1);
+        let place = gate.enqueue(&a).expect("a place");
+        assert_eq!(place.ahead, 1);
+        assert_eq!(gate.ahead_of_newcomer(&a), 2);
+        drop(place);
+        drop(turn);
+        assert_eq!(gate.ahead_of_newcomer(&a), 0);
     }
 
     #[tokio::test]

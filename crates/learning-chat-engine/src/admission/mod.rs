@@ -226,6 +226,8 @@ impl Admission {
         };
         if turn.is_none() {
             ahead.store(place.ahead, Ordering::Release);
+        } else {
+            self.fair.holder_took(&place);
         }
         let started = Instant::now();
         let until = deadline.min(started + self.max_wait);
