@@ -32,6 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route(routes::ADMIN_CLASS_USAGE, get(classes::usage))
         .route(routes::ADMIN_CONVERSATIONS, get(conversations::list))
         .route(routes::ADMIN_CONVERSATION, get(conversations::transcript))
+        .route(
+            routes::ADMIN_CONVERSATION_FEEDBACK,
+            post(conversations::rate),
+        )
         .route(routes::ADMIN_FLAG_REVIEW, post(conversations::review))
         .route(routes::ADMIN_KEYS, get(keys::list).post(keys::create))
         .route(
@@ -56,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         conversations::list,
         conversations::transcript,
         conversations::review,
+        conversations::rate,
         keys::list,
         keys::create,
         keys::edit,
@@ -78,6 +83,7 @@ pub fn routes() -> Router<AppState> {
         conversations::ReviewedFlag,
         conversations::Transcript,
         conversations::ReviewRequest,
+        conversations::RatingRequest,
         keys::KeyView,
         keys::KeyList,
         keys::CreateKey,
