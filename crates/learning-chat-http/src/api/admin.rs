@@ -212,8 +212,9 @@ async fn may_manage_class(
     }
 }
 
-/// May `caller` read the experiments' results? Admin keys (later the console's teachers too).
-fn may_read_experiments(caller: Option<&crate::auth::Caller>) -> bool {
+/// May `caller` read the experiments' results? Admin keys (the console's teachers are one more
+/// arm here; the console shows its Experiments section by this, through `/admin/me`).
+pub(crate) fn may_read_experiments(caller: Option<&crate::auth::Caller>) -> bool {
     caller.is_some_and(|c| c.role == KeyRole::Admin)
 }
 

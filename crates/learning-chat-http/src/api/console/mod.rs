@@ -120,6 +120,8 @@ pub struct Me {
     pub role: String,
     /// A teacher's classes (key ids); empty for an admin, who reads every class.
     pub classes: Vec<String>,
+    /// True when the key may read the experiments' results (`GET /api/v1/admin/experiments`).
+    pub experiments: bool,
 }
 
 /// Who is signed in to the console, checked: a teacher or an admin key, and the records
@@ -240,7 +242,9 @@ pub async fn me(
     caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Result<Json<Me>, ApiError> {
     let reader = Reader::of(&state, caller.as_ref()).await?;
+    let experiments = super::admin::may_read_experiments(caller.as_deref());
     Ok(Json(Me {
+        experiments,
         key_id: reader.key.id.clone(),
         name: reader.key.name.clone(),
         role: reader.key.role.as_str().to_owned(),
