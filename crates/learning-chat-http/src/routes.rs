@@ -33,6 +33,9 @@ pub const ADMIN_CLASS_USAGE: &str = "/api/v1/admin/classes/{key_id}/usage";
 pub const ADMIN_CONVERSATIONS: &str = "/api/v1/admin/conversations";
 /// One conversation's transcript with its flags.
 pub const ADMIN_CONVERSATION: &str = "/api/v1/admin/conversations/{conversation_id}";
+/// A teacher's 1-5 rating of a conversation's answer (console).
+pub const ADMIN_CONVERSATION_FEEDBACK: &str =
+    "/api/v1/admin/conversations/{conversation_id}/feedback";
 /// Marks a flag reviewed.
 pub const ADMIN_FLAG_REVIEW: &str = "/api/v1/admin/flags/{flag_id}/review";
 /// Lists and creates keys (admins).

@@ -88,6 +88,9 @@
   var SECTIONS = [
     { id: 'classes', title: 'Classes', admin: false, load: loadClasses },
     { id: 'conversations', title: 'Conversations', admin: false, load: loadConversations },
+    // Shown to whoever the service lets read the results (`experiments` of /admin/me).
+    { id: 'experiments', title: 'Experiments', admin: false, load: loadExperiments,
+      shown: function () { return state.me.experiments; } },
     { id: 'keys', title: 'Keys', admin: true, load: loadKeys },
     { id: 'rights', title: 'Data rights', admin: true, load: function () { return Promise.resolve(); } },
     { id: 'audit', title: 'Audit log', admin: true, load: loadAudit }
@@ -95,7 +98,9 @@
 
   function visibleSections() {
     var admin = state.me && state.me.role === 'admin';
-    return SECTIONS.filter(function (s) { return admin || !s.admin; });
+    return SECTIONS.filter(function (s) {
+      return (admin || !s.admin) && (!s.shown || s.shown());
+    });
   }
 
   function buildTabs() {
@@ -202,17 +207,64 @@
         cell(row, percent(c.today.cache_hit_rate), true);
         cell(row, c.last_30_days.requests, true);
         cell(row, usd(c.last_30_days.cost_usd), true);
+        row.appendChild(policyCell(c));
         body.appendChild(row);
       });
       if (!list.classes.length) {
         var empty = node('tr');
         var td = cell(empty, 'No classes yet.');
-        td.colSpan = 8;
+        td.colSpan = 9;
         body.appendChild(empty);
         return null;
       }
       return loadChart();
     });
+  }
+
+  var POLICIES = [
+    ['', 'Agent default'],
+    ['socratic', 'Socratic (questions)'],
+    ['hints', 'Hints'],
+    ['full', 'Full answers']
+  ];
+
+  // A class's answer policy: a select and its Save, a form of its own per row.
+  function policyCell(c) {
+    var td = node('td');
+    var form = node('form', null, 'row policy-form');
+    form.dataset.class = c.key_id;
+    var id = 'policy-' + c.key_id;
+    var label = node('label', 'Answer policy of ' + c.name, 'visually-hidden');
+    label.htmlFor = id;
+    var select = node('select');
+    select.id = id;
+    POLICIES.forEach(function (p) { select.appendChild(new Option(p[1], p[0])); });
+    var current = c.policy || '';
+    // A policy pinned to a version (socratic@1) is shown as it is, to keep or change.
+    if (!POLICIES.some(function (p) { return p[0] === current; })) {
+      select.appendChild(new Option(current, current));
+    }
+    select.value = current;
+    var button = node('button', 'Save', 'secondary');
+    button.type = 'submit';
+    button.appendChild(node('span', ' the policy of ' + c.name, 'visually-hidden'));
+    form.appendChild(label);
+    form.appendChild(select);
+    form.appendChild(button);
+    form.addEventListener('submit', function (event) {
+      event.preventDefault();
+      button.disabled = true;
+      api('PUT', 'api/v1/admin/classes/' + encodeURIComponent(c.key_id) + '/policy',
+        { policy: select.value || null })
+        .then(function (saved) {
+          c.policy = saved.policy;
+          button.disabled = false;
+          setStatus('Answer policy of ' + c.name + ': ' +
+            (saved.resolved || 'each tutor\'s own') + '.');
+        }).catch(function (error) { button.disabled = false; fail(error); });
+    });
+    td.appendChild(form);
+    return td;
   }
 
   function metricOf(day, metric) {
@@ -372,6 +424,7 @@
         li.appendChild(node('p', turn.role === 'user' ? 'Learner' : 'Tutor', 'who'));
         li.appendChild(node('div', turn.text, 'body'));
         li.appendChild(node('p', when(turn.at), 'meta'));
+        if (turn.role !== 'user') { li.appendChild(ratingForm(t, id, Math.floor(i / 2) + 1)); }
         list.appendChild(li);
         // A flag names its exchange (1 for the first question): shown after that exchange's
         // question (prompt flags) or answer (the others).
@@ -389,6 +442,48 @@
       panel.focus();
       setStatus('');
     });
+  }
+
+  // A teacher's 1-5 rating of the answer of exchange `turn`, beside the learner's thumbs.
+  function ratingForm(t, conversationId, turn) {
+    var of = function (rater) {
+      return t.ratings.filter(function (r) { return r.turn === turn && r.rater === rater; })[0];
+    };
+    var learner = of('learner');
+    var teacher = of('teacher');
+    var form = node('form', null, 'row rating');
+    if (learner) {
+      form.appendChild(node('span', 'Learner: ' + (learner.rating === 'up' ? 'helpful' : 'not helpful') +
+        (learner.comment ? ' (“' + learner.comment + '”)' : ''), 'help'));
+    }
+    var id = 'rate-' + turn;
+    var label = node('label', 'Your rating of answer ' + turn);
+    label.htmlFor = id;
+    var select = node('select');
+    select.id = id;
+    select.appendChild(new Option('Not rated', ''));
+    ['1 – poor', '2', '3', '4', '5 – excellent'].forEach(function (text, n) {
+      select.appendChild(new Option(text, String(n + 1)));
+    });
+    select.value = teacher ? teacher.rating : '';
+    var button = node('button', 'Rate', 'secondary');
+    button.type = 'submit';
+    form.appendChild(label);
+    form.appendChild(select);
+    form.appendChild(button);
+    form.addEventListener('submit', function (event) {
+      event.preventDefault();
+      if (!select.value) { setStatus('Choose a rating from 1 to 5 first.'); return; }
+      button.disabled = true;
+      api('POST', 'api/v1/admin/conversations/' + encodeURIComponent(conversationId) + '/feedback',
+        { turn: turn, rating: Number(select.value) })
+        .then(function (saved) {
+          return openTranscript(conversationId).then(function () {
+            setStatus('Answer ' + turn + ' rated ' + saved.rating + ' of 5.');
+          });
+        }).catch(function (error) { button.disabled = false; fail(error); });
+    });
+    return form;
   }
 
   function flagItem(f, conversationId) {
@@ -423,6 +518,75 @@
     });
     li.appendChild(form);
     return li;
+  }
+
+  // ---------------------------------------------------------------- experiments
+
+  function points(value) {
+    return (value >= 0 ? '+' : '−') + Math.abs(value * 100).toFixed(1);
+  }
+
+  function differenceText(d) {
+    if (!d) { return '—'; }
+    return points(d.difference) + ' pts (' + points(d.low) + ' to ' + points(d.high) + ')' +
+      (d.significant ? ', unlikely chance' : '');
+  }
+
+  function maybe(value, show) { return value === null || value === undefined ? '—' : show(value); }
+
+  function loadExperiments() {
+    return api('GET', 'api/v1/admin/experiments').then(function (list) {
+      var box = el('experiments-list');
+      clear(box);
+      if (!list.experiments.length) {
+        box.appendChild(node('p', 'No experiments are configured.'));
+        return;
+      }
+      list.experiments.forEach(function (e) {
+        var headingId = 'experiment-' + e.name;
+        var heading = node('h3', e.name);
+        heading.id = headingId;
+        box.appendChild(heading);
+        box.appendChild(node('p', (e.running ? 'Running' : 'Not running') + ' · tutors ' +
+          e.agents.join(', ') + ' · by ' + e.unit + ' · ' + when(e.start) + ' to ' + when(e.end), 'help'));
+        var wrap = node('div', null, 'table-wrap');
+        wrap.setAttribute('role', 'region');
+        wrap.tabIndex = 0;
+        wrap.setAttribute('aria-label', 'Experiment ' + e.name + ' (scrolls sideways)');
+        var table = node('table', null, 'experiment');
+        table.setAttribute('aria-labelledby', headingId);
+        var head = node('tr');
+        ['Variant', 'Policy', 'Weight', 'Conversations', 'Follow-up rate', 'Turns per conversation',
+          'Thumbs up', 'Thumbs down', 'Thumbs-up rate', 'Tokens per conversation',
+          'Cost per conversation', 'Difference from control (95% interval)'].forEach(function (h) {
+          var th = node('th', h);
+          th.scope = 'col';
+          head.appendChild(th);
+        });
+        table.appendChild(node('thead')).appendChild(head);
+        var body = table.appendChild(node('tbody'));
+        e.variants.forEach(function (v, i) {
+          var row = node('tr');
+          var name = node('th', v.name + (i === 0 ? ' (control)' : ''));
+          name.scope = 'row';
+          row.appendChild(name);
+          cell(row, v.policy);
+          cell(row, v.weight, true);
+          cell(row, v.conversations, true);
+          cell(row, maybe(v.follow_up_rate, percent), true);
+          cell(row, maybe(v.turns_per_conversation, function (x) { return x.toFixed(1); }), true);
+          cell(row, v.thumbs_up, true);
+          cell(row, v.thumbs_down, true);
+          cell(row, maybe(v.thumbs_up_rate, percent), true);
+          cell(row, maybe(v.tokens_per_conversation, function (x) { return Math.round(x); }), true);
+          cell(row, maybe(v.cost_per_conversation_usd, usd), true);
+          cell(row, i === 0 ? 'control' : differenceText(v.vs_control));
+          body.appendChild(row);
+        });
+        wrap.appendChild(table);
+        box.appendChild(wrap);
+      });
+    });
   }
 
   // ---------------------------------------------------------------- keys

@@ -152,15 +152,38 @@ pub async fn list_flags(
     }))
 }
 
-/// May `caller` set the answer policy of the class (key) `key_id`? Today only admin keys. The
-/// one place this is decided: a class's teacher (the `teacher` role of the console) is let in
-/// here too, with one more arm.
-fn may_manage_class(caller: Option<&crate::auth::Caller>, _key_id: &str) -> bool {
-    caller.is_some_and(|c| c.role == KeyRole::Admin)
+/// May `caller` set (and read) the answer policy of the class (key) `key_id`? An admin key any
+/// class; a teacher key the classes it was given, read from the records database as the
+/// console reads them (so a class taken away is gone at once), and 404 `class_not_found` for
+/// any other class, as if it did not exist (the console's rule); anyone else 403.
+async fn may_manage_class(
+    state: &AppState,
+    caller: Option<&crate::auth::Caller>,
+    key_id: &str,
+) -> Result<(), ApiError> {
+    match caller.map(|c| c.role) {
+        Some(KeyRole::Admin) => Ok(()),
+        Some(KeyRole::Teacher) => {
+            let teacher = caller.map_or("", |c| &*c.key_id);
+            let reads = class_records(state)?
+                .key(teacher)
+                .await
+                .map_err(|e| records_unavailable(&e))?
+                .filter(|k| k.revoked_at.is_none())
+                .is_some_and(|k| k.reads_class(key_id));
+            if reads {
+                Ok(())
+            } else {
+                Err(super::console::no_class())
+            }
+        }
+        _ => Err(admin_required()),
+    }
 }
 
-/// May `caller` read the experiments' results? Admin keys (later the console's teachers too).
-fn may_read_experiments(caller: Option<&crate::auth::Caller>) -> bool {
+/// May `caller` read the experiments' results? Admin keys (the console's teachers are one more
+/// arm here; the console shows its Experiments section by this, through `/admin/me`).
+pub(crate) fn may_read_experiments(caller: Option<&crate::auth::Caller>) -> bool {
     caller.is_some_and(|c| c.role == KeyRole::Admin)
 }
 
@@ -241,8 +264,8 @@ fn no_such_key(key_id: &str) -> ApiError {
     params(("key_id" = String, Path, description = "The class's key id (`key_...`)")),
     responses(
         (status = 200, description = "The class's policy", body = ClassPolicy),
-        (status = 403, description = "Not allowed to manage this class (`admin_required`), or auth is off", body = super::ErrorBody),
-        (status = 404, description = "No such key (`key_not_found`)", body = super::ErrorBody),
+        (status = 403, description = "Neither an admin nor a teacher key (`admin_required`), or auth is off", body = super::ErrorBody),
+        (status = 404, description = "No such key (`key_not_found`), or a teacher's request for a class not theirs (`class_not_found`)", body = super::ErrorBody),
         (status = 503, description = "No records database, or it is down", body = super::ErrorBody),
     )
 )]
@@ -251,9 +274,7 @@ pub async fn get_class_policy(
     caller: Option<axum::Extension<crate::auth::Caller>>,
     Path(key_id): Path<String>,
 ) -> Result<Json<ClassPolicy>, ApiError> {
-    if !may_manage_class(caller.as_deref(), &key_id) {
-        return Err(admin_required());
-    }
+    may_manage_class(&state, caller.as_deref(), &key_id).await?;
     let key = class_records(&state)?
         .key(&key_id)
         .await
@@ -274,8 +295,8 @@ pub async fn get_class_policy(
     responses(
         (status = 200, description = "The class's policy, as set", body = ClassPolicy),
         (status = 400, description = "Malformed JSON", body = super::ErrorBody),
-        (status = 403, description = "Not allowed to manage this class (`admin_required`), or auth is off", body = super::ErrorBody),
-        (status = 404, description = "No such key (`key_not_found`)", body = super::ErrorBody),
+        (status = 403, description = "Neither an admin nor a teacher key (`admin_required`), or auth is off", body = super::ErrorBody),
+        (status = 404, description = "No such key (`key_not_found`), or a teacher's request for a class not theirs (`class_not_found`)", body = super::ErrorBody),
         (status = 422, description = "Unknown policy or version (`invalid_policy`)", body = super::ErrorBody),
         (status = 503, description = "No records database, or it is down", body = super::ErrorBody),
     )
@@ -287,9 +308,7 @@ pub async fn put_class_policy(
     body: Result<super::ApiJson<PolicyUpdate>, ApiError>,
 ) -> Result<Json<ClassPolicy>, ApiError> {
     let caller = caller.as_deref();
-    if !may_manage_class(caller, &key_id) {
-        return Err(admin_required());
-    }
+    may_manage_class(&state, caller, &key_id).await?;
     let super::ApiJson(update) = body?;
     let policy = update.policy.map(|p| p.trim().to_owned());
     if let Some(policy) = &policy {
@@ -307,7 +326,9 @@ pub async fn put_class_policy(
             ));
         }
     }
-    let actor = format!("admin:{}", caller.map_or("", |c| &*c.key_id));
+    let actor = caller.map_or(String::new(), |c| {
+        format!("{}:{}", c.role.as_str(), c.key_id)
+    });
     let key = class_records(&state)?
         .set_key_policy(&key_id, policy.as_deref(), &actor)
         .await

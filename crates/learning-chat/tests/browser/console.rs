@@ -1,13 +1,15 @@
 //! The teacher/admin console in a real browser: a teacher (through nginx at a sub-path) sees
 //! their class's chart with a point for each day with traffic, opens a flagged conversation
 //! with its flags inline and marks one reviewed; an admin creates a key (used through the API),
-//! revokes it, exports and erases a learner. Accessible at desktop and phone width, no console
+//! revokes it, exports and erases a learner. The teacher sets their class's answer policy and
+//! rates an answer 1-5; the admin reads an experiment's per-variant table. Accessible at desktop and phone width, no console
 //! errors, no CSP violations; screenshots for docs/screenshots and the README.
 
 use crate::driver::Browser;
 use crate::flows::{assert_accessible, screenshot_paths, start_subpath_nginx};
 use crate::support::{add_key, require_keys, settings_for, spawn_app, start_sim, TestApp};
 use gemini_sim::SimConfig;
+use learning_chat::config::{ExperimentSettings, ExperimentUnit, VariantSettings};
 use learning_chat::records::keys::KeyRole;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -114,6 +116,25 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
     let mut settings = settings_for(&sim);
     require_keys(&mut settings, "browser-console-pepper-0123456789");
     settings.database.key_refresh = Duration::from_millis(100);
+    settings.experiments = vec![ExperimentSettings {
+        name: "hints-vs-socratic".into(),
+        agents: vec!["math".into()],
+        unit: ExperimentUnit::Conversation,
+        start: None,
+        end: None,
+        variants: vec![
+            VariantSettings {
+                name: "hints".into(),
+                policy: "hints@1".into(),
+                weight: 1,
+            },
+            VariantSettings {
+                name: "socratic".into(),
+                policy: "socratic@2".into(),
+                weight: 1,
+            },
+        ],
+    }];
     let mut class_id = String::new();
     let class = add_key(&settings, |k| {
         k.name = "Class 7A".into();
@@ -190,6 +211,33 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
         browser.screenshot(&path).await;
     }
 
+    // The class's answer policy, set in the browser, is the class's policy in the service.
+    let policy = browser
+        .client
+        .find(fantoccini::Locator::Css(&format!("#policy-{class_id}")))
+        .await
+        .expect("the class's policy select");
+    policy.select_by_value("socratic").await.expect("socratic");
+    browser.click(".policy-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the saved policy",
+            "document.getElementById('status').textContent === 'Answer policy of Class 7A: socratic@2.'",
+        )
+        .await;
+    let set = app
+        .client
+        .get(app.url(&format!("/api/v1/admin/classes/{class_id}/policy")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("request")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(set["policy"], "socratic", "{set}");
+    browser.assert_clean("setting a class's policy", &[]).await;
+
     // Conversations: the flagged one opens with its flags inline; one is marked reviewed.
     browser.click("#tab-conversations").await;
     browser
@@ -255,6 +303,23 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
              document.querySelector('#transcript-turns .flag.reviewed').textContent",
         )
         .await;
+    // The first answer rated 4 of 5: shown again from the service after the save.
+    let rating = browser
+        .client
+        .find(fantoccini::Locator::Css("#rate-1"))
+        .await
+        .expect("the first answer's rating");
+    rating.select_by_value("4").await.expect("4");
+    browser
+        .click("#transcript-turns .rating button[type=submit]")
+        .await;
+    browser
+        .wait_for(
+            "the rating",
+            "document.getElementById('status').textContent === 'Answer 1 rated 4 of 5.' && \
+             document.getElementById('rate-1').value === '4'",
+        )
+        .await;
     browser
         .assert_clean("the teacher's conversations", &[])
         .await;
@@ -287,6 +352,8 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
         "GET /chat/web/console.js",
         "GET /chat/api/v1/admin/me",
         "POST /chat/api/v1/admin/flags/",
+        "PUT /chat/api/v1/admin/classes/",
+        "POST /chat/api/v1/admin/conversations/",
     ] {
         assert!(log.contains(needed), "nginx saw no {needed:?}:\n{log}");
     }
@@ -295,6 +362,31 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
     // The admin: a key created in the browser works through the API, then is revoked there.
     browser.goto(&app.url("/console")).await;
     sign_in(&browser, &admin).await;
+
+    // The experiment's variants, side by side: the two conversations are in them.
+    browser.click("#tab-experiments").await;
+    browser
+        .wait_for(
+            "the experiment's table",
+            "document.querySelectorAll('#experiments-list table.experiment tbody tr').length === 2",
+        )
+        .await;
+    let conversations = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#experiments-list tbody tr')) \
+             .map(r => Number(r.cells[3].textContent)).reduce((a, b) => a + b, 0);",
+        )
+        .await;
+    assert_eq!(conversations, json!(2));
+    let table = browser
+        .js("return document.getElementById('experiments-list').textContent;")
+        .await;
+    for shown in ["hints (control)", "socratic@2", "Difference from control"] {
+        assert!(table.to_string().contains(shown), "no {shown}: {table}");
+    }
+    browser.assert_clean("the experiments", &[]).await;
+    assert_accessible(&browser, "the console's experiments (desktop)").await;
+
     browser.click("#tab-keys").await;
     browser
         .wait_for(
@@ -429,6 +521,8 @@ async fn teachers_and_admins_use_the_console_in_a_real_browser() {
     for action in [
         "transcript.read",
         "flag.reviewed",
+        "key.policy",
+        "turn.rated",
         "key.created",
         "key.revoked",
         "learner.exported",

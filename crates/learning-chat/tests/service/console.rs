@@ -169,6 +169,10 @@ async fn a_teacher_sees_only_their_classes_on_every_endpoint() {
         ("/api/v1/admin/conversations", "get"),
         ("/api/v1/admin/conversations/{conversation_id}", "get"),
         ("/api/v1/admin/flags/{flag_id}/review", "post"),
+        (
+            "/api/v1/admin/conversations/{conversation_id}/feedback",
+            "post",
+        ),
         ("/api/v1/admin/keys", "get"),
         ("/api/v1/admin/keys", "post"),
         ("/api/v1/admin/keys/{key_id}", "patch"),

@@ -657,3 +657,175 @@ async fn feedback_is_stored_shown_with_the_conversation_counted_and_checked() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_teacher_sets_their_classes_policy_and_rates_its_answers_but_no_other_classes() {
+    let sim = start_sim(SimConfig::default()).await;
+    let settings = keyed_settings(&sim);
+    let mut mine_id = String::new();
+    let mine = add_key(&settings, |k| mine_id = k.id.clone()).await;
+    let mut theirs_id = String::new();
+    let theirs = add_key(&settings, |k| theirs_id = k.id.clone()).await;
+    let classes = vec![mine_id.clone()];
+    let teacher = add_key(&settings, |k| {
+        k.role = learning_chat::records::keys::KeyRole::Teacher;
+        k.classes = classes;
+    })
+    .await;
+    let app = spawn_app(settings).await;
+
+    // Their own class: set, read back, and the class's next conversation takes it.
+    let path = format!("/api/v1/admin/classes/{mine_id}/policy");
+    let (status, body) = put(&app, &teacher, &path, json!({"policy": "full"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resolved"], "full@1", "{body}");
+    let (status, body) = get(&app, Some(&teacher), &path).await;
+    assert_eq!((status, &body["policy"]), (StatusCode::OK, &json!("full")));
+    let answer = ask(&app, Some(&mine), json!({"message": "What is 9 squared?"})).await;
+    assert_eq!(answer["policy"], "full@1", "{answer}");
+    assert!(last_system_instruction(&sim).ends_with(block("full@1")));
+    let (status, listed) = get(&app, Some(&teacher), "/api/v1/admin/classes").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["classes"][0]["policy"], "full", "{listed}");
+
+    // Another class does not exist for them, to read or to set; it keeps the agent's policy.
+    let other = format!("/api/v1/admin/classes/{theirs_id}/policy");
+    let (status, body) = put(&app, &teacher, &other, json!({"policy": "full"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "class_not_found");
+    let (status, body) = get(&app, Some(&teacher), &other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let kept = ask(
+        &app,
+        Some(&theirs),
+        json!({"message": "What is 9 squared?"}),
+    )
+    .await;
+    assert_eq!(kept["policy"], "hints@1", "{kept}");
+
+    // A 1-5 rating of an answer of their class: stored as the teacher's beside the learners'
+    // thumbs, shown with the transcript, audited; another class's conversation is 404.
+    let id = answer["conversation_id"].as_str().unwrap();
+    ask(
+        &app,
+        Some(&mine),
+        json!({"message": "And 9 cubed?", "conversation_id": id}),
+    )
+    .await;
+    let other_answer = ask(&app, Some(&theirs), json!({"message": "What is 3 cubed?"})).await;
+    let other_id = other_answer["conversation_id"].as_str().unwrap();
+    ask(
+        &app,
+        Some(&theirs),
+        json!({"message": "And 4 cubed?", "conversation_id": other_id}),
+    )
+    .await;
+    let (status, list) = get(&app, Some(&teacher), "/api/v1/admin/conversations").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let conversations = list["conversations"].as_array().unwrap();
+    assert_eq!(conversations.len(), 1, "{list}");
+    let console_id = conversations[0]["id"].as_str().unwrap();
+    let rate = format!("/api/v1/admin/conversations/{console_id}/feedback");
+    let (status, learner) = post(
+        &app,
+        Some(&mine),
+        &format!("/api/v1/conversations/{id}/feedback"),
+        json!({"turn": 2, "rating": "up"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{learner}");
+    let (status, body) = post(
+        &app,
+        Some(&teacher),
+        &rate,
+        json!({"turn": 2, "rating": 4, "comment": "clear steps"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["rater"], &body["rating"], &body["turn"]),
+        (&json!("teacher"), &json!("4"), &json!(2))
+    );
+    for (bad, code) in [
+        (json!({"turn": 1, "rating": 0}), "invalid_rating"),
+        (json!({"turn": 1, "rating": 6}), "invalid_rating"),
+        (json!({"turn": 1}), "invalid_rating"),
+        (json!({"turn": 3, "rating": 5}), "invalid_turn"),
+        (
+            json!({"turn": 1, "rating": 5, "comment": "x".repeat(2001)}),
+            "comment_too_long",
+        ),
+    ] {
+        let (status, reply) = post(&app, Some(&teacher), &rate, bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+        assert_eq!(reply["error"]["code"], code);
+    }
+    let (status, transcript) = get(
+        &app,
+        Some(&teacher),
+        &format!("/api/v1/admin/conversations/{console_id}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{transcript}");
+    let ratings: Vec<(Value, Value, Value)> = transcript["ratings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["turn"].clone(), r["rater"].clone(), r["rating"].clone()))
+        .collect();
+    assert_eq!(
+        ratings,
+        [
+            (json!(2), json!("learner"), json!("up")),
+            (json!(2), json!("teacher"), json!("4"))
+        ]
+    );
+    // The learners' thumbs the experiments count are the learners' alone: the learner still
+    // sees theirs, unchanged by the teacher's.
+    let (_, stored) = get(&app, Some(&mine), &format!("/api/v1/conversations/{id}")).await;
+    assert!(
+        stored["feedback"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rater"] == "learner" && f["rating"] == "up"),
+        "{stored}"
+    );
+    let records = app.state.records.as_ref().unwrap();
+    let audit = records.audit_log(50).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "turn.rated" && e.subject == console_id),
+        "{audit:?}"
+    );
+    assert!(audit.iter().any(|e| e.action == "key.policy"));
+
+    let (status, theirs_list) = get(&app, Some(&theirs), "/api/v1/admin/conversations").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a learner key: {theirs_list}"
+    );
+    let other_console_id = records
+        .list_conversations(
+            &learning_chat::records::console::ConversationFilter {
+                owners: Some(vec![theirs_id.clone()]),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap()
+        .pop()
+        .expect("the other class's conversation is stored")
+        .id;
+    let (status, body) = post(
+        &app,
+        Some(&teacher),
+        &format!("/api/v1/admin/conversations/{other_console_id}/feedback"),
+        json!({"turn": 1, "rating": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

@@ -69,6 +69,9 @@ pub struct ClassSummary {
     pub name: String,
     /// True once the key is revoked.
     pub revoked: bool,
+    /// The class's answer policy as set (`socratic`, `hints@1`); `null` when it follows each
+    /// agent's own. Set with `PUT /api/v1/admin/classes/{key_id}/policy`.
+    pub policy: Option<String>,
     /// Today (UTC).
     pub today: Figures,
     /// The last 30 days, today included.
@@ -176,6 +179,7 @@ pub async fn list(
             today: figures(&day, &k.id),
             last_30_days: figures(&month, &k.id),
             revoked: k.revoked_at.is_some(),
+            policy: k.policy,
             key_id: k.id,
             name: k.name,
         })

@@ -3,12 +3,14 @@
 
 use super::{at, bad_request, cursor, no_class, since_ms, unavailable, Reader};
 use crate::api::admin::FlagView;
+use crate::api::feedback::{FeedbackView, MAX_COMMENT_CHARS};
 use crate::api::{ApiError, ApiJson, AppState, TurnView};
 use crate::routes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use learning_chat_records::console::{ConversationFilter, ConversationSummary, FlagReview};
+use learning_chat_records::feedback::FeedbackRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -133,6 +135,23 @@ pub struct Transcript {
     pub transcript: Vec<TurnView>,
     /// Its flags, oldest first; each names the exchange (`turn`) it belongs to.
     pub flag_list: Vec<ReviewedFlag>,
+    /// Its ratings by exchange: learners' thumbs and teachers' 1-5.
+    pub ratings: Vec<FeedbackView>,
+}
+
+/// A teacher's rating of one answer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatingRequest {
+    /// Which exchange of the conversation (1 for the first question).
+    #[schema(example = 1)]
+    pub turn: Option<u32>,
+    /// 1 (poor) to 5 (excellent).
+    #[schema(example = 4)]
+    pub rating: Option<u8>,
+    /// Why (at most 2000 characters).
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 /// A flag marked reviewed.
@@ -267,6 +286,13 @@ pub async fn transcript(
         .await
         .map_err(unavailable)?;
     let mut reviews = records.flag_reviews(&id).await.map_err(unavailable)?;
+    let ratings = records
+        .conversation_feedback(&id)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(FeedbackView::from)
+        .collect();
     records
         .audit(&reader.actor(), "transcript.read", &id, "")
         .await
@@ -303,7 +329,99 @@ pub async fn transcript(
         conversation: ConversationRow::from(summary),
         transcript,
         flag_list,
+        ratings,
     }))
+}
+
+/// A teacher's (or admin's) 1-5 rating of one answer of a conversation of their class, kept
+/// beside learners' thumbs with the conversation's policy and variant (one teacher rating per
+/// answer: a second replaces the first) and audited as `turn.rated`. 404 for a conversation of
+/// a class that is not the caller's.
+#[utoipa::path(
+    post,
+    path = routes::ADMIN_CONVERSATION_FEEDBACK,
+    params(("conversation_id" = String, Path, description = "An `id` from the conversation list")),
+    request_body = RatingRequest,
+    responses(
+        (status = 200, description = "The rating, as stored", body = FeedbackView),
+        (status = 400, description = "Malformed JSON", body = crate::api::ErrorBody),
+        (status = 403, description = "Not a teacher or admin key", body = crate::api::ErrorBody),
+        (status = 404, description = "No such conversation, or not the caller's", body = crate::api::ErrorBody),
+        (status = 422, description = "Missing or bad `turn` (`invalid_turn`: not an answered turn), `rating` (`invalid_rating`: not 1 to 5) or a comment too long (`comment_too_long`)", body = crate::api::ErrorBody),
+        (status = 503, description = "The records database is down", body = crate::api::ErrorBody),
+    )
+)]
+pub async fn rate(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    Path(id): Path<String>,
+    body: Result<ApiJson<RatingRequest>, ApiError>,
+) -> Result<Json<FeedbackView>, ApiError> {
+    let reader = Reader::of(&state, caller.as_ref()).await?;
+    let ApiJson(request) = body?;
+    let invalid =
+        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    let rating = request
+        .rating
+        .filter(|r| (1..=5).contains(r))
+        .ok_or_else(|| invalid("invalid_rating", "`rating` must be 1 to 5".to_owned()))?;
+    let comment = request.comment.unwrap_or_default();
+    if comment.chars().count() > MAX_COMMENT_CHARS {
+        return Err(invalid(
+            "comment_too_long",
+            format!("`comment` is limited to {MAX_COMMENT_CHARS} characters"),
+        ));
+    }
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "conversation_not_found",
+            "no such conversation",
+        )
+    };
+    let records = &reader.records;
+    let conversation = records
+        .load_conversation(&id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(missing)?;
+    let class = conversation.owner.clone().unwrap_or_default();
+    if !reader.reads(&class) {
+        return Err(missing());
+    }
+    let answered = u32::try_from(conversation.turns.len() / 2).unwrap_or(u32::MAX);
+    let turn = request
+        .turn
+        .filter(|turn| (1..=answered).contains(turn))
+        .ok_or_else(|| {
+            invalid(
+                "invalid_turn",
+                format!("`turn` must be an answered turn of this conversation: 1 to {answered}"),
+            )
+        })?;
+    let record = FeedbackRecord {
+        conversation: conversation.id,
+        turn: i64::from(turn),
+        rater: "teacher".to_owned(),
+        rating: rating.to_string(),
+        comment,
+        at_ms: learning_chat_records::now_ms(),
+        key_id: class,
+        agent_id: conversation.agent_id,
+        policy: conversation.policy,
+        variant: conversation.variant,
+    };
+    records.put_feedback(&record).await.map_err(unavailable)?;
+    records
+        .audit(
+            &reader.actor(),
+            "turn.rated",
+            &id,
+            &format!("turn {turn}: {rating}"),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(FeedbackView::from(record)))
 }
 
 /// Marks a flag reviewed with a note (a second review replaces the first), audited as

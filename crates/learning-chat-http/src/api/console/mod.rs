@@ -32,6 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route(routes::ADMIN_CLASS_USAGE, get(classes::usage))
         .route(routes::ADMIN_CONVERSATIONS, get(conversations::list))
         .route(routes::ADMIN_CONVERSATION, get(conversations::transcript))
+        .route(
+            routes::ADMIN_CONVERSATION_FEEDBACK,
+            post(conversations::rate),
+        )
         .route(routes::ADMIN_FLAG_REVIEW, post(conversations::review))
         .route(routes::ADMIN_KEYS, get(keys::list).post(keys::create))
         .route(
@@ -56,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         conversations::list,
         conversations::transcript,
         conversations::review,
+        conversations::rate,
         keys::list,
         keys::create,
         keys::edit,
@@ -78,6 +83,7 @@ pub fn routes() -> Router<AppState> {
         conversations::ReviewedFlag,
         conversations::Transcript,
         conversations::ReviewRequest,
+        conversations::RatingRequest,
         keys::KeyView,
         keys::KeyList,
         keys::CreateKey,
@@ -114,6 +120,8 @@ pub struct Me {
     pub role: String,
     /// A teacher's classes (key ids); empty for an admin, who reads every class.
     pub classes: Vec<String>,
+    /// True when the key may read the experiments' results (`GET /api/v1/admin/experiments`).
+    pub experiments: bool,
 }
 
 /// Who is signed in to the console, checked: a teacher or an admin key, and the records
@@ -234,7 +242,9 @@ pub async fn me(
     caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Result<Json<Me>, ApiError> {
     let reader = Reader::of(&state, caller.as_ref()).await?;
+    let experiments = super::admin::may_read_experiments(caller.as_deref());
     Ok(Json(Me {
+        experiments,
         key_id: reader.key.id.clone(),
         name: reader.key.name.clone(),
         role: reader.key.role.as_str().to_owned(),
