@@ -167,10 +167,18 @@ pub fn spawn_server(mut command: Command, port: u16) -> Proc {
         .get_envs()
         .find(|(name, _)| *name == METRICS_BIND_ENV)
         .and_then(|(_, value)| value?.to_str()?.rsplit_once(':')?.1.parse().ok());
-    let child = command.spawn().expect("learning-chat starts");
+    let mut child = command.spawn().expect("learning-chat starts");
+    let listening = wait_for_port(port, Duration::from_secs(30));
+    // Tells a start that failed (a port taken meanwhile, a bad setting) from a slow one.
+    let exited = if listening {
+        None
+    } else {
+        child.try_wait().ok().flatten()
+    };
     assert!(
-        wait_for_port(port, Duration::from_secs(30)),
-        "learning-chat did not listen"
+        listening,
+        "learning-chat did not listen on port {port} within 30 s ({})",
+        exited.map_or_else(|| "still running".to_owned(), |s| format!("it exited: {s}"))
     );
     Proc {
         child,
