@@ -180,11 +180,7 @@ mod tests {
         // read the wall clock, the refusal a moment before this: they differ by that moment,
         // either way once rounded.
         let next_day = super::super::pacific::today().until_next;
-        let apart = if day_full.retry_after > next_day {
-            day_full.retry_after - next_day
-        } else {
-            next_day - day_full.retry_after
-        };
+        let apart = day_full.retry_after.abs_diff(next_day);
         assert!(
             apart < Duration::from_secs(5),
             "{day_full:?} vs {next_day:?}"
