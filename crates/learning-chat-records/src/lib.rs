@@ -46,6 +46,14 @@ pub enum RecordsError {
     /// A migration failed (or the database holds a newer schema than this binary knows).
     #[error("records database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The lock that lets one process at a time migrate a SQLite file could not be taken.
+    #[error("records database migration lock {path}: {reason}")]
+    MigrationLock {
+        /// The lock file beside the database.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A stored value does not parse (JSON column, role, ...).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -100,6 +108,9 @@ pub(crate) use on_pool;
 #[derive(Debug, Clone)]
 pub struct Records {
     pool: Pool,
+    /// A SQLite database's file: its migrations are serialised across processes by a lock
+    /// beside it ([`Records::migrate`]).
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 fn migrations(backend: Backend) -> Migrator {
@@ -175,6 +186,43 @@ fn migrations(backend: Backend) -> Migrator {
     )
 }
 
+/// Longest wait for another process's migration of the same SQLite file: minutes would mean
+/// that process hangs, which is worth an error rather than a start that never ends.
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// The exclusive lock on `<database>.migrate-lock`, held while the returned file is open.
+async fn migration_lock(database: &std::path::Path) -> Result<std::fs::File, RecordsError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push(".migrate-lock");
+    let path = std::path::PathBuf::from(path);
+    let failed = |reason: String| RecordsError::MigrationLock {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| failed(e.to_string()))?;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < MIGRATION_LOCK_WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(failed(format!(
+                    "another process has been migrating this database for {} s",
+                    MIGRATION_LOCK_WAIT.as_secs()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e.to_string())),
+        }
+    }
+}
+
 impl Records {
     /// Opens the database and applies every migration it has not seen. A SQLite file (and its
     /// directory) is created when missing.
@@ -216,12 +264,16 @@ impl Records {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(options.acquire_timeout)
                 .foreign_keys(true);
-            Pool::Sqlite(
+            let pool = Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(options.max_connections.max(1))
                     .acquire_timeout(options.acquire_timeout)
                     .connect_lazy_with(connect),
-            )
+            );
+            return Ok(Records {
+                pool,
+                sqlite_file: Some(std::path::PathBuf::from(path)),
+            });
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let connect = PgConnectOptions::from_str(url)
                 .map_err(|e| RecordsError::BadUrl(e.to_string()))?
@@ -238,12 +290,25 @@ impl Records {
                     .into(),
             ));
         };
-        Ok(Records { pool })
+        Ok(Records {
+            pool,
+            sqlite_file: None,
+        })
     }
 
     /// Applies the migrations this binary carries that the database has not seen.
+    ///
+    /// sqlx locks a PostgreSQL database while it migrates (an advisory lock) but not a SQLite
+    /// file, so servers starting together on one file each applied the same migration and all
+    /// but one failed to start ("table api_keys already exists"). A SQLite file is therefore
+    /// migrated under an exclusive lock on a file beside it: the others wait, then find
+    /// nothing left to apply.
     pub async fn migrate(&self) -> Result<(), RecordsError> {
         let migrator = migrations(self.backend());
+        let _lock = match &self.sqlite_file {
+            Some(file) => Some(migration_lock(file).await?),
+            None => None,
+        };
         on_pool!(self, pool => migrator.run(pool).await?);
         Ok(())
     }
@@ -279,3 +344,35 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Servers starting together on one fresh SQLite file each migrated it, and all but one
+    /// failed ("table api_keys already exists"); each now waits for the one migrating.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn servers_opening_one_new_sqlite_file_together_all_start() {
+        let carried = i64::try_from(migrations(Backend::Sqlite).iter().count()).unwrap();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let url = format!("sqlite://{}", dir.path().join("records.db").display());
+            let opening: Vec<_> = (0..4)
+                .map(|_| {
+                    let options = testing::options(url.clone());
+                    tokio::spawn(async move { Records::connect(&options).await })
+                })
+                .collect();
+            for task in opening {
+                let records = task.await.unwrap().expect("the database opened");
+                let applied: i64 = on_pool!(records, pool => {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+                        .fetch_one(pool)
+                        .await
+                        .unwrap()
+                });
+                assert_eq!(applied, carried, "each migration applied once");
+            }
+        }
+    }
+}

@@ -383,9 +383,13 @@ pub fn service(
     let chat = service_layers!(&state.settings, RouteLabel::Fixed(routes::AGENT_CHAT)).service(
         tower::service_fn(move |request| {
             let state = chat_state.clone();
-            async move {
+            // Boxed here, innermost: every layer above wraps its future by value, so an
+            // unboxed question (several kB of state) was copied once per layer and again by
+            // the connection on every request.
+            let answer: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 Ok::<_, std::convert::Infallible>(crate::dispatch::chat_route(state, request).await)
-            }
+            });
+            answer
         }),
     );
     Dispatch::new(router(state), chat)

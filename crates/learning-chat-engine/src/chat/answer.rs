@@ -278,7 +278,10 @@ impl Reply {
     pub async fn finish(self) -> Result<Answer, ChatError> {
         match self {
             Reply::Ready(answer) => Ok(answer),
-            Reply::Live(live) => live.finish().await,
+            // Boxed: waiting for a call and recording its outcome is kilobytes of future,
+            // and unboxed it sat in every answer's future, copied on each move of it, the
+            // cached answers' (which never need it) included.
+            Reply::Live(live) => Box::pin(live.finish()).await,
         }
     }
 }

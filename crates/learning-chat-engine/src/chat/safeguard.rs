@@ -37,13 +37,15 @@ impl ChatService {
         }
         findings.extend(asked.moderation.iter().cloned());
         let conversation = answer.conversation_id.clone();
-        self.raise(
+        // Boxed: storing flags is a records write (about 14 kB of future), and unboxed it sat
+        // in every answer's future, copied on each move of it, cached ones included.
+        Box::pin(self.raise(
             &findings,
             agent,
             asked,
             conversation.as_deref(),
             answer.turn,
-        )
+        ))
         .await;
         if let Some(crisis) = asked.profile.crisis_text.as_deref() {
             if findings.iter().any(Finding::is_crisis) {
@@ -68,8 +70,8 @@ impl ChatService {
             source: FlagSource::ModelBlock,
         }];
         findings.extend(asked.moderation.iter().cloned());
-        self.raise(&findings, agent, asked, asked.conversation.as_deref(), 0)
-            .await;
+        // Boxed for the same reason as in `safeguard`.
+        Box::pin(self.raise(&findings, agent, asked, asked.conversation.as_deref(), 0)).await;
     }
 
     /// The moderation second opinion on `message`, when configured: what it flagged, or the

@@ -508,3 +508,20 @@ async fn a_question_arriving_with_another_is_refused_once_its_queue_place_shows_
         .await
         .is_err());
 }
+
+/// A question's future is copied whole on every move (by each layer wrapping it, into its
+/// box): a records write or a Redis call inside it made a cached answer's future 16 kB in a
+/// release build, and copying it cost a seventh of a cached answer's CPU (bench/RESULTS.md,
+/// run 18). Rare steps that are large are boxed where they are awaited.
+#[tokio::test]
+async fn a_questions_future_stays_small() {
+    let chat = service(&[]);
+    let question = chat.ask(ask(&chat, "What is 2+2?", SECOND, false));
+    let size = std::mem::size_of_val(&question);
+    eprintln!("a question's future: {size} bytes");
+    assert!(size <= ASK_FUTURE_BOUND, "{size} bytes");
+}
+
+/// The bound of [`a_questions_future_stays_small`]: the size when it was written (2,584 bytes,
+/// in the test and the release builds alike), plus half.
+const ASK_FUTURE_BOUND: usize = 2584 * 3 / 2;

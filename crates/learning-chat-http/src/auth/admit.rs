@@ -228,7 +228,9 @@ impl Auth {
                 learner: learner.as_deref().map(str::to_owned),
                 member: uuid::Uuid::new_v4().to_string(),
             };
-            let decided = self.limiter.acquire(&key.limits, &subject).await;
+            // Boxed: the limiter's Redis script call is kilobytes of future, which unboxed sat
+            // in every question's future (keys without limits included) and was copied with it.
+            let decided = Box::pin(self.limiter.acquire(&key.limits, &subject)).await;
             rate.decision = Some(decided);
             if let Some(limit) = decided.refused {
                 crate::auth::metrics::key_limited(&requests.label, limit.code());

@@ -42,8 +42,6 @@ pub(super) struct Activity {
     pub(super) head_started_ms: AtomicU64,
     /// HTTP/2: bytes between requests are not the start of a request head.
     pub(super) multiplexed: AtomicBool,
-    /// Wakes the watchdog when a change may bring its deadline forward.
-    pub(super) changed: Notify,
     /// The responses being sent, by id, for the stall watch.
     outgoing: Mutex<HashMap<u64, Arc<Outgoing>>>,
     next_response: AtomicU64,
@@ -60,7 +58,6 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NONE),
             multiplexed: AtomicBool::new(false),
-            changed: Notify::new(),
             outgoing: Mutex::new(HashMap::new()),
             next_response: AtomicU64::new(0),
             tracked: Notify::new(),
@@ -76,15 +73,13 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 || self.is_multiplexed() {
             return;
         }
-        let started = self.head_started_ms.compare_exchange(
+        // The first byte only; the watchdog reads it when it next looks ([`Self::bound_passed`]).
+        let _ = self.head_started_ms.compare_exchange(
             NONE,
             self.now_ms(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        if started.is_ok() {
-            self.changed.notify_one();
-        }
     }
 
     pub(super) fn is_multiplexed(&self) -> bool {
@@ -95,7 +90,6 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(NONE, Ordering::Release);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -106,8 +100,8 @@ impl Activity {
         limits: &ConnectionLimits,
     ) -> (Instant, Option<&'static str>) {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // Only a change (the request ending) can start a bound; look again then, or after a
-            // while in case of a missed wake-up.
+            // Only the request ending can start a bound: look again later (within the horizon
+            // of `bound_passed`).
             let recheck = limits.header_read.max(limits.keep_alive_idle);
             return (Instant::now() + recheck, None);
         }
@@ -124,18 +118,21 @@ impl Activity {
     }
 
     /// Completes, with the bound's name, once the connection has passed one of its bounds.
+    ///
+    /// Nothing tells it of a request starting or ending: a bound starts at such an event and
+    /// lasts the header or the idle bound, so none can end sooner than the shorter of the two
+    /// from now. Looking again at least that often, it is never late, and a busy keep-alive
+    /// connection re-arms no timer and takes no wake-up per request (it did both, twice per
+    /// request, before).
     pub(super) async fn bound_passed(&self, limits: &ConnectionLimits) -> &'static str {
+        let horizon = limits.header_read.min(limits.keep_alive_idle);
         loop {
             let (deadline, bound) = self.next_deadline(limits);
-            match bound {
-                Some(bound) if deadline <= Instant::now() => return bound,
-                _ => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
+            let now = Instant::now();
+            if let Some(bound) = bound.filter(|_| deadline <= now) {
+                return bound;
             }
+            tokio::time::sleep_until(deadline.min(now + horizon)).await;
         }
     }
 
@@ -273,7 +270,6 @@ impl Drop for InFlight {
             .idle_since_ms
             .store(activity.now_ms(), Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_one();
     }
 }
 
@@ -389,6 +385,34 @@ mod tests {
             fires_after(&activity).await,
             (Duration::from_secs(10), "header")
         );
+    }
+
+    /// Nothing wakes the watchdog when a request starts or ends or a head begins: it must
+    /// still close the connection at the bound's exact end.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_watchdog_keeps_each_bound_to_the_second_without_being_told() {
+        let watch = |activity: &Arc<Activity>| {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.bound_passed(&limits()).await })
+        };
+        // Idle (bound at 75 s); a head begins at 5 s: the header bound ends at 15 s.
+        let activity = Arc::new(Activity::new());
+        drop(activity.request_started());
+        let start = Instant::now();
+        let watchdog = watch(&activity);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        activity.on_read();
+        assert_eq!(watchdog.await.unwrap(), "header");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        // A request in flight for 12 s: the idle bound runs from its end, to 87 s.
+        let activity = Arc::new(Activity::new());
+        let in_flight = activity.request_started();
+        let start = Instant::now();
+        let watchdog = watch(&activity);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        drop(in_flight);
+        assert_eq!(watchdog.await.unwrap(), "idle");
+        assert_eq!(start.elapsed(), Duration::from_secs(87));
     }
 
     #[tokio::test(start_paused = true)]

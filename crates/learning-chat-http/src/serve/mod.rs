@@ -430,7 +430,7 @@ struct ConnectionService<S> {
 impl<S: AppService> hyper::service::Service<Request<Incoming>> for ConnectionService<S> {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = ConnectionFuture<tower::util::Oneshot<S, Request<Body>>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let multiplexed = request.version() >= Version::HTTP_2;
@@ -447,26 +447,76 @@ impl<S: AppService> hyper::service::Service<Request<Incoming>> for ConnectionSer
                 expired: false,
             })
         });
-        let app = self.app.clone();
-        let draining = self.draining.clone();
-        let activity = self.activity.clone();
-        Box::pin(async move {
-            let mut response = match app.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            // A 408 leaves the body unread: the connection cannot carry another request.
-            // HTTP/2 has no `Connection` header (the drain's GOAWAY says it) and a 408 ends
-            // only its stream.
-            let closing = !multiplexed
-                && (draining.load(Ordering::Acquire)
-                    || response.status() == StatusCode::REQUEST_TIMEOUT);
-            if closing {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(response.map(|body| ResponseBody::new(&activity, body, in_flight)))
-        })
+        // A named future rather than a box: a box here copied the application's whole future
+        // (several kB for a question) to the heap on every request.
+        ConnectionFuture {
+            inner: self.app.clone().oneshot(request),
+            after: Some(AfterApp {
+                activity: self.activity.clone(),
+                draining: self.draining.clone(),
+                in_flight,
+                multiplexed,
+            }),
+        }
+    }
+}
+
+/// What a request's response needs once the application answered.
+struct AfterApp {
+    activity: Arc<Activity>,
+    draining: Arc<AtomicBool>,
+    in_flight: activity::InFlight,
+    multiplexed: bool,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`ConnectionService`]: the application's answer, then its connection
+    /// header and its tracked body.
+    struct ConnectionFuture<F> {
+        #[pin]
+        inner: F,
+        after: Option<AfterApp>,
+    }
+}
+
+impl<F> Future for ConnectionFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let Some(after) = this.after.take() else {
+            // Polled after it completed: a caller's bug, answered by never completing twice
+            // rather than by a panic on the request path.
+            return std::task::Poll::Pending;
+        };
+        // A 408 leaves the body unread: the connection cannot carry another request.
+        // HTTP/2 has no `Connection` header (the drain's GOAWAY says it) and a 408 ends
+        // only its stream.
+        let closing = !after.multiplexed
+            && (after.draining.load(Ordering::Acquire)
+                || response.status() == StatusCode::REQUEST_TIMEOUT);
+        if closing {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let AfterApp {
+            activity,
+            in_flight,
+            ..
+        } = after;
+        std::task::Poll::Ready(Ok(
+            response.map(|body| ResponseBody::new(&activity, body, in_flight))
+        ))
     }
 }

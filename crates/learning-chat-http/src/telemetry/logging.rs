@@ -1,12 +1,14 @@
 //! Logging setup: one global `tracing` subscriber (text or JSON lines, filtered by `RUST_LOG`
 //! or `telemetry.log_level`), with the OTLP trace layer and the Sentry breadcrumb layer.
 
+use super::lazy_fields::LazyRequestFields;
 use super::sentry::log_layer as sentry_log_layer;
 use super::traces::{install_tracer_provider, tracer_provider};
 use learning_chat_engine::config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
 use std::io::IsTerminal;
 use tracing_subscriber::filter::{FilterExt, Targets};
+use tracing_subscriber::fmt::format::{DefaultFields, JsonFields};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -53,26 +55,32 @@ where
     let installed = match settings.log_format {
         LogFormat::Text => registry
             .with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_ansi(ansi)
-                    .with_writer(writer)
-                    .and_then(sentry)
-                    .with_filter(filter),
+                LazyRequestFields::new(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(ansi)
+                        .with_writer(writer),
+                    DefaultFields::new(),
+                )
+                .and_then(sentry)
+                .with_filter(filter),
             )
             .try_init(),
         LogFormat::Json => registry
             .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    // The whole span list, so `request_id` is still there when a line is logged
-                    // inside a span nested in the request span.
-                    .with_span_list(true)
-                    .with_writer(writer)
-                    .and_then(sentry)
-                    .with_filter(filter),
+                LazyRequestFields::new(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        // The whole span list, so `request_id` is still there when a line is
+                        // logged inside a span nested in the request span.
+                        .with_span_list(true)
+                        .with_writer(writer),
+                    JsonFields::new(),
+                )
+                .and_then(sentry)
+                .with_filter(filter),
             )
             .try_init(),
     };

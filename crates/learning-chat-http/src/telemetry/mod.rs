@@ -15,10 +15,12 @@
 //!   is off. The trace id rides on every log line of the request and on its Sentry event.
 //!
 //! One file per concern: [`logging`] (the subscriber), [`request`] (request ids, the request
-//! span, HTTP metrics), [`sentry`] (error reports and scrubbing), [`shed_log`] (the
-//! load-shedding log line) and [`traces`] (OTLP export). The module is a leaf: it knows nothing
+//! span, HTTP metrics), `lazy_fields` (the request span's fields, formatted only for a line
+//! logged), [`sentry`] (error reports and scrubbing), [`shed_log`] (the load-shedding log
+//! line) and [`traces`] (OTLP export). The module is a leaf: it knows nothing
 //! of the request path; the API tells it what an error was through [`ErrorKind`].
 
+mod lazy_fields;
 pub mod logging;
 pub mod request;
 pub mod sentry;

@@ -1,6 +1,7 @@
 //! Request identity and measurement: the request id, the `request` span every log line of the
 //! request carries, the error line of a failed request and the HTTP metrics.
 
+use super::lazy_fields::{deferred_request_span, RequestFields};
 use super::shed_log::SHED_LOG;
 use super::traces::{incoming_trace, link_trace, request_span, sampled, RequestTraceId};
 use super::{ErrorKind, RouteLabel, PROBE_ROUTES};
@@ -104,20 +105,40 @@ where
         let timer = crate::metrics::HttpRequestTimer::start(route, request.method().as_str());
         let incoming = incoming_trace(request.headers());
         let sampled = sampled(incoming.as_ref());
-        let span = request_span(sampled, || {
-            tracing::info_span!(
-                "request",
-                request_id = %id.to_str().unwrap_or("-"),
-                method = %request.method(),
-                path = %request.uri().path(),
-                trace_id = tracing::field::Empty,
-                otel.name = tracing::field::Empty,
-                otel.kind = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-                http.route = tracing::field::Empty,
-                http.response.status_code = tracing::field::Empty,
-            )
-        });
+        let span = if sampled {
+            request_span(true, || {
+                tracing::info_span!(
+                    "request",
+                    request_id = %id.to_str().unwrap_or("-"),
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    trace_id = tracing::field::Empty,
+                    otel.name = tracing::field::Empty,
+                    otel.kind = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                    http.route = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                )
+            })
+        } else {
+            // Not exported: its fields are formatted only if the request logs a line. Kept
+            // only when something logs at INFO (clones that are counts, not copies, in a
+            // server: the id and the path share their bytes with the request).
+            let fields = tracing::level_enabled!(tracing::Level::INFO).then(|| RequestFields {
+                id: id.clone(),
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+            });
+            deferred_request_span(fields, || {
+                tracing::info_span!(
+                    "request",
+                    request_id = tracing::field::Empty,
+                    method = tracing::field::Empty,
+                    path = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                )
+            })
+        };
         if sampled {
             // Before `link_trace` starts the span: its name cannot change afterwards.
             span.record("otel.name", format!("{} {route}", request.method()));
@@ -230,9 +251,15 @@ impl AfterResponse {
 
 fn fresh_request_id() -> HeaderValue {
     let mut buffer = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    let len = uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .len();
+    // One allocation, shared by the request's copy and the response's: a header value made from
+    // a slice or a `Vec` allocates again on its first clone.
+    let text = Bytes::from_owner(buffer).slice(..len);
     // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn is_usable_request_id(id: &[u8]) -> bool {

@@ -74,6 +74,7 @@ impl Rig<()> {
         // server (`run_until_stopped` starts it).
         let redis_probe = app.state().redis.as_ref().map(|link| link.start());
         let service = learning_chat::app::service(app.state().clone());
+
         let rig = Rig {
             service,
             secret,

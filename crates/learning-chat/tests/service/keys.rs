@@ -89,3 +89,40 @@ async fn with_the_database_down_since_start_keyed_requests_get_503_not_401() {
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await.unwrap();
 }
+
+/// Four `learning-chat keys create` processes started together on one new SQLite file, as a
+/// cluster's servers start on a shared file: each migrated it at once and all but one failed
+/// ("table api_keys already exists"; a CI run's "did not listen"). Now every one succeeds.
+#[test]
+fn processes_opening_one_new_sqlite_file_together_all_succeed() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("records.db");
+        let started: Vec<_> = (0..4)
+            .map(|n| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_learning-chat"))
+                    .args(["keys", "create", "--name", &format!("school-{n}")])
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("LEARNING_CHAT_AUTH__MODE", "required")
+                    .env("LEARNING_CHAT_AUTH__PEPPER", crate::fair_queue::PEPPER)
+                    .env(
+                        "LEARNING_CHAT_DATABASE__URL",
+                        crate::fair_queue::records_url(&records),
+                    )
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("learning-chat keys create starts")
+            })
+            .collect();
+        for child in started {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -49,10 +49,11 @@ async fn every_json_log_line_of_a_request_carries_its_id_even_from_the_upstream_
             .as_array()
             .unwrap_or_else(|| panic!("no span list: {line}"));
         assert!(
-            spans
-                .iter()
-                .any(|s| s["name"] == "request" && s["request_id"] == "obs-json-1"),
-            "a line without the request id: {line}"
+            spans.iter().any(|s| s["name"] == "request"
+                && s["request_id"] == "obs-json-1"
+                && s["method"] == "POST"
+                && s["path"] == "/api/v1/agents/math"),
+            "a line without the request id, method and path: {line}"
         );
         assert_eq!(parsed["span"]["request_id"], "obs-json-1", "{line}");
         assert!(
@@ -67,8 +68,8 @@ async fn every_text_log_line_of_a_request_carries_its_id_even_from_the_upstream_
     let lines = ask_with_a_retry(LogFormat::Text, "obs-text-1").await;
     for line in &lines {
         assert!(
-            line.contains("request{request_id=obs-text-1"),
-            "a line without the request id: {line}"
+            line.contains("request{request_id=obs-text-1 method=POST path=/api/v1/agents/math}"),
+            "a line without the request id, method and path: {line}"
         );
     }
 }
