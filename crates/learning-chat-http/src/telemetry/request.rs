@@ -8,6 +8,7 @@ use super::{ErrorKind, RouteLabel, PROBE_ROUTES};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::response::Response;
+use learning_chat_engine::trace::{while_sampled, Sampled};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -152,9 +153,9 @@ where
         }
         // A probe's 503 is a state (draining at every rollout), polled every few seconds: no ERROR.
         let probe = PROBE_ROUTES.contains(&request.uri().path());
-        let inner = span.in_scope(|| self.inner.call(request));
+        let inner = span.in_scope(|| while_sampled(sampled, || self.inner.call(request)));
         ObserveFuture {
-            inner,
+            inner: Sampled::new(inner, sampled),
             span,
             after: Some(AfterResponse {
                 id,
@@ -181,7 +182,7 @@ pin_project_lite::pin_project! {
     /// measured and given its request id.
     pub struct ObserveFuture<F> {
         #[pin]
-        inner: F,
+        inner: Sampled<F>,
         span: tracing::Span,
         after: Option<AfterResponse>,
     }
