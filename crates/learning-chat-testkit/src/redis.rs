@@ -114,31 +114,54 @@ pub struct RedisNode {
 impl RedisNode {
     /// Starts `redis-server <config file>` plus `extra` arguments. The config file (written into
     /// the node's own directory) holds `config`; sentinels and cluster nodes rewrite it.
+    // The child is waited for on every path: kept by the node (killed and reaped on drop), reaped
+    // once it exited, or killed and reaped before the panic; the lint cannot follow the first.
+    #[allow(clippy::zombie_processes)]
     pub fn start(config: &str, extra: &[&str]) -> RedisNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let file = dir.path().join("redis.conf");
-        let body = format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n{config}\n",
-            dir.path().display()
-        );
-        std::fs::write(&file, body).expect("write redis.conf");
-        let child = Command::new("redis-server")
-            .arg(&file)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh checks it)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server on {port} did not start"
-        );
-        RedisNode {
-            port,
-            child: std::sync::Mutex::new(Some(child)),
-            _dir: dir,
+        let cluster = config.contains("cluster-enabled yes");
+        // A port found free can be taken before the server binds it (and a cluster node also
+        // binds port + 10000, in the range the kernel hands out to outgoing connections): a
+        // server that exits at once is started again on another port.
+        for _ in 0..5 {
+            let port = node_port(cluster);
+            let file = dir.path().join("redis.conf");
+            let body = format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n{config}\n",
+                dir.path().display()
+            );
+            std::fs::write(&file, body).expect("write redis.conf");
+            let mut child = Command::new("redis-server")
+                .arg(&file)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test.sh checks it)");
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
+            while std::time::Instant::now() < until {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RedisNode {
+                        port,
+                        child: std::sync::Mutex::new(Some(child)),
+                        _dir: dir,
+                    };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    let _ = child.wait();
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server on {port} did not start within 10 s");
+            }
         }
+        panic!("redis-server exited at start five times (ports taken?)");
     }
 
     /// `127.0.0.1:port`.
@@ -360,4 +383,17 @@ fn owns_slot(node: &RedisNode, slot: &str) -> bool {
                 }
             })
     })
+}
+
+/// A free port for a node; for a cluster node, one whose bus port (+ 10000) is free too.
+fn node_port(cluster: bool) -> u16 {
+    loop {
+        let port = free_port();
+        let bus_free = port
+            .checked_add(10000)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if !cluster || bus_free {
+            return port;
+        }
+    }
 }
