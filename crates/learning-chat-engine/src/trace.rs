@@ -75,10 +75,7 @@ impl<F: Future> Future for Sampled<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        let outer = SAMPLED.with(|flag| flag.replace(*this.sampled));
-        let polled = this.inner.poll(cx);
-        SAMPLED.with(|flag| flag.set(outer));
-        polled
+        while_sampled(*this.sampled, || this.inner.poll(cx))
     }
 }
 
