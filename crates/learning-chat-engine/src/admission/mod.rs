@@ -304,7 +304,12 @@ impl Admission {
         at: Instant,
         deadline: Instant,
     ) -> Result<(), Shed> {
-        if at <= Instant::now() || !permit.held {
+        // A slot already due is no wait: a sleep would still last until the timer's next
+        // 1 ms tick, on every call the quota does not hold back.
+        if at <= Instant::now() {
+            return Ok(());
+        }
+        if !permit.held {
             tokio::time::sleep_until(at).await;
             return Ok(());
         }
@@ -493,6 +498,23 @@ mod tests {
         for caller in callers {
             caller.await.unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_slot_already_due_is_taken_without_waiting_for_the_timer() {
+        let admission = fixed(1, 10, Duration::from_secs(60));
+        // Between two of the timer's 1 ms ticks, where a sleep rounds up to the next one.
+        tokio::time::advance(Duration::from_micros(100)).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut permit = admission.admit(deadline).await.unwrap();
+        let due = Instant::now();
+        admission
+            .wait_without_slot(&mut permit, due, deadline)
+            .await
+            .unwrap();
+        // The paused clock moves only when a task sleeps: it did not.
+        assert_eq!(Instant::now(), due);
+        assert_eq!(admission.in_flight(), 1, "the slot stays in hand");
     }
 
     #[tokio::test(start_paused = true)]

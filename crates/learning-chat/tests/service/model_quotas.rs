@@ -319,24 +319,36 @@ async fn with_redis_deciding_questions_the_quota_cannot_serve_behind_the_queue_a
     );
     // Nine at once: one calls, two queue with a slot of the minute each before their latest
     // start; the other six would reach the quota after those three calls and find it full.
+    // Each outcome in the order it came back: the status, and a refusal's error code (so a
+    // failure tells the quota's refusal from a timeout or a Redis error).
     let done = std::sync::Mutex::new(Vec::new());
     join_all((0..9).map(|i| {
         let (app, done) = (&app, &done);
         async move {
-            let status = app.ask("math", format!("question {i}")).await.status();
-            done.lock().unwrap().push(status);
+            let response = app.ask("math", format!("question {i}")).await;
+            let status = response.status();
+            let code = match status {
+                StatusCode::OK => String::new(),
+                _ => {
+                    let body: Value = response.json().await.unwrap_or_default();
+                    body["error"]["code"].as_str().unwrap_or("?").to_owned()
+                }
+            };
+            done.lock().unwrap().push((status, code));
         }
     }))
     .await;
     let done = done.into_inner().unwrap();
-    let answered = done.iter().filter(|s| **s == StatusCode::OK).count();
-    assert_eq!(answered, 3, "{done:?}");
+    let stats = sim.stats();
+    let context = format!("{done:?}; the simulator's calls: {stats:?}");
+    let answered = done.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(answered, 3, "{context}");
     // Every refusal came back before the first of the three answers (1 s each, in turn).
     assert!(
         done[..6]
             .iter()
-            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
-        "refusals first, then the answers: {done:?}"
+            .all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "refusals first, then the answers: {context}"
     );
-    assert_eq!(sim.stats().rate_limited, 0);
+    assert_eq!(stats.rate_limited, 0, "{context}");
 }
