@@ -22,6 +22,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -98,6 +99,9 @@ struct GateState {
     mean_hold: f64,
     /// Turns whose hold was measured.
     holds: u64,
+    /// Turns passed on since the gate was made: each one a request that reserved its quota
+    /// slot (or gave up) ahead of every request still waiting.
+    turns_passed: u64,
 }
 
 impl GateState {
@@ -117,6 +121,7 @@ impl GateState {
             granted_at: None,
             mean_hold: 0.0,
             holds: 0,
+            turns_passed: 0,
         }
     }
 
@@ -258,6 +263,37 @@ impl Drop for Turn {
     }
 }
 
+/// How many requests will reserve a quota slot before one question, and when that was counted
+/// (in turns passed). Shared between the question's admission, which counts again once it
+/// takes its queue place, and its quota check beside it, in the same task.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    counted: AtomicUsize,
+    turns_then: AtomicU64,
+}
+
+impl Ahead {
+    /// A count of `counted` made before the gate passed any turn.
+    #[cfg(test)]
+    pub(crate) fn before_any_turn(counted: usize) -> Ahead {
+        let ahead = Ahead::default();
+        ahead.set(counted, 0);
+        ahead
+    }
+
+    fn set(&self, counted: usize, turns_then: u64) {
+        self.turns_then.store(turns_then, Ordering::Release);
+        self.counted.store(counted, Ordering::Release);
+    }
+
+    fn get(&self) -> (usize, u64) {
+        (
+            self.counted.load(Ordering::Acquire),
+            self.turns_then.load(Ordering::Acquire),
+        )
+    }
+}
+
 /// A place in the queue, given back when dropped.
 #[derive(Debug)]
 pub struct Place {
@@ -268,6 +304,8 @@ pub struct Place {
     /// arriving together see different counts here, where [`FairGate::ahead_of_newcomer`]
     /// gives both the same.
     pub ahead: usize,
+    /// [`GateState::turns_passed`] when `ahead` was counted.
+    turns_then: u64,
 }
 
 impl Drop for Place {
@@ -348,6 +386,7 @@ impl FairGate {
             gate: self.clone(),
             id,
             ahead,
+            turns_then: state.turns_passed,
         })
     }
 
@@ -416,6 +455,7 @@ impl FairGate {
     /// Hands the turn to the waiter with the smallest tag still waiting, or frees it.
     fn pass(&self) {
         let mut state = self.state.lock();
+        state.turns_passed += 1;
         // Only a turn that others waited for tells the queue's pace: an uncontended one says
         // how fast a lone request goes.
         if state.queue.is_empty() {
@@ -458,10 +498,30 @@ impl FairGate {
 
     /// Requests that would be served before a request of `flow` arriving now (the turn's
     /// holder included), each needing a quota slot before it.
-    pub fn ahead_of_newcomer(&self, flow: &Flow) -> usize {
+    pub fn ahead_of_newcomer(&self, flow: &Flow) -> Ahead {
         let state = self.state.lock();
         let mine = state.shares.get(&flow.id).map_or(0, |s| s.places);
-        state.ahead_holding(flow, mine + 1) + state.holder()
+        let ahead = Ahead::default();
+        ahead.set(
+            state.ahead_holding(flow, mine + 1) + state.holder(),
+            state.turns_passed,
+        );
+        ahead
+    }
+
+    /// Notes in `ahead` the count `place` was given.
+    pub fn count_from(&self, place: &Place, ahead: &Ahead) {
+        ahead.set(place.ahead, place.turns_then);
+    }
+
+    /// Of the requests `ahead` counted, those still to pass the turn on: the count less the
+    /// turns passed since. A count kept as it was would include a request ahead twice once it
+    /// had reserved its slot (in the quota's count, and again here), and refuse a question
+    /// the quota can serve.
+    pub fn still_ahead(&self, ahead: &Ahead) -> usize {
+        let (counted, then) = ahead.get();
+        let passed = self.state.lock().turns_passed.saturating_sub(then);
+        counted.saturating_sub(usize::try_from(passed).unwrap_or(usize::MAX))
     }
 
     /// Requests waiting for the turn (including ones that gave up but are not yet skipped).
@@ -534,18 +594,38 @@ mod tests {
     fn a_newcomer_counts_the_turns_holder_until_it_passes_the_turn() {
         let gate = FairGate::new(8);
         let a = flow("a", 1);
-        assert_eq!(gate.ahead_of_newcomer(&a), 0);
+        let newcomer = |gate: &FairGate| gate.still_ahead(&gate.ahead_of_newcomer(&a));
+        assert_eq!(newcomer(&gate), 0);
         let turn = gate.try_turn().expect("the turn is free");
         // The holder has not reserved its quota slot yet: it goes first.
-        assert_eq!(gate.ahead_of_newcomer(&a), 1);
+        assert_eq!(newcomer(&gate), 1);
         let place = gate.enqueue(&a).expect("a place");
         assert_eq!(place.ahead, 1);
-        assert_eq!(gate.ahead_of_newcomer(&a), 2);
+        assert_eq!(newcomer(&gate), 2);
         drop(place);
         drop(turn);
-        assert_eq!(gate.ahead_of_newcomer(&a), 0);
+        assert_eq!(newcomer(&gate), 0);
     }
 
+    #[test]
+    fn a_count_of_those_ahead_drops_by_each_turn_passed_since() {
+        let gate = FairGate::new(8);
+        let a = flow("a", 1);
+        let holder = gate.try_turn().expect("the turn is free");
+        let second = gate.enqueue(&a).expect("a place");
+        let third = gate.enqueue(&a).expect("a place");
+        let counted = Ahead::default();
+        gate.count_from(&third, &counted);
+        // The holder and the second, neither of which has reserved its quota slot.
+        assert_eq!(gate.still_ahead(&counted), 2);
+        // The holder reserves and passes the turn on: it is in the quota's count now, so no
+        // longer ahead.
+        drop(holder);
+        assert_eq!(gate.still_ahead(&counted), 1);
+        // The same count read before the turn passed would have said 2: counted twice.
+        assert_eq!(third.ahead, 2);
+        drop(second);
+    }
     #[tokio::test]
     async fn a_flow_that_queued_later_is_interleaved_not_put_behind() {
         assert_eq!(order(6, 3, 1).await, "ABABABAAA");

@@ -10,7 +10,7 @@ pub mod pacific;
 mod quota;
 pub mod window;
 
-pub use fair::{FairGate, Flow, Place, QueueFull, Turn, Waited};
+pub use fair::{Ahead, FairGate, Flow, Place, QueueFull, Turn, Waited};
 pub use latency::LatencyEstimate;
 pub use model_quotas::{ModelQuotas, QuotaStatus};
 pub use quota::{QuotaLimiter, QuotaRejection};
@@ -196,8 +196,7 @@ impl Admission {
     /// weight. The permit holds the turn until [`AdmissionPermit::end_turn`] (or its drop), so
     /// the quota slot reserved next is handed out in the same fair order.
     pub async fn admit_as(&self, flow: &Flow, deadline: Instant) -> Result<AdmissionPermit, Shed> {
-        self.admit_placed(flow, deadline, &AtomicUsize::new(0))
-            .await
+        self.admit_placed(flow, deadline, &Ahead::default()).await
     }
 
     /// [`Admission::admit_as`], storing in `ahead` how many requests are served before this
@@ -208,7 +207,7 @@ impl Admission {
         &self,
         flow: &Flow,
         deadline: Instant,
-        ahead: &AtomicUsize,
+        ahead: &Ahead,
     ) -> Result<AdmissionPermit, Shed> {
         self.resize();
         let turn = self.fair.try_turn();
@@ -225,7 +224,7 @@ impl Admission {
             });
         };
         if turn.is_none() {
-            ahead.store(place.ahead, Ordering::Release);
+            self.fair.count_from(&place, ahead);
         } else {
             self.fair.holder_took(&place);
         }
@@ -384,8 +383,13 @@ impl Admission {
     }
 
     /// Questions that would be admitted before a question of `flow` arriving now.
-    pub fn ahead_of_newcomer(&self, flow: &Flow) -> usize {
+    pub fn ahead_of_newcomer(&self, flow: &Flow) -> Ahead {
         self.fair.ahead_of_newcomer(flow)
+    }
+
+    /// Of the questions `ahead` counted, those that have not yet taken their turn.
+    pub fn still_ahead(&self, ahead: &Ahead) -> usize {
+        self.fair.still_ahead(ahead)
     }
 
     /// Questions waiting for a slot now.

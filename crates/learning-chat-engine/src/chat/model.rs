@@ -2,12 +2,11 @@
 //! models through [`resilience`], with the quota gate before each call.
 
 use super::{ChatDeps, ChatError, Inner, UpstreamMonitor};
-use crate::admission::{Admission, AdmissionPermit, Flow, Shed, ShedReason};
+use crate::admission::{Admission, AdmissionPermit, Ahead, Flow, Shed, ShedReason};
 use crate::agents::Agent;
 use crate::providers::resilience::{self, Answered, ChainPolicy, Failure, Gate, Pieces};
 use crate::providers::{input_token_estimate, Completion, ModelRequest, ModelTurn, ProviderError};
 use gemini_wire::{GenerationConfig, ThinkingConfig};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,10 +25,9 @@ impl Inner {
         let deps = &self.deps;
         let started = Instant::now();
         let ahead = deps.admission.ahead_of_newcomer(flow);
-        let placed = AtomicUsize::new(ahead);
         let admitted = deps
             .admission
-            .admit_placed(flow, deadline, &placed)
+            .admit_placed(flow, deadline, &ahead)
             .instrument(crate::trace_span!("admission.wait"));
         // Checked first, so a question no usable model has a slot for in time is refused
         // before it queues; again once it holds its queue place; then, while it queues, at
@@ -37,7 +35,7 @@ impl Inner {
         // before the one that refusal named.
         let admitted = tokio::select! {
             biased;
-            shed = self.quota_refusal_while_queued(agent, deadline, ahead, &placed) => Err(shed),
+            shed = self.quota_refusal_while_queued(agent, deadline, &ahead) => Err(shed),
             admitted = admitted => admitted,
         };
         let permit = admitted.map_err(|shed| {
@@ -100,26 +98,27 @@ impl Inner {
     }
 
     /// Resolves once the quota cannot serve this question in time (see
-    /// [`Inner::quota_refuses`]): checked at once, for a question arriving behind `ahead`,
-    /// then at each refusal of a question ahead of it while it queues; pending for as long as
-    /// it might be served.
+    /// [`Inner::quota_refuses`]): checked at once, for a question arriving behind those
+    /// `ahead` counts, then at each refusal of a question ahead of it while it queues; pending
+    /// for as long as it might be served.
     pub(super) async fn quota_refusal_while_queued(
         &self,
         agent: &Agent,
         deadline: Instant,
-        ahead: usize,
-        placed: &AtomicUsize,
+        ahead: &Ahead,
     ) -> Shed {
         let refusals = self.deps.quotas.refusals();
+        let admission = &self.deps.admission;
         // On arrival, before the question takes a queue place.
-        if let Some(shed) = self.quota_refuses(agent, deadline, ahead) {
+        if let Some(shed) = self.quota_refuses(agent, deadline, admission.still_ahead(ahead)) {
             return shed;
         }
         // Then with the place it took (the admission beside this future takes it on its first
         // poll, during this yield): questions arriving together all counted the same queue
-        // above, and only their places tell them apart.
+        // above, and only their places tell them apart. Those ahead that reserved their slot
+        // meanwhile are in the quota's count now, and `still_ahead` leaves them out.
         tokio::task::yield_now().await;
-        let mut ahead = placed.load(Ordering::Acquire);
+        let mut ahead = admission.still_ahead(ahead);
         loop {
             // Registered before the check, so a refusal between the two is not missed.
             let refused = refusals.notified();

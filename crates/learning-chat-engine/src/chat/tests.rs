@@ -1,7 +1,7 @@
 //! The flow on a paused clock, with scripted models: what each step does to a question.
 
 use super::*;
-use crate::admission::{Admission, ConcurrencyBound, LatencyEstimate, ModelQuotas};
+use crate::admission::{Admission, Ahead, ConcurrencyBound, LatencyEstimate, ModelQuotas};
 use crate::agents::AgentRegistry;
 use crate::cache::{MemoryCache, ResponseCache};
 use crate::config::Settings;
@@ -10,7 +10,6 @@ use crate::providers::resilience::RetryPolicy;
 use crate::providers::script::Script;
 use crate::providers::{ModelRouter, OfflineModel, Provider, ProviderError};
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 const ANSWER: &str = "Two and two make four.";
@@ -456,8 +455,8 @@ async fn a_queued_question_hears_at_once_when_a_refusal_ahead_of_it_leaves_it_no
     let deadline = Instant::now() + 50 * SECOND;
     let inner = &chat.inner;
     // Queued with the minute's one slot still free: it may be served, so it waits.
-    let placed = AtomicUsize::new(0);
-    let waiting = inner.quota_refusal_while_queued(&agent, deadline, 0, &placed);
+    let placed = Ahead::before_any_turn(0);
+    let waiting = inner.quota_refusal_while_queued(&agent, deadline, &placed);
     tokio::pin!(waiting);
     // Checked on arrival, then (after a yield) with its queue place.
     assert!(futures::poll!(waiting.as_mut()).is_pending());
@@ -489,24 +488,60 @@ async fn a_question_arriving_with_another_is_refused_once_its_queue_place_shows_
     let deadline = Instant::now() + 50 * SECOND;
     let quota = chat.inner.deps.quotas.of("primary");
     quota.reserve(1, deadline).await.unwrap();
-    let second = AtomicUsize::new(1);
+    let second = Ahead::before_any_turn(1);
     let shed = tokio::time::timeout(
         Duration::from_millis(1),
         chat.inner
-            .quota_refusal_while_queued(&agent, deadline, 0, &second),
+            .quota_refusal_while_queued(&agent, deadline, &second),
     )
     .await
     .expect("told as soon as its place is known");
     assert_eq!(shed.reason, crate::admission::ShedReason::Quota);
     assert_eq!(shed.retry_after, MINUTE);
     // First in its place, the same question may be served: it waits.
-    let first = AtomicUsize::new(0);
+    let first = Ahead::before_any_turn(0);
     let waiting = chat
         .inner
-        .quota_refusal_while_queued(&agent, deadline, 0, &first);
+        .quota_refusal_while_queued(&agent, deadline, &first);
     assert!(tokio::time::timeout(Duration::from_millis(1), waiting)
         .await
         .is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_counted_behind_the_turns_holder_is_not_refused_once_that_holder_reserved() {
+    // Three calls a minute, one of them spent: two left. The turn's holder has not reserved
+    // its slot when the next question counts who goes before it (the holder), and reserves
+    // it before that question's check: the quota counts it then, and the count must not
+    // (CI under load: a question the quota could serve was refused, one answer short).
+    let primary = Script::new("primary", SECOND, &[Ok(ANSWER)]);
+    let spare = Script::new("spare", SECOND, &[Ok(ANSWER)]);
+    let chat = service_with_slots(&[primary, spare], math_agent(false), two_models(3), 1);
+    let agent = chat.agent("math").unwrap();
+    let deadline = Instant::now() + 50 * SECOND;
+    let (admission, quota) = (
+        &chat.inner.deps.admission,
+        chat.inner.deps.quotas.of("primary"),
+    );
+    quota.reserve(1, deadline).await.unwrap();
+    let flow = Flow::anonymous();
+    let mut holder = admission.admit_as(&flow, deadline).await.unwrap();
+    let ahead = admission.ahead_of_newcomer(&flow);
+    assert_eq!(admission.still_ahead(&ahead), 1, "the holder goes first");
+    // The holder takes one of the two slots left and passes the turn on.
+    quota.reserve(1, deadline).await.unwrap();
+    holder.end_turn();
+    // The one slot left serves this question: it waits for its turn, not refused.
+    let waiting = chat
+        .inner
+        .quota_refusal_while_queued(&agent, deadline, &ahead);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), waiting)
+            .await
+            .is_err(),
+        "refused with a slot left for it"
+    );
+    drop(holder);
 }
 
 /// A question's future is copied whole on every move (by each layer wrapping it, into its
