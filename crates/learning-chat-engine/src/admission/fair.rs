@@ -100,7 +100,7 @@ struct GateState {
     /// Turns whose hold was measured.
     holds: u64,
     /// Turns passed on since the gate was made: each one a request that reserved its quota
-    /// slot (or gave up) ahead of every request still waiting.
+    /// slot, was refused, or gave up while holding the turn.
     turns_passed: u64,
 }
 
@@ -509,6 +509,11 @@ impl FairGate {
         ahead
     }
 
+    /// Notes in `ahead` that nobody is ahead from now on: the question holds the turn.
+    pub fn count_none(&self, ahead: &Ahead) {
+        ahead.set(0, self.state.lock().turns_passed);
+    }
+
     /// Notes in `ahead` the count `place` was given.
     pub fn count_from(&self, place: &Place, ahead: &Ahead) {
         ahead.set(place.ahead, place.turns_then);
@@ -517,7 +522,10 @@ impl FairGate {
     /// Of the requests `ahead` counted, those still to pass the turn on: the count less the
     /// turns passed since. A count kept as it was would include a request ahead twice once it
     /// had reserved its slot (in the quota's count, and again here), and refuse a question
-    /// the quota can serve.
+    /// the quota can serve. An estimate that takes every turn passed to be one it counted: a
+    /// request served out of arrival order (another key's, with a smaller fair-order tag)
+    /// makes it one short, so the question waits and hears at its own reservation instead
+    /// of at once; it is never refused for it.
     pub fn still_ahead(&self, ahead: &Ahead) -> usize {
         let (counted, then) = ahead.get();
         let passed = self.state.lock().turns_passed.saturating_sub(then);

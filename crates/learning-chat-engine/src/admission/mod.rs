@@ -200,9 +200,9 @@ impl Admission {
     }
 
     /// [`Admission::admit_as`], storing in `ahead` how many requests are served before this
-    /// one, as counted when it took its queue place (0 when it had the turn at once). Stored
-    /// before the first await, so a future polled beside this one reads it after this one's
-    /// first poll.
+    /// one, as counted when it took its queue place (none when it had the turn at once and
+    /// waits only for a model slot). Stored before the first await, so a future polled beside
+    /// this one reads it after this one's first poll.
     pub async fn admit_placed(
         &self,
         flow: &Flow,
@@ -226,6 +226,7 @@ impl Admission {
         if turn.is_none() {
             self.fair.count_from(&place, ahead);
         } else {
+            self.fair.count_none(ahead);
             self.fair.holder_took(&place);
         }
         let started = Instant::now();
@@ -387,7 +388,8 @@ impl Admission {
         self.fair.ahead_of_newcomer(flow)
     }
 
-    /// Of the questions `ahead` counted, those that have not yet taken their turn.
+    /// Of the questions `ahead` counted, those that have not yet passed the turn on (see
+    /// [`FairGate::still_ahead`]).
     pub fn still_ahead(&self, ahead: &Ahead) -> usize {
         self.fair.still_ahead(ahead)
     }
@@ -502,6 +504,23 @@ mod tests {
         for caller in callers {
             caller.await.unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_question_with_the_turn_waiting_only_for_a_slot_counts_nobody_ahead() {
+        let admission = fixed(1, 10, Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let calling = admission.admit(deadline).await.unwrap();
+        // Counted on arrival behind two questions that then left without their turn.
+        let ahead = Ahead::before_any_turn(2);
+        let flow = Flow::anonymous();
+        let waiting = admission.admit_placed(&flow, deadline, &ahead);
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        // It took the free turn and waits for the one model slot: it reserves next.
+        assert_eq!(admission.still_ahead(&ahead), 0);
+        drop(calling);
+        assert!(waiting.await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -116,7 +116,10 @@ impl Inner {
         // Then with the place it took (the admission beside this future takes it on its first
         // poll, during this yield): questions arriving together all counted the same queue
         // above, and only their places tell them apart. Those ahead that reserved their slot
-        // meanwhile are in the quota's count now, and `still_ahead` leaves them out.
+        // meanwhile are in the quota's count now, and `still_ahead` leaves them out. One window
+        // is left: in the minutes after Redis comes back, the limiter counts the holder's slot
+        // locally before Redis replies, while the holder passes the turn on only after that
+        // reply; a question checked in between counts that slot twice (refused one slot early).
         tokio::task::yield_now().await;
         let mut ahead = admission.still_ahead(ahead);
         loop {
