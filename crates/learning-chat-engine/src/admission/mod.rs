@@ -306,16 +306,19 @@ impl Admission {
     ) -> Result<(), Shed> {
         // A slot already due is no wait: a sleep would still last until the timer's next
         // 1 ms tick, on every call the quota does not hold back.
-        if at <= Instant::now() {
+        let due = at <= Instant::now();
+        if due && permit.held {
             return Ok(());
         }
-        if !permit.held {
+        // Not held: an earlier wait of this question ran out without a slot, and its chain
+        // goes on to the next model; that call takes a slot like any other.
+        if permit.held {
+            permit.held = false;
+            self.slots.release();
+        }
+        if !due {
             tokio::time::sleep_until(at).await;
-            return Ok(());
         }
-        permit.held = false;
-        self.slots.release();
-        tokio::time::sleep_until(at).await;
         match tokio::time::timeout_at(deadline, self.slots.semaphore.acquire()).await {
             Ok(Ok(slot)) => {
                 slot.forget();
@@ -521,6 +524,49 @@ mod tests {
         assert_eq!(admission.still_ahead(&ahead), 0);
         drop(calling);
         assert!(waiting.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_question_whose_slot_wait_ran_out_takes_a_slot_again_before_its_next_call() {
+        const S: Duration = Duration::from_secs(1);
+        let admission = Arc::new(fixed(1, 10, 60 * S));
+        let mut question = admission.admit(Instant::now() + 60 * S).await.unwrap();
+        // It lends its slot while its quota slot comes (10 s); another question takes that
+        // slot and holds it past the first one's deadline (5 s): the wait runs out.
+        let lent = {
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                let now = Instant::now();
+                let waited = admission
+                    .wait_without_slot(&mut question, now + 10 * S, now + 5 * S)
+                    .await;
+                (question, waited)
+            })
+        };
+        tokio::time::advance(S).await;
+        let other = admission.admit(Instant::now()).await.unwrap();
+        let (mut question, waited) = lent.await.unwrap();
+        assert_eq!(waited.unwrap_err().reason, ShedReason::QueueTimeout);
+        // Its chain asks the next model, whose quota slot is due now: the call waits for the
+        // model slot the other question holds, rather than running beside it.
+        let next = {
+            let admission = admission.clone();
+            tokio::spawn(async move {
+                admission
+                    .wait_without_slot(&mut question, Instant::now(), Instant::now() + 60 * S)
+                    .await
+                    .unwrap();
+                question
+            })
+        };
+        tokio::time::advance(S).await;
+        assert!(!next.is_finished(), "it waits for the one model slot");
+        assert_eq!(admission.in_flight(), 1);
+        drop(other);
+        let question = next.await.unwrap();
+        assert_eq!(admission.in_flight(), 1, "the slot is its own now");
+        drop(question);
+        assert_eq!(admission.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
