@@ -308,6 +308,13 @@ pub struct Place {
     turns_then: u64,
 }
 
+impl Place {
+    /// Notes in `ahead` the count this place was given.
+    pub fn count_into(&self, ahead: &Ahead) {
+        ahead.set(self.ahead, self.turns_then);
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         let mut state = self.gate.state.lock();
@@ -514,11 +521,6 @@ impl FairGate {
         ahead.set(0, self.state.lock().turns_passed);
     }
 
-    /// Notes in `ahead` the count `place` was given.
-    pub fn count_from(&self, place: &Place, ahead: &Ahead) {
-        ahead.set(place.ahead, place.turns_then);
-    }
-
     /// Of the requests `ahead` counted, those still to pass the turn on: the count less the
     /// turns passed since. A count kept as it was would include a request ahead twice once it
     /// had reserved its slot (in the quota's count, and again here), and refuse a question
@@ -623,7 +625,7 @@ mod tests {
         let second = gate.enqueue(&a).expect("a place");
         let third = gate.enqueue(&a).expect("a place");
         let counted = Ahead::default();
-        gate.count_from(&third, &counted);
+        third.count_into(&counted);
         // The holder and the second, neither of which has reserved its quota slot.
         assert_eq!(gate.still_ahead(&counted), 2);
         // The holder reserves and passes the turn on: it is in the quota's count now, so no

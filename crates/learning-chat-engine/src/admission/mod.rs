@@ -224,7 +224,7 @@ impl Admission {
             });
         };
         if turn.is_none() {
-            self.fair.count_from(&place, ahead);
+            place.count_into(ahead);
         } else {
             self.fair.count_none(ahead);
             self.fair.holder_took(&place);
