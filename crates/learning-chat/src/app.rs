@@ -30,8 +30,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
-use tower_http::compression::CompressionLayer;
 
 /// Builds every part of the service from settings (no listener yet).
 pub fn state_from_settings(settings: Settings) -> anyhow::Result<AppState> {
@@ -336,14 +334,11 @@ macro_rules! service_layers {
     ($settings:expr, $label:expr) => {{
         let settings: &Settings = $settings;
         let label: RouteLabel = $label;
-        let compression = CompressionLayer::new().gzip(true).compress_when(
-            DefaultPredicate::new().and(SizeAbove::new(settings.server.gzip_min_bytes.into())),
-        );
         let sentry_enabled = !settings.telemetry.sentry_dsn.is_empty();
         ServiceBuilder::new()
             .layer(crate::telemetry::ObserveLayer::new(label))
             .layer(CatchPanicLayer::custom(panic_response))
-            .layer(compression)
+            .layer(crate::gzip::GzipLayer::new(settings.server.gzip_min_bytes))
             // Before any work: a client that accepts neither gzip nor the plain body gets 406
             // with the error body (inside gzip, which passes that 406 through as it is).
             .layer(api::RefuseUnacceptableEncodingLayer)

@@ -8,6 +8,7 @@
 //! through one crate.
 
 pub mod app;
+pub mod gzip;
 pub mod keys_cli;
 pub mod migrate_keys;
 

@@ -42,6 +42,11 @@ pub(super) struct Activity {
     pub(super) head_started_ms: AtomicU64,
     /// HTTP/2: bytes between requests are not the start of a request head.
     pub(super) multiplexed: AtomicBool,
+    /// When (ms since `opened`) a write to the socket last found it full, until a write goes
+    /// through again; [`NONE`] while writes go through. A client that reads nothing stalls the
+    /// connection here even when no response body is left to wait: hyper has taken the whole
+    /// of a response it knew complete and holds it in its buffer.
+    write_blocked_since_ms: AtomicU64,
     /// The responses being sent, by id, for the stall watch.
     outgoing: Mutex<HashMap<u64, Arc<Outgoing>>>,
     next_response: AtomicU64,
@@ -58,6 +63,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(NONE),
             multiplexed: AtomicBool::new(false),
+            write_blocked_since_ms: AtomicU64::new(NONE),
             outgoing: Mutex::new(HashMap::new()),
             next_response: AtomicU64::new(0),
             tracked: Notify::new(),
@@ -80,6 +86,28 @@ impl Activity {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+    }
+
+    /// A write found the socket full: the client owes a read from now on, unless it already did.
+    pub(super) fn on_write_blocked(&self) {
+        let blocked = self.write_blocked_since_ms.compare_exchange(
+            NONE,
+            self.now_ms(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if blocked.is_ok() {
+            // The stall watch may be waiting for a response to be tracked: it must look now.
+            self.tracked.notify_one();
+        }
+    }
+
+    /// A write went through: the client is reading. One load on every write; a store only
+    /// after a block.
+    pub(super) fn on_write_progress(&self) {
+        if self.write_blocked_since_ms.load(Ordering::Acquire) != NONE {
+            self.write_blocked_since_ms.store(NONE, Ordering::Release);
+        }
     }
 
     pub(super) fn is_multiplexed(&self) -> bool {
@@ -166,15 +194,24 @@ impl Activity {
         self.outgoing.lock().remove(&id);
     }
 
-    /// Completes once responses have waited `limit` for the client to take their data: drops
-    /// their bodies (freeing what they hold) and returns how many. A response stalling is
-    /// seen between `limit` and 1.5 × `limit` after it began to wait.
-    pub(super) async fn drop_stalled_responses(&self, limit: Duration) -> usize {
+    /// Completes once the client has taken no data for `limit`: [`Stall::Socket`] when no
+    /// write to its socket went through for that long (the connection is stuck as a whole);
+    /// otherwise, once responses have waited that long for it, drops their bodies (freeing
+    /// what they hold) and returns how many. A stall is seen between `limit` and
+    /// 1.5 × `limit` after it began.
+    pub(super) async fn stalled(&self, limit: Duration) -> Stall {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(NONE - 1);
         loop {
             let now = self.now_ms();
             let mut stalled = Vec::new();
             let mut earliest: Option<u64> = None;
+            let blocked = self.write_blocked_since_ms.load(Ordering::Acquire);
+            if blocked != NONE {
+                if now.saturating_sub(blocked) >= limit_ms {
+                    return Stall::Socket;
+                }
+                earliest = Some(blocked.saturating_add(limit_ms));
+            }
             let tracking = {
                 let tracked = self.outgoing.lock();
                 for outgoing in tracked.values() {
@@ -195,9 +232,9 @@ impl Activity {
             };
             // Dropped outside the lock: a body's drop can run a stream's cleanup.
             if !stalled.is_empty() {
-                return stalled.len();
+                return Stall::Responses(stalled.len());
             }
-            if !tracking {
+            if !tracking && blocked == NONE {
                 self.tracked.notified().await;
                 continue;
             }
@@ -209,6 +246,15 @@ impl Activity {
             tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         }
     }
+}
+
+/// What the stall watch found ([`Activity::stalled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stall {
+    /// No write to the socket went through for the bound: the client reads nothing.
+    Socket,
+    /// This many responses waited the bound for the client and were dropped.
+    Responses(usize),
 }
 
 /// A response on its way to the client, as the stall watch sees it.
@@ -296,13 +342,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
     }
 }
 
+impl<I> TrackedIo<I> {
+    fn note_write(&self, written: &Poll<io::Result<usize>>) {
+        match written {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.on_write_progress(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -310,7 +368,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -425,7 +485,7 @@ mod tests {
         let (_, owed) = activity.track(axum::body::Body::from("x"), activity.request_started());
         let start = Instant::now();
         let limit = Duration::from_secs(10);
-        assert_eq!(activity.drop_stalled_responses(limit).await, 1);
+        assert_eq!(activity.stalled(limit).await, Stall::Responses(1));
         let seen_after = start.elapsed();
         assert!(
             seen_after >= limit && seen_after <= limit * 3 / 2,
@@ -435,6 +495,35 @@ mod tests {
         assert!(matches!(*waits_for_its_body.slot.lock(), Slot::Live(_)));
         // The stalled one's request is no longer in flight; the other still is.
         assert_eq!(activity.in_flight.load(Ordering::Acquire), 1);
+    }
+
+    /// No response is tracked (hyper took the last one whole): a socket that takes nothing is
+    /// still seen, and one that takes data again before the bound is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_takes_no_data_for_the_bound_stalls_the_connection() {
+        let activity = Arc::new(Activity::new());
+        let limit = Duration::from_secs(10);
+        let watch = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.stalled(limit).await })
+        };
+        tokio::task::yield_now().await;
+        activity.on_write_blocked();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        activity.on_write_progress();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!watch.is_finished());
+        let start = Instant::now();
+        activity.on_write_blocked();
+        // A second block before any progress keeps the first one's time.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        activity.on_write_blocked();
+        assert_eq!(watch.await.unwrap(), Stall::Socket);
+        let seen_after = start.elapsed();
+        assert!(
+            seen_after >= limit && seen_after <= limit * 3 / 2,
+            "{seen_after:?}"
+        );
     }
 
     #[test]

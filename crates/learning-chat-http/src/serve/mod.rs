@@ -40,7 +40,11 @@
 //! `server.send_stall_timeout_ms` is dropped by the watchdog, which frees whatever it held.
 //! An HTTP/1 connection with a stalled response is closed at once (it can carry nothing else);
 //! an HTTP/2 connection after `server.max_stalled_streams_per_connection` stalls gets a GOAWAY
-//! and is closed. HTTP/2 keep-alive pings close a connection whose peer stopped answering.
+//! and is closed. The socket is watched as well: a response hyper knew complete has no body
+//! left to wait (hyper took all of it into its buffer), so a client that reads nothing is also
+//! seen by its writes ([`activity::TrackedIo`]): a connection whose socket took no data for the
+//! bound is closed, whatever its protocol. HTTP/2 keep-alive pings close a connection whose
+//! peer stopped answering.
 
 use axum::body::Body;
 use axum::http::header::CONNECTION;
@@ -66,7 +70,7 @@ mod activity;
 mod body;
 pub mod metrics;
 
-use activity::{Activity, OpenConnection, TrackedIo};
+use activity::{Activity, OpenConnection, Stall, TrackedIo};
 use body::{DeadlineBody, ResponseBody};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -382,8 +386,18 @@ where
                 }
                 close_by = Some(Instant::now() + limits.header_read);
             }
-            stalled = activity.drop_stalled_responses(limits.send_stall) => {
+            stall = activity.stalled(limits.send_stall) => {
                 let multiplexed = activity.is_multiplexed();
+                let stalled = match stall {
+                    Stall::Responses(stalled) => stalled,
+                    Stall::Socket => {
+                        // Nothing goes out at all: no GOAWAY could reach the peer either.
+                        crate::serve::metrics::http_stalled_responses(multiplexed, 1);
+                        crate::serve::metrics::http_stalled_connection_closed();
+                        tracing::debug!("client connection closed: it reads nothing");
+                        return;
+                    }
+                };
                 crate::serve::metrics::http_stalled_responses(multiplexed, stalled);
                 stalls = stalls.saturating_add(u32::try_from(stalled).unwrap_or(u32::MAX));
                 if !multiplexed {
@@ -518,5 +532,64 @@ where
         std::task::Poll::Ready(Ok(
             response.map(|body| ResponseBody::new(&activity, body, in_flight))
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/1 client that asks for a large answer and never reads it: hyper cannot hand it
+    /// on, and once `send_stall` has passed the connection must be closed, whatever the idle
+    /// and header bounds say.
+    #[tokio::test]
+    async fn an_http1_response_its_client_never_reads_closes_the_connection_at_the_stall_bound() {
+        let limits = ConnectionLimits {
+            header_read: Duration::from_secs(600),
+            body_read: Duration::from_secs(600),
+            keep_alive_idle: Duration::from_secs(600),
+            max_connections: 1,
+            http2_max_streams: 8,
+            send_stall: Duration::from_millis(300),
+            max_stalled_streams: 1,
+            http2_keep_alive_interval: None,
+            http2_keep_alive_timeout: Duration::from_secs(20),
+        };
+        const ANSWER: usize = 4 << 20;
+        let service = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from(vec![b'x'; ANSWER])))
+        });
+        let (_drain_tx, drain) = watch::channel(false);
+        let shared = Shared {
+            drain,
+            protocols: Arc::new(Protocols::new(&limits)),
+            service,
+            limits,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        // A pipe that holds 64 kB: the answer cannot all go out unread.
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let protocols = shared.protocols.clone();
+        let served = tokio::spawn(async move {
+            run_connection(server, &protocols.http1, shared).await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        // Hang guard only: the bound is 300 ms.
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the stalled connection was not closed")
+            .unwrap();
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert!(
+            received.starts_with(b"HTTP/1.1 200 OK"),
+            "{:?}",
+            String::from_utf8_lossy(&received[..received.len().min(64)])
+        );
+        assert!(received.len() < ANSWER, "{} bytes", received.len());
     }
 }
