@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_OUT="${BENCH_OUT:-$PWD/bench/out/run-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$BENCH_OUT"
-ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12 14 15"}
+ONLY=${ONLY:-"1 2 3 4 5 6 7 8 9 10 11 12 14 15 16"}
 LOAD_WAIT_MAX=${LOAD_WAIT_MAX:-180}
 
 echo "== cargo build --release --workspace"
