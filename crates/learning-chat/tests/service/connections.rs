@@ -373,3 +373,71 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
         "lines count {logged} sheds of {shed}"
     );
 }
+
+/// A client that asks a question whose answer (8 MB) cannot all go out, then reads nothing.
+/// hyper takes such an answer whole into its buffer, so no response body is left to wait on:
+/// until the socket itself was watched, the connection was held until the idle bound (75 s by
+/// default) rather than `server.send_stall_timeout_ms`.
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_a_large_answer_is_closed_at_the_send_stall_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents.toml");
+    std::fs::write(
+        &agents,
+        "[[agents]]\nid='long'\nname='Long'\ndescription='long answers'\n\
+         model='gemini-2.5-flash'\nsystem_prompt='Say it all.'\nmax_output_tokens=3000000\n",
+    )
+    .unwrap();
+    let mut settings = offline_settings();
+    settings.agents.path = Some(agents);
+    // 8 MB: more than the kernel's send buffer can ever hold (4 MB at most by default).
+    settings.offline.answer_tokens = 2_000_000;
+    settings.server.send_stall_timeout = Duration::from_millis(300);
+    // Far above the guard: only the stall bound can close this connection.
+    settings.server.keep_alive_idle_timeout = Duration::from_secs(600);
+    settings.server.header_read_timeout = Duration::from_secs(600);
+    let app = spawn_app(settings).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the kernel's buffers cannot take the whole answer either.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let body = r#"{"message":"Explain fractions at length"}"#;
+    let question = format!(
+        "POST /api/v1/agents/long HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    send(&mut stream, &question).await;
+    // Reads nothing for well past the bound (1.5 × at the latest).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(GUARD, async {
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "a client reading nothing was held open past {GUARD:?} ({} bytes read, then none)",
+        received.len()
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        received.len() < 8_000_000,
+        "the whole answer went out ({} bytes): the test did not stall the socket",
+        received.len()
+    );
+    let metrics = metrics_text(&app).await;
+    let series = "learning_chat_http_stalled_connections_closed_total";
+    assert!(metric_value(&metrics, series) >= 1.0, "{metrics}");
+}
