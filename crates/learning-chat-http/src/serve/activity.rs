@@ -378,7 +378,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // TLS takes plaintext into its own buffer and meets the full socket here instead.
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        match &flushed {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(Ok(())) => self.activity.on_write_progress(),
+            Poll::Ready(Err(_)) => {}
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
