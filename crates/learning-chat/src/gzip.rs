@@ -4,10 +4,11 @@
 //! Why: tower-http works out a request's coding from its `Accept-Encoding` when the request
 //! arrives, then checks its predicates against every response and wraps every body, compressed
 //! or not. A cached answer (under a kilobyte: never compressed) paid all of that, about a
-//! twentieth of its CPU (perf, bench/RESULTS.md run 20). tower-http leaves such a response as it
-//! is (no header added, the body passed through), so skipping it changes no byte. Every other
-//! response goes through tower-http exactly as before: the request's `Accept-Encoding` is kept
-//! and handed to a tower-http compression service around the finished response.
+//! sixteenth of its instructions (bench 16, bench/RESULTS.md run 20). tower-http leaves such a
+//! response as it is (no header added, the body passed through), so skipping it changes no
+//! byte. Every other response goes through tower-http exactly as before: the request's
+//! `Accept-Encoding` is kept and handed to a tower-http compression service around the
+//! finished response.
 
 use axum::body::Body;
 use axum::http::header::ACCEPT_ENCODING;

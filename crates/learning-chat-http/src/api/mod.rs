@@ -141,7 +141,7 @@ impl<'a> ChatResponse<'a> {
 impl ChatResponse<'_> {
     /// The body as JSON: the bytes serde_json makes of it (`chat_answer_json_is_serde_jsons`),
     /// written straight with strings escaped by SIMD code. serde_json escapes a string a byte
-    /// at a time, which was a sixth of a cached answer's instructions (bench 16, run 20).
+    /// at a time, which was a seventh of a cached answer's instructions (bench 16, run 20).
     pub(crate) fn to_json(&self) -> Vec<u8> {
         let conversation = self.conversation_id.as_deref();
         // Room for the escapes of a typical answer and the conversation token, so the buffer
