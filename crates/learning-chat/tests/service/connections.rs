@@ -374,40 +374,50 @@ async fn shed_requests_are_logged_at_most_once_a_second_with_a_count() {
     );
 }
 
-/// A client that asks a question whose answer (8 MB) cannot all go out, then reads nothing.
-/// hyper takes such an answer whole into its buffer, so no response body is left to wait on:
-/// until the socket itself was watched, the connection was held until the idle bound (75 s by
-/// default) rather than `server.send_stall_timeout_ms`.
-#[tokio::test]
-async fn a_client_that_reads_nothing_of_a_large_answer_is_closed_at_the_send_stall_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let agents = dir.path().join("agents.toml");
+/// Settings with a `long` agent answering 8 MB (more than the kernel's send buffer can ever
+/// hold: 4 MB at most by default), a 300 ms send stall bound, and the idle and header bounds
+/// far above the guard, so only the stall bound can close a connection. The agents file lives
+/// in `dir`.
+pub(super) fn long_answer_settings(
+    mut settings: learning_chat::config::Settings,
+    dir: &std::path::Path,
+) -> learning_chat::config::Settings {
+    let agents = dir.join("agents.toml");
     std::fs::write(
         &agents,
         "[[agents]]\nid='long'\nname='Long'\ndescription='long answers'\n\
          model='gemini-2.5-flash'\nsystem_prompt='Say it all.'\nmax_output_tokens=3000000\n",
     )
     .unwrap();
-    let mut settings = offline_settings();
     settings.agents.path = Some(agents);
-    // 8 MB: more than the kernel's send buffer can ever hold (4 MB at most by default).
     settings.offline.answer_tokens = 2_000_000;
     settings.server.send_stall_timeout = Duration::from_millis(300);
-    // Far above the guard: only the stall bound can close this connection.
     settings.server.keep_alive_idle_timeout = Duration::from_secs(600);
     settings.server.header_read_timeout = Duration::from_secs(600);
-    let app = spawn_app(settings).await;
+    settings
+}
+
+/// A socket with a small receive window, so the kernel's buffers cannot take a whole long
+/// answer either.
+pub(super) async fn small_window_connection(app: &TestApp) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    // A small receive window, so the kernel's buffers cannot take the whole answer either.
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(app.addr).await.unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// Asks the `long` agent over `stream`, reads the answer's first bytes, then nothing for 3 s,
+/// and asserts that the server closed the connection before the whole answer went out.
+pub(super) async fn ask_long_then_read_nothing<S>(stream: &mut S, host: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let body = r#"{"message":"Explain fractions at length"}"#;
     let question = format!(
-        "POST /api/v1/agents/long HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+        "POST /api/v1/agents/long HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    send(&mut stream, &question).await;
+    stream.write_all(question.as_bytes()).await.expect("writes");
     // The answer's first bytes: the server has made it (seconds of work for a debug build on
     // a busy machine) and is sending it.
     let mut received = vec![0u8; 1024];
@@ -444,6 +454,18 @@ async fn a_client_that_reads_nothing_of_a_large_answer_is_closed_at_the_send_sta
         "the whole answer went out ({} bytes): the test did not stall the socket",
         received.len()
     );
+}
+
+/// A client that asks a question whose answer (8 MB) cannot all go out, then reads nothing.
+/// hyper takes such an answer whole into its buffer, so no response body is left to wait on:
+/// until the socket itself was watched, the connection was held until the idle bound (75 s by
+/// default) rather than `server.send_stall_timeout_ms`.
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_a_large_answer_is_closed_at_the_send_stall_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(long_answer_settings(offline_settings(), dir.path())).await;
+    let mut stream = small_window_connection(&app).await;
+    ask_long_then_read_nothing(&mut stream, "test").await;
     let metrics = metrics_text(&app).await;
     let series = "learning_chat_http_stalled_connections_closed_total";
     assert!(metric_value(&metrics, series) >= 1.0, "{metrics}");

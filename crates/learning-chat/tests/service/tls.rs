@@ -2,6 +2,9 @@
 //! reload on a file change (in process) and on SIGHUP (the real binary), and nginx terminating
 //! TLS with HTTP/2 in front (deploy/nginx/learning-chat-tls.conf).
 
+use super::connections::{
+    ask_long_then_read_nothing, long_answer_settings, small_window_connection,
+};
 use super::h2c::{chat_request, curl_chat, get_request, h2_handshake, metric, send, GUARD};
 use crate::support::cluster::Proc;
 use crate::support::processes::{free_port, wait_for_port};
@@ -41,6 +44,18 @@ async fn tls_connect(
     trusted: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    tls_over(tcp, trusted, alpn).await
+}
+
+/// TLS over `tcp`, trusting the certificates in `trusted`, offering `alpn`.
+async fn tls_over(
+    tcp: TcpStream,
+    trusted: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in trusted {
         roots.add(cert.clone()).expect("trust anchor");
@@ -53,9 +68,6 @@ async fn tls_connect(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connects");
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
@@ -293,83 +305,11 @@ async fn nginx_terminates_tls_with_http2_and_reuses_its_upstream_connections() {
 /// layer buffers what hyper hands it and meets the full socket in its own writes and flushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_client_that_reads_nothing_of_a_large_answer_is_closed_at_the_send_stall_bound() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = write_certificate(dir.path());
-    let agents = dir.path().join("agents.toml");
-    std::fs::write(
-        &agents,
-        "[[agents]]\nid='long'\nname='Long'\ndescription='long answers'\n\
-         model='gemini-2.5-flash'\nsystem_prompt='Say it all.'\nmax_output_tokens=3000000\n",
-    )
-    .expect("agents file");
-    let mut settings = tls_settings(dir.path());
-    settings.agents.path = Some(agents);
-    // 8 MB: more than the kernel's send buffer can ever hold (4 MB at most by default).
-    settings.offline.answer_tokens = 2_000_000;
-    settings.server.send_stall_timeout = Duration::from_millis(300);
-    settings.server.keep_alive_idle_timeout = Duration::from_secs(600);
-    settings.server.header_read_timeout = Duration::from_secs(600);
+    let settings = long_answer_settings(tls_settings(dir.path()), dir.path());
     let app = spawn_app(settings).await;
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("trust anchor");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    // A small receive window, so the kernel's buffers cannot take the whole answer either.
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let tcp = socket.connect(app.addr).await.expect("connects");
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake");
-    let body = r#"{"message":"Explain fractions at length"}"#;
-    let question = format!(
-        "POST /api/v1/agents/long HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(question.as_bytes()).await.expect("writes");
-    // The answer's first bytes: the server has made it and is sending it.
-    let mut received = vec![0u8; 1024];
-    let first = tokio::time::timeout(GUARD, tls.read(&mut received))
-        .await
-        .expect("no answer")
-        .expect("reads");
-    received.truncate(first);
-    // Then nothing read for well past the bound (seen at 1.5 × at the latest).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let read = tokio::time::timeout(GUARD, async {
-        let mut chunk = vec![0u8; 64 << 10];
-        loop {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "a TLS client reading nothing was held open past {GUARD:?} ({} bytes read, then none)",
-        received.len()
-    );
-    let text = String::from_utf8_lossy(&received);
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "{}",
-        &text[..text.len().min(200)]
-    );
-    assert!(
-        received.len() < 8_000_000,
-        "the whole answer went out ({} bytes): the test did not stall the socket",
-        received.len()
-    );
+    let tcp = small_window_connection(&app).await;
+    let mut tls = tls_over(tcp, &[cert], &[b"http/1.1"]).await;
+    ask_long_then_read_nothing(&mut tls, "localhost").await;
 }
