@@ -12,6 +12,10 @@
 # (default 10) s after a 2 s warm-up, POST "What is 2+2?" with Accept-Encoding: gzip, then the
 # hello-world the same way. Facts: req/s, p50, p99, non-2xx of both, and their ratio; the table
 # (median ratio of the rounds) is printed at the end with the load average.
+# WORKERS=N runs both servers with N runtime worker threads (default: one per core each). On a
+# 2-core machine that wrk shares, WORKERS=1 gives each server one core of its own and wrk the
+# other: no server thread is preempted by wrk, so the ratio is the two servers' CPU per request
+# and the p99s are free of run-queue waits (bench/RESULTS.md, run 21).
 # Targets (issue 24): defaults >= 0.85, redis >= 0.80, keys >= 0.75, limits >= 0.60, tracing at
 # 1% within 5% of the same profile without; p99 within 2x the hello-world's, 0 non-2xx.
 source "$(dirname "$0")/common.sh"
@@ -21,10 +25,16 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROFILES=${PROFILES:-defaults redis keys limits}
 TRACING=${TRACING:-1}
+WORKERS=${WORKERS:-}
+WORKER_ENV=()
+if [ -n "$WORKERS" ]; then
+    WORKER_ENV=(LEARNING_CHAT_SERVER__WORKER_THREADS="$WORKERS")
+fi
 need_wrk   # and writes $OUT/post.lua
 sed 's|^wrk.body|wrk.headers["Accept-Encoding"] = "gzip"\nwrk.body|' "$OUT/post.lua" >"$OUT/post-gzip.lua"
-log "== 3. cache hits by profile vs the hello-world ceiling (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+log "== 3. cache hits by profile vs the hello-world ceiling (load average: $(cut -d' ' -f1-3 /proc/loadavg)${WORKERS:+, $WORKERS worker thread(s) each})"
 fact "03.loadavg_start" "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
+fact "03.workers" "${WORKERS:-one per core}"
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -58,7 +68,12 @@ with_key "$(new_key)" "$OUT/post-key.lua"
 with_key "$(new_key --rpm 10000000 --tokens-per-day 1000000000)" "$OUT/post-limits.lua"
 
 start_sim --preset seed
-start_hello
+if [ -n "$WORKERS" ]; then
+    # tokio's own variable: hello-ceiling has no setting of its own.
+    TOKIO_WORKER_THREADS=$WORKERS start_hello
+else
+    start_hello
+fi
 
 wrk_run() { # NAME URL SCRIPT
     local name=$1 url=$2 script=$3
@@ -71,12 +86,12 @@ wrk_run() { # NAME URL SCRIPT
 }
 
 measure() { # ROUND PROFILE TRACED
-    local round=$1 profile=$2 traced=$3 script="$OUT/post-gzip.lua" env=()
+    local round=$1 profile=$2 traced=$3 script="$OUT/post-gzip.lua" env=("${WORKER_ENV[@]}")
     case $profile in
         defaults) ;;
-        redis) env=("${REDIS_ENV[@]}") ;;
-        keys) env=("${REDIS_ENV[@]}" "${AUTH_ENV[@]}"); script="$OUT/post-key.lua" ;;
-        limits) env=("${REDIS_ENV[@]}" "${AUTH_ENV[@]}"); script="$OUT/post-limits.lua" ;;
+        redis) env+=("${REDIS_ENV[@]}") ;;
+        keys) env+=("${REDIS_ENV[@]}" "${AUTH_ENV[@]}"); script="$OUT/post-key.lua" ;;
+        limits) env+=("${REDIS_ENV[@]}" "${AUTH_ENV[@]}"); script="$OUT/post-limits.lua" ;;
         *) log "unknown profile $profile"; exit 2 ;;
     esac
     local name="03-$profile"
@@ -122,7 +137,8 @@ for k, v in facts.items():
     m = re.match(r"03-(.+?)-r(\d+)\.ratio$", k)
     if m:
         rows[m[1]].append(int(m[2]))
-print(f"load average {facts.get('03.loadavg_start')} -> {facts.get('03.loadavg_end')}")
+print(f"load average {facts.get('03.loadavg_start')} -> {facts.get('03.loadavg_end')}, "
+      f"worker threads: {facts.get('03.workers', 'one per core')}")
 print("| profile | ratio (median) | ratios | req/s | p99 / hello p99 | non-2xx |")
 print("| --- | --- | --- | --- | --- | --- |")
 for name in rows:
