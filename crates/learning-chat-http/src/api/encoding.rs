@@ -6,7 +6,7 @@
 //! and the client gets an error status around a body it cannot use.
 
 use super::ApiError;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready};
 use std::task::{Context, Poll};
@@ -61,10 +61,19 @@ where
 /// or an empty one, means the plain body is fine. A coding named explicitly wins over `*`; `q=0`
 /// refuses; a q-value that does not parse counts as accepting, so only a clear refusal refuses.
 pub fn accepts_a_coding_we_send(headers: &HeaderMap) -> bool {
+    let values = headers.get_all(header::ACCEPT_ENCODING);
+    // Without a parameter nothing is refused: no `q=0`, so `identity` (named, behind `*` or
+    // unnamed) is accepted. Most clients send such a list (`gzip, deflate, br`); one byte scan
+    // answers them.
+    values.iter().all(|value| !value.as_bytes().contains(&b';')) || weighs_codings(values)
+}
+
+/// [`accepts_a_coding_we_send`] by reading every coding and its q-value.
+fn weighs_codings(values: header::GetAll<'_, HeaderValue>) -> bool {
     let mut identity = None;
     let mut gzip = None;
     let mut any = None;
-    for value in headers.get_all(header::ACCEPT_ENCODING) {
+    for value in values {
         let Ok(value) = value.to_str() else {
             continue;
         };
@@ -94,7 +103,6 @@ pub fn accepts_a_coding_we_send(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn accepts(values: &[&str]) -> bool {
         let mut headers = HeaderMap::new();
@@ -133,5 +141,34 @@ mod tests {
         assert!(!accepts(&["br, identity;q=0"]));
         assert!(!accepts(&["gzip;q=0, identity;q=0"]));
         assert!(!accepts(&["br", "*;q=0.000"]));
+    }
+
+    #[test]
+    fn a_list_without_parameters_is_accepted_as_the_full_reading_accepts_it() {
+        // The shortcut for lists without `;` must answer what reading them answers.
+        let lists: &[&[&str]] = &[
+            &[],
+            &[""],
+            &["gzip"],
+            &["identity"],
+            &["*"],
+            &["br, zstd"],
+            &["gzip, deflate, br"],
+            &["x-gzip", "identity, *"],
+            &[" , ,"],
+            &["identity, *", "br"],
+        ];
+        for list in lists {
+            let mut headers = HeaderMap::new();
+            for value in *list {
+                headers.append(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let read = weighs_codings(headers.get_all(header::ACCEPT_ENCODING));
+            assert!(read, "{list:?} would be refused by the full reading");
+            assert_eq!(accepts(list), read, "{list:?}");
+        }
     }
 }
