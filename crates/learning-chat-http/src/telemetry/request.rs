@@ -153,7 +153,14 @@ where
         }
         // A probe's 503 is a state (draining at every rollout), polled every few seconds: no ERROR.
         let probe = PROBE_ROUTES.contains(&request.uri().path());
-        let inner = span.in_scope(|| while_sampled(sampled, || self.inner.call(request)));
+        // `call` only builds the stack's future (no layer logs there), so the span is entered
+        // around it only for an exported request, whose spans must find their parent; every
+        // request's span is entered around each poll, where the work and its lines happen.
+        let inner = if sampled {
+            span.in_scope(|| while_sampled(true, || self.inner.call(request)))
+        } else {
+            while_sampled(false, || self.inner.call(request))
+        };
         ObserveFuture {
             inner: Sampled::new(inner, sampled),
             span,
