@@ -7,10 +7,14 @@
 //! database cannot be read the set stays as it is — revocations already seen hold, and a key
 //! created meanwhile is refused until the database is back (`learning_chat_auth_keys_age_seconds`
 //! shows how old the set is).
+//!
+//! A change this server writes itself (the console: a revocation, a class's policy) applies
+//! at once ([`KeySet::changed_here`]). A poll whose read began before it may still hold the row
+//! as it was; it leaves that key alone and is read again, so the change is never undone.
 
 use super::keys::{unix_now, ApiKey};
 use super::metrics::KeyRequests;
-use learning_chat_records::keys::KeyPoll;
+use learning_chat_records::keys::{KeyPoll, KeysChanged};
 use learning_chat_records::{Records, RecordsError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -41,6 +45,9 @@ pub struct HeldKey {
     in_flight: AtomicU32,
     /// Its request counters, resolved at its first request.
     requests: OnceLock<Arc<KeyRequests>>,
+    /// When this server applied a change it wrote itself (the console), so that a poll whose
+    /// read began before then, and may hold the row as it was, does not put it back.
+    changed_here: Option<Instant>,
 }
 
 impl HeldKey {
@@ -55,6 +62,7 @@ impl HeldKey {
             touched: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             requests: OnceLock::new(),
+            changed_here: None,
             key,
         }
     }
@@ -157,8 +165,10 @@ impl KeySet {
         self.len() == 0
     }
 
-    /// Replaces the whole set (a full load).
-    fn replace(&self, keys: Vec<ApiKey>) {
+    /// Replaces the whole set with a full read of the database that began at `read_at`. A key
+    /// this server changed after that is kept as it is here: the read may predate the change.
+    /// True when such a key was kept, so the read must be made again to see what is newer.
+    fn replace(&self, keys: Vec<ApiKey>, read_at: Instant) -> bool {
         let old = self.by_hash.read().clone();
         let mut fresh = HashMap::with_capacity(keys.len().min(self.max));
         let mut skipped = 0u64;
@@ -169,31 +179,72 @@ impl KeySet {
             }
             fresh.insert(key.hash.clone(), keep(old.get(&key.hash), key));
         }
+        let mut set_aside = false;
+        for (hash, held) in &old {
+            if changed_after(held, read_at) && (fresh.contains_key(hash) || fresh.len() < self.max)
+            {
+                fresh.insert(hash.clone(), held.clone());
+                set_aside = true;
+            }
+        }
         let held = fresh.len();
         *self.by_hash.write() = fresh;
         self.loaded.store(true, Ordering::Release);
         self.counted(held, skipped);
+        set_aside
     }
 
-    /// Applies changed keys (a poll, or a change this server made).
-    pub(crate) fn apply(&self, keys: Vec<ApiKey>) {
+    /// Applies the keys a poll that began at `read_at` found changed. A key this server changed
+    /// after that is left as it is here (see [`KeySet::replace`]); true when one was.
+    fn apply_read(&self, keys: Vec<ApiKey>, read_at: Instant) -> bool {
+        self.apply(
+            keys,
+            |old| !old.is_some_and(|held| changed_after(held, read_at)),
+            None,
+        )
+    }
+
+    /// Applies keys this server has just written to the database (the console): their rows
+    /// as committed, newer than any read already under way.
+    pub(crate) fn changed_here(&self, keys: Vec<ApiKey>) {
+        self.apply(keys, |_| true, Some(Instant::now()));
+    }
+
+    /// Puts `keys` in the set where `take` allows, marked as changed here at `changed_here`;
+    /// true when `take` refused one.
+    fn apply(
+        &self,
+        keys: Vec<ApiKey>,
+        take: impl Fn(Option<&Arc<HeldKey>>) -> bool,
+        changed_here: Option<Instant>,
+    ) -> bool {
         if keys.is_empty() {
-            return;
+            return false;
         }
         let mut skipped = 0u64;
+        let mut refused = false;
         let mut set = self.by_hash.write();
         for key in keys {
             let hash = key.hash.clone();
-            if !set.contains_key(&hash) && set.len() >= self.max {
+            let old = set.get(&hash);
+            if !take(old) {
+                refused = true;
+                continue;
+            }
+            if old.is_none() && set.len() >= self.max {
                 skipped += 1;
                 continue;
             }
-            let held = keep(set.get(&hash), key);
+            let mut held = keep(old, key);
+            if let Some(held) = Arc::get_mut(&mut held) {
+                held.changed_here = changed_here;
+            }
             set.insert(hash, held);
         }
         let held = set.len();
         drop(set);
         self.counted(held, skipped);
+        refused
     }
 
     fn counted(&self, held: usize, skipped: u64) {
@@ -223,6 +274,11 @@ impl KeySet {
             *entry = (*entry).max(at);
         }
     }
+}
+
+/// True when this server changed `held` itself after `read_at`.
+fn changed_after(held: &HeldKey, read_at: Instant) -> bool {
+    held.changed_here.is_some_and(|at| at > read_at)
 }
 
 /// The held entry for `key`: the old one's last-use time kept, so a refresh does not cause a
@@ -297,13 +353,23 @@ impl KeyRefresher {
             let mut poll = KeyPoll::new();
             poll.seen(started, &all);
             self.poll = poll;
-            self.set.replace(all.keys);
-            self.last_full = Some(started);
+            // A key changed here during the read was kept: the next refresh reads all again.
+            if !self.set.replace(all.keys, started) {
+                self.last_full = Some(started);
+            }
         } else {
             super::metrics::key_read("changes");
             let changed = self.records.keys_changed_since(self.poll.after()).await?;
-            self.poll.seen(started, &changed);
-            self.set.apply(changed.keys);
+            let newest = changed.newest;
+            // A key changed here during the read was left as it is: this poll is not counted,
+            // so the next one reads the same changes again, the newer row among them.
+            if !self.set.apply_read(changed.keys, started) {
+                let marks = KeysChanged {
+                    keys: Vec::new(),
+                    newest,
+                };
+                self.poll.seen(started, &marks);
+            }
         }
         Ok(())
     }
@@ -338,14 +404,17 @@ mod tests {
     fn nothing_is_known_before_the_first_load_and_the_set_is_bounded() {
         let set = KeySet::new(2);
         assert!(matches!(set.find("h1"), Found::NotLoaded));
-        set.replace(vec![key("a", "h1"), key("b", "h2"), key("c", "h3")]);
+        set.replace(
+            vec![key("a", "h1"), key("b", "h2"), key("c", "h3")],
+            Instant::now(),
+        );
         assert_eq!(set.len(), 2);
         assert!(matches!(set.find("h1"), Found::Key(k) if k.key.id == "a"));
         assert!(matches!(set.find("h3"), Found::Unknown));
         // A change to a held key applies; a new key past the bound does not.
         let mut revoked = key("a", "h1");
         revoked.revoked_at = Some(5);
-        set.apply(vec![revoked, key("d", "h4")]);
+        set.apply_read(vec![revoked, key("d", "h4")], Instant::now());
         assert!(matches!(set.find("h1"), Found::Key(k) if k.key.revoked_at == Some(5)));
         assert!(matches!(set.find("h4"), Found::Unknown));
     }
@@ -353,7 +422,7 @@ mod tests {
     #[test]
     fn a_key_is_queued_for_a_last_use_write_once_a_minute() {
         let set = KeySet::new(10);
-        set.replace(vec![key("a", "h1")]);
+        set.replace(vec![key("a", "h1")], Instant::now());
         let Found::Key(held) = set.find("h1") else {
             panic!("held")
         };
@@ -364,11 +433,37 @@ mod tests {
         set.mark_used(&held);
         assert!(set.take_used().is_empty());
         // A refresh of the key keeps its last use: no new write.
-        set.apply(vec![key("a", "h1")]);
+        set.apply_read(vec![key("a", "h1")], Instant::now());
         let Found::Key(held) = set.find("h1") else {
             panic!("held")
         };
         set.mark_used(&held);
         assert!(set.take_used().is_empty());
+    }
+
+    #[test]
+    fn a_read_begun_before_a_change_made_here_does_not_undo_it() {
+        let set = KeySet::new(10);
+        let before = Instant::now();
+        set.replace(vec![key("a", "h1")], before);
+        let mut revoked = key("a", "h1");
+        revoked.revoked_at = Some(5);
+        set.changed_here(vec![revoked.clone(), key("n", "h9")]);
+        let revoked_here =
+            |set: &KeySet| matches!(set.find("h1"), Found::Key(k) if k.key.revoked_at == Some(5));
+        // A poll and a full read that began before the change hold the old rows (and no new
+        // key): both leave the change as it is, and say so.
+        assert!(set.apply_read(vec![key("a", "h1")], before));
+        assert!(revoked_here(&set));
+        assert!(set.replace(vec![key("a", "h1")], before));
+        assert!(revoked_here(&set));
+        assert!(matches!(set.find("h9"), Found::Key(_)));
+        // A read begun after it is the database's word.
+        let after = Instant::now();
+        assert!(!set.apply_read(vec![revoked], after));
+        assert!(!set.apply_read(vec![key("a", "h1")], after));
+        assert!(!revoked_here(&set));
+        assert!(!set.replace(vec![key("a", "h1")], after));
+        assert!(matches!(set.find("h9"), Found::Unknown));
     }
 }

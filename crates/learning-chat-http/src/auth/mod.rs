@@ -292,7 +292,7 @@ impl Auth {
     /// Takes a key this server just changed at once (the others have it at their next poll
     /// of changed keys).
     pub fn key_changed(&self, key: learning_chat_records::keys::ApiKey) {
-        self.keys.apply(vec![key]);
+        self.keys.changed_here(vec![key]);
     }
 
     /// The stored form of a new key's secret (the console creates keys as the CLI does).

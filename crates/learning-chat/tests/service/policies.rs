@@ -829,3 +829,37 @@ async fn a_teacher_sets_their_classes_policy_and_rates_its_answers_but_no_other_
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn a_class_policy_set_here_is_not_undone_by_a_key_poll_that_read_the_key_before() {
+    let sim = start_sim(SimConfig::default()).await;
+    let mut settings = keyed_settings(&sim);
+    // Polls back to back. Each re-reads the keys changed in the last seconds (both keys here
+    // are new), so one often reads the class's key just before a change is written and holds
+    // the old row until after this server applied the change.
+    settings.database.key_refresh = std::time::Duration::from_millis(1);
+    let mut class_id = String::new();
+    let class = add_key(&settings, |k| class_id = k.id.clone()).await;
+    let admin = add_key(&settings, |k| {
+        k.role = learning_chat::records::keys::KeyRole::Admin;
+    })
+    .await;
+    let app = spawn_app(settings).await;
+    let path = format!("/api/v1/admin/classes/{class_id}/policy");
+    let mut undone = Vec::new();
+    // Bounded: about 3 ms a round. Before the fix a few rounds in a thousand answered under the
+    // policy set before.
+    for round in 0..1000 {
+        let policy = ["full", "socratic", "hints"][round % 3];
+        let (status, body) = put(&app, &admin, &path, json!({"policy": policy})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answer = ask(&app, Some(&class), json!({"message": "What is 9 squared?"})).await;
+        if answer["policy"] != body["resolved"] {
+            undone.push((round, body["resolved"].clone(), answer["policy"].clone()));
+        }
+    }
+    assert!(
+        undone.is_empty(),
+        "answered under a policy no longer set (round, set, answered): {undone:?}"
+    );
+}
