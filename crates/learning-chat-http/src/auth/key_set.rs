@@ -14,7 +14,7 @@
 
 use super::keys::{unix_now, ApiKey};
 use super::metrics::KeyRequests;
-use learning_chat_records::keys::{KeyPoll, KeysChanged};
+use learning_chat_records::keys::KeyPoll;
 use learning_chat_records::{Records, RecordsError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -359,16 +359,12 @@ impl KeyRefresher {
             }
         } else {
             super::metrics::key_read("changes");
-            let changed = self.records.keys_changed_since(self.poll.after()).await?;
-            let newest = changed.newest;
+            let mut changed = self.records.keys_changed_since(self.poll.after()).await?;
+            let keys = std::mem::take(&mut changed.keys);
             // A key changed here during the read was left as it is: this poll is not counted,
             // so the next one reads the same changes again, the newer row among them.
-            if !self.set.apply_read(changed.keys, started) {
-                let marks = KeysChanged {
-                    keys: Vec::new(),
-                    newest,
-                };
-                self.poll.seen(started, &marks);
+            if !self.set.apply_read(keys, started) {
+                self.poll.seen(started, &changed);
             }
         }
         Ok(())
