@@ -307,26 +307,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_small_answer_is_passed_on_untouched_and_a_large_one_gzipped() {
-        let small = GzipLayer::new(MIN)
-            .layer(tower::service_fn(|_: Request<Body>| async {
-                Ok::<_, Infallible>(respond(999, "application/json", true))
+    /// A JSON answer of `len` bytes through the layer, for a client accepting gzip.
+    async fn through_gzip(len: usize) -> Response<Body> {
+        GzipLayer::new(MIN)
+            .layer(tower::service_fn(move |_: Request<Body>| async move {
+                Ok::<_, Infallible>(respond(len, "application/json", true))
             }))
             .oneshot(request(&["gzip"]))
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_is_passed_on_untouched_and_a_large_one_gzipped() {
+        let small = through_gzip(999).await;
         let (_, headers, bytes) = taken(small).await;
         assert!(headers.iter().all(|(name, _)| name != VARY.as_str()));
         assert_eq!(bytes.len(), 999);
 
-        let large = GzipLayer::new(MIN)
-            .layer(tower::service_fn(|_: Request<Body>| async {
-                Ok::<_, Infallible>(respond(1000, "application/json", true))
-            }))
-            .oneshot(request(&["gzip"]))
-            .await
-            .unwrap();
+        let large = through_gzip(1000).await;
         assert_eq!(large.headers()["content-encoding"], "gzip");
         assert_eq!(large.headers()[VARY], "accept-encoding");
         let (_, _, bytes) = taken(large).await;
