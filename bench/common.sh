@@ -113,6 +113,54 @@ start_hello() {
     wait_http "$HELLO_URL/"
 }
 
+# start_proxy_nginx PORT: nginx as a plain reverse proxy (one worker, keep-alive upstream
+# connections, no access log) in front of 127.0.0.1:PORT; sets NGINX_URL. The reference a
+# gateway's overhead is read against (benchmark 4); installs Debian's nginx when missing.
+start_proxy_nginx() {
+    local nginx_bin port dir user=""
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    if [ ! -x "$nginx_bin" ]; then
+        log "nginx not found: installing the Debian package"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx >/dev/null 2>&1 \
+            || { log "cannot install nginx: apt-get install nginx"; exit 1; }
+        nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    fi
+    port=$(free_port)
+    dir="$OUT/nginx-proxy"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && user="user root;"
+    cat >"$dir/nginx.conf" <<NGINX
+$user
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream model { server 127.0.0.1:$1; keepalive 512; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+    "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -g "daemon off;" >"$dir/stdout.log" 2>&1 &
+    PIDS+=("$!")
+    NGINX_URL="http://127.0.0.1:$port"
+    wait_http "$NGINX_URL/healthz"
+}
+
 # stop PID: stops one process started here.
 stop() {
     kill "$1" 2>/dev/null || true

@@ -96,6 +96,13 @@ def main() -> None:
         row("4 overhead", "overhead p50 per round ms", " / ".join(str(x) for x in over50))
         row("4 overhead", "overhead p99 per round ms (median)",
             " / ".join(str(x) for x in over99) + f" ({med99})", "p99 < 1 ms", med99 < 1.0)
+        nginx99 = [num(g(f"04.nginx_overhead_p99_ms-{r}")) for r in rounds]
+        if all(x is not None for x in nginx99):
+            nginx50 = [num(g(f"04.nginx_overhead_p50_ms-{r}")) for r in rounds]
+            row("4 overhead", "nginx's overhead (the floor) p50 / p99 per round ms",
+                " / ".join(f"{a} / {b}" for a, b in zip(nginx50, nginx99)))
+            beyond = sorted(s - n for s, n in zip(over99, nginx99))[len(rounds) // 2]
+            row("4 overhead", "service p99 overhead beyond nginx's (median) ms", f"{beyond:.3f}")
     if "05.upstream_calls" in f:
         row("5 herd", "upstream calls for 500 identical", g("05.upstream_calls"), "1",
             num(g("05.upstream_calls")) == 1)
