@@ -13,7 +13,9 @@
 # connections for 2 s, the counters are zeroed, then REQUESTS (default 2000) questions go one
 # after another on one keep-alive connection (POST "What is 2+2?", Accept-Encoding: gzip), and
 # the counters are dumped. Facts: instructions per request of the service and of the
-# hello-world, and the share of SHA-256 in the service's.
+# hello-world, and the share of SHA-256 in the service's. The profile `misses` (defaults, every
+# question new, against a simulator that answers at once) counts a model call's cost instead:
+# the miss path, from the question read to the answer written, the upstream exchange included.
 #
 # Caveat: under valgrind the CPU reports no SHA extensions, so sha2 runs its portable code (about
 # 20 times the instructions of the SHA-NI code it runs natively). Its share is printed apart;
@@ -23,7 +25,7 @@
 source "$(dirname "$0")/common.sh"
 build_release
 REQUESTS=${REQUESTS:-2000}
-PROFILES=${PROFILES:-defaults keys}
+PROFILES=${PROFILES:-defaults keys misses}
 need_wrk
 sed 's|^wrk.body|wrk.headers["Accept-Encoding"] = "gzip"\nwrk.body|' "$OUT/post.lua" >"$OUT/post-gzip.lua"
 if ! command -v valgrind >/dev/null; then
@@ -41,23 +43,35 @@ AUTH_ENV=(LEARNING_CHAT_AUTH__MODE=required
           LEARNING_CHAT_DATABASE__URL="sqlite://$OUT/records.db")
 KEY=$(env "${AUTH_ENV[@]}" "$SVC_BIN" keys create --name bench | awk '/^secret:/ {print $2}')
 start_sim --preset seed
+SEED_SIM_URL=$SIM_URL
+# The miss path's simulator: no latency, so REQUESTS model calls one after another take seconds.
+start_sim
+FAST_SIM_URL=$SIM_URL
 
 # ask PORT N [SECRET]: N questions one after another on one keep-alive connection; fails
-# unless every answer is a 200.
+# unless every answer is a 200. With ASK_UNIQUE=1 every question is one not asked before.
 ask() {
     python3 - "$@" <<'PY'
-import socket, sys
+import os, socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 secret = sys.argv[3] if len(sys.argv) > 3 else ""
-body = b'{"message": "What is 2+2?"}'
-request = (b"POST /api/v1/agents/math HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-           b"Content-Type: application/json\r\nAccept-Encoding: gzip\r\n"
-           + (b"Authorization: Bearer " + secret.encode() + b"\r\n" if secret else b"")
-           + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+unique = os.environ.get("ASK_UNIQUE") == "1"
+run = os.urandom(6).hex()
+
+
+def request(i):
+    text = f"Question {i} of run {run}: what is a fraction?" if unique else "What is 2+2?"
+    body = ('{"message": "%s"}' % text).encode()
+    return (b"POST /api/v1/agents/math HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nAccept-Encoding: gzip\r\n"
+            + (b"Authorization: Bearer " + secret.encode() + b"\r\n" if secret else b"")
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
 conn = socket.create_connection(("127.0.0.1", port))
 buffered, ok = b"", 0
-for _ in range(n):
-    conn.sendall(request)
+for i in range(n):
+    conn.sendall(request(i))
     while b"\r\n\r\n" not in buffered:
         buffered += conn.recv(65536)
     head, rest = buffered.split(b"\r\n\r\n", 1)
@@ -77,8 +91,10 @@ count() {
     local name=$1 port=$2 pid=$3 secret=${4:-}
     wrk -t1 -c8 -d2s -s "$OUT/post-gzip.lua" ${secret:+-H "Authorization: Bearer $secret"} \
         "http://127.0.0.1:$port/api/v1/agents/math" >/dev/null
+    # The miss path warms on misses: its connection pool to the simulator, its buffers.
+    [ "${ASK_UNIQUE:-0}" = 1 ] && ask "$port" 50
     callgrind_control -z "$pid" >/dev/null
-    ask "$port" "$REQUESTS" $secret
+    ASK_UNIQUE=${ASK_UNIQUE:-0} ask "$port" "$REQUESTS" $secret
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     # The first dump since the start: part 1.
@@ -107,10 +123,11 @@ under_callgrind() {
 }
 
 for profile in $PROFILES; do
-    env=() secret=""
+    env=() secret="" unique=0 SIM_URL=$SEED_SIM_URL what="cached answers"
     case $profile in
         defaults) ;;
         keys) env=("${AUTH_ENV[@]}"); secret=$KEY ;;
+        misses) unique=1 SIM_URL=$FAST_SIM_URL what="model calls (every question new)" ;;
         *) log "unknown profile $profile"; exit 2 ;;
     esac
     port=$(free_port)
@@ -119,8 +136,8 @@ for profile in $PROFILES; do
         -- "$SVC_BIN" serve --bind "127.0.0.1:$port"
     wait_http "http://127.0.0.1:$port/health"
     ask "$port" 1 $secret
-    log "+ $profile: $REQUESTS cached answers under callgrind"
-    count "16-$profile" "$port" "$CG_PID" "$secret"
+    log "+ $profile: $REQUESTS $what under callgrind"
+    ASK_UNIQUE=$unique count "16-$profile" "$port" "$CG_PID" "$secret"
     stop "$CG_PID"
 done
 
@@ -143,5 +160,7 @@ for key, value in facts.items():
     name = key.split(".")[0][3:]
     total = int(value)
     sha = int(facts.get(f"16-{name}.sha256_per_request", 0))
-    print(f"| {name} | {total:,} | {sha:,} | {total - sha:,} | {(total - sha) / hello:.2f} |")
+    # A model call is not a hello-world's kind of request: no ratio for the miss path.
+    ratio = "—" if name == "misses" else f"{(total - sha) / hello:.2f}"
+    print(f"| {name} | {total:,} | {sha:,} | {total - sha:,} | {ratio} |")
 PY

@@ -58,6 +58,61 @@ pub struct GenerateContentRequest {
     pub safety_settings: Option<Vec<Value>>,
 }
 
+/// The body of a request as a client sends it: [`GenerateContentRequest`]'s JSON, field for field,
+/// with the system instruction encoded once ([`EncodedContent`]) and the rest borrowed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutgoingRequest<'a> {
+    /// The conversation so far, oldest first; the last turn is the user's.
+    pub contents: &'a [Content],
+    /// The tutor's system prompt, already JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_instruction: Option<&'a EncodedContent>,
+    /// Sampling and length settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_config: Option<&'a GenerationConfig>,
+    /// Safety thresholds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_settings: Option<&'a [Value]>,
+}
+
+/// A [`Content`] turned into JSON once and shared. A tutor's system prompt is the same in every
+/// request it sends; escaping its kilobytes again for each call was a tenth of a model call's
+/// own work.
+#[derive(Debug, Clone)]
+pub struct EncodedContent {
+    /// `None` only if encoding failed, which plain strings cannot: then the content is
+    /// serialized as usual.
+    json: Option<std::sync::Arc<serde_json::value::RawValue>>,
+    content: std::sync::Arc<Content>,
+}
+
+impl EncodedContent {
+    /// `content` and its JSON.
+    pub fn new(content: Content) -> EncodedContent {
+        EncodedContent {
+            json: serde_json::value::to_raw_value(&content)
+                .ok()
+                .map(Into::into),
+            content: std::sync::Arc::new(content),
+        }
+    }
+
+    /// The content itself.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+}
+
+impl Serialize for EncodedContent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.json {
+            Some(json) => json.serialize(serializer),
+            None => self.content.serialize(serializer),
+        }
+    }
+}
+
 /// One turn of a conversation (or the system instruction).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -480,6 +535,53 @@ pub fn format_proto_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The outgoing body is byte for byte what the owned request serializes to, with every
+    /// optional part present and absent, and a prompt full of characters JSON escapes.
+    #[test]
+    fn an_outgoing_request_is_the_owned_requests_json() {
+        let prompt = "Tutor \"math\"\n\t\\ \u{1} é 😀 </script>";
+        let contents = vec![
+            Content::text(Some("user"), "What is 2+2?"),
+            Content::text(Some("model"), "Four.\n"),
+            Content::text(Some("user"), "And \"3+3\"?"),
+        ];
+        let generation = GenerationConfig {
+            temperature: Some(0.5),
+            max_output_tokens: Some(512),
+            ..GenerationConfig::default()
+        };
+        let safety = vec![serde_json::json!({
+            "category": "HARM_CATEGORY_HARASSMENT",
+            "threshold": "BLOCK_LOW_AND_ABOVE"
+        })];
+        let system = EncodedContent::new(Content::text(None, prompt));
+        assert_eq!(system.content(), &Content::text(None, prompt));
+        for (with_system, with_generation, with_safety) in [
+            (true, true, true),
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            let owned = GenerateContentRequest {
+                contents: contents.clone(),
+                system_instruction: with_system.then(|| Content::text(None, prompt)),
+                generation_config: with_generation.then(|| generation.clone()),
+                safety_settings: with_safety.then(|| safety.clone()),
+            };
+            let outgoing = OutgoingRequest {
+                contents: &contents,
+                system_instruction: with_system.then_some(&system),
+                generation_config: with_generation.then_some(&generation),
+                safety_settings: with_safety.then_some(safety.as_slice()),
+            };
+            assert_eq!(
+                serde_json::to_string(&outgoing).unwrap(),
+                serde_json::to_string(&owned).unwrap(),
+                "system {with_system}, generation {with_generation}, safety {with_safety}"
+            );
+        }
+    }
 
     #[test]
     fn proto_durations_round_trip() {

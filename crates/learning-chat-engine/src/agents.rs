@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::policy::Tutoring;
+use crate::providers::SystemInstruction;
 
 /// The agents shipped with the project, used when no path is configured.
 pub const BUILTIN_AGENTS_TOML: &str = include_str!("../../../config/agents.toml");
@@ -132,6 +133,20 @@ pub struct Agent {
     pub chain: Vec<ModelSpec>,
     /// The answer policy of its conversations, unless a key or an experiment says otherwise.
     pub tutoring: Tutoring,
+    /// Its system instruction under each shipped answer policy, made once.
+    instructions: Arc<[(Tutoring, SystemInstruction)]>,
+}
+
+/// The system instruction of `prompt` under every shipped answer policy, and under the default.
+fn instructions_of(prompt: &str) -> Arc<[(Tutoring, SystemInstruction)]> {
+    let mut tutorings: Vec<Tutoring> = Tutoring::all().collect();
+    if !tutorings.contains(&Tutoring::default()) {
+        tutorings.push(Tutoring::default());
+    }
+    tutorings
+        .into_iter()
+        .map(|t| (t, SystemInstruction::new(t.system_instruction(prompt))))
+        .collect()
 }
 
 /// The agent's chain with every entry's provider settings resolved from the agent's defaults.
@@ -292,6 +307,7 @@ impl AgentRegistry {
             definition.model = chain[0].model.clone();
             let prompt_version = prompt_version(&definition);
             let agent = Agent {
+                instructions: instructions_of(&definition.system_prompt),
                 definition,
                 prompt_version,
                 chain,
@@ -341,7 +357,19 @@ impl Agent {
             definition,
             chain: self.chain.clone(),
             tutoring: self.tutoring,
+            instructions: self.instructions.clone(),
         })
+    }
+
+    /// Its system instruction under the answer policy `tutoring`: the subject prompt, then the
+    /// policy's block.
+    pub fn system_instruction(&self, tutoring: Tutoring) -> SystemInstruction {
+        match self.instructions.iter().find(|(t, _)| *t == tutoring) {
+            Some((_, instruction)) => instruction.clone(),
+            None => {
+                SystemInstruction::new(tutoring.system_instruction(&self.definition.system_prompt))
+            }
+        }
     }
 }
 
@@ -401,6 +429,26 @@ mod tests {
         assert_eq!(warmer.definition.top_p, math.definition.top_p);
         assert_ne!(warmer.prompt_version, math.prompt_version);
         assert_eq!(warmer.id(), math.id());
+    }
+
+    /// The instructions made once are the ones made per request before, under every answer
+    /// policy, for the tutor and for a caller's copy of it with its own sampling.
+    #[test]
+    fn an_agents_instruction_made_once_is_its_prompt_then_the_policy_block() {
+        let registry = AgentRegistry::load(None).unwrap();
+        let math = registry.get("math").unwrap();
+        let sampled = math.with_sampling(Some(0.11), None).unwrap();
+        for agent in [&*math, &sampled] {
+            for tutoring in Tutoring::all().chain([Tutoring::default()]) {
+                let made = tutoring.system_instruction(&agent.definition.system_prompt);
+                let instruction = agent.system_instruction(tutoring);
+                assert_eq!(instruction.text(), made, "{tutoring}");
+                assert_eq!(
+                    serde_json::to_string(instruction.gemini()).unwrap(),
+                    serde_json::to_string(&gemini_wire::Content::text(None, made)).unwrap(),
+                );
+            }
+        }
     }
 
     #[test]

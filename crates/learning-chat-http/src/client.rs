@@ -24,6 +24,11 @@ impl ReqwestTransport {
             .pool_max_idle_per_host(options.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            .redirect(if options.follow_redirects {
+                reqwest::redirect::Policy::default()
+            } else {
+                reqwest::redirect::Policy::none()
+            })
             .user_agent(concat!("learning-chat/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(ReqwestTransport { client })
@@ -45,7 +50,7 @@ impl HttpTransport for ReqwestTransport {
     ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
         let mut call = self
             .client
-            .post(&request.url)
+            .post(request.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(request.body)
             .timeout(request.timeout);

@@ -201,7 +201,7 @@ impl Gate for Slots<'_> {
     async fn open(&mut self, attempt: u32, request: &ModelRequest) -> Result<(), Shed> {
         let deps = self.deps;
         let input_tokens =
-            input_token_estimate(&request.system_prompt, &request.history, &request.message);
+            input_token_estimate(request.system.text(), &request.history, &request.message);
         let quota_deadline = quota_deadline(&deps.admission, self.deadline);
         let span = crate::trace_span!("quota.wait", model.attempt = i64::from(attempt));
         let reserved = deps
@@ -276,7 +276,7 @@ pub(super) fn request(
     let d = &agent.definition;
     ModelRequest {
         model: d.model.clone(),
-        system_prompt: tutoring.system_instruction(&d.system_prompt),
+        system: agent.system_instruction(tutoring),
         history,
         message,
         generation: GenerationConfig {

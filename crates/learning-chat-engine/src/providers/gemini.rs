@@ -11,8 +11,11 @@ use crate::config::{GeminiSettings, Secret};
 use futures::StreamExt;
 use gemini_wire::sse::{SseItem, SseStream, StreamError};
 use gemini_wire::{ErrorBody, GenerateContentResponse};
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
+use url::Url;
 
 /// Calls `POST {base}/v1beta/models/{model}:generateContent`.
 #[derive(Clone)]
@@ -21,7 +24,19 @@ pub struct GeminiClient {
     base_url: String,
     api_key: Secret,
     identity: String,
+    /// Each model's endpoints, parsed at its first call and shared by the clones of other keys.
+    endpoints: Arc<RwLock<HashMap<String, Arc<Endpoints>>>>,
 }
+
+/// One model's two endpoints.
+struct Endpoints {
+    generate: Url,
+    stream: Url,
+}
+
+/// Most models whose endpoints are kept parsed. Models come from the configuration, so a few;
+/// the bound only keeps a misconfiguration from growing the map.
+const MAX_MODEL_ENDPOINTS: usize = 256;
 
 impl std::fmt::Debug for GeminiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,6 +58,7 @@ impl GeminiClient {
         let http = transport(TransportOptions {
             connect_timeout: settings.connect_timeout,
             pool_max_idle_per_host: settings.pool_max_idle_per_host,
+            follow_redirects: false,
         })?;
         let base_url = settings.base_url.trim_end_matches('/').to_owned();
         let host = host_of(&base_url)
@@ -52,6 +68,7 @@ impl GeminiClient {
             identity: format!("gemini@{host}"),
             base_url,
             api_key: settings.api_key.clone(),
+            endpoints: Arc::default(),
         })
     }
 
@@ -73,11 +90,12 @@ impl GeminiClient {
     /// end up in access logs.
     async fn send(
         &self,
-        url: String,
+        url: Url,
         request: &ModelRequest,
         remaining: std::time::Duration,
     ) -> Result<HttpResponse, ProviderError> {
-        let body = serde_json::to_vec(&request.to_wire())
+        let body = request
+            .encode_gemini()
             .map_err(|e| ProviderError::InvalidResponse(format!("encoding the request: {e}")))?;
         self.http
             .post(HttpRequest {
@@ -90,8 +108,32 @@ impl GeminiClient {
             .map_err(|e| transport_error(e, None, ""))
     }
 
-    fn url(&self, model: &str) -> String {
-        format!("{}/v1beta/models/{model}:generateContent", self.base_url)
+    /// `model`'s endpoints, parsed once.
+    fn endpoints(&self, model: &str) -> Result<Arc<Endpoints>, ProviderError> {
+        if let Some(endpoints) = self.endpoints.read().get(model) {
+            return Ok(endpoints.clone());
+        }
+        let parse = |path: String| {
+            Url::parse(&path).map_err(|e| ProviderError::Rejected {
+                status: 400,
+                message: format!("model {model:?} makes no valid URL: {e}"),
+            })
+        };
+        let endpoints = Arc::new(Endpoints {
+            generate: parse(format!(
+                "{}/v1beta/models/{model}:generateContent",
+                self.base_url
+            ))?,
+            stream: parse(format!(
+                "{}/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                self.base_url
+            ))?,
+        });
+        let mut map = self.endpoints.write();
+        if map.len() < MAX_MODEL_ENDPOINTS {
+            map.insert(model.to_owned(), endpoints.clone());
+        }
+        Ok(endpoints)
     }
 
     /// One streamed attempt (`:streamGenerateContent?alt=sse`), bounded by `deadline` as a
@@ -105,10 +147,7 @@ impl GeminiClient {
         if remaining.is_zero() {
             return Err(ProviderError::Timeout);
         }
-        let url = format!(
-            "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
-            self.base_url, request.model
-        );
+        let url = self.endpoints(&request.model)?.stream.clone();
         let response = self.send(url, request, remaining).await?;
         let status = response.status;
         if !response.is_success() {
@@ -162,9 +201,8 @@ impl GeminiClient {
         if remaining.is_zero() {
             return Err(ProviderError::Timeout);
         }
-        let response = self
-            .send(self.url(&request.model), request, remaining)
-            .await?;
+        let url = self.endpoints(&request.model)?.generate.clone();
+        let response = self.send(url, request, remaining).await?;
         let status = response.status;
         let success = response.is_success();
         let body = response

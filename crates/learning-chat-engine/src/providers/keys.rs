@@ -394,7 +394,7 @@ impl KeyPool {
 }
 
 fn request_tokens(request: &ModelRequest) -> u32 {
-    super::input_token_estimate(&request.system_prompt, &request.history, &request.message)
+    super::input_token_estimate(request.system.text(), &request.history, &request.message)
 }
 
 #[cfg(test)]

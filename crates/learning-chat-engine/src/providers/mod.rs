@@ -30,8 +30,8 @@ use tokio::time::Instant;
 pub struct ModelRequest {
     /// Model id, e.g. `gemini-2.5-flash`.
     pub model: String,
-    /// The tutor's system prompt.
-    pub system_prompt: String,
+    /// The tutor's system prompt (its subject prompt and answer policy).
+    pub system: SystemInstruction,
     /// Earlier turns of the conversation sent with the message, oldest first (empty for a
     /// single message or a conversation's first turn).
     pub history: std::sync::Arc<[ModelTurn]>,
@@ -72,10 +72,39 @@ pub struct ModelTurn {
     pub text: String,
 }
 
+/// A system instruction: its text, and its Gemini JSON encoded once, since every request of a
+/// tutor under one answer policy sends the same one.
+#[derive(Debug, Clone)]
+pub struct SystemInstruction(gemini_wire::EncodedContent);
+
+impl SystemInstruction {
+    /// The instruction `text`.
+    pub fn new(text: String) -> SystemInstruction {
+        SystemInstruction(gemini_wire::EncodedContent::new(
+            gemini_wire::Content::text(None, text),
+        ))
+    }
+
+    /// Its text.
+    pub fn text(&self) -> &str {
+        self.0
+            .content()
+            .parts
+            .first()
+            .and_then(|part| part.text.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Its Gemini `systemInstruction`, already JSON.
+    pub fn gemini(&self) -> &gemini_wire::EncodedContent {
+        &self.0
+    }
+}
+
 impl ModelRequest {
-    /// The Gemini wire request for this question: the history as alternating `user` / `model`
+    /// The Gemini contents of this question: the history as alternating `user` / `model`
     /// contents, then the new message.
-    pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
+    pub fn wire_contents(&self) -> Vec<gemini_wire::Content> {
         let mut contents = Vec::with_capacity(self.history.len() + 1);
         contents.extend(
             self.history.iter().map(|turn| {
@@ -86,12 +115,29 @@ impl ModelRequest {
             Some("user"),
             self.message.clone(),
         ));
+        contents
+    }
+
+    /// The Gemini wire request for this question (what [`Self::encode_gemini`] writes).
+    pub fn to_wire(&self) -> gemini_wire::GenerateContentRequest {
         gemini_wire::GenerateContentRequest {
-            contents,
-            system_instruction: Some(gemini_wire::Content::text(None, self.system_prompt.clone())),
+            contents: self.wire_contents(),
+            system_instruction: Some(self.system.gemini().content().clone()),
             generation_config: Some(self.generation.clone()),
             safety_settings: self.safety.to_wire(),
         }
+    }
+
+    /// The Gemini request body, with the system instruction's JSON written as encoded once.
+    pub fn encode_gemini(&self) -> serde_json::Result<Vec<u8>> {
+        let contents = self.wire_contents();
+        let safety = self.safety.to_wire();
+        serde_json::to_vec(&gemini_wire::OutgoingRequest {
+            contents: &contents,
+            system_instruction: Some(self.system.gemini()),
+            generation_config: Some(&self.generation),
+            safety_settings: safety.as_deref(),
+        })
     }
 }
 
@@ -477,7 +523,7 @@ mod tests {
     fn the_history_goes_as_alternating_contents_before_the_message() {
         let request = ModelRequest {
             model: "gemini-2.5-flash".into(),
-            system_prompt: "You are a tutor.".into(),
+            system: SystemInstruction::new("You are a tutor.".into()),
             history: vec![
                 ModelTurn {
                     role: Role::User,
@@ -505,6 +551,11 @@ mod tests {
         assert_eq!(
             wire["systemInstruction"],
             serde_json::json!({"parts": [{"text": "You are a tutor."}]})
+        );
+        // The body sent is the wire request's JSON, byte for byte.
+        assert_eq!(
+            request.encode_gemini().unwrap(),
+            serde_json::to_vec(&request.to_wire()).unwrap()
         );
     }
 

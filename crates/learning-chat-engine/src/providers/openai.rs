@@ -29,7 +29,7 @@ const MAX_LOGGED_BODY: usize = 300;
 #[derive(Clone)]
 pub struct OpenAiClient {
     http: Arc<dyn HttpTransport>,
-    url: String,
+    url: url::Url,
     api_key: Secret,
     identity: String,
 }
@@ -37,7 +37,7 @@ pub struct OpenAiClient {
 impl std::fmt::Debug for OpenAiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiClient")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +191,7 @@ impl OpenAiClient {
         let http = transport(TransportOptions {
             connect_timeout,
             pool_max_idle_per_host: usize::MAX,
+            follow_redirects: false,
         })?;
         let base = base_url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
@@ -203,7 +204,8 @@ impl OpenAiClient {
         };
         Ok(OpenAiClient {
             http,
-            url: format!("{base}/v1/chat/completions"),
+            url: url::Url::parse(&format!("{base}/v1/chat/completions"))
+                .map_err(|e| anyhow::anyhow!("invalid OpenAI base_url {base:?}: {e}"))?,
             api_key,
             identity,
         })
@@ -218,7 +220,7 @@ impl OpenAiClient {
     /// The request body: the system prompt, the history and the message as chat messages.
     pub fn body(request: &ModelRequest, stream: bool) -> Value {
         let mut messages = Vec::with_capacity(request.history.len() + 2);
-        messages.push(json!({"role": "system", "content": request.system_prompt}));
+        messages.push(json!({"role": "system", "content": request.system.text()}));
         for turn in request.history.iter() {
             let role = match turn.role {
                 super::Role::User => "user",

@@ -40,7 +40,7 @@ struct Result {
 /// The moderation client.
 pub struct Moderator {
     http: Arc<dyn HttpTransport>,
-    url: String,
+    url: url::Url,
     api_key: Secret,
     model: String,
     timeout: Duration,
@@ -63,7 +63,7 @@ struct State {
 impl std::fmt::Debug for Moderator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Moderator")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -80,13 +80,14 @@ impl Moderator {
         let http = transport(TransportOptions {
             connect_timeout: settings.moderation_timeout,
             pool_max_idle_per_host: 32,
+            follow_redirects: false,
         })?;
+        let base = settings.moderation_url.trim().trim_end_matches('/');
+        let url = url::Url::parse(&format!("{base}/v1/moderations"))
+            .map_err(|e| anyhow::anyhow!("invalid safety.moderation_url {base:?}: {e}"))?;
         Ok(Some(Moderator {
             http,
-            url: format!(
-                "{}/v1/moderations",
-                settings.moderation_url.trim().trim_end_matches('/')
-            ),
+            url,
             api_key: settings.moderation_api_key.clone(),
             model: settings.moderation_model.clone(),
             timeout: settings.moderation_timeout,

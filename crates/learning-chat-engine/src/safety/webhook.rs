@@ -39,7 +39,7 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 
 /// Posts flags from the outbox to `safety.webhook_url`.
 pub struct WebhookSender {
-    url: String,
+    url: url::Url,
     secret: crate::config::Secret,
     http: Arc<dyn HttpTransport>,
     timeout: Duration,
@@ -52,7 +52,7 @@ pub struct WebhookSender {
 impl std::fmt::Debug for WebhookSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSender")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -70,9 +70,14 @@ impl WebhookSender {
         let http = transport(TransportOptions {
             connect_timeout: settings.webhook_timeout,
             pool_max_idle_per_host: 2,
+            // A school's endpoint may move (http to https, a new path); it gets only the flag
+            // and its signature, never a key.
+            follow_redirects: true,
         })?;
+        let url = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("invalid safety.webhook_url {url:?}: {e}"))?;
         Ok(Some(WebhookSender {
-            url: url.to_owned(),
+            url,
             secret: settings.webhook_secret.clone(),
             http,
             timeout: settings.webhook_timeout,

@@ -24,6 +24,7 @@ mod model_quotas;
 mod openai_api;
 mod plan;
 mod policies;
+mod redirects;
 mod redis_link;
 mod reliability;
 mod routing;

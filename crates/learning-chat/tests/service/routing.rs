@@ -7,7 +7,9 @@ use crate::support::{settings_for, spawn_app, start_sim, TestApp};
 use futures::StreamExt;
 use gemini_sim::{FaultConfig, QuotaConfig, SimConfig, SimServer};
 use learning_chat::config::{Secret, Settings};
-use learning_chat::providers::{ModelRequest, OpenAiClient, ProviderError, StreamPiece};
+use learning_chat::providers::{
+    ModelRequest, OpenAiClient, ProviderError, StreamPiece, SystemInstruction,
+};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -216,7 +218,7 @@ async fn an_openai_compatible_agent_answers_and_caches() {
 fn request(model: &str, message: &str) -> ModelRequest {
     ModelRequest {
         model: model.to_owned(),
-        system_prompt: "You are a tutor.".to_owned(),
+        system: SystemInstruction::new("You are a tutor.".to_owned()),
         history: Vec::new().into(),
         message: message.to_owned(),
         generation: gemini_wire::GenerationConfig::default(),

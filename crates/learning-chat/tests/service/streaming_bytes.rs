@@ -11,6 +11,7 @@ use futures::StreamExt;
 use learning_chat::config::{GeminiSettings, Secret};
 use learning_chat::providers::{
     CompletionStream, GeminiClient, ModelRequest, OpenAiClient, ProviderError, StreamPiece,
+    SystemInstruction,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -52,7 +53,7 @@ async fn upstream() -> String {
 fn request(model: &str) -> ModelRequest {
     ModelRequest {
         model: model.to_owned(),
-        system_prompt: "You are a tutor.".to_owned(),
+        system: SystemInstruction::new("You are a tutor.".to_owned()),
         history: Vec::new().into(),
         message: "Say café.".to_owned(),
         generation: gemini_wire::GenerationConfig::default(),
