@@ -59,7 +59,8 @@ pub struct GenerateContentRequest {
 }
 
 /// The body of a request as a client sends it: [`GenerateContentRequest`]'s JSON, field for field,
-/// with the system instruction encoded once ([`EncodedContent`]) and the rest borrowed.
+/// with the system instruction ([`EncodedContent`]) and the safety settings encoded once and the
+/// rest borrowed.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutgoingRequest<'a> {
@@ -71,9 +72,9 @@ pub struct OutgoingRequest<'a> {
     /// Sampling and length settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_config: Option<&'a GenerationConfig>,
-    /// Safety thresholds.
+    /// Safety thresholds, already JSON (an array).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub safety_settings: Option<&'a [Value]>,
+    pub safety_settings: Option<&'a serde_json::value::RawValue>,
 }
 
 /// A [`Content`] turned into JSON once and shared. A tutor's system prompt is the same in every
@@ -556,6 +557,7 @@ mod tests {
             "threshold": "BLOCK_LOW_AND_ABOVE"
         })];
         let system = EncodedContent::new(Content::text(None, prompt));
+        let safety_json = serde_json::value::to_raw_value(&safety).unwrap();
         assert_eq!(system.content(), &Content::text(None, prompt));
         for (with_system, with_generation, with_safety) in [
             (true, true, true),
@@ -573,7 +575,7 @@ mod tests {
                 contents: &contents,
                 system_instruction: with_system.then_some(&system),
                 generation_config: with_generation.then_some(&generation),
-                safety_settings: with_safety.then_some(safety.as_slice()),
+                safety_settings: with_safety.then_some(&*safety_json),
             };
             assert_eq!(
                 serde_json::to_string(&outgoing).unwrap(),

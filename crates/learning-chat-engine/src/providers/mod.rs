@@ -131,7 +131,7 @@ impl ModelRequest {
     /// The Gemini request body, with the system instruction's JSON written as encoded once.
     pub fn encode_gemini(&self) -> serde_json::Result<Vec<u8>> {
         let contents = self.wire_contents();
-        let safety = self.safety.to_wire();
+        let safety = self.safety.encoded()?;
         serde_json::to_vec(&gemini_wire::OutgoingRequest {
             contents: &contents,
             system_instruction: Some(self.system.gemini()),

@@ -17,6 +17,7 @@ use gemini_wire::SafetyRating;
 use learning_chat_records::flags::Flag;
 use learning_chat_records::Records;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -40,11 +41,23 @@ impl Ratings {
 }
 
 /// The safety thresholds one question is asked with, and their fingerprint for cache keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Thresholds {
     list: Arc<[(String, String)]>,
     fingerprint: Arc<str>,
+    /// `safetySettings` as JSON, encoded once (a profile's thresholds go with every call it
+    /// makes); `None` for none.
+    encoded: Option<Arc<serde_json::value::RawValue>>,
 }
+
+/// Equal lists are equal thresholds: the fingerprint and the JSON follow from the list.
+impl PartialEq for Thresholds {
+    fn eq(&self, other: &Thresholds) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Thresholds {}
 
 impl Thresholds {
     /// From a map of category to threshold (sorted, so equal maps have equal fingerprints).
@@ -55,9 +68,26 @@ impl Thresholds {
             .map(|(c, t)| format!("{c}={t}"))
             .collect::<Vec<_>>()
             .join(";");
-        Thresholds {
+        let mut thresholds = Thresholds {
             list: list.into(),
             fingerprint: fingerprint.into(),
+            encoded: None,
+        };
+        thresholds.encoded = thresholds
+            .to_wire()
+            .and_then(|wire| serde_json::value::to_raw_value(&wire).ok())
+            .map(Arc::from);
+        thresholds
+    }
+
+    /// Gemini's `safetySettings` as JSON: encoded once, or now if that failed; `None` for none.
+    pub fn encoded(&self) -> serde_json::Result<Option<Cow<'_, serde_json::value::RawValue>>> {
+        if let Some(encoded) = &self.encoded {
+            return Ok(Some(Cow::Borrowed(&**encoded)));
+        }
+        match self.to_wire() {
+            Some(wire) => Ok(Some(Cow::Owned(serde_json::value::to_raw_value(&wire)?))),
+            None => Ok(None),
         }
     }
 
@@ -467,5 +497,33 @@ mod tests {
         );
         let wire = safety.profile("math", None).thresholds.to_wire().unwrap();
         assert_eq!(wire.len(), 4);
+    }
+
+    /// The JSON encoded once is the settings' own, for every profile; none encodes as none.
+    #[test]
+    fn thresholds_encoded_once_are_their_safety_settings_json() {
+        let mut settings = SafetySettings::default();
+        settings.keys.insert(
+            "key_a".into(),
+            crate::config::KeySafety {
+                settings: [("HARM_CATEGORY_HARASSMENT".into(), "BLOCK_NONE".into())].into(),
+                ..Default::default()
+            },
+        );
+        let safety = safety(settings);
+        for key in [None, Some("key_a")] {
+            let thresholds = safety.profile("math", key).thresholds.clone();
+            let encoded = thresholds.encoded().unwrap().unwrap();
+            assert_eq!(
+                encoded.get(),
+                serde_json::to_string(&thresholds.to_wire().unwrap()).unwrap(),
+                "{key:?}"
+            );
+        }
+        assert!(Thresholds::default().encoded().unwrap().is_none());
+        assert!(Thresholds::new(&BTreeMap::new())
+            .encoded()
+            .unwrap()
+            .is_none());
     }
 }
