@@ -455,8 +455,8 @@ mod tests {
         assert!(safety.judge(&Ratings::default()).is_empty());
     }
 
-    #[test]
-    fn agents_and_keys_override_single_categories() {
+    /// The defaults, with `key_a` allowing harassment (`BLOCK_NONE`).
+    fn harassment_allowed_for_key_a() -> SafetySettings {
         let mut settings = SafetySettings::default();
         settings.keys.insert(
             "key_a".into(),
@@ -465,7 +465,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let safety = safety(settings);
+        settings
+    }
+
+    #[test]
+    fn agents_and_keys_override_single_categories() {
+        let safety = safety(harassment_allowed_for_key_a());
         let agent = safety
             .profile("math", None)
             .thresholds
@@ -502,15 +507,7 @@ mod tests {
     /// The JSON encoded once is the settings' own, for every profile; none encodes as none.
     #[test]
     fn thresholds_encoded_once_are_their_safety_settings_json() {
-        let mut settings = SafetySettings::default();
-        settings.keys.insert(
-            "key_a".into(),
-            crate::config::KeySafety {
-                settings: [("HARM_CATEGORY_HARASSMENT".into(), "BLOCK_NONE".into())].into(),
-                ..Default::default()
-            },
-        );
-        let safety = safety(settings);
+        let safety = safety(harassment_allowed_for_key_a());
         for key in [None, Some("key_a")] {
             let thresholds = safety.profile("math", key).thresholds.clone();
             let encoded = thresholds.encoded().unwrap().unwrap();
