@@ -266,8 +266,10 @@ impl Auth {
 
 /// The learner id header's value, when the request has a usable one.
 pub(super) fn learner_header(headers: &HeaderMap) -> Option<&str> {
+    // A name made once: looking up by `&str` parses and validates the name on every request.
+    const LEARNER: HeaderName = HeaderName::from_static(LEARNER_HEADER);
     headers
-        .get(LEARNER_HEADER)
+        .get(&LEARNER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())

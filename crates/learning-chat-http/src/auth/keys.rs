@@ -64,9 +64,28 @@ pub fn hash_learner(pepper: &Secret, key_id: &str, learner: &str) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// True when two hashes are equal, compared in constant time.
+/// True when two hashes are equal, compared in constant time (only their lengths, which are
+/// not secret, decide early).
+///
+/// Word by word: `subtle` compares a byte slice a byte at a time, each behind an optimisation
+/// barrier, which cost 840 instructions of every keyed request for a 64-digit hash (bench 16).
 pub fn hashes_match(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut equal = subtle::Choice::from(1);
+    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
+        equal &= word(x).ct_eq(&word(y));
+    }
+    bool::from(equal)
+}
+
+/// Up to 8 bytes as one word, zero-padded.
+fn word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(word)
 }
 
 /// Seconds since the Unix epoch.
@@ -111,5 +130,25 @@ mod tests {
         assert!(hashes_match(&one, &one.clone()));
         assert!(!hashes_match(&one, &two));
         assert!(!one.contains(&secret[3..]));
+    }
+
+    #[test]
+    fn hashes_match_only_when_every_byte_does() {
+        // Every length around a word's edge, and a difference at every position, the last
+        // (partial) word's included.
+        for len in [0, 1, 7, 8, 9, 16, 63, 64, 65] {
+            let a: String = "0123456789abcdef".chars().cycle().take(len).collect();
+            assert!(hashes_match(&a, &a.clone()), "len {len}");
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = if b[at] == b'x' { b'y' } else { b'x' };
+                let b = String::from_utf8(b).unwrap();
+                assert!(!hashes_match(&a, &b), "len {len}, differing at {at}");
+            }
+            assert!(
+                !hashes_match(&a, &format!("{a}0")),
+                "len {len} against one more"
+            );
+        }
     }
 }

@@ -88,7 +88,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let incoming = request
             .headers()
-            .get(REQUEST_ID_HEADER)
+            .get(&REQUEST_ID)
             .filter(|id| is_usable_request_id(id.as_bytes()))
             .cloned();
         let id = match incoming {

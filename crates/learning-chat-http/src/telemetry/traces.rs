@@ -174,7 +174,9 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The client's trace context, when it sent a valid `traceparent`.
 pub(super) fn incoming_trace(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
-    if !headers.contains_key("traceparent") {
+    // A name made once: a lookup by `&str` parses and validates the name on every request.
+    const TRACEPARENT: axum::http::HeaderName = axum::http::HeaderName::from_static("traceparent");
+    if !headers.contains_key(&TRACEPARENT) {
         return None;
     }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
