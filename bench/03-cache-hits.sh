@@ -43,12 +43,7 @@ PIDS+=("$!")
 for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 REDIS_ENV=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
 
-SINK_PORT=$(free_port)
-python3 "$BENCH_DIR/otlp_sink.py" "$SINK_PORT" >"$OUT/otlp-sink.log" 2>&1 &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$SINK_PORT/stats"
-TRACE_ENV=(LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
-           LEARNING_CHAT_TELEMETRY__TRACE_SAMPLE_RATIO=0.01)
+start_otlp_sink
 
 # Keys in a records database of this run, with a fresh pepper (a fixed one written here would
 # be a shipped secret, which the service refuses).

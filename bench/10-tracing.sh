@@ -14,10 +14,7 @@ DURATION=${DURATION:-10}
 WRK_THREADS=${WRK_THREADS:-2}
 need_wrk
 
-SINK_PORT=$(free_port)
-python3 "$BENCH_DIR/otlp_sink.py" "$SINK_PORT" >"$OUT/otlp-sink.log" 2>&1 &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$SINK_PORT/stats"
+start_otlp_sink
 
 run() { # NAME [ENV=VALUE...]
     local name=$1

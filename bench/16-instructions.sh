@@ -48,12 +48,7 @@ AUTH_ENV=(LEARNING_CHAT_AUTH__MODE=required
 KEY=$(env "${AUTH_ENV[@]}" "$SVC_BIN" keys create --name bench | awk '/^secret:/ {print $2}')
 TRACE_ENV=()
 if [[ " $PROFILES " == *" traced "* ]]; then
-    SINK_PORT=$(free_port)
-    python3 "$BENCH_DIR/otlp_sink.py" "$SINK_PORT" >"$OUT/otlp-sink.log" 2>&1 &
-    PIDS+=("$!")
-    wait_http "http://127.0.0.1:$SINK_PORT/stats"
-    TRACE_ENV=(LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
-               LEARNING_CHAT_TELEMETRY__TRACE_SAMPLE_RATIO=0.01)
+    start_otlp_sink
 fi
 start_sim --preset seed
 SEED_SIM_URL=$SIM_URL

@@ -102,6 +102,17 @@ start_service() {
     wait_http "$SVC_URL/health"
 }
 
+# start_otlp_sink: the local OTLP sink (bench/otlp_sink.py) on a free port; sets SINK_PORT and
+# TRACE_ENV, the service's settings to export its traces there at 1% sampling.
+start_otlp_sink() {
+    SINK_PORT=$(free_port)
+    python3 "$BENCH_DIR/otlp_sink.py" "$SINK_PORT" >"$OUT/otlp-sink.log" 2>&1 &
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$SINK_PORT/stats"
+    TRACE_ENV=(LEARNING_CHAT_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
+               LEARNING_CHAT_TELEMETRY__TRACE_SAMPLE_RATIO=0.01)
+}
+
 # start_hello: the bare axum hello-world; sets HELLO_URL, HELLO_PID.
 start_hello() {
     local port
