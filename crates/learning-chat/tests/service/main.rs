@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod metrics_listener;
 mod metrics_upstream;
+mod model_clients;
 mod model_quotas;
 mod openai_api;
 mod plan;

@@ -4,25 +4,15 @@
 //! error the caller sees; the other host gets nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::model_clients::{gemini, openai, serve};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
-use learning_chat::config::{GeminiSettings, Secret};
-use learning_chat::providers::{
-    GeminiClient, ModelRequest, OpenAiClient, ProviderError, SystemInstruction,
-};
+use learning_chat::providers::{ModelRequest, ProviderError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Serves `app` on a free port of 127.0.0.1; its base URL.
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
 
 /// Another host, answering anything with a valid answer of either API and noting the key
 /// headers it was sent.
@@ -75,14 +65,7 @@ async fn redirecting(target: String) -> String {
 }
 
 fn request() -> ModelRequest {
-    ModelRequest {
-        model: "gemini-2.5-flash".to_owned(),
-        system: SystemInstruction::new("You are a tutor.".to_owned()),
-        history: Vec::new().into(),
-        message: "Hello?".to_owned(),
-        generation: gemini_wire::GenerationConfig::default(),
-        safety: Default::default(),
-    }
+    crate::model_clients::request("gemini-2.5-flash", "Hello?")
 }
 
 #[tokio::test]
@@ -90,17 +73,8 @@ async fn model_clients_do_not_follow_a_redirect_so_their_keys_stay_with_the_api(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let base = redirecting(elsewhere(seen.clone()).await).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let transport = learning_chat::client::make_transport();
 
-    let gemini = GeminiClient::new(
-        &GeminiSettings {
-            api_key: Secret::new("gemini-secret"),
-            base_url: base.clone(),
-            ..GeminiSettings::default()
-        },
-        &transport,
-    )
-    .unwrap();
+    let gemini = gemini(&base, "gemini-secret");
     let answer = gemini.generate(&request(), deadline).await;
     assert!(
         matches!(answer, Err(ProviderError::Rejected { status: 307, .. })),
@@ -113,13 +87,7 @@ async fn model_clients_do_not_follow_a_redirect_so_their_keys_stay_with_the_api(
         streamed.err()
     );
 
-    let openai = OpenAiClient::new(
-        &base,
-        Secret::new("sk-secret"),
-        Duration::from_secs(5),
-        &transport,
-    )
-    .unwrap();
+    let openai = openai(&base, "sk-secret");
     let answer = openai.generate(&request(), deadline).await;
     assert!(answer.is_err(), "{answer:?}");
 

@@ -3,13 +3,12 @@
 //! OpenAI-compatible agent (gemini-sim's `/v1/chat/completions`) answering, caching and streaming.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::model_clients::request;
 use crate::support::{settings_for, spawn_app, start_sim, TestApp};
 use futures::StreamExt;
 use gemini_sim::{FaultConfig, QuotaConfig, SimConfig, SimServer};
 use learning_chat::config::{Secret, Settings};
-use learning_chat::providers::{
-    ModelRequest, OpenAiClient, ProviderError, StreamPiece, SystemInstruction,
-};
+use learning_chat::providers::{OpenAiClient, ProviderError, StreamPiece};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -215,25 +214,8 @@ async fn an_openai_compatible_agent_answers_and_caches() {
     app.stop().await.unwrap();
 }
 
-fn request(model: &str, message: &str) -> ModelRequest {
-    ModelRequest {
-        model: model.to_owned(),
-        system: SystemInstruction::new("You are a tutor.".to_owned()),
-        history: Vec::new().into(),
-        message: message.to_owned(),
-        generation: gemini_wire::GenerationConfig::default(),
-        safety: Default::default(),
-    }
-}
-
 fn client(sim: &SimServer) -> OpenAiClient {
-    OpenAiClient::new(
-        &sim.base_url(),
-        Secret::new("sk-test"),
-        Duration::from_secs(5),
-        &learning_chat::client::make_transport(),
-    )
-    .unwrap()
+    crate::model_clients::openai(&sim.base_url(), "sk-test")
 }
 
 #[tokio::test]

@@ -4,15 +4,12 @@
 //! gemini-sim never sends broken bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::model_clients::{gemini, openai, request, serve};
 use axum::body::{Body, Bytes};
 use axum::routing::post;
 use axum::Router;
 use futures::StreamExt;
-use learning_chat::config::{GeminiSettings, Secret};
-use learning_chat::providers::{
-    CompletionStream, GeminiClient, ModelRequest, OpenAiClient, ProviderError, StreamPiece,
-    SystemInstruction,
-};
+use learning_chat::providers::{CompletionStream, ProviderError, StreamPiece};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,21 +41,7 @@ async fn upstream() -> String {
             post(|| async { chunked(GEMINI) }),
         )
         .route("/v1/chat/completions", post(|| async { chunked(OPENAI) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
-fn request(model: &str) -> ModelRequest {
-    ModelRequest {
-        model: model.to_owned(),
-        system: SystemInstruction::new("You are a tutor.".to_owned()),
-        history: Vec::new().into(),
-        message: "Say café.".to_owned(),
-        generation: gemini_wire::GenerationConfig::default(),
-        safety: Default::default(),
-    }
+    serve(app).await
 }
 
 async fn pieces(mut stream: CompletionStream) -> Vec<Result<StreamPiece, ProviderError>> {
@@ -86,31 +69,14 @@ async fn streaming_clients_carry_split_characters_and_reject_bytes_that_are_not_
     let base = upstream().await;
     let deadline = Instant::now() + Duration::from_secs(20);
 
-    let transport = learning_chat::client::make_transport();
-    let gemini = GeminiClient::new(
-        &GeminiSettings {
-            api_key: Secret::new("key"),
-            base_url: base.clone(),
-            ..GeminiSettings::default()
-        },
-        &transport,
-    )
-    .unwrap();
-    let stream = gemini
-        .generate_stream(&request("gemini-2.5-flash"), deadline)
+    let stream = gemini(&base, "key")
+        .generate_stream(&request("gemini-2.5-flash", "Say café."), deadline)
         .await
         .unwrap();
     assert_cafe_then_not_utf8(&pieces(stream).await);
 
-    let openai = OpenAiClient::new(
-        &base,
-        Secret::new("sk-test"),
-        Duration::from_secs(5),
-        &transport,
-    )
-    .unwrap();
-    let stream = openai
-        .generate_stream(&request("llama3"), deadline)
+    let stream = openai(&base, "sk-test")
+        .generate_stream(&request("llama3", "Say café."), deadline)
         .await
         .unwrap();
     assert_cafe_then_not_utf8(&pieces(stream).await);
