@@ -66,7 +66,10 @@ async fn a_flood_from_one_key_is_refused_before_another_keys_question() {
     settings.auth.mode = AuthMode::Required;
     settings.auth.pepper = Secret::new(PEPPER);
     settings.database.url = learning_chat::config::DatabaseUrl::new(records_url(&keys_file));
-    settings.offline.latency = Duration::from_secs(4);
+    // The first 4 questions hold the model while the other 36 arrive: the queue is full only
+    // until they finish. 4 s was too short under a loaded CI run (the 40 requests took longer to
+    // arrive, so the queue never held 20 at once and fewer were refused).
+    settings.offline.latency = Duration::from_secs(8);
     settings.upstream.rpm = 0;
     settings.upstream.max_concurrency = 4.try_into().unwrap();
     settings.upstream.max_queue = 20;
